@@ -1,0 +1,29 @@
+# Two commands for a fresh clone (see README): `make demo` and `make test`.
+# Each sets up ./.venv first (a no-op when already set up).
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test unit notebooks bench clean-runs
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m stablebeat_utils run
+
+# unit tests, then every notebook under nbval on the demo profile (a fresh run folder each time)
+test: setup
+	rm -rf notebooks/runs
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval-lax notebooks
+
+unit: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean-runs:
+	rm -rf runs notebooks/runs

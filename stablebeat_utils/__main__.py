@@ -1,0 +1,73 @@
+"""``python -m stablebeat_utils`` — the command line of the course (no notebook of its own).
+
+    python -m stablebeat_utils run [STAGE ...] [-p NAME VALUE ...] [-f params.yaml]
+    python -m stablebeat_utils stages          # the stages and their parameters
+    python -m stablebeat_utils profiles        # the bundled profiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from . import STAGES, params, runner
+from .params import ParameterError
+
+
+def _stages_text() -> str:
+    lines = ["stages and their parameters (demo defaults):"]
+    have = set(runner.available_stages())
+    for stage in STAGES:
+        mark = "" if stage in have else "  (notebook not written yet)"
+        lines.append(f"  {stage}{mark}")
+        for name, default in params.schema(stage).items():
+            lines.append(f"      {name} = {default!r}  ({type(default).__name__})")
+    lines.append("profiles: " + ", ".join(params.list_profiles()))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stablebeat_utils",
+                                     description="StableBeaT course: run the notebooks, in order, with papermill.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="execute notebooks into RUN_DIR/notebooks/",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_stages_text())
+    p_run.add_argument("stages", nargs="*", metavar="STAGE",
+                       help="stages to run, e.g. 01_segment or 01 or segment (default: all that exist)")
+    p_run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                       help="set a parameter (VALUE parsed as YAML: 2, 0.7, true, text); "
+                            "`-p profile NAME` picks a profile")
+    p_run.add_argument("-f", "--file", action="append", default=[], metavar="params.yaml",
+                       help="a YAML file of parameter values (same form as a profile)")
+    p_run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    sub.add_parser("stages", help="list the stages and their parameters")
+    sub.add_parser("profiles", help="list the bundled profiles")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "stages":
+            print(_stages_text())
+        elif args.command == "profiles":
+            for name in params.list_profiles():
+                print(name)
+        elif args.command == "run":
+            overrides = {k: yaml.safe_load(v) if v != "" else "" for k, v in args.param}
+            outs = runner.run(args.stages or None, files=args.file, overrides=overrides,
+                              log_output=args.log_output)
+            print(f"done: {len(outs)} notebook(s) executed into {outs[0].parent if outs else '-'}")
+    except ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except runner.StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

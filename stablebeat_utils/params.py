@@ -1,0 +1,213 @@
+"""Parameters and profiles: one schema, validation before any work, ``run.json``.
+
+Used by every notebook (cell 3: ``P = params.settle("NN_stage", globals())``) and by the runner.
+
+The schema is ``data/profiles/demo.yaml``: it lists every parameter of every notebook with its
+demo value, which is also the default in the notebook's ``parameters`` cell (a test checks that
+they agree). Its type is the parameter's type.
+
+A profile is a small YAML file of values (``data/profiles/<name>.yaml``, or any path): top-level
+keys apply to every notebook that has that parameter, ``stages: {NN_stage: {...}}`` to one.
+Precedence, lowest first: demo defaults < profile < ``-f params.yaml`` < ``-p NAME VALUE``.
+
+When a learner opens a notebook on its own and sets ``profile = "colab_a100"`` in the form,
+:func:`settle` applies the profile to every parameter still at its demo value; parameters the
+learner changed are kept. Under the runner the values arrive already resolved
+(``_resolved_by_runner``) and are only validated.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import os
+import platform
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import STAGES, __version__
+from .runs import RUN_FORMAT, Run, atomic_write_json
+
+PROFILES_DIR = Path(__file__).parent / "data" / "profiles"
+SECRET_NAME = re.compile(r"(token|secret|password|passwd|api_?key|credential)", re.I)
+VERSIONED_PACKAGES = ("torch", "torchaudio", "stable-audio-tools", "transformers", "essentia-tensorflow",
+                      "librosa", "numpy", "pytorch-lightning", "papermill")
+
+
+class ParameterError(ValueError):
+    """A parameter, profile or stage name that cannot be used; raised before any work starts."""
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: a profile is a mapping of parameter names to values")
+    return data
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> dict:
+    """A profile by name (bundled) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return _read_yaml(path)
+    bundled = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not bundled.is_file():
+        raise ParameterError(f"unknown profile {name_or_path!r}: choose one of {', '.join(list_profiles())} "
+                             "or give the path of a .yaml file")
+    return _read_yaml(bundled)
+
+
+@lru_cache(maxsize=1)
+def _demo() -> dict:
+    return _read_yaml(PROFILES_DIR / "demo.yaml")
+
+
+def canonical_stage(name: str) -> str:
+    """'01', '01_segment', 'segment' → '01_segment'; anything else raises ParameterError."""
+    for stage in STAGES:
+        num, short = stage.split("_", 1)
+        if name in (stage, num, short, str(int(num))):
+            return stage
+    raise ParameterError(f"unknown stage {name!r}: the stages are {', '.join(STAGES)}")
+
+
+def schema(stage: str) -> dict[str, Any]:
+    """The parameters of ``stage`` with their demo values (which fix their types)."""
+    stage = canonical_stage(stage)
+    demo = _demo()
+    out = dict(demo.get("common") or {})
+    out.update((demo.get("stages") or {}).get(stage) or {})
+    return out
+
+
+def profile_values(profile: dict, stage: str) -> dict[str, Any]:
+    """What ``profile`` sets for ``stage``'s parameters (unknown names are reported)."""
+    names = schema(stage)
+    flat = {k: v for k, v in profile.items() if k not in ("stages", "common")}
+    flat.update(profile.get("common") or {})
+    out = {k: v for k, v in flat.items() if k in names}
+    per_stage = (profile.get("stages") or {}).get(stage) or {}
+    unknown = sorted(set(per_stage) - set(names))
+    if unknown:
+        raise ParameterError(f"profile sets unknown parameter(s) for {stage}: {', '.join(unknown)}")
+    out.update(per_stage)
+    return out
+
+
+def all_parameter_names() -> set[str]:
+    return {n for s in STAGES for n in schema(s)}
+
+
+def refuse_secret(name: str) -> None:
+    if SECRET_NAME.search(name):
+        raise ParameterError(f"{name!r} looks like a secret: secrets come from the environment (HF_TOKEN) or "
+                             "Colab's secrets, never from parameters (papermill writes parameters into notebooks)")
+
+
+def coerce(stage: str, name: str, value: Any) -> Any:
+    """``value`` checked (and gently converted) against the type of ``name``'s demo value."""
+    names = schema(stage)
+    refuse_secret(name)
+    if name not in names:
+        raise ParameterError(f"{stage} has no parameter {name!r}; its parameters are: {', '.join(sorted(names))}")
+    default = names[name]
+    if default is None or value is None:
+        return value
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif kind in (list, dict):
+        if isinstance(value, kind):
+            return value
+    raise ParameterError(f"{stage}: parameter {name!r} must be {kind.__name__} (like its default "
+                         f"{default!r}), got {type(value).__name__} {value!r}")
+
+
+def resolve(stage: str, profile: str = "demo", files: list[dict] | None = None,
+            overrides: dict | None = None) -> dict[str, Any]:
+    """Final values for ``stage``: demo < profile < files < overrides, validated."""
+    stage = canonical_stage(stage)
+    values = copy.deepcopy(schema(stage))
+    layers = [profile_values(load_profile(profile), stage)]
+    for f in files or []:
+        layers.append({k: v for k, v in profile_values(f, stage).items()})
+    layers.append({k: v for k, v in (overrides or {}).items() if k in values})
+    for layer in layers:
+        for k, v in layer.items():
+            values[k] = coerce(stage, k, v)
+    values["profile"] = profile if "profile" in values else values.get("profile")
+    return values
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "stablebeat_utils": __version__}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def record(run_dir: str | os.PathLike, stage: str, values: dict) -> Path:
+    """Merge ``stage``'s parameters into ``RUN_DIR/run.json`` (no secrets ever reach it)."""
+    run = Run(run_dir)
+    run.check_compatible()
+    info = run.read_run_json() or {"run_format": RUN_FORMAT, "params": {}}
+    info["run_format"] = RUN_FORMAT
+    info["versions"] = versions()
+    info.setdefault("params", {})[stage] = values
+    run.root.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(run.root / "run.json", info)
+
+
+def settle(stage: str, namespace: dict) -> dict[str, Any]:
+    """The notebook's parameters, profile applied, validated, recorded; pass to ``<stage>.run(**P)``."""
+    stage = canonical_stage(stage)
+    names = schema(stage)
+    values = {n: namespace.get(n, names[n]) for n in names}
+    if not namespace.get("_resolved_by_runner"):
+        profile = values.get("profile", "demo")
+        if profile != "demo":
+            for k, v in profile_values(load_profile(profile), stage).items():
+                if values.get(k) == names[k]:
+                    values[k] = v
+    values = {k: coerce(stage, k, v) for k, v in values.items()}
+    if "run_dir" in values:
+        values["run_dir"] = str(Path(values["run_dir"]).expanduser().resolve())
+        record(values["run_dir"], stage, values)
+    return values

@@ -1,0 +1,252 @@
+"""Run folders on disk: paths, atomic writes, append-once JSONL, stage records.
+
+Used by every notebook (01_segment … 07_evaluate); no notebook of its own.
+
+The contract (see DESIGN.md, "Runs on disk"): every stage writes under ``RUN_DIR/<stage>/``,
+writes files atomically (temp file in the same folder, fsync, rename), appends JSONL rows only
+once per key, and records itself in ``RUN_DIR/<stage>/stage.json`` when done. A stage killed at
+any moment and run again ends exactly where an uninterrupted run ends:
+
+- a file is either absent or complete (never half-written), because it is renamed into place;
+- a JSONL row is either absent or complete: a line cut by a kill is dropped when the file is
+  reopened, and :class:`JsonlLog` never appends a key twice;
+- stages sort their JSONL at the end (:meth:`JsonlLog.finalize`) so the bytes do not depend on
+  worker scheduling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+RUN_FORMAT = 1  # bumped when the run-folder layout changes incompatibly
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used (incompatible version, unwritable, disk full)."""
+
+
+def cache_home() -> Path:
+    """Where built tiny models, downloaded model files and the demo beats are cached.
+
+    ``$STABLEBEAT_HOME`` if set, else ``~/.cache/stablebeat``.
+    """
+    root = os.environ.get("STABLEBEAT_HOME") or os.path.join(Path.home(), ".cache", "stablebeat")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _disk_error(path: Path, exc: OSError) -> RunFolderError:
+    if exc.errno == errno.ENOSPC:
+        return RunFolderError(f"{path}: no space left on the device — free some disk and run the stage again "
+                              "(nothing half-written was kept)")
+    return RunFolderError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    For writers that want a file name (``soundfile.write``, ``torch.save``, matplotlib). The
+    temporary name keeps the extension (``suffix``) so format-sniffing writers still work.
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise _disk_error(path, exc) from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All complete rows of a JSONL file (a last line cut by a kill is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break  # a line cut by a kill: not a row
+            line = raw.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+class JsonlLog:
+    """An append-once JSONL file keyed by one field (``clip_id`` by default).
+
+    Opening repairs a file whose last line was cut by a kill (the partial line is truncated
+    away). :meth:`append` writes whole lines with one ``write`` + ``fsync`` and ignores a key that
+    is already present, so a re-run never duplicates a row.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str | Callable[[dict], str] = "clip_id"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._key = key if callable(key) else (lambda row, _k=key: row[_k])
+        self._repair()
+        self._rows: dict[str, dict] = {}
+        for row in read_jsonl(self.path):
+            self._rows.setdefault(self._key(row), row)
+
+    def _repair(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with open(self.path, "rb+") as fh:
+                fh.truncate(keep)
+                os.fsync(fh.fileno())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def keys(self) -> set[str]:
+        return set(self._rows)
+
+    def rows(self) -> list[dict]:
+        return list(self._rows.values())
+
+    def get(self, key: str, default: dict | None = None) -> dict | None:
+        return self._rows.get(key, default)
+
+    def append(self, *rows: dict) -> int:
+        """Append the rows whose key is new, as one write. Returns how many were written."""
+        new = []
+        for row in rows:
+            k = self._key(row)
+            if k in self._rows:
+                continue
+            self._rows[k] = row
+            new.append(row)
+        if not new:
+            return 0
+        payload = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in new)
+        try:
+            with open(self.path, "ab") as fh:
+                fh.write(payload.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            for r in new:
+                self._rows.pop(self._key(r), None)
+            self._repair()
+            raise _disk_error(self.path, exc) from exc
+        return len(new)
+
+    def finalize(self, sort_key: Callable[[dict], Any] | None = None) -> list[dict]:
+        """Rewrite the file sorted (by key unless ``sort_key``), atomically; return the rows."""
+        rows = sorted(self._rows.values(), key=sort_key or self._key)
+        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
+        return rows
+
+
+class Run:
+    """A run folder: ``Run(run_dir).stage_dir("01_segment")`` and friends."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.root = Path(run_dir).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.root)!r})"
+
+    def stage_dir(self, stage: str, create: bool = True) -> Path:
+        path = self.root / stage
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def rel(self, path: str | os.PathLike) -> str:
+        """``path`` relative to the run folder, with forward slashes (how rows store paths)."""
+        return Path(path).resolve().relative_to(self.root).as_posix()
+
+    # -- stage records ---------------------------------------------------------------------
+    def stage_record(self, stage: str) -> dict | None:
+        return read_json(self.root / stage / "stage.json")
+
+    def is_done(self, stage: str, params: dict | None = None) -> bool:
+        """True when ``stage`` finished, and (if given) with the same parameters."""
+        record = self.stage_record(stage)
+        if not record or record.get("status") != "done":
+            return False
+        return params is None or record.get("params") == params
+
+    def mark_done(self, stage: str, params: dict | None = None, **summary: Any) -> dict:
+        from . import __version__
+
+        record = {"stage": stage, "status": "done", "package_version": __version__,
+                  "params": params or {}, "summary": summary}
+        atomic_write_json(self.stage_dir(stage) / "stage.json", record)
+        return record
+
+    def clear_done(self, stage: str) -> None:
+        (self.root / stage / "stage.json").unlink(missing_ok=True)
+
+    # -- run.json ---------------------------------------------------------------------------
+    def read_run_json(self) -> dict | None:
+        return read_json(self.root / "run.json")
+
+    def check_compatible(self) -> None:
+        """Refuse a run folder written by an incompatible layout version."""
+        info = self.read_run_json()
+        if info is None:
+            return
+        fmt = info.get("run_format")
+        if fmt != RUN_FORMAT:
+            raise RunFolderError(
+                f"{self.root}: this run folder was written with run format {fmt!r}, this version of "
+                f"stablebeat_utils writes format {RUN_FORMAT}. Use a new run_dir, or the version that "
+                "made it.")
+
+
+def iter_rows(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
+    for p in paths:
+        yield from read_jsonl(p)
