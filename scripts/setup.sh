@@ -31,7 +31,7 @@ $PIP install -r requirements-cpu.txt 2>&1 | grep -v '^WARNING: Location' || true
 $PIP install -r requirements-cpu.txt -r requirements.txt -r requirements-dev.txt 2>&1 | grep -v '^WARNING: Location' || true
 # the engines that declare impossible pins: see requirements-engine.txt
 $PIP install --no-deps --ignore-requires-python -r requirements-engine.txt 2>&1 | grep -v '^WARNING: Location' || true
-$PIP install --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
+$PIP install --no-deps --no-build-isolation -e . >/dev/null 2>&1 || $PIP install --no-deps -e .
 $VENV/bin/python -m stablebeat_utils.compat --setup
 $VENV/bin/python -c "import torch, torchaudio, stable_audio_tools, essentia, transformers, papermill; print('stack ok: torch', torch.__version__, '| transformers', transformers.__version__)"
 echo "$want" > "$STAMP"
