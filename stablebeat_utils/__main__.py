@@ -14,6 +14,8 @@ import yaml
 
 from . import STAGES, params, runner
 from .params import ParameterError
+from .publish import PublishError
+from .runs import RunFolderError
 
 
 def _stages_text() -> str:
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("-f", "--file", action="append", default=[], metavar="params.yaml",
                        help="a YAML file of parameter values (same form as a profile)")
     p_run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    p_pub = sub.add_parser("publish", help="write the model card and upload list (and upload with --push)")
+    p_pub.add_argument("--run-dir", required=True)
+    p_pub.add_argument("--repo-id", required=True, help="user/model-name on the Hugging Face hub")
+    p_pub.add_argument("--push", action="store_true", help="really upload (token from HF_TOKEN or Colab secrets)")
+    p_pub.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
     sub.add_parser("stages", help="list the stages and their parameters")
     sub.add_parser("profiles", help="list the bundled profiles")
     return parser
@@ -55,17 +62,23 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "profiles":
             for name in params.list_profiles():
                 print(name)
+        elif args.command == "publish":
+            from . import publish
+
+            summary = publish.run(args.run_dir, args.repo_id, dry_run=not args.push, private=not args.public)
+            print(f"model card: {summary['card']} ({summary['files']} files"
+                  + (", dry run: nothing uploaded)" if summary["dry_run"] else f") → {summary['url']}"))
         elif args.command == "run":
             overrides = {k: yaml.safe_load(v) if v != "" else "" for k, v in args.param}
             outs = runner.run(args.stages or None, files=args.file, overrides=overrides,
                               log_output=args.log_output)
             print(f"done: {len(outs)} notebook(s) executed into {outs[0].parent if outs else '-'}")
-    except ParameterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except runner.StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (ParameterError, RunFolderError, PublishError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
