@@ -4,6 +4,11 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# a local copy of the TempoCNN graph (checksum-verified on copy); offline CI reads ../shared
+SHARED_TEMPOCNN := $(abspath ../shared/models/tempocnn)
+ifneq ($(wildcard $(SHARED_TEMPOCNN)/deeptemp-k16-3.pb),)
+export STABLEBEAT_MODEL_MIRROR ?= $(SHARED_TEMPOCNN)
+endif
 
 .PHONY: setup demo test unit notebooks bench clean-runs
 

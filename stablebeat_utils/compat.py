@@ -75,6 +75,22 @@ def install_torchaudio_prototype_stub() -> None:
     proto.transforms = transforms
 
 
+def write_vorbis(path, audio, sr: int, compression_level: float = 0.6) -> None:
+    """Write (channels, n) float audio as Ogg Vorbis, one second per write call.
+
+    libsndfile 1.2.2 (bundled with soundfile 0.14.0) segfaults when about a minute of audio goes
+    to its Vorbis encoder in a single write call (measured here); 1-s blocks are safe.
+    """
+    import numpy as np
+    import soundfile as sf
+
+    frames = np.ascontiguousarray(np.asarray(audio).T)
+    with sf.SoundFile(str(path), "w", sr, frames.shape[1], format="OGG", subtype="VORBIS",
+                      compression_level=compression_level) as fh:
+        for i in range(0, len(frames), sr):
+            fh.write(frames[i:i + sr])
+
+
 def apply() -> None:
     """Apply every runtime shim once. Safe to call many times."""
     global _APPLIED
@@ -101,3 +117,80 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+def _lazy_missing_module(name: str, why: str) -> types.ModuleType:
+    """A stand-in module whose every attribute access raises AttributeError naming ``name`` and ``why``.
+
+    AttributeError (not ImportError) so that ``hasattr`` probes (transformers' integrations) say "no".
+    """
+    import importlib.machinery
+
+    mod = types.ModuleType(name)
+    mod.__stablebeat_stub__ = True
+    # a spec, so importlib.util.find_spec(name) answers instead of raising ValueError; availability
+    # checks that read package metadata (Lightning, transformers) still see it as not installed
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
+
+    def __getattr__(attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise AttributeError(f"{name}.{attr}: the package {name!r} is not installed ({why}); "
+                          f"pip install it to use this feature (stablebeat_utils.compat stub)")
+
+    mod.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    return mod
+
+
+def install_training_import_stubs() -> list[str]:
+    """stable-audio-tools 0.0.20 ``training/*``: module-level ``import wandb`` and ``import audiotools``.
+
+    ``training/diffusion.py`` imports ``training/autoencoders.py`` and ``training/utils.py``
+    (``import wandb``) and ``training/losses/semantic.py`` (``import audiotools``, from
+    descript-audiotools), so ``create_training_wrapper_from_config`` cannot even build the diffusion
+    wrapper without them, although the diffusion recipe never calls either: wandb only when a
+    ``WandbLogger`` is attached, audiotools only in the autoencoder/semantic losses. Where a package
+    is missing, a stand-in module is registered whose attributes raise a clear ImportError. An
+    installed package is always used as is. Returns the names stubbed.
+    """
+    stubbed = []
+    for name, why in (("wandb", "only needed for Weights & Biases logging"),
+                      ("audiotools", "descript-audiotools, only needed by autoencoder training losses")):
+        if name in sys.modules:
+            continue
+        if importlib.util.find_spec(name) is not None:
+            continue
+        sys.modules[name] = _lazy_missing_module(name, why)
+        stubbed.append(name)
+    return stubbed
+
+
+def stub_training_only_imports() -> list[str]:
+    """stable-audio-tools 0.0.20: training modules import ``wandb`` and ``audiotools`` at module level.
+
+    ``training/utils.py`` (and autoencoders/lm/clap) ``import wandb`` but use it only inside
+    W&B-logger branches; ``training/losses/semantic.py`` ``import audiotools``
+    (descript-audiotools) for a HuBERT loss of autoencoder training. Neither is used when
+    training a diffusion model with the CSV logger (notebook 05_train), and neither is in our
+    requirements (W&B is optional; descript-audiotools drags in a dozen packages). For each one
+    that is *not installed*, an empty placeholder module is registered so that
+    ``stable_audio_tools.training`` imports; a real installation is always used when present.
+    Touching the placeholder (``wandb.Audio``) raises a clear error. Returns the names stubbed.
+    """
+    stubbed = []
+    for name, why in (("wandb", "pip install wandb (only needed for W&B logging)"),
+                      ("audiotools", "pip install descript-audiotools (only needed for its HuBERT loss)")):
+        if name in sys.modules or importlib.util.find_spec(name) is not None:
+            continue
+        mod = types.ModuleType(name)
+        mod.__stablebeat_stub__ = True
+
+        def _missing(attr, _name=name, _why=why):
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            raise RuntimeError(f"{_name}.{attr}: {_name} is not installed (stablebeat_utils.compat placeholder); {_why}")
+
+        mod.__getattr__ = _missing
+        sys.modules[name] = mod
+        stubbed.append(name)
+    return stubbed

@@ -24,7 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-RUN_FORMAT = 1  # bumped when the run-folder layout changes incompatibly
+RUN_FORMAT = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # bumped when the run-folder layout changes incompatibly
 
 
 class RunFolderError(RuntimeError):
@@ -67,6 +69,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)

@@ -1,0 +1,345 @@
+"""The bundled demo dataset: synthetic trap-like beats with known BPM/key, plus three real recordings.
+
+Used by the ``demo`` profile of every notebook (``input_dir = "demo"`` in 01_segment resolves here
+through :func:`resolve_input_dir`); notebook 03_tempo_key's tests use :func:`make_beat` as ground
+truth for tempo and key.
+
+What is in it (``ensure_demo_dataset()`` → ``cache_home()/"demo-beats"/"v1"``):
+
+- ``demo_beat_NN.ogg`` — :data:`DEMO_SPECS` rendered by :func:`make_beat`: trap-style drums
+  (kick, clap/snare on the backbeat — or on beat 3 for a *half-time* feel —, hi-hats with
+  32nd/triplet rolls), an 808 (a saturated sub sine with glides) following the chord roots,
+  diatonic chords of the key (minor i–VI–III–VII-like or major I–V–vi–IV-like progressions)
+  and, for some, a bell melody. Ogg Vorbis to keep the folder small.
+- the three real recordings of ``data/demo_audio/`` with their attribution ``.txt`` files;
+- ``truth.jsonl`` — ``{source, bpm, key, scale, half_time, synthetic}`` for each synthetic beat.
+
+``half_time=True`` means the snare/clap falls on beat 3 of each bar: the beat *feels* like half of
+its nominal BPM, so a tempo estimator answering ``bpm/2`` is not wrong there (an octave error that
+is musically ambiguous). Key names follow Essentia's spelling (``C, C#, D, Eb, E, F, F#, G, Ab, A,
+Bb, B``).
+
+Rendering is deterministic under the seed (numpy ``default_rng``); the Ogg container's stream
+serial number is random in libsndfile, so the *files'* bytes differ between writes while the
+decoded audio is identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .runs import atomic_path, atomic_write_text, cache_home
+
+SR = 44100
+DEMO_VERSION = "v1"
+PACKAGE_AUDIO = Path(__file__).parent / "data" / "demo_audio"
+KEYS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
+# progressions as scale degrees (0-based) of the chord roots, one chord per bar
+PROGRESSIONS = {
+    "minor": ((0, 5, 2, 6), (0, 3, 5, 4), (0, 5, 3, 4), (0, 2, 5, 6)),
+    "major": ((0, 4, 5, 3), (0, 5, 3, 4), (0, 3, 4, 0), (0, 3, 5, 4)),
+}
+AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".opus"}
+
+
+@dataclass(frozen=True)
+class BeatSpec:
+    name: str
+    bpm: float
+    key: str
+    scale: str
+    seconds: float
+    seed: int
+    half_time: bool = False
+    melody: bool = True
+
+
+DEMO_SPECS: tuple[BeatSpec, ...] = (
+    BeatSpec("demo_beat_01", 140, "C", "minor", 64, 101, half_time=True),
+    BeatSpec("demo_beat_02", 72, "A", "minor", 56, 102),
+    BeatSpec("demo_beat_03", 96, "F", "major", 60, 103),
+    BeatSpec("demo_beat_04", 128, "D", "minor", 52, 104, melody=False),
+    BeatSpec("demo_beat_05", 156, "G", "major", 50, 105, half_time=True),
+    BeatSpec("demo_beat_06", 84, "E", "minor", 60, 106),
+    BeatSpec("demo_beat_07", 110, "Bb", "major", 58, 107, melody=False),
+    BeatSpec("demo_beat_08", 148, "F#", "minor", 54, 108, half_time=True),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthesis (hand-written: there is no maintained "trap beat synthesizer" library; each voice is a
+# few lines of numpy/scipy)
+
+def _midi_hz(m: float) -> float:
+    return 440.0 * 2.0 ** ((m - 69) / 12.0)
+
+
+def _env(n: int, sr: int, attack: float, decay: float) -> np.ndarray:
+    t = np.arange(n) / sr
+    a = np.clip(t / max(attack, 1e-4), 0, 1)
+    return a * np.exp(-t / decay)
+
+
+def _kick(sr: int) -> np.ndarray:
+    n = int(0.35 * sr)
+    t = np.arange(n) / sr
+    f = 45 + 110 * np.exp(-t / 0.03)
+    phase = 2 * np.pi * np.cumsum(f) / sr
+    return (np.sin(phase) * np.exp(-t / 0.12) + 0.3 * np.sin(phase) * np.exp(-t / 0.01)).astype(np.float32)
+
+
+def _clap(sr: int, rng: np.random.Generator) -> np.ndarray:
+    from scipy.signal import butter, sosfilt
+
+    n = int(0.3 * sr)
+    t = np.arange(n) / sr
+    noise = rng.standard_normal(n)
+    sos = butter(2, [900, 6000], btype="band", fs=sr, output="sos")
+    noise = sosfilt(sos, noise)
+    env = np.exp(-t / 0.06)
+    for d in (0.0, 0.011, 0.022):  # the three hand claps of a clap
+        k = int(d * sr)
+        env[k:] += 0.6 * np.exp(-(t[: n - k]) / 0.008)
+    body = 0.5 * np.sin(2 * np.pi * 190 * t) * np.exp(-t / 0.04)
+    out = noise * env * 0.5 + body
+    return (out / np.max(np.abs(out))).astype(np.float32)
+
+
+def _hat(sr: int, rng: np.random.Generator, decay: float = 0.03) -> np.ndarray:
+    from scipy.signal import butter, sosfilt
+
+    n = int(0.12 * sr)
+    t = np.arange(n) / sr
+    sos = butter(4, 7000, btype="high", fs=sr, output="sos")
+    x = sosfilt(sos, rng.standard_normal(n)) * np.exp(-t / decay)
+    return (x / np.max(np.abs(x))).astype(np.float32)
+
+
+def _808(sr: int, f0: float, f_from: float | None, length: float) -> np.ndarray:
+    n = int(length * sr)
+    t = np.arange(n) / sr
+    if f_from is not None:  # glide from the previous note
+        f = f0 + (f_from - f0) * np.exp(-t / 0.05)
+    else:
+        f = np.full(n, f0)
+    phase = 2 * np.pi * np.cumsum(f) / sr
+    env = _env(n, sr, 0.004, length * 0.6)
+    env[-int(0.01 * sr):] *= np.linspace(1, 0, int(0.01 * sr))
+    return np.tanh(1.8 * np.sin(phase)).astype(np.float32) * env.astype(np.float32)
+
+
+def _pad(sr: int, midis: list[int], length: float) -> np.ndarray:
+    n = int(length * sr)
+    t = np.arange(n) / sr
+    out = np.zeros(n)
+    for m in midis:
+        f = _midi_hz(m)
+        for k in range(1, 7):  # soft saw: harmonics falling like 1/k^1.5
+            if f * k > 8000:
+                break
+            out += np.sin(2 * np.pi * f * k * t + k) / k ** 1.5
+    rel = min(0.15, length / 4)
+    env = np.clip(t / 0.05, 0, 1) * np.clip((length - t) / rel, 0, 1)
+    return (out * env / len(midis)).astype(np.float32)
+
+
+def _bell(sr: int, midi: int, length: float) -> np.ndarray:
+    n = int(length * sr)
+    t = np.arange(n) / sr
+    f = _midi_hz(midi)
+    index = 2.5 * np.exp(-t / 0.15)  # FM bell: inharmonic modulator, index decaying fast
+    x = np.sin(2 * np.pi * f * t + index * np.sin(2 * np.pi * f * 3.5 * t))
+    return (x * _env(n, sr, 0.002, 0.35)).astype(np.float32)
+
+
+def _add(buf: np.ndarray, at: int, sig: np.ndarray, gain: float, pan: float = 0.0) -> None:
+    """Mix mono ``sig`` into stereo ``buf`` at sample ``at`` with equal-power pan in [-1, 1]."""
+    if at >= buf.shape[1]:
+        return
+    sig = sig[: buf.shape[1] - at]
+    angle = (pan + 1) * np.pi / 4
+    buf[0, at:at + len(sig)] += gain * np.cos(angle) * sig
+    buf[1, at:at + len(sig)] += gain * np.sin(angle) * sig
+
+
+def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_time: bool = False,
+              sr: int = SR, melody: bool = True) -> np.ndarray:
+    """Render a trap-like beat: ``(2, round(seconds*sr))`` float32, peak 0.89 (about -1 dBFS).
+
+    ``bpm`` is the nominal tempo (quarter notes per minute); with ``half_time`` the backbeat sits
+    on beat 3 so the groove feels like ``bpm/2``. Chords, 808 and melody use the notes of ``key``
+    ``scale``. Same arguments → the same samples.
+    """
+    if key not in KEYS:
+        raise ValueError(f"key {key!r}: use one of {', '.join(KEYS)}")
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r}: use 'major' or 'minor'")
+    if not 30 <= bpm <= 300 or seconds <= 0:
+        raise ValueError(f"bpm {bpm} / seconds {seconds}: need 30 <= bpm <= 300 and seconds > 0")
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    buf = np.zeros((2, n), dtype=np.float32)
+    step = 60.0 / bpm / 4  # a 16th note, seconds
+    bar = 16 * step
+    n_bars = int(np.ceil(seconds / bar))
+    tonic = KEYS.index(key)
+    degrees = SCALES[scale]
+    prog = PROGRESSIONS[scale][int(rng.integers(len(PROGRESSIONS[scale])))]
+    bars_per_chord = 2 if bpm >= 120 else 1
+
+    kick, clap = _kick(sr), _clap(sr, rng)
+    hats = [_hat(sr, rng, d) for d in (0.02, 0.035)]
+    kick_patterns = ([0, 10], [0, 7, 10], [0, 3, 10, 11], [0, 6, 10]) if half_time else \
+        ([0, 8, 10], [0, 7, 8], [0, 3, 8, 10], [0, 10, 11])
+    kick_pat = kick_patterns[int(rng.integers(len(kick_patterns)))]
+    snare_steps = (8,) if half_time else (4, 12)
+    hat_div = 2 if bpm >= 110 else 1  # 8ths at fast tempi, 16ths at slow
+    # an intro bar of drums alone would hide the key: everything plays from bar 0
+
+    def s(t: float) -> int:
+        return int(round(t * sr))
+
+    prev_root_hz = None
+    for b in range(n_bars):
+        t0 = b * bar
+        chord_deg = prog[(b // bars_per_chord) % len(prog)]
+        # diatonic triad on that degree
+        triad = [degrees[(chord_deg + i) % 7] + 12 * ((chord_deg + i) // 7) for i in (0, 2, 4)]
+        root_pc = (tonic + degrees[chord_deg]) % 12
+        # drums
+        for k in kick_pat:
+            _add(buf, s(t0 + k * step), kick, 0.9)
+        for k in snare_steps:
+            _add(buf, s(t0 + k * step), clap, 0.55, pan=0.05)
+        roll = b % 4 == 3 and rng.random() < 0.8
+        last_beat_start = 12
+        for k in range(0, 16, hat_div):
+            if roll and k >= last_beat_start:
+                break
+            _add(buf, s(t0 + k * step), hats[0], 0.18 if k % 4 else 0.24, pan=0.3)
+        if roll:  # the last beat of the bar as 32nds, 16th triplets or 32nd triplets
+            div = (8, 6, 12)[int(rng.integers(3))]
+            for i in range(div):
+                _add(buf, s(t0 + (last_beat_start + 4 * i / div) * step), hats[0], 0.12 + 0.1 * i / div, pan=0.3)
+        if b % 2 == 1:  # an open hat now and then
+            _add(buf, s(t0 + 14 * step), hats[1], 0.12, pan=-0.3)
+        # 808 on the kicks, pitched to the chord root (octave 1-2: 33-62 Hz)
+        root_hz = _midi_hz(24 + root_pc + (12 if root_pc < 1 else 0))
+        for j, k in enumerate(kick_pat):
+            nxt = kick_pat[j + 1] if j + 1 < len(kick_pat) else 16
+            glide = prev_root_hz if (prev_root_hz and prev_root_hz != root_hz and j == 0) else None
+            _add(buf, s(t0 + k * step), _808(sr, root_hz, glide, (nxt - k) * step), 0.55)
+        prev_root_hz = root_hz
+        # chords: one pad per bar, voiced around middle C
+        if b % bars_per_chord == 0:
+            midis = [60 + tonic + iv - (12 if tonic + iv > 7 else 0) for iv in triad]
+            midis.append(midis[0] - 12)
+            _add(buf, s(t0), _pad(sr, midis, bar * bars_per_chord), 0.32, pan=-0.1)
+        # bell melody: chord tones and scale steps on 8ths, with rests
+        if melody:
+            for k in range(0, 16, 2):
+                if rng.random() < 0.45:
+                    continue
+                if rng.random() < 0.7:
+                    iv = triad[int(rng.integers(3))]
+                else:
+                    iv = degrees[int(rng.integers(7))]
+                m = 72 + tonic + iv - (12 if tonic > 6 else 0)
+                _add(buf, s(t0 + k * step), _bell(sr, int(m), 0.6), 0.13, pan=float(rng.uniform(-0.4, 0.4)))
+    # gentle fade-out in the last 0.3 s, then normalize to -1 dBFS
+    fade = min(n, s(0.3))
+    buf[:, n - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+    peak = float(np.max(np.abs(buf)))
+    if peak > 0:
+        buf *= 0.89 / peak
+    return buf.astype(np.float32)
+
+
+def render(spec: BeatSpec, sr: int = SR) -> np.ndarray:
+    return make_beat(spec.bpm, spec.key, spec.scale, spec.seconds, spec.seed, spec.half_time, sr, spec.melody)
+
+
+def truth_rows(specs=DEMO_SPECS) -> list[dict]:
+    return [{"source": f"{s.name}.ogg", "bpm": float(s.bpm), "key": s.key, "scale": s.scale,
+             "half_time": s.half_time, "synthetic": True} for s in specs]
+
+
+# ---------------------------------------------------------------------------------------------
+# the dataset on disk
+
+def _write_ogg(path: Path, audio: np.ndarray, sr: int) -> None:
+    from .compat import write_vorbis
+
+    with atomic_path(path) as tmp:
+        # compression_level 0.6 ≈ Vorbis quality 0.4 (~100 kb/s stereo): small, clean enough.
+        write_vorbis(tmp, audio, sr, compression_level=0.6)
+
+
+def _complete(dest: Path, expected: list[str]) -> bool:
+    marker = dest / ".complete"
+    if not marker.exists():
+        return False
+    try:
+        listed = json.loads(marker.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    return listed == expected and all((dest / name).is_file() for name in expected)
+
+
+def ensure_demo_dataset(dest: str | os.PathLike | None = None) -> Path:
+    """Write the demo dataset to ``dest`` (default ``cache_home()/"demo-beats"/"v1"``) once; return it.
+
+    Idempotent (a finished folder carries a ``.complete`` list and is returned at once),
+    atomic per file (a kill leaves only whole files; the next call finishes the job) and
+    deterministic in audio content. Takes ~20 s on one CPU core the first time.
+    """
+    dest = Path(dest) if dest is not None else cache_home() / "demo-beats" / DEMO_VERSION
+    real = sorted(p for p in PACKAGE_AUDIO.iterdir() if p.suffix in (".ogg", ".txt"))
+    expected = sorted([f"{s.name}.ogg" for s in DEMO_SPECS] + [p.name for p in real]
+                      + ["truth.jsonl", "ATTRIBUTION.md"])
+    if _complete(dest, expected):
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in DEMO_SPECS if not (dest / f"{s.name}.ogg").is_file()]
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(x, **_):
+            return x
+    for spec in tqdm(todo, desc="demo beats", unit="beat", disable=not todo):
+        _write_ogg(dest / f"{spec.name}.ogg", render(spec), SR)
+    for src in real + [PACKAGE_AUDIO / "ATTRIBUTION.md"]:
+        target = dest / src.name
+        if not target.is_file() or target.stat().st_size != src.stat().st_size:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(src, tmp)
+    atomic_write_text(dest / "truth.jsonl", "".join(json.dumps(r) + "\n" for r in truth_rows()))
+    atomic_write_text(dest / ".complete", json.dumps(expected))
+    return dest
+
+
+def resolve_input_dir(input_dir: str | os.PathLike) -> Path:
+    """``"demo"`` → :func:`ensure_demo_dataset`; otherwise the folder, which must hold audio files."""
+    if str(input_dir) == "demo":
+        return ensure_demo_dataset()
+    path = Path(input_dir).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"input_dir {str(path)!r} does not exist: give the folder that holds your "
+                                "beats, or \"demo\" for the bundled demo beats")
+    if not path.is_dir():
+        raise NotADirectoryError(f"input_dir {str(path)!r} is a file, not a folder")
+    if not any(p.is_file() and p.suffix.lower() in AUDIO_EXTS for p in path.rglob("*")):
+        raise FileNotFoundError(f"input_dir {str(path)!r} holds no audio files "
+                                f"({', '.join(sorted(AUDIO_EXTS))})")
+    return path
+
+
+def spec_dicts() -> list[dict]:
+    return [asdict(s) for s in DEMO_SPECS]

@@ -1,0 +1,236 @@
+"""Stage 03_tempo_key with the real TempoCNN graph (deeptemp-k16-3) and Essentia's KeyExtractor."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from stablebeat_utils import audio, demo, tempo_key
+from stablebeat_utils.runs import Run, read_jsonl
+
+# (clip_id, bpm, key, scale, half_time, seed, melody): demo-style beats of 22 s with known truth
+BEATS = [
+    ("b072_Am", 72, "A", "minor", False, 102, True),
+    ("b096_F", 96, "F", "major", False, 103, True),
+    ("b110_Bb", 110, "Bb", "major", False, 107, False),
+    ("b128_Dm", 128, "D", "minor", False, 104, False),
+    ("b140_Cm_half", 140, "C", "minor", True, 101, True),
+]
+SECONDS = 22.0
+
+
+def _write_run(root):
+    clips = root / "01_segment" / "clips"
+    clips.mkdir(parents=True)
+    rows = []
+    for cid, bpm, key, scale, half, seed, melody in BEATS:
+        x = demo.make_beat(bpm, key, scale, SECONDS, seed, half_time=half, melody=melody)
+        audio.write_wav(clips / f"{cid}.wav", x, 44100)
+        rows.append({"clip_id": cid, "source": f"{cid}.ogg", "start": 0.0, "duration": SECONDS,
+                     "path": f"01_segment/clips/{cid}.wav", "status": "ok", "reason": None})
+    (clips / "zz_bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)  # not decodable
+    rows.append({"clip_id": "zz_bad", "source": "bad.wav", "start": 0.0, "duration": SECONDS,
+                 "path": "01_segment/clips/zz_bad.wav", "status": "ok", "reason": None})
+    rows.append({"clip_id": "zz_rejected", "source": "short.wav", "start": None, "duration": None,
+                 "path": None, "status": "rejected", "reason": "shorter than 20 s"})
+    (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def clips_run(tmp_path_factory):
+    return _write_run(tmp_path_factory.mktemp("run"))
+
+
+def _fresh(clips_run, tmp_path, name="run"):
+    """A copy of the clip run folder without any 03 output."""
+    dst = tmp_path / name
+    shutil.copytree(clips_run / "01_segment", dst / "01_segment")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def analysed(clips_run, tempocnn_graph, tmp_path_factory):
+    """The stage run once with no prior and once with bpm_range 70-160 (workers=1)."""
+    out = {}
+    for label, rng in (("plain", ""), ("prior", "70-160")):
+        dst = tmp_path_factory.mktemp(label)
+        shutil.copytree(clips_run / "01_segment", dst / "01_segment")
+        summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), bpm_range=rng, workers=1)
+        out[label] = (dst, summary, {r["clip_id"]: r for r in read_jsonl(summary["output"])})
+    return out
+
+
+def _within(est, ref, tol=0.04):
+    return est is not None and abs(est - ref) <= tol * ref
+
+
+def test_rows_have_the_contract_fields(analysed):
+    dst, summary, rows = analysed["plain"]
+    assert set(rows) == {b[0] for b in BEATS} | {"zz_bad"}  # rejected rows are not analysed
+    for r in rows.values():
+        assert list(r)[:9] == list(tempo_key.FIELDS)
+    assert summary["clips"] == 6 and summary["errors"] == 1 and summary["analysed_now"] == 6
+    record = Run(dst).stage_record("03_tempo_key")
+    assert record["status"] == "done" and record["summary"]["clips"] == 6
+    # the file is sorted by clip_id
+    ids = [r["clip_id"] for r in read_jsonl(summary["output"])]
+    assert ids == sorted(ids)
+
+
+def test_bpm_accuracy_on_known_beats(analysed):
+    """Without a prior every answer is the true tempo or an octave of it; the 70-160 prior makes
+    every straight beat right within 4 %, and half-time beats right or at half."""
+    _, _, plain = analysed["plain"]
+    _, _, prior = analysed["prior"]
+    for cid, bpm, _k, _s, half, _seed, _m in BEATS:
+        t = plain[cid]["tempo_raw"]
+        assert any(_within(t, bpm * f) for f in (1, 0.5, 2)), (cid, t)
+        assert plain[cid]["tempo_cnn"] == t and plain[cid]["tempo_folded"] is False
+        p = prior[cid]["tempo_raw"]
+        if half:
+            assert _within(p, bpm) or _within(p, bpm / 2), (cid, p)
+        else:
+            assert _within(p, bpm), (cid, p, prior[cid]["tempo_cnn"])
+        assert 70 <= p <= 160
+        assert prior[cid]["tempo_cnn"] == t  # the network's own answer is kept beside the folded one
+    straight_plain = sum(_within(plain[b[0]]["tempo_raw"], b[1]) for b in BEATS if not b[4])
+    assert straight_plain >= 3  # most straight beats are right even without the prior
+
+
+def test_key_accuracy_on_known_beats(analysed):
+    _, _, rows = analysed["plain"]
+    right = sum((rows[cid]["key_raw"], rows[cid]["scale_raw"]) == (key, scale)
+                for cid, _b, key, scale, *_ in BEATS)
+    assert right >= 4, {cid: (rows[cid]["key_raw"], rows[cid]["scale_raw"]) for cid, *_ in BEATS}
+    for cid, *_ in BEATS:
+        assert 0.0 <= rows[cid]["key_confidence"] <= 1.0
+        assert 0.0 <= rows[cid]["tempo_confidence"] <= 1.0 + 1e-6
+
+
+def test_threshold_rule_and_confidence(analysed):
+    for _, _, rows in analysed.values():
+        for r in rows.values():
+            if r["tempo_confidence"] is not None:
+                assert r["tempo"] == (r["tempo_raw"] if r["tempo_confidence"] >= 0.7 else None)
+            if r["key_confidence"] is not None:
+                kept = r["key_confidence"] >= 0.7
+                assert (r["key"], r["scale"]) == ((r["key_raw"], r["scale_raw"]) if kept else (None, None))
+
+
+def test_changing_min_confidence_only_rethresholds(analysed, tempocnn_graph, tmp_path):
+    src, _, rows = analysed["plain"]
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), min_confidence=0.95, workers=1)
+    assert summary["analysed_now"] == 0  # no re-analysis: the rule is applied at finalize
+    new = {r["clip_id"]: r for r in read_jsonl(summary["output"])}
+    for cid, r in new.items():
+        assert {k: r[k] for k in ("tempo_raw", "key_raw", "tempo_confidence")} == \
+               {k: rows[cid][k] for k in ("tempo_raw", "key_raw", "tempo_confidence")}
+        if r["tempo_confidence"] is not None:
+            assert (r["tempo"] is not None) == (r["tempo_confidence"] >= 0.95)
+    assert summary["tempo_kept"] < 6
+
+
+def test_bad_clip_gets_an_error_row(analysed):
+    _, _, rows = analysed["plain"]
+    bad = rows["zz_bad"]
+    assert "zz_bad.wav" in bad["error"]
+    assert all(bad[f] is None for f in tempo_key.FIELDS if f != "clip_id")
+    assert all(rows[b[0]]["error"] is None for b in BEATS)
+
+
+def test_resume_after_kill_gives_the_same_bytes(analysed, tempocnn_graph, tmp_path):
+    src, _, _ = analysed["plain"]
+    final = (src / "03_tempo_key" / "tempo_key.jsonl").read_bytes()
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    out = dst / "03_tempo_key" / "tempo_key.jsonl"
+    lines = out.read_bytes().splitlines(keepends=True)
+    # as a kill would leave it: two rows missing, the last one cut in the middle, unsorted
+    out.write_bytes(lines[3] + lines[0] + lines[4] + lines[2][: len(lines[2]) // 2])
+    (dst / "03_tempo_key" / "stage.json").unlink()
+    summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), workers=1)
+    assert summary["analysed_now"] == 3
+    assert out.read_bytes() == final
+
+
+def test_two_workers_give_the_same_file(clips_run, analysed, tempocnn_graph, tmp_path):
+    dst = _fresh(clips_run, tmp_path)
+    summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), workers=2)
+    assert summary["analysed_now"] == 6
+    assert (dst / "03_tempo_key" / "tempo_key.jsonl").read_bytes() == \
+           (analysed["plain"][0] / "03_tempo_key" / "tempo_key.jsonl").read_bytes()
+
+
+def test_changed_analysis_settings_start_over(analysed, tempocnn_graph, tmp_path):
+    src, _, _ = analysed["plain"]
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), key_profile="bgate", workers=1)
+    assert summary["analysed_now"] == 6
+    assert json.loads((dst / "03_tempo_key" / "analysis.json").read_text())["key_profile"] == "bgate"
+
+
+def test_inputs_are_validated_before_work(clips_run, tempocnn_graph, tmp_path):
+    dst = _fresh(clips_run, tmp_path)
+    g = str(tempocnn_graph)
+    with pytest.raises(tempo_key.TempoKeyError, match="segments.jsonl"):
+        tempo_key.run(run_dir=str(tmp_path / "empty"), tempo_model=g)
+    with pytest.raises(tempo_key.TempoKeyError, match="bpm_range"):
+        tempo_key.run(run_dir=str(dst), tempo_model=g, bpm_range="100-150")  # not an octave
+    with pytest.raises(tempo_key.TempoKeyError, match="bpm_range"):
+        tempo_key.run(run_dir=str(dst), tempo_model=g, bpm_range="fast")
+    with pytest.raises(tempo_key.TempoKeyError, match="key_profile"):
+        tempo_key.run(run_dir=str(dst), tempo_model=g, key_profile="nope")
+    with pytest.raises(tempo_key.TempoKeyError, match="min_confidence"):
+        tempo_key.run(run_dir=str(dst), tempo_model=g, min_confidence=70)
+    with pytest.raises(tempo_key.TempoKeyError, match="missing.pb"):
+        tempo_key.run(run_dir=str(dst), tempo_model=str(tmp_path / "missing.pb"))
+    assert not (dst / "03_tempo_key").exists()
+
+
+def test_confidence_definition_and_octave_folding():
+    p = np.zeros(256)
+    p[140 - 30] = 0.5
+    p[70 - 30] = 0.3
+    p[100 - 30] = 0.2
+    # no prior: the mass within ±4 % of the reported tempo
+    assert tempo_key.tempo_estimate(140, p, None) == (140.0, pytest.approx(0.5), False)
+    # 80-160: 70 folds to 140 and joins its mass; 140 lies in the range and is kept
+    assert tempo_key.tempo_estimate(140, p, (80, 160)) == (140.0, pytest.approx(0.8), False)
+    # a global tempo outside the range is replaced by the folded tempo with the most mass
+    q = np.zeros(256)
+    q[64 - 30] = 0.6
+    q[128 - 30] = 0.3
+    q[90 - 30] = 0.1
+    tempo, conf, folded = tempo_key.tempo_estimate(64, q, (70, 160))
+    assert (tempo, folded) == (128.0, True) and conf == pytest.approx(0.9)
+    row = tempo_key.make_row({"clip_id": "c", "global_bpm": 64.0, "mean_probs": q, "key": "C", "scale": "minor",
+                              "strength": 0.65, "error": None}, (70, 160), 0.7)
+    assert (row["tempo_raw"], row["tempo"], row["tempo_cnn"], row["key_raw"], row["key"], row["scale"]) == \
+           (128.0, 128.0, 64.0, "C", None, None)
+
+
+def test_model_download_is_verified_and_atomic(tempocnn_graph, tmp_path):
+    """The real download code, fed from a file:// URL (no network here)."""
+    url = tempocnn_graph.resolve().as_uri()
+    target = tmp_path / "models" / "deeptemp-k16-3.pb"
+    with pytest.raises(tempo_key.TempoKeyError, match="SHA-256"):
+        tempo_key.download_tempo_model(target, url=url, sha256="0" * 64)
+    assert not target.exists() and not list(target.parent.iterdir())  # nothing half-kept
+    assert tempo_key.download_tempo_model(target, url=url) == target
+    assert target.read_bytes() == tempocnn_graph.read_bytes()
+    # tempo_model "" finds the verified file in model_cache_dir without touching the network
+    assert tempo_key.resolve_tempo_model("", str(target.parent)) == target
+    with pytest.raises(tempo_key.TempoKeyError, match="cannot download"):
+        tempo_key.download_tempo_model(tmp_path / "x.pb", url=(tmp_path / "absent.pb").as_uri())
+
+
+def test_model_mirror_is_copied_into_the_cache_and_verified(tempocnn_graph, tmp_path, monkeypatch):
+    monkeypatch.setenv("STABLEBEAT_MODEL_MIRROR", str(tempocnn_graph.parent))
+    got = tempo_key.resolve_tempo_model("", model_cache_dir=str(tmp_path / "cache"))
+    assert got == tmp_path / "cache" / "deeptemp-k16-3.pb"
+    assert got.read_bytes() == tempocnn_graph.read_bytes()
