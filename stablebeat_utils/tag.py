@@ -1,0 +1,614 @@
+"""Zero-shot tags by CLAP similarity — the logic behind ``notebooks/02_tag.ipynb``.
+
+Every clip of ``01_segment`` gets instrument, mood and genre tags, as on the StableBeaT card: the
+clip's CLAP audio embedding is compared (cosine similarity) with the CLAP text embedding of every
+entry of three curated vocabularies (``data/vocab/{instruments,moods,genres}.yaml``), and the best
+``top_k_<family>`` entries above a floor become the clip's tags. All scores are kept.
+
+How a clip becomes one embedding (deliberate, and the same for every backend):
+
+- the clip is decoded, folded to mono and resampled to CLAP's rate (48 kHz for LAION CLAP);
+- it is cut into non-overlapping windows of ``window_seconds`` (CLAP's own input is 10 s;
+  a longer window would be randomly cropped by CLAP's feature extractor, so it is refused);
+- a last, partial window is kept when it holds at least half a window of audio (CLAP pads it
+  the way it was trained: ``repeatpad``), and dropped otherwise — a 2 s tail padded to 10 s would
+  weigh a fragment like a full window. A clip shorter than one window is one padded window;
+- each window's embedding is L2-normalised, the windows are averaged with weights equal to the
+  seconds of audio they hold, and the mean is L2-normalised again (the mean of unit vectors is
+  shorter than one). Cosine similarity is then a plain dot product.
+
+Backends: ``transformers`` (default) runs LAION's checkpoints through ``transformers.ClapModel``
+(``models.load_clap``; ``tiny:clap`` offline). ``laion_clap`` runs the card's own package when it
+is installed; it is imported only when chosen (it imports torchvision and downloads tokenizers at
+import time, which hangs offline).
+
+Outputs: ``RUN_DIR/02_tag/tags.jsonl`` (one row per ``ok`` clip of 01_segment, sorted by
+``clip_id``) and ``RUN_DIR/02_tag/text_embeddings/<key>.npz`` (the vocabulary's text embeddings,
+computed once per model + vocabulary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .runs import JsonlLog, Run, atomic_path, atomic_write_text, read_jsonl
+
+STAGE = "02_tag"
+FAMILIES = ("instruments", "moods", "genres")
+BACKENDS = ("transformers", "laion_clap")
+VOCAB_DIR = Path(__file__).parent / "data" / "vocab"
+MIN_TAIL = 0.5  # a last partial window is kept when it holds at least this fraction of a window
+SCORE_DECIMALS = 6
+MAX_SYNONYMS = 4
+
+
+class TagError(ValueError):
+    """A parameter, input or model that cannot be used; raised before any clip is processed."""
+
+
+class VocabError(TagError):
+    """A malformed vocabulary or synonyms file; the message names the file and the entry."""
+
+
+# --------------------------------------------------------------------------------------------
+# vocabularies
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    """One vocabulary entry: ``tag`` goes into prompts, ``text`` into CLAP's text tower."""
+
+    tag: str
+    text: str
+
+
+def _vocab_dir(vocab_dir: str | Path = "") -> Path:
+    path = Path(vocab_dir).expanduser() if str(vocab_dir) else VOCAB_DIR
+    if not path.is_dir():
+        raise VocabError(f"vocab_dir {str(path)!r} is not a folder (it should hold "
+                         f"{', '.join(f + '.yaml' for f in FAMILIES)})")
+    return path
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    if not path.is_file():
+        raise VocabError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise VocabError(f"{path}: not valid YAML ({exc})") from exc
+
+
+def _clean_text(value: Any, path: Path, where: str, field: str) -> str:
+    if not isinstance(value, str):
+        hint = " (quote it in the YAML file, e.g. \"808\")" if isinstance(value, (int, float)) else ""
+        raise VocabError(f"{path}: {where}: `{field}` must be text, got {type(value).__name__} {value!r}{hint}")
+    text = " ".join(value.split())
+    if not text:
+        raise VocabError(f"{path}: {where}: `{field}` is empty")
+    return text
+
+
+def load_family(path: str | Path, family: str | None = None) -> list[Entry]:
+    """Read and validate one vocabulary file (``family:`` + ``entries:`` of ``{tag, text}``)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise VocabError(f"{path}: expected a mapping with an `entries:` list of {{tag, text}} items")
+    declared = data.get("family")
+    if family is not None and declared is not None and declared != family:
+        raise VocabError(f"{path}: declares family {declared!r} but is read as {family!r}")
+    entries: list[Entry] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(data["entries"], start=1):
+        where = f"entry {i}"
+        if isinstance(item, str):  # a bare tag is allowed: its text is the tag itself
+            item = {"tag": item}
+        if not isinstance(item, dict):
+            raise VocabError(f"{path}: {where}: expected {{tag: ..., text: ...}}, got {item!r}")
+        unknown = sorted(set(item) - {"tag", "text"})
+        if unknown:
+            raise VocabError(f"{path}: {where} ({item.get('tag')!r}): unknown field(s) {', '.join(unknown)} "
+                             "(allowed: tag, text)")
+        if "tag" not in item:
+            raise VocabError(f"{path}: {where}: missing `tag`")
+        tag = _clean_text(item["tag"], path, where, "tag")
+        where = f"entry {i} ({tag!r})"
+        text = _clean_text(item["text"], path, where, "text") if item.get("text") is not None else tag
+        key = tag.casefold()
+        if key in seen:
+            raise VocabError(f"{path}: {where}: duplicate of entry {seen[key]} (tags are compared ignoring case)")
+        seen[key] = i
+        entries.append(Entry(tag, text))
+    if not entries:
+        raise VocabError(f"{path}: `entries:` is empty")
+    return entries
+
+
+def load_vocab(vocab_dir: str | Path = "") -> dict[str, list[Entry]]:
+    """The three families from ``vocab_dir`` ("" = the bundled ``data/vocab``), validated.
+
+    A tag may appear in only one family (the prompts stage must know what a tag is).
+    """
+    root = _vocab_dir(vocab_dir)
+    vocab = {family: load_family(root / f"{family}.yaml", family) for family in FAMILIES}
+    owner: dict[str, str] = {}
+    for family, entries in vocab.items():
+        for e in entries:
+            other = owner.setdefault(e.tag.casefold(), family)
+            if other != family:
+                raise VocabError(f"{root / (family + '.yaml')}: tag {e.tag!r} is also in {other}.yaml — "
+                                 "a tag may belong to one family only")
+    return vocab
+
+
+def load_synonyms(vocab_dir: str | Path = "", vocab: dict[str, list[Entry]] | None = None) -> dict[str, list[str]]:
+    """``synonyms.yaml`` of ``vocab_dir``: tag → 1–4 synonyms (used by 04_prompts), validated.
+
+    Every key must be a tag of the vocabulary; a synonym may not repeat its tag or another synonym.
+    """
+    root = _vocab_dir(vocab_dir)
+    vocab = vocab if vocab is not None else load_vocab(root)
+    tags = {e.tag: e.tag for entries in vocab.values() for e in entries}
+    folded = {t.casefold(): t for t in tags}
+    path = root / "synonyms.yaml"
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise VocabError(f"{path}: expected a mapping of tag: [synonym, ...]")
+    out: dict[str, list[str]] = {}
+    for raw_tag, syns in data.items():
+        tag = _clean_text(raw_tag, path, f"key {raw_tag!r}", "tag")
+        if tag.casefold() not in folded:
+            raise VocabError(f"{path}: {tag!r} is not a tag of {', '.join(f + '.yaml' for f in FAMILIES)}")
+        tag = folded[tag.casefold()]
+        where = f"{tag!r}"
+        if isinstance(syns, str):
+            syns = [syns]
+        if not isinstance(syns, list) or not 1 <= len(syns) <= MAX_SYNONYMS:
+            raise VocabError(f"{path}: {where}: expected a list of 1 to {MAX_SYNONYMS} synonyms, got {syns!r}")
+        clean: list[str] = []
+        for s in syns:
+            s = _clean_text(s, path, where, "synonym")
+            if s.casefold() == tag.casefold() or s.casefold() in (c.casefold() for c in clean):
+                raise VocabError(f"{path}: {where}: synonym {s!r} repeats the tag or another synonym")
+            if s.casefold() in folded:
+                raise VocabError(f"{path}: {where}: synonym {s!r} is itself a tag — two tags that mean the same "
+                                 "thing should be one entry")
+            clean.append(s)
+        if tag in out:
+            raise VocabError(f"{path}: {where}: listed twice")
+        out[tag] = clean
+    return out
+
+
+def vocab_hash(vocab: dict[str, list[Entry]]) -> str:
+    """A short hash of the families' tags and texts (keys the text-embedding cache and the rows)."""
+    payload = json.dumps({f: [[e.tag, e.text] for e in vocab[f]] for f in FAMILIES}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# windows, embeddings, selection (pure functions, unit-tested)
+# --------------------------------------------------------------------------------------------
+
+def window_bounds(n_samples: int, sr: int, window_seconds: float, min_tail: float = MIN_TAIL) -> list[tuple[int, int]]:
+    """Non-overlapping ``[start, stop)`` windows of ``window_seconds`` covering a clip.
+
+    A last partial window is kept when it holds ``>= min_tail`` of a window, else dropped; a clip
+    shorter than one window gives one (short) window. 25 s at 10 s → 3 windows, 24 s → 2.
+    """
+    if n_samples <= 0:
+        return []
+    size = int(round(window_seconds * sr))
+    if size <= 0:
+        raise TagError(f"window_seconds={window_seconds} gives an empty window at {sr} Hz")
+    full, tail = divmod(n_samples, size)
+    bounds = [(i * size, (i + 1) * size) for i in range(full)]
+    if tail and (not bounds or tail >= min_tail * size):
+        bounds.append((full * size, n_samples))
+    return bounds
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def pool_windows(embeddings: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """One unit vector for a clip: weighted mean of its L2-normalised window embeddings, renormalised."""
+    emb = l2_normalize(np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1))
+    w = np.ones(len(emb), dtype=np.float64) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(emb),) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be {len(emb)} non-negative numbers with a positive sum, got {weights!r}")
+    mean = (emb.astype(np.float64) * (w / w.sum())[:, None]).sum(axis=0)
+    return l2_normalize(mean).astype(np.float32)
+
+
+def cosine_scores(audio_embedding: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
+    """Cosine similarity of one audio embedding with each row of ``text_embeddings``."""
+    return l2_normalize(text_embeddings) @ l2_normalize(audio_embedding)
+
+
+def select_tags(scores: dict[str, float], top_k: int, min_similarity: float, max_margin: float) -> list[str]:
+    """The ``top_k`` best tags with ``score >= min_similarity`` and within ``max_margin`` of the best.
+
+    Ties are broken by tag name so the choice never depends on dictionary order.
+    """
+    if top_k <= 0 or not scores:
+        return []
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    best = ranked[0][1]
+    return [t for t, s in ranked[:top_k] if s >= min_similarity and best - s <= max_margin]
+
+
+# --------------------------------------------------------------------------------------------
+# backends: texts → unit vectors, lists of mono windows → unit vectors
+# --------------------------------------------------------------------------------------------
+
+class TransformersClap:
+    """LAION CLAP through ``transformers.ClapModel`` (``models.load_clap``: hub id, path, ``tiny:clap``)."""
+
+    name = "transformers"
+
+    def __init__(self, source: str, device: str = "cpu"):
+        import torch
+
+        from . import models
+
+        self.source = source
+        self.device = device
+        self.model, self.processor = models.load_clap(source, device=device)
+        self.dtype = models.pick_dtype(device)  # bf16 on GPUs that have it, fp16 on others, fp32 on CPU
+        self.model = self.model.to(device=torch.device(device), dtype=self.dtype).eval()
+        fe = self.processor.feature_extractor
+        self.sampling_rate = int(fe.sampling_rate)
+        self.window_seconds = float(fe.nb_max_samples) / self.sampling_rate
+        # Every window we give is at most CLAP's length, so nothing is ever cropped at random; an
+        # unfused model takes one mel ("rand_trunc"), a fused one four copies ("fusion").
+        self.fusion = bool(getattr(self.model.config.audio_config, "enable_fusion", False))
+        self.truncation = "fusion" if self.fusion else "rand_trunc"
+
+    def fingerprint(self) -> str:
+        """Hash of the text projection weights: tells a rebuilt or different model apart."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.model.text_projection.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        inputs = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            out = self.model.get_text_features(**inputs)
+        emb = out.pooler_output if hasattr(out, "pooler_output") else out
+        return l2_normalize(emb.float().cpu().numpy())
+
+    def embed_audio(self, windows: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        feats = self.processor.feature_extractor(
+            [w.astype(np.float64, copy=False) for w in windows], sampling_rate=self.sampling_rate,
+            truncation=self.truncation, return_tensors="pt")
+        features = feats["input_features"].to(device=self.device, dtype=self.dtype)
+        # the extractor flags one random clip as "longer" when none is (fusion models); none of
+        # our windows is longer than CLAP's input, so say so: deterministic and truthful.
+        is_longer = torch.zeros((len(windows), 1), dtype=torch.bool, device=self.device)
+        with torch.inference_mode():
+            out = self.model.get_audio_features(input_features=features, is_longer=is_longer)
+        emb = out.pooler_output if hasattr(out, "pooler_output") else out
+        return l2_normalize(emb.float().cpu().numpy())
+
+
+# LAION-CLAP's own checkpoints for the hub ids of their transformers conversions (LAION-CLAP README:
+# the music checkpoints are HTSAT-base, unfused; files in the hub repo lukewys/laion_clap).
+LAION_CLAP_CHECKPOINTS = {
+    "laion/larger_clap_music": ("HTSAT-base", "music_audioset_epoch_15_esc_90.14.pt"),
+    "laion/larger_clap_music_and_speech": ("HTSAT-base", "music_speech_audioset_epoch_15_esc_89.98.pt"),
+    "laion/larger_clap_general": ("HTSAT-base", "music_speech_epoch_15_esc_89.25.pt"),
+}
+
+
+class LaionClapBackend:
+    """The card's package, ``laion-clap`` (``CLAP_Module``), for LAION's ``.pt`` checkpoints.
+
+    ``source``: a hub id of :data:`LAION_CLAP_CHECKPOINTS` or a local ``.pt`` file (HTSAT-base).
+    Imported only here: ``import laion_clap`` pulls torchvision and calls ``from_pretrained`` for
+    three tokenizers at import time (it hangs without network).
+    """
+
+    name = "laion_clap"
+    sampling_rate = 48_000
+    window_seconds = 10.0
+
+    def __init__(self, source: str, device: str = "cpu"):
+        if source.startswith("tiny:"):
+            raise TagError(f"backend='laion_clap' reads LAION's .pt checkpoints; there is no {source!r} for it. "
+                           "Use backend='transformers' (the demo's tiny CLAP runs there).")
+        try:
+            import laion_clap  # noqa: PLC0415 — lazy on purpose, see the class docstring
+        except ImportError as exc:
+            raise TagError(
+                "backend='laion_clap' needs the `laion-clap` package, which is not installed. Install it with "
+                "`pip install laion-clap` (it imports torchvision and needs network access at import), or use "
+                "backend='transformers' (the default), which runs the same LAION weights.") from exc
+        if source in LAION_CLAP_CHECKPOINTS:
+            amodel, filename = LAION_CLAP_CHECKPOINTS[source]
+            from huggingface_hub import hf_hub_download
+
+            ckpt = hf_hub_download("lukewys/laion_clap", filename)
+        elif Path(source).suffix == ".pt" and Path(source).is_file():
+            amodel, ckpt = "HTSAT-base", source
+        else:
+            raise TagError(f"backend='laion_clap': clap_model {source!r} is neither a local .pt checkpoint nor one "
+                           f"of {', '.join(LAION_CLAP_CHECKPOINTS)}")
+        self.source = source
+        self.device = device
+        self.model = laion_clap.CLAP_Module(enable_fusion=False, amodel=amodel, device=device)
+        self.model.load_ckpt(ckpt)
+        self._ckpt = str(ckpt)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self._ckpt}:{Path(self._ckpt).stat().st_size}".encode()).hexdigest()[:16]
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        return l2_normalize(np.asarray(self.model.get_text_embedding(texts, use_tensor=False)))
+
+    def embed_audio(self, windows: list[np.ndarray]) -> np.ndarray:
+        rows: dict[int, np.ndarray] = {}
+        by_len: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            by_len.setdefault(len(w), []).append(i)
+        for idx in by_len.values():  # CLAP_Module takes an (N, T) array: group equal lengths
+            # LAION-CLAP's README quantises to int16 and back before embedding (as in training)
+            x = np.stack([np.clip(windows[i], -1, 1) for i in idx]).astype(np.float32)
+            x = (x * 32767.0).astype(np.int16).astype(np.float32) / 32767.0
+            emb = np.asarray(self.model.get_audio_embedding_from_data(x=x, use_tensor=False))
+            rows.update(zip(idx, emb))
+        return l2_normalize(np.stack([rows[i] for i in range(len(windows))]))
+
+
+def make_backend(backend: str, clap_model: str, device: str = "cpu"):
+    """A backend object by name (``transformers`` or ``laion_clap``)."""
+    if backend == "transformers":
+        return TransformersClap(clap_model, device)
+    if backend == "laion_clap":
+        return LaionClapBackend(clap_model, device)
+    raise TagError(f"backend {backend!r} is unknown: choose one of {', '.join(BACKENDS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------------------------
+
+def text_embeddings(clap, vocab: dict[str, list[Entry]], cache_dir: str | Path) -> tuple[dict[str, np.ndarray], bool]:
+    """Each family's text embeddings ``(n_entries, dim)``, from the cache when it has them.
+
+    The cache file is keyed by backend, model, the model's weights fingerprint and the vocabulary.
+    Returns ``(embeddings, from_cache)``.
+    """
+    key = hashlib.sha256(json.dumps([clap.name, clap.source, clap.fingerprint(), vocab_hash(vocab)]).encode()
+                         ).hexdigest()[:16]
+    path = Path(cache_dir) / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as data:
+                cached = {f: data[f] for f in FAMILIES}
+            if all(cached[f].shape[0] == len(vocab[f]) for f in FAMILIES):
+                return cached, True
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            pass
+    out = {f: clap.embed_text([e.text for e in vocab[f]]) for f in FAMILIES}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **out)
+    return out, False
+
+
+def _embed_key(backend: str, clap_model: str, vocab: dict[str, list[Entry]], window_seconds: float) -> str:
+    """What the scores of a row depend on; rows with another key are recomputed."""
+    payload = json.dumps([backend, clap_model, vocab_hash(vocab), float(window_seconds), MIN_TAIL])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _score_row(pooled: np.ndarray, text: dict[str, np.ndarray], vocab: dict[str, list[Entry]]) -> dict[str, dict[str, float]]:
+    return {f: {e.tag: round(float(s), SCORE_DECIMALS) for e, s in zip(vocab[f], cosine_scores(pooled, text[f]))}
+            for f in FAMILIES}
+
+
+def _apply_selection(row: dict, top_k: dict[str, int], min_similarity: float, max_margin: float) -> dict:
+    row = dict(row)
+    for f in FAMILIES:
+        row[f"{f}_tags"] = select_tags(row["scores"][f], top_k[f], min_similarity, max_margin)
+    return row
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _load_windows(run: Run, seg: dict, sr: int, window_seconds: float) -> tuple[list[np.ndarray], list[float], float]:
+    from .audio import load
+
+    rel = seg.get("path")
+    if not rel:
+        raise TagError("the segments row has no `path`")
+    audio, _ = load(run.path(rel), sr=sr, mono=True)
+    mono = audio[0]
+    if not np.all(np.isfinite(mono)):
+        raise TagError("the audio holds NaN or infinite samples")
+    bounds = window_bounds(len(mono), sr, window_seconds)
+    windows = [mono[a:b] for a, b in bounds]
+    return windows, [(b - a) / sr for a, b in bounds], len(mono) / sr
+
+
+def _validate(params: dict) -> None:
+    p = params
+    if p["backend"] not in BACKENDS:
+        raise TagError(f"backend {p['backend']!r} is unknown: choose one of {', '.join(BACKENDS)}")
+    if not isinstance(p["batch_size"], int) or p["batch_size"] < 1:
+        raise TagError(f"batch_size must be a positive integer, got {p['batch_size']!r}")
+    for f in FAMILIES:
+        k = p[f"top_k_{f}"]
+        if not isinstance(k, int) or k < 0:
+            raise TagError(f"top_k_{f} must be an integer >= 0, got {k!r}")
+    if not -1.0 <= float(p["min_similarity"]) <= 1.0:
+        raise TagError(f"min_similarity is a cosine similarity in [-1, 1], got {p['min_similarity']!r}")
+    if float(p["max_margin"]) < 0:
+        raise TagError(f"max_margin must be >= 0 (2.0 turns it off), got {p['max_margin']!r}")
+    if not float(p["window_seconds"]) > 0:
+        raise TagError(f"window_seconds must be > 0, got {p['window_seconds']!r}")
+    if not p["clap_model"]:
+        raise TagError("clap_model is empty: give a hub id (laion/larger_clap_music), a local folder or tiny:clap")
+
+
+def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "tiny:clap",
+        backend: str = "transformers", batch_size: int = 8, top_k_instruments: int = 3,
+        top_k_moods: int = 2, top_k_genres: int = 1, min_similarity: float = -1.0,
+        max_margin: float = 2.0, window_seconds: float = 10.0, device: str = "auto",
+        vocab_dir: str = "") -> dict:
+    """Tag every ``ok`` clip of ``RUN_DIR/01_segment/segments.jsonl``; write ``02_tag/tags.jsonl``.
+
+    ``min_similarity`` (cosine floor) and ``max_margin`` (largest distance below the family's best
+    score) filter the ``top_k_<family>`` best tags; ``-1.0`` / ``2.0`` turn them off (the demo's
+    random tiny CLAP has no meaningful score scale). Resumable: clips already tagged with the same
+    model, vocabulary and windowing are kept (an unreadable clip keeps its ``error`` row: delete
+    ``tags.jsonl`` to retry); changed thresholds re-select tags from the stored scores, no model run.
+    Returns a summary dict (also recorded in ``02_tag/stage.json``).
+    """
+    params = dict(run_dir=str(run_dir), profile=profile, clap_model=clap_model, backend=backend,
+                  batch_size=batch_size, top_k_instruments=top_k_instruments, top_k_moods=top_k_moods,
+                  top_k_genres=top_k_genres, min_similarity=float(min_similarity), max_margin=float(max_margin),
+                  window_seconds=float(window_seconds), device=device, vocab_dir=str(vocab_dir))
+    _validate(params)
+    vocab = load_vocab(vocab_dir)
+    top_k = {"instruments": top_k_instruments, "moods": top_k_moods, "genres": top_k_genres}
+    run_ = Run(run_dir)
+    seg_path = run_.path("01_segment", "segments.jsonl")
+    if not seg_path.is_file():
+        raise TagError(f"{seg_path}: not found — run 01_segment first (this stage tags its clips)")
+    try:
+        segments = [r for r in read_jsonl(seg_path) if r.get("status") == "ok"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TagError(f"{seg_path}: not a JSONL file ({exc})") from exc
+    bad = [i for i, r in enumerate(segments, 1) if not isinstance(r.get("clip_id"), str)]
+    if bad:
+        raise TagError(f"{seg_path}: ok row {bad[0]} has no text `clip_id`")
+    segments = sorted({r["clip_id"]: r for r in segments}.values(), key=lambda r: r["clip_id"])
+    ok_ids = {r["clip_id"] for r in segments}
+
+    stage_dir = run_.stage_dir(STAGE)
+    out_path = stage_dir / "tags.jsonl"
+    key = _embed_key(backend, clap_model, vocab, window_seconds)
+
+    # Keep rows computed the same way (error rows too: a bad file stays bad — delete
+    # 02_tag/tags.jsonl to retry it); re-select tags if the thresholds changed; drop rows of another
+    # model/vocabulary/windowing and of clips no longer in 01.
+    log = JsonlLog(out_path)
+    kept, changed = [], False
+    for row in log.rows():
+        if row.get("embed_key") != key or row["clip_id"] not in ok_ids:
+            changed = True
+            continue
+        new = row if "error" in row else _apply_selection(row, top_k, min_similarity, max_margin)
+        changed |= new != row
+        kept.append(new)
+    if changed:
+        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in kept))
+        log = JsonlLog(out_path)
+
+    # Chunks are fixed by the sorted clip list, so a resumed run feeds the model exactly the same
+    # batches as an uninterrupted one (bit-identical scores); a chunk is redone if any clip is missing.
+    chunks = [c for c in _chunks(segments, batch_size) if any(r["clip_id"] not in log for r in c)]
+    todo = sum(len(c) for c in chunks)
+    started = time.perf_counter()
+    text_cached = None
+    device_used = None
+    audio_seconds = loop_seconds = 0.0
+    if chunks:
+        from . import models
+
+        device_used = models.pick_device(device)
+        clap = make_backend(backend, clap_model, device_used)
+        if window_seconds > clap.window_seconds + 1e-9:
+            raise TagError(f"window_seconds={window_seconds} is longer than this CLAP's input "
+                           f"({clap.window_seconds:g} s); CLAP would crop it at random — use <= {clap.window_seconds:g}")
+        text, text_cached = text_embeddings(clap, vocab, stage_dir / "text_embeddings")
+        from tqdm.auto import tqdm
+
+        loop_started = time.perf_counter()
+
+        bar = tqdm(total=todo, desc="02_tag: CLAP", unit="clip")
+        for chunk in chunks:
+            rows, loaded = [], []
+            for seg in chunk:
+                base = {"clip_id": seg["clip_id"], "path": seg.get("path"), "model": clap_model,
+                        "backend": backend, "embed_key": key}
+                try:
+                    windows, weights, dur = _load_windows(run_, seg, clap.sampling_rate, window_seconds)
+                    loaded.append((base, windows, weights, dur))
+                except Exception as exc:  # one bad clip never stops the batch
+                    rows.append({**base, "error": f"{seg.get('path')}: {exc}"})
+            flat = [w for _, ws, _, _ in loaded for w in ws]
+            embs = [clap.embed_audio(b) for b in _chunks(flat, batch_size)] if flat else []
+            embs = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+            i = 0
+            for base, windows, weights, dur in loaded:
+                pooled = pool_windows(embs[i:i + len(windows)], weights)
+                i += len(windows)
+                audio_seconds += dur
+                row = {**base, "duration": round(dur, 3), "n_windows": len(windows),
+                       "instruments_tags": [], "moods_tags": [], "genres_tags": [],
+                       "scores": _score_row(pooled, text, vocab)}
+                rows.append(_apply_selection(row, top_k, min_similarity, max_margin))
+            log.append(*rows)
+            bar.update(len(chunk))
+        bar.close()
+        loop_seconds = time.perf_counter() - loop_started
+    rows = log.finalize()
+    elapsed = time.perf_counter() - started
+    errors = [r for r in rows if "error" in r]
+    summary = {
+        "clips": len(segments), "tagged": len(rows) - len(errors), "errors": len(errors),
+        "computed": todo, "text_embeddings": None if text_cached is None else ("cached" if text_cached else "computed"),
+        "model": clap_model, "backend": backend, "device": device_used, "vocab_hash": vocab_hash(vocab),
+        "vocab_sizes": {f: len(vocab[f]) for f in FAMILIES}, "seconds": round(elapsed, 2),
+        "audio_seconds": round(audio_seconds, 2),
+        # seconds of audio tagged per second of the clip loop (decode + resample + CLAP; without
+        # the model load and text embeddings, which do not grow with the dataset)
+        "times_real_time": round(audio_seconds / loop_seconds, 2) if todo and loop_seconds > 0 else None,
+        "path": run_.rel(out_path),
+    }
+    run_.mark_done(STAGE, params=params, **summary)
+    return summary
+
+
+def read_tags(run_dir: str | Path) -> list[dict]:
+    """The rows of ``RUN_DIR/02_tag/tags.jsonl`` (for the notebook and later stages)."""
+    return read_jsonl(Run(run_dir).path(STAGE, "tags.jsonl"))
+
+
+def tag_frequencies(rows: Iterable[dict]) -> dict[str, list[tuple[str, int]]]:
+    """Family → ``[(tag, number of clips carrying it), ...]``, most frequent first (ties by name)."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    rows = [r for r in rows if "error" not in r]
+    for f in FAMILIES:
+        counts: dict[str, int] = {}
+        for r in rows:
+            for t in r.get(f"{f}_tags", []):
+                counts[t] = counts.get(t, 0) + 1
+        out[f] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return out
