@@ -33,7 +33,7 @@ from . import STAGES, __version__
 from .runs import RUN_FORMAT, Run, atomic_write_json
 
 PROFILES_DIR = Path(__file__).parent / "data" / "profiles"
-SECRET_NAME = re.compile(r"(token|secret|password|passwd|api_?key|credential)", re.I)
+SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|credentials?)$", re.I)
 VERSIONED_PACKAGES = ("torch", "torchaudio", "stable-audio-tools", "transformers", "essentia-tensorflow",
                       "librosa", "numpy", "pytorch-lightning", "papermill")
 

@@ -1,0 +1,725 @@
+"""Stage 04 — one human-readable prompt per clip, written by a local LLM and checked against the facts.
+
+The logic behind ``notebooks/04_prompts.ipynb`` (its second half, the look at the tag space, is
+:mod:`stablebeat_utils.tag_space`).
+
+For every ``ok`` clip of ``01_segment`` the clip's metadata (tags of ``02_tag``, confident tempo
+and key of ``03_tempo_key``) becomes a prompt in the StableBeaT card's style::
+
+    A melancholic and love-inspired rap with soul beat at 109 BPM in G minor, using plucked
+    guitar, synth bells, and movie sample.
+
+1. **Synonyms.** Each tag is worded as itself or one of its synonyms
+   (``data/vocab/synonyms.yaml``, read with :func:`stablebeat_utils.tag.load_synonyms`), chosen by
+   a random generator seeded with ``(seed, clip_id)``: the same run always gives the same words,
+   different clips get different words.
+2. **LLM.** A local instruct model (Llama 3.2 3B Instruct by default; any chat model id, e.g. the
+   ungated ``Qwen/Qwen2.5-3B-Instruct``) writes the prompt from the worded metadata, in batches
+   with left padding. Offline, ``"tiny:llm"`` is a 2-layer random-weight Llama: its output is
+   gibberish, so every prompt takes the fallback path — which is what CI exercises.
+3. **Validation.** An LLM's prompt is accepted only if :func:`validate` finds nothing wrong:
+   it states the confident BPM and key/scale when they are known, and no other number or key; it
+   names no instrument, mood or genre of the whole vocabulary (tags and synonyms) that the clip
+   was not tagged with; it names no artist; it fits T5's 128-token window (counted with the T5
+   tokenizer the model will use). A prompt that teaches the model "140 BPM" on a 109 BPM clip is
+   worse than no prompt at all.
+4. **Fallback.** A rejected (or missing) LLM prompt is replaced by a template prompt built from
+   the same metadata (:func:`template_prompt`, several templates in the card's style). The row says
+   which path produced it (``prompt_source``: ``"llm"`` or ``"template"``) and why the LLM's was
+   rejected (``reject_reason``).
+
+Limits of the validator (deliberate, documented in the notebook): it knows the words of the
+vocabulary and synonyms, not every instrument word of English ("tuba" passes); numbers written
+as words ("one hundred") are not read; a lower-case "a minor" is read as an article, not a key;
+the artist check is a small list plus a heuristic (capitalised words that are not vocabulary
+words are refused), so it refuses some innocent words ("Auto-Tune") and can miss lower-case names.
+Plural forms of a vocabulary phrase count as the phrase; a phrase contained in a tagged phrase is
+allowed ("trap" on a "cloud trap" clip).
+
+Missing inputs: a clip without a ``02_tag`` row (or whose row has an ``error``) or without a
+``03_tempo_key`` row still gets a prompt: a template from what exists (``missing`` lists what
+was absent), never an LLM prompt (the LLM would have nothing to describe and invent).
+
+Outputs (``RUN_DIR/04_prompts/``): ``prompts.jsonl`` — the card's ``{"filepath", "start",
+"duration", "prompt"}`` + ``clip_id``, ``prompt_source``, ``reject_reason``, ``llm_output``,
+``t5_tokens``, ``missing``; ``metadata.json`` — the card's per-clip dict keyed by the clip's file
+name; then :func:`tag_space.run` adds its plots and ``tag_space.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .runs import JsonlLog, Run, atomic_write_json, read_json, read_jsonl
+
+STAGE = "04_prompts"
+FAMILIES = ("instruments", "moods", "genres")
+CARD_KEYS = ("instruments_tags", "genres_tags", "moods_tags", "key", "scale", "tempo", "start", "duration")
+DATA_DIR = Path(__file__).parent / "data"
+ARTISTS_FILE = DATA_DIR / "vocab" / "artists.yaml"
+T5_MAX_TOKENS = 128  # stable-audio-tools' T5Conditioner max_length for SAO 1.0
+PROMPTS_FORMAT = 1  # bumped when the rows change meaning; older rows are redone
+
+
+class PromptsError(ValueError):
+    """A parameter or input that cannot be used; raised before any clip is processed."""
+
+
+# --------------------------------------------------------------------------------------------
+# vocabulary, synonyms, artists
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Lexicon:
+    """Everything the prompts stage knows about words: tags per family, synonyms, artist names."""
+
+    tags: dict[str, list[str]]                  # family -> tags
+    synonyms: dict[str, list[str]]              # tag -> synonyms
+    artists: list[str] = field(default_factory=list)
+
+    def family_of(self, tag: str) -> str | None:
+        for fam, tags in self.tags.items():
+            if tag in tags:
+                return fam
+        return None
+
+    def wordings(self, tag: str) -> list[str]:
+        """The tag itself, then its synonyms."""
+        return [tag] + list(self.synonyms.get(tag, []))
+
+
+def load_artists(path: str | Path = ARTISTS_FILE) -> list[str]:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PromptsError(f"{path}: cannot read the artist list ({exc})") from exc
+    names = data.get("artists") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise PromptsError(f"{path}: expected `artists:` followed by a list of names (quote names YAML "
+                           "would read as numbers)")
+    return [" ".join(n.split()) for n in names]
+
+
+def load_lexicon(vocab_dir: str | Path = "") -> Lexicon:
+    """The vocabulary and synonyms of ``02_tag`` (same files, same validation) + the artist list."""
+    from . import tag
+
+    vocab = tag.load_vocab(vocab_dir)
+    synonyms = tag.load_synonyms(vocab_dir, vocab)
+    return Lexicon(tags={f: [e.tag for e in vocab[f]] for f in FAMILIES}, synonyms=synonyms,
+                   artists=load_artists())
+
+
+def clip_rng(seed: int, clip_id: str) -> random.Random:
+    """A generator that depends only on (seed, clip_id): stable across runs, resumes and orders."""
+    digest = hashlib.sha256(f"{seed}:{clip_id}".encode("utf-8")).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def choose_wordings(meta: dict, lexicon: Lexicon, rng: random.Random) -> dict[str, list[str]]:
+    """For each family, the clip's tags worded as the tag or one of its synonyms (seeded)."""
+    return {f: [rng.choice(lexicon.wordings(t)) for t in meta.get(f"{f}_tags") or []] for f in FAMILIES}
+
+
+# --------------------------------------------------------------------------------------------
+# keys and tempo in text
+# --------------------------------------------------------------------------------------------
+
+PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_ACC = {"#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}
+# A note letter (upper case: a lower-case "a" is an article) + optional accidental + a scale word,
+# as in "G minor", "G-minor", "G min", "Gm", "F# minor", "F sharp minor", "Bb major", "Ebm".
+_KEY_RE = re.compile(
+    r"(?<![\w#♯♭])([A-G])((?:\s?[#♯♭b])|(?:[\s-]+(?:sharp|flat)))?"
+    r"(?:[\s-]*((?i:major|minor|maj|min))\b|(m)(?![\w#]))")
+# lower-case note letters b-g followed by a full scale word ("in g minor"; not "a", the article)
+_KEY_LOWER_RE = re.compile(r"(?<![\w#♯♭])([b-g])((?:\s?[#♯♭])|(?:[\s-]+(?:sharp|flat)))?[\s-]+(major|minor)\b")
+# "key of G", "in the key of F#" (a key without a scale)
+_KEY_OF_RE = re.compile(r"\bkey of ([A-Ga-g])((?:\s?[#♯♭b])|(?:[\s-]+(?:sharp|flat)))?(?![\w#])(?![\s-]*(?:major|minor|maj|min)\b)")
+# a scale named without a note: "minor key", "a major-key beat", "in a minor scale"
+_SCALE_ONLY_RE = re.compile(r"\b(major|minor)[\s-]+(?:key|scale|tonality)\b", re.I)
+_BPM_WORDS = r"(?:bpm|b\.\s?p\.\s?m\.?|beats[\s-]+(?:per|a)[\s-]+minute)"
+_NUMBER_RE = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)")
+_TEMPO_RE = re.compile(r"(\d+(?:[.,]\d+)?)\s*-?\s*" + _BPM_WORDS + r"|\btempo\s*(?:of|is|at|:|=)?\s*(?:about\s|around\s|roughly\s|~\s?)?(\d+(?:[.,]\d+)?)",
+                       re.I)
+
+
+def pitch_class(note: str, accidental: str | None = None) -> int:
+    acc = (accidental or "").strip(" -")
+    acc = acc.lower() if len(acc) > 1 else acc  # "Sharp"/"FLAT" as words; "b" is the flat sign
+    return (PITCH[note.upper()] + _ACC.get(acc, 0)) % 12
+
+
+def parse_key(key: str | None) -> int | None:
+    """Essentia's key spelling ("G", "F#", "Eb", "Bb") → pitch class 0–11; None if absent/unreadable."""
+    if not key:
+        return None
+    m = re.fullmatch(r"\s*([A-Ga-g])\s*([#♯b♭]|sharp|flat)?\s*", str(key))
+    return pitch_class(m.group(1), m.group(2)) if m else None
+
+
+def find_keys(text: str) -> list[tuple[int | None, str | None, str]]:
+    """Every key claim in ``text``: (pitch class or None, "major"/"minor" or None, matched text)."""
+    claims: list[tuple[int | None, str | None, str]] = []
+    spans: list[tuple[int, int]] = []
+    for rx in (_KEY_RE, _KEY_LOWER_RE):
+        for m in rx.finditer(text):
+            scale_word = (m.group(3) or "").lower()
+            if rx is _KEY_RE and m.group(4):
+                scale_word = "m"
+            scale = "major" if scale_word in ("major", "maj") else "minor"
+            claims.append((pitch_class(m.group(1), m.group(2)), scale, m.group(0)))
+            spans.append(m.span())
+    for m in _KEY_OF_RE.finditer(text):
+        if not any(a <= m.start(1) < b for a, b in spans):
+            claims.append((pitch_class(m.group(1), m.group(2)), None, m.group(0)))
+    for m in _SCALE_ONLY_RE.finditer(text):
+        if not any(a <= m.start() < b for a, b in spans):
+            claims.append((None, m.group(1).lower(), m.group(0)))
+    return claims
+
+
+def _num(s: str) -> float:
+    return float(s.replace(",", "."))
+
+
+# --------------------------------------------------------------------------------------------
+# vocabulary mentions
+# --------------------------------------------------------------------------------------------
+
+def _norm(text: str) -> str:
+    """Lower case, hyphens and slashes as spaces, one space between words (for phrase matching)."""
+    return " ".join(re.sub(r"[-/_]", " ", text.casefold()).split())
+
+
+class Matcher:
+    """Finds vocabulary phrases (tags and synonyms, plural forms included) in a text."""
+
+    def __init__(self, lexicon: Lexicon):
+        self.lexicon = lexicon
+        phrase_tags: dict[str, set[str]] = {}
+        for tags in lexicon.tags.values():
+            for t in tags:
+                for w in lexicon.wordings(t):
+                    phrase_tags.setdefault(_norm(w), set()).add(t)
+        self.phrase_tags = phrase_tags
+        phrases = sorted(phrase_tags, key=len, reverse=True)  # longest first: "cloud trap" before "trap"
+        self._rx = re.compile(r"(?<![\w&])(" + "|".join(re.escape(p) for p in phrases) + r")(?:s|es)?(?![\w&])")
+        self.words = {w for p in phrase_tags for w in re.findall(r"[\w&]+", p)}
+
+    def find(self, text: str) -> tuple[list[tuple[str, set[str]]], str]:
+        """(matched phrases with their tags, the normalised text with the matches blanked)."""
+        norm = _norm(text)
+        found = [(m.group(1), self.phrase_tags[m.group(1)]) for m in self._rx.finditer(norm)]
+        return found, self._rx.sub(" § ", norm)
+
+    def allowed(self, phrase: str, tags: set[str], clip_tags: Iterable[str]) -> bool:
+        """A phrase is allowed if one of its tags is the clip's, or it lies inside a wording of one."""
+        clip_tags = set(clip_tags)
+        if tags & clip_tags:
+            return True
+        pat = re.compile(r"(?<![\w&])" + re.escape(phrase) + r"(?![\w&])")
+        return any(pat.search(_norm(w)) for t in clip_tags for w in self.lexicon.wordings(t))
+
+
+# --------------------------------------------------------------------------------------------
+# the validator
+# --------------------------------------------------------------------------------------------
+
+_ALLOWED_CAPS = {"i", "bpm", "major", "minor", "key", "tempo", "beats", "per", "minute", "in", "at", "with",
+                 "b.p.m", "b.p.m.", "uk", "r&b", "rnb", "dj"}
+
+
+def _known_tempo(meta: dict) -> float | None:
+    t = meta.get("tempo")
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 else None
+
+
+def _known_key(meta: dict) -> tuple[int, str] | None:
+    pc = parse_key(meta.get("key"))
+    scale = (meta.get("scale") or "").lower()
+    return (pc, scale) if pc is not None and scale in ("major", "minor") else None
+
+
+def clip_tags(meta: dict) -> list[str]:
+    return [t for f in FAMILIES for t in meta.get(f"{f}_tags") or []]
+
+
+def count_t5_tokens(t5_tokenizer, text: str) -> int:
+    """Tokens T5 sees (with its end-of-sequence token), as stable-audio-tools' T5Conditioner counts."""
+    return len(t5_tokenizer(text)["input_ids"])
+
+
+def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None = None,
+             t5_tokenizer=None, max_tokens: int = T5_MAX_TOKENS) -> list[str]:
+    """Everything wrong with ``prompt`` for this clip; an empty list means accepted.
+
+    ``meta`` holds the clip's ``*_tags`` lists and the confident ``tempo``/``key``/``scale`` (None
+    when not confident). See the module docstring for the rules and their limits.
+    """
+    matcher = matcher or Matcher(lexicon)
+    text = (prompt or "").strip()
+    problems: list[str] = []
+    words = re.findall(r"[A-Za-z]+", text)
+    if len(words) < 4:
+        return [f"not a sentence ({len(words)} word(s))"]
+    if "\n" in text:
+        problems.append("more than one line")
+    letters = sum(c.isalpha() or c.isspace() for c in text)
+    if letters < 0.8 * len(text):
+        problems.append("mostly not words")
+
+    # -- vocabulary: whole vocabulary + synonyms, against the clip's tags
+    tags = clip_tags(meta)
+    found, masked = matcher.find(text)
+    named = set()
+    for phrase, ptags in found:
+        if not matcher.allowed(phrase, ptags, tags):
+            fam = sorted({lexicon.family_of(t) or "?" for t in ptags})
+            problems.append(f"names {'/'.join(f.rstrip('s') for f in fam)} {phrase!r} the clip was not tagged with")
+        else:
+            named |= ptags & set(tags)
+    if tags and not any(matcher.allowed(p, t, tags) for p, t in found):
+        problems.append("names none of the clip's tags")
+
+    # -- tempo
+    tempo = _known_tempo(meta)
+    stated = [(_num(m.group(1) or m.group(2))) for m in _TEMPO_RE.finditer(masked)]
+    numbers = [_num(n) for n in _NUMBER_RE.findall(masked)]
+    if tempo is None:
+        for n in numbers:
+            problems.append(f"states a number ({n:g}) although the clip's tempo is not known")
+    else:
+        ok = lambda v: abs(v - tempo) <= 0.5  # noqa: E731 — "109 BPM" for 109.4
+        if not any(ok(v) for v in stated):
+            problems.append(f"does not state the tempo ({tempo:g} BPM)")
+        for n in numbers:
+            if not ok(n):
+                problems.append(f"states a number ({n:g}) other than the tempo ({tempo:g} BPM)")
+
+    # -- key
+    key = _known_key(meta)
+    claims = find_keys(text)
+    if key is None:
+        for _, _, said in claims:
+            problems.append(f"names a key ({said.strip()!r}) although the clip's key is not known")
+    else:
+        pc, scale = key
+        for cpc, cscale, said in claims:
+            if (cpc is not None and cpc != pc) or (cscale is not None and cscale != scale):
+                problems.append(f"names a key ({said.strip()!r}) other than the clip's ({meta.get('key')} {scale})")
+        if not any(cpc == pc and cscale == scale for cpc, cscale, _ in claims):
+            problems.append(f"does not state the key ({meta.get('key')} {scale})")
+
+    # -- artists: the list, then capitalised words that are not vocabulary words
+    low = _norm(text)
+    for name in lexicon.artists:
+        if re.search(r"(?<![\w&])" + re.escape(_norm(name)) + r"(?![\w&])", low):
+            problems.append(f"names an artist ({name})")
+    key_spans = [m.span() for rx in (_KEY_RE,) for m in rx.finditer(text)]
+    for sentence in re.split(r"(?<=[.!?:;])\s+", text):
+        tokens = list(re.finditer(r"[A-Za-z][\w'’.&]*", sentence))
+        for tok in tokens[1:]:
+            w = tok.group(0).rstrip(".")
+            if not w[:1].isupper():
+                continue
+            parts = [p for p in re.split(r"[-'’.]", w.casefold()) if p]
+            if all(p in matcher.words or p in _ALLOWED_CAPS for p in parts):
+                continue
+            if re.fullmatch(r"[A-G](?:#|b)?m?", w):
+                continue
+            start = text.find(sentence) + tok.start()
+            if any(a <= start < b for a, b in key_spans):
+                continue
+            problems.append(f"a capitalised word that may be a name ({w!r})")
+
+    # -- length, as T5 counts it
+    if t5_tokenizer is not None:
+        n = count_t5_tokens(t5_tokenizer, text)
+        if n > max_tokens:
+            problems.append(f"too long for T5 ({n} > {max_tokens} tokens)")
+    return list(dict.fromkeys(problems))
+
+
+def clean_llm_output(text: str) -> str:
+    """The first non-empty line of a model's answer, without quotes or a "Prompt:" label."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    line = lines[0] if lines else ""
+    line = re.sub(r"^(?:here(?:'s| is) (?:the|a|your) prompt:?|prompt\s*:)\s*", "", line, flags=re.I)
+    return line.strip().strip('"“”\'').strip()
+
+
+# --------------------------------------------------------------------------------------------
+# templates (the card's style)
+# --------------------------------------------------------------------------------------------
+
+def join_words(items: Sequence[str], conj: str = "and") -> str:
+    """["a"] → "a"; ["a", "b"] → "a and b"; ["a", "b", "c"] → "a, b, and c" (the card's comma)."""
+    items = [i for i in items if i]
+    if len(items) <= 2:
+        return f" {conj} ".join(items)
+    return ", ".join(items[:-1]) + f", {conj} " + items[-1]
+
+
+def _article(word: str) -> str:
+    return "An" if re.match(r"(?i)[aeiou8]|r&b|rnb", word.strip()) else "A"
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _tpl_using(p):        # "A melancholic and love rap with soul beat at 109 BPM in G minor, using a, b, and c."
+    head = " ".join(x for x in (p["moods"], p["genre"], "beat") if x)
+    s = f"{_article(head)} {head}{p['bpm']}{p['key']}"
+    return s + (f", using {p['instruments']}." if p["instruments"] else ".")
+
+
+def _tpl_featuring(p):    # "A jazzy chillhop beat at 101 BPM featuring a, b, and c, with chill moods."
+    head = " ".join(x for x in (p["genre"], "beat") if x)
+    s = f"{_article(head)} {head}{p['bpm']}{p['key']}"
+    if p["instruments"]:
+        s += f" featuring {p['instruments']}"
+    if p["moods"]:
+        s += f", with {p['moods']} moods"
+    return s + "."
+
+
+def _tpl_with(p):         # "Melancholic trap beat at 105 BPM in A minor with a and b."
+    head = " ".join(x for x in (p["moods"], p["genre"], "beat") if x)
+    s = f"{_cap(head)}{p['bpm']}{p['key']}"
+    return s + (f" with {p['instruments']}." if p["instruments"] else ".")
+
+
+def _tpl_evoking(p):      # "A cloud trap beat with a and b, evoking a dark and moody mood, at 100 BPM."
+    head = " ".join(x for x in (p["genre"], "beat") if x)
+    s = f"{_article(head)} {head}"
+    if p["instruments"]:
+        s += f" with {p['instruments']}"
+    if p["moods"]:
+        s += f", evoking a {p['moods']} mood"
+    tail = f"{p['bpm']}{p['key']}"
+    return s + ("," + tail if tail and (p["instruments"] or p["moods"]) else tail) + "."
+
+
+def _tpl_instrumental(p):  # "A smooth neo-soul instrumental in D major at 90 BPM, built on a, b, and c."
+    head = " ".join(x for x in (p["moods"], p["genre"], "instrumental") if x)
+    s = f"{_article(head)} {head}{p['key']}{p['bpm']}"
+    return s + (f", built on {p['instruments']}." if p["instruments"] else ".")
+
+
+TEMPLATES = (_tpl_using, _tpl_featuring, _tpl_with, _tpl_evoking, _tpl_instrumental)
+
+
+def _format_key(meta: dict) -> str:
+    return f"{meta['key']} {meta['scale'].lower()}" if _known_key(meta) else ""
+
+
+def _format_tempo(meta: dict) -> str:
+    t = _known_tempo(meta)
+    return f"{round(t)}" if t is not None else ""
+
+
+def template_prompt(meta: dict, lexicon: Lexicon, rng: random.Random, t5_tokenizer=None,
+                    max_tokens: int = T5_MAX_TOKENS, wordings: dict | None = None) -> str:
+    """A prompt from the clip's metadata in one of :data:`TEMPLATES` (chosen by ``rng``).
+
+    Tags are worded with ``wordings`` (or a fresh :func:`choose_wordings`); instruments are dropped
+    from the end until the prompt fits T5's window.
+    """
+    w = wordings or choose_wordings(meta, lexicon, rng)
+    tpl = TEMPLATES[rng.randrange(len(TEMPLATES))]
+    if not any(w.values()):  # nothing but tempo/key: "A beat at 109 BPM in G minor."
+        tpl = _tpl_using
+    tempo, key = _format_tempo(meta), _format_key(meta)
+    instruments = list(w["instruments"])
+    while True:
+        parts = {"moods": join_words(w["moods"]), "genre": join_words(w["genres"]),
+                 "instruments": join_words(instruments),
+                 "bpm": f" at {tempo} BPM" if tempo else "", "key": f" in {key}" if key else ""}
+        text = " ".join(tpl(parts).split())
+        if t5_tokenizer is None or count_t5_tokens(t5_tokenizer, text) <= max_tokens or not instruments:
+            return text
+        instruments.pop()
+
+
+# --------------------------------------------------------------------------------------------
+# the LLM
+# --------------------------------------------------------------------------------------------
+
+SYSTEM_PROMPT = (
+    "You write one-sentence text prompts for a music generation model, from a beat's metadata. "
+    "Use only the facts given. If a tempo is given, state it exactly as 'N BPM'; if a key is given, "
+    "state it exactly as given (e.g. 'G minor'); if either is missing, say nothing about it. Mention "
+    "only the listed genres, moods and instruments, using the listed words; add no other instrument, "
+    "genre, mood, number, key, artist or producer name. Answer with the prompt only, one sentence, "
+    "under 40 words.")
+EXAMPLE_META = {"genres": ["rap with soul"], "moods": ["melancholic", "love"],
+                "instruments": ["plucked guitar", "synth bells", "movie sample"], "tempo": "109", "key": "G minor"}
+EXAMPLE_PROMPT = ("A melancholic and love-inspired rap with soul beat at 109 BPM in G minor, using plucked "
+                  "guitar, synth bells, and movie sample.")
+
+
+def describe(words: dict[str, list[str]], tempo: str, key: str) -> str:
+    lines = [f"{f}: {', '.join(words[f]) or '(none)'}" for f in ("genres", "moods", "instruments")]
+    lines.append(f"tempo: {tempo + ' BPM' if tempo else '(not known: do not mention)'}")
+    lines.append(f"key: {key or '(not known: do not mention)'}")
+    return "\n".join(lines)
+
+
+def chat_messages(words: dict[str, list[str]], tempo: str, key: str) -> list[dict]:
+    """A system message, one worked example from the card, then the clip's metadata."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": describe(EXAMPLE_META, EXAMPLE_META["tempo"], EXAMPLE_META["key"])},
+        {"role": "assistant", "content": EXAMPLE_PROMPT},
+        {"role": "user", "content": describe(words, tempo, key)},
+    ]
+
+
+def generate_batch(tokenizer, model, conversations: list[list[dict]], generation_length: int,  # new tokens
+                   temperature: float, seed: int) -> list[str]:
+    """One batched ``generate`` (left padding) over chat conversations; the decoded answers."""
+    import torch
+
+    tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    gen: dict[str, Any] = {"max_new_tokens": generation_length, "pad_token_id": tokenizer.pad_token_id}
+    if temperature > 0:
+        gen.update(do_sample=True, temperature=temperature, top_p=0.9)
+    else:
+        gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(**batch, **gen)
+    new = out[:, batch["input_ids"].shape[1]:]
+    return tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+
+def _by_id(rows: Iterable[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in rows:
+        if isinstance(r, dict) and r.get("clip_id") is not None:
+            out.setdefault(str(r["clip_id"]), r)
+    return out
+
+
+def gather(run: Run) -> list[dict]:
+    """One record per ``ok`` clip: its segment fields + the card's metadata + what was missing."""
+    seg_path = run.path("01_segment", "segments.jsonl")
+    if not seg_path.is_file():
+        raise PromptsError(f"{seg_path}: missing — run notebook 01_segment first")
+    try:
+        segments = read_jsonl(seg_path)
+        tags = _by_id(read_jsonl(run.path("02_tag", "tags.jsonl")))
+        tk = _by_id(read_jsonl(run.path("03_tempo_key", "tempo_key.jsonl")))
+    except ValueError as exc:
+        raise PromptsError(f"{run.root}: a JSONL input is not valid JSON ({exc})") from exc
+    records = []
+    for seg in segments:
+        if seg.get("status") != "ok" or not seg.get("clip_id") or not seg.get("path"):
+            continue
+        cid = str(seg["clip_id"])
+        missing = []
+        t = tags.get(cid)
+        if t is None or t.get("error"):
+            missing.append("tags" if t is None else "tags (02_tag error)")
+            t = {}
+        k = tk.get(cid)
+        if k is None or (k.get("error") and k.get("tempo") is None and k.get("key") is None):
+            missing.append("tempo_key" if k is None else "tempo_key (03_tempo_key error)")
+            k = k or {}
+        meta = {f"{f}_tags": [str(x) for x in (t.get(f"{f}_tags") or [])] for f in FAMILIES}
+        meta.update(key=k.get("key"), scale=k.get("scale"), tempo=k.get("tempo"))
+        if _known_key(meta) is None:
+            meta.update(key=None, scale=None)
+        meta.update(start=seg.get("start"), duration=seg.get("duration"))
+        records.append({"clip_id": cid, "filepath": seg["path"], "meta": meta, "missing": missing})
+    records.sort(key=lambda r: r["clip_id"])
+    return records
+
+
+def card_metadata(meta: dict) -> dict:
+    """Exactly the card's keys, in the card's order."""
+    return {k: meta.get(k) for k in CARD_KEYS}
+
+
+def _meta_hash(meta: dict) -> str:
+    return hashlib.sha256(json.dumps(card_metadata(meta), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------------------------
+
+def _validate_params(p: dict) -> None:
+    if p["batch_size"] < 1:
+        raise PromptsError(f"batch_size={p['batch_size']}: must be at least 1")
+    if p["generation_length"] < 8:
+        raise PromptsError(f"generation_length={p['generation_length']}: too few for a sentence (use 64–128)")
+    if p["temperature"] < 0:
+        raise PromptsError(f"temperature={p['temperature']}: must be ≥ 0 (0 = greedy decoding)")
+    if p["quantization"] not in ("", "4bit", "8bit"):
+        raise PromptsError(f"quantization={p['quantization']!r}: expected '', '4bit' or '8bit'")
+    if not 1 <= p["t5_max_length"] <= 512:
+        raise PromptsError(f"t5_max_length={p['t5_max_length']}: expected 1–512 (SAO's T5 reads 128)")
+    if p["n_clusters"] < 0 or p["n_clusters"] == 1:
+        raise PromptsError(f"n_clusters={p['n_clusters']}: 0 (choose by silhouette) or at least 2")
+    if not 0 <= p["rare_tag_percent"] <= 100:
+        raise PromptsError(f"rare_tag_percent={p['rare_tag_percent']}: a percentage, 0–100")
+
+
+def _fingerprint(p: dict, lexicon: Lexicon) -> str:
+    keys = ("llm_model", "t5_model", "use_llm", "quantization", "batch_size", "generation_length", "temperature",
+            "seed", "t5_max_length")
+    payload = {k: p[k] for k in keys}
+    payload.update(format=PROMPTS_FORMAT, tags=lexicon.tags, synonyms=lexicon.synonyms, artists=lexicon.artists,
+                   system=SYSTEM_PROMPT, example=EXAMPLE_PROMPT)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prepare_log(out: Path, fingerprint: str, records: list[dict]) -> JsonlLog:
+    """Open prompts.jsonl keeping only rows made with these parameters from today's metadata."""
+    want = {r["clip_id"]: _meta_hash(r["meta"]) for r in records}
+    rows = read_jsonl(out) if out.exists() else []
+    keep = [r for r in rows if r.get("fingerprint") == fingerprint and want.get(r.get("clip_id")) == r.get("meta_hash")]
+    if len(keep) != len(rows):
+        from .runs import atomic_write_text
+
+        atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+    return JsonlLog(out)
+
+
+def _row(rec: dict, prompt: str, source: str, reason: str | None, llm_output: str | None,
+         t5_tokens: int | None, fingerprint: str) -> dict:
+    m = rec["meta"]
+    return {"filepath": rec["filepath"], "start": m.get("start"), "duration": m.get("duration"), "prompt": prompt,
+            "clip_id": rec["clip_id"], "prompt_source": source, "reject_reason": reason, "llm_output": llm_output,
+            "t5_tokens": t5_tokens, "missing": rec["missing"], "meta_hash": _meta_hash(m),
+            "fingerprint": fingerprint}
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tiny:llm",
+        t5_model: str = "tiny:t5", use_llm: bool = True, quantization: str = "", batch_size: int = 8,
+        generation_length: int = 96, temperature: float = 0.6, seed: int = 0, device: str = "auto",
+        t5_max_length: int = T5_MAX_TOKENS, n_clusters: int = 0, rare_tag_percent: float = 5.0) -> dict:
+    """Write ``04_prompts/prompts.jsonl`` + ``metadata.json``, then the tag-space analysis.
+
+    Resumable: rows are appended one batch at a time and kept across runs when they were made with
+    the same parameters from the same metadata; a killed run goes on where it stopped.
+    """
+    from tqdm.auto import tqdm
+
+    from . import models, tag_space
+
+    params = dict(run_dir=str(run_dir), profile=profile, llm_model=llm_model, t5_model=t5_model, use_llm=use_llm,
+                  quantization=quantization, batch_size=batch_size, generation_length=generation_length,
+                  temperature=temperature, seed=seed, device=device, t5_max_length=t5_max_length,
+                  n_clusters=n_clusters, rare_tag_percent=rare_tag_percent)
+    _validate_params(params)
+    run_ = Run(run_dir)
+    records = gather(run_)
+    lexicon = load_lexicon()
+    matcher = Matcher(lexicon)
+    fingerprint = _fingerprint(params, lexicon)
+    out_dir = run_.stage_dir(STAGE)
+    out_path = out_dir / "prompts.jsonl"
+    t0 = time.perf_counter()
+
+    t5_tok, t5_enc = models.load_t5_encoder(t5_model, device=models.pick_device(device))
+    log = _prepare_log(out_path, fingerprint, records)
+    todo = [r for r in records if r["clip_id"] not in log]
+    device_used = models.pick_device(device)
+    llm = None
+    with tqdm(total=len(records), initial=len(records) - len(todo), desc="prompts", unit="clip") as bar:
+        for batch in _batches(todo, batch_size):
+            prepared = []
+            for rec in batch:
+                rng = clip_rng(seed, rec["clip_id"])
+                words = choose_wordings(rec["meta"], lexicon, rng)
+                prepared.append((rec, rng, words))
+            asked = [p for p in prepared if use_llm and not p[0]["missing"]]
+            answers: dict[str, str] = {}
+            if asked:
+                if llm is None:
+                    llm = models.load_chat_llm(llm_model, device=device_used, quantization=quantization or None)
+                convs = [chat_messages(w, _format_tempo(r["meta"]), _format_key(r["meta"])) for r, _, w in asked]
+                # the batch's seed depends on its first clip only: a resumed run redoes the same batches
+                bseed = int.from_bytes(hashlib.sha256(f"{seed}:{asked[0][0]['clip_id']}".encode()).digest()[:4], "big")
+                raw = generate_batch(*llm, convs, generation_length, temperature, bseed)
+                answers = {r["clip_id"]: a for (r, _, _), a in zip(asked, raw)}
+            rows = []
+            for rec, rng, words in prepared:
+                cid = rec["clip_id"]
+                if cid in answers:
+                    cand = clean_llm_output(answers[cid])
+                    problems = validate(cand, rec["meta"], lexicon, matcher, t5_tok, t5_max_length)
+                    if not problems:
+                        rows.append(_row(rec, cand, "llm", None, answers[cid], count_t5_tokens(t5_tok, cand), fingerprint))
+                        continue
+                    reason = "; ".join(problems)
+                elif not use_llm:
+                    reason = "use_llm=False"
+                else:
+                    reason = f"missing {', '.join(rec['missing'])}: LLM not asked"
+                text = template_prompt(rec["meta"], lexicon, rng, t5_tok, t5_max_length, wordings=words)
+                rows.append(_row(rec, text, "template", reason, answers.get(cid), count_t5_tokens(t5_tok, text),
+                                 fingerprint))
+            log.append(*rows)  # one write per batch: a resumed run never splits a batch
+            bar.update(len(batch))
+    llm = None
+
+    wanted = {r["clip_id"] for r in records}
+    rows = [r for r in log.finalize() if r["clip_id"] in wanted]
+    by_id = {r["clip_id"]: r for r in records}
+    metadata = {Path(r["filepath"]).name: card_metadata(by_id[r["clip_id"]]["meta"]) for r in rows}
+    atomic_write_json(out_dir / "metadata.json", metadata)
+
+    asked_n = sum(1 for r in rows if r["prompt_source"] == "llm" or (r["llm_output"] is not None))
+    accepted = sum(1 for r in rows if r["prompt_source"] == "llm")
+    reasons = Counter()
+    for r in rows:
+        if r["prompt_source"] == "template" and r["llm_output"] is not None:
+            for part in (r["reject_reason"] or "").split("; "):
+                reasons[re.sub(r"\(.*?\)|'.*?'", "(…)", part)] += 1
+    space = tag_space.run(run_dir, t5_model=t5_model, n_clusters=n_clusters, rare_tag_percent=rare_tag_percent,
+                          seed=seed, device=device, t5=(t5_tok, t5_enc), lexicon=lexicon)
+    summary = {
+        "clips": len(rows), "llm_asked": asked_n, "llm_accepted": accepted,
+        "acceptance_rate": round(accepted / asked_n, 4) if asked_n else None,
+        "template": sum(1 for r in rows if r["prompt_source"] == "template"),
+        "missing_inputs": sum(1 for r in rows if r["missing"]),
+        "top_reject_reasons": dict(reasons.most_common(5)),
+        "llm_model": llm_model if use_llm else None, "t5_model": t5_model, "device": device_used,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "prompts": run_.rel(out_path), "metadata": run_.rel(out_dir / "metadata.json"),
+        "tag_space": space,
+    }
+    run_.mark_done(STAGE, params=params, **summary)
+    return summary
+
+
+def read_prompts(run_dir: str | Path) -> list[dict]:
+    """The rows of ``RUN_DIR/04_prompts/prompts.jsonl`` (for the notebook and 05_train)."""
+    return read_jsonl(Run(run_dir).path(STAGE, "prompts.jsonl"))
