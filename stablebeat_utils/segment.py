@@ -1,0 +1,683 @@
+"""Stage 01 — segment: a folder of beats in, 44.1 kHz stereo clips with their start times out.
+
+Notebook: ``notebooks/01_segment.ipynb``.
+
+The StableBeaT card takes, from each instrumental, **two segments of 20–35 s from different parts
+of the track and keeps their start time** (``seconds_start`` conditioning). This module does that,
+reproducibly:
+
+1. **Find** the sources: every file under ``input_dir`` (recursive, sorted by relative posix path)
+   whose name ends in an audio extension (:data:`AUDIO_EXTS`). Other files (cover art, notes) are
+   ignored and counted. Hidden folders (``.git``, ``.Trashes``…) and ``__MACOSX`` are not entered.
+   **Hidden audio-named files** (``._beat.wav`` AppleDouble metadata from macOS, ``.beat.wav``)
+   are **rejected** with a reason, not silently skipped, so nothing disappears unexplained;
+   ``.DS_Store`` (no audio extension) is ignored like any other non-audio file. A **folder whose
+   name ends in an audio extension** (``beats.wav/``, ``.wav/``) gets a rejected row "is a
+   folder" (its contents are still scanned when it is not hidden).
+2. **Decode** once (soundfile, PyAV fallback; :func:`stablebeat_utils.audio.decode`). Rejected,
+   each with a human reason: empty, not audio, **truncated** (the file holds less than its header
+   announces — usually a broken copy or download: re-export it), NaN/inf samples, silent.
+3. **Analyse** a mono copy at :data:`ANALYSIS_SR` (11 025 Hz — 4× less work than 44.1 kHz and
+   enough for beats): RMS envelope (silence, fade-in/out), a mel spectrogram, librosa onset
+   strength and **beat tracking**; bars are 4 beats, their phase (the downbeat) is the one whose
+   beats carry the most low-band (kick) onset energy.
+4. **Choose** ``segments_per_track`` segments that start and end **on bar boundaries** (falling
+   back to beats, then to a 0.5 s grid when no steady beat is found; ``cut_on`` says which),
+   ``min_seconds``–``max_seconds`` long, inside the *usable* region (after the fade-in and before
+   the fade-out: where the 1 s loudness is within :data:`FADE_DB` dB of the track's loud level),
+   avoiding quiet stretches, one in each equal part of the usable region (different parts of the
+   track), never overlapping.
+   **Short tracks:** a track whose usable region fits fewer segments gives fewer clips (a 45 s
+   track gives one); a track with no room for one segment of ``min_seconds`` gets one rejected
+   row "too short" with its lengths.
+5. **Cut, convert, normalise** only the chosen segments from the decoded source: to stereo
+   (mono duplicated, more channels folded down), resampled to 44.1 kHz with soxr (VHQ), gained to
+   ``target_lufs`` integrated (pyloudnorm, BS.1770) — but never above a sample-peak ceiling of
+   ``peak_ceiling_dbfs``: where the target would need more, the gain is reduced (never limited,
+   never clipped); the row records the loudness reached. Written as 16-bit WAV.
+6. **Duplicates:** a source whose audio was already seen — byte-identical, or the same audio in
+   another container, codec or sample rate (a 0.5 s × 16-band loudness fingerprint, compared when
+   the lengths agree) — gets a rejected row "duplicate of <source>" and no clips. The earliest
+   source in sorted path order wins, whatever the worker scheduling. Only sources that gave clips
+   are compared against (a copy of an unreadable file keeps its own reason).
+
+``segments.jsonl`` holds one row per clip and one row per source that gave none; ``start`` is in
+seconds in the source, ``path`` relative to RUN_DIR. Work runs in ``workers`` processes (ordered,
+bounded window, so memory stays flat however many tracks there are); a source's rows are appended
+in one write after its clips are in place, so a run killed at any moment and run again ends with
+the same bytes. Changing a parameter that affects the output starts the stage over.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import sys
+import unicodedata
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from . import audio as audio_mod
+from .runs import JsonlLog, Run, atomic_path, atomic_write_json, read_json
+
+STAGE = "01_segment"
+AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
+              ".aif", ".aiff", ".aifc")
+SKIP_DIRS = {"__MACOSX"}
+ANALYSIS_SR = 11025
+HOP = 256  # 23 ms frames at ANALYSIS_SR
+N_MELS = 64
+SILENT_DBFS = -60.0  # a track whose loud level is below this is silent
+FADE_DB = 12.0  # fade-in/out: the 1 s level more than this below the loud level
+QUIET_DB = 24.0  # a quiet stretch inside a segment: this far below the loud level
+GRID_SECONDS = 0.5  # the fallback grid when no steady beat is found
+FP_HOP_S = 0.5  # fingerprint frame
+FP_BANDS = 16
+FP_MAX_FRAMES = 180  # the first 90 s are plenty to tell tracks apart
+DUP_CORR = 0.97  # fingerprint correlation above which two sources are the same audio
+DUP_PROFILE_DB = 1.0  # ... and their average spectra differ by less than this (RMS dB)
+ROW_FIELDS = ("clip_id", "source", "index", "of", "start", "duration", "path", "status", "reason", "cut_on",
+              "tempo", "source_duration", "source_sr", "source_channels", "source_format", "sha256",
+              "loudness_lufs", "gain_db", "peak_dbfs")
+
+
+class SegmentError(ValueError):
+    """A parameter or input folder that cannot be used; raised before any work starts."""
+
+
+# ---------------------------------------------------------------------------------------------
+# finding sources
+
+@dataclass(frozen=True)
+class Source:
+    rel: str  # posix path relative to the input folder
+    kind: str  # "file", "folder" (a folder named like audio), "hidden" (._x.wav and friends)
+
+
+def _is_audio_name(name: str) -> bool:
+    return name.lower().endswith(AUDIO_EXTS)
+
+
+def discover(input_dir: str | os.PathLike) -> tuple[list[Source], list[str]]:
+    """The sources under ``input_dir`` in sorted order, and the ignored (non-audio) files."""
+    root = Path(input_dir)
+    sources: list[Source] = []
+    ignored: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        keep = []
+        for d in dirnames:
+            rel = (here / d).relative_to(root).as_posix()
+            if _is_audio_name(d):
+                sources.append(Source(rel, "folder"))
+            if d.startswith(".") or d in SKIP_DIRS:
+                continue
+            if (here / d).is_symlink():
+                continue  # never follow folder links (loops); files that are links are read
+            keep.append(d)
+        dirnames[:] = sorted(keep)
+        for f in filenames:
+            rel = (here / f).relative_to(root).as_posix()
+            if not _is_audio_name(f):
+                ignored.append(rel)
+            elif f.startswith("."):
+                sources.append(Source(rel, "hidden"))
+            else:
+                sources.append(Source(rel, "file"))
+    sources.sort(key=lambda s: s.rel)
+    return sources, sorted(ignored)
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    """A filesystem-safe lowercase ASCII slug (``"Beat #1 (Ft. Ø)"`` → ``"beat_1_ft_o"``)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    s = re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
+    return s[:max_len].strip("_") or "track"
+
+
+def clip_id_for(rel: str, index: int | None) -> str:
+    """``<slug of stem>-<8 hex of the relative path>-<NN>`` (``-rejected`` for a source with no clip)."""
+    stem = rel.rsplit("/", 1)[-1]
+    for ext in AUDIO_EXTS:
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    h = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:8]
+    return f"{slug(stem)}-{h}-" + ("rejected" if index is None else f"{index:02d}")
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis
+
+@dataclass
+class Analysis:
+    """What the segmenter saw in one track (all times in seconds)."""
+
+    duration: float
+    frame_times: np.ndarray
+    rms_db: np.ndarray  # per frame
+    level_db: np.ndarray  # 1 s moving loudness
+    onset: np.ndarray  # onset strength per frame
+    loud_db: float  # the track's loud level (90th percentile of level_db)
+    usable: tuple[float, float]  # after the fade-in, before the fade-out
+    tempo: float | None
+    beats: np.ndarray
+    bars: np.ndarray
+    grid: np.ndarray  # the boundaries segments are cut on
+    cut_on: str  # "bar", "beat" or "time"
+    mel_db: np.ndarray = field(repr=False)
+    segments: list[tuple[float, float]] = field(default_factory=list)
+
+
+def _moving_mean(x: np.ndarray, n: int) -> np.ndarray:
+    if n <= 1 or len(x) == 0:
+        return x
+    c = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+    half = n // 2
+    idx = np.arange(len(x))
+    lo = np.clip(idx - half, 0, len(x))
+    hi = np.clip(idx + half + 1, 0, len(x))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def analyse(mono: np.ndarray, sr: int) -> Analysis:
+    """Analyse a mono signal (any rate; resampled to :data:`ANALYSIS_SR`): loudness, onsets, beats, bars."""
+    import librosa
+
+    y = mono if sr == ANALYSIS_SR else audio_mod.resample(mono[None, :], sr, ANALYSIS_SR, quality="HQ")[0]
+    duration = len(mono) / sr
+    rms = librosa.feature.rms(y=y, frame_length=1024, hop_length=HOP, center=True)[0]
+    rms_db = 20 * np.log10(np.maximum(rms, 1e-10))
+    frames_per_s = ANALYSIS_SR / HOP
+    level_db = 10 * np.log10(np.maximum(_moving_mean(rms.astype(np.float64) ** 2, int(frames_per_s)), 1e-20))
+    loud_db = float(np.percentile(level_db, 90)) if len(level_db) else float("-inf")
+    frame_times = librosa.frames_to_time(np.arange(len(rms)), sr=ANALYSIS_SR, hop_length=HOP)
+    S = librosa.feature.melspectrogram(y=y, sr=ANALYSIS_SR, n_fft=1024, hop_length=HOP, n_mels=N_MELS,
+                                       fmax=5000.0, center=True)
+    mel_db = librosa.power_to_db(S, ref=1.0, amin=1e-10)
+    n = min(len(rms), mel_db.shape[1])
+    # S comes from a centred STFT already: librosa's extra centring shift (n_fft // 2hop frames) would
+    # put every onset ~30-80 ms late (measured on demo.make_beat); without it beats land ~15 ms early,
+    # just before the attack, which is where a cut belongs.
+    onset = librosa.onset.onset_strength(S=mel_db, sr=ANALYSIS_SR, hop_length=HOP, center=False)[:n]
+
+    loud = np.nonzero(level_db >= loud_db - FADE_DB)[0]
+    usable = (float(frame_times[loud[0]]), float(min(frame_times[loud[-1]], duration))) if len(loud) else (0.0, 0.0)
+
+    tempo, beat_frames = librosa.beat.beat_track(onset_envelope=onset, sr=ANALYSIS_SR, hop_length=HOP,
+                                                 trim=True)
+    tempo = float(np.atleast_1d(tempo)[0]) if len(beat_frames) else None
+    beats = librosa.frames_to_time(beat_frames, sr=ANALYSIS_SR, hop_length=HOP)
+    bars = np.array([])
+    if len(beat_frames) >= 8:
+        # the downbeat: of the 4 phases, the one whose beats carry the most low-band (kick) onset
+        low = librosa.onset.onset_strength(S=mel_db[: N_MELS // 8], sr=ANALYSIS_SR, hop_length=HOP,
+                                           center=False)[:n]
+        bf = np.minimum(beat_frames, len(low) - 1)
+        strength = [low[bf[p::4]].mean() + 0.5 * onset[bf[p::4]].mean() for p in range(4)]
+        bars = beats[int(np.argmax(strength))::4]
+    a = Analysis(duration, frame_times[:n], rms_db[:n], level_db[:n], onset, loud_db, usable, tempo, beats, bars,
+                 np.array([]), "time", mel_db)
+    return a
+
+
+def _grids(a: Analysis, min_s: float, max_s: float) -> Iterator[tuple[str, np.ndarray]]:
+    u0, u1 = a.usable
+    eps = 0.05  # a boundary a frame before the usable start still counts
+    for name, g in (("bar", a.bars), ("beat", a.beats)):
+        g = g[(g >= u0 - eps) & (g <= u1 + eps)]
+        if len(g) >= 2:
+            yield name, g
+    yield "time", np.arange(u0, u1 + 1e-9, GRID_SECONDS)
+
+
+def choose_segments(a: Analysis, n_segments: int, min_s: float, max_s: float) -> list[tuple[float, float]]:
+    """Up to ``n_segments`` non-overlapping (start, end) on the grid, one per equal part of the usable region.
+
+    Bars first, then beats, then a 0.5 s grid: the first grid that gives the most segments wins (at
+    a slow tempo a bar can be too long to fit two segments). Fills ``a.grid``, ``a.cut_on`` and
+    ``a.segments``.
+    """
+    u0, u1 = a.usable
+    length = u1 - u0
+    n_fit = min(n_segments, int(np.floor((length + 1e-6) / min_s)))
+    if n_fit <= 0:
+        return []
+    quiet = (a.level_db < a.loud_db - QUIET_DB).astype(np.float64)
+    cq = np.concatenate([[0.0], np.cumsum(quiet)])
+    fps = ANALYSIS_SR / HOP
+
+    def quiet_seconds(s: np.ndarray, e: np.ndarray) -> np.ndarray:
+        i = np.clip((s * fps).astype(int), 0, len(quiet))
+        j = np.clip((e * fps).astype(int), 0, len(quiet))
+        return (cq[j] - cq[i]) / fps
+
+    best_choice: tuple[list, str, np.ndarray] = ([], "time", np.array([]))
+    for cut_on, grid in _grids(a, min_s, max_s):
+        s_idx, e_idx = np.triu_indices(len(grid), k=1)
+        starts, ends = grid[s_idx], grid[e_idx]
+        dur = ends - starts
+        ok = (dur >= min_s - 1e-6) & (dur <= max_s + 1e-6) & (starts >= u0 - 0.06) & (ends <= a.duration)
+        if not ok.any():
+            continue
+        starts, ends, dur = starts[ok], ends[ok], dur[ok]
+        qs = quiet_seconds(starts, ends)
+        target = min(max_s, max(min_s, length / n_fit))
+        chosen: list[tuple[float, float]] = []
+        prev_end = -np.inf
+        part = length / n_fit
+        for k in range(n_fit):
+            w0, w1 = u0 + k * part, u0 + (k + 1) * part
+            free = starts >= prev_end - 1e-6
+            if not free.any():
+                break
+            overlap = np.clip(np.minimum(ends, w1) - np.maximum(starts, w0), 0, None)
+            centre = np.abs((starts + ends) / 2 - (w0 + w1) / 2)
+            score = overlap - 0.5 * np.abs(dur - target) - 0.01 * centre - 4.0 * qs
+            score = np.where(free, score, -np.inf)
+            best = int(np.argmax(score))  # ties → the earliest, deterministic
+            chosen.append((float(starts[best]), float(ends[best])))
+            prev_end = ends[best]
+        if len(chosen) > len(best_choice[0]):
+            best_choice = (chosen, cut_on, grid)
+        if len(chosen) == n_fit:
+            break
+    a.segments, a.cut_on, a.grid = best_choice
+    return a.segments
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprints (duplicate detection)
+# Measured on demo.make_beat: the same beat as wav / 48 kHz flac / 128 kb/s mp3 correlates at
+# ≥ 0.9998 with ≤ 0.43 dB spectral difference; two different beats at the same tempo and length
+# reach 0.91 and 1.97 dB — hence the thresholds below.
+
+def fingerprint(a: Analysis) -> dict:
+    """A small loudness pattern: 0.5 s × 16 mel bands, as int8 quarter-dB deviations + the band means."""
+    fps = ANALYSIS_SR / HOP
+    step = max(1, int(round(FP_HOP_S * fps)))
+    power = 10 ** (a.mel_db / 10)
+    n_frames = min(power.shape[1] // step, FP_MAX_FRAMES)
+    if n_frames == 0:
+        return {"seconds": round(a.duration, 3), "profile": [], "frames": ""}
+    p = power[:, : n_frames * step].reshape(FP_BANDS, N_MELS // FP_BANDS, n_frames, step).mean(axis=(1, 3))
+    db = 10 * np.log10(np.maximum(p, 1e-10))
+    profile = db.mean(axis=1)
+    dev = np.clip(np.round((db - profile[:, None]) * 4), -127, 127).astype(np.int8)
+    return {"seconds": round(a.duration, 3), "profile": [round(float(v), 2) for v in profile],
+            "frames": base64.b64encode(dev.T.tobytes()).decode("ascii")}
+
+
+def _fp_arrays(fp: dict) -> tuple[np.ndarray, np.ndarray]:
+    dev = np.frombuffer(base64.b64decode(fp["frames"]), dtype=np.int8).reshape(-1, FP_BANDS).astype(np.float64)
+    return np.asarray(fp["profile"], dtype=np.float64), dev / 4
+
+
+def same_audio(fp_a: dict, fp_b: dict) -> bool:
+    """Whether two fingerprints come from the same audio (any container, codec or sample rate)."""
+    if not fp_a.get("frames") or not fp_b.get("frames"):
+        return False
+    da, db_ = fp_a["seconds"], fp_b["seconds"]
+    if abs(da - db_) > max(0.5, 0.01 * max(da, db_)):
+        return False
+    pa, xa = _fp_arrays(fp_a)
+    pb, xb = _fp_arrays(fp_b)
+    if np.sqrt(np.mean((pa - pb) ** 2)) > DUP_PROFILE_DB:
+        return False
+    n = min(len(xa), len(xb))
+    xa, xb = xa[:n].ravel(), xb[:n].ravel()
+    sa, sb = xa.std(), xb.std()
+    if sa < 0.25 and sb < 0.25:
+        return True  # both steady (no pattern to compare): same length and spectrum is all there is
+    if sa == 0 or sb == 0:
+        return False
+    return float(np.corrcoef(xa, xb)[0, 1]) >= DUP_CORR
+
+
+class _DupIndex:
+    """Fingerprints and file hashes of the sources that gave clips, bucketed by length."""
+
+    def __init__(self) -> None:
+        self.by_sha: dict[str, str] = {}
+        self.buckets: dict[int, list[tuple[str, dict]]] = {}
+
+    def find(self, sha: str | None, fp: dict | None) -> str | None:
+        if sha and sha in self.by_sha:
+            return self.by_sha[sha]
+        if not fp:
+            return None
+        b = int(fp["seconds"])
+        for k in range(b - 2, b + 3):
+            for src, other in self.buckets.get(k, ()):
+                if same_audio(fp, other):
+                    return src
+        return None
+
+    def add(self, source: str, sha: str | None, fp: dict | None) -> None:
+        if sha:
+            self.by_sha.setdefault(sha, source)
+        if fp:
+            self.buckets.setdefault(int(fp["seconds"]), []).append((source, fp))
+
+
+# ---------------------------------------------------------------------------------------------
+# one source (runs in a worker)
+
+def _row(source: str, index: int | None, of: int, status: str, reason: str = "", **extra: Any) -> dict:
+    row = {k: None for k in ROW_FIELDS}
+    row.update(clip_id=clip_id_for(source, index), source=source, index=index, of=of, status=status,
+               reason=reason)
+    row.update(extra)
+    return row
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _rejected(source: str, reason: str, **extra: Any) -> dict:
+    return {"source": source, "rows": [_row(source, None, 1, "rejected", reason, **extra)], "fp": None,
+            "sha256": extra.get("sha256")}
+
+
+def process_source(task: dict) -> dict:
+    """Decode, analyse, cut, normalise and write the clips of one source; never raises.
+
+    Returns ``{"source", "rows", "fp", "sha256"}``; clips are already in place (atomically).
+    """
+    rel = task["rel"]
+    try:
+        return _process_source(task)
+    except audio_mod.AudioError as exc:
+        return _rejected(rel, str(exc))
+    except MemoryError:
+        return _rejected(rel, "too large to decode in memory")
+    except Exception as exc:  # one odd file must not stop the batch: report it
+        return _rejected(rel, f"could not be processed ({type(exc).__name__}: {exc})")
+
+
+def _process_source(task: dict) -> dict:
+    rel, kind = task["rel"], task["kind"]
+    cfg = task["config"]
+    if kind == "folder":
+        return _rejected(rel, "is a folder, not an audio file (its name ends like one)")
+    if kind == "hidden":
+        name = rel.rsplit("/", 1)[-1]
+        what = "macOS AppleDouble metadata ('._' file)" if name.startswith("._") else "a hidden file"
+        return _rejected(rel, f"{what}: not used")
+    path = Path(task["input_dir"]) / rel
+    if not path.exists():
+        return _rejected(rel, "file not found (a broken link?)")
+    sha = _sha256(path)
+    dec = audio_mod.decode(path)
+    info = {"source_duration": round(dec.seconds, 3), "source_sr": dec.sr, "source_channels": dec.audio.shape[0],
+            "source_format": dec.format, "sha256": sha}
+    if dec.truncated:
+        return _rejected(rel, f"truncated: the header announces {dec.declared_seconds:.1f} s but the file holds "
+                              f"{dec.seconds:.1f} s (a broken copy or download? re-export it)", **info)
+    bad = audio_mod.non_finite_count(dec.audio)
+    if bad:
+        return _rejected(rel, f"{bad} NaN/infinite samples: the file is corrupt", **info)
+    mono = audio_mod.to_mono(dec.audio)
+    peak = audio_mod.peak_dbfs(mono)
+    if peak < SILENT_DBFS:
+        return _rejected(rel, f"silent (peak {peak:.0f} dBFS)", **info)
+    min_s, max_s = cfg["min_seconds"], cfg["max_seconds"]
+    if dec.seconds < min_s:
+        return _rejected(rel, f"too short: {dec.seconds:.1f} s long, a clip needs at least {min_s:g} s", **info)
+    a = analyse(mono, dec.sr)
+    fp = fingerprint(a)
+    if a.loud_db < SILENT_DBFS:
+        return {**_rejected(rel, f"silent (loudness {a.loud_db:.0f} dBFS)", **info), "fp": fp}
+    segs = choose_segments(a, cfg["segments_per_track"], min_s, max_s)
+    if not segs:
+        u0, u1 = a.usable
+        return {**_rejected(rel, f"too short: {u1 - u0:.1f} s of steady audio after trimming silence and fades "
+                                 f"({dec.seconds:.1f} s in all), a clip needs at least {min_s:g} s", **info),
+                "fp": fp}
+    rows = []
+    clips_dir = Path(task["clips_dir"])
+    for i, (s, e) in enumerate(segs):
+        i0, i1 = int(round(s * dec.sr)), min(int(round(e * dec.sr)), dec.audio.shape[1])
+        clip = audio_mod.to_stereo(dec.audio[:, i0:i1])
+        clip = audio_mod.resample(clip, dec.sr, audio_mod.TARGET_SR)
+        clip, gain = audio_mod.normalize_loudness(clip, audio_mod.TARGET_SR, cfg["target_lufs"],
+                                                  cfg["peak_ceiling_dbfs"])
+        cid = clip_id_for(rel, i)
+        with atomic_path(clips_dir / f"{cid}.wav") as tmp:
+            audio_mod.write_wav(tmp, clip, audio_mod.TARGET_SR)
+        rows.append(_row(rel, i, len(segs), "ok", start=round(i0 / dec.sr, 4),
+                         duration=round(clip.shape[1] / audio_mod.TARGET_SR, 4),
+                         path=f"{STAGE}/clips/{cid}.wav", cut_on=a.cut_on,
+                         tempo=round(a.tempo, 2) if a.tempo else None, **info, **gain))
+    return {"source": rel, "rows": rows, "fp": fp, "sha256": sha}
+
+
+def analyse_file(path: str | os.PathLike, segments_per_track: int = 2, min_seconds: float = 20.0,
+                 max_seconds: float = 35.0) -> Analysis:
+    """The analysis :func:`run` makes of one file, with its chosen segments (for plots in the notebook)."""
+    dec = audio_mod.decode(path)
+    a = analyse(audio_mod.to_mono(dec.audio), dec.sr)
+    choose_segments(a, segments_per_track, min_seconds, max_seconds)
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int) -> Iterator[Any]:
+    """``map(fn, tasks)`` in order, in ``workers`` processes, at most ``window`` tasks in flight.
+
+    ``Pool.imap`` would read the whole task list ahead and keep every finished result that waits
+    for a slow earlier one; this keeps memory flat. A task given as ``("done", x)`` is passed
+    through without a worker.
+    """
+    if workers <= 1:
+        for t in tasks:
+            yield t[1] if isinstance(t, tuple) else fn(t)
+        return
+    ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending: deque = deque()
+        it = iter(tasks)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < window:
+                try:
+                    t = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append(("value", t[1]) if isinstance(t, tuple) else ("future", pool.submit(fn, t)))
+            if not pending:
+                return
+            kind, item = pending.popleft()
+            yield item if kind == "value" else item.result()
+
+
+def _config(input_dir: Path, segments_per_track: int, min_seconds: float, max_seconds: float,
+            target_lufs: float, peak_ceiling_dbfs: float) -> dict:
+    return {"input_dir": str(input_dir), "segments_per_track": segments_per_track, "min_seconds": min_seconds,
+            "max_seconds": max_seconds, "target_lufs": target_lufs, "peak_ceiling_dbfs": peak_ceiling_dbfs,
+            "analysis_sr": ANALYSIS_SR, "hop": HOP, "clip_sr": audio_mod.TARGET_SR, "format": 1}
+
+
+def _validate(segments_per_track: int, min_seconds: float, max_seconds: float, target_lufs: float,
+              peak_ceiling_dbfs: float, workers: int) -> None:
+    if not isinstance(segments_per_track, int) or segments_per_track < 1:
+        raise SegmentError(f"segments_per_track={segments_per_track!r}: give a whole number ≥ 1")
+    if not (0 < min_seconds <= max_seconds):
+        raise SegmentError(f"min_seconds={min_seconds!r}, max_seconds={max_seconds!r}: need 0 < min ≤ max")
+    if max_seconds - min_seconds < 0.5:
+        raise SegmentError(f"max_seconds - min_seconds = {max_seconds - min_seconds:g} s: leave at least 0.5 s "
+                           "so segments can end on a bar or beat")
+    if not (-70 <= target_lufs <= 0):
+        raise SegmentError(f"target_lufs={target_lufs!r}: give a loudness in LUFS between -70 and 0 (e.g. -14)")
+    if not (-20 <= peak_ceiling_dbfs <= 0):
+        raise SegmentError(f"peak_ceiling_dbfs={peak_ceiling_dbfs!r}: give a ceiling between -20 and 0 dBFS")
+    if not isinstance(workers, int) or workers < 1:
+        raise SegmentError(f"workers={workers!r}: give a whole number ≥ 1")
+
+
+def _clean_stage(stage_dir: Path) -> None:
+    """Remove this stage's own outputs (never anything else)."""
+    for name in ("segments.jsonl", "stage.json"):
+        (stage_dir / name).unlink(missing_ok=True)
+    for sub in ("clips", ".work"):
+        if (stage_dir / sub).is_dir():
+            shutil.rmtree(stage_dir / sub)
+
+
+def _source_complete(rows: list[dict]) -> bool:
+    return bool(rows) and len(rows) == rows[0]["of"] and len({r["index"] for r in rows}) == len(rows)
+
+
+def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike = "demo", profile: str = "demo",
+        segments_per_track: int = 2, min_seconds: float = 20.0, max_seconds: float = 35.0,
+        target_lufs: float = -14.0, peak_ceiling_dbfs: float = -1.0, workers: int = 2,
+        progress: bool = True) -> dict:
+    """Segment every beat under ``input_dir`` into ``RUN_DIR/01_segment`` (see the module docstring).
+
+    Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths. Resumable and
+    deterministic (the same bytes whatever ``workers`` and wherever a previous run was killed).
+    """
+    from . import demo
+
+    _validate(segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
+              float(peak_ceiling_dbfs), workers)
+    try:
+        in_dir = Path(demo.resolve_input_dir(input_dir)).resolve()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise SegmentError(str(exc)) from exc
+    sources, ignored = discover(in_dir)
+    if not sources:
+        raise SegmentError(f"input_dir {str(in_dir)!r} holds no audio files ({', '.join(AUDIO_EXTS)})")
+    run_obj = Run(run_dir)
+    run_obj.check_compatible()
+    if run_obj.root == in_dir or in_dir in run_obj.root.parents or run_obj.root in in_dir.parents:
+        raise SegmentError(f"run_dir {str(run_obj.root)!r} and input_dir {str(in_dir)!r} overlap: keep the run "
+                           "folder outside the folder of beats (and the other way round)")
+    config = _config(in_dir, segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
+                     float(peak_ceiling_dbfs))
+    params = {"input_dir": str(input_dir), "profile": profile, **{k: v for k, v in config.items()
+                                                                  if k != "input_dir"}}
+    stage_dir = run_obj.stage_dir(STAGE)
+    work = stage_dir / ".work"
+    old = read_json(work / "config.json")
+    if old is not None and old != config:
+        print(f"{STAGE}: parameters changed since the last run in {stage_dir} — starting this stage over")
+        _clean_stage(stage_dir)
+    elif old is None and (stage_dir / "segments.jsonl").exists():
+        _clean_stage(stage_dir)  # outputs without a record of how they were made: not trusted
+    seg_path = stage_dir / "segments.jsonl"
+    if run_obj.is_done(STAGE, params) and seg_path.exists():
+        return run_obj.stage_record(STAGE)["summary"]
+    run_obj.clear_done(STAGE)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "config.json", config)
+    clips_dir = stage_dir / "clips"
+    clips_dir.mkdir(exist_ok=True)
+
+    log = JsonlLog(seg_path)
+    fps = JsonlLog(work / "fingerprints.jsonl", key="source")
+    by_source: dict[str, list[dict]] = {}
+    for r in log.rows():
+        by_source.setdefault(r["source"], []).append(r)
+    done = {s for s, rows in by_source.items() if _source_complete(rows)}
+
+    def tasks() -> Iterator[Any]:
+        for s in sources:
+            if s.rel in done:
+                yield ("done", {"source": s.rel, "rows": by_source[s.rel], "resumed": True})
+            else:
+                yield {"rel": s.rel, "kind": s.kind, "input_dir": str(in_dir), "clips_dir": str(clips_dir),
+                       "config": config}
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    bar = tqdm(total=len(sources), desc="segment", unit="track", disable=not progress) if tqdm else None
+    dups = _DupIndex()
+    for result in _ordered_bounded(process_source, tasks(), workers, window=2 * workers + 2):
+        src = result["source"]
+        rows = result["rows"]
+        if result.get("resumed"):
+            if rows[0]["status"] == "ok":
+                fp_row = fps.get(src) or {}
+                dups.add(src, rows[0].get("sha256"), fp_row.get("fp"))
+        else:
+            ok = rows[0]["status"] == "ok"
+            original = dups.find(result["sha256"], result["fp"]) if ok else None
+            if original is not None:
+                for r in rows:
+                    (stage_dir.parent / r["path"]).unlink(missing_ok=True)
+                first = rows[0]
+                info = {k: first[k] for k in ("source_duration", "source_sr", "source_channels", "source_format",
+                                              "sha256")}
+                rows = [_row(src, None, 1, "rejected", f"duplicate of {original}", **info)]
+            elif ok:
+                fps.append({"source": src, "fp": result["fp"]})  # before the rows: resume needs it
+                dups.add(src, result["sha256"], result["fp"])
+            log.append(*rows)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    rows = log.finalize(sort_key=lambda r: (r["source"], -1 if r["index"] is None else r["index"]))
+    keep = {Path(r["path"]).name for r in rows if r["status"] == "ok"}
+    for f in clips_dir.iterdir():  # clips of duplicates and temp files of a killed run
+        if f.name not in keep:
+            f.unlink() if f.is_file() or f.is_symlink() else shutil.rmtree(f)
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    rejected = [r for r in rows if r["status"] != "ok"]
+    summary = {
+        "input_dir": str(in_dir),
+        "sources": len(sources),
+        "sources_with_clips": len({r["source"] for r in ok_rows}),
+        "clips": len(ok_rows),
+        "rejected": len(rejected),
+        "duplicates": sum(1 for r in rejected if r["reason"].startswith("duplicate of")),
+        "ignored_files": len(ignored),
+        "clip_hours": round(sum(r["duration"] for r in ok_rows) / 3600, 4),
+        "segments": str(seg_path),
+        "clips_dir": str(clips_dir),
+    }
+    run_obj.mark_done(STAGE, params=params, **summary)
+    return summary
+
+
+def read_segments(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of ``RUN_DIR/01_segment/segments.jsonl`` (for the notebook and later stages)."""
+    from .runs import read_jsonl
+
+    return read_jsonl(Run(run_dir).path(STAGE, "segments.jsonl"))
+
+
+def source_path(run_dir: str | os.PathLike, source: str) -> Path:
+    """The absolute path of a row's ``source`` (the input folder is recorded in the stage record)."""
+    record = Run(run_dir).stage_record(STAGE) or {}
+    input_dir = (record.get("summary") or {}).get("input_dir")
+    if not input_dir:
+        raise SegmentError(f"{run_dir}: stage {STAGE} has not finished; run segment.run first")
+    return Path(input_dir) / source
+
+
+def clip_path(run_dir: str | os.PathLike, row: dict) -> Path:
+    """The absolute path of an ok row's clip."""
+    return Run(run_dir).path(row["path"])
