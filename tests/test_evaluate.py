@@ -1,0 +1,339 @@
+"""Stage 07_evaluate: each metric on signals with known answers, prompt parsing, CLAP and Fréchet
+distance properties, and the whole stage on a small run folder (real TempoCNN graph, tiny CLAP)."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from stablebeat_utils import audio, demo, evaluate as ev
+from stablebeat_utils.runs import Run
+
+SR = 44100
+RNG = np.random.default_rng(7)
+
+
+def _sine(freq, seconds=4.0, amp=0.5):
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _hits(attack_ms, bpm=120.0, seconds=8.0, seed=0):
+    """Noise bursts on every beat with a linear attack of ``attack_ms`` and the same 60 ms decay."""
+    rng = np.random.default_rng(seed)
+    y = np.zeros(int(seconds * SR), np.float32)
+    n = int(0.25 * SR)
+    env = np.exp(-np.arange(n) / SR / 0.06)
+    a = max(1, int(attack_ms / 1000 * SR))
+    env[:a] *= np.linspace(0, 1, a)
+    burst = (0.5 * rng.standard_normal(n) * env).astype(np.float32)
+    for s in np.arange(0, seconds - 0.3, 60 / bpm):
+        i = int(s * SR)
+        y[i:i + n] += burst
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# the four signal metrics on known signals
+
+@pytest.mark.parametrize("freq", [440.0, 1000.0, 3000.0])
+def test_centroid_of_a_sine_is_its_frequency(freq):
+    assert ev.spectral_centroid(ev.magnitude(_sine(freq))) == pytest.approx(freq, rel=0.02)
+
+
+def test_stereo_is_mixed_to_mono_and_other_rates_resampled():
+    left, right = _sine(500.0), _sine(2000.0)
+    c = ev.spectral_centroid(ev.magnitude(np.stack([left, right])))
+    assert 500 < c < 2000  # both channels count
+    y22 = audio.resample(_sine(1000.0)[None], SR, 22050)[0]
+    assert ev.spectral_centroid(ev.magnitude(y22, 22050)) == pytest.approx(1000.0, rel=0.02)
+
+
+def test_white_noise_is_far_flatter_than_a_tone():
+    noise = ev.spectral_flatness(ev.magnitude(0.1 * RNG.standard_normal(4 * SR).astype(np.float32)))
+    tone = ev.spectral_flatness(ev.magnitude(_sine(1000.0)))
+    assert 0.3 < noise <= 1.0  # white noise: ~0.56 for the power spectrum of a Hann-windowed frame
+    assert tone < 1e-4
+    assert noise > 1000 * tone
+
+
+def test_hp_ratio_tone_harmonic_clicks_percussive():
+    clicks = np.zeros(4 * SR, np.float32)
+    clicks[:: SR // 4] = 1.0
+    assert ev.hp_ratio(ev.magnitude(_sine(440.0))) > 10
+    assert ev.hp_ratio(ev.magnitude(clicks)) < 0.1
+    noise = ev.hp_ratio(ev.magnitude(0.1 * RNG.standard_normal(4 * SR).astype(np.float32)))
+    assert 0.5 < noise < 2  # neither: stationary noise splits about evenly
+
+
+def test_sharper_onsets_score_higher_transient_sharpness():
+    scores = [ev.transient_sharpness(ev.magnitude(_hits(a))) for a in (0.5, 5.0, 20.0, 50.0)]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 5 * scores[-1], scores
+    # a steady tone has one onset (its start) in 4 s, the bursts 8 per 4 s
+    assert ev.transient_sharpness(ev.magnitude(_sine(440.0))) < 0.05 * scores[0]
+
+
+def test_silent_tail_does_not_move_the_averages_and_silence_is_refused():
+    tone = _sine(1000.0) + 0.01 * RNG.standard_normal(4 * SR).astype(np.float32)
+    padded = np.concatenate([tone, np.zeros(3 * SR, np.float32)])
+    a, b = ev.signal_metrics(tone, SR), ev.signal_metrics(padded, SR)
+    assert b["spectral_centroid"] == pytest.approx(a["spectral_centroid"], rel=0.01)
+    assert b["spectral_flatness"] == pytest.approx(a["spectral_flatness"], rel=0.05)
+    with pytest.raises(ev.EvaluateError, match="silence"):
+        ev.signal_metrics(np.zeros(SR, np.float32), SR)
+    with pytest.raises(ev.EvaluateError, match="NaN"):
+        ev.signal_metrics(np.full(SR, np.nan, np.float32), SR)
+
+
+# --------------------------------------------------------------------------------------------
+# BPM with 03's estimator (the real TempoCNN graph)
+
+@pytest.fixture(scope="module")
+def tempo_worker(tempocnn_graph):
+    ev._init_worker(str(tempocnn_graph), "edma")
+    return tempocnn_graph
+
+
+def _click_track(bpm, seconds=20.0):
+    y = np.zeros(int(seconds * SR), np.float32)
+    click = (np.exp(-np.arange(int(0.03 * SR)) / SR / 0.005) * np.sin(2 * np.pi * 1500 * np.arange(int(0.03 * SR)) / SR))
+    for i, s in enumerate(np.arange(0, seconds - 0.05, 60 / bpm)):
+        j = int(s * SR)
+        y[j:j + len(click)] += (0.8 if i % 4 == 0 else 0.5) * click.astype(np.float32)
+    return y
+
+
+@pytest.mark.parametrize("kind,bpm", [("clicks", 120), ("beat", 90), ("beat", 128)])
+def test_bpm_of_a_click_track_and_a_drum_loop(tempo_worker, tmp_path, kind, bpm):
+    x = _click_track(bpm)[None] if kind == "clicks" else demo.make_beat(bpm, "A", "minor", 20.0, seed=bpm)
+    path = tmp_path / f"{kind}{bpm}.wav"
+    audio.write_wav(path, x, SR)
+    row = ev.measure_clip(str(path))
+    assert row["error"] is None, row
+    assert row["bpm"] == pytest.approx(bpm, rel=0.04), row
+    if kind == "beat":
+        assert row["key_est"] == "A minor", row
+
+
+# --------------------------------------------------------------------------------------------
+# what prompts ask for
+
+@pytest.mark.parametrize("prompt,bpm", [
+    ("A dark and melancholic cloud trap beat, with nostalgic piano, at 110 BPM.", 110.0),
+    ("A laid back lo-fi jazz rap at 85bpm", 85.0),
+    ("trap, 142.5 BPM, dark", 142.5),
+    ("tempo: 92, chill", 92.0),
+    ("a beat with 808 and 16 hats", None),
+    ("2000 BPM nonsense", None),
+])
+def test_parse_bpm(prompt, bpm):
+    assert ev.parse_bpm(prompt) == bpm
+
+
+@pytest.mark.parametrize("prompt,key", [
+    ("A smooth neo-soul R&B instrumental at 90 BPM in D major, featuring live bass", ("D", "major")),
+    ("rap with soul beat at 109 BPM in G minor", ("G", "minor")),
+    ("dark beat in Gm", ("G", "minor")),
+    ("F#m, 140 BPM", ("F#", "minor")),
+    ("in Db major", ("C#", "major")),
+    ("Bb min, sad", ("Bb", "minor")),
+    ("E♭ major ballad", ("Eb", "major")),
+    ("minor chord progressions on piano", None),
+    ("a minor chord progression", None),  # lower-case article, not the key of A minor
+    ("A dark and melancholic cloud trap beat", None),
+    ("Cmaj7 chords", None),
+])
+def test_parse_key(prompt, key):
+    assert ev.parse_key(prompt) == key
+
+
+def test_bpm_adherence_with_and_without_octave_tolerance():
+    half = ev.bpm_adherence(140.0, 70.5)
+    assert half["bpm_abs_error"] == pytest.approx(69.5) and half["bpm_acc1"] is False
+    assert half["bpm_octave_error"] == pytest.approx(0.5) and half["bpm_acc2"] is True
+    close = ev.bpm_adherence(110.0, 106.13)
+    assert close["bpm_acc1"] is True and close["bpm_rel_error"] == pytest.approx(3.87 / 110)
+    off = ev.bpm_adherence(100.0, 144.2)
+    assert off["bpm_acc1"] is False and off["bpm_acc2"] is False
+    assert ev.bpm_adherence(None, 120.0)["bpm_abs_error"] is None
+
+
+def test_key_score_mirex_rules():
+    assert ev.key_score(("D", "major"), ("D", "major")) == 1.0
+    assert ev.key_score(("C#", "minor"), ("Db", "minor")) == 1.0  # enharmonic
+    assert ev.key_score(("C", "major"), ("G", "major")) == 0.5  # fifth above
+    assert ev.key_score(("C", "major"), ("A", "minor")) == 0.3  # relative
+    assert ev.key_score(("A", "minor"), ("C", "major")) == 0.3
+    assert ev.key_score(("C", "major"), ("C", "minor")) == 0.2  # parallel
+    assert ev.key_score(("C", "major"), ("F#", "major")) == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# distributions and CLAP
+
+def test_frechet_distance_zero_positive_symmetric():
+    a = RNG.standard_normal((40, 16))
+    b = RNG.standard_normal((30, 16)) * 1.5 + 0.3
+    assert ev.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    shift = np.full(16, 0.5)
+    assert ev.frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)  # same covariance
+    d_ab, d_ba = ev.frechet_distance(a, b), ev.frechet_distance(b, a)
+    assert d_ab > 0 and d_ab == pytest.approx(d_ba, rel=1e-6)
+    few = RNG.standard_normal((5, 128))  # fewer clips than dimensions: rank-deficient, still finite
+    assert np.isfinite(ev.frechet_distance(few, few + 0.1)) and ev.frechet_distance(few, few) < 1e-6
+    with pytest.raises(ValueError, match="at least 2"):
+        ev.frechet_distance(a[:1], b)
+
+
+@pytest.fixture(scope="module")
+def tiny_clap():
+    return ev.make_clap("tiny:clap", "transformers", "cpu")
+
+
+def test_clap_score_shapes_and_symmetry_with_the_tiny_model(tiny_clap):
+    """The tiny CLAP has random weights: it can only check shapes, unit norms, determinism and
+    symmetry of the score — NOT that a matching prompt scores higher (that needs LAION's weights)."""
+    clip = demo.make_beat(100, "C", "minor", 23.0, seed=3)  # 2 full 10-s windows + a 3-s tail (dropped)
+    emb = ev.clap_audio_embedding(tiny_clap, clip, SR)
+    assert emb.shape == (512,) and np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
+    assert np.array_equal(emb, ev.clap_audio_embedding(tiny_clap, clip, SR))
+    text = tiny_clap.embed_text(["a trap beat at 100 BPM", "a piano ballad"])
+    assert text.shape == (2, 512)
+    pair = np.stack([emb, emb])
+    s = ev.clap_scores(pair, text)
+    assert s.shape == (2,) and np.all(np.abs(s) <= 1 + 1e-6)
+    assert np.allclose(s, ev.clap_scores(text, pair))
+    assert s[0] == pytest.approx(float(emb @ text[0]), abs=1e-6)
+
+
+def test_laion_clap_backend_missing_is_a_clear_error():
+    pytest.importorskip("torch")
+    try:
+        import laion_clap  # noqa: F401
+        pytest.skip("laion-clap is installed here")  # the error path cannot be exercised then
+    except ImportError:
+        pass
+    with pytest.raises(ev.EvaluateError, match="laion-clap"):
+        ev.make_clap("laion/larger_clap_music", "laion_clap", "cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# the stage on a small run folder
+
+PROMPTS = [("A dark trap beat at 90 BPM in A minor, with 808 and synth bells.", 90, "A", "minor"),
+           ("An upbeat club beat at 128 BPM in F major.", 128, "F", "major")]
+
+
+def _write_run(root):
+    run = Run(root)
+    clips = root / "01_segment" / "clips"
+    clips.mkdir(parents=True)
+    segs = []
+    for i, (bpm, key, scale) in enumerate([(90, "A", "minor"), (128, "F", "major"), (100, "D", "minor")]):
+        cid = f"train{i}"
+        audio.write_wav(clips / f"{cid}.wav", demo.make_beat(bpm, key, scale, 14.0, seed=10 + i), SR)
+        segs.append({"clip_id": cid, "source": f"{cid}.ogg", "start": 0.0, "duration": 14.0,
+                     "path": f"01_segment/clips/{cid}.wav", "status": "ok", "reason": None})
+    (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in segs))
+    gen = root / "06_generate" / "audio"
+    rows = []
+    for i, (prompt, bpm, key, scale) in enumerate(PROMPTS):
+        # the "fine-tune" follows the prompt; the "base" plays at 75 % of the tempo, another key
+        for model, b, k in (("base", round(bpm * 0.75), "E"), ("finetune", bpm, key)):
+            path = gen / model / f"{i:02d}-seed{42 + i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            audio.write_wav(path, demo.make_beat(b, k, scale, 14.0, seed=42 + i), SR)
+            rows.append({"key": f"{model}-{i}-{42 + i}", "model": model, "prompt_idx": i, "prompt": prompt,
+                         "seed": 42 + i, "duration": 14.0, "path": run.rel(path)})
+    (root / "06_generate" / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tempocnn_graph):
+    root = _write_run(tmp_path_factory.mktemp("run"))
+    summary = ev.run(run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu",
+                     workers=1)
+    return root, summary
+
+
+def test_stage_writes_every_output(evaluated):
+    import pandas as pd
+
+    root, summary = evaluated
+    out = root / "07_evaluate"
+    for name in ("metrics.csv", "training_metrics.csv", "card_table.md", "summary.md", "summary.json", "report.md",
+                 "stage.json", "plots/metric_bars.png", "plots/bpm_requested_vs_measured.png",
+                 "plots/spectrograms_prompt01.png", "plots/spectrograms_prompt02.png"):
+        assert (out / name).is_file(), name
+    df = pd.read_csv(out / "metrics.csv")
+    assert len(df) == 4 and set(df["model"]) == {"base", "finetune"} and df["error"].isna().all()
+    for m in ev.CARD_METRICS:
+        assert df[m].notna().all(), m
+    assert summary["training_clips"] == 3 and summary["errors"] == 0
+    report = (out / "report.md").read_text()
+    for plot in summary["plots"]:
+        assert f"]({plot.split('07_evaluate/', 1)[1]})" in report  # the report links every plot
+    assert "## Prompt 1" in (out / "card_table.md").read_text() and "Stable Audio Open 1.0" in report
+
+
+def test_adherence_and_comparison_favour_the_model_that_follows_the_prompt(evaluated):
+    import pandas as pd
+
+    root, summary = evaluated
+    df = pd.read_csv(root / "07_evaluate" / "metrics.csv")
+    ft = df[df["model"] == "finetune"]
+    # TempoCNN may answer half the tempo on a 14-s clip (one patch): Accuracy 2 forgives that
+    assert ft["bpm_acc2"].all() and (ft["bpm_requested"] == [90, 128]).all()
+    assert not df[df["model"] == "base"]["bpm_acc2"].any()  # 75 % of the tempo is no octave error
+    assert (ft["key_est"] == ["A minor", "F major"]).all() and ft["key_exact"].all()
+    cmp = {c["metric"]: c for c in summary["comparison"]}
+    assert cmp["bpm_octave"]["wins"] == 2 and cmp["bpm_octave"]["verdict"] == "fine-tune better"
+    assert cmp["key"]["wins"] == 2
+    for m in ("bpm", "clap_score", "spectral_centroid"):
+        assert cmp[m]["wins"] + cmp[m]["losses"] + cmp[m]["ties"] == cmp[m]["prompts_compared"] == 2
+    for model in ("base", "finetune"):
+        fd = summary["frechet"][model]
+        assert fd["value"] is not None and fd["value"] >= 0 and fd["n_generated"] == 2 and fd["n_training"] == 3
+        assert "small sample" in fd["note"]
+
+
+def test_rerun_reuses_the_cache_and_gives_the_same_bytes(evaluated, tempocnn_graph, tmp_path):
+    root, _ = evaluated
+    before = (root / "07_evaluate" / "metrics.csv").read_bytes()
+    summary = ev.run(run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu",
+                     workers=1)
+    assert summary["measured_now"] == 0 and summary["clap_embedded_now"] == 0
+    assert (root / "07_evaluate" / "metrics.csv").read_bytes() == before
+
+
+def test_any_folder_with_a_csv_a_bad_file_does_not_stop_the_batch(evaluated, tempocnn_graph, tmp_path):
+    import pandas as pd
+
+    root, _ = evaluated
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(root / "06_generate" / "audio" / "finetune" / "00-seed42.wav", folder / "good.wav")
+    (folder / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
+    (folder / "list.csv").write_text("path,prompt\ngood.wav,trap at 90 BPM\nbad.wav,trap at 90 BPM\n")
+    run_dir = tmp_path / "run"
+    summary = ev.run(run_dir=str(run_dir), generations=str(folder / "list.csv"), tempo_model=str(tempocnn_graph),
+                     clap_model="tiny:clap", device="cpu", workers=1)
+    df = pd.read_csv(run_dir / "07_evaluate" / "metrics.csv")
+    assert len(df) == 2 and summary["errors"] == 1 and summary["training_clips"] == 0
+    bad = df[df["path"].str.endswith("bad.wav")].iloc[0]
+    assert "bad.wav" in bad["error"] and math.isnan(bad["spectral_centroid"])
+    assert df[df["path"].str.endswith("good.wav")]["bpm"].iloc[0] == pytest.approx(90, rel=0.04)
+    assert summary["comparison"] == [] and summary["frechet"]["model"]["value"] is None
+    assert (run_dir / "07_evaluate" / "report.md").is_file()
+
+
+def test_missing_generations_list_names_the_file(tmp_path, tempocnn_graph):
+    with pytest.raises(ev.EvaluateError, match=r"06_generate/generations.jsonl.*06_generate"):
+        ev.run(run_dir=str(tmp_path / "empty"), tempo_model=str(tempocnn_graph))
+    with pytest.raises(ev.EvaluateError, match="clap_backend"):
+        ev.run(run_dir=str(tmp_path), clap_backend="nope")
+    with pytest.raises(ev.EvaluateError, match=".jsonl or .csv"):
+        ev.run(run_dir=str(tmp_path), generations=str(tmp_path / "list.txt"))
