@@ -75,20 +75,26 @@ def install_torchaudio_prototype_stub() -> None:
     proto.transforms = transforms
 
 
-def write_vorbis(path, audio, sr: int, compression_level: float = 0.6) -> None:
-    """Write (channels, n) float audio as Ogg Vorbis, one second per write call.
+def write_blocks(target, audio, sr: int, format: str = "OGG", subtype: str = "VORBIS", **kwargs) -> None:
+    """Write (channels, n) float audio to a path or file object with libsndfile, one second per call.
 
     libsndfile 1.2.2 (bundled with soundfile 0.14.0) segfaults when about a minute of audio goes
-    to its Vorbis encoder in a single write call (measured here); 1-s blocks are safe.
+    to its Vorbis encoder in a single write call (measured here); 1-s blocks are safe, and are
+    used for its MP3 encoder too.
     """
     import numpy as np
     import soundfile as sf
 
-    frames = np.ascontiguousarray(np.asarray(audio).T)
-    with sf.SoundFile(str(path), "w", sr, frames.shape[1], format="OGG", subtype="VORBIS",
-                      compression_level=compression_level) as fh:
+    frames = np.ascontiguousarray(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0).T)
+    dest = target if hasattr(target, "write") else str(target)
+    with sf.SoundFile(dest, "w", sr, frames.shape[1], format=format, subtype=subtype, **kwargs) as fh:
         for i in range(0, len(frames), sr):
             fh.write(frames[i:i + sr])
+
+
+def write_vorbis(path, audio, sr: int, compression_level: float = 0.6) -> None:
+    """Ogg Vorbis through :func:`write_blocks` (the libsndfile 1.2.2 workaround)."""
+    write_blocks(path, audio, sr, compression_level=compression_level)
 
 
 def apply() -> None:
@@ -117,52 +123,6 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
-
-
-def _lazy_missing_module(name: str, why: str) -> types.ModuleType:
-    """A stand-in module whose every attribute access raises AttributeError naming ``name`` and ``why``.
-
-    AttributeError (not ImportError) so that ``hasattr`` probes (transformers' integrations) say "no".
-    """
-    import importlib.machinery
-
-    mod = types.ModuleType(name)
-    mod.__stablebeat_stub__ = True
-    # a spec, so importlib.util.find_spec(name) answers instead of raising ValueError; availability
-    # checks that read package metadata (Lightning, transformers) still see it as not installed
-    mod.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
-
-    def __getattr__(attr: str):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        raise AttributeError(f"{name}.{attr}: the package {name!r} is not installed ({why}); "
-                          f"pip install it to use this feature (stablebeat_utils.compat stub)")
-
-    mod.__getattr__ = __getattr__  # type: ignore[attr-defined]
-    return mod
-
-
-def install_training_import_stubs() -> list[str]:
-    """stable-audio-tools 0.0.20 ``training/*``: module-level ``import wandb`` and ``import audiotools``.
-
-    ``training/diffusion.py`` imports ``training/autoencoders.py`` and ``training/utils.py``
-    (``import wandb``) and ``training/losses/semantic.py`` (``import audiotools``, from
-    descript-audiotools), so ``create_training_wrapper_from_config`` cannot even build the diffusion
-    wrapper without them, although the diffusion recipe never calls either: wandb only when a
-    ``WandbLogger`` is attached, audiotools only in the autoencoder/semantic losses. Where a package
-    is missing, a stand-in module is registered whose attributes raise a clear ImportError. An
-    installed package is always used as is. Returns the names stubbed.
-    """
-    stubbed = []
-    for name, why in (("wandb", "only needed for Weights & Biases logging"),
-                      ("audiotools", "descript-audiotools, only needed by autoencoder training losses")):
-        if name in sys.modules:
-            continue
-        if importlib.util.find_spec(name) is not None:
-            continue
-        sys.modules[name] = _lazy_missing_module(name, why)
-        stubbed.append(name)
-    return stubbed
 
 
 def stub_training_only_imports() -> list[str]:

@@ -354,7 +354,7 @@ def _init_worker(graph: str | None, key_profile: str) -> None:
     if graph:
         from . import tempo_key
 
-        tempo_key._init_worker(graph, key_profile)  # 03's own estimator, loaded once per process
+        tempo_key.init_estimators(graph, key_profile)  # 03's own estimator, loaded once per process
         _WORKER["tempo"] = True
 
 
@@ -645,7 +645,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
     out_dir = run_.stage_dir(STAGE)
 
     # 2. per-clip signal metrics, tempo, key (cached, append-once, resumable)
-    skey = _settings_key(graph=tempo_key._sha256(graph), key_profile=key_profile)
+    skey = _settings_key(graph=tempo_key.file_sha256(graph), key_profile=key_profile)
     sig_log = JsonlLog(out_dir / "cache" / f"signal-{skey}.jsonl", key="key")
     files: dict[str, tuple[str, bool]] = {}  # cache key → (path, with_tempo)
     gen_keys, ref_keys = [], []

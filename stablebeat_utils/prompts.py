@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .runs import JsonlLog, Run, atomic_write_json, read_json, read_jsonl
+from .runs import JsonlLog, Run, atomic_write_json, read_jsonl
 
 STAGE = "04_prompts"
 FAMILIES = ("instruments", "moods", "genres")

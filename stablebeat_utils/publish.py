@@ -10,7 +10,6 @@ never written anywhere.
 from __future__ import annotations
 
 import collections
-import json
 import os
 from pathlib import Path
 

@@ -44,6 +44,17 @@ def cache_home() -> Path:
     return path
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _disk_error(path: Path, exc: OSError) -> RunFolderError:
     if exc.errno == errno.ENOSPC:
         return RunFolderError(f"{path}: no space left on the device — free some disk and run the stage again "

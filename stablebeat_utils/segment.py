@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import re
@@ -68,7 +67,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from . import audio as audio_mod
-from .runs import JsonlLog, Run, atomic_path, atomic_write_json, read_json
+from .runs import JsonlLog, Run, atomic_path, atomic_write_json, file_sha256, read_json
 
 STAGE = "01_segment"
 AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
@@ -381,14 +380,6 @@ def _row(source: str, index: int | None, of: int, status: str, reason: str = "",
     return row
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _rejected(source: str, reason: str, **extra: Any) -> dict:
     return {"source": source, "rows": [_row(source, None, 1, "rejected", reason, **extra)], "fp": None,
             "sha256": extra.get("sha256")}
@@ -422,7 +413,7 @@ def _process_source(task: dict) -> dict:
     path = Path(task["input_dir"]) / rel
     if not path.exists():
         return _rejected(rel, "file not found (a broken link?)")
-    sha = _sha256(path)
+    sha = file_sha256(path)
     dec = audio_mod.decode(path)
     info = {"source_duration": round(dec.seconds, 3), "source_sr": dec.sr, "source_channels": dec.audio.shape[0],
             "source_format": dec.format, "sha256": sha}

@@ -10,13 +10,34 @@ import os
 from pathlib import Path
 
 
+def embedded_audio(path: str | os.PathLike):
+    """An audio player that embeds the file as MP3 (~10x smaller than WAV in an executed notebook).
+
+    MP3 rather than Ogg: every browser plays it. Encoded by libsndfile (soundfile), 1-s blocks
+    (see ``compat.write_blocks``).
+    """
+    import io
+
+    from IPython.display import Audio
+
+    from . import audio as _audio
+    from .compat import write_blocks
+
+    data, sr = _audio.load(path)
+    buf = io.BytesIO()
+    write_blocks(buf, data, sr, format="MP3", subtype="MPEG_LAYER_III")
+    player = Audio(data=buf.getvalue())
+    player.mimetype = "audio/mpeg"
+    return player
+
+
 def audio_player(path: str | os.PathLike, label: str | None = None):
     """An HTML5 audio player for a file (embedded, so executed notebooks keep it)."""
-    from IPython.display import Audio, HTML, display
+    from IPython.display import HTML, display
 
     if label:
         display(HTML(f"<b>{label}</b>"))
-    return Audio(filename=str(Path(path)))
+    return embedded_audio(path)
 
 
 def table(rows, columns=None, max_rows: int = 20):
@@ -152,13 +173,13 @@ def clips_with_tags(run_dir: str | os.PathLike, rows, n: int = 2):
     """HTML of the first ``n`` tagged clips: their tags and an embedded audio player each."""
     import html
 
-    from IPython.display import HTML, Audio
+    from IPython.display import HTML
 
     parts = []
     for row in [r for r in rows if "error" not in r][:n]:
         tags = "<br>".join(f"<i>{fam}</i>: {html.escape(', '.join(row.get(f'{fam}_tags', [])) or '—')}"
                            for fam in ("instruments", "moods", "genres"))
-        player = Audio(filename=str(Path(run_dir) / row["path"]))._repr_html_()
+        player = embedded_audio(Path(run_dir) / row["path"])._repr_html_()
         parts.append(f"<div style='margin-bottom:1em'><b>{html.escape(row['clip_id'])}</b><br>{tags}<br>{player}</div>")
     return HTML("".join(parts) or "<i>no tagged clip</i>")
 
@@ -328,7 +349,7 @@ def audio_grid(rows, run_dir, row_key: str = "prompt_idx", col_key: str = "model
     """An HTML table of embedded audio players: one row per prompt, the models side by side."""
     import html
 
-    from IPython.display import HTML, Audio
+    from IPython.display import HTML
 
     rows = list(rows)
     row_ids = sorted({r[row_key] for r in rows})[:max_rows]
@@ -344,7 +365,7 @@ def audio_grid(rows, run_dir, row_key: str = "prompt_idx", col_key: str = "model
             if r is None:
                 cells.append("<td>—</td>")
                 continue
-            player = Audio(filename=str(Path(run_dir) / r["path"]))._repr_html_()
+            player = embedded_audio(Path(run_dir) / r["path"])._repr_html_()
             cells.append(f"<td>{player}<br><small>seed {r.get('seed')} · {r.get('duration')} s</small></td>")
         body.append(f"<tr><td style='max-width:22em;text-align:left'><b>{rid}</b> "
                     f"{html.escape(str(any_row.get(text_key, '')))}</td>{''.join(cells)}</tr>")

@@ -58,7 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from .runs import (JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json,
+                   read_jsonl)
 
 STAGE = "03_tempo_key"
 TEMPO_SR = 11025
@@ -81,14 +82,6 @@ class TempoKeyError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # where the TempoCNN graph comes from
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_tempo_model(tempo_model: str = "", model_cache_dir: str = "") -> Path:
     """The TempoCNN graph to load.
 
@@ -109,7 +102,7 @@ def resolve_tempo_model(tempo_model: str = "", model_cache_dir: str = "") -> Pat
     folder = Path(model_cache_dir).expanduser() if model_cache_dir else cache_home() / "models"
     path = folder / "deeptemp-k16-3.pb"
     if path.is_file():
-        if _sha256(path) == TEMPO_MODEL_SHA256:
+        if file_sha256(path) == TEMPO_MODEL_SHA256:
             return path
         path.unlink()  # a file that is not the expected graph (we only ever rename verified ones)
     mirror = os.environ.get("STABLEBEAT_MODEL_MIRROR", "")
@@ -149,7 +142,7 @@ def download_tempo_model(path: Path, url: str = TEMPO_MODEL_URL, sha256: str = T
 _WORKER: dict = {}
 
 
-def _init_worker(graph: str, key_profile: str) -> None:
+def init_estimators(graph: str, key_profile: str) -> None:
     """Load the models once per process."""
     import essentia
 
@@ -288,7 +281,7 @@ def _ok_clips(run: Run) -> list[dict]:
 def _iter_results(jobs: list[tuple[str, str]], graph: str, key_profile: str, workers: int):
     """Yield raw results as they finish, with at most 2 jobs per worker in flight."""
     if workers <= 1 or len(jobs) <= 1:
-        _init_worker(graph, key_profile)
+        init_estimators(graph, key_profile)
         for job in jobs:
             yield analyse_clip(*job)
         return
@@ -299,7 +292,7 @@ def _iter_results(jobs: list[tuple[str, str]], graph: str, key_profile: str, wor
     # spawn, not fork: libtensorflow's threads do not survive a fork of a process that used them
     ctx = mp.get_context("spawn")
     todo = iter(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_estimators,
                              initargs=(graph, key_profile)) as pool:
         pending: set = set()
         while True:
@@ -340,7 +333,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = ""
     out = out_dir / "tempo_key.jsonl"
     # rows hold raw values that depend on the graph, the key profile and the prior: if those
     # changed since the rows were written, they are stale and the stage starts over.
-    analysis = {"graph_sha256": _sha256(graph), "key_profile": key_profile, "bpm_range": list(prior) if prior else None}
+    analysis = {"graph_sha256": file_sha256(graph), "key_profile": key_profile, "bpm_range": list(prior) if prior else None}
     settings = out_dir / "analysis.json"
     if read_json(settings) != analysis:
         out.unlink(missing_ok=True)

@@ -4,7 +4,6 @@ loudness, determinism across worker counts, resumability under SIGKILL, the inpu
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal

@@ -1,6 +1,5 @@
 """04_prompts' look at the tag space: clustering, naming, under-represented tags, and the files it writes."""
 
-import json
 from collections import Counter
 
 import numpy as np
