@@ -511,3 +511,36 @@ def training_demos(summary: dict, last: int = 4):
     for path in paths:
         display(audio_player(path, label=Path(path).name))
     return None
+
+
+# --- 01_segment: whole-lesson views (loops live here, not in notebook cells) -----------------------
+
+def segment_plots(run_dir, rows, segments_per_track: int, min_seconds: float, max_seconds: float, n: int = 2):
+    """Display :func:`segment_plot` for the first ``n`` sources that gave clips (re-analysed for the plot)."""
+    from IPython.display import display
+
+    from . import segment
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    for source in sorted({r["source"] for r in ok})[:n]:
+        analysis = segment.analyse_file(segment.source_path(run_dir, source), segments_per_track,
+                                        min_seconds, max_seconds)
+        fig = segment_plot(analysis, [r for r in ok if r["source"] == source], title=source)
+        display(fig)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)  # pyplot figure: shown once, not again at the end of the cell
+
+
+def clip_players(run_dir, rows, n: int = 2):
+    """HTML with an embedded player for the first ``n`` ok clips, labelled with source and start."""
+    import html
+
+    from IPython.display import HTML
+
+    parts = []
+    for r in [r for r in rows if r.get("status", "ok") == "ok"][:n]:
+        label = f'{r["clip_id"]} — {r.get("source", "")} from {float(r.get("start", 0)):.2f} s'
+        player = embedded_audio(Path(run_dir) / r["path"])._repr_html_()
+        parts.append(f"<div><b>{html.escape(label)}</b><br>{player}</div>")
+    return HTML("".join(parts) or "<i>no clip</i>")

@@ -1,0 +1,518 @@
+"""Generate beats with the base model and the fine-tune, same prompts, same seeds (notebook 06_generate).
+
+The card's settings are the defaults: 200 steps of the ``dpmpp-3m-sde`` sampler over SAO's noise
+range (sigma 500 → 0.3), classifier-free guidance 7, ``seconds_start`` 0 and ``seconds_total`` 47.
+They are passed to stable-audio-tools explicitly: 0.0.20 changed ``generate_diffusion_cond``'s
+defaults to the ``euler`` sampler and APG guidance (``apg_scale=1.0``), which is not how SAO 1.0
+or the card generated; ``apg_scale=0.0`` is plain CFG.
+
+What :func:`run` writes, under ``RUN_DIR/06_generate/``:
+
+- ``audio/<model>/<prompt_idx>-seed<seed>.wav`` — 44.1 kHz stereo, cut to ``seconds_total`` and
+  with true trailing silence trimmed (the model always generates its whole window,
+  ``sample_size`` samples ≈ 47.5 s for SAO, and is told by ``seconds_total`` where to stop);
+- ``generations.jsonl`` — one row per output, keyed ``f"{model}-{prompt_idx}-{seed}"`` (model is
+  ``base`` or ``finetune``), with the prompt, seed, settings, duration and ``path`` relative to
+  RUN_DIR;
+- ``stage.json`` — the stage record.
+
+Both models see the same prompt with the same seed, so the starting noise is identical and any
+difference comes from the weights. Models are loaded once each (a LoRA fine-tune is applied onto
+the already-loaded base model, with ``lora_strength`` through the engine's own
+``set_lora_strength``). The stage is resumable: a re-run skips outputs whose row exists, and the
+batches are formed from the whole prompt list, so an interrupted batch regenerates identically.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from .runs import JsonlLog, Run, read_jsonl
+
+log = logging.getLogger(__name__)
+
+STAGE = "06_generate"
+HUB_ID = "stabilityai/stable-audio-open-1.0"
+CARD_PROMPTS_FILE = Path(__file__).parent / "data" / "card_prompts.yaml"
+MODELS = ("base", "finetune")
+DTYPES = ("float32", "float16", "bfloat16")
+# samplers of stable-audio-tools 0.0.20 that suit SAO 1.0 (a "v"-objective model): k-diffusion's
+# and v-ddim (inference/sampling.py, sample_k).
+SAMPLERS = ("dpmpp-3m-sde", "dpmpp-2m-sde", "dpmpp-2m", "k-heun", "k-lms", "k-dpmpp-2s-ancestral",
+            "k-dpm-2", "k-dpm-fast", "k-dpm-adaptive", "v-ddim")
+
+
+class GenerateError(ValueError):
+    """Input that cannot be generated from; the message is meant for a person."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one generation is sampled; the defaults are the StableBeaT card's."""
+
+    steps: int = 200
+    cfg_scale: float = 7.0
+    sampler_type: str = "dpmpp-3m-sde"
+    sigma_min: float = 0.3
+    sigma_max: float = 500.0
+    seconds_start: float = 0.0
+    seconds_total: float = 47.0
+    apg_scale: float = 0.0  # 0 = plain CFG as SAO 1.0 was used; 0.0.20's default is 1.0 (APG)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+CARD_SETTINGS = Settings()
+
+
+# -- prompts ----------------------------------------------------------------------------------
+
+def card_prompts() -> list[str]:
+    """The seven prompts of the StableBeaT card, verbatim."""
+    return list(yaml.safe_load(CARD_PROMPTS_FILE.read_text(encoding="utf-8"))["prompts"])
+
+
+def read_prompts(prompts_file: str = "") -> list[str]:
+    """Prompts from ``prompts_file`` ("" = the card's seven).
+
+    ``.yaml``/``.yml``: a list, or a mapping with a ``prompts`` list; ``.jsonl``: rows with a
+    ``prompt`` field (e.g. ``04_prompts/prompts.jsonl``); anything else: one prompt per line,
+    blank lines and ``#`` comments skipped.
+    """
+    if not prompts_file:
+        return card_prompts()
+    path = Path(prompts_file).expanduser()
+    if not path.is_file():
+        raise GenerateError(f"prompts_file {str(path)!r}: file not found (leave it empty for the card's prompts)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+            items = data.get("prompts") if isinstance(data, dict) else data
+            if not isinstance(items, list):
+                raise GenerateError(f"{path}: expected a list of prompts or a mapping with a 'prompts' list")
+        elif path.suffix == ".jsonl":
+            items = [row.get("prompt") for row in read_jsonl(path)]
+        else:
+            items = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise GenerateError(f"{path}: cannot be read ({exc})") from exc
+    prompts = [str(p).strip() for p in items if isinstance(p, str) and p.strip()]
+    if len(prompts) != len(items):
+        raise GenerateError(f"{path}: {len(items) - len(prompts)} of {len(items)} entries are not non-empty text prompts")
+    if not prompts:
+        raise GenerateError(f"{path}: no prompts in the file")
+    return prompts
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+def max_seconds(model_config: dict) -> float:
+    """The longest audio the model makes: its window, ``sample_size / sample_rate``."""
+    return model_config["sample_size"] / model_config["sample_rate"]
+
+
+def check_prompt(prompt: str) -> str:
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise GenerateError("the prompt is empty: describe the beat (genre, mood, instruments, BPM, key)")
+    return prompt
+
+
+def check_settings(settings: Settings, model_config: dict | None = None) -> None:
+    """Raise :class:`GenerateError` naming the setting that cannot be used."""
+    s = settings
+    if int(s.steps) < 1:
+        raise GenerateError(f"steps must be at least 1 (got {s.steps})")
+    if s.cfg_scale < 0:
+        raise GenerateError(f"cfg_scale must be 0 or more (got {s.cfg_scale}); the card uses 7")
+    if s.sampler_type not in SAMPLERS:
+        raise GenerateError(f"sampler_type {s.sampler_type!r} is not one of {', '.join(SAMPLERS)}")
+    if not 0 < s.sigma_min < s.sigma_max:
+        raise GenerateError(f"need 0 < sigma_min < sigma_max (got {s.sigma_min}, {s.sigma_max}); SAO uses 0.3 and 500")
+    if s.seconds_start < 0:
+        raise GenerateError(f"seconds_start must be 0 or more (got {s.seconds_start})")
+    if s.seconds_total <= 0:
+        raise GenerateError(f"the duration (seconds_total) must be more than 0 s (got {s.seconds_total})")
+    if model_config is not None and s.seconds_total > max_seconds(model_config) + 1e-6:
+        raise GenerateError(
+            f"the duration {s.seconds_total:g} s is longer than this model can make: at most "
+            f"{max_seconds(model_config):.2f} s (sample_size {model_config['sample_size']} / sample_rate "
+            f"{model_config['sample_rate']})")
+
+
+# -- models -----------------------------------------------------------------------------------
+
+def _lora_config_of(path: Path) -> dict | None:
+    """The ``lora_config`` a stable-audio-tools 0.0.20 LoRA safetensors carries, else None."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+    except Exception:
+        return None
+    return json.loads(meta["lora_config"]) if "lora_config" in meta else None
+
+
+@dataclass
+class FinetuneSpec:
+    """Where the fine-tune is: a full model folder, or LoRA adapters for the base model."""
+
+    kind: str  # "full" or "lora"
+    path: Path  # the folder (full) or the adapter file (lora)
+
+
+def default_finetune_path(run_dir: str) -> Path:
+    return Run(run_dir).path("05_train", "export")
+
+
+def find_finetune(run_dir: str, finetune_model: str = "") -> tuple[FinetuneSpec | None, str]:
+    """Resolve the fine-tune ("" = ``RUN_DIR/05_train/export``): ``(spec or None, message)``.
+
+    A ``.safetensors`` file with stable-audio-tools' ``lora_config`` metadata, or a folder holding
+    exactly one such file (05_train's LoRA mode writes ``lora.safetensors`` beside the merged
+    model), is a LoRA applied onto the base model at ``lora_strength`` (1 = the merged model);
+    otherwise a folder with ``model_config.json`` + ``model.safetensors`` is a full model.
+    """
+    path = Path(finetune_model).expanduser() if finetune_model else default_finetune_path(run_dir)
+    if path.is_file():
+        if path.suffix == ".safetensors" and _lora_config_of(path) is not None:
+            return FinetuneSpec("lora", path), f"LoRA adapters {path}"
+        return None, (f"{path}: not a fine-tune — give a folder with model_config.json + model.safetensors, "
+                      "or a LoRA .safetensors written by 05_train")
+    if path.is_dir():
+        loras = sorted(p for p in path.glob("*.safetensors") if _lora_config_of(p) is not None)
+        if len(loras) == 1:  # a LoRA run (05_train also writes the merged model): keep the strength knob
+            return FinetuneSpec("lora", loras[0]), f"LoRA adapters {loras[0]}"
+        if (path / "model_config.json").is_file() and (path / "model.safetensors").is_file():
+            return FinetuneSpec("full", path), f"fine-tuned model {path}"
+        if len(loras) > 1:
+            return None, (f"{path}: {len(loras)} LoRA files ({', '.join(p.name for p in loras)}); "
+                          "set finetune_model to the one to use")
+        return None, (f"{path}: no fine-tune in this folder (it needs model_config.json + model.safetensors, "
+                      "or a LoRA .safetensors) — run 05_train first, or set finetune_model")
+    return None, (f"{path}: the fine-tune was not found — run 05_train first (it exports there), "
+                  "or set finetune_model to a model folder or LoRA file")
+
+
+def load_model(source: str, device: str, dtype=None, t5_source: str = ""):
+    """``(model, model_config)`` from the models module, in eval mode without gradients."""
+    from . import models
+
+    model, config = models.load_sao(source, device, t5_source=t5_source or None, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return model, config
+
+
+def apply_lora(model, model_config: dict, path: str | Path, strength: float = 1.0) -> list[str]:
+    """Attach stable-audio-tools 0.0.20 LoRA adapters to ``model`` and set their strength.
+
+    Loading is the engine's ``load_and_apply_loras`` (the same adapters 05_train saves);
+    ``strength`` goes through the engine's ``set_lora_strength`` (a buffer each LoRA layer
+    multiplies its update by: 0 gives the base model exactly, 1 the fine-tune as trained).
+    """
+    from . import compat
+
+    compat.apply()
+    from stable_audio_tools.models.lora import load_and_apply_loras, set_lora_strength
+
+    names = load_and_apply_loras(model, [str(path)], model_config["model_type"])
+    dtype = next(model.model.parameters()).dtype
+    device = next(model.model.parameters()).device
+    model.to(device=device, dtype=dtype)  # adapters arrive as float32 on the CPU
+    model.eval().requires_grad_(False)
+    set_lora_strength(model, float(strength))
+    return names
+
+
+def set_lora_strength(model, strength: float) -> None:
+    from stable_audio_tools.models.lora import set_lora_strength as _set
+
+    _set(model, float(strength))
+
+
+# -- generation -------------------------------------------------------------------------------
+
+def trim_audio(audio: np.ndarray, sr: int, seconds_total: float, silence_db: float = 60.0) -> tuple[np.ndarray, dict]:
+    """Cut ``(channels, n)`` audio to ``seconds_total``, then trim true trailing silence.
+
+    Silence is absolute: frames below ``-silence_db`` dBFS (librosa's RMS framing with
+    ``ref=1.0``), so a quiet ending is kept and only digital near-silence goes. Audio that is all
+    silence is kept at the cut length (and reported ``silent``).
+    """
+    import librosa
+
+    keep = min(audio.shape[1], int(round(seconds_total * sr)))
+    cut = audio[:, :keep]
+    info = {"silent": False, "trimmed_s": 0.0}
+    if keep == 0:
+        return cut, info
+    _, (_start, end) = librosa.effects.trim(np.abs(cut).max(axis=0), top_db=silence_db, ref=1.0)
+    if end == 0:
+        info["silent"] = True
+        return cut, info
+    info["trimmed_s"] = round(float(keep - end) / sr, 3)
+    return cut[:, :end], info
+
+
+DECODE_CONTEXT_LATENTS = 32  # latent frames decoded past the cut (1.5 s for SAO): the decoder's context
+
+
+def decode(model, latents, n_samples: int):
+    """Decode the latents that make the first ``n_samples`` audio samples (plus context), like the engine.
+
+    The engine decodes the whole window (47.5 s for SAO) even when 10 s are asked for. The
+    decoder is convolutional, so decoding the needed latent frames plus
+    ``DECODE_CONTEXT_LATENTS`` of context gives the same first ``n_samples`` (measured on the
+    tiny model: |difference| < 1e-6, under 16-bit resolution) for a fraction of the time; this
+    is written here because stable-audio-tools 0.0.20 has no option for it.
+    """
+    pretransform = model.pretransform
+    if pretransform is None:
+        return latents[..., :n_samples]
+    ratio = pretransform.downsampling_ratio
+    keep = min(latents.shape[-1], -(-n_samples // ratio) + DECODE_CONTEXT_LATENTS)
+    latents = latents[..., :keep].to(next(pretransform.parameters()).dtype)
+    return pretransform.decode(latents)[..., :n_samples]
+
+
+def generate_audio(model, model_config: dict, prompts: list[str], seed: int, settings: Settings,
+                   device: str, callback: Callable[[dict], None] | None = None,
+                   silence_db: float = 60.0) -> list[tuple[np.ndarray, dict]]:
+    """Generate one output per prompt in one batch from ``seed``: ``[(audio (2, n) float32, info)]``.
+
+    The engine draws the batch's starting noise right after ``torch.manual_seed(seed)``, so the
+    same prompts, seed and settings give the same audio on the same device and dtype.
+    ``callback`` gets the sampler's per-step dict (``i`` is the step).
+    """
+    from . import compat
+
+    compat.apply()
+    import torch
+    from stable_audio_tools.inference.generation import generate_diffusion_cond
+
+    prompts = [check_prompt(p) for p in prompts]
+    check_settings(settings, model_config)
+    if not 0 <= int(seed) < 2**32:
+        raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
+    s = settings
+    conditioning = [{"prompt": p, "seconds_start": float(s.seconds_start), "seconds_total": float(s.seconds_total)}
+                    for p in prompts]
+    sr = int(model_config["sample_rate"])
+    with torch.inference_mode():
+        # the whole window is sampled (as SAO does); only the part we keep is decoded — see decode()
+        latents = generate_diffusion_cond(
+            model, steps=int(s.steps), cfg_scale=float(s.cfg_scale), conditioning=conditioning,
+            batch_size=len(prompts), sample_size=int(model_config["sample_size"]), seed=int(seed),
+            device=device, sampler_type=s.sampler_type, sigma_min=float(s.sigma_min),
+            sigma_max=float(s.sigma_max), apg_scale=float(s.apg_scale), callback=callback,
+            return_latents=True)
+        out = decode(model, latents, int(round(s.seconds_total * sr)))
+    audio = out.float().cpu().numpy()
+    return [trim_audio(a, sr, s.seconds_total, silence_db) for a in audio]
+
+
+def _device_and_dtype(device: str, dtype: str):
+    from . import models
+
+    import torch
+
+    dev = models.pick_device(device)
+    if dtype in ("", "auto", None):
+        return dev, models.pick_dtype(dev)  # bf16 / fp16 on GPUs, fp32 on the CPU
+    if dtype not in DTYPES:
+        raise GenerateError(f"dtype {dtype!r}: expected 'auto' or one of {', '.join(DTYPES)}")
+    return dev, getattr(torch, dtype)
+
+
+def _free(model) -> None:
+    del model
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _fingerprint(source) -> str:
+    """Which weights a source means: a hub id or tiny name as is; a local file/folder by size and mtime."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        path = path / "model.safetensors" if (path / "model.safetensors").exists() else path / "model.ckpt"
+    if not path.is_file():
+        return str(source)
+    st = path.stat()
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _key(model: str, prompt_idx: int, seed: int) -> str:
+    return f"{model}-{prompt_idx}-{seed}"
+
+
+def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "tiny:sao",
+        finetune_model: str = "", allow_missing_finetune: bool = True, lora_strength: float = 1.0,
+        t5_model: str = "", prompts_file: str = "", n_prompts: int = 2, steps: int = 8,
+        cfg_scale: float = 7.0, sampler_type: str = "dpmpp-3m-sde", sigma_min: float = 0.3,
+        sigma_max: float = 500.0, seconds_start: float = 0.0, seconds_total: float = 10.0,
+        apg_scale: float = 0.0, seed: int = 42, batch_size: int = 1, silence_db: float = 60.0,
+        device: str = "auto", dtype: str = "auto") -> dict:
+    """Generate every prompt with the base model and the fine-tune, same seeds; see the module doc.
+
+    Output ``i`` of the prompt list uses seed ``seed + i`` (with ``batch_size`` > 1, a batch uses
+    the seed of its first prompt, recorded on each row with ``batch_index``).
+    """
+    from tqdm.auto import tqdm
+
+    params = {k: v for k, v in locals().items() if k != "tqdm"}
+    run_ = Run(run_dir)
+    run_.check_compatible()
+    settings = Settings(steps=int(steps), cfg_scale=float(cfg_scale), sampler_type=sampler_type,
+                        sigma_min=float(sigma_min), sigma_max=float(sigma_max),
+                        seconds_start=float(seconds_start), seconds_total=float(seconds_total),
+                        apg_scale=float(apg_scale))
+    # 1. validate everything before any work
+    check_settings(settings)
+    if batch_size < 1:
+        raise GenerateError(f"batch_size must be at least 1 (got {batch_size})")
+    if n_prompts < 0:
+        raise GenerateError(f"n_prompts must be 0 (all) or more (got {n_prompts})")
+    if not 0 <= seed < 2**32:
+        raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
+    if not base_model:
+        raise GenerateError(f"base_model is empty: use {HUB_ID!r}, a local model folder, or 'tiny:sao'")
+    all_prompts = read_prompts(prompts_file)
+    prompts = all_prompts[:n_prompts] if n_prompts else all_prompts
+    ft_spec, ft_message = find_finetune(run_dir, finetune_model)
+    if ft_spec is None and not allow_missing_finetune:
+        raise GenerateError(ft_message + " (set allow_missing_finetune=True to generate with the base model only)")
+    if ft_spec is None:
+        print(f"NOTE: {ft_message} — generating with the base model only.")
+
+    stage_dir = run_.stage_dir(STAGE)
+    gens = JsonlLog(stage_dir / "generations.jsonl", key="key")
+    recipe = {"settings": settings.as_dict(), "run_seed": int(seed), "batch_size": int(batch_size)}
+    for row in gens.rows():  # one folder, one recipe: never mix two in one table
+        i = row.get("prompt_idx", 0)
+        same_prompt = i >= len(prompts) or row.get("prompt") == prompts[i]
+        if {k: row.get(k) for k in recipe} != recipe or not same_prompt:
+            raise GenerateError(
+                f"{gens.path} holds generations made with other settings, seed or prompts (row {row['key']}: "
+                f"{ {k: row.get(k) for k in recipe} }); use a new run_dir, or delete {stage_dir} to start "
+                "this stage over")
+
+    models_todo = ["base"] + (["finetune"] if ft_spec is not None else [])
+    fingerprints = {"base": _fingerprint(base_model), "finetune": _fingerprint(ft_spec.path) if ft_spec else None}
+    for row in gens.rows():  # a re-trained fine-tune (or another base) must not be mixed with old clips
+        want = fingerprints.get(row.get("model"))
+        if want is not None and row.get("model_fingerprint") != want:
+            raise GenerateError(
+                f"{gens.path}: the {row['model']} clips were made with another model file than "
+                f"{base_model if row['model'] == 'base' else ft_spec.path} now holds (re-trained or replaced); "
+                f"use a new run_dir, or delete {stage_dir} to generate again")
+    chunks = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+
+    def chunk_seed(chunk):
+        return seed + chunk[0]
+
+    todo = {m: [c for c in chunks if any(_key(m, i, chunk_seed(c)) not in gens for i in c)] for m in models_todo}
+    n_todo = sum(len(c) for m in models_todo for c in todo[m])
+    dev, torch_dtype = (None, None)
+    generated = 0
+    timings = []
+    bar = tqdm(total=n_todo, desc="06_generate", unit="clip")
+    model = config = None
+    try:
+        for which in models_todo:
+            if not todo[which]:
+                continue
+            if dev is None:
+                dev, torch_dtype = _device_and_dtype(device, dtype)
+            # load once per model; a LoRA fine-tune goes onto the base model already in memory
+            if which == "base":
+                model, config = load_model(base_model, dev, torch_dtype, t5_model)
+                source = base_model
+            elif ft_spec.kind == "lora":
+                if model is None:
+                    model, config = load_model(base_model, dev, torch_dtype, t5_model)
+                apply_lora(model, config, ft_spec.path, lora_strength)
+                source = f"{base_model} + LoRA {ft_spec.path} @ {lora_strength:g}"
+            else:
+                if model is not None:
+                    _free(model)
+                    model = None
+                model, config = load_model(str(ft_spec.path), dev, torch_dtype, t5_model)
+                source = str(ft_spec.path)
+            check_settings(settings, config)
+            sr = int(config["sample_rate"])
+            for chunk in todo[which]:
+                cseed = chunk_seed(chunk)
+                bar.set_postfix_str(f"{which} prompt {chunk[0]}")
+                t0 = time.perf_counter()
+                outs = generate_audio(model, config, [prompts[i] for i in chunk], cseed, settings, dev,
+                                      silence_db=silence_db)
+                took = time.perf_counter() - t0
+                timings.append(took / len(chunk))
+                rows = []
+                for b, (i, (audio, info)) in enumerate(zip(chunk, outs)):
+                    key = _key(which, i, cseed)
+                    if key in gens:
+                        continue
+                    path = stage_dir / "audio" / which / f"{i:02d}-seed{cseed}.wav"
+                    _write_wav(path, audio, sr)
+                    rows.append({
+                        "key": key, "model": which, "prompt_idx": i, "prompt": prompts[i], "seed": cseed,
+                        "batch_index": b, "run_seed": int(seed), "batch_size": int(batch_size),
+                        "settings": settings.as_dict(),
+                        "model_source": source, "model_fingerprint": fingerprints[which], "lora_strength": float(lora_strength) if which == "finetune"
+                        and ft_spec.kind == "lora" else None,
+                        "sample_rate": sr, "duration": round(audio.shape[1] / sr, 3),
+                        "requested_seconds": settings.seconds_total, "trimmed_s": info["trimmed_s"],
+                        "silent": info["silent"], "path": run_.rel(path),
+                        "device": str(dev),
+                        "dtype": str(torch_dtype).replace("torch.", ""),
+                    })
+                gens.append(*rows)
+                generated += len(rows)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        if model is not None:
+            _free(model)
+    rows = gens.finalize(sort_key=lambda r: (r["prompt_idx"], MODELS.index(r["model"]), r["seed"]))
+    summary = {
+        "generations": len(rows), "generated_now": generated, "prompts": len(prompts),
+        "models": models_todo, "finetune": str(ft_spec.path) if ft_spec else None,
+        "finetune_kind": ft_spec.kind if ft_spec else None,
+        "finetune_message": None if ft_spec else ft_message,
+        "seconds_per_clip": round(float(np.median(timings)), 3) if timings else None,
+        "generations_jsonl": run_.rel(gens.path),
+    }
+    run_.mark_done(STAGE, params=params, **summary)
+    return summary
+
+
+def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
+    from .audio import write_wav
+    from .runs import atomic_path
+
+    with atomic_path(path) as tmp:
+        write_wav(tmp, audio, sr)
+
+
+def load_generations(run_dir: str) -> list[dict]:
+    """The rows of ``RUN_DIR/06_generate/generations.jsonl`` (for the notebook's table)."""
+    return read_jsonl(Run(run_dir).path(STAGE, "generations.jsonl"))

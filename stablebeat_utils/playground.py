@@ -1,0 +1,316 @@
+"""The generation playground of notebook 06_generate: type or build a prompt, generate, listen, compare.
+
+``build(P)`` returns a :class:`Playground` (display it in a notebook); its callbacks are plain
+methods — :meth:`Playground.generate` and :meth:`Playground.save_take` — so tests drive them
+without a browser. Every problem (an empty prompt, a duration longer than the model's window, a
+missing checkpoint, an engine error) ends as a message in the status line, never as a traceback.
+
+Models are loaded on the first Generate and kept for the session (one process-wide cache, so
+re-running the cell does not reload them). A LoRA fine-tune is applied onto the base model once;
+its strength slider drives stable-audio-tools' ``set_lora_strength`` at each generation, and the
+base model is the same network at strength 0 (exactly the base weights), so A/B needs one model.
+
+Saved takes go to ``RUN_DIR/06_generate/takes/<take_id>.wav`` with a row in ``takes.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import generate as gen
+from .runs import JsonlLog, Run
+
+log = logging.getLogger(__name__)
+
+KEYS = ("", "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+SCALES = ("minor", "major")
+CHOICES = ("base", "fine-tune", "A/B")
+_CACHE: dict[tuple, tuple] = {}  # (kind, source, lora, device, dtype) -> (model, config)
+
+
+# -- the prompt builder (pure, tested on its own) ---------------------------------------------
+
+def _join(items: list[str], last: str = "and") -> str:
+    items = [i for i in items if i]
+    if len(items) <= 1:
+        return "".join(items)
+    if len(items) == 2:
+        return f"{items[0]} {last} {items[1]}"
+    return ", ".join(items[:-1]) + f", {last} {items[-1]}"
+
+
+def build_prompt(genre: str = "", moods=(), instruments=(), bpm: int | None = None, key: str = "",
+                 scale: str = "") -> str:
+    """A prompt in the card's format: "A melancholic and dark cloud trap beat at 110 BPM in G minor,
+    using synth bells, plucked bass, and deep sub." Empty pickers are left out."""
+    moods, instruments = list(moods or ()), list(instruments or ())
+    head = " ".join(p for p in (_join(moods), genre or "", "beat") if p)
+    article = "An" if head[:1].lower() in "aeiou" else "A"
+    text = f"{article} {head}"
+    if bpm:
+        text += f" at {int(bpm)} BPM"
+    if key:
+        text += f" in {key} {scale}".rstrip()
+    if instruments:
+        text += f", using {', '.join(instruments[:-1]) + ', and ' + instruments[-1] if len(instruments) > 2 else _join(instruments)}"
+    return text + "."
+
+
+def vocabulary() -> dict[str, list[str]]:
+    """Tag lists for the pickers, from the tagging vocabularies (02_tag's loader)."""
+    from . import tag
+
+    return {family: [e.tag for e in entries] for family, entries in tag.load_vocab().items()}
+
+
+# -- results ----------------------------------------------------------------------------------
+
+@dataclass
+class Take:
+    """One generated clip, kept in memory until saved."""
+
+    model: str  # "base" or "finetune"
+    audio: np.ndarray
+    sr: int
+    prompt: str
+    seed: int
+    settings: dict
+    source: str
+    lora_strength: float | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def take_id(self) -> str:
+        recipe = json.dumps([self.prompt, self.settings, self.source, self.lora_strength], sort_keys=True)
+        return f"{self.model}-seed{self.seed}-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}"
+
+
+class Playground:
+    """The widgets, and the two callbacks. ``Playground(P)`` with the notebook's parameters."""
+
+    def __init__(self, P: dict):
+        import ipywidgets as W
+
+        self.P = dict(P)
+        self.run = Run(self.P.get("run_dir", "runs/demo"))
+        self.takes: list[Take] = []
+        vocab = vocabulary()
+        style = {"description_width": "8em"}
+        wide = W.Layout(width="36em")
+
+        self.mode = W.ToggleButtons(options=["free text", "builder"], value="free text", description="Prompt",
+                                    style=style)
+        self.prompt = W.Textarea(value=gen.card_prompts()[0], placeholder="Describe the beat…",
+                                 layout=W.Layout(width="44em", height="4.5em"))
+        self.genre = W.Dropdown(options=[""] + vocab["genres"], value="", description="Genre", style=style)
+        self.moods = W.SelectMultiple(options=vocab["moods"], rows=5, description="Moods", style=style)
+        self.instruments = W.SelectMultiple(options=vocab["instruments"], rows=5, description="Instruments",
+                                            style=style)
+        self.bpm = W.IntSlider(value=110, min=50, max=200, description="BPM", style=style)
+        self.key = W.Dropdown(options=list(KEYS), value="", description="Key", style=style)
+        self.scale = W.Dropdown(options=list(SCALES), value="minor", description="Scale", style=style)
+        self.preview = W.HTML()
+        self.builder = W.VBox([self.genre, self.moods, self.instruments, self.bpm, W.HBox([self.key, self.scale]),
+                               self.preview])
+        self.builder.layout.display = "none"
+
+        self.steps = W.IntSlider(value=int(self.P.get("steps", 200)), min=1, max=500, description="Steps",
+                                 style=style, layout=wide)
+        self.cfg = W.FloatSlider(value=float(self.P.get("cfg_scale", 7.0)), min=0.0, max=15.0, step=0.5,
+                                 description="CFG", style=style, layout=wide)
+        self.seed = W.IntText(value=int(self.P.get("seed", 42)), description="Seed (-1: random)", style=style)
+        self.duration = W.BoundedFloatText(value=float(self.P.get("seconds_total", 47.0)), min=0.0, max=3600.0,
+                                           step=1.0, description="Duration (s)", style=style)
+        self.choice = W.ToggleButtons(options=list(CHOICES), value="A/B", description="Model", style=style)
+        self.strength = W.FloatSlider(value=float(self.P.get("lora_strength", 1.0)), min=0.0, max=2.0, step=0.05,
+                                      description="LoRA strength", style=style, layout=wide)
+        self.button = W.Button(description="Generate", button_style="primary", icon="music")
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="36em"))
+        self.status = W.HTML()
+        self.results = W.HBox()
+        self.save_button = W.Button(description="Save take", icon="save", disabled=True)
+        self.saved = W.HTML()
+
+        self.mode.observe(self._on_mode, names="value")
+        for w in (self.genre, self.moods, self.instruments, self.bpm, self.key, self.scale):
+            w.observe(lambda _change: self._update_preview(), names="value")
+        self.button.on_click(self.generate)
+        self.save_button.on_click(self.save_take)
+        self._update_preview()
+        self.widget = W.VBox([
+            self.mode, self.prompt, self.builder, self.steps, self.cfg, self.seed, self.duration, self.choice,
+            self.strength, W.HBox([self.button, self.progress]), self.status, self.results,
+            W.HBox([self.save_button, self.saved]),
+        ])
+
+    # display as the widget
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _on_mode(self, change) -> None:
+        builder = change["new"] == "builder"
+        self.builder.layout.display = None if builder else "none"
+        self.prompt.layout.display = "none" if builder else None
+
+    def _update_preview(self) -> None:
+        self.preview.value = f"<i>{html.escape(self.built_prompt())}</i>"
+
+    def built_prompt(self) -> str:
+        return build_prompt(self.genre.value, self.moods.value, self.instruments.value, self.bpm.value,
+                            self.key.value, self.scale.value)
+
+    def prompt_text(self) -> str:
+        return self.built_prompt() if self.mode.value == "builder" else self.prompt.value.strip()
+
+    def _say(self, text: str, kind: str = "info") -> None:
+        color = {"error": "#b00020", "ok": "#1b5e20", "info": "#333"}[kind]
+        self.status.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
+
+    # -- models -------------------------------------------------------------------------------
+    def _device(self):
+        return gen._device_and_dtype(self.P.get("device", "auto"), self.P.get("dtype", "auto"))
+
+    def _finetune(self):
+        return gen.find_finetune(str(self.run.root), self.P.get("finetune_model", ""))
+
+    def _load(self, which: str, spec) -> tuple:
+        """``(model, config, source, lora_strength or None)`` for "base" or "finetune" (cached)."""
+        dev, dtype = self._device()
+        base = self.P.get("base_model") or "tiny:sao"
+        t5 = self.P.get("t5_model", "")
+        if spec is not None and spec.kind == "lora":  # one network: base = strength 0
+            key = ("lora", base, str(spec.path), dev, str(dtype), t5)
+            if key not in _CACHE:
+                model, config = gen.load_model(base, dev, dtype, t5)
+                gen.apply_lora(model, config, spec.path, 0.0)
+                _CACHE[key] = (model, config)
+            model, config = _CACHE[key]
+            if which == "base":
+                gen.set_lora_strength(model, 0.0)
+                return model, config, base, None
+            gen.set_lora_strength(model, self.strength.value)
+            return model, config, f"{base} + LoRA {spec.path}", float(self.strength.value)
+        source = base if which == "base" else str(spec.path)
+        key = ("full", source, None, dev, str(dtype), t5)
+        if key not in _CACHE:
+            _CACHE[key] = gen.load_model(source, dev, dtype, t5)
+        model, config = _CACHE[key]
+        return model, config, source, None
+
+    # -- callbacks ----------------------------------------------------------------------------
+    def generate(self, _button=None) -> list[Take] | None:
+        """The Generate button: returns the takes (or None after a message in the status line)."""
+        try:
+            return self._generate()
+        except (gen.GenerateError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+            log.debug("playground generation failed", exc_info=True)
+            self._say(f"Could not generate: {exc}", "error")
+        except Exception as exc:  # noqa: BLE001 — a playground never shows a traceback
+            log.debug("playground generation failed", exc_info=True)
+            self._say(f"Could not generate ({type(exc).__name__}): {exc}", "error")
+        finally:
+            self.button.disabled = False
+        return None
+
+    def _generate(self) -> list[Take] | None:
+        prompt = self.prompt_text()
+        if not prompt:
+            self._say("The prompt is empty: type a description of the beat, or use the builder.", "error")
+            return None
+        settings = gen.Settings(steps=int(self.steps.value), cfg_scale=float(self.cfg.value),
+                                sampler_type=self.P.get("sampler_type", gen.CARD_SETTINGS.sampler_type),
+                                sigma_min=float(self.P.get("sigma_min", gen.CARD_SETTINGS.sigma_min)),
+                                sigma_max=float(self.P.get("sigma_max", gen.CARD_SETTINGS.sigma_max)),
+                                seconds_start=float(self.P.get("seconds_start", 0.0)),
+                                seconds_total=float(self.duration.value),
+                                apg_scale=float(self.P.get("apg_scale", 0.0)))
+        gen.check_settings(settings)
+        seed = int(self.seed.value)
+        if seed == -1:
+            seed = random.randrange(2**31)
+        elif not 0 <= seed < 2**32:
+            raise gen.GenerateError(f"the seed must be -1 (random) or between 0 and 2**32 - 1 (got {seed})")
+        which = {"base": ["base"], "fine-tune": ["finetune"], "A/B": ["base", "finetune"]}[self.choice.value]
+        spec, message = self._finetune()  # also for "base": a LoRA fine-tune shares the base network
+        if spec is None and "finetune" in which:
+            self._say(f"No fine-tuned model to use: {message}", "error")
+            return None
+        self.button.disabled = True
+        self.save_button.disabled = True
+        self.results.children = ()
+        self.saved.value = ""
+        self._say("Loading the model…" if not _CACHE else "Generating…")
+        takes = []
+        self.progress.max = settings.steps * len(which)
+        self.progress.value = 0
+        t0 = time.perf_counter()
+        for n, w in enumerate(which):
+            model, config, source, strength = self._load(w, spec)
+            gen.check_settings(settings, config)  # the duration against this model's window
+            self._say(f"Generating with the {w} model (seed {seed})…")
+            dev, _ = self._device()
+
+            def step(info, _n=n):
+                self.progress.value = min(self.progress.max, _n * settings.steps + int(info.get("i", 0)) + 1)
+
+            (audio, info), = gen.generate_audio(model, config, [prompt], seed, settings, dev, callback=step,
+                                                silence_db=float(self.P.get("silence_db", 60.0)))
+            takes.append(Take(w, audio, int(config["sample_rate"]), prompt, seed, settings.as_dict(), source,
+                              strength, info))
+        self.takes = takes
+        self._show(takes)
+        self.save_button.disabled = False
+        self._say(f"Done in {time.perf_counter() - t0:.1f} s — seed {seed}.", "ok")
+        return takes
+
+    def _show(self, takes: list[Take]) -> None:
+        import ipywidgets as W
+        from IPython.display import Audio
+
+        from . import show
+
+        boxes = []
+        for t in takes:
+            label = f"<b>{'fine-tune' if t.model == 'finetune' else 'base'}</b> · seed {t.seed} · " \
+                    f"{t.audio.shape[1] / t.sr:.1f} s" + (f" · LoRA ×{t.lora_strength:g}" if t.lora_strength is not None else "")
+            wav = Audio(np.clip(t.audio, -1, 1), rate=t.sr, normalize=False).data  # IPython encodes the WAV
+            boxes.append(W.VBox([W.HTML(label), W.Audio(value=wav, format="wav", autoplay=False),
+                                 W.Image(value=show.spectrogram_png(t.audio, t.sr, t.model), format="png")]))
+        self.results.children = tuple(boxes)
+
+    def save_take(self, _button=None) -> list[dict] | None:
+        """The Save button: the current takes into ``RUN_DIR/06_generate/takes/`` + ``takes.jsonl``."""
+        if not self.takes:
+            self.saved.value = "Nothing to save yet: generate first."
+            return None
+        try:
+            folder = self.run.stage_dir(gen.STAGE) / "takes"
+            takes_log = JsonlLog(self.run.stage_dir(gen.STAGE) / "takes.jsonl", key="take_id")
+            rows = []
+            for t in self.takes:
+                path = folder / f"{t.take_id}.wav"
+                if t.take_id not in takes_log or not path.exists():
+                    gen._write_wav(path, t.audio, t.sr)
+                rows.append({"take_id": t.take_id, "model": t.model, "prompt": t.prompt, "seed": t.seed,
+                             "settings": t.settings, "model_source": t.source, "lora_strength": t.lora_strength,
+                             "sample_rate": t.sr, "duration": round(t.audio.shape[1] / t.sr, 3),
+                             "path": self.run.rel(path), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            takes_log.append(*rows)
+        except Exception as exc:  # noqa: BLE001 — a message, never a traceback
+            self.saved.value = f"<span style='color:#b00020'>Could not save: {html.escape(str(exc))}</span>"
+            return None
+        self.saved.value = "Saved: " + ", ".join(html.escape(r["path"]) for r in rows)
+        return rows
+
+
+def build(P: dict) -> Playground:
+    """The playground for the notebook's parameters ``P`` (display the returned object)."""
+    return Playground(P)

@@ -1,0 +1,346 @@
+"""06_generate: prompts, settings, trimming, fine-tune discovery, and the stage end to end (tiny SAO)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stablebeat_utils import generate as gen
+from stablebeat_utils.runs import read_jsonl
+
+CARD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "stablebeat-card.md"
+FAST = dict(steps=2, seconds_total=3.0)
+
+
+# -- fixtures: a tiny base, a tiny "fine-tune" (perturbed weights, export layout), a LoRA file -----
+
+@pytest.fixture(scope="session")
+def tiny_base():
+    return gen.load_model("tiny:sao", "cpu")
+
+
+def _export_finetune(dest: Path) -> Path:
+    """What 05_train exports (model_config.json + model.safetensors), with weights nudged off the base."""
+    import torch
+    from safetensors.torch import save_file
+
+    from stablebeat_utils import models
+
+    src = models.ensure_tiny_models(["sao"])["sao"]
+    model, _ = models.load_sao("tiny:sao", "cpu")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "model_config.json").write_text((Path(src) / "model_config.json").read_text())
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dest / "model.safetensors"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def finetune_dir(tmp_path_factory):
+    return _export_finetune(tmp_path_factory.mktemp("ft") / "export")
+
+
+def make_lora(dest: Path, model=None, scale: float = 0.5) -> Path:
+    """A LoRA in stable-audio-tools 0.0.20's own format (its add_lora + save_lora_safetensors)."""
+    from functools import partial
+
+    import torch
+
+    from stablebeat_utils import compat, models
+
+    compat.apply()
+    from stable_audio_tools.models.lora import (LoRAParametrization, add_lora, get_lora_state_dict,
+                                                save_lora_safetensors)
+
+    if model is None:
+        model, _ = models.load_sao("tiny:sao", "cpu")
+    add_lora(model.model, {torch.nn.Linear: {"weight": partial(LoRAParametrization.from_linear, rank=4,
+                                                                lora_alpha=4)}})
+    g = torch.Generator().manual_seed(2)
+    state = {k: scale * torch.randn(v.shape, generator=g) for k, v in get_lora_state_dict(model.model).items()}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_lora_safetensors(state, {"rank": 4, "alpha": 4, "adapter_type": "lora"}, str(dest))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def lora_file(tmp_path_factory):
+    return make_lora(tmp_path_factory.mktemp("lora") / "lora.safetensors")
+
+
+def test_run_parameters_are_the_notebooks():
+    import inspect
+
+    from stablebeat_utils import params
+
+    sig = inspect.signature(gen.run)
+    assert {k: v.default for k, v in sig.parameters.items()} == params.schema("06_generate")
+
+
+# -- prompts ----------------------------------------------------------------------------------
+
+def test_card_prompts_are_the_cards_seven_verbatim():
+    prompts = gen.card_prompts()
+    assert len(prompts) == 7
+    card = CARD.read_text(encoding="utf-8")
+    for p in prompts:
+        assert p in card
+    assert prompts[5].startswith("A moody cloud trap beat") and "etherate" in prompts[5]
+
+
+def test_read_prompts_formats_and_errors(tmp_path):
+    assert gen.read_prompts("") == gen.card_prompts()
+    txt = tmp_path / "p.txt"
+    txt.write_text("# my prompts\n\nfirst beat\n  second beat  \n")
+    assert gen.read_prompts(str(txt)) == ["first beat", "second beat"]
+    yml = tmp_path / "p.yaml"
+    yml.write_text("prompts: [one, two]\n")
+    assert gen.read_prompts(str(yml)) == ["one", "two"]
+    jl = tmp_path / "prompts.jsonl"
+    jl.write_text('{"clip_id": "a", "prompt": "from 04"}\n')
+    assert gen.read_prompts(str(jl)) == ["from 04"]
+    with pytest.raises(gen.GenerateError, match="missing.txt.*not found"):
+        gen.read_prompts(str(tmp_path / "missing.txt"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts: [ok, '', 3]\n")
+    with pytest.raises(gen.GenerateError, match="bad.yaml: 2 of 3 entries"):
+        gen.read_prompts(str(bad))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(gen.GenerateError, match="no prompts"):
+        gen.read_prompts(str(empty))
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+def test_defaults_are_the_cards_settings():
+    s = gen.CARD_SETTINGS
+    assert (s.steps, s.cfg_scale, s.seconds_start, s.seconds_total) == (200, 7.0, 0.0, 47.0)
+    assert (s.sampler_type, s.sigma_min, s.sigma_max, s.apg_scale) == ("dpmpp-3m-sde", 0.3, 500.0, 0.0)
+
+
+def test_check_settings_messages():
+    cfg = {"sample_size": 2097152, "sample_rate": 44100}
+    gen.check_settings(gen.Settings(seconds_total=47.0), cfg)
+    with pytest.raises(gen.GenerateError, match=r"duration 60 s is longer .* at most 47.55 s"):
+        gen.check_settings(gen.Settings(seconds_total=60.0), cfg)
+    with pytest.raises(gen.GenerateError, match="more than 0 s"):
+        gen.check_settings(gen.Settings(seconds_total=0.0))
+    with pytest.raises(gen.GenerateError, match="steps"):
+        gen.check_settings(gen.Settings(steps=0))
+    with pytest.raises(gen.GenerateError, match="sampler_type 'nope'"):
+        gen.check_settings(gen.Settings(sampler_type="nope"))
+    with pytest.raises(gen.GenerateError, match="sigma_min < sigma_max"):
+        gen.check_settings(gen.Settings(sigma_min=600.0))
+    with pytest.raises(gen.GenerateError, match="prompt is empty"):
+        gen.check_prompt("   ")
+
+
+def test_trim_cuts_to_seconds_total_and_trailing_silence_only():
+    sr = 44100
+    t = np.arange(10 * sr) / sr
+    audio = np.stack([0.5 * np.sin(2 * np.pi * 50 * t)] * 2).astype(np.float32)
+    audio[:, :sr] = 0.0  # leading silence is kept
+    audio[:, 6 * sr:] = 1e-5  # -100 dBFS: true silence from 6 s
+    out, info = gen.trim_audio(audio, sr, seconds_total=8.0)
+    assert out.shape[1] < 8 * sr and abs(out.shape[1] / sr - 6.0) < 0.1
+    assert np.all(out[:, :sr] == 0.0) and info["trimmed_s"] > 1.5
+    quiet = audio.copy()
+    quiet[:, 6 * sr:] = 0.01  # -40 dBFS is a quiet ending, not silence
+    out, _ = gen.trim_audio(quiet, sr, seconds_total=8.0)
+    assert out.shape[1] == 8 * sr
+    out, info = gen.trim_audio(np.zeros((2, 5 * sr), np.float32), sr, seconds_total=3.0)
+    assert out.shape[1] == 3 * sr and info["silent"]
+
+
+# -- the fine-tune ----------------------------------------------------------------------------
+
+def test_find_finetune(tmp_path, finetune_dir, lora_file):
+    spec, msg = gen.find_finetune(str(tmp_path / "run"))
+    assert spec is None and "05_train/export" in msg and "run 05_train" in msg
+    spec, _ = gen.find_finetune(str(tmp_path / "run"), str(finetune_dir))
+    assert spec.kind == "full" and spec.path == finetune_dir
+    spec, _ = gen.find_finetune(str(tmp_path / "run"), str(lora_file))
+    assert spec.kind == "lora" and spec.path == lora_file
+    spec, _ = gen.find_finetune(str(tmp_path / "run"), str(lora_file.parent))  # a folder with one LoRA
+    assert spec.kind == "lora"
+    both = tmp_path / "lora-run-export"  # 05_train's LoRA mode: merged model + lora.safetensors
+    both.mkdir()
+    for f in ("model_config.json", "model.safetensors"):
+        (both / f).symlink_to(finetune_dir / f)
+    (both / "lora.safetensors").symlink_to(lora_file)
+    spec, _ = gen.find_finetune(str(tmp_path / "run"), str(both))
+    assert spec.kind == "lora" and spec.path.name == "lora.safetensors"
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    spec, msg = gen.find_finetune(str(tmp_path / "run"), str(junk))
+    assert spec is None and "junk.safetensors: not a fine-tune" in msg
+
+
+# -- generation -------------------------------------------------------------------------------
+
+def test_generation_passes_the_card_sampler_explicitly(tiny_base, monkeypatch):
+    """0.0.20 defaults to euler/APG: the sampler, sigmas and plain CFG must reach the engine."""
+    import stable_audio_tools.inference.sampling as sampling
+
+    seen = {}
+    real = sampling.sample_k
+
+    def spy(model_fn, noise, *args, **kwargs):
+        seen.update(kwargs)
+        return real(model_fn, noise, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample_k", spy)
+    model, config = tiny_base
+    (audio, _), = gen.generate_audio(model, config, ["a dark trap beat"], 7,
+                                     gen.Settings(steps=2, cfg_scale=7.0, seconds_total=2.0), "cpu")
+    assert seen["sampler_type"] == "dpmpp-3m-sde" and seen["steps"] == 2
+    assert (seen["sigma_min"], seen["sigma_max"]) == (0.3, 500.0)
+    assert seen["cfg_scale"] == 7.0 and seen["apg_scale"] == 0.0
+    assert audio.shape == (2, 2 * 44100) and audio.dtype == np.float32 and np.isfinite(audio).all()
+
+
+def test_partial_decode_matches_the_engines_full_decode(tiny_base):
+    import torch
+
+    model, config = tiny_base
+    latents = torch.randn(1, 64, config["sample_size"] // 2048, generator=torch.Generator().manual_seed(0))
+    n = int(3.3 * 44100)
+    with torch.inference_mode():
+        full = model.pretransform.decode(latents)[..., :n]
+        part = gen.decode(model, latents, n)
+    assert part.shape == full.shape == (1, 2, n)
+    assert float((full - part).abs().max()) < 2e-5  # under one 16-bit step
+
+
+def test_same_seed_same_audio_other_seed_other_audio(tiny_base):
+    model, config = tiny_base
+    s = gen.Settings(**FAST)
+    a = gen.generate_audio(model, config, ["lo-fi jazz rap"], 3, s, "cpu")[0][0]
+    b = gen.generate_audio(model, config, ["lo-fi jazz rap"], 3, s, "cpu")[0][0]
+    c = gen.generate_audio(model, config, ["lo-fi jazz rap"], 4, s, "cpu")[0][0]
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    with pytest.raises(gen.GenerateError, match="prompt is empty"):
+        gen.generate_audio(model, config, [""], 3, s, "cpu")
+    with pytest.raises(gen.GenerateError, match="longer than this model can make"):
+        gen.generate_audio(model, config, ["x"], 3, gen.Settings(steps=1, seconds_total=48.0), "cpu")
+
+
+def test_lora_strength_zero_is_the_base_model(lora_file):
+    from stablebeat_utils import models
+
+    model, config = models.load_sao("tiny:sao", "cpu")
+    s = gen.Settings(**FAST)
+    base = gen.generate_audio(model, config, ["cloud trap"], 5, s, "cpu")[0][0]
+    gen.apply_lora(model, config, lora_file, strength=1.0)
+    full = gen.generate_audio(model, config, ["cloud trap"], 5, s, "cpu")[0][0]
+    gen.set_lora_strength(model, 0.0)
+    zero = gen.generate_audio(model, config, ["cloud trap"], 5, s, "cpu")[0][0]
+    assert np.array_equal(base, zero)
+    assert not np.allclose(base, full)
+
+
+# -- the stage --------------------------------------------------------------------------------
+
+def _wav(run_dir, row):
+    data, sr = sf.read(str(Path(run_dir) / row["path"]), always_2d=True)
+    return data.T, sr
+
+
+def test_run_base_and_finetune_same_seeds_resumable(tmp_path, finetune_dir):
+    run_dir = tmp_path / "run"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dark trap beat at 140 BPM\nchill lo-fi at 80 BPM\nthird, not asked for\n")
+    P = dict(run_dir=str(run_dir), prompts_file=str(prompts), n_prompts=2, finetune_model=str(finetune_dir),
+             seed=11, **FAST)
+    summary = gen.run(**P)
+    assert summary["generations"] == 4 and summary["generated_now"] == 4
+    assert summary["models"] == ["base", "finetune"] and summary["finetune_kind"] == "full"
+    rows = read_jsonl(run_dir / "06_generate" / "generations.jsonl")
+    assert [(r["prompt_idx"], r["model"], r["seed"]) for r in rows] == [
+        (0, "base", 11), (0, "finetune", 11), (1, "base", 12), (1, "finetune", 12)]
+    for r in rows:
+        assert r["key"] == f"{r['model']}-{r['prompt_idx']}-{r['seed']}"
+        assert r["settings"] == gen.Settings(**FAST).as_dict()
+        assert r["path"].startswith("06_generate/audio/") and not Path(r["path"]).is_absolute()
+        audio, sr = _wav(run_dir, r)
+        assert sr == 44100 and audio.shape[0] == 2
+        assert 0 < audio.shape[1] <= 3 * 44100 and abs(r["duration"] - audio.shape[1] / sr) < 1e-3
+    base0, _ = _wav(run_dir, rows[0])
+    ft0, _ = _wav(run_dir, rows[1])
+    assert base0.shape != ft0.shape or not np.allclose(base0, ft0)  # same seed, other weights
+    record = json.loads((run_dir / "06_generate" / "stage.json").read_text())
+    assert record["status"] == "done" and record["summary"]["generations"] == 4
+
+    # run again: nothing to do, the same bytes
+    before = {r["key"]: (run_dir / r["path"]).read_bytes() for r in rows}
+    jsonl_before = (run_dir / "06_generate" / "generations.jsonl").read_bytes()
+    assert gen.run(**P)["generated_now"] == 0
+    assert (run_dir / "06_generate" / "generations.jsonl").read_bytes() == jsonl_before
+
+    # killed before the last row was written (its WAV gone too): the re-run makes the same file
+    lines = jsonl_before.decode().splitlines(keepends=True)
+    (run_dir / "06_generate" / "generations.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])
+    (run_dir / rows[-1]["path"]).unlink()
+    assert gen.run(**P)["generated_now"] == 1
+    assert (run_dir / "06_generate" / "generations.jsonl").read_bytes() == jsonl_before
+    assert {r["key"]: (run_dir / r["path"]).read_bytes() for r in rows} == before
+
+    # other settings in the same folder: refused, named
+    with pytest.raises(gen.GenerateError, match="other settings.*new run_dir"):
+        gen.run(**{**P, "steps": 3})
+    # a re-trained fine-tune at the same path: refused rather than mixed with the old clips
+    import os
+
+    st = (finetune_dir / "model.safetensors").stat()
+    os.utime(finetune_dir / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        with pytest.raises(gen.GenerateError, match="finetune clips were made with another model file"):
+            gen.run(**P)
+    finally:
+        os.utime(finetune_dir / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_run_missing_finetune_is_a_message_or_an_error(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with pytest.raises(gen.GenerateError, match=r"05_train/export: the fine-tune was not found"):
+        gen.run(run_dir=str(run_dir), n_prompts=1, allow_missing_finetune=False, **FAST)
+    assert not (run_dir / "06_generate" / "generations.jsonl").exists()  # failed before any work
+    summary = gen.run(run_dir=str(run_dir), n_prompts=1, allow_missing_finetune=True, **FAST)
+    assert summary["models"] == ["base"] and "05_train/export" in summary["finetune_message"]
+    assert "base model only" in capsys.readouterr().out
+    rows = read_jsonl(run_dir / "06_generate" / "generations.jsonl")
+    assert [(r["model"], r["prompt"]) for r in rows] == [("base", gen.card_prompts()[0])]
+
+
+def test_run_lora_finetune_from_the_export_folder(tmp_path, lora_file):
+    run_dir = tmp_path / "run"
+    export = run_dir / "05_train" / "export"
+    export.mkdir(parents=True)
+    (export / "lora.safetensors").write_bytes(lora_file.read_bytes())
+    summary = gen.run(run_dir=str(run_dir), n_prompts=1, lora_strength=0.0, batch_size=2, **FAST)
+    assert summary["finetune_kind"] == "lora"
+    rows = read_jsonl(run_dir / "06_generate" / "generations.jsonl")
+    assert [r["model"] for r in rows] == ["base", "finetune"] and rows[1]["lora_strength"] == 0.0
+    base, _ = _wav(run_dir, rows[0])
+    ft, _ = _wav(run_dir, rows[1])
+    assert np.array_equal(base, ft)  # strength 0: the LoRA leaves the base model untouched
+
+
+def test_run_rejects_bad_parameters_before_work(tmp_path):
+    with pytest.raises(gen.GenerateError, match="batch_size"):
+        gen.run(run_dir=str(tmp_path), batch_size=0)
+    with pytest.raises(gen.GenerateError, match="seed"):
+        gen.run(run_dir=str(tmp_path), seed=-1)
+    with pytest.raises(gen.GenerateError, match="base_model is empty"):
+        gen.run(run_dir=str(tmp_path), base_model="")
+    with pytest.raises(gen.GenerateError, match="nothing.txt"):
+        gen.run(run_dir=str(tmp_path), prompts_file=str(tmp_path / "nothing.txt"))
+    assert not (tmp_path / "06_generate").exists()
