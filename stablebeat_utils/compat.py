@@ -125,6 +125,10 @@ if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
 
 
+class _MissingOptional(AttributeError):
+    """Raised by a placeholder module's attributes: says which package to install."""
+
+
 def stub_training_only_imports() -> list[str]:
     """stable-audio-tools 0.0.20: training modules import ``wandb`` and ``audiotools`` at module level.
 
@@ -146,9 +150,9 @@ def stub_training_only_imports() -> list[str]:
         mod.__stablebeat_stub__ = True
 
         def _missing(attr, _name=name, _why=why):
-            if attr.startswith("__"):
-                raise AttributeError(attr)
-            raise RuntimeError(f"{_name}.{attr}: {_name} is not installed (stablebeat_utils.compat placeholder); {_why}")
+            # AttributeError (with the explanation), so `hasattr(wandb, "run")` probes answer False
+            raise _MissingOptional(f"{_name}.{attr}: {_name} is not installed "
+                                   f"(stablebeat_utils.compat placeholder); {_why}")
 
         mod.__getattr__ = _missing
         sys.modules[name] = mod

@@ -141,3 +141,10 @@ def test_cli_reports_errors_without_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown stage 'nostage'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("profile", params.list_profiles())
+def test_every_bundled_profile_resolves_for_every_stage(profile):
+    for stage in STAGES:
+        values = params.resolve(stage, profile)
+        assert set(values) == set(params.schema(stage))

@@ -1,0 +1,789 @@
+"""Fine-tune Stable Audio Open 1.0 on the run's prompts — notebook ``05_train``.
+
+The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTorch Lightning:
+
+- **model**: :func:`stablebeat_utils.models.load_sao` — SAO 1.0 from the hub (gated; token from the
+  environment or Colab's secrets), an exported folder, or ``"tiny:sao"`` offline. Same code path.
+- **data**: ``RUN_DIR/04_prompts/prompts.jsonl`` clips; each sample carries its own conditioning
+  (:func:`conditioning_for`): ``prompt``, ``seconds_start`` = the clip's start in its source track
+  plus the crop offset inside the clip, ``seconds_total`` (see below). Rows are held in a list and
+  looked up by index (O(1)); a bad row or an undecodable clip raises :class:`TrainDataError`
+  naming the clip (our own ``Dataset``: the engine's ``SampleDataset`` swallows exceptions and
+  retries another file, and reads audio with ``torchaudio.load``, which we do not use).
+- **recipe**: the engine's training wrapper (``create_training_wrapper_from_config``): AdamW
+  lr 5e-5, InverseLR, EMA of the DiT, classifier-free-guidance dropout 0.1; Lightning handles mixed
+  precision (bf16 where the GPU has it), devices/strategy, and the engine's DiT runs its transformer
+  blocks under gradient checkpointing (``ContinuousTransformer(use_checkpointing=True)``, its default).
+- **LoRA / DoRA**: the engine's own ``training.lora_config`` (base frozen, no EMA); adapters are
+  exported with the engine's ``save_lora_safetensors`` (loadable with ``load_and_apply_loras``).
+- **pre-encoded latents** (``pre_encode=True``): every clip is encoded once by the VAE into
+  ``05_train/latents/<clip_id>.safetensors`` (latents + conditioning); training then runs the
+  wrapper with ``pre_encoded=True`` and the VAE never runs in the training loop.
+- **checkpoints**: every ``checkpoint_every`` steps into ``05_train/checkpoints`` (written
+  atomically, the last ``keep_checkpoints`` kept); running the stage again resumes from the
+  newest one (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
+- **export**: ``05_train/export/model.safetensors`` (EMA weights for a full fine-tune; LoRA merged
+  into the base for LoRA) + ``model_config.json`` — what ``load_sao(export_dir)`` and the engine's
+  own loaders read; LoRA runs also write ``lora.safetensors`` (the adapters alone).
+- **logs**: loss and learning rate per step to CSV (``05_train/logs/version_N/metrics.csv``),
+  TensorBoard when installed, W&B when ``wandb_project`` is set; demo WAVs every ``demo_every``
+  steps in ``05_train/demos`` (the card's prompts, generated with ``generate_diffusion_cond``).
+
+``seconds_total``: the number the model reads as "where the audio ends". SAO was pre-trained with
+``seconds_total`` = the length of the file the window came from, and windows past a file's end
+zero-padded. We keep that meaning: when the training window is completely filled by audio, the
+track really goes on, so ``seconds_total`` is the source track's duration (``source_duration`` in
+``segments.jsonl``; when unknown, the clip's end in its source); when the window runs past the
+clip's end (a 20–35 s clip in SAO's 47.5 s window), the audio stops there and is padded, so
+``seconds_total`` is the clip's end in its source track (``start + duration``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import audio as audio_io
+from .runs import JsonlLog, Run, atomic_path, atomic_write_json, read_jsonl
+
+STAGE = "05_train"
+MODES = ("full", "lora")
+ADAPTERS = ("lora", "dora")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+CARD_SAMPLER = {"sampler_type": "dpmpp-3m-sde", "sigma_min": 0.3, "sigma_max": 500}  # SAO 1.0 model card
+#: what a checkpoint must agree on to be resumed (changing anything else, e.g. lr or max_steps, is fine)
+RESUME_KEYS = ("base_model", "mode", "lora_rank", "lora_alpha", "lora_adapter", "pre_encode", "ema")
+_CKPT_RE = re.compile(r"^step=(\d+)\.ckpt$")
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or continue; the message says what to change."""
+
+
+class TrainDataError(TrainError):
+    """A clip whose row or audio cannot be used; the message names the clip and its file."""
+
+
+# --------------------------------------------------------------------------------------------
+# the training set: rows of prompts.jsonl joined with segments.jsonl (by clip_id)
+
+
+@dataclass(frozen=True)
+class Clip:
+    clip_id: str
+    path: Path  # absolute
+    prompt: str
+    start: float  # seconds into its source track
+    duration: float  # seconds
+    source_duration: float | None  # the whole source track, when 01_segment recorded it
+
+
+def _number(row: dict, key: str, where: str, required: bool = True) -> float | None:
+    value = row.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise TrainDataError(f"{where}: field {key!r} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def read_clips(run_dir: str | os.PathLike) -> list[Clip]:
+    """The training clips of a run, sorted by ``clip_id``; every row checked, errors raised together."""
+    run = Run(run_dir)
+    prompts_path = run.path("04_prompts", "prompts.jsonl")
+    if not prompts_path.is_file():
+        raise TrainError(f"{prompts_path}: missing — run 04_prompts first (training reads its prompts.jsonl)")
+    segments = {r.get("clip_id"): r for r in read_jsonl(run.path("01_segment", "segments.jsonl"))}
+    clips, problems, seen = [], [], set()
+    for n, row in enumerate(read_jsonl(prompts_path), 1):
+        cid = row.get("clip_id")
+        where = f"{prompts_path} line {n} (clip {cid!r})"
+        try:
+            if not isinstance(cid, str) or not cid:
+                raise TrainDataError(f"{where}: no clip_id")
+            if cid in seen:
+                raise TrainDataError(f"{where}: clip_id appears twice")
+            seen.add(cid)
+            prompt = row.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise TrainDataError(f"{where}: empty or missing 'prompt'")
+            rel = row.get("filepath")
+            if not isinstance(rel, str) or not rel:
+                raise TrainDataError(f"{where}: missing 'filepath'")
+            path = run.path(rel)
+            if not path.is_file():
+                raise TrainDataError(f"{where}: audio file {path} not found")
+            seg = segments.get(cid) or {}
+            src = _number(seg, "source_duration", f"{where} (segments.jsonl)", required=False)
+            clips.append(Clip(cid, path, prompt.strip(), _number(row, "start", where),
+                              _number(row, "duration", where), src))
+        except TrainDataError as exc:
+            problems.append(str(exc))
+    if problems:
+        more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise TrainDataError(f"{len(problems)} unusable row(s) in the training set:\n  "
+                             + "\n  ".join(problems[:10]) + more)
+    if not clips:
+        raise TrainError(f"{prompts_path}: no clips to train on")
+    return sorted(clips, key=lambda c: c.clip_id)
+
+
+def conditioning_for(clip: Clip, offset_s: float, window_s: float, real_s: float) -> dict:
+    """The conditioning of one training window (see the module docstring for ``seconds_total``).
+
+    ``offset_s``: where the window starts inside the clip; ``window_s``: the window's length;
+    ``real_s``: how much of the window is the clip's audio (less than ``window_s`` when padded).
+    """
+    seconds_start = clip.start + offset_s
+    clip_end = clip.start + clip.duration
+    padded = real_s < window_s - 1e-6
+    if padded or clip.source_duration is None:
+        seconds_total = clip_end
+    else:
+        seconds_total = max(clip.source_duration, clip_end)
+    return {"prompt": clip.prompt, "seconds_start": float(seconds_start), "seconds_total": float(seconds_total),
+            "clip_id": clip.clip_id}
+
+
+def _crop(n_have: int, n_window: int, random_crop: bool, rng: random.Random) -> tuple[int, int]:
+    """(offset, real length) of a window of ``n_window`` frames over ``n_have``.
+
+    Written here rather than using the engine's ``PadCrop_Normalized_T`` because we need the exact
+    offset (it only returns it rounded down to whole seconds) and the same rule for audio samples
+    and latent frames.
+    """
+    if n_have > n_window:
+        offset = rng.randint(0, n_have - n_window) if random_crop else 0
+        return offset, n_window
+    return 0, n_have
+
+
+class ClipDataset:
+    """Raw audio windows: ``(audio (2, sample_size) float32, metadata)`` — a ``torch`` map-style dataset."""
+
+    def __init__(self, clips: list[Clip], sample_rate: int, sample_size: int, random_crop: bool = True,
+                 seed: int = 0):
+        self.clips, self.sr, self.n, self.random_crop, self.seed = clips, sample_rate, sample_size, random_crop, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def _rng(self, idx: int) -> random.Random:
+        return random.Random(f"{self.seed}:{idx}:{random.getrandbits(32)}")
+
+    def __getitem__(self, idx: int):
+        import torch
+
+        clip = self.clips[idx]  # O(1): a list indexed by the sampler
+        try:
+            samples, _ = audio_io.load(clip.path, sr=self.sr)
+        except audio_io.AudioError as exc:
+            raise TrainDataError(f"clip {clip.clip_id} ({clip.path}): {exc}") from exc
+        samples = audio_io.to_stereo(samples)
+        offset, real = _crop(samples.shape[1], self.n, self.random_crop, self._rng(idx))
+        window = np.zeros((2, self.n), dtype=np.float32)
+        window[:, :real] = samples[:, offset:offset + real]
+        mask = torch.zeros(self.n, dtype=torch.bool)
+        mask[:real] = True
+        md = conditioning_for(clip, offset / self.sr, self.n / self.sr, real / self.sr)
+        md["padding_mask"] = [mask]
+        return torch.from_numpy(np.clip(window, -1.0, 1.0)), md
+
+
+class LatentDataset:
+    """Pre-encoded windows: ``(latents (C, frames), metadata)`` read from ``latents/<clip_id>.safetensors``."""
+
+    def __init__(self, clips: list[Clip], latents_dir: Path, frames: int, frame_seconds: float,
+                 random_crop: bool = True, seed: int = 0):
+        self.clips, self.dir, self.frames, self.frame_s = clips, Path(latents_dir), frames, frame_seconds
+        self.random_crop, self.seed = random_crop, seed
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, idx: int):
+        import torch
+        from safetensors.torch import load_file
+
+        clip = self.clips[idx]
+        path = self.dir / f"{clip.clip_id}.safetensors"
+        try:
+            lat = load_file(str(path))["latents"]
+        except Exception as exc:
+            raise TrainDataError(f"clip {clip.clip_id}: pre-encoded latents {path} unreadable ({exc}); "
+                                 "delete the file and run the stage again") from exc
+        have = int(lat.shape[-1])
+        offset, real = _crop(have, self.frames, self.random_crop,
+                             random.Random(f"{self.seed}:{idx}:{random.getrandbits(32)}"))
+        window = torch.zeros(lat.shape[0], self.frames, dtype=torch.float32)
+        window[:, :real] = lat[:, offset:offset + real].float()
+        mask = torch.zeros(self.frames, dtype=torch.bool)
+        mask[:real] = True
+        # the crop offset in latent frames, converted back to seconds: seconds_start stays exact
+        md = conditioning_for(clip, offset * self.frame_s, self.frames * self.frame_s,
+                              min(real * self.frame_s, clip.duration - offset * self.frame_s))
+        md["padding_mask"] = [mask]
+        return window, md
+
+
+def make_loader(dataset, batch_size: int, workers: int = 0, shuffle: bool = True, seed: int = 0):
+    """A plain ``DataLoader`` with the engine's ``collation_fn`` (metadata stay a tuple of dicts)."""
+    import torch
+    from stable_audio_tools.data.dataset import collation_fn
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
+        persistent_workers=workers > 0, pin_memory=False, drop_last=len(dataset) >= batch_size,
+        collate_fn=collation_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# pre-encoding
+
+
+def _vae_fingerprint(model_config: dict, base_model: str) -> str:
+    pt = json.dumps(model_config.get("model", {}).get("pretransform", {}), sort_keys=True)
+    return hashlib.sha256(f"{base_model}|{model_config.get('sample_rate')}|{pt}".encode()).hexdigest()[:16]
+
+
+def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: str, device: str = "cpu",
+                     seed: int = 0) -> dict:
+    """Encode each clip once with the model's VAE into ``latents_dir/<clip_id>.safetensors``.
+
+    Stores the *unscaled* latents (as the engine's ``pre_encoded`` path expects: it divides by the
+    pretransform's scale itself) with the clip's conditioning fields as metadata. A file with the
+    same VAE fingerprint is kept (resumable); each write is atomic. Sampling from the VAE posterior
+    is seeded per clip, so the latents do not depend on the order or on a restart.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    latents_dir.mkdir(parents=True, exist_ok=True)
+    pt = model.pretransform
+    sr = int(model.sample_rate)
+    done = encoded = 0
+    pt.to(device)
+    for clip in tqdm(clips, desc="pre-encode (VAE)", unit="clip"):
+        path = latents_dir / f"{clip.clip_id}.safetensors"
+        if path.is_file():
+            try:
+                with safe_open(str(path), "pt") as fh:
+                    if (fh.metadata() or {}).get("vae") == fingerprint:
+                        done += 1
+                        continue
+            except Exception:
+                pass  # unreadable: encode again
+        try:
+            samples, _ = audio_io.load(clip.path, sr=sr)
+        except audio_io.AudioError as exc:
+            raise TrainDataError(f"clip {clip.clip_id} ({clip.path}): {exc}") from exc
+        x = torch.from_numpy(audio_io.to_stereo(samples)).unsqueeze(0).to(device)
+        pad = (-x.shape[-1]) % pt.downsampling_ratio
+        if pad:
+            x = torch.nn.functional.pad(x, (0, pad))
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(hashlib.sha256(f"{seed}:{clip.clip_id}".encode()).hexdigest()[:8], 16))
+            lat = pt.encode(x) * pt.scale
+        meta = {"vae": fingerprint, "clip_id": clip.clip_id, "prompt": clip.prompt, "start": repr(clip.start),
+                "duration": repr(clip.duration), "sample_rate": str(sr),
+                "source_duration": "" if clip.source_duration is None else repr(clip.source_duration)}
+        with atomic_path(path) as tmp:
+            save_file({"latents": lat[0].float().cpu().contiguous()}, str(tmp), metadata=meta)
+        encoded += 1
+    return {"encoded": encoded, "reused": done}
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning pieces
+
+
+def _lightning():
+    import pytorch_lightning as pl
+
+    return pl
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint with the highest step in ``ckpt_dir`` (temporary files ignored)."""
+    best = None
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            m = _CKPT_RE.match(p.name)
+            if m and (best is None or int(m.group(1)) > best[0]):
+                best = (int(m.group(1)), p)
+    return best[1] if best else None
+
+
+def _make_classes():
+    """Lightning classes, built on first use (importing Lightning and the engine is slow)."""
+    from . import compat
+
+    compat.apply()
+    compat.stub_training_only_imports()
+    import torch
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+    from stable_audio_tools.models.lora import get_lora_state_dict
+    from stable_audio_tools.training.diffusion import DiffusionCondTrainingWrapper
+
+    pl = _lightning()
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Checkpoints written to a temporary file and renamed (a kill never leaves half a file);
+        read back with ``torch.load(weights_only=True)`` (no arbitrary pickles)."""
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+
+        def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=True):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    class Wrapper(DiffusionCondTrainingWrapper):
+        """The engine's wrapper with smaller, resumable checkpoints.
+
+        The frozen VAE is left out of checkpoints (it comes from the base model); in LoRA mode only
+        the adapters are kept — but unlike the engine (which clears the checkpoint to the adapters
+        and loses optimizer and step), the optimizer, scheduler and loop state stay, so LoRA runs
+        resume too. On load the left-out weights are taken from the freshly loaded base model, and
+        the run's settings are compared with the checkpoint's.
+        """
+
+        stablebeat_info: dict = {}
+
+        def _kept_keys(self, state: dict) -> set:
+            if self.lora_config is not None:
+                lora = {f"diffusion.model.{k}" for k in get_lora_state_dict(self.diffusion.model)}
+                lora |= {f"diffusion.conditioner.{k}" for k in get_lora_state_dict(self.diffusion.conditioner)}
+                return {k for k in state if k in lora}
+            return {k for k in state if not k.startswith("diffusion.pretransform.")}
+
+        def on_save_checkpoint(self, checkpoint):
+            state = checkpoint["state_dict"]
+            keep = self._kept_keys(state)
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+            checkpoint["stablebeat"] = dict(self.stablebeat_info)
+
+        def on_load_checkpoint(self, checkpoint):
+            saved = checkpoint.get("stablebeat") or {}
+            diff = {k: (saved.get(k), self.stablebeat_info.get(k)) for k in RESUME_KEYS
+                    if saved.get(k) != self.stablebeat_info.get(k)}
+            if diff:
+                what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+                raise TrainError(f"the checkpoints in {self.stablebeat_info.get('checkpoint_dir')} were made with "
+                                 f"other settings ({what}). Use a new run_dir, put the settings back, or delete "
+                                 "that folder to start over.")
+            state = checkpoint["state_dict"]
+            current = self.state_dict()
+            kept = self._kept_keys(current)
+            for k, v in current.items():
+                if k not in kept:
+                    state.setdefault(k, v)
+
+    class CurveLogger(pl.Callback):
+        """Loss, learning rate and seconds per step, every step, to every logger (CSV, TensorBoard, W&B)."""
+
+        def __init__(self):
+            self.t0 = None
+            self.step_seconds: list[float] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            dt = time.perf_counter() - self.t0
+            self.step_seconds.append(dt)
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            metrics = {"loss": float(loss.detach().float().cpu()),
+                       "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+                       "epoch": trainer.current_epoch, "step_seconds": dt}
+            for lg in trainer.loggers:
+                lg.log_metrics(metrics, step=trainer.global_step)
+
+    class DemoCallback(pl.Callback):
+        """Every ``every`` steps: generate the card's prompts (EMA weights when there are) to WAV files.
+
+        Our own callback: the engine's demo callback saves with ``torchaudio.save``.
+        """
+
+        def __init__(self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0):
+            self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
+            self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
+            self._demo_log = None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            step = trainer.global_step
+            if self.every <= 0 or step % self.every or step == self.last or not trainer.is_global_zero:
+                return
+            self.last = step
+            self.generate(trainer, module, step)
+
+        @torch.no_grad()
+        def generate(self, trainer, module, step):
+            from stable_audio_tools.inference.generation import generate_diffusion_cond
+
+            self._demo_log = self._demo_log or JsonlLog(self.out_dir / "demos.jsonl", key="file")
+            diffusion = module.diffusion
+            online = diffusion.model
+            was_training = module.training
+            module.eval()
+            if module.diffusion_ema is not None:
+                diffusion.model = module.diffusion_ema.ema_model
+            ratio = diffusion.pretransform.downsampling_ratio if diffusion.pretransform is not None else 1
+            sr = int(diffusion.sample_rate)
+            n = max(1, math.ceil(self.seconds * sr / ratio)) * ratio
+            try:
+                for i, prompt in enumerate(self.prompts):
+                    with trainer.strategy.precision_plugin.forward_context():
+                        out = generate_diffusion_cond(
+                            diffusion, steps=self.steps, cfg_scale=self.cfg,
+                            conditioning=[{"prompt": prompt, "seconds_start": 0, "seconds_total": self.seconds}],
+                            sample_size=n, seed=self.seed + i, device=module.device, apg_scale=0.0,
+                            disable_tqdm=True, **CARD_SAMPLER)
+                    wav = out[0].float().cpu().numpy()
+                    peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+                    if peak > 0:
+                        wav = wav / peak * 0.9  # a demo is for listening: normalise the level
+                    name = f"step{step:08d}_{i}.wav"
+                    with atomic_path(self.out_dir / name) as tmp:
+                        audio_io.write_wav(tmp, wav, sr)
+                    self._demo_log.append({"file": name, "step": step, "prompt": prompt, "seconds": self.seconds,
+                                     "steps": self.steps, "cfg": self.cfg, "ema": module.diffusion_ema is not None})
+            finally:
+                diffusion.model = online
+                module.train(was_training)
+
+    class KeepNewest(pl.callbacks.ModelCheckpoint):
+        """Save every N steps; then keep the ``keep`` highest-step files of the folder.
+
+        Pruning by what is on disk (not by Lightning's in-memory list, which a resumed run does
+        not restore) also clears checkpoints left behind by a killed session.
+        """
+
+        def __init__(self, keep: int, **kwargs):
+            super().__init__(**kwargs)
+            self.keep = keep
+
+        def _save_checkpoint(self, trainer, filepath):
+            super()._save_checkpoint(trainer, filepath)
+            if trainer.is_global_zero:
+                found = sorted((int(_CKPT_RE.match(p.name).group(1)), p) for p in Path(self.dirpath).iterdir()
+                               if _CKPT_RE.match(p.name))
+                for _, old in found[:-self.keep]:
+                    old.unlink(missing_ok=True)
+
+    return AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int, lora_alpha: float,
+                    lora_adapter: str, pre_encode: bool, ema: bool, sample_size: int, log_every: int) -> dict:
+    """The engine's ``model_config`` with our ``training`` section (the card's recipe).
+
+    Optimizer and scheduler come from the model's own config where it has them (SAO 1.0's are
+    AdamW 5e-5, betas 0.9/0.999, weight decay 1e-3, InverseLR inv_gamma 1e6 power 0.5 warmup 0.99);
+    only the learning rate is replaced by ``lr``.
+    """
+    cfg = copy.deepcopy(model_config)
+    cfg["sample_size"] = int(sample_size)
+    train = cfg.setdefault("training", {})
+    opt = copy.deepcopy(train.get("optimizer_configs") or {
+        "diffusion": {"optimizer": {"type": "AdamW", "config": {"betas": [0.9, 0.999], "weight_decay": 1e-3}},
+                      "scheduler": {"type": "InverseLR", "config": {"inv_gamma": 1000000, "power": 0.5,
+                                                                      "warmup": 0.99}}}})
+    opt["diffusion"]["optimizer"].setdefault("config", {})["lr"] = float(lr)
+    train.update({"optimizer_configs": opt, "use_ema": bool(ema), "pre_encoded": bool(pre_encode),
+                  "log_every_n_steps": int(log_every), "cfg_dropout_prob": train.get("cfg_dropout_prob", 0.1)})
+    train.pop("learning_rate", None)
+    train.pop("lora_config", None)
+    if mode == "lora":
+        train["lora_config"] = {"rank": int(lora_rank), "alpha": float(lora_alpha), "adapter_type": lora_adapter}
+    return cfg
+
+
+def pick_precision(precision: str, device: str, devices: int = 1) -> str:
+    """``"auto"`` → bf16-mixed on GPUs with bf16, 16-mixed on other GPUs, 32-true on CPU (models.pick_dtype).
+
+    With several GPUs the question is asked in a child process: asking here would initialise CUDA
+    in this process, and Lightning's notebook-friendly multi-GPU launcher (``ddp_notebook``, what
+    ``strategy="auto"`` picks in Jupyter/Colab) forks and refuses an initialised CUDA.
+    """
+    if precision != "auto":
+        return precision
+    import subprocess
+    import sys
+
+    import torch
+
+    from .models import pick_dtype
+
+    if str(device).startswith("cuda") and devices != 1:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_bf16_supported())"],
+                             capture_output=True, text=True, timeout=120)
+        return "bf16-mixed" if out.stdout.strip() == "True" else "16-mixed"
+    dtype = pick_dtype(device)
+    return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
+
+
+def card_prompts() -> list[str]:
+    import yaml
+
+    path = Path(__file__).parent / "data" / "card_prompts.yaml"
+    return list(yaml.safe_load(path.read_text(encoding="utf-8"))["prompts"])
+
+
+def _validate(p: dict) -> None:
+    def need(cond, msg):
+        if not cond:
+            raise TrainError(f"05_train: {msg}")
+
+    need(p["mode"] in MODES, f"mode={p['mode']!r}: choose one of {MODES}")
+    need(p["lora_adapter"] in ADAPTERS, f"lora_adapter={p['lora_adapter']!r}: choose one of {ADAPTERS}")
+    need(p["precision"] in PRECISIONS, f"precision={p['precision']!r}: choose one of {PRECISIONS}")
+    need(p["batch_size"] >= 1, "batch_size must be >= 1")
+    need(p["lr"] > 0, "lr must be > 0")
+    need(p["epochs"] >= 1 or p["max_steps"] >= 1, "set epochs >= 1 or max_steps >= 1")
+    need(p["checkpoint_every"] >= 1, "checkpoint_every must be >= 1 (steps)")
+    need(p["keep_checkpoints"] >= 1, "keep_checkpoints must be >= 1")
+    need(p["sample_seconds"] >= 0, "sample_seconds must be >= 0 (0 = the model's own window)")
+    need(p["lora_rank"] >= 1, "lora_rank must be >= 1")
+    need(p["workers"] >= 0, "workers must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "tiny:sao", t5_model: str = "",
+        mode: str = "full", lora_rank: int = 16, lora_alpha: float = 16.0, lora_adapter: str = "lora",
+        batch_size: int = 2, lr: float = 5e-5, epochs: int = 1, max_steps: int = 4, sample_seconds: float = 1.0,
+        random_crop: bool = True, ema: bool = True, precision: str = "auto", accelerator: str = "auto",
+        devices: int = 1, strategy: str = "auto", workers: int = 0, checkpoint_every: int = 2,
+        keep_checkpoints: int = 2, demo_every: int = 4, num_demos: int = 1, demo_steps: int = 4,
+        demo_cfg: float = 7.0, demo_seconds: float = 2.0, pre_encode: bool = False, log_every: int = 1,
+        wandb_project: str = "", seed: int = 0, export_merged: bool = True) -> dict:
+    """Fine-tune (or resume fine-tuning) SAO on ``RUN_DIR/04_prompts``; export; return a summary.
+
+    ``max_steps`` > 0 stops after that many optimizer steps (counted across resumes); otherwise
+    ``epochs`` passes over the clips. ``sample_seconds`` is the training window (0 = the model's
+    own ``sample_size``, 47.55 s for SAO 1.0). ``t5_model`` overrides the T5 weights ("" = the
+    model config's own). Running again with the same parameters after it finished only reports;
+    after a kill (or with a larger ``max_steps``/``epochs``) it resumes from the newest checkpoint.
+    A resumed run continues the checkpoint's optimizer and schedule, so a changed ``lr`` only
+    applies to a new ``run_dir`` (changed model/mode settings are refused).
+    """
+    params = {k: v for k, v in locals().items()}
+    _validate(params)
+    t_start = time.perf_counter()
+    run_ = Run(run_dir)
+    stage_dir = run_.stage_dir(STAGE)
+    export_dir = stage_dir / "export"
+    if run_.is_done(STAGE, params) and (export_dir / "model.safetensors").is_file():
+        return dict(run_.stage_record(STAGE)["summary"], skipped=True)
+    clips = read_clips(run_dir)
+
+    from . import compat, models
+
+    compat.apply()
+    compat.stub_training_only_imports()
+    import torch
+
+    pl = _lightning()
+    from stable_audio_tools.training.factory import create_training_wrapper_from_config
+
+    AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest = _make_classes()
+    ckpt_dir = stage_dir / "checkpoints"
+    for stale in ckpt_dir.glob(".step=*.tmp.ckpt"):  # a write cut by a kill (never renamed into place)
+        stale.unlink(missing_ok=True)
+    resume = newest_checkpoint(ckpt_dir)
+    resumed_step = int(_CKPT_RE.match(resume.name).group(1)) if resume is not None else None
+    # a resumed session draws new crops, noise and shuffles (not a replay of the first session's)
+    session_seed = seed + (resumed_step or 0)
+    pl.seed_everything(session_seed, workers=True, verbose=False)
+
+    device = models.pick_device("auto" if accelerator == "auto" else ("cuda" if accelerator == "gpu" else accelerator))
+    model, model_config = models.load_sao(base_model, device="cpu", t5_source=t5_model or None)
+    sr = int(model_config["sample_rate"])
+    ratio = model.pretransform.downsampling_ratio if model.pretransform is not None else 1
+    window = int(model_config["sample_size"]) if sample_seconds == 0 else int(round(sample_seconds * sr))
+    window = max(1, math.ceil(window / ratio)) * ratio  # whole latent frames
+    cfg = training_config(model_config, lr=lr, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                          lora_adapter=lora_adapter, pre_encode=pre_encode, ema=ema, sample_size=window,
+                          log_every=log_every)
+
+    # load_sao hands back an inference model (all frozen); trainable again as a freshly built
+    # engine model is: the DiT and the conditioners' own layers (T5 and the VAE stay frozen)
+    model.train()
+    model.model.requires_grad_(True)
+    model.conditioner.requires_grad_(True)
+    if model.pretransform is not None:
+        model.pretransform.eval().requires_grad_(False)
+
+    # data
+    if pre_encode:
+        latents_dir = stage_dir / "latents"
+        enc = pre_encode_clips(model, clips, latents_dir, _vae_fingerprint(model_config, base_model),
+                               device=device, seed=seed)
+        model.pretransform.to("cpu")
+        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, random_crop, seed)
+    else:
+        enc = None
+        dataset = ClipDataset(clips, sr, window, random_crop, seed)
+    loader = make_loader(dataset, batch_size, workers, shuffle=True, seed=session_seed)
+
+    wrapper = create_training_wrapper_from_config(cfg, model)
+    wrapper.__class__ = Wrapper  # same object, our checkpoint hooks (see Wrapper)
+    wrapper.stablebeat_info = {"base_model": base_model, "mode": mode,
+                               "lora_rank": lora_rank if mode == "lora" else None,
+                               "lora_alpha": lora_alpha if mode == "lora" else None,
+                               "lora_adapter": lora_adapter if mode == "lora" else None,
+                               "pre_encode": pre_encode, "ema": bool(ema) and mode == "full",
+                               "checkpoint_dir": str(ckpt_dir)}
+
+    # callbacks, loggers
+    from pytorch_lightning.callbacks import TQDMProgressBar
+    from pytorch_lightning.loggers import CSVLogger
+
+    checkpointer = KeepNewest(keep_checkpoints, dirpath=str(ckpt_dir), filename="step={step}",
+                              every_n_train_steps=checkpoint_every, save_top_k=-1,
+                              auto_insert_metric_name=False, save_on_train_epoch_end=False)
+    curves = CurveLogger()
+    callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
+    prompts = card_prompts()[:max(0, num_demos)]
+    demos = DemoCallback(demo_every, prompts, demo_steps, demo_cfg, demo_seconds, stage_dir / "demos", seed)
+    if demo_every > 0 and prompts:
+        callbacks.append(demos)
+    loggers = [CSVLogger(str(stage_dir), name="logs")]
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard"))
+    if wandb_project:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=wandb_project, save_dir=str(stage_dir)))
+
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, strategy=strategy,
+        precision=pick_precision(precision, device, devices),
+        max_epochs=epochs if max_steps <= 0 else -1, max_steps=max_steps if max_steps > 0 else -1,
+        callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], log_every_n_steps=max(1, log_every),
+        enable_checkpointing=True, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(stage_dir),
+        gradient_clip_val=None, deterministic=False)
+    trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    # the last step is always checkpointed, so a finished run resumes (or extends) from its end
+    last = ckpt_dir / f"step={trainer.global_step}.ckpt"
+    if trainer.global_step > 0 and not last.exists():
+        checkpointer._save_checkpoint(trainer, str(last))
+
+    summary: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        demo_in_last = demo_every > 0 and prompts and demos.last != trainer.global_step and trainer.global_step > 0
+        if demo_in_last:  # a demo of the final weights too
+            demos.generate(trainer, wrapper, trainer.global_step)
+        files = export(wrapper, model_config, export_dir, export_merged=export_merged)
+        csvs = sorted(str(p) for p in (stage_dir / "logs").glob("version_*/metrics.csv"))
+        summary = {
+            "mode": mode, "base_model": base_model, "clips": len(clips), "steps": int(trainer.global_step),
+            "epoch": int(trainer.current_epoch), "resumed_from_step": resumed_step,
+            "precision": trainer.precision, "window_seconds": round(window / sr, 3), "pre_encoded": enc,
+            "median_step_seconds": round(statistics.median(curves.step_seconds), 4) if curves.step_seconds else None,
+            "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                                   if torch.cuda.is_available() and str(wrapper.device).startswith("cuda") else None),
+            "last_loss": _last_loss(csvs), "checkpoints": sorted(p.name for p in ckpt_dir.glob("step=*.ckpt")),
+            "export_dir": str(export_dir), "export_files": files, "metrics_csv": csvs,
+            "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
+            "seconds": round(time.perf_counter() - t_start, 1),
+        }
+        run_.mark_done(STAGE, params=params, **summary)
+    return summary
+
+
+def _last_loss(csvs: list[str]) -> float | None:
+    curves = read_curves(csvs)
+    return round(curves[-1]["loss"], 6) if curves else None
+
+
+def read_curves(csvs) -> list[dict]:
+    """``{step, loss, lr}`` per step from the run's CSV logs; a step redone after a resume keeps its last value."""
+    import csv
+
+    by_step: dict[int, dict] = {}
+    for path in sorted(csvs, key=lambda p: int(re.search(r"version_(\d+)", str(p)).group(1))
+                       if re.search(r"version_(\d+)", str(p)) else 0):
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("loss") not in (None, ""):
+                    step = int(float(row["step"]))
+                    by_step[step] = {"step": step, "loss": float(row["loss"]), "lr": float(row["lr"])}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = True) -> list[str]:
+    """Write the fine-tuned model as ``model.safetensors`` + ``model_config.json`` (and ``lora.safetensors``).
+
+    Full fine-tune: the EMA weights of the DiT with the rest of the model (conditioners as trained,
+    VAE as loaded) — the engine's own ``export_model`` does the same swap, but mutates the wrapper.
+    LoRA: the adapters with the engine's ``export_lora_safetensors``, and (``export_merged``) the
+    base with the adapters merged in, so ``load_sao(export_dir)`` reads either kind of run.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    diffusion = wrapper.diffusion
+    if wrapper.lora_config is not None:
+        with atomic_path(export_dir / "lora.safetensors") as tmp:
+            wrapper.export_lora_safetensors(str(tmp))
+        files.append("lora.safetensors")
+        if not export_merged:
+            (export_dir / "model.safetensors").unlink(missing_ok=True)
+        else:
+            # merged in place: training is over (its last checkpoint is written); a deepcopy of the
+            # model fails on the VAE's old-style weight_norm once it has run
+            # (the engine's merge_lora iterates a dict it shrinks — a RuntimeError on torch 2.13 —
+            # so each parametrization is folded in with torch's own remove_parametrizations)
+            from torch.nn.utils import parametrize
+
+            diffusion.eval()
+            for module in [*diffusion.model.modules(), *diffusion.conditioner.modules()]:
+                if parametrize.is_parametrized(module):
+                    for attr in list(module.parametrizations.keys()):
+                        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            state = diffusion.state_dict()
+    else:
+        state = diffusion.state_dict()
+        if wrapper.diffusion_ema is not None:
+            for k, v in wrapper.diffusion_ema.ema_model.state_dict().items():
+                state[f"model.{k}"] = v
+    if wrapper.lora_config is None or export_merged:
+        plain = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+                 for k, v in state.items()}
+        with atomic_path(export_dir / "model.safetensors") as tmp:
+            save_file(plain, str(tmp), metadata={"format": "pt", "stablebeat": "05_train export"})
+        files.append("model.safetensors")
+    atomic_write_json(export_dir / "model_config.json", model_config)
+    files.append("model_config.json")
+    return sorted(files)

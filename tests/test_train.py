@@ -1,0 +1,335 @@
+"""Tests for stablebeat_utils.train (notebook 05_train) on the tiny SAO model, CPU only.
+
+Real code paths: the tiny SAO-architecture model from models.load_sao("tiny:sao"), the engine's
+training wrapper, Lightning, real clips cut from the bundled demo beats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stablebeat_utils import audio, train
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_AUDIO = REPO / "stablebeat_utils" / "data" / "demo_audio"
+SR = 44100
+# small windows keep CPU steps short; they still run the VAE, T5, DiT and EMA
+FAST = dict(batch_size=2, sample_seconds=0.1, demo_every=0, workers=0, log_every=1)
+
+
+def make_run(root: Path, n_sources: int = 2, starts=(1.0, 4.0), seconds=(0.6, 0.9), source_duration=True) -> Path:
+    """A run folder as 01_segment + 04_prompts leave it: 44.1 kHz stereo WAV clips + JSONL rows."""
+    clips_dir = root / "01_segment" / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    (root / "04_prompts").mkdir(parents=True, exist_ok=True)
+    segs, rows = [], []
+    for i, src in enumerate(sorted(DEMO_AUDIO.glob("*.ogg"))[:n_sources]):
+        a, _ = audio.load(src, sr=SR)
+        a = audio.to_stereo(a)
+        for j, (start, dur) in enumerate(zip(starts, seconds)):
+            cid = f"s{i}_c{j}"
+            clip = a[:, int(start * SR):int(start * SR) + int(dur * SR)]
+            audio.write_wav(clips_dir / f"{cid}.wav", clip, SR, subtype="FLOAT")
+            seg = {"clip_id": cid, "source": src.name, "start": start, "duration": clip.shape[1] / SR,
+                   "path": f"01_segment/clips/{cid}.wav", "status": "ok"}
+            if source_duration:
+                seg["source_duration"] = a.shape[1] / SR
+            segs.append(seg)
+            rows.append({"filepath": seg["path"], "start": start, "duration": seg["duration"],
+                         "prompt": f"A melancholic trap beat at {100 + i} BPM, with synth bells", "clip_id": cid})
+    (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in segs))
+    (root / "04_prompts" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+# ------------------------------------------------------------------------------------------
+# the training set and its conditioning
+
+
+def test_read_clips_joins_segments(tmp_path):
+    run = make_run(tmp_path)
+    clips = train.read_clips(run)
+    assert [c.clip_id for c in clips] == ["s0_c0", "s0_c1", "s1_c0", "s1_c1"]
+    c = clips[1]
+    assert c.start == 4.0 and c.source_duration > 30 and c.path.is_file()
+
+
+def test_bad_rows_fail_loudly_naming_the_clip(tmp_path):
+    run = make_run(tmp_path)
+    path = run / "04_prompts" / "prompts.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    rows[1]["prompt"] = ""
+    rows[2]["start"] = "0:63"
+    (run / "01_segment" / "clips" / "s1_c1.wav").unlink()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(train.TrainDataError) as err:
+        train.read_clips(run)
+    msg = str(err.value)
+    assert "3 unusable" in msg and "s0_c1" in msg and "'prompt'" in msg
+    assert "s1_c0" in msg and "'start'" in msg and "s1_c1.wav not found" in msg
+
+
+def test_missing_prompts_file_is_named(tmp_path):
+    with pytest.raises(train.TrainError, match="04_prompts"):
+        train.read_clips(tmp_path)
+
+
+def test_seconds_total_rule():
+    clip = train.Clip("c", Path("x.wav"), "p", start=63.0, duration=26.0, source_duration=180.0)
+    # window past the clip's end (padded): the audio stops at the clip's end in its source
+    md = train.conditioning_for(clip, 0.0, 47.55, 26.0)
+    assert md["seconds_start"] == 63.0 and md["seconds_total"] == 89.0
+    # window full of audio, crop 5 s into the clip: the track goes on to its real end
+    md = train.conditioning_for(clip, 5.0, 10.0, 10.0)
+    assert md["seconds_start"] == 68.0 and md["seconds_total"] == 180.0
+    unknown = train.Clip("c", Path("x.wav"), "p", start=63.0, duration=26.0, source_duration=None)
+    assert train.conditioning_for(unknown, 5.0, 10.0, 10.0)["seconds_total"] == 89.0
+
+
+def test_random_crop_start_is_clip_start_plus_offset(tmp_path):
+    """seconds_start = the clip's start in its source + where the window was cut inside the clip."""
+    run = make_run(tmp_path, n_sources=1, starts=(2.0,), seconds=(0.9,))
+    clip = train.read_clips(run)[0]
+    whole, _ = audio.load(clip.path)
+    n = 4096
+    ds = train.ClipDataset([clip], SR, n, random_crop=True, seed=3)
+    offsets = set()
+    for _ in range(6):
+        x, md = ds[0]
+        offset = round((md["seconds_start"] - clip.start) * SR)
+        offsets.add(offset)
+        np.testing.assert_allclose(x.numpy(), np.clip(whole[:, offset:offset + n], -1, 1), atol=1e-6)
+        assert md["seconds_total"] == pytest.approx(clip.source_duration)
+        assert bool(md["padding_mask"][0].all())
+    assert len(offsets) > 1  # really random crops
+
+
+def test_short_clip_is_padded_and_masked(tmp_path):
+    run = make_run(tmp_path, n_sources=1, starts=(2.0,), seconds=(0.5,))
+    clip = train.read_clips(run)[0]
+    ds = train.ClipDataset([clip], SR, SR, random_crop=True)
+    x, md = ds[0]
+    real = round(clip.duration * SR)
+    assert x.shape == (2, SR) and float(x[:, real:].abs().max()) == 0.0
+    assert int(md["padding_mask"][0].sum()) == real
+    assert md["seconds_start"] == 2.0 and md["seconds_total"] == pytest.approx(2.0 + clip.duration)
+
+
+def test_undecodable_clip_names_the_clip(tmp_path):
+    run = make_run(tmp_path, n_sources=1)
+    clip = train.read_clips(run)[0]
+    clip.path.write_bytes(b"not audio at all")
+    with pytest.raises(train.TrainDataError, match="s0_c0"):
+        train.ClipDataset([clip], SR, 4096)[0]
+
+
+def test_wrapper_sees_the_runs_start_times(tmp_path):
+    """The metadata reaching the engine's conditioner carry our seconds_start / seconds_total."""
+    import copy
+
+    from stablebeat_utils import compat
+    compat.apply()
+    compat.stub_training_only_imports()
+    from stable_audio_tools.training.factory import create_training_wrapper_from_config
+
+    from stablebeat_utils import models
+
+    run = make_run(tmp_path)
+    clips = train.read_clips(run)
+    model, cfg = models.load_sao("tiny:sao")
+    model.model.requires_grad_(True)
+    tcfg = train.training_config(cfg, lr=1e-4, mode="full", lora_rank=4, lora_alpha=4, lora_adapter="lora",
+                                 pre_encode=False, ema=True, sample_size=4096, log_every=1000)
+    wrapper = create_training_wrapper_from_config(tcfg, model)
+    seen = []
+    real_forward = model.conditioner.forward
+
+    def spy(batch_metadata, device):
+        seen.extend(copy.deepcopy([{k: md[k] for k in ("prompt", "seconds_start", "seconds_total")}
+                                   for md in batch_metadata]))
+        return real_forward(batch_metadata, device)
+
+    model.conditioner.forward = spy
+    loader = train.make_loader(train.ClipDataset(clips, SR, 4096, random_crop=False), batch_size=4, shuffle=False)
+    reals, metadata = next(iter(loader))
+
+    class _T:  # the wrapper logs the learning rate through its trainer
+        optimizers = [type("O", (), {"param_groups": [{"lr": 1e-4}]})()]
+
+    wrapper._trainer = _T()  # (log_every=1000: the engine's logger does not flush in one step)
+    loss = wrapper.training_step((reals, metadata), 0)
+    assert loss.ndim == 0 and bool(loss.isfinite())
+    assert [m["seconds_start"] for m in seen] == [c.start for c in clips]
+    assert [m["seconds_total"] for m in seen] == [pytest.approx(c.source_duration) for c in clips]
+    assert [m["prompt"] for m in seen] == [c.prompt for c in clips]
+
+
+# ------------------------------------------------------------------------------------------
+# the whole stage: kill, resume, export, generate
+
+
+def _checkpoint(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_killed_run_resumes_with_optimizer_ema_and_step(tmp_path):
+    import torch
+
+    run = make_run(tmp_path / "run")
+    ckpt_dir = run / "05_train" / "checkpoints"
+    code = ("from stablebeat_utils import train; "
+            f"train.run(run_dir={str(run)!r}, max_steps=200, checkpoint_every=1, keep_checkpoints=2, "
+            "batch_size=2, sample_seconds=0.1, demo_every=0, workers=0, log_every=1)")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            newest = train.newest_checkpoint(ckpt_dir)
+            if newest is not None and int(newest.stem.split("=")[1]) >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training subprocess ended early: {proc.stderr.read().decode()[-3000:]}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint at step 3 within 240 s")
+        os.kill(proc.pid, signal.SIGKILL)  # a real kill, mid-training
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "05_train" / "stage.json").exists()
+
+    killed_at = train.newest_checkpoint(ckpt_dir)
+    step = int(killed_at.stem.split("=")[1])
+    before = _checkpoint(killed_at)
+    assert before["global_step"] == step
+    assert len(list(ckpt_dir.glob("step=*.ckpt"))) <= 3  # keep 2 (+1 if killed between save and prune)
+
+    # run the stage again, asking for 2 more steps: it resumes without being told to
+    summary = train.run(run_dir=str(run), max_steps=step + 2, checkpoint_every=1, keep_checkpoints=2,
+                        **dict(FAST, demo_every=step + 2, demo_steps=2, demo_seconds=0.2))
+    assert summary["resumed_from_step"] == step and summary["steps"] == step + 2
+    assert summary["checkpoints"] == [f"step={step + 1}.ckpt", f"step={step + 2}.ckpt"]
+    after = _checkpoint(ckpt_dir / f"step={step + 2}.ckpt")
+    assert after["global_step"] == step + 2
+    # optimizer state carried over: Adam's own step counters continue (a fresh optimizer says 2)
+    adam_steps = {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {float(step + 2)}
+    assert after["lr_schedulers"][0]["last_epoch"] == step + 2
+    # EMA carried over: its step counter continues, and its weights moved on from the killed run's
+    assert int(after["state_dict"]["diffusion_ema.step"]) == step + 2
+    assert int(before["state_dict"]["diffusion_ema.step"]) == step
+    ema_keys = [k for k in before["state_dict"] if k.startswith("diffusion_ema.ema_model.")]
+    deltas = {k: float((after["state_dict"][k] - before["state_dict"][k]).abs().max()) for k in ema_keys}
+    assert 0 < max(deltas.values()) < 1e-2  # small moves on from the kill point, not a restart
+    ema_key = max(deltas, key=deltas.get)
+    # the frozen VAE stays out of checkpoints (it is the base model's)
+    assert not any(k.startswith("diffusion.pretransform.") for k in after["state_dict"])
+
+    # curves: one CSV per session, merged by step
+    curves = train.read_curves(summary["metrics_csv"])
+    assert [c["step"] for c in curves][-2:] == [step + 1, step + 2]
+    assert all(np.isfinite(c["loss"]) and c["lr"] > 0 for c in curves)
+    assert summary["demos"] and Path(summary["demos"][0]).is_file()
+
+    # the export: EMA weights, loadable by load_sao and by the engine's own loader, and it generates
+    from stablebeat_utils import models
+    from stable_audio_tools.inference.generation import generate_diffusion_cond
+    from stable_audio_tools.models.utils import load_ckpt_state_dict
+
+    export = Path(summary["export_dir"])
+    model, cfg = models.load_sao(str(export))
+    engine_state = load_ckpt_state_dict(str(export / "model.safetensors"))
+    ema_export_key = "model." + ema_key[len("diffusion_ema.ema_model."):]
+    torch.testing.assert_close(engine_state[ema_export_key], after["state_dict"][ema_key])
+    out = generate_diffusion_cond(model, steps=3, cfg_scale=7.0, sample_size=2048 * 4, seed=1, device="cpu",
+                                  conditioning=[{"prompt": "A dark cloud trap beat at 110 BPM", "seconds_start": 0,
+                                                 "seconds_total": 1}], sampler_type="dpmpp-3m-sde",
+                                  sigma_min=0.3, sigma_max=500, disable_tqdm=True)
+    assert out.shape == (1, 2, 2048 * 4) and bool(out.isfinite().all())
+
+    # done: the same call again only reports
+    again = train.run(run_dir=str(run), max_steps=step + 2, checkpoint_every=1, keep_checkpoints=2,
+                      **dict(FAST, demo_every=step + 2, demo_steps=2, demo_seconds=0.2))
+    assert again["skipped"] and again["steps"] == step + 2
+
+    # checkpoints made in full mode are not silently resumed as LoRA
+    with pytest.raises(train.TrainError, match="other settings"):
+        train.run(run_dir=str(run), max_steps=step + 3, mode="lora", checkpoint_every=1, **FAST)
+
+
+def test_lora_pre_encoded_run_exports_adapters(tmp_path, monkeypatch):
+    import torch
+
+    from stablebeat_utils import compat, models
+    compat.apply()
+    from stable_audio_tools.models.lora import load_and_apply_loras
+    from stable_audio_tools.models.pretransforms import AutoencoderPretransform
+
+    calls = []
+    real_encode = AutoencoderPretransform.encode
+
+    def counting_encode(self, x, **kw):
+        calls.append(tuple(x.shape))
+        return real_encode(self, x, **kw)
+
+    monkeypatch.setattr(AutoencoderPretransform, "encode", counting_encode)
+    run = make_run(tmp_path / "run")
+    kw = dict(FAST, mode="lora", lora_rank=4, lora_alpha=4.0, pre_encode=True, lr=1e-2, checkpoint_every=2,
+              keep_checkpoints=1)
+    summary = train.run(run_dir=str(run), max_steps=2, **kw)
+    n_clips = summary["clips"]
+    assert summary["pre_encoded"] == {"encoded": n_clips, "reused": 0}
+    assert len(calls) == n_clips  # the VAE ran once per clip, never in the training loop
+    latent = run / "05_train" / "latents" / "s0_c1.safetensors"
+    from safetensors import safe_open
+    with safe_open(str(latent), "pt") as fh:
+        assert fh.metadata()["start"] == "4.0" and fh.get_tensor("latents").shape[0] == 64
+
+    # LoRA checkpoints keep only the adapters, plus optimizer and step: they resume
+    ckpt = _checkpoint(run / "05_train" / "checkpoints" / "step=2.ckpt")
+    assert ckpt["state_dict"] and all("lora" in k for k in ckpt["state_dict"])
+    assert ckpt["optimizer_states"] and ckpt["global_step"] == 2
+    summary = train.run(run_dir=str(run), max_steps=3, **kw)
+    assert summary["resumed_from_step"] == 2 and summary["pre_encoded"] == {"encoded": 0, "reused": n_clips}
+    assert len(calls) == n_clips  # nothing encoded again
+
+    export = Path(summary["export_dir"])
+    assert sorted(summary["export_files"]) == ["lora.safetensors", "model.safetensors", "model_config.json"]
+    base, cfg = models.load_sao("tiny:sao")
+    with_lora, _ = models.load_sao("tiny:sao")
+    load_and_apply_loras(with_lora, [str(export / "lora.safetensors")], cfg["model_type"])
+    merged, _ = models.load_sao(str(export))
+
+    x = torch.randn(1, 64, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((1,), 0.5)
+    cond = base.conditioner([{"prompt": "a trap beat", "seconds_start": 0, "seconds_total": 10}], "cpu")
+    inputs = base.get_conditioning_inputs(cond)
+    with torch.no_grad():
+        y_base = base.model(x, t, **inputs)
+        y_lora = with_lora.model(x, t, **inputs)
+        y_merged = merged.model(x, t, **inputs)
+    assert float((y_lora - y_base).abs().max()) > 1e-4  # the adapters learned something
+    torch.testing.assert_close(y_merged, y_lora, atol=2e-3, rtol=2e-3)  # adapters stored in fp16
+
+
+def test_bad_parameters_fail_before_work(tmp_path):
+    with pytest.raises(train.TrainError, match="mode="):
+        train.run(run_dir=str(tmp_path), mode="half")
+    with pytest.raises(train.TrainError, match="04_prompts"):
+        train.run(run_dir=str(tmp_path))
