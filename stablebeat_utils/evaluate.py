@@ -624,6 +624,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
 
     See the module docstring for the metric definitions and outputs. Returns a summary dict.
     """
+    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    from .params import check_call
+    check_call(STAGE, dict(locals()))
     import pandas as pd
     from tqdm.auto import tqdm
 

@@ -157,6 +157,36 @@ def coerce(stage: str, name: str, value: Any) -> Any:
                          f"{default!r}), got {type(value).__name__} {value!r}")
 
 
+def check_call(stage: str, args: dict) -> None:
+    """Refuse, before any work, a stage's ``run()`` called directly with a wrong type or an
+    incompatible run folder (the notebooks go through :func:`settle`, which already checks).
+
+    Added by the reliability suite (tests/test_reliability.py): ``tempo_key.run(workers="two")``
+    raised a bare ``ValueError: invalid literal for int()`` and ``prompts.run(batch_size="8")`` a
+    ``TypeError``, naming no parameter; ``tag``/``tempo_key``/``prompts``/``evaluate`` wrote into a
+    run folder of another run format. Types are checked strictly (no conversion): a path
+    parameter may be a ``str`` or an ``os.PathLike``; an int is accepted for a float.
+    """
+    names = schema(stage)
+    for name, value in args.items():
+        if name not in names or value is None or names[name] is None:
+            continue
+        kind = type(names[name])
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is str:
+            ok = isinstance(value, (str, os.PathLike))
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ParameterError(f"{stage}: parameter {name!r} must be {kind.__name__} (like its default "
+                                 f"{names[name]!r}), got {type(value).__name__} {value!r}")
+    if args.get("run_dir") is not None:
+        Run(args["run_dir"]).check_compatible()
+
+
 def resolve(stage: str, profile: str = "demo", files: list[dict] | None = None,
             overrides: dict | None = None) -> dict[str, Any]:
     """Final values for ``stage``: demo < profile < files < overrides, validated."""

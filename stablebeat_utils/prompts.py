@@ -629,6 +629,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
     Resumable: rows are appended one batch at a time and kept across runs when they were made with
     the same parameters from the same metadata; a killed run goes on where it stopped.
     """
+    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    from .params import check_call
+    check_call(STAGE, dict(locals()))
     from tqdm.auto import tqdm
 
     from . import models, tag_space

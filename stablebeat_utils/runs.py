@@ -20,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -125,6 +126,26 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             if line:
                 rows.append(json.loads(line))
     return rows
+
+
+# The names atomic_path gives its temporary files: ".<stem>.<8 random chars>.tmp<suffix>".
+_TEMP_NAME = re.compile(r"^\..*\.[a-z0-9_]{8}\.tmp(\.[^./]*)?$")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_path` left under ``folder`` by a killed process.
+
+    A SIGKILL (or power loss) gives ``atomic_path`` no chance to remove its temp file; the target
+    is intact, but the debris stays. Added by the reliability suite (tests/test_reliability.py):
+    a 04_prompts run killed while saving a figure left ``.tag_map.<rnd>.tmp.png`` in the stage
+    folder for good. :meth:`Run.mark_done` calls this once the stage has finished writing.
+    """
+    removed = []
+    for p in Path(folder).rglob(".*.tmp*"):
+        if p.is_file() and _TEMP_NAME.match(p.name):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 class JsonlLog:
@@ -238,6 +259,7 @@ class Run:
 
         record = {"stage": stage, "status": "done", "package_version": __version__,
                   "params": params or {}, "summary": summary}
+        remove_stale_temp_files(self.stage_dir(stage))
         atomic_write_json(self.stage_dir(stage) / "stage.json", record)
         return record
 

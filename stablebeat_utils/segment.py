@@ -67,7 +67,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from . import audio as audio_mod
-from .runs import JsonlLog, Run, atomic_path, atomic_write_json, file_sha256, read_json
+from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
 
 STAGE = "01_segment"
 AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
@@ -395,6 +395,11 @@ def process_source(task: dict) -> dict:
         return _process_source(task)
     except audio_mod.AudioError as exc:
         return _rejected(rel, str(exc))
+    except RunFolderError:
+        # reliability suite: a full disk (or unwritable run folder) while writing a clip is not a
+        # verdict on the source — turned into a rejected row it was kept on re-run ("complete"),
+        # so the source stayed rejected after the disk was freed. It stops the stage instead.
+        raise
     except MemoryError:
         return _rejected(rel, "too large to decode in memory")
     except Exception as exc:  # one odd file must not stop the batch: report it
@@ -546,6 +551,9 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths. Resumable and
     deterministic (the same bytes whatever ``workers`` and wherever a previous run was killed).
     """
+    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    from .params import check_call
+    check_call(STAGE, dict(locals()))
     from . import demo
 
     _validate(segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),

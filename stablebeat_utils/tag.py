@@ -489,6 +489,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
     ``tags.jsonl`` to retry); changed thresholds re-select tags from the stored scores, no model run.
     Returns a summary dict (also recorded in ``02_tag/stage.json``).
     """
+    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    from .params import check_call
+    check_call(STAGE, dict(locals()))
     params = dict(run_dir=str(run_dir), profile=profile, clap_model=clap_model, backend=backend,
                   batch_size=batch_size, top_k_instruments=top_k_instruments, top_k_moods=top_k_moods,
                   top_k_genres=top_k_genres, min_similarity=float(min_similarity), max_margin=float(max_margin),
