@@ -540,6 +540,7 @@ def card_table(df, models: list[str]) -> str:
     return "".join(parts)
 
 
+TIE_TOLERANCE = 1e-3  # relative difference under which base and fine-tune tie on a prompt
 BETTER = {
     "bpm": "lower absolute error, measured vs requested BPM (prompts that name a BPM)",
     "bpm_octave": "lower octave-tolerant BPM error (½×, 1×, 2× the request forgiven)",
@@ -555,7 +556,10 @@ _BETTER_COL = {"bpm": ("bpm_abs_error", -1), "bpm_octave": ("bpm_octave_error", 
 
 
 def compare(df, base: str = "base", cand: str = "finetune") -> list[dict]:
-    """Per metric: means of both models, and the candidate's wins/losses/ties over prompts."""
+    """Per metric: means of both models, and the candidate's wins/losses/ties over prompts.
+
+    Two values within :data:`TIE_TOLERANCE` (relative) of each other are a tie.
+    """
     out = []
     g = _per_prompt(df, [base, cand])
     for name, (col, sign) in _BETTER_COL.items():
@@ -576,7 +580,7 @@ def compare(df, base: str = "base", cand: str = "finetune") -> list[dict]:
                 continue
             rec["prompts_compared"] += 1
             d = sign * (c - b)
-            if abs(d) <= 1e-12 * max(1.0, abs(b)):
+            if abs(d) <= TIE_TOLERANCE * max(abs(b), abs(c), 1e-12):  # under 0.1 %: no real difference
                 rec["ties"] += 1
             elif d > 0:
                 rec["wins"] += 1
@@ -829,7 +833,8 @@ def _summary_md(means, training_means, comparison, frechet, models, n_train) -> 
                  "`bpm_acc2`: share within ±4 % of ½×, 1× or 2× the request; `key_score`: MIREX weighted key score.\n")
     if comparison:
         parts.append("\n## Fine-tune vs base, prompt by prompt\n\n")
-        parts.append("Means of the value compared: the BPM rows compare errors, the others the metric itself.\n\n")
+        parts.append("Means of the value compared: the BPM rows compare errors, the others the metric itself; "
+                     "a difference under 0.1 % counts as a tie.\n\n")
         header = ["Metric", "better means", "base mean", "fine-tune mean", "fine-tune wins", "losses", "ties",
                   "verdict"]
         rows = [[c["metric"], c["better"], _fmt(c["base_mean"], c["metric"]), _fmt(c["finetune_mean"], c["metric"]),
