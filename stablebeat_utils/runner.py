@@ -7,6 +7,7 @@ first notebook starts.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -18,6 +19,14 @@ from .params import ParameterError
 from .runs import Run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNNER_MARKER = "_resolved_by_runner"  # tells params.settle the values are already resolved
+
+
+class _QuietMarker(logging.Filter):
+    """papermill warns about every parameter its notebook does not declare: not about our marker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return RUNNER_MARKER not in record.getMessage()
 
 
 def notebooks_dir() -> Path:
@@ -99,6 +108,9 @@ def run(stages: list[str] | None = None, profile: str | None = None,
     """Execute the notebooks of ``stages`` (all that exist by default) in order."""
     import papermill as pm
 
+    pm_log = logging.getLogger("papermill")
+    if not any(isinstance(f, _QuietMarker) for f in pm_log.filters):
+        pm_log.addFilter(_QuietMarker())
     resolved = plan(stages, profile, files, overrides)
     outputs = []
     for stage, values in resolved.items():
@@ -111,7 +123,7 @@ def run(stages: list[str] | None = None, profile: str | None = None,
         try:
             pm.execute_notebook(
                 str(notebooks_dir() / f"{stage}.ipynb"), str(out),
-                parameters={**values, "_resolved_by_runner": True},
+                parameters={**values, RUNNER_MARKER: True},
                 kernel_name=kernel_name, cwd=str(run_dir), log_output=log_output,
                 progress_bar=sys.stderr.isatty(), report_mode=False)
         except pm.PapermillExecutionError as exc:

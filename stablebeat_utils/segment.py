@@ -475,34 +475,79 @@ def analyse_file(path: str | os.PathLike, segments_per_track: int = 2, min_secon
 # ---------------------------------------------------------------------------------------------
 # the stage
 
-def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int) -> Iterator[Any]:
+def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
+                     on_crash=None) -> Iterator[Any]:
     """``map(fn, tasks)`` in order, in ``workers`` processes, at most ``window`` tasks in flight.
 
     ``Pool.imap`` would read the whole task list ahead and keep every finished result that waits
     for a slow earlier one; this keeps memory flat. A task given as ``("done", x)`` is passed
     through without a worker.
+
+    A task that kills its worker process (a decoder segfault on a corrupt file) breaks the whole
+    pool, and the pool cannot say which task did it. Then every task that was in flight is run
+    again alone, in a pool of one: the one that kills its worker again yields ``on_crash(task)``
+    (a rejected row), the others their normal result, and a fresh pool takes the rest.
     """
+    from concurrent.futures.process import BrokenProcessPool
+
     if workers <= 1:
         for t in tasks:
             yield t[1] if isinstance(t, tuple) else fn(t)
         return
     ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: deque = deque()
-        it = iter(tasks)
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < window:
+    it = iter(tasks)
+    pending: deque = deque()
+    exhausted = False
+    while True:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            broken = False
+            for i, (kind, t, _) in enumerate(pending):  # tasks carried over from a broken pool
+                pending[i] = (kind, t, pool.submit(fn, t) if kind == "future" else None)
+            while True:
+                while not exhausted and len(pending) < window:
+                    try:
+                        t = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if isinstance(t, tuple):
+                        pending.append(("value", t[1], None))
+                    else:
+                        pending.append(("future", t, pool.submit(fn, t)))
+                if not pending:
+                    return
+                kind, t, fut = pending[0]
+                if kind == "value":
+                    pending.popleft()
+                    yield t
+                    continue
                 try:
-                    t = next(it)
-                except StopIteration:
-                    exhausted = True
+                    result = fut.result()
+                except BrokenProcessPool:
+                    broken = True
                     break
-                pending.append(("value", t[1]) if isinstance(t, tuple) else ("future", pool.submit(fn, t)))
-            if not pending:
-                return
-            kind, item = pending.popleft()
-            yield item if kind == "value" else item.result()
+                pending.popleft()
+                yield result
+        if not broken:
+            return
+        # isolate: each task that was in flight, alone, in order
+        while pending:
+            kind, t, _ = pending.popleft()
+            if kind == "value":
+                yield t
+                continue
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as solo:
+                try:
+                    yield solo.submit(fn, t).result()
+                except BrokenProcessPool:
+                    if on_crash is None:
+                        raise
+                    yield on_crash(t)
+
+
+def _crashed(task: dict) -> dict:
+    return _rejected(task["rel"], "reading it crashed the decoder (the worker process died): the file is "
+                     "probably corrupt")
 
 
 def _config(input_dir: Path, segments_per_track: int, min_seconds: float, max_seconds: float,
@@ -612,7 +657,8 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
         tqdm = None
     bar = tqdm(total=len(sources), desc="segment", unit="track", disable=not progress) if tqdm else None
     dups = _DupIndex()
-    for result in _ordered_bounded(process_source, tasks(), workers, window=2 * workers + 2):
+    for result in _ordered_bounded(process_source, tasks(), workers, window=2 * workers + 2,
+                                  on_crash=_crashed):
         src = result["source"]
         rows = result["rows"]
         if result.get("resumed"):

@@ -281,3 +281,13 @@ def test_analyse_file_matches_the_stage(reference, beats_dir):
     assert [s for s, _ in a.segments] == pytest.approx(starts, abs=1e-3)
     assert a.tempo == pytest.approx(120, rel=0.03) or a.tempo == pytest.approx(60, rel=0.03)
     assert len(a.onset) == len(a.frame_times) == len(a.rms_db)
+
+
+def test_a_task_that_kills_its_worker_becomes_one_rejected_result():
+    """A decoder segfault kills a worker and breaks the pool: the culprit is isolated, the rest kept."""
+    import crashy
+
+    tasks = [1, 2, "die", 3, ("done", 100), 4, 5, 6]
+    got = list(segment._ordered_bounded(crashy.square_or_die, tasks, workers=2, window=4,
+                                        on_crash=lambda t: f"crashed:{t}"))
+    assert got == [1, 4, "crashed:die", 9, 100, 16, 25, 36]
