@@ -536,28 +536,29 @@ def load_sao(source: str = REAL_MODELS["sao"], device: str = "cpu", t5_source: s
 # transformers models
 
 
+def _pretrained_pair(source: str, device: str, tiny_name: str, aux_cls, model_cls) -> tuple[Any, Any]:
+    """``(aux_cls.from_pretrained, model_cls.from_pretrained)`` of one source, model in eval mode on ``device``."""
+    resolved = resolve(source)
+    device = pick_device(device)
+    with _hub_errors(source, resolved, tiny_name):
+        aux = aux_cls.from_pretrained(resolved, token=hub_token())
+        model = model_cls.from_pretrained(resolved, token=hub_token())
+    return aux, model.to(device).eval()
+
+
 def load_clap(source: str = REAL_MODELS["clap"], device: str = "cpu") -> tuple[Any, Any]:
     """CLAP (``transformers.ClapModel`` + ``ClapProcessor``), eval mode, fp32, on ``device``."""
     from transformers import ClapModel, ClapProcessor
 
-    resolved = resolve(source)
-    device = pick_device(device)
-    with _hub_errors(source, resolved, "clap"):
-        processor = ClapProcessor.from_pretrained(resolved, token=hub_token())
-        model = ClapModel.from_pretrained(resolved, token=hub_token())
-    return model.to(device).eval(), processor
+    processor, model = _pretrained_pair(source, device, "clap", ClapProcessor, ClapModel)
+    return model, processor
 
 
 def load_t5_encoder(source: str = REAL_MODELS["t5"], device: str = "cpu") -> tuple[Any, Any]:
     """A T5 text encoder: ``(tokenizer, T5EncoderModel)``, eval mode, fp32, on ``device``."""
     from transformers import AutoTokenizer, T5EncoderModel
 
-    resolved = resolve(source)
-    device = pick_device(device)
-    with _hub_errors(source, resolved, "t5"):
-        tokenizer = AutoTokenizer.from_pretrained(resolved, token=hub_token())
-        encoder = T5EncoderModel.from_pretrained(resolved, token=hub_token())
-    return tokenizer, encoder.to(device).eval()
+    return _pretrained_pair(source, device, "t5", AutoTokenizer, T5EncoderModel)
 
 
 QUANTIZATIONS = ("4bit", "8bit")
