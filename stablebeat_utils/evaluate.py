@@ -628,7 +628,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
 
     See the module docstring for the metric definitions and outputs. Returns a summary dict.
     """
-    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    # a wrong type or an incompatible run folder is refused, by name, before any work
     from .params import check_call
     check_call(STAGE, dict(locals()))
     import pandas as pd

@@ -367,7 +367,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         finetune_model: str = "", allow_missing_finetune: bool = True, lora_strength: float = 1.0,
         t5_model: str = "", prompts_file: str = "", n_prompts: int = 2, steps: int = 8,
         cfg_scale: float = 7.0, sampler_type: str = "dpmpp-3m-sde", sigma_min: float = 0.3,
-        sigma_max: float = 500.0, seconds_start: float = 0.0, seconds_total: float = 10.0,
+        sigma_max: float = 500.0, seconds_start: float = 0.0, seconds_total: float = 13.0,
         apg_scale: float = 0.0, seed: int = 42, batch_size: int = 1, silence_db: float = 60.0,
         device: str = "auto", dtype: str = "auto") -> dict:
     """Generate every prompt with the base model and the fine-tune, same seeds; see the module doc.

@@ -629,7 +629,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
     Resumable: rows are appended one batch at a time and kept across runs when they were made with
     the same parameters from the same metadata; a killed run goes on where it stopped.
     """
-    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    # a wrong type or an incompatible run folder is refused, by name, before any work
     from .params import check_call
     check_call(STAGE, dict(locals()))
     from tqdm.auto import tqdm

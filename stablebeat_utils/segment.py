@@ -596,7 +596,7 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths. Resumable and
     deterministic (the same bytes whatever ``workers`` and wherever a previous run was killed).
     """
-    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    # a wrong type or an incompatible run folder is refused, by name, before any work
     from .params import check_call
     check_call(STAGE, dict(locals()))
     from . import demo

@@ -489,7 +489,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
     ``tags.jsonl`` to retry); changed thresholds re-select tags from the stored scores, no model run.
     Returns a summary dict (also recorded in ``02_tag/stage.json``).
     """
-    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    # a wrong type or an incompatible run folder is refused, by name, before any work
     from .params import check_call
     check_call(STAGE, dict(locals()))
     params = dict(run_dir=str(run_dir), profile=profile, clap_model=clap_model, backend=backend,

@@ -315,7 +315,7 @@ def _iter_results(jobs: list[tuple[str, str]], graph: str, key_profile: str, wor
 def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = "", model_cache_dir: str = "",
         min_confidence: float = 0.7, bpm_range: str = "", key_profile: str = "edma", workers: int = 2) -> dict:
     """Analyse every ``ok`` clip of ``RUN_DIR/01_segment``; write ``RUN_DIR/03_tempo_key/tempo_key.jsonl``."""
-    # reliability suite: a wrong type / incompatible run folder named before any work (params.check_call)
+    # a wrong type or an incompatible run folder is refused, by name, before any work
     from .params import check_call
     check_call(STAGE, dict(locals()))
     params = dict(run_dir=str(run_dir), profile=profile, tempo_model=tempo_model, model_cache_dir=model_cache_dir,
