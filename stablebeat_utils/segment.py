@@ -501,10 +501,19 @@ def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
     while True:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             broken = False
-            for i, (kind, t, _) in enumerate(pending):  # tasks carried over from a broken pool
-                pending[i] = (kind, t, pool.submit(fn, t) if kind == "future" else None)
-            while True:
-                while not exhausted and len(pending) < window:
+
+            def submit(t):
+                nonlocal broken
+                if broken:
+                    return None
+                try:
+                    return pool.submit(fn, t)
+                except BrokenProcessPool:  # the pool broke before this task got in
+                    broken = True
+                    return None
+
+            while not broken:
+                while not exhausted and len(pending) < window and not broken:
                     try:
                         t = next(it)
                     except StopIteration:
@@ -513,7 +522,7 @@ def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
                     if isinstance(t, tuple):
                         pending.append(("value", t[1], None))
                     else:
-                        pending.append(("future", t, pool.submit(fn, t)))
+                        pending.append(("future", t, submit(t)))
                 if not pending:
                     return
                 kind, t, fut = pending[0]
@@ -521,6 +530,8 @@ def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
                     pending.popleft()
                     yield t
                     continue
+                if fut is None:
+                    break  # never submitted: the pool is broken
                 try:
                     result = fut.result()
                 except BrokenProcessPool:
