@@ -3,6 +3,8 @@
     python -m stablebeat_utils run [STAGE ...] [-p NAME VALUE ...] [-f params.yaml]
     python -m stablebeat_utils stages          # the stages and their parameters
     python -m stablebeat_utils profiles        # the bundled profiles
+    python -m stablebeat_utils publish --run-dir RUN --repo-id USER/NAME [--push]
+    python -m stablebeat_utils colab-links --repo OWNER/NAME   # badges + Colab set-up cells
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_pub.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
     sub.add_parser("stages", help="list the stages and their parameters")
     sub.add_parser("profiles", help="list the bundled profiles")
+    p_links = sub.add_parser("colab-links", help="point the Open-in-Colab badges and the notebooks' Colab "
+                                                  "set-up cell at where the course is published")
+    p_links.add_argument("--repo", help="owner/name on GitHub (default: the one in data/course.yaml)")
+    p_links.add_argument("--branch", help="branch the badges open (default: the one in data/course.yaml)")
     return parser
 
 
@@ -62,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "profiles":
             for name in params.list_profiles():
                 print(name)
+        elif args.command == "colab-links":
+            from . import colab
+
+            try:
+                changed = colab.write_links(args.repo, args.branch)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            info = colab.course()
+            print(f"course at github.com/{info['repo']} ({info['branch']}): {len(changed)} file(s) updated")
+            for path in changed:
+                print("  ", path)
         elif args.command == "publish":
             from . import publish
 

@@ -6,15 +6,21 @@ Nothing here runs at import: no Drive mount, no install, no token read.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from . import params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COLAB_REQUIREMENTS = REPO_ROOT / "colab" / "requirements-colab.txt"
+COURSE_FILE = Path(__file__).resolve().parent / "data" / "course.yaml"
+SETUP_MARKER = "# Colab set-up"
 
 
 class Stop(RuntimeError):
@@ -60,7 +66,7 @@ def check_gpu(profile: str, report: dict | None = None) -> dict:
     return report
 
 
-def mount_drive(mount_point: str = "/content/drive") -> Path:
+def mount_drive(mount_point: str) -> Path:
     """Mount Google Drive (asks the user in Colab); only called when the learner asks for Drive."""
     if not in_colab():
         raise Stop("STOP: Google Drive can only be mounted inside Colab; set use_drive = False here.")
@@ -106,3 +112,145 @@ def install_missing(requirements: Path = COLAB_REQUIREMENTS) -> list[str]:
 
     compat.apply()
     return todo
+
+
+def check_token(profile: str, token: str | None = None) -> None:
+    """Stop before any work when ``profile`` downloads the gated SAO weights and there is no token."""
+    from . import models
+
+    if profile == "demo" or (token if token is not None else models.hub_token()):
+        return
+    raise Stop(f"STOP: profile {profile!r} downloads the gated stabilityai/stable-audio-open-1.0 and needs a "
+               "Hugging Face token: accept the model's terms on its hub page, create a read token, add it in "
+               "Colab's secrets (🔑 in the left bar) as HF_TOKEN with notebook access, then run again.")
+
+
+def locations(*, use_drive: bool, drive_mount: str, drive_folder: str, local_folder: str,
+              input_subfolder: str, run_name: str, mount=None) -> tuple[str, str]:
+    """The launcher's ``(input_dir, run_dir)``: on Drive when asked (mounted then), else under
+    ``local_folder``. ``input_subfolder = "demo"`` picks the bundled demo beats. A missing beats folder
+    is created and the learner is told to fill it (a :class:`Stop`), before any stage runs."""
+    root = (mount or mount_drive)(drive_mount) / drive_folder if use_drive else Path(local_folder)
+    run_dir = root / "runs" / run_name
+    if input_subfolder == "demo":
+        return "demo", str(run_dir)
+    input_dir = root / input_subfolder
+    if not input_dir.is_dir() or not any(p.is_file() for p in input_dir.rglob("*")):
+        input_dir.mkdir(parents=True, exist_ok=True)
+        raise Stop(f"STOP: no beats in {input_dir} yet. Put your tracks there (wav, mp3, flac, ogg, m4a, aiff; "
+                   "sub-folders are fine), or set input_subfolder = \"demo\" for the bundled beats, then run again.")
+    return str(input_dir), str(run_dir)
+
+
+# --- where the course lives: Open-in-Colab badges and the notebooks' set-up cell -----------------
+
+def course() -> dict:
+    """``{'repo': 'owner/name', 'branch': 'main'}`` from ``data/course.yaml``."""
+    return yaml.safe_load(COURSE_FILE.read_text())
+
+
+def colab_url(notebook: str, info: dict | None = None) -> str:
+    """The Open-in-Colab address of ``notebook`` (a path in the repository, e.g. ``notebooks/01_segment.ipynb``)."""
+    info = info or course()
+    return f"https://colab.research.google.com/github/{info['repo']}/blob/{info['branch']}/{notebook}"
+
+
+def badge(notebook: str, info: dict | None = None) -> str:
+    return ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"({colab_url(notebook, info)})")
+
+
+def setup_cell(info: dict | None = None) -> str:
+    """The first code cell of every numbered notebook: on Colab, opened on its own, it fetches the
+    course and installs only what Colab lacks; wherever the package is importable it does nothing.
+    Written into the notebooks by :func:`write_links` (a test checks they carry this exact text)."""
+    info = info or course()
+    url = f"https://github.com/{info['repo']}"
+    return f"""{SETUP_MARKER}: opened on its own in Colab, this fetches the course and installs only what
+# Colab lacks (its own torch is kept). Wherever stablebeat_utils is installed (your venv, the
+# launcher, CI) it does nothing. A fork: set STABLEBEAT_COURSE_REPO, or see data/course.yaml.
+import importlib.util, os, subprocess, sys
+if importlib.util.find_spec("stablebeat_utils") is None:
+    course = os.environ.get("STABLEBEAT_COURSE_REPO", "{url}")
+    if not os.path.isdir("stablebeat-course") and subprocess.run(
+            ["git", "clone", "-q", "--depth", "1", "--branch", "{info['branch']}", course, "stablebeat-course"],
+            env={{**os.environ, "GIT_TERMINAL_PROMPT": "0"}}).returncode:
+        raise RuntimeError(f"STOP: could not fetch the course from {{course}}; set STABLEBEAT_COURSE_REPO "
+                           "to the repository this notebook came from, then run this cell again.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "stablebeat-course"], check=True)
+    sys.path.insert(0, os.path.abspath("stablebeat-course"))  # this kernel; new ones see the install
+    from stablebeat_utils import colab
+    colab.install_missing()"""
+
+
+_BADGE_RE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
+                       r"\(https://colab\.research\.google\.com/[^)]*\)")
+
+
+def _notebook_paths() -> list[Path]:
+    return sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def write_links(repo: str | None = None, branch: str | None = None) -> list[Path]:
+    """Point every badge and the set-up cells (launcher and notebooks) at ``repo``
+    (``owner/name``) and ``branch``; records them in ``data/course.yaml``. Returns the files changed."""
+    info = course()
+    if repo:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+", repo):
+            raise ValueError(f"--repo must look like owner/name, not {repo!r}")
+        info["repo"] = repo
+    if branch:
+        info["branch"] = branch
+    changed = []
+    text = COURSE_FILE.read_text()
+    new = re.sub(r"(?m)^repo: .*$", f"repo: {info['repo']}", text)
+    new = re.sub(r"(?m)^branch: .*$", f"branch: {info['branch']}", new)
+    if new != text:
+        COURSE_FILE.write_text(new)
+        changed.append(COURSE_FILE)
+    readme = REPO_ROOT / "README.md"
+    launcher = REPO_ROOT / "colab" / "launcher.ipynb"
+    for path in [readme, launcher, *_notebook_paths()]:
+        text = path.read_text()
+        if path.suffix == ".ipynb":
+            nb = json.loads(text)
+            rel = path.relative_to(REPO_ROOT).as_posix()
+            for cell in nb["cells"]:
+                src = "".join(cell["source"])
+                if cell["cell_type"] == "markdown":
+                    src = _BADGE_RE.sub(badge(rel, info), src)
+                elif src.startswith(SETUP_MARKER):
+                    src = setup_cell(info)
+                cell["source"] = src.splitlines(keepends=True)
+            new = json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"  # as nbformat writes
+        else:
+            new = _BADGE_RE.sub(badge("colab/launcher.ipynb", info), text)
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+# --- a numbered notebook opened on its own in Colab ---------------------------------------------
+
+def drive_mount_points(values: dict) -> list[Path]:
+    """Mount points of Google Drive that the parameters point into, derived from the paths
+    themselves (``<mount>/MyDrive/...``): nothing about Drive is hard-coded."""
+    points = []
+    for value in values.values():
+        if isinstance(value, str) and "/MyDrive" in value:
+            mount = Path(value.split("/MyDrive", 1)[0] or "/")
+            if mount not in points:
+                points.append(mount)
+    return points
+
+
+def prepare(values: dict, *, colab: bool | None = None, report: dict | None = None, mount=None) -> None:
+    """In Colab, before a notebook touches its paths: stop early if the GPU cannot run the profile,
+    and mount Drive when (and only when) a parameter points into it. Does nothing elsewhere."""
+    if not (in_colab() if colab is None else colab):
+        return
+    check_gpu(values.get("profile", "demo"), report)
+    for point in drive_mount_points(values):
+        if not (point / "MyDrive").is_dir():
+            (mount or mount_drive)(str(point))

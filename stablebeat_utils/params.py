@@ -237,6 +237,9 @@ def settle(stage: str, namespace: dict) -> dict[str, Any]:
                 if values.get(k) == names[k]:
                     values[k] = v
     values = {k: coerce(stage, k, v) for k, v in values.items()}
+    from . import colab  # in Colab: GPU check, Drive mounted if a path points into it; elsewhere nothing
+
+    colab.prepare(values)
     if "run_dir" in values:
         values["run_dir"] = str(Path(values["run_dir"]).expanduser().resolve())
         record(values["run_dir"], stage, values)
