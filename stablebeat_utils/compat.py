@@ -97,6 +97,27 @@ def write_vorbis(path, audio, sr: int, compression_level: float = 0.6) -> None:
     write_blocks(path, audio, sr, compression_level=compression_level)
 
 
+def jit_cache_lock():
+    """numba 0.68.1 under librosa 0.11 (its jitted helpers use ``cache=True``): numba's on-disk cache
+    is not safe when two processes compile the same function at once — one's index can end up
+    pointing at the other's machine code, and every later load segfaults in that function. Seen in
+    CI on a fresh venv: both segment workers compiled ``librosa.beat`` together, after which every
+    worker died in ``beat_track``. A worker process holds this lock while it first runs librosa, so
+    one compiles and writes while the others wait, then load finished files.
+
+    One lock per librosa installation (its ``__pycache__`` holds the cache), in the temp folder.
+    """
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    spec = importlib.util.find_spec("librosa")
+    where = str(spec.origin if spec else sys.prefix)
+    name = hashlib.sha1(where.encode()).hexdigest()[:12]
+    return FileLock(str(Path(tempfile.gettempdir()) / f"stablebeat-numba-cache-{name}.lock"))
+
+
 def apply() -> None:
     """Apply every runtime shim once. Safe to call many times."""
     global _APPLIED

@@ -476,7 +476,7 @@ def analyse_file(path: str | os.PathLike, segments_per_track: int = 2, min_secon
 # the stage
 
 def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
-                     on_crash=None) -> Iterator[Any]:
+                     on_crash=None, initializer=None) -> Iterator[Any]:
     """``map(fn, tasks)`` in order, in ``workers`` processes, at most ``window`` tasks in flight.
 
     ``Pool.imap`` would read the whole task list ahead and keep every finished result that waits
@@ -499,7 +499,7 @@ def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
     pending: deque = deque()
     exhausted = False
     while True:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer) as pool:
             broken = False
 
             def submit(t):
@@ -547,13 +547,24 @@ def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
             if kind == "value":
                 yield t
                 continue
-            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as solo:
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=initializer) as solo:
                 try:
                     yield solo.submit(fn, t).result()
                 except BrokenProcessPool:
                     if on_crash is None:
                         raise
                     yield on_crash(t)
+
+
+def _warm_worker() -> None:
+    """Pool initializer: analyse 12 s of synthetic kicks once, holding ``compat.jit_cache_lock()``,
+    so librosa's jitted code is compiled by one worker at a time (see the lock for why)."""
+    from . import compat
+
+    t = np.arange(12 * audio_mod.TARGET_SR) / audio_mod.TARGET_SR
+    kicks = (np.sin(2 * np.pi * 55 * t) * np.exp(-30 * (t % 0.5))).astype(np.float32)
+    with compat.jit_cache_lock():
+        analyse(kicks, audio_mod.TARGET_SR)
 
 
 def _crashed(task: dict) -> dict:
@@ -669,7 +680,7 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     bar = tqdm(total=len(sources), desc="segment", unit="track", disable=not progress) if tqdm else None
     dups = _DupIndex()
     for result in _ordered_bounded(process_source, tasks(), workers, window=2 * workers + 2,
-                                  on_crash=_crashed):
+                                  on_crash=_crashed, initializer=_warm_worker):
         src = result["source"]
         rows = result["rows"]
         if result.get("resumed"):

@@ -291,3 +291,25 @@ def test_a_task_that_kills_its_worker_becomes_one_rejected_result():
     got = list(segment._ordered_bounded(crashy.square_or_die, tasks, workers=2, window=4,
                                         on_crash=lambda t: f"crashed:{t}"))
     assert got == [1, 4, "crashed:die", 9, 100, 16, 25, 36]
+
+
+def test_workers_compile_librosa_one_at_a_time():
+    """numba's on-disk cache breaks when two processes compile the same function at once (seen in
+    CI: every worker then died in beat_track). Each segment worker warms librosa's jitted code
+    holding compat.jit_cache_lock(): while another process holds it, no worker gets past it."""
+    import threading
+
+    import crashy
+    from stablebeat_utils import compat
+
+    got: list = []
+    lock = compat.jit_cache_lock()
+    with lock:
+        worker = threading.Thread(target=lambda: got.extend(segment._ordered_bounded(
+            crashy.square_or_die, [1, 2, 3], workers=2, window=4, initializer=segment._warm_worker)))
+        worker.start()
+        worker.join(timeout=8)
+        assert worker.is_alive() and got == []  # both workers wait for the lock
+    worker.join(timeout=120)
+    assert got == [1, 4, 9]  # released: they warm up (loading the cache) and work
+    assert compat.jit_cache_lock().lock_file == lock.lock_file  # one lock per librosa install
