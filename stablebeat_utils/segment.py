@@ -16,7 +16,10 @@ reproducibly:
    folder" (its contents are still scanned when it is not hidden).
 2. **Decode** once (soundfile, PyAV fallback; :func:`stablebeat_utils.audio.decode`). Rejected,
    each with a human reason: empty, not audio, **truncated** (the file holds less than its header
-   announces — usually a broken copy or download: re-export it), NaN/inf samples, silent.
+   announces — usually a broken copy or download: re-export it), NaN/inf samples, silent. A file
+   that kills its worker process (a decoder segfault) becomes one rejected row and the batch goes
+   on; that row is not final: the next run tries the file again (the kill may have been the
+   machine's — out of memory, a broken library — not the file's).
 3. **Analyse** a mono copy at :data:`ANALYSIS_SR` (11 025 Hz — 4× less work than 44.1 kHz and
    enough for beats): RMS envelope (silence, fade-in/out), a mel spectrogram, librosa onset
    strength and **beat tracking**; bars are 4 beats, their phase (the downbeat) is the one whose
@@ -67,7 +70,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from . import audio as audio_mod
-from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
+from .runs import (JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json,
+                   read_jsonl)
 
 STAGE = "01_segment"
 AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
@@ -567,9 +571,12 @@ def _warm_worker() -> None:
         analyse(kicks, audio_mod.TARGET_SR)
 
 
+CRASHED = ("reading it crashed the decoder (the worker process died): the file is probably corrupt; "
+           "it is tried again on the next run")
+
+
 def _crashed(task: dict) -> dict:
-    return _rejected(task["rel"], "reading it crashed the decoder (the worker process died): the file is "
-                     "probably corrupt")
+    return _rejected(task["rel"], CRASHED)
 
 
 def _config(input_dir: Path, segments_per_track: int, min_seconds: float, max_seconds: float,
@@ -650,7 +657,10 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     elif old is None and (stage_dir / "segments.jsonl").exists():
         _clean_stage(stage_dir)  # outputs without a record of how they were made: not trusted
     seg_path = stage_dir / "segments.jsonl"
-    if run_obj.is_done(STAGE, params) and seg_path.exists():
+    # a file that killed its worker is not a final verdict (an out-of-memory kill, a broken library
+    # on this machine): such rows are retried on every run; a truly corrupt file is rejected again
+    crashed = {r["clip_id"] for r in read_jsonl(seg_path) if r.get("reason") == CRASHED}
+    if run_obj.is_done(STAGE, params) and seg_path.exists() and not crashed:
         return run_obj.stage_record(STAGE)["summary"]
     run_obj.clear_done(STAGE)
     work.mkdir(parents=True, exist_ok=True)
@@ -659,6 +669,7 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     clips_dir.mkdir(exist_ok=True)
 
     log = JsonlLog(seg_path)
+    log.discard(crashed)
     fps = JsonlLog(work / "fingerprints.jsonl", key="source")
     by_source: dict[str, list[dict]] = {}
     for r in log.rows():
@@ -720,11 +731,16 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
         "clips": len(ok_rows),
         "rejected": len(rejected),
         "duplicates": sum(1 for r in rejected if r["reason"].startswith("duplicate of")),
+        "crashed": sum(1 for r in rejected if r["reason"] == CRASHED),
         "ignored_files": len(ignored),
         "clip_hours": round(sum(r["duration"] for r in ok_rows) / 3600, 4),
         "segments": str(seg_path),
         "clips_dir": str(clips_dir),
     }
+    if summary["crashed"] >= 2 and summary["crashed"] == summary["sources"]:
+        print(f"{STAGE}: WARNING every file crashed its worker process. That points at this machine (a broken "
+              "library, or a corrupt numba cache: delete librosa/__pycache__/*.nb* in the venv), not at your "
+              "files. Run the stage again once fixed: those files are retried.", file=sys.stderr)
     run_obj.mark_done(STAGE, params=params, **summary)
     return summary
 

@@ -71,3 +71,14 @@ def test_incompatible_run_folder_refused(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"run_format": 999}))
     with pytest.raises(RunFolderError, match="run format 999"):
         Run(tmp_path).check_compatible()
+
+
+def test_jsonl_discard_drops_rows_for_good(tmp_path):
+    from stablebeat_utils.runs import JsonlLog, read_jsonl
+
+    log = JsonlLog(tmp_path / "x.jsonl")
+    log.append({"clip_id": "a", "v": 1}, {"clip_id": "b", "v": 2}, {"clip_id": "c", "v": 3})
+    assert log.discard({"b", "zz"}) == 1 and log.discard(set()) == 0
+    assert [r["clip_id"] for r in read_jsonl(tmp_path / "x.jsonl")] == ["a", "c"]
+    assert "b" not in JsonlLog(tmp_path / "x.jsonl")
+    assert log.append({"clip_id": "b", "v": 4}) == 1  # may come back, with its new content

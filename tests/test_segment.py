@@ -4,6 +4,7 @@ loudness, determinism across worker counts, resumability under SIGKILL, the inpu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -313,3 +314,23 @@ def test_workers_compile_librosa_one_at_a_time():
     worker.join(timeout=120)
     assert got == [1, 4, 9]  # released: they warm up (loading the cache) and work
     assert compat.jit_cache_lock().lock_file == lock.lock_file  # one lock per librosa install
+
+
+def test_a_file_that_crashed_its_worker_is_tried_again_on_the_next_run(reference, beats_dir, tmp_path, capsys):
+    """A worker killed under a file (out of memory, a broken library) is not a verdict on the file:
+    the next run retries it and ends exactly where a run without the crash ends."""
+    ref_dir, _, ref_rows = reference
+    run_dir = tmp_path / "r"
+    shutil.copytree(ref_dir, run_dir)
+    seg = run_dir / "01_segment" / "segments.jsonl"
+    victim = sorted({r["source"] for r in ref_rows.values() if r["status"] == "ok"})[0]
+    rows = [r for r in read_jsonl(seg) if r["source"] != victim]
+    for r in ref_rows.values():  # its clips are gone too, as after a crash
+        if r["source"] == victim:
+            (run_dir / r["path"]).unlink()
+    crash_row = segment._crashed({"rel": victim})["rows"][0]
+    seg.write_text("".join(json.dumps(r) + "\n" for r in rows + [crash_row]))  # the stage is still marked done
+    summary = _run(run_dir, beats_dir, workers=2)
+    assert summary["crashed"] == 0
+    assert outputs(run_dir) == outputs(ref_dir)
+    assert "every file crashed" not in capsys.readouterr().err
