@@ -114,15 +114,33 @@ def install_missing(requirements: Path = COLAB_REQUIREMENTS) -> list[str]:
     return todo
 
 
-def check_token(profile: str, token: str | None = None) -> None:
-    """Stop before any work when ``profile`` downloads the gated SAO weights and there is no token."""
+def gated_models(profile: str) -> list[str]:
+    """The gated hub models (``models.GATED_PREFIXES``) that ``profile`` names, in any stage."""
     from . import models
 
-    if profile == "demo" or (token if token is not None else models.hub_token()):
+    found: list[str] = []
+
+    def walk(x) -> None:
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, str) and x.startswith(models.GATED_PREFIXES) and x not in found:
+            found.append(x)
+
+    walk(params.load_profile(profile))
+    return found
+
+
+def check_token(profile: str, token: str | None = None) -> None:
+    """Stop before any work when ``profile`` downloads gated weights and there is no token."""
+    from . import models
+
+    gated = gated_models(profile)
+    if not gated or (token if token is not None else models.hub_token()):
         return
-    raise Stop(f"STOP: profile {profile!r} downloads the gated stabilityai/stable-audio-open-1.0 and needs a "
-               "Hugging Face token: accept the model's terms on its hub page, create a read token, add it in "
-               "Colab's secrets (🔑 in the left bar) as HF_TOKEN with notebook access, then run again.")
+    raise Stop(f"STOP: profile {profile!r} downloads gated models ({', '.join(gated)}) and needs a Hugging "
+               "Face token: accept each model's terms on its hub page, create a read token, add it in Colab's "
+               "secrets (🔑 in the left bar) as HF_TOKEN with notebook access, then run again.")
 
 
 def locations(*, use_drive: bool, drive_mount: str, drive_folder: str, local_folder: str,

@@ -118,6 +118,17 @@ def jit_cache_lock():
     return FileLock(str(Path(tempfile.gettempdir()) / f"stablebeat-numba-cache-{name}.lock"))
 
 
+def warm_jit(analysis, sr: int, seconds: float = 12.0) -> None:
+    """Run ``analysis(mono_float32, sr)`` once on synthetic kicks holding :func:`jit_cache_lock`:
+    a pool initializer, so librosa's jitted code is compiled by one process at a time."""
+    import numpy as np
+
+    t = np.arange(int(seconds * sr)) / sr
+    kicks = (np.sin(2 * np.pi * 55 * t) * np.exp(-30 * (t % 0.5))).astype(np.float32)
+    with jit_cache_lock():
+        analysis(kicks, sr)
+
+
 def apply() -> None:
     """Apply every runtime shim once. Safe to call many times."""
     global _APPLIED

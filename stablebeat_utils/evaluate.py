@@ -353,10 +353,7 @@ def _init_worker(graph: str | None, key_profile: str) -> None:
     from . import compat
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    # librosa's jitted code compiled by one process at a time (see compat.jit_cache_lock)
-    with compat.jit_cache_lock():
-        t = np.arange(3 * SR) / SR
-        signal_metrics((np.sin(2 * np.pi * 55 * t) * np.exp(-30 * (t % 0.5))).astype(np.float32)[None], SR)
+    compat.warm_jit(signal_metrics, SR, seconds=3.0)  # librosa's jitted code, one process at a time
     if graph:
         from . import tempo_key
 

@@ -58,6 +58,8 @@ REAL_MODELS = {
     "sao": "stabilityai/stable-audio-open-1.0",
 }
 TINY_NAMES = tuple(REAL_MODELS)
+#: hub ids that need an accepted licence and a token (SAO 1.0; Meta's Llama models)
+GATED_PREFIXES = ("stabilityai/stable-audio-open-", "meta-llama/")
 TINY_SEED = 0
 #: bumped whenever a builder changes what it writes; a cached build of another format is rebuilt
 TINY_FORMAT = 2

@@ -214,20 +214,22 @@ class JsonlLog:
             raise _disk_error(self.path, exc) from exc
         return len(new)
 
+    def _rewrite(self, rows: list[dict]) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
+
     def discard(self, keys: set[str]) -> int:
         """Drop the rows with these keys (rewriting the file atomically); returns how many."""
         gone = [k for k in keys if k in self._rows]
+        for k in gone:
+            del self._rows[k]
         if gone:
-            for k in gone:
-                del self._rows[k]
-            atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n"
-                                                 for r in self._rows.values()))
+            self._rewrite(list(self._rows.values()))
         return len(gone)
 
     def finalize(self, sort_key: Callable[[dict], Any] | None = None) -> list[dict]:
         """Rewrite the file sorted (by key unless ``sort_key``), atomically; return the rows."""
         rows = sorted(self._rows.values(), key=sort_key or self._key)
-        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
+        self._rewrite(rows)
         return rows
 
 

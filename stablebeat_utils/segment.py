@@ -70,8 +70,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from . import audio as audio_mod
-from .runs import (JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json,
-                   read_jsonl)
+from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
 
 STAGE = "01_segment"
 AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
@@ -561,14 +560,10 @@ def _ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
 
 
 def _warm_worker() -> None:
-    """Pool initializer: analyse 12 s of synthetic kicks once, holding ``compat.jit_cache_lock()``,
-    so librosa's jitted code is compiled by one worker at a time (see the lock for why)."""
+    """Pool initializer: librosa's jitted code compiled by one worker at a time (compat.warm_jit)."""
     from . import compat
 
-    t = np.arange(12 * audio_mod.TARGET_SR) / audio_mod.TARGET_SR
-    kicks = (np.sin(2 * np.pi * 55 * t) * np.exp(-30 * (t % 0.5))).astype(np.float32)
-    with compat.jit_cache_lock():
-        analyse(kicks, audio_mod.TARGET_SR)
+    compat.warm_jit(analyse, audio_mod.TARGET_SR)
 
 
 CRASHED = ("reading it crashed the decoder (the worker process died): the file is probably corrupt; "
@@ -657,10 +652,12 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     elif old is None and (stage_dir / "segments.jsonl").exists():
         _clean_stage(stage_dir)  # outputs without a record of how they were made: not trusted
     seg_path = stage_dir / "segments.jsonl"
+    had_rows = seg_path.exists()
+    log = JsonlLog(seg_path)
     # a file that killed its worker is not a final verdict (an out-of-memory kill, a broken library
     # on this machine): such rows are retried on every run; a truly corrupt file is rejected again
-    crashed = {r["clip_id"] for r in read_jsonl(seg_path) if r.get("reason") == CRASHED}
-    if run_obj.is_done(STAGE, params) and seg_path.exists() and not crashed:
+    crashed = {r["clip_id"] for r in log.rows() if r.get("reason") == CRASHED}
+    if run_obj.is_done(STAGE, params) and had_rows and not crashed:
         return run_obj.stage_record(STAGE)["summary"]
     run_obj.clear_done(STAGE)
     work.mkdir(parents=True, exist_ok=True)
@@ -668,7 +665,6 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     clips_dir = stage_dir / "clips"
     clips_dir.mkdir(exist_ok=True)
 
-    log = JsonlLog(seg_path)
     log.discard(crashed)
     fps = JsonlLog(work / "fingerprints.jsonl", key="source")
     by_source: dict[str, list[dict]] = {}

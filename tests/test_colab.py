@@ -223,5 +223,6 @@ def test_launcher_tells_where_to_put_the_beats(tmp_path):
 def test_a_profile_with_the_gated_model_needs_a_token(monkeypatch):
     colab.check_token("demo", token="")  # tiny local models: no token needed
     colab.check_token("colab_a100", token="hf_x")
-    with pytest.raises(colab.Stop, match="colab_lora.*gated.*secrets.*HF_TOKEN"):
+    with pytest.raises(colab.Stop, match="colab_lora.*gated.*stabilityai/stable-audio-open-1.0.*secrets.*HF_TOKEN"):
         colab.check_token("colab_lora", token="")
+    assert colab.gated_models("demo") == []
