@@ -1018,7 +1018,7 @@ def _setting_md(params: dict, paper: dict | None) -> str:
             f"({what}), CLAP `{params['clap_model']}`. **CLAP numbers compare only with numbers measured at the same "
             "setting and with the same CLAP weights**; the card's CLAP scores and published papers use their own.\n")
     if paper is None:
-        return text + ("To place a fine-tune beside SAO 1.0's published figures, run again with "
+        return text + ("\nTo place a fine-tune beside SAO 1.0's published figures, run again with "
                        f"`clap_setting = \"stable-audio-metrics\"` and `clap_model = \"{SAM_CLAP_MODEL}\"`.\n")
     rows = [[r["model"], r["benchmark"], _fmt(r["FD_openl3"]), _fmt(r["KL_passt"]), _fmt(r["CLAP"], "clap_score")]
             for r in paper["rows"]]
