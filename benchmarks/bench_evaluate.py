@@ -71,7 +71,7 @@ def main() -> None:
             ("spectral centroid", lambda: ev.spectral_centroid(S)),
             ("spectral flatness", lambda: ev.spectral_flatness(S)),
             ("H/P ratio (HPSS)", lambda: ev.hp_ratio(S)),
-            ("transient sharpness", lambda: ev.transient_sharpness(S)),
+            ("transient sharpness (own RMS envelope)", lambda: ev.transient_sharpness(y, sr)),
             ("BPM + key (03's TempoCNN + KeyExtractor)", lambda: tempo_key.analyse_clip("x", str(wav))),
             (f"CLAP score ({args.clap})", lambda: ev.clap_scores(ev.clap_audio_embedding(clap, y, sr), text)),
             ("all signal metrics + BPM + key (measure_clip)", lambda: ev.measure_clip(str(wav))),

@@ -21,14 +21,26 @@ column                     definition
 ``hp_ratio``               ``H, P = librosa.decompose.hpss(|X|)`` (median filters of 31 frames /
                            31 bins, soft masks); ratio of summed magnitudes Σ H / Σ P.
                            > 1 harmonic-heavy, < 1 percussive-heavy.
-``transient_sharpness``    ``r = librosa.feature.rms(S=|X|, frame_length=2048)`` (frame RMS envelope);
-                           mean over frames of ``max(0, r[t+1] − r[t])²``. The rise of the envelope
-                           squared: the same total rise made in one frame (a sharp attack) scores
-                           more than when spread over many (a soft one). Scales with gain².
+``transient_sharpness``    ``r = librosa.feature.rms(y, frame_length=512, hop_length=128)`` — a fine
+                           RMS envelope (11.6 ms frames every 2.9 ms, its own, not the shared STFT);
+                           ``TS = 0.1² · Σ_t max(0, r[t+1] − r[t])² / Σ_t r[t]²``: the mean squared
+                           rise per frame of the envelope of the clip *normalised to an RMS of
+                           −20 dBFS* (0.1). The same total rise made in one or two frames (a sharp
+                           attack) scores more than when spread over many (a soft one); dividing by
+                           the clip's own energy makes it loudness-free (a copy 6 dB quieter scores
+                           the same) and stops a longer, louder swell from outscoring a short click
+                           of the same peak. Sums over the same frames: a silent tail changes nothing.
 ``clap_score``             cosine similarity of the clip's CLAP audio embedding and the CLAP text
                            embedding of its prompt, with the CLAP path of 02_tag (``tag.make_backend``:
                            mono, 48 kHz, non-overlapping 10-s windows, unit window embeddings
-                           averaged weighted by seconds, renormalised).
+                           averaged weighted by seconds, renormalised) — ``clap_setting="card"``.
+                           ``clap_setting="stable-audio-metrics"`` follows that tool's CLAP score
+                           instead (:func:`clap_audio_embedding_sam`): LAION's 630k-audioset-fusion
+                           weights (``laion/clap-htsat-fused``), mono 48 kHz, peak-normalised to
+                           −1 dBFS, int16, the whole clip with fusion truncation. CLAP numbers
+                           compare only at the same setting; at this one the report shows SAO 1.0's
+                           published figures beside ours (Song Describer, no singing: FD_openl3
+                           96.51, KL_passt 0.55, CLAP 0.41 — FD and KL are not computed here).
 =========================  ===================================================================
 
 *Active* frames: frames whose energy is within 60 dB of the clip's loudest frame; a generated
@@ -39,7 +51,8 @@ Where the values land (measured with this module on the three recordings of ``sh
 first 47 s — the drum-and-bass stem is 25 s; the card's range in brackets): centroid
 1154 / 2641 / 3588 Hz [785–4287]; flatness 3.8e-4 / 2.9e-4 for the two full mixes, 2.7e-2 for
 the drums-and-bass stem (noisier: mostly percussion) [3.0e-5–1.8e-3]; H/P 1.88 / 1.50 / 0.89
-[0.46–2.96]; transient sharpness 8.6e-5 / 1.9e-4 / 3.2e-5 [7.3e-6–2.1e-3]. The card's CLAP
+[0.46–2.96]; transient sharpness 9.1e-5 / 9.2e-5 / 1.7e-4 [7.3e-6–2.1e-3]; a click track of 2-ms noise bursts
+scores 1.8e-3, the same track of 40-ms swells (same peak) 2.4e-4, a steady tone ~1e-6. The card's CLAP
 scores (0.25–0.55) come from LAION's real checkpoints; the demo's tiny random CLAP gives
 meaningless values near 0 and only exercises the code path.
 
@@ -71,6 +84,9 @@ Outputs in ``RUN_DIR/07_evaluate/``: ``metrics.csv`` (one row per generated clip
 card), ``summary.md`` / ``summary.json``, ``plots/*.png``, ``report.md`` and ``stage.json``.
 Per-clip measurements are cached in ``cache/*.jsonl`` (append-once, keyed by file, its size and
 mtime, under a hash of the settings) so a killed run resumes and a re-run costs seconds.
+The per-clip work runs on 01's crash-isolating pool (:mod:`stablebeat_utils.pool`): a clip that
+kills its worker process (a decoder segfault) becomes one error row and the batch goes on; that
+row is not cached, so the next run tries the file again.
 """
 
 from __future__ import annotations
@@ -93,9 +109,11 @@ N_FFT = 2048
 HOP = 512
 HPSS_KERNEL = 31
 ACTIVE_DB = 60.0  # frames more than this far below the loudest frame are not averaged
+TS_FRAME, TS_HOP = 512, 128  # transient sharpness: its own fine RMS envelope (11.6 ms frames, 2.9 ms hop)
+TS_REF_RMS = 0.1  # transient sharpness is measured as if the clip had this RMS (−20 dBFS): loudness-free
 BPM_TOLERANCE = 0.04
 OCTAVE_FACTORS = (0.5, 1.0, 2.0)
-METRICS_VERSION = 1  # bumped when a definition changes: cached rows of another version are recomputed
+METRICS_VERSION = 2  # bumped when a definition changes: cached rows of another version are recomputed
 CARD_METRICS = ("bpm", "spectral_centroid", "spectral_flatness", "hp_ratio", "transient_sharpness", "clap_score")
 SIGNAL_METRICS = ("spectral_centroid", "spectral_flatness", "hp_ratio", "transient_sharpness")
 CARD_LABELS = {"bpm": "BPM", "spectral_centroid": "Spectral Centroid", "spectral_flatness": "Spectral Flatness",
@@ -104,6 +122,16 @@ CARD_LABELS = {"bpm": "BPM", "spectral_centroid": "Spectral Centroid", "spectral
 MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune"}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a")
 CLAP_BACKENDS = ("transformers", "laion_clap")
+CLAP_SETTINGS = ("card", "stable-audio-metrics")
+# stable-audio-metrics' CLAP score (src/clap_score.py): LAION's 630k-audioset-fusion-best.pt; transformers'
+# conversion of that checkpoint is the hub repo below. Its audio: mono 48 kHz, peak-normalised to −1 dBFS,
+# quantised to int16 and back, the whole clip to the model (fusion truncation for clips over 10 s).
+SAM_CLAP_MODEL = "laion/clap-htsat-fused"
+SAM_PEAK_DBFS = -1.0
+SAM_SEED = 0  # the fusion / rand_trunc crops are drawn at random upstream; here from a fixed seed
+# SAO 1.0's published figures (Evans et al. 2024, "Stable Audio Open", Song Describer, no-singing subset),
+# measured with stable-audio-metrics: shown beside ours only at clap_setting="stable-audio-metrics"
+SAO_PUBLISHED = {"benchmark": "Song Describer (no singing)", "FD_openl3": 96.51, "KL_passt": 0.55, "CLAP": 0.41}
 
 
 class EvaluateError(ValueError):
@@ -167,20 +195,32 @@ def hp_ratio(S: np.ndarray) -> float:
     return float(H.sum()) / p if p > 0 else float("inf")
 
 
-def transient_sharpness(S: np.ndarray) -> float:
-    """Mean over frames of ``max(0, Δ rms)²`` of the frame RMS envelope (see the module docstring)."""
+def transient_sharpness(y: np.ndarray, sr: int = SR) -> float:
+    """How sharp the attacks are, independent of loudness (see the module docstring).
+
+    ``TS = TS_REF_RMS² · Σ max(0, Δr)² / Σ r²`` on the RMS envelope ``r`` (512-sample frames, hop 128)
+    of the mono 44.1 kHz signal ``y`` (``(n,)`` or ``(channels, n)`` at rate ``sr``). Gain cancels
+    between numerator and denominator; a rise made in few frames beats the same rise spread over many.
+    Version 1 of this metric (``METRICS_VERSION`` 1) used the 2048-sample frames without the
+    division: it grew with loudness and rated long soft swells sharper than short clicks.
+    """
     import librosa
 
-    r = librosa.feature.rms(S=S, frame_length=N_FFT)[0].astype(np.float64)
+    y = _as_mono44(y, sr)
+    r = librosa.feature.rms(y=y, frame_length=TS_FRAME, hop_length=TS_HOP)[0].astype(np.float64)
+    energy = float((r ** 2).sum())
+    if energy <= 0:
+        raise EvaluateError("the clip is digital silence: no transient sharpness can be measured")
     rise = np.maximum(np.diff(r), 0.0)
-    return float(np.mean(rise ** 2)) if rise.size else 0.0
+    return float(TS_REF_RMS ** 2 * (rise ** 2).sum() / energy)
 
 
 def signal_metrics(y: np.ndarray, sr: int) -> dict[str, float]:
     """The four signal metrics of one clip, sharing one STFT."""
-    S = magnitude(y, sr)
+    y = _as_mono44(y, sr)
+    S = magnitude(y)
     return {"spectral_centroid": spectral_centroid(S), "spectral_flatness": spectral_flatness(S),
-            "hp_ratio": hp_ratio(S), "transient_sharpness": transient_sharpness(S)}
+            "hp_ratio": hp_ratio(S), "transient_sharpness": transient_sharpness(y)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +372,49 @@ def clap_audio_embedding(clap, y: np.ndarray, sr: int) -> np.ndarray:
     return tag.pool_windows(emb, [(b - a) / clap.sampling_rate for a, b in bounds])
 
 
+def clap_audio_embedding_sam(clap, y: np.ndarray, sr: int, seed: int = SAM_SEED) -> np.ndarray:
+    """One unit vector for a clip with stable-audio-metrics' CLAP conventions (``clap_setting``).
+
+    The clip mixed to mono and resampled to CLAP's 48 kHz, peak-normalised to −1 dBFS
+    (``pyloudnorm.normalize.peak``), quantised to int16 and back, and given *whole* to the model:
+    a fused model (``enable_fusion``, e.g. :data:`SAM_CLAP_MODEL`) sees a clip over 10 s as three
+    10-s crops (front, middle, back third) plus the whole clip shrunk to 10 s ("fusion"
+    truncation); an unfused one sees one random 10-s crop ("rand_trunc"). The crops are drawn
+    from ``seed`` so a re-run gives the same number. Transformers backend only.
+    """
+    import pyloudnorm
+    import torch
+
+    from . import audio
+    from .tag import l2_normalize
+
+    if not hasattr(clap, "processor"):
+        raise EvaluateError("clap_setting='stable-audio-metrics' runs on clap_backend='transformers' "
+                            f"(with clap_model={SAM_CLAP_MODEL!r}, LAION's 630k-audioset-fusion weights)")
+    mono = audio.to_mono(np.atleast_2d(np.asarray(y, dtype=np.float32)))
+    if sr != clap.sampling_rate:
+        mono = audio.resample(mono[None], sr, clap.sampling_rate)[0]
+    if not mono.size or not np.abs(mono).max() > 0:
+        raise EvaluateError("the clip is empty or digital silence: no CLAP embedding")
+    x = pyloudnorm.normalize.peak(mono.astype(np.float64), SAM_PEAK_DBFS)
+    x = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).astype(np.float64) / 32767.0
+    fe = clap.processor.feature_extractor
+    state = np.random.get_state()  # the extractor draws its crops from numpy's global generator
+    try:
+        np.random.seed(seed)
+        feats = fe([x], sampling_rate=clap.sampling_rate, truncation="fusion" if clap.fusion else "rand_trunc",
+                   padding="repeatpad", return_tensors="pt")
+    finally:
+        np.random.set_state(state)
+    # "longer" is the truth (the extractor would flag a random clip when none is longer)
+    is_longer = torch.tensor([[len(x) > fe.nb_max_samples]], device=clap.device)
+    with torch.inference_mode():
+        out = clap.model.get_audio_features(
+            input_features=feats["input_features"].to(device=clap.device, dtype=clap.dtype), is_longer=is_longer)
+    emb = out.pooler_output if hasattr(out, "pooler_output") else out
+    return l2_normalize(emb.float().cpu().numpy())[0]
+
+
 def clap_scores(audio_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of paired audio and text embeddings, ``(n,)``."""
     from .tag import l2_normalize
@@ -386,33 +469,36 @@ def measure_clip(path: str, with_tempo: bool = True) -> dict:
     return row
 
 
-def _iter_measure(jobs: list[tuple[str, str, bool]], graph: str | None, key_profile: str, workers: int):
-    """Yield ``(key, row)`` as jobs finish; at most 2 jobs per worker in flight."""
-    if workers <= 1 or len(jobs) <= 1:
-        _init_worker(graph, key_profile)
-        for key, path, with_tempo in jobs:
-            yield key, measure_clip(path, with_tempo)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+CRASHED = ("measuring it killed the worker process (a decoder or library crash): the file is probably "
+           "corrupt; it is tried again on the next run")
 
-    # spawn: libtensorflow (TempoCNN) and torch threads do not survive a fork
-    ctx = mp.get_context("spawn")
-    todo = iter(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(graph, key_profile)) as pool:
-        pending: dict = {}
-        while True:
-            while len(pending) < 2 * workers:
-                job = next(todo, None)
-                if job is None:
-                    break
-                pending[pool.submit(measure_clip, job[1], job[2])] = job[0]
-            if not pending:
-                return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield pending.pop(fut), fut.result()
+
+def _measure_job(job: dict) -> dict:
+    """Pool task: ``{"key", "path", "with_tempo", "measure"}`` → ``{"key", **row}``."""
+    return {"key": job["key"], **job["measure"](job["path"], job["with_tempo"])}
+
+
+def _crashed_job(job: dict) -> dict:
+    return {"key": job["key"], "error": f"{job['path']}: {CRASHED}", "crashed": True}
+
+
+def _iter_measure(jobs: list[tuple[str, str, bool]], graph: str | None, key_profile: str, workers: int,
+                  measure=measure_clip):
+    """Yield ``(key, row)`` in job order, on 01's crash-isolating pool (:mod:`stablebeat_utils.pool`).
+
+    A clip that kills its worker process becomes one row ``{"error": …, "crashed": True}`` and
+    the batch goes on. ``workers <= 1`` measures in this process (no isolation). ``measure`` is
+    the per-clip function (a module-level function: it is sent to the workers by name).
+    """
+    from .pool import ordered_bounded
+
+    if workers <= 1 and jobs:
+        _init_worker(graph, key_profile)
+    tasks = ({"key": k, "path": p, "with_tempo": t, "measure": measure} for k, p, t in jobs)
+    for res in ordered_bounded(_measure_job, tasks, int(workers), window=2 * int(workers), on_crash=_crashed_job,
+                               initializer=_init_worker, initargs=(graph, key_profile)):
+        key = res.pop("key")
+        yield key, res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,8 +697,15 @@ def _settings_key(**kw) -> str:
     return hashlib.sha256(json.dumps({**kw, "v": METRICS_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _validate(generations: str, clap_backend: str, key_profile: str, workers: int, reference: str) -> None:
+def _validate(generations: str, clap_backend: str, key_profile: str, workers: int, reference: str,
+              clap_setting: str = "card") -> None:
     from . import tempo_key
+
+    if clap_setting not in CLAP_SETTINGS:
+        raise EvaluateError(f"clap_setting {clap_setting!r}: choose one of {', '.join(CLAP_SETTINGS)}")
+    if clap_setting == "stable-audio-metrics" and clap_backend != "transformers":
+        raise EvaluateError("clap_setting='stable-audio-metrics' runs on clap_backend='transformers' (with clap_model="
+                            f"{SAM_CLAP_MODEL!r}: LAION's 630k-audioset-fusion weights, as stable-audio-metrics uses)")
 
     if clap_backend not in CLAP_BACKENDS:
         raise EvaluateError(f"clap_backend {clap_backend!r}: choose one of {', '.join(CLAP_BACKENDS)}")
@@ -625,8 +718,8 @@ def _validate(generations: str, clap_backend: str, key_profile: str, workers: in
 
 
 def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = "", clap_model: str = "tiny:clap",
-        clap_backend: str = "transformers", tempo_model: str = "", key_profile: str = "edma", reference: str = "",
-        device: str = "auto", workers: int = 2, spectrogram_pairs: int = 8) -> dict:
+        clap_backend: str = "transformers", clap_setting: str = "card", tempo_model: str = "", key_profile: str = "edma",
+        reference: str = "", device: str = "auto", workers: int = 2, spectrogram_pairs: int = 8) -> dict:
     """Measure every generated clip, compare base vs fine-tune, write ``RUN_DIR/07_evaluate/``.
 
     See the module docstring for the metric definitions and outputs. Returns a summary dict.
@@ -640,11 +733,11 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
     from . import tempo_key
 
     params = dict(run_dir=str(run_dir), profile=profile, generations=str(generations), clap_model=clap_model,
-                  clap_backend=clap_backend, tempo_model=str(tempo_model), key_profile=key_profile,
+                  clap_backend=clap_backend, clap_setting=clap_setting, tempo_model=str(tempo_model), key_profile=key_profile,
                   reference=str(reference), device=device, workers=int(workers),
                   spectrogram_pairs=int(spectrogram_pairs))
     # 1. validate before any work
-    _validate(generations, clap_backend, key_profile, workers, reference)
+    _validate(generations, clap_backend, key_profile, workers, reference, clap_setting)
     run_ = Run(run_dir)
     gens = read_generations(run_dir, generations)
     refs, ref_source = reference_clips(run_dir, reference)
@@ -670,18 +763,24 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
         ref_keys.append(k)
         files.setdefault(k, (str(p), False))
     jobs = [(k, p, t) for k, (p, t) in files.items() if k not in sig_log and not k.endswith("|missing")]
+    crashed: dict[str, dict] = {}
     with tqdm(total=len(jobs), desc="07_evaluate: signal metrics, tempo, key", unit="clip", disable=not jobs) as bar:
         for k, row in _iter_measure(jobs, str(graph), key_profile, int(workers)):
-            sig_log.append({"key": k, **row})
+            if row.get("crashed"):  # not cached: the next run tries the file again
+                crashed[k] = row
+            else:
+                sig_log.append({"key": k, **row})
             bar.update(1)
 
     # 3. CLAP audio embeddings (cached) and prompt scores
     from . import models
 
     device_used = models.pick_device(device)
-    ckey = _settings_key(clap_model=clap_model, backend=clap_backend)
+    # the card setting keeps its old cache key (no re-embedding); another setting gets its own
+    ckey = _settings_key(clap_model=clap_model, backend=clap_backend,
+                         **({} if clap_setting == "card" else {"setting": clap_setting, "seed": SAM_SEED}))
     clap_log = JsonlLog(out_dir / "cache" / f"clap-{ckey}.jsonl", key="key")
-    need = [k for k in files if k not in clap_log and not k.endswith("|missing")]
+    need = [k for k in files if k not in clap_log and k not in crashed and not k.endswith("|missing")]
     clap = make_clap(clap_model, clap_backend, device_used)
     from . import audio
 
@@ -689,7 +788,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
         path = files[k][0]
         try:
             y, sr = audio.load(path)
-            emb = clap_audio_embedding(clap, y, sr)
+            emb = (clap_audio_embedding(clap, y, sr) if clap_setting == "card"
+                   else clap_audio_embedding_sam(clap, y, sr))
             clap_log.append({"key": k, "embedding": [round(float(x), 7) for x in emb], "error": None})
         except Exception as exc:
             clap_log.append({"key": k, "embedding": None, "error": f"{path}: {type(exc).__name__}: {exc}"})
@@ -698,7 +798,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
 
     # 4. one row per generated clip
     def _sig(k):
-        return sig_log.get(k) or {"error": f"{files[k][0]}: file not found"}
+        return sig_log.get(k) or crashed.get(k) or {"error": f"{files[k][0]}: file not found"}
 
     ref_rows = []
     for k in ref_keys:
@@ -790,13 +890,15 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
     atomic_write_text(out_dir / "summary.md", summary_md)
     plots = _plots(df, ref_df, out_dir / "plots", pair, int(spectrogram_pairs), run_)
     errors = df[df["error"].notna()]
-    report = _report_md(df, summary_md, out_dir, plots, ref_source, len(ref_df), params, errors)
+    paper = paper_comparison(means, clap_setting, clap_model)
+    report = _report_md(df, summary_md, out_dir, plots, ref_source, len(ref_df), params, errors, paper)
     atomic_write_text(out_dir / "report.md", report)
 
     summary = {
         "clips": int(len(df)), "models": models_present, "prompts": int(df["prompt_idx"].nunique()),
         "errors": int(len(errors)), "training_clips": int(len(ref_df)), "reference": ref_source,
         "measured_now": len(jobs), "clap_embedded_now": len(need), "device": device_used,
+        "clap_setting": clap_setting, "clap_model": clap_model, "paper_comparison": paper,
         "means": means, "training_means": training_means, "frechet": frechet,
         "comparison": comparison,
         "outputs": {n: run_.rel(out_dir / n) for n in ("metrics.csv", "card_table.md", "summary.md", "report.md")},
@@ -889,7 +991,50 @@ def _plots(df, ref_df, folder: Path, pair: list[str], n_pairs: int, run_: Run) -
     return out
 
 
-def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params, errors) -> str:
+def paper_comparison(means: dict, clap_setting: str, clap_model: str) -> dict | None:
+    """SAO 1.0's published figures beside our CLAP means — only at ``clap_setting="stable-audio-metrics"``.
+
+    Returns None at any other setting (the numbers would not be comparable). ``comparable`` is
+    False when the CLAP is not :data:`SAM_CLAP_MODEL` (the demo's tiny model, another checkpoint).
+    """
+    if clap_setting != "stable-audio-metrics":
+        return None
+    rows = [{"model": "Stable Audio Open 1.0 (published)", "benchmark": SAO_PUBLISHED["benchmark"],
+             "FD_openl3": SAO_PUBLISHED["FD_openl3"], "KL_passt": SAO_PUBLISHED["KL_passt"],
+             "CLAP": SAO_PUBLISHED["CLAP"]}]
+    for m, vals in means.items():
+        rows.append({"model": f"{MODEL_LABELS.get(m, m)} (this run)", "benchmark": "this run's prompts",
+                     "FD_openl3": None, "KL_passt": None, "CLAP": vals.get("clap_score")})
+    return {"setting": clap_setting, "clap_model": clap_model, "comparable": clap_model == SAM_CLAP_MODEL,
+            "rows": rows}
+
+
+def _setting_md(params: dict, paper: dict | None) -> str:
+    setting = params.get("clap_setting", "card")
+    what = ("02_tag's CLAP path (10-s windows, averaged)" if setting == "card" else
+            "stable-audio-metrics' conventions: mono 48 kHz, peak-normalised to −1 dBFS, int16, whole clip, "
+            "fusion truncation")
+    text = (f"\n## CLAP setting: `{setting}`\n\nCLAP scores here were measured with `clap_setting = \"{setting}\"` "
+            f"({what}), CLAP `{params['clap_model']}`. **CLAP numbers compare only with numbers measured at the same "
+            "setting and with the same CLAP weights**; the card's CLAP scores and published papers use their own.\n")
+    if paper is None:
+        return text + ("\nTo place a fine-tune beside SAO 1.0's published figures, run again with "
+                       f"`clap_setting = \"stable-audio-metrics\"` and `clap_model = \"{SAM_CLAP_MODEL}\"`.\n")
+    rows = [[r["model"], r["benchmark"], _fmt(r["FD_openl3"]), _fmt(r["KL_passt"]), _fmt(r["CLAP"], "clap_score")]
+            for r in paper["rows"]]
+    text += ("\n### Beside SAO 1.0's published figures\n\n"
+             + _md_table(["Model", "Prompts", "FD_openl3 ↓", "KL_passt ↓", "CLAP ↑"], rows)
+             + "\nFD_openl3 and KL_passt are not computed by this course (run stable-audio-metrics for them). The "
+               "published CLAP is a mean over the Song Describer prompts; ours is over this run's prompts: same "
+               "measuring convention, different prompts.\n")
+    if not paper["comparable"]:
+        text += (f"\n**Not comparable:** `clap_model = \"{paper['clap_model']}\"` is not stable-audio-metrics' CLAP "
+                 f"(`{SAM_CLAP_MODEL}`, LAION's 630k-audioset-fusion weights): the CLAP column above only exercises "
+                 "the setting.\n")
+    return text
+
+
+def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params, errors, paper=None) -> str:
     card = (out_dir / "card_table.md").read_text(encoding="utf-8").split("\n", 1)[1]
     defs = ("| Column | Definition | Better |\n|---|---|---|\n"
             "| BPM | TempoCNN deeptemp-k16-3 global tempo (03_tempo_key's estimator, no octave prior) | "
@@ -898,7 +1043,8 @@ def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params
             "closer to training |\n"
             "| Spectral Flatness | mean over active frames of geometric/arithmetic mean of \\|X\\|² | closer to training |\n"
             "| Harmonic/Percussive Ratio | Σ\\|H\\| / Σ\\|P\\| after librosa HPSS (31×31 median filters) | closer to training |\n"
-            "| Transient Sharpness | mean of max(0, Δ frame RMS)² | closer to training |\n"
+            "| Transient Sharpness | 0.1² · Σ max(0, Δr)² / Σ r², r = RMS envelope (512/128 frames): the mean squared "
+            "rise of the envelope of the clip normalised to −20 dBFS RMS — loudness-free | closer to training |\n"
             "| CLAP Prompt Score | cosine(CLAP audio embedding, CLAP text embedding of the prompt), 02_tag's CLAP path "
             "| higher |\n")
     rel = [p.relative_to(out_dir).as_posix() for p in plots]
@@ -913,7 +1059,7 @@ def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params
             f"{len(df)} generated clips, {df['prompt_idx'].nunique()} prompts, models: "
             f"{', '.join(sorted(df['model'].unique()))}. Training reference: {ref_source} ({n_train} clips). "
             f"CLAP: `{params['clap_model']}` ({params['clap_backend']}); key profile `{params['key_profile']}`.\n"
-            f"{clap_note}\n## How each number is measured\n\n{defs}\n"
+            f"{clap_note}{_setting_md(params, paper)}\n## How each number is measured\n\n{defs}\n"
             "Active frames: within 60 dB of the loudest frame. All per-clip values are in `metrics.csv`.\n\n"
             + summary_md.replace("# Summary", "## Summary", 1).replace("\n## ", "\n### ")
             + "\n## Per prompt\n" + card.replace("\n## ", "\n### ")
@@ -921,5 +1067,6 @@ def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params
             + "\n## Caveats\n\n- The card does not publish its formulas; these definitions land in its orders of "
               "magnitude on real music but its exact numbers cannot be reproduced.\n"
               "- One generation per prompt and seed is a small sample: a win/loss on one prompt is anecdotal.\n"
-              "- Flatness, H/P and transient sharpness depend on mixing and loudness (sharpness scales with gain²).\n"
+              "- Flatness and H/P depend on mixing; transient sharpness is loudness-free (normalised by the clip's energy) "
+              "but still depends on compression and density of hits.\n"
               "- The Fréchet distance with fewer clips than CLAP's 512 dimensions is biased upward.\n")

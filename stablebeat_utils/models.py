@@ -604,3 +604,27 @@ def load_chat_llm(source: str = REAL_MODELS["llm"], device: str = "cpu",
     if tokenizer.pad_token is None:  # Llama 3 ships none; batching and generate() want one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.eval()
+
+
+def build_tiny_clap_fused(dest: str | os.PathLike, seed: int = TINY_SEED) -> Path:
+    """``tiny:clap`` with LAION's fusion branch on: a stand-in for ``laion/clap-htsat-fused``.
+
+    A separate builder, not in :data:`TINY_NAMES`: only the tests of 07's
+    ``clap_setting="stable-audio-metrics"`` need a fused CLAP (fusion truncation: three 10-s crops
+    plus the whole clip shrunk, and the model's fusion layers). Same tokenizer and front end as
+    ``tiny:clap``; weights random under ``seed``; loaded like any local model folder.
+    """
+    import torch
+    from transformers import ClapConfig, ClapModel, ClapProcessor
+
+    dest = build_tiny("clap", dest, seed=seed)
+    config = ClapConfig.from_pretrained(dest)
+    config.audio_config.enable_fusion = True
+    processor = ClapProcessor.from_pretrained(dest)
+    processor.feature_extractor.truncation = "fusion"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ClapModel(config).eval()
+    model.save_pretrained(dest)
+    processor.save_pretrained(dest)
+    return dest

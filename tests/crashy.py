@@ -7,3 +7,12 @@ def square_or_die(x):
     if x == "die":
         os.kill(os.getpid(), signal.SIGKILL)
     return x * x
+
+
+def measure_or_die(path, with_tempo=True):
+    """07_evaluate's per-clip measure, except that a file named ``*die*`` kills the worker process."""
+    if "die" in os.path.basename(str(path)):
+        os._exit(139)  # what a segfaulting decoder looks like from the pool
+    from stablebeat_utils import evaluate
+
+    return evaluate.measure_clip(path, with_tempo)

@@ -69,10 +69,37 @@ def test_hp_ratio_tone_harmonic_clicks_percussive():
 
 
 def test_sharper_onsets_score_higher_transient_sharpness():
-    scores = [ev.transient_sharpness(ev.magnitude(_hits(a))) for a in (0.5, 5.0, 20.0, 50.0)]
+    scores = [ev.transient_sharpness(_hits(a)) for a in (0.5, 5.0, 20.0, 50.0)]
     assert scores == sorted(scores, reverse=True) and scores[0] > 5 * scores[-1], scores
     # a steady tone has one onset (its start) in 4 s, the bursts 8 per 4 s
-    assert ev.transient_sharpness(ev.magnitude(_sine(440.0))) < 0.05 * scores[0]
+    assert ev.transient_sharpness(_sine(440.0)) < 0.05 * scores[0]
+
+
+def _click_or_swell(kind, gain=1.0, bpm=120.0, seconds=8.0):
+    """A beat of 2-ms noise bursts ("sharp") or 40-ms Hann-shaped noise swells ("soft"), same 0.8 peak."""
+    rng = np.random.default_rng(3)
+    n = int((0.002 if kind == "sharp" else 0.040) * SR)
+    burst = rng.standard_normal(n) * (np.ones(n) if kind == "sharp" else np.hanning(n))
+    burst *= 0.8 / np.abs(burst).max()
+    y = np.zeros(int(seconds * SR), np.float32)
+    for s in np.arange(0, seconds - 0.3, 60 / bpm):
+        y[int(s * SR):int(s * SR) + n] += burst.astype(np.float32)
+    return gain * y
+
+
+def test_transient_sharpness_rates_clicks_above_swells_at_any_loudness():
+    """Known answer: at the same peak, 2-ms clicks are sharper than 40-ms swells, and 6 dB of gain
+    changes nothing (version 1 of the metric rated the swells 3× sharper and scaled with gain²)."""
+    quiet = 10 ** (-6 / 20)
+    ts = {(k, g): ev.transient_sharpness(_click_or_swell(k, g)) for k in ("sharp", "soft") for g in (1.0, quiet)}
+    for k in ("sharp", "soft"):
+        assert ts[(k, quiet)] == pytest.approx(ts[(k, 1.0)], rel=1e-4), ts
+    assert min(ts[("sharp", g)] for g in (1.0, quiet)) > 4 * max(ts[("soft", g)] for g in (1.0, quiet)), ts
+    # card-like scale: the card reports 7.3e-6 … 2.1e-3
+    assert 1e-4 < ts[("soft", 1.0)] < ts[("sharp", 1.0)] < 1e-2, ts
+    # through the per-clip path too (stereo at 48 kHz: mixed to mono and resampled first)
+    stereo48 = audio.resample(np.stack([_click_or_swell("sharp")] * 2), SR, 48000)
+    assert ev.signal_metrics(0.5 * stereo48, 48000)["transient_sharpness"] == pytest.approx(ts[("sharp", 1.0)], rel=0.05)
 
 
 def test_silent_tail_does_not_move_the_averages_and_silence_is_refused():
@@ -81,6 +108,7 @@ def test_silent_tail_does_not_move_the_averages_and_silence_is_refused():
     a, b = ev.signal_metrics(tone, SR), ev.signal_metrics(padded, SR)
     assert b["spectral_centroid"] == pytest.approx(a["spectral_centroid"], rel=0.01)
     assert b["spectral_flatness"] == pytest.approx(a["spectral_flatness"], rel=0.05)
+    assert b["transient_sharpness"] == pytest.approx(a["transient_sharpness"], rel=0.01)
     with pytest.raises(ev.EvaluateError, match="silence"):
         ev.signal_metrics(np.zeros(SR, np.float32), SR)
     with pytest.raises(ev.EvaluateError, match="NaN"):
@@ -206,6 +234,31 @@ def test_clap_score_shapes_and_symmetry_with_the_tiny_model(tiny_clap):
     assert s.shape == (2,) and np.all(np.abs(s) <= 1 + 1e-6)
     assert np.allclose(s, ev.clap_scores(text, pair))
     assert s[0] == pytest.approx(float(emb @ text[0]), abs=1e-6)
+
+
+def test_stable_audio_metrics_setting_is_loudness_free_and_sees_the_whole_clip(tiny_clap, tmp_path):
+    """clap_setting="stable-audio-metrics": mono 48 kHz, peak-normalised, int16, the whole clip with
+    fusion truncation on a fused CLAP (a tiny stand-in for laion/clap-htsat-fused)."""
+    from stablebeat_utils import models, tag
+
+    clip = demo.make_beat(100, "C", "minor", 23.0, seed=3)
+    sam = ev.clap_audio_embedding_sam(tiny_clap, clip, SR)
+    assert sam.shape == (512,) and np.linalg.norm(sam) == pytest.approx(1.0, abs=1e-5)
+    assert np.array_equal(sam, ev.clap_audio_embedding_sam(tiny_clap, clip, SR))  # seeded crops
+    # peak normalisation: gain changes nothing (int16 rounding aside); the card path moves with gain
+    assert np.abs(ev.clap_audio_embedding_sam(tiny_clap, 0.3 * clip, SR) - sam).max() < 1e-3
+    card = ev.clap_audio_embedding(tiny_clap, clip, SR)
+    assert np.abs(ev.clap_audio_embedding(tiny_clap, 0.3 * clip, SR) - card).max() > 1e-2
+    # a fused CLAP: a clip over 10 s is seen whole (front, middle and back thirds + the whole clip shrunk)
+    fused = tag.TransformersClap(str(models.build_tiny_clap_fused(tmp_path / "fused")))
+    assert fused.fusion
+    whole = ev.clap_audio_embedding_sam(fused, clip, SR)
+    changed = clip.copy()
+    changed[:, int(18 * SR):] = demo.make_beat(140, "F", "major", 5.0, seed=9)[:, :changed.shape[1] - int(18 * SR)]
+    assert np.abs(ev.clap_audio_embedding_sam(fused, changed, SR) - whole).max() > 1e-3  # the back third counts
+    assert np.abs(ev.clap_audio_embedding_sam(fused, 0.3 * clip, SR) - whole).max() < 1e-3
+    with pytest.raises(ev.EvaluateError, match="silence"):
+        ev.clap_audio_embedding_sam(tiny_clap, np.zeros((2, SR), np.float32), SR)
 
 
 def test_laion_clap_backend_missing_is_a_clear_error():
@@ -337,3 +390,72 @@ def test_missing_generations_list_names_the_file(tmp_path, tempocnn_graph):
         ev.run(run_dir=str(tmp_path), clap_backend="nope")
     with pytest.raises(ev.EvaluateError, match=".jsonl or .csv"):
         ev.run(run_dir=str(tmp_path), generations=str(tmp_path / "list.txt"))
+
+
+# --------------------------------------------------------------------------------------------
+# a clip that kills its worker (01's crash-isolating pool)
+
+def test_a_clip_that_kills_its_worker_becomes_one_error_row(tmp_path):
+    import crashy
+
+    paths = []
+    for name in ("a.wav", "die.wav", "b.wav", "c.wav"):
+        paths.append(tmp_path / name)
+        audio.write_wav(paths[-1], np.stack([_click_or_swell("sharp", seconds=3.0)] * 2), SR)
+    jobs = [(f"k{i}", str(p), False) for i, p in enumerate(paths)]
+    got = list(ev._iter_measure(jobs, None, "edma", workers=2, measure=crashy.measure_or_die))
+    assert [k for k, _ in got] == ["k0", "k1", "k2", "k3"]  # in order, none lost
+    rows = dict(got)
+    assert rows["k1"]["crashed"] and "die.wav" in rows["k1"]["error"] and "killed the worker" in rows["k1"]["error"]
+    for k in ("k0", "k2", "k3"):
+        assert rows[k]["error"] is None and rows[k]["transient_sharpness"] > 0, rows[k]
+
+
+def test_stage_goes_on_past_a_crashing_clip_and_retries_it_next_run(tempocnn_graph, tmp_path, monkeypatch):
+    import functools
+
+    import crashy
+    import pandas as pd
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, bpm in (("good.wav", 90), ("die.wav", 120)):
+        audio.write_wav(folder / name, demo.make_beat(bpm, "A", "minor", 14.0, seed=1), SR)
+    (folder / "list.csv").write_text("path,prompt\ngood.wav,trap at 90 BPM\ndie.wav,trap at 120 BPM\n")
+    monkeypatch.setattr(ev, "_iter_measure", functools.partial(ev._iter_measure, measure=crashy.measure_or_die))
+    run_dir = tmp_path / "run"
+    kw = dict(run_dir=str(run_dir), generations=str(folder / "list.csv"), tempo_model=str(tempocnn_graph),
+              clap_model="tiny:clap", device="cpu", workers=2, reference="none")
+    summary = ev.run(**kw)
+    df = pd.read_csv(run_dir / "07_evaluate" / "metrics.csv")
+    assert len(df) == 2 and summary["errors"] == 1
+    die = df[df["path"].str.endswith("die.wav")].iloc[0]
+    assert "killed the worker" in die["error"] and math.isnan(die["clap_score"])
+    good = df[df["path"].str.endswith("good.wav")].iloc[0]
+    assert isinstance(good["error"], float) and good["spectral_centroid"] > 0 and good["clap_score"] == good["clap_score"]
+    assert "die.wav" in (run_dir / "07_evaluate" / "report.md").read_text()
+    again = ev.run(**kw)  # the crash is not cached as a verdict: the file is measured again, the good one is not
+    assert again["measured_now"] == 1 and again["errors"] == 1
+
+
+def test_clap_setting_is_reported_and_paper_figures_shown_only_for_stable_audio_metrics(evaluated, tempocnn_graph):
+    root, summary = evaluated
+    report = (root / "07_evaluate" / "report.md").read_text()
+    assert summary["clap_setting"] == "card" and summary["paper_comparison"] is None
+    assert "CLAP setting: `card`" in report and "compare only with numbers measured at the same setting" in report
+    assert "96.51" not in report
+    sam = ev.run(run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu",
+                 workers=1, clap_setting="stable-audio-metrics")
+    assert sam["measured_now"] == 0 and sam["clap_embedded_now"] == 7  # signal cache reused; CLAP redone
+    report = (root / "07_evaluate" / "report.md").read_text()
+    assert "CLAP setting: `stable-audio-metrics`" in report
+    assert all(x in report for x in ("96.51", "0.55", "0.41", "Song Describer")) and "Not comparable" in report
+    paper = sam["paper_comparison"]
+    assert not paper["comparable"] and [r["CLAP"] for r in paper["rows"]][0] == 0.41
+    assert paper["rows"][1]["CLAP"] == pytest.approx(sam["means"]["base"]["clap_score"])
+    assert sam["means"]["base"]["clap_score"] != summary["means"]["base"]["clap_score"]
+    with pytest.raises(ev.EvaluateError, match="clap_setting"):
+        ev.run(run_dir=str(root), clap_setting="paper")
+    with pytest.raises(ev.EvaluateError, match="transformers"):
+        ev.run(run_dir=str(root), clap_setting="stable-audio-metrics", clap_backend="laion_clap")
+    ev.run(run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu", workers=1)

@@ -27,9 +27,30 @@ def _fake_run(tmp_path):
     (export / "model_config.json").write_text("{}")
     run.mark_done("05_train", params={"mode": "lora", "lr": 5e-5, "batch_size": 16})
     gen = run.stage_dir("06_generate")
-    (gen / "a.wav").write_bytes(b"RIFF")
-    JsonlLog(gen / "generations.jsonl", key="path").append(
-        {"path": "06_generate/a.wav", "model": "finetune", "prompt": "A dark beat", "seed": 1})
+    rows = []
+    # two models × two prompts, the same file name under each model's folder (as 06 writes them)
+    for i, prompt in enumerate(["A dark beat at 90 BPM", "A jazzy chillhop beat | at 85 BPM"]):
+        for model in ("base", "finetune"):
+            path = gen / "audio" / model / f"{i:02d}-seed{42 + i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f"RIFF {model} {i}".encode())
+            rows.append({"path": f"06_generate/audio/{model}/{path.name}", "model": model, "prompt": prompt,
+                         "prompt_idx": i, "seed": 42 + i})
+    JsonlLog(gen / "generations.jsonl", key="path").append(*rows)
+    run.mark_done("06_generate", params={"steps": 200, "cfg_scale": 7.0, "sampler_type": "dpmpp-3m-sde",
+                                         "seconds_start": 0.0, "seconds_total": 47.0})
+    return run
+
+
+def _with_evaluation(run):
+    """07's report (it links its plots, relative to 07_evaluate/) and the plots themselves."""
+    ev = run.stage_dir("07_evaluate")
+    (ev / "plots").mkdir()
+    for name in ("metric_bars.png", "spectrograms_prompt01.png"):
+        (ev / "plots" / name).write_bytes(b"\x89PNG " + name.encode())
+    (ev / "report.md").write_text("# 07_evaluate — base vs fine-tune\n\n## Summary\n\n"
+                                  "| Model | CLAP Prompt Score |\n|---|---|\n| fine-tune | 0.412 |\n\n## Plots\n\n"
+                                  "![metric_bars](plots/metric_bars.png)\n![spectrograms_prompt01](plots/spectrograms_prompt01.png)\n")
     return run
 
 
@@ -42,11 +63,12 @@ def test_dry_run_writes_card_and_upload_list_and_never_the_token(tmp_path, monke
     assert "base_model: stabilityai/stable-audio-open-1.0" in card
     assert "4 clips from 2 tracks" in card and "synth bells (4)" in card
     assert "G minor (4)" in card and "A dark cloud trap beat" in card
-    assert "`mode`: lora" in card and "07_evaluate has not been run" in card
+    assert "`mode` = lora" in card and "07_evaluate has not been run" in card
     uploads = json.loads((run.root / "publish" / "upload_list.json").read_text())
     assert {u["path_in_repo"] for u in uploads["files"]} == {
-        "README.md", "model.safetensors", "model_config.json", "samples/a.wav"}
-    assert summary["dry_run"] and summary["files"] == 4
+        "README.md", "model.safetensors", "model_config.json", "samples/base/00-seed42.wav",
+        "samples/finetune/00-seed42.wav", "samples/base/01-seed43.wav", "samples/finetune/01-seed43.wav"}
+    assert summary["dry_run"] and summary["files"] == 7
     for f in run.root.rglob("*"):
         if f.is_file():
             assert secret not in f.read_text(errors="ignore")
@@ -65,3 +87,91 @@ def test_push_without_token_refuses(tmp_path, monkeypatch):
     run = _fake_run(tmp_path)
     with pytest.raises(publish.PublishError, match="no Hugging Face token"):
         publish.run(run.root, "someone/x", dry_run=False)
+
+
+def test_two_models_two_prompts_every_sample_has_its_own_path_and_every_link_is_uploaded(tmp_path):
+    run = _with_evaluation(_fake_run(tmp_path))
+    publish.run(run.root, "someone/my-beats", dry_run=True)
+    card = (run.root / "publish" / "README.md").read_text()
+    files = json.loads((run.root / "publish" / "upload_list.json").read_text())["files"]
+    repo_paths = [u["path_in_repo"] for u in files]
+    assert len(repo_paths) == len(set(repo_paths))  # nothing overwrites anything
+    samples = {u["path_in_repo"]: u["local"] for u in files if u["path_in_repo"].startswith("samples/")}
+    assert len(samples) == 4 and len(set(samples.values())) == 4
+    assert samples["samples/base/00-seed42.wav"].endswith("audio/base/00-seed42.wav")
+    assert samples["samples/finetune/00-seed42.wav"].endswith("audio/finetune/00-seed42.wav")
+    links = publish.card_links(card)
+    assert "plots/metric_bars.png" in links and "samples/finetune/01-seed43.wav" in links
+    assert set(links) <= set(repo_paths), set(links) - set(repo_paths)  # every linked file is uploaded
+    # the card: evaluation, dataset, recipe, licence, loading lines
+    assert "| fine-tune | 0.412 |" in card and "4 clips from 2 tracks" in card
+    assert "## Recipe" in card and "200 steps, CFG 7.0" in card and "`mode` = lora" in card
+    assert "license_name: stabilityai-ai-community" in card and "Stability AI Community License" in card
+    assert "get_pretrained_model('someone/my-beats')" in card and "generate_diffusion_cond" in card
+    assert "| A jazzy chillhop beat \\| at 85 BPM | [01-seed43.wav](samples/base/01-seed43.wav) |" in card
+
+
+def test_a_card_link_to_a_missing_file_stops_before_any_upload(tmp_path):
+    run = _with_evaluation(_fake_run(tmp_path))
+    (run.root / "07_evaluate" / "plots" / "metric_bars.png").unlink()
+    with pytest.raises(publish.PublishError, match="plots/metric_bars.png"):
+        publish.run(run.root, "someone/my-beats", dry_run=True)
+
+
+class FakeHub:
+    """A stand-in for huggingface_hub.HfApi: keeps the repo's files in memory; can fail a commit."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.commits: list[list[str]] = []
+        self.fail_on = fail_on
+
+    def create_repo(self, repo_id, private=True, exist_ok=False):
+        assert exist_ok
+        self.repos.setdefault(repo_id, {})
+
+    def list_repo_files(self, repo_id):
+        return sorted(self.repos[repo_id])
+
+    def create_commit(self, repo_id, operations, commit_message):
+        names = [op.path_in_repo for op in operations]
+        if self.fail_on and self.fail_on in names:
+            raise ConnectionError("502 Bad Gateway")
+        for op in operations:
+            with open(op.path_or_fileobj, "rb") as fh:
+                self.repos[repo_id][op.path_in_repo] = fh.read()
+        self.commits.append(names)
+
+
+def test_push_to_a_stand_in_hub_fails_clearly_and_resumes_what_is_left(tmp_path, monkeypatch):
+    secret = "hf_SENTINEL_push_123"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    run = _with_evaluation(_fake_run(tmp_path))
+    hub = FakeHub(fail_on="samples/base/00-seed42.wav")
+    with pytest.raises(publish.PublishError) as err:
+        publish.run(run.root, "someone/my-beats", dry_run=False, api=hub)
+    msg = str(err.value)
+    assert "someone/my-beats" in msg and "502 Bad Gateway" in msg and "run publish again" in msg
+    assert "1 of 9 files are on the hub" in msg and "8 left" in msg
+    assert hub.list_repo_files("someone/my-beats") == ["model.safetensors"]  # the weights commit went through
+    assert "README.md" not in hub.repos["someone/my-beats"]  # the card only once all it links is there
+    hub.fail_on = None
+    hub.commits.clear()
+    summary = publish.run(run.root, "someone/my-beats", dry_run=False, api=hub)
+    assert summary["already_there"] == 1 and summary["uploaded"] == 8
+    assert all("model.safetensors" not in c for c in hub.commits)  # resumed: not sent again
+    assert hub.commits[-1] == ["README.md"]
+    files = hub.repos["someone/my-beats"]
+    card = files["README.md"].decode()
+    assert set(publish.card_links(card)) <= set(files)
+    assert files["samples/base/00-seed42.wav"] == b"RIFF base 0" and files["samples/finetune/00-seed42.wav"] == b"RIFF finetune 0"
+    assert files["plots/metric_bars.png"].startswith(b"\x89PNG")
+    # a third run sends nothing; a changed sample is sent again
+    hub.commits.clear()
+    assert publish.run(run.root, "someone/my-beats", dry_run=False, api=hub)["uploaded"] == 0 and not hub.commits
+    (run.root / "06_generate" / "audio" / "finetune" / "01-seed43.wav").write_bytes(b"RIFF new")
+    assert publish.run(run.root, "someone/my-beats", dry_run=False, api=hub)["uploaded"] == 1  # that sample only
+    assert files["samples/finetune/01-seed43.wav"] == b"RIFF new"
+    for f in run.root.rglob("*"):
+        if f.is_file():
+            assert secret not in f.read_text(errors="ignore")
