@@ -496,12 +496,19 @@ def _make_classes():
 
 
 def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int, lora_alpha: float,
-                    lora_adapter: str, pre_encode: bool, ema: bool, sample_size: int, log_every: int) -> dict:
+                    lora_adapter: str, pre_encode: bool, ema: bool, sample_size: int, log_every: int,
+                    padding_loss_weight: float = 1.0) -> dict:
     """The engine's ``model_config`` with our ``training`` section (the card's recipe).
 
     Optimizer and scheduler come from the model's own config where it has them (SAO 1.0's are
     AdamW 5e-5, betas 0.9/0.999, weight decay 1e-3, InverseLR inv_gamma 1e6 power 0.5 warmup 0.99);
     only the learning rate is replaced by ``lr``.
+
+    ``padding_loss_weight`` becomes the engine's ``mask_loss_weight`` (stable-audio-tools 0.0.20,
+    ``training.utils.compute_masked_loss``; its default is 0.0): the loss per sample is
+    ``(sum over real frames + w * sum over padded frames) / (n_real + w * n_padded)``. ``1.0`` is a
+    plain mean over the whole window — how SAO 1.0 was trained (silence after ``seconds_total``
+    included); ``0.0`` trains on the real audio only.
     """
     cfg = copy.deepcopy(model_config)
     cfg["sample_size"] = int(sample_size)
@@ -512,7 +519,8 @@ def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int,
                                                                       "warmup": 0.99}}}})
     opt["diffusion"]["optimizer"].setdefault("config", {})["lr"] = float(lr)
     train.update({"optimizer_configs": opt, "use_ema": bool(ema), "pre_encoded": bool(pre_encode),
-                  "log_every_n_steps": int(log_every), "cfg_dropout_prob": train.get("cfg_dropout_prob", 0.1)})
+                  "log_every_n_steps": int(log_every), "cfg_dropout_prob": train.get("cfg_dropout_prob", 0.1),
+                  "mask_loss_weight": float(padding_loss_weight)})
     train.pop("learning_rate", None)
     train.pop("lora_config", None)
     if mode == "lora":
@@ -567,6 +575,7 @@ def _validate(p: dict) -> None:
     need(p["sample_seconds"] >= 0, "sample_seconds must be >= 0 (0 = the model's own window)")
     need(p["lora_rank"] >= 1, "lora_rank must be >= 1")
     need(p["workers"] >= 0, "workers must be >= 0")
+    need(math.isfinite(p["padding_loss_weight"]) and p["padding_loss_weight"] >= 0, "padding_loss_weight must be >= 0 (1.0 = train padded frames as SAO did)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,7 +589,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         devices: int = 1, strategy: str = "auto", workers: int = 0, checkpoint_every: int = 2,
         keep_checkpoints: int = 2, demo_every: int = 4, num_demos: int = 1, demo_steps: int = 4,
         demo_cfg: float = 7.0, demo_seconds: float = 2.0, pre_encode: bool = False, log_every: int = 1,
-        wandb_project: str = "", seed: int = 0, export_merged: bool = True) -> dict:
+        wandb_project: str = "", seed: int = 0, export_merged: bool = True, padding_loss_weight: float = 1.0) -> dict:
     """Fine-tune (or resume fine-tuning) SAO on ``RUN_DIR/04_prompts``; export; return a summary.
 
     ``max_steps`` > 0 stops after that many optimizer steps (counted across resumes); otherwise
@@ -590,6 +599,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     after a kill (or with a larger ``max_steps``/``epochs``) it resumes from the newest checkpoint.
     A resumed run continues the checkpoint's optimizer and schedule, so a changed ``lr`` only
     applies to a new ``run_dir`` (changed model/mode settings are refused).
+    ``padding_loss_weight``: how much the padded frames of a window (after a short clip's end) count
+    in the loss — 1.0 trains them as SAO 1.0 was trained, 0.0 ignores them (see :func:`training_config`).
     """
     params = {k: v for k, v in locals().items()}
     _validate(params)
@@ -628,7 +639,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     window = max(1, math.ceil(window / ratio)) * ratio  # whole latent frames
     cfg = training_config(model_config, lr=lr, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
                           lora_adapter=lora_adapter, pre_encode=pre_encode, ema=ema, sample_size=window,
-                          log_every=log_every)
+                          log_every=log_every, padding_loss_weight=padding_loss_weight)
 
     # load_sao hands back an inference model (all frozen); trainable again as a freshly built
     # engine model is: the DiT and the conditioners' own layers (T5 and the VAE stay frozen)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -333,3 +334,44 @@ def test_bad_parameters_fail_before_work(tmp_path):
         train.run(run_dir=str(tmp_path), mode="half")
     with pytest.raises(train.TrainError, match="04_prompts"):
         train.run(run_dir=str(tmp_path))
+
+
+def _engine_metrics(csvs) -> list[dict]:
+    import csv
+
+    rows = []
+    for path in csvs:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows += [r for r in csv.DictReader(fh) if r.get("train/loss") not in (None, "")]
+    return rows
+
+
+def test_padding_loss_weight_reaches_the_loss(tmp_path):
+    """Padded frames count in the loss with weight 1.0 (as SAO trained) and not at all with 0.0.
+
+    The clips (0.6 and 0.9 s) are shorter than the 1.5-s window, so every window is padded; the
+    engine logs the loss on real frames (``train/mse_signal``) and on padded ones
+    (``train/mse_masked_loss``) beside the loss it trains on (``train/loss``).
+    """
+    run = make_run(tmp_path / "run")
+    kw = dict(FAST, sample_seconds=1.5, max_steps=2, checkpoint_every=2, ema=False)
+    rows = {}
+    for w in (0.0, 1.0):
+        dst = tmp_path / f"run-w{w}"
+        shutil.copytree(run, dst)
+        summary = train.run(run_dir=str(dst), padding_loss_weight=w, **kw)
+        rows[w] = _engine_metrics(summary["metrics_csv"])
+        assert len(rows[w]) == 2
+    # same seed: the same batch and noise in both runs at step 1 (the engine's per-region means agree)
+    first = {w: rows[w][0] for w in rows}
+    for key in ("train/mse_signal", "train/mse_masked_loss"):
+        assert float(first[0.0][key]) == pytest.approx(float(first[1.0][key]), rel=1e-5)
+    sig, pad = float(first[1.0]["train/mse_signal"]), float(first[1.0]["train/mse_masked_loss"])
+    assert abs(pad - sig) > 1e-3
+    # 0.0: the mean over each sample's real frames, whatever the padded frames' error
+    # 1.0: the mean over whole windows, between the real frames' and the padded frames' means
+    loss0, loss1 = float(first[0.0]["train/loss"]), float(first[1.0]["train/loss"])
+    assert min(sig, pad) < loss1 < max(sig, pad)
+    assert abs(loss1 - loss0) > 1e-3 * loss0
+    with pytest.raises(train.TrainError, match="padding_loss_weight"):
+        train.run(run_dir=str(run), padding_loss_weight=-1.0)
