@@ -766,8 +766,17 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     files = []
     diffusion = wrapper.diffusion
     if wrapper.lora_config is not None:
+        # the engine's format (its get_lora_state_dict; lora_config in the metadata, what its
+        # load_and_apply_loras reads) but in fp32: its save_lora_safetensors halves them, up to 3 %
+        # off per weight — 06's strength slider would not play what was trained
+        from stable_audio_tools.models.lora import get_lora_state_dict
+
+        adapters = {**get_lora_state_dict(diffusion.model), **get_lora_state_dict(diffusion.conditioner)}
+        adapters = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+                    for k, v in adapters.items()}
         with atomic_path(export_dir / "lora.safetensors") as tmp:
-            wrapper.export_lora_safetensors(str(tmp))
+            save_file(adapters, str(tmp), metadata={"lora_config": json.dumps(wrapper.lora_config),
+                                                    "format": "pt", "stablebeat": "05_train export (fp32)"})
         files.append("lora.safetensors")
         if not export_merged:
             (export_dir / "model.safetensors").unlink(missing_ok=True)
@@ -790,8 +799,14 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
             for k, v in wrapper.diffusion_ema.ema_model.state_dict().items():
                 state[f"model.{k}"] = v
     if wrapper.lora_config is None or export_merged:
-        plain = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
-                 for k, v in state.items()}
+        # fp32 CPU tensors as they are (safetensors writes from their memory: no second copy of a
+        # 4.85 GB model); a copy only where a tensor is converted or shares memory with another
+        plain, seen = {}, set()
+        for k, v in state.items():
+            v = v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+            ptr = v.untyped_storage().data_ptr()
+            plain[k] = v.clone() if ptr in seen else v
+            seen.add(ptr)
         with atomic_path(export_dir / "model.safetensors") as tmp:
             save_file(plain, str(tmp), metadata={"format": "pt", "stablebeat": "05_train export"})
         files.append("model.safetensors")
