@@ -23,8 +23,12 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
   atomically, the last ``keep_checkpoints`` kept); running the stage again resumes from the
   newest one (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
 - **export**: ``05_train/export/model.safetensors`` (EMA weights for a full fine-tune; LoRA merged
-  into the base for LoRA) + ``model_config.json`` — what ``load_sao(export_dir)`` and the engine's
-  own loaders read; LoRA runs also write ``lora.safetensors`` (the adapters alone).
+  into the base for LoRA, fp32) + ``model_config.json`` (a custom ``t5_model`` kept as the T5
+  conditioner's ``model_path``); LoRA runs also write ``lora.safetensors`` (the adapters alone, fp32).
+  Load it with ``models.load_sao(export_dir)``. The engine's ``get_pretrained_model`` takes hub ids
+  only; with the engine alone it is ``create_model_from_config(json)`` + ``load_ckpt_state_dict`` +
+  ``load_state_dict(strict=True)`` — which works as is when ``model_path`` is a real T5 folder or hub
+  id, not ``"tiny:<name>"`` (ours).
 - **logs**: loss and learning rate per step to CSV (``05_train/logs/version_N/metrics.csv``),
   TensorBoard when installed, W&B when ``wandb_project`` is set; demo WAVs every ``demo_every``
   steps in ``05_train/demos`` (the card's prompts, generated with ``generate_diffusion_cond``).
@@ -317,6 +321,11 @@ def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: s
 def _lightning():
     import pytorch_lightning as pl
 
+    # trainer.fit(..., weights_only=True) (resume without arbitrary pickles) arrived in Lightning 2.6
+    major_minor = tuple(int(x) for x in re.findall(r"\d+", pl.__version__)[:2])
+    if major_minor < (2, 6):
+        raise TrainError(f"05_train needs pytorch-lightning >= 2.6 (found {pl.__version__}): "
+                         "pip install 'pytorch-lightning>=2.6'")
     return pl
 
 
@@ -663,6 +672,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
 
     wrapper = create_training_wrapper_from_config(cfg, model)
     wrapper.__class__ = Wrapper  # same object, our checkpoint hooks (see Wrapper)
+    trainable = sum(p.numel() for p in wrapper.diffusion.parameters() if p.requires_grad)
     wrapper.stablebeat_info = {"base_model": base_model, "mode": mode,
                                "lora_rank": lora_rank if mode == "lora" else None,
                                "lora_alpha": lora_alpha if mode == "lora" else None,
@@ -713,10 +723,11 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         demo_in_last = demo_every > 0 and prompts and demos.last != trainer.global_step and trainer.global_step > 0
         if demo_in_last:  # a demo of the final weights too
             demos.generate(trainer, wrapper, trainer.global_step)
-        files = export(wrapper, model_config, export_dir, export_merged=export_merged)
+        files = export(wrapper, export_config(model_config, t5_model), export_dir, export_merged=export_merged)
         csvs = sorted(str(p) for p in (stage_dir / "logs").glob("version_*/metrics.csv"))
         summary = {
             "mode": mode, "base_model": base_model, "clips": len(clips), "steps": int(trainer.global_step),
+            "trainable_parameters": int(trainable),
             "epoch": int(trainer.current_epoch), "resumed_from_step": resumed_step,
             "precision": trainer.precision, "window_seconds": round(window / sr, 3), "pre_encoded": enc,
             "median_step_seconds": round(statistics.median(curves.step_seconds), 4) if curves.step_seconds else None,
@@ -749,6 +760,23 @@ def read_curves(csvs) -> list[dict]:
                     step = int(float(row["step"]))
                     by_step[step] = {"step": step, "loss": float(row["loss"]), "lr": float(row["lr"])}
     return [by_step[k] for k in sorted(by_step)]
+
+
+def export_config(model_config: dict, t5_model: str = "") -> dict:
+    """The ``model_config.json`` of an export: the base's, with a custom ``t5_model`` kept.
+
+    A fine-tune trained with another T5 than the config's (``t5_model``) only works with that T5:
+    it is written as each T5 conditioner's ``model_path`` — a local folder as an absolute path
+    (what the engine's own T5 conditioner reads too), a hub id or ``"tiny:<name>"`` as given.
+    """
+    cfg = copy.deepcopy(model_config)
+    if not t5_model:
+        return cfg
+    src = os.path.abspath(os.path.expanduser(t5_model)) if Path(t5_model).expanduser().is_dir() else t5_model
+    for cond in cfg.get("model", {}).get("conditioning", {}).get("configs", []):
+        if cond.get("type") == "t5":
+            cond.setdefault("config", {})["model_path"] = src
+    return cfg
 
 
 def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = True) -> list[str]:

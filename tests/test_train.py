@@ -370,8 +370,11 @@ def test_padding_loss_weight_reaches_the_loss(tmp_path):
     engine logs the loss on real frames (``train/mse_signal``) and on padded ones
     (``train/mse_masked_loss``) beside the loss it trains on (``train/loss``).
     """
+    from stablebeat_utils import models
+
     run = make_run(tmp_path / "run")
-    kw = dict(FAST, sample_seconds=1.5, max_steps=2, checkpoint_every=2, ema=False)
+    t5_dir = str(models.ensure_tiny_models(["t5"])["t5"])  # a custom T5, as a local folder
+    kw = dict(FAST, sample_seconds=1.5, max_steps=2, checkpoint_every=2, ema=False, t5_model=t5_dir)
     rows = {}
     for w in (0.0, 1.0):
         dst = tmp_path / f"run-w{w}"
@@ -379,6 +382,7 @@ def test_padding_loss_weight_reaches_the_loss(tmp_path):
         summary = train.run(run_dir=str(dst), padding_loss_weight=w, **kw)
         rows[w] = _engine_metrics(summary["metrics_csv"])
         assert len(rows[w]) == 2
+    export_t5_and_engine_reload(Path(summary["export_dir"]), t5_dir)
     # same seed: the same batch and noise in both runs at step 1 (the engine's per-region means agree)
     first = {w: rows[w][0] for w in rows}
     for key in ("train/mse_signal", "train/mse_masked_loss"):
@@ -392,3 +396,27 @@ def test_padding_loss_weight_reaches_the_loss(tmp_path):
     assert abs(loss1 - loss0) > 1e-3 * loss0
     with pytest.raises(train.TrainError, match="padding_loss_weight"):
         train.run(run_dir=str(run), padding_loss_weight=-1.0)
+
+
+def export_t5_and_engine_reload(export: Path, t5_dir: str) -> None:
+    """The export keeps the custom T5 and loads with ours (load_sao) and with the engine's functions alone."""
+    import torch
+
+    from stablebeat_utils import compat, models
+
+    compat.apply()
+    from stable_audio_tools.models.factory import create_model_from_config
+    from stable_audio_tools.models.utils import load_ckpt_state_dict
+
+    cfg = json.loads((export / "model_config.json").read_text())
+    t5_conf = [c["config"] for c in cfg["model"]["conditioning"]["configs"] if c["type"] == "t5"]
+    assert t5_conf and all(c["model_path"] == t5_dir for c in t5_conf)
+    ours, _ = models.load_sao(str(export))  # no t5_source needed: the export says which T5
+    engine = create_model_from_config(cfg)  # the engine alone, no path rewriting
+    result = engine.load_state_dict(load_ckpt_state_dict(str(export / "model.safetensors")), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), engine.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    emb_ours, _ = ours.conditioner.conditioners["prompt"](["a trap beat"], "cpu")
+    emb_engine, _ = engine.conditioner.conditioners["prompt"](["a trap beat"], "cpu")
+    torch.testing.assert_close(emb_ours, emb_engine)
