@@ -265,6 +265,52 @@ def _vae_fingerprint(model_config: dict, base_model: str) -> str:
     return hashlib.sha256(f"{base_model}|{model_config.get('sample_rate')}|{pt}".encode()).hexdigest()[:16]
 
 
+def _latent_is_fresh(path: Path, fingerprint: str) -> bool:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return (fh.metadata() or {}).get("vae") == fingerprint
+    except Exception:
+        return False  # unreadable: encode again
+
+
+def latents_todo(clips: list[Clip], latents_dir: Path, fingerprint: str) -> list[Clip]:
+    """The clips whose latents are missing, unreadable or made by another VAE."""
+    return [c for c in clips if not _latent_is_fresh(Path(latents_dir) / f"{c.clip_id}.safetensors", fingerprint)]
+
+
+def _pre_encode_worker(base_model: str, t5_model: str, clips: list[Clip], latents_dir: str, fingerprint: str,
+                       device: str, seed: int, queue) -> None:
+    try:
+        from . import models
+
+        model, _ = models.load_sao(base_model, device="cpu", t5_source=t5_model or None)
+        queue.put(("ok", pre_encode_clips(model, clips, Path(latents_dir), fingerprint, device=device, seed=seed)))
+    except BaseException as exc:  # reported by the parent, with its message
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _pre_encode_in_child(base_model, t5_model, clips, latents_dir, fingerprint, device, seed) -> dict:
+    """:func:`pre_encode_clips` in a fresh (spawned) process: this one never initialises CUDA."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_pre_encode_worker, args=(base_model, t5_model, clips, str(latents_dir), fingerprint,
+                                                        str(device), seed, queue))
+    proc.start()
+    try:
+        status, value = queue.get()
+    finally:
+        proc.join()
+    if status != "ok":
+        raise TrainError(f"pre-encoding (in its own process, {device}) failed: {value}")
+    return value
+
+
 def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: str, device: str = "cpu",
                      seed: int = 0) -> dict:
     """Encode each clip once with the model's VAE into ``latents_dir/<clip_id>.safetensors``.
@@ -489,6 +535,15 @@ def _make_classes():
             super().__init__(**kwargs)
             self.keep = keep
 
+        def on_train_end(self, trainer, pl_module):
+            # the last step is always checkpointed, so a finished run resumes (or extends) from its
+            # end; here, in the process(es) that trained (under DDP by fork the notebook's own
+            # trainer never sees a step)
+            super().on_train_end(trainer, pl_module)
+            last = Path(self.dirpath) / f"step={trainer.global_step}.ckpt"
+            if trainer.global_step > 0 and not last.exists():
+                self._save_checkpoint(trainer, str(last))
+
         def _save_checkpoint(self, trainer, filepath):
             super()._save_checkpoint(trainer, filepath)
             if trainer.is_global_zero:
@@ -661,8 +716,13 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     # data
     if pre_encode:
         latents_dir = stage_dir / "latents"
-        enc = pre_encode_clips(model, clips, latents_dir, _vae_fingerprint(model_config, base_model),
-                               device=device, seed=seed)
+        fingerprint = _vae_fingerprint(model_config, base_model)
+        if str(device).startswith("cuda") and devices != 1 and latents_todo(clips, latents_dir, fingerprint):
+            # several GPUs: Lightning starts its processes by fork (in a notebook) and refuses a
+            # parent whose CUDA is initialised, so the GPU encoding runs in a fresh process
+            enc = _pre_encode_in_child(base_model, t5_model, clips, latents_dir, fingerprint, device, seed)
+        else:
+            enc = pre_encode_clips(model, clips, latents_dir, fingerprint, device=device, seed=seed)
         model.pretransform.to("cpu")
         dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, random_crop, seed)
     else:
@@ -713,24 +773,30 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         enable_checkpointing=True, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(stage_dir),
         gradient_clip_val=None, deterministic=False)
     trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
-    # the last step is always checkpointed, so a finished run resumes (or extends) from its end
-    last = ckpt_dir / f"step={trainer.global_step}.ckpt"
-    if trainer.global_step > 0 and not last.exists():
-        checkpointer._save_checkpoint(trainer, str(last))
 
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
-        demo_in_last = demo_every > 0 and prompts and demos.last != trainer.global_step and trainer.global_step > 0
+        # under DDP by fork (ddp_notebook, what a notebook gets with devices > 1) the training runs
+        # in child processes: this trainer's step and epoch stay 0 and its wrapper gets rank 0's
+        # weights back; the step and epoch are then the newest checkpoint's (the last step is
+        # always checkpointed), the step times the CSV log's
+        steps, epoch = int(trainer.global_step), int(trainer.current_epoch)
+        newest = newest_checkpoint(ckpt_dir)
+        if steps == 0 and newest is not None:
+            steps = int(_CKPT_RE.match(newest.name).group(1))
+            epoch = int(torch.load(str(newest), map_location="cpu", mmap=True, weights_only=True).get("epoch", 0))
+        step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")
+        demo_in_last = demo_every > 0 and prompts and demos.last != steps and steps > 0
         if demo_in_last:  # a demo of the final weights too
-            demos.generate(trainer, wrapper, trainer.global_step)
+            demos.generate(trainer, wrapper, steps)
         files = export(wrapper, export_config(model_config, t5_model), export_dir, export_merged=export_merged)
         csvs = sorted(str(p) for p in (stage_dir / "logs").glob("version_*/metrics.csv"))
         summary = {
-            "mode": mode, "base_model": base_model, "clips": len(clips), "steps": int(trainer.global_step),
+            "mode": mode, "base_model": base_model, "clips": len(clips), "steps": steps,
             "trainable_parameters": int(trainable),
-            "epoch": int(trainer.current_epoch), "resumed_from_step": resumed_step,
+            "epoch": epoch, "resumed_from_step": resumed_step, "devices": devices,
             "precision": trainer.precision, "window_seconds": round(window / sr, 3), "pre_encoded": enc,
-            "median_step_seconds": round(statistics.median(curves.step_seconds), 4) if curves.step_seconds else None,
+            "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
             "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
                                    if torch.cuda.is_available() and str(wrapper.device).startswith("cuda") else None),
             "last_loss": _last_loss(csvs), "checkpoints": sorted(p.name for p in ckpt_dir.glob("step=*.ckpt")),
@@ -740,6 +806,18 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         }
         run_.mark_done(STAGE, params=params, **summary)
     return summary
+
+
+def _session_step_seconds(logs_dir: Path) -> list[float]:
+    """Seconds per step of the newest session, from its CSV log (``version_N``, highest N)."""
+    import csv
+
+    versions = sorted((int(m.group(1)), p) for p in Path(logs_dir).glob("version_*/metrics.csv")
+                      if (m := re.search(r"version_(\d+)", str(p))))
+    if not versions:
+        return []
+    with open(versions[-1][1], newline="", encoding="utf-8") as fh:
+        return [float(r["step_seconds"]) for r in csv.DictReader(fh) if r.get("step_seconds") not in (None, "")]
 
 
 def _last_loss(csvs: list[str]) -> float | None:

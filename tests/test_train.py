@@ -420,3 +420,67 @@ def export_t5_and_engine_reload(export: Path, t5_dir: str) -> None:
     emb_ours, _ = ours.conditioner.conditioners["prompt"](["a trap beat"], "cpu")
     emb_engine, _ = engine.conditioner.conditioners["prompt"](["a trap beat"], "cpu")
     torch.testing.assert_close(emb_ours, emb_engine)
+
+
+def test_two_processes_ddp_by_fork_summary_export_and_resume(tmp_path):
+    """devices=2 on CPU (gloo), started by fork as a notebook does (``ddp_notebook``): killed, resumed.
+
+    The notebook's own trainer never trains under fork; the summary must still carry the steps and
+    step time, the export must be the EMA weights the ranks trained, and a kill of the whole
+    process group (notebook + ranks) must resume from the newest checkpoint.
+    """
+    from safetensors.torch import load_file
+
+    run = make_run(tmp_path / "run")
+    ckpt_dir = run / "05_train" / "checkpoints"
+    ddp = dict(accelerator="cpu", devices=2, strategy="ddp_notebook")
+    common = dict(checkpoint_every=1, keep_checkpoints=2, batch_size=1, sample_seconds=0.1, demo_every=0, workers=0,
+                  log_every=1, **ddp)
+    code = ("from stablebeat_utils import train; "
+            f"train.run(run_dir={str(run)!r}, max_steps=200, **{common!r})")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            newest = train.newest_checkpoint(ckpt_dir)
+            if newest is not None and int(newest.stem.split("=")[1]) >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training subprocess ended early: {proc.stderr.read().decode()[-3000:]}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint at step 2 within 300 s")
+        os.killpg(proc.pid, signal.SIGKILL)  # the notebook process and both ranks
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    step = int(train.newest_checkpoint(ckpt_dir).stem.split("=")[1])
+    assert not (run / "05_train" / "stage.json").exists()
+
+    summary = train.run(run_dir=str(run), max_steps=step + 2, **common)
+    assert summary["resumed_from_step"] == step and summary["steps"] == step + 2 and summary["devices"] == 2
+    assert summary["median_step_seconds"] and summary["median_step_seconds"] > 0
+    assert summary["checkpoints"] == [f"step={step + 1}.ckpt", f"step={step + 2}.ckpt"]
+    record = json.loads((run / "05_train" / "stage.json").read_text())
+    assert record["summary"]["steps"] == step + 2
+    after = _checkpoint(ckpt_dir / f"step={step + 2}.ckpt")
+    assert after["global_step"] == step + 2 and int(after["state_dict"]["diffusion_ema.step"]) == step + 2
+    # the export is the EMA weights of the last step, as the ranks trained them
+    exported = load_file(str(Path(summary["export_dir"]) / "model.safetensors"))
+    ema = {k[len("diffusion_ema.ema_model."):]: v for k, v in after["state_dict"].items()
+           if k.startswith("diffusion_ema.ema_model.")}
+    assert ema
+    for k, v in ema.items():
+        assert torch_equal(exported[f"model.{k}"], v), k
+    online = {k[len("diffusion.model."):]: v for k, v in after["state_dict"].items() if k.startswith("diffusion.model.")}
+    assert any(not torch_equal(exported[f"model.{k}"], v) for k, v in online.items())  # EMA, not the online weights
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.float(), b.float()))
