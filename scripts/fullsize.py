@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 MARK = "FULLSIZE-STEP "
-GB = 2**30
+GIB = 2**30
 
 
 # -------------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def step(name: str, **info):
     t0 = time.perf_counter()
     yield info
     row = {"step": name, "seconds": round(time.perf_counter() - t0, 1),
-           "peak_rss_gb": round(_status_kb("VmHWM") / 2**20, 2), "peak_since": "step" if reset else "process start",
+           "peak_rss_gib": round(_status_kb("VmHWM") / 2**20, 2), "peak_since": "step" if reset else "process start",
            **info}
     print(MARK + json.dumps(row), flush=True)
 
@@ -107,7 +107,7 @@ def phase_build(work: Path, t5: str) -> None:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(base / "model.safetensors"), metadata={"format": "pt"})
         (base / "model_config.json").write_text(json.dumps(cfg, indent=4) + "\n", encoding="utf-8")
-        info["checkpoint_gb"] = round((base / "model.safetensors").stat().st_size / GB, 2)
+        info["checkpoint_gib"] = round((base / "model.safetensors").stat().st_size / GIB, 2)
         info["keys"] = len(state)
 
 
@@ -244,7 +244,9 @@ def _run_phase(name: str, work: Path, t5: str) -> tuple[list[dict], float, float
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    peak = usage.ru_maxrss / 2**20  # kB on Linux
+    # the kernel's ru_maxrss is the same high-water mark the steps reset: the phase's peak is the
+    # highest of the steps' peaks and what followed the last reset
+    peak = max([usage.ru_maxrss / 2**20] + [r["peak_rss_gib"] for r in rows if "peak_rss_gib" in r])
     if proc.returncode != 0:
         print("\n".join(tail), file=sys.stderr)
         raise SystemExit(f"fullsize: phase {name!r} failed (exit {proc.returncode})")
@@ -257,7 +259,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--baseline", action="store_true", help="also time the old loader (twice the model in RAM)")
     ap.add_argument("--max-seconds", type=float, default=720.0)
-    ap.add_argument("--max-rss-gb", type=float, default=16.0)
+    ap.add_argument("--max-rss-gb", type=float, default=16.0, help="budget in GB (1e9 bytes)")
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--t5", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -279,22 +281,23 @@ def main(argv=None) -> int:
             print(f"[{name}]", flush=True)
             rows, wall, peak = _run_phase(name, work, t5)
             peak_all = max(peak_all, peak)
-            report.append({"phase": name, "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak, 2), "steps": rows})
-            print(f"  phase {name}: {wall:.1f} s wall (process start included), peak RSS {peak:.2f} GB", flush=True)
+            report.append({"phase": name, "wall_seconds": round(wall, 1), "peak_rss_gib": round(peak, 2), "steps": rows})
+            print(f"  phase {name}: {wall:.1f} s wall (process start included), peak RSS {peak:.2f} GiB", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - t_all
-    print(f"fullsize: total {total:.0f} s (budget {args.max_seconds:.0f} s), peak RSS {peak_all:.2f} GB "
-          f"(budget {args.max_rss_gb:g} GB); text encoder: {t5_note}")
+    peak_gb = peak_all * GIB / 1e9
+    print(f"fullsize: total {total:.0f} s (budget {args.max_seconds:.0f} s), peak RSS {peak_all:.2f} GiB = "
+          f"{peak_gb:.2f} GB (budget {args.max_rss_gb:g} GB); text encoder: {t5_note}")
     if args.keep:
         (work / "fullsize.json").write_text(json.dumps({"t5": t5, "total_seconds": round(total, 1),
-                                                        "peak_rss_gb": round(peak_all, 2), "phases": report}, indent=1))
+                                                        "peak_rss_gib": round(peak_all, 2), "phases": report}, indent=1))
     over = []
     if total > args.max_seconds:
         over.append(f"{total:.0f} s > {args.max_seconds:.0f} s")
-    if peak_all > args.max_rss_gb:
-        over.append(f"peak RSS {peak_all:.2f} GB > {args.max_rss_gb:g} GB")
+    if peak_gb > args.max_rss_gb:
+        over.append(f"peak RSS {peak_gb:.2f} GB > {args.max_rss_gb:g} GB")
     if over:
         print("fullsize: OVER BUDGET: " + "; ".join(over), file=sys.stderr)
         return 1

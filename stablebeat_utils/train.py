@@ -18,7 +18,11 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
   exported with the engine's ``save_lora_safetensors`` (loadable with ``load_and_apply_loras``).
 - **pre-encoded latents** (``pre_encode=True``): every clip is encoded once by the VAE into
   ``05_train/latents/<clip_id>.safetensors`` (latents + conditioning); training then runs the
-  wrapper with ``pre_encoded=True`` and the VAE never runs in the training loop.
+  wrapper with ``pre_encoded=True`` and the VAE never runs in the training loop (it still sits on
+  the GPU: stable-audio-tools 0.0.20's training step moves it there every step — 0.62 GB for SAO).
+- **several GPUs** (``devices`` > 1): in a notebook Lightning starts the ranks by fork
+  (``ddp_notebook``), so nothing here initialises CUDA before ``fit`` (pre-encoding then runs in a
+  spawned process); the ranks checkpoint the last step, and the summary reads the step from it.
 - **checkpoints**: every ``checkpoint_every`` steps into ``05_train/checkpoints`` (written
   atomically, the last ``keep_checkpoints`` kept); running the stage again resumes from the
   newest one (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
