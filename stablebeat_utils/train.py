@@ -261,12 +261,28 @@ def _vae_fingerprint(model_config: dict, base_model: str) -> str:
     return hashlib.sha256(f"{base_model}|{model_config.get('sample_rate')}|{pt}".encode()).hexdigest()[:16]
 
 
+def compact_latents(lat):
+    """Latents as stored on disk: float16 (half the bytes of float32), float32 where fp16 would overflow.
+
+    float16 rather than bfloat16: the same 2 bytes, but 11 significant bits instead of 8, so ~8x
+    less rounding (relative error <= 2^-11 vs 2^-8) for values in fp16's range (|x| < 65504; VAE
+    latents are O(1)). Measured on the tiny model in docs/benchmarks.md (bench_latent_dtype.py).
+    LatentDataset reads either dtype (older float32 files stay valid) and trains in float32.
+    """
+    import torch
+
+    lat = lat.detach().float().cpu().contiguous()
+    half = lat.to(torch.float16)
+    return half if bool(torch.isfinite(half).all()) else lat
+
+
 def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: str, device: str = "cpu",
                      seed: int = 0) -> dict:
     """Encode each clip once with the model's VAE into ``latents_dir/<clip_id>.safetensors``.
 
     Stores the *unscaled* latents (as the engine's ``pre_encoded`` path expects: it divides by the
-    pretransform's scale itself) with the clip's conditioning fields as metadata. A file with the
+    pretransform's scale itself), in float16 (:func:`compact_latents`), with the clip's
+    conditioning fields as metadata. A file with the
     same VAE fingerprint is kept (resumable); each write is atomic. Sampling from the VAE posterior
     is seeded per clip, so the latents do not depend on the order or on a restart.
     """
@@ -301,11 +317,12 @@ def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: s
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(hashlib.sha256(f"{seed}:{clip.clip_id}".encode()).hexdigest()[:8], 16))
             lat = pt.encode(x) * pt.scale
+        stored = compact_latents(lat[0])
         meta = {"vae": fingerprint, "clip_id": clip.clip_id, "prompt": clip.prompt, "start": repr(clip.start),
-                "duration": repr(clip.duration), "sample_rate": str(sr),
+                "duration": repr(clip.duration), "sample_rate": str(sr), "dtype": str(stored.dtype),
                 "source_duration": "" if clip.source_duration is None else repr(clip.source_duration)}
         with atomic_path(path) as tmp:
-            save_file({"latents": lat[0].float().cpu().contiguous()}, str(tmp), metadata=meta)
+            save_file({"latents": stored}, str(tmp), metadata=meta)
         encoded += 1
     return {"encoded": encoded, "reused": done}
 

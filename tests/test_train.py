@@ -333,3 +333,56 @@ def test_bad_parameters_fail_before_work(tmp_path):
         train.run(run_dir=str(tmp_path), mode="half")
     with pytest.raises(train.TrainError, match="04_prompts"):
         train.run(run_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------
+# issue 16: FLAC clips, compact latents, seconds_start under latent crops
+
+
+def test_training_reads_flac_clips_like_wav(tmp_path):
+    """01_segment's clip_format=flac: the training set decodes the FLAC clip to the WAV clip's samples."""
+    run = make_run(tmp_path, n_sources=1, starts=(2.0,), seconds=(0.5,))
+    clip = train.read_clips(run)[0]
+    pcm, _ = audio.load(clip.path)
+    audio.write_clip(clip.path, pcm, SR, "wav")  # 16-bit, as 01_segment writes
+    flac = clip.path.with_suffix(".flac")
+    audio.write_clip(flac, pcm, SR, "flac")
+    x_wav, md_wav = train.ClipDataset([clip], SR, SR, random_crop=False)[0]
+    x_flac, md_flac = train.ClipDataset([train.Clip(**{**clip.__dict__, "path": flac})], SR, SR, random_crop=False)[0]
+    assert np.array_equal(x_wav.numpy(), x_flac.numpy()) and md_wav["seconds_start"] == md_flac["seconds_start"]
+
+
+def test_compact_latents_are_fp16_unless_they_would_overflow():
+    import torch
+
+    lat = torch.randn(64, 100) * 3
+    half = train.compact_latents(lat)
+    assert half.dtype == torch.float16
+    rel = float((half.float() - lat).abs().max() / lat.abs().max())
+    assert rel < 2 ** -11  # fp16 rounding, not bf16's 2^-8
+    big = lat.clone()
+    big[0, 0] = 1e6
+    assert train.compact_latents(big).dtype == torch.float32  # never inf on disk
+
+
+def test_latent_crop_seconds_start_is_clip_start_plus_k_frames(tmp_path):
+    """A crop at offset k latent frames gives seconds_start = clip start + k * downsampling / sr."""
+    import torch
+    from safetensors.torch import save_file
+
+    run = make_run(tmp_path, n_sources=1, starts=(3.0,), seconds=(0.9,))
+    clip = train.read_clips(run)[0]
+    ratio, frames_have, window = 2048, 40, 8
+    lat = torch.arange(64 * frames_have, dtype=torch.float32).reshape(64, frames_have)  # column k holds k
+    (tmp_path / "lat").mkdir()
+    save_file({"latents": train.compact_latents(lat / 1000)}, str(tmp_path / "lat" / f"{clip.clip_id}.safetensors"))
+    ds = train.LatentDataset([clip], tmp_path / "lat", window, ratio / SR, random_crop=True, seed=1)
+    ks = set()
+    for _ in range(12):
+        x, md = ds[0]
+        assert x.dtype == torch.float32 and x.shape == (64, window)
+        k = round(float(x[0, 0]) * 1000)  # which latent frame the window starts on
+        np.testing.assert_allclose(x[0].numpy() * 1000, np.arange(k, k + window), atol=0.05)
+        assert md["seconds_start"] == pytest.approx(clip.start + k * ratio / SR, abs=1e-9)
+        ks.add(k)
+    assert len(ks) > 2
