@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from . import audio as audio_io
-from .runs import JsonlLog, Run, atomic_path, atomic_write_json, read_jsonl
+from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, read_jsonl
 
 STAGE = "05_train"
 MODES = ("full", "lora")
@@ -337,15 +337,87 @@ def _lightning():
     return pl
 
 
-def newest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint with the highest step in ``ckpt_dir`` (temporary files ignored)."""
-    best = None
-    if ckpt_dir.is_dir():
-        for p in ckpt_dir.iterdir():
-            m = _CKPT_RE.match(p.name)
-            if m and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), p)
-    return best[1] if best else None
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint, or None. ``torch.save`` writes a zip whose central
+    directory comes last: a copy cut by a disconnect (a Drive sync, a full disk) has none."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"incomplete or unreadable ({type(exc).__name__}: {exc})"
+    if not any(n.endswith("data.pkl") for n in names):
+        return "not a torch checkpoint (no data.pkl inside)"
+    return None
+
+
+def newest_checkpoint(*ckpt_dirs: Path, quiet: bool = False) -> Path | None:
+    """The complete checkpoint with the highest step in any of ``ckpt_dirs`` (temporary files ignored).
+
+    With the same step in several folders the first folder wins (the fast local copy). A checkpoint
+    that is cut short (a disconnect mid-write or mid-copy) is skipped with a message naming it, and
+    the previous complete one is used.
+    """
+    found = []
+    for rank, ckpt_dir in enumerate(ckpt_dirs):
+        ckpt_dir = Path(ckpt_dir)
+        if ckpt_dir.is_dir():
+            for p in ckpt_dir.iterdir():
+                m = _CKPT_RE.match(p.name)
+                if m:
+                    found.append((-int(m.group(1)), rank, p))
+    for _, _, p in sorted(found):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        if not quiet:
+            print(f"{STAGE}: skipping checkpoint {p}: {problem} — resuming from the previous complete one")
+    return None
+
+
+def local_checkpoint_folder(local_checkpoint_dir: str, run_root: Path) -> Path | None:
+    """This run's folder under ``local_checkpoint_dir`` (one folder per run folder), or None when unset."""
+    if not local_checkpoint_dir:
+        return None
+    key = hashlib.sha256(str(Path(run_root).resolve()).encode()).hexdigest()[:10]
+    return Path(local_checkpoint_dir).expanduser() / f"{Path(run_root).name}-{key}"
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the ``keep`` highest-step ``step=N.ckpt`` files of ``folder``; remove temp files of cut writes."""
+    if not folder.is_dir():
+        return
+    found = sorted((int(_CKPT_RE.match(p.name).group(1)), p) for p in folder.iterdir() if _CKPT_RE.match(p.name))
+    for _, old in found[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def mirror_checkpoint(path: Path, mirror_dir: Path, keep: int) -> Path | None:
+    """Copy ``path`` atomically into ``mirror_dir`` (temp file, fsync, rename), then prune it to ``keep``.
+
+    Returns the mirrored path, or None with a warning when the copy fails (the run folder's disk
+    is full, read-only, or a Drive that went away): training goes on from the local copy and the
+    next checkpoint tries again. Nothing already mirrored is touched by a failed copy.
+    """
+    import shutil
+    import sys
+
+    try:
+        mirror_dir.mkdir(parents=True, exist_ok=True)
+        target = mirror_dir / path.name
+        with atomic_path(target) as tmp:
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+        prune_checkpoints(mirror_dir, keep)
+        return target
+    except (OSError, RunFolderError) as exc:
+        print(f"{STAGE}: WARNING could not copy checkpoint {path.name} to {mirror_dir} "
+              f"({getattr(exc, 'strerror', None) or exc}). Training goes on; the checkpoint is kept in {path.parent} and the "
+              "next checkpoint tries the copy again. Free space / remount Drive.", file=sys.stderr)
+        return None
 
 
 def _make_classes():
@@ -363,11 +435,19 @@ def _make_classes():
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         """Checkpoints written to a temporary file and renamed (a kill never leaves half a file);
-        read back with ``torch.load(weights_only=True)`` (no arbitrary pickles)."""
+        read back with ``torch.load(weights_only=True)`` (no arbitrary pickles). With ``mirror_dir``
+        the file is first written to fast local disk, then copied atomically to ``mirror_dir`` (the
+        run folder, e.g. on Drive) where the newest ``keep`` are kept."""
+
+        def __init__(self, mirror_dir: Path | None = None, keep: int = 1):
+            super().__init__()
+            self.mirror_dir, self.keep = mirror_dir, keep
 
         def save_checkpoint(self, checkpoint, path, storage_options=None):
             with atomic_path(path) as tmp:
                 torch.save(checkpoint, tmp)
+            if self.mirror_dir is not None and Path(path).parent.resolve() != Path(self.mirror_dir).resolve():
+                mirror_checkpoint(Path(path), Path(self.mirror_dir), self.keep)
 
         def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=True):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -443,12 +523,23 @@ def _make_classes():
             self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
             self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
             self._demo_log = None
+            self.last_epoch = -1
+
+        def on_train_epoch_end(self, trainer, module):
+            # at least one demo per epoch: a small set finishes epochs in fewer than ``every`` steps
+            step = trainer.global_step
+            if self.every <= 0 or self.last_epoch == trainer.current_epoch or step == self.last or step == 0:
+                return
+            if trainer.is_global_zero:
+                self.last = step
+                self.generate(trainer, module, step)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             step = trainer.global_step
-            if self.every <= 0 or step % self.every or step == self.last or not trainer.is_global_zero:
+            if self.every <= 0 or step == 0 or step % self.every or step == self.last or not trainer.is_global_zero:
                 return
             self.last = step
+            self.last_epoch = trainer.current_epoch
             self.generate(trainer, module, step)
 
         @torch.no_grad()
@@ -487,23 +578,39 @@ def _make_classes():
                 module.train(was_training)
 
     class KeepNewest(pl.callbacks.ModelCheckpoint):
-        """Save every N steps; then keep the ``keep`` highest-step files of the folder.
+        """Save every N steps, every ``minutes`` of training and at the end of every epoch (so a small
+        set, with fewer steps than N per run, still has one per epoch); then keep the ``keep``
+        highest-step files of the folder.
 
         Pruning by what is on disk (not by Lightning's in-memory list, which a resumed run does
         not restore) also clears checkpoints left behind by a killed session.
         """
 
-        def __init__(self, keep: int, **kwargs):
+        def __init__(self, keep: int, minutes: float = 0.0, **kwargs):
             super().__init__(**kwargs)
-            self.keep = keep
+            self.keep, self.minutes = keep, float(minutes)
+            self.saved_step, self.saved_at = -1, time.monotonic()
 
         def _save_checkpoint(self, trainer, filepath):
             super()._save_checkpoint(trainer, filepath)
+            self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
             if trainer.is_global_zero:
-                found = sorted((int(_CKPT_RE.match(p.name).group(1)), p) for p in Path(self.dirpath).iterdir()
-                               if _CKPT_RE.match(p.name))
-                for _, old in found[:-self.keep]:
-                    old.unlink(missing_ok=True)
+                prune_checkpoints(Path(self.dirpath), self.keep)
+
+        def _save_now(self, trainer):
+            if trainer.global_step > 0 and trainer.global_step != self.saved_step:
+                self._save_checkpoint(trainer, str(Path(self.dirpath) / f"step={trainer.global_step}.ckpt"))
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            if self.minutes > 0 and trainer.global_step != self.saved_step:
+                due = time.monotonic() - self.saved_at >= self.minutes * 60
+                if trainer.strategy.broadcast(due):  # every rank takes the same decision
+                    self._save_now(trainer)
+
+        def on_train_epoch_end(self, trainer, module):
+            super().on_train_epoch_end(trainer, module)
+            self._save_now(trainer)
 
     return AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest
 
@@ -584,6 +691,9 @@ def _validate(p: dict) -> None:
     need(p["sample_seconds"] >= 0, "sample_seconds must be >= 0 (0 = the model's own window)")
     need(p["lora_rank"] >= 1, "lora_rank must be >= 1")
     need(p["workers"] >= 0, "workers must be >= 0")
+    need(isinstance(p["grad_accum"], int) and p["grad_accum"] >= 1,
+         "grad_accum must be a whole number >= 1 (batches per optimizer step)")
+    need(p["checkpoint_minutes"] >= 0, "checkpoint_minutes must be >= 0 (0 = by steps and epochs only)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,7 +707,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         devices: int = 1, strategy: str = "auto", workers: int = 0, checkpoint_every: int = 2,
         keep_checkpoints: int = 2, demo_every: int = 4, num_demos: int = 1, demo_steps: int = 4,
         demo_cfg: float = 7.0, demo_seconds: float = 2.0, pre_encode: bool = False, log_every: int = 1,
-        wandb_project: str = "", seed: int = 0, export_merged: bool = True) -> dict:
+        wandb_project: str = "", seed: int = 0, export_merged: bool = True, grad_accum: int = 1,
+        checkpoint_minutes: float = 0.0, local_checkpoint_dir: str = "") -> dict:
     """Fine-tune (or resume fine-tuning) SAO on ``RUN_DIR/04_prompts``; export; return a summary.
 
     ``max_steps`` > 0 stops after that many optimizer steps (counted across resumes); otherwise
@@ -607,6 +718,15 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     after a kill (or with a larger ``max_steps``/``epochs``) it resumes from the newest checkpoint.
     A resumed run continues the checkpoint's optimizer and schedule, so a changed ``lr`` only
     applies to a new ``run_dir`` (changed model/mode settings are refused).
+
+    ``grad_accum``: optimizer steps every ``grad_accum`` batches (Lightning's
+    ``accumulate_grad_batches``): the effective batch is ``batch_size * grad_accum * devices``, so
+    the card's 16 holds on a smaller GPU (steps, ``checkpoint_every`` and ``demo_every`` count
+    optimizer steps). ``checkpoint_minutes`` > 0 also checkpoints every that many minutes, and
+    every epoch ends with one. ``local_checkpoint_dir`` (e.g. ``/content/stablebeat_checkpoints``
+    on Colab): checkpoints are written there first (fast local disk) and copied atomically into
+    ``05_train/checkpoints`` (Drive), ``keep_checkpoints`` in each; resume takes the newest complete
+    checkpoint of either folder (a copy cut by a disconnect is skipped, named).
     """
     params = {k: v for k, v in locals().items()}
     _validate(params)
@@ -629,9 +749,12 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
 
     AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest = _make_classes()
     ckpt_dir = stage_dir / "checkpoints"
-    for stale in ckpt_dir.glob(".step=*.tmp.ckpt"):  # a write cut by a kill (never renamed into place)
-        stale.unlink(missing_ok=True)
-    resume = newest_checkpoint(ckpt_dir)
+    local_dir = local_checkpoint_folder(local_checkpoint_dir, run_.root)
+    ckpt_dirs = [d for d in (local_dir, ckpt_dir) if d is not None]
+    for d in ckpt_dirs:
+        for stale in d.glob(".step=*.tmp.ckpt"):  # a write cut by a kill (never renamed into place)
+            stale.unlink(missing_ok=True)
+    resume = newest_checkpoint(*ckpt_dirs)
     resumed_step = int(_CKPT_RE.match(resume.name).group(1)) if resume is not None else None
     # a resumed session draws new crops, noise and shuffles (not a replay of the first session's)
     session_seed = seed + (resumed_step or 0)
@@ -680,7 +803,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
-    checkpointer = KeepNewest(keep_checkpoints, dirpath=str(ckpt_dir), filename="step={step}",
+    checkpointer = KeepNewest(keep_checkpoints, minutes=checkpoint_minutes, dirpath=str(local_dir or ckpt_dir),
+                              filename="step={step}",
                               every_n_train_steps=checkpoint_every, save_top_k=-1,
                               auto_insert_metric_name=False, save_on_train_epoch_end=False)
     curves = CurveLogger()
@@ -705,12 +829,14 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         accelerator=accelerator, devices=devices, strategy=strategy,
         precision=pick_precision(precision, device, devices),
         max_epochs=epochs if max_steps <= 0 else -1, max_steps=max_steps if max_steps > 0 else -1,
-        callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], log_every_n_steps=max(1, log_every),
+        accumulate_grad_batches=grad_accum, callbacks=callbacks, logger=loggers,
+        plugins=[AtomicCheckpointIO(ckpt_dir if local_dir is not None else None, keep_checkpoints)],
+        log_every_n_steps=max(1, log_every),
         enable_checkpointing=True, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(stage_dir),
         gradient_clip_val=None, deterministic=False)
     trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
     # the last step is always checkpointed, so a finished run resumes (or extends) from its end
-    last = ckpt_dir / f"step={trainer.global_step}.ckpt"
+    last = Path(checkpointer.dirpath) / f"step={trainer.global_step}.ckpt"
     if trainer.global_step > 0 and not last.exists():
         checkpointer._save_checkpoint(trainer, str(last))
 
@@ -723,6 +849,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         csvs = sorted(str(p) for p in (stage_dir / "logs").glob("version_*/metrics.csv"))
         summary = {
             "mode": mode, "base_model": base_model, "clips": len(clips), "steps": int(trainer.global_step),
+            "effective_batch": batch_size * grad_accum * max(1, int(trainer.world_size)),
             "epoch": int(trainer.current_epoch), "resumed_from_step": resumed_step,
             "precision": trainer.precision, "window_seconds": round(window / sr, 3), "pre_encoded": enc,
             "median_step_seconds": round(statistics.median(curves.step_seconds), 4) if curves.step_seconds else None,

@@ -386,3 +386,86 @@ def test_latent_crop_seconds_start_is_clip_start_plus_k_frames(tmp_path):
         assert md["seconds_start"] == pytest.approx(clip.start + k * ratio / SR, abs=1e-9)
         ks.add(k)
     assert len(ks) > 2
+
+
+def _fake_ckpt(path: Path, step: int) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "w": torch.zeros(1000)}, path)
+    return path
+
+
+def test_newest_complete_checkpoint_wins_wherever_it_is(tmp_path, capsys):
+    local, drive = tmp_path / "local", tmp_path / "drive"
+    _fake_ckpt(drive / "step=2.ckpt", 2)
+    _fake_ckpt(drive / "step=6.ckpt", 6)
+    _fake_ckpt(local / "step=4.ckpt", 4)
+    assert train.newest_checkpoint(local, drive) == drive / "step=6.ckpt"
+    _fake_ckpt(local / "step=6.ckpt", 6)
+    assert train.newest_checkpoint(local, drive) == local / "step=6.ckpt"  # same step: the local copy
+    # a disconnect cut the newest copies: skipped by name, the previous complete one is used
+    for p in (drive / "step=6.ckpt", local / "step=6.ckpt"):
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    assert train.newest_checkpoint(local, drive) == local / "step=4.ckpt"
+    out = capsys.readouterr().out
+    assert f"skipping checkpoint {drive / 'step=6.ckpt'}" in out and "incomplete" in out
+    (local / "step=8.ckpt").write_bytes(b"")  # an empty file with a checkpoint's name
+    assert train.newest_checkpoint(local, drive) == local / "step=4.ckpt"
+
+
+def test_mirror_to_a_vanished_or_full_drive_warns_and_keeps_what_was_there(tmp_path, capsys, monkeypatch):
+    import errno
+
+    src = _fake_ckpt(tmp_path / "local" / "step=3.ckpt", 3)
+    drive = tmp_path / "drive"
+    _fake_ckpt(drive / "ckpts" / "step=1.ckpt", 1)
+    assert train.mirror_checkpoint(src, drive / "ckpts", keep=1) == drive / "ckpts" / "step=3.ckpt"
+    assert sorted(p.name for p in (drive / "ckpts").iterdir()) == ["step=3.ckpt"]
+    # Drive unmounted: the folder is gone (a file stands where the mount was)
+    import shutil
+    shutil.rmtree(drive)
+    drive.write_text("not a folder any more")
+    src2 = _fake_ckpt(tmp_path / "local" / "step=4.ckpt", 4)
+    assert train.mirror_checkpoint(src2, drive / "ckpts", keep=1) is None
+    err = capsys.readouterr().err
+    assert "could not copy checkpoint step=4.ckpt" in err and "Training goes on" in err
+    # a full disk mid-copy: nothing half-written is left, the older copy stays
+    drive.unlink()
+    _fake_ckpt(drive / "ckpts" / "step=3.ckpt", 3)
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert train.mirror_checkpoint(src2, drive / "ckpts", keep=1) is None
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(p.name for p in (drive / "ckpts").iterdir()) == ["step=3.ckpt"]
+    assert "no space left" in capsys.readouterr().err.lower()
+
+
+def test_accumulation_epoch_checkpoints_local_first_and_resume_past_a_cut_copy(tmp_path, capsys):
+    """grad_accum=2: one optimizer step per 2 batches; a checkpoint at every epoch's end even when
+    checkpoint_every is far away; written locally, mirrored to the run folder; a cut newest copy is
+    skipped and the run resumes from the previous complete one."""
+    run = make_run(tmp_path / "run")  # 4 clips, batch 2: 2 batches = 1 optimizer step per epoch
+    local = tmp_path / "local_disk"
+    kw = dict(FAST, grad_accum=2, checkpoint_every=1000, keep_checkpoints=2, local_checkpoint_dir=str(local),
+              max_steps=0)
+    summary = train.run(run_dir=str(run), epochs=2, **kw)
+    assert summary["steps"] == 2 and summary["effective_batch"] == 4
+    drive = run / "05_train" / "checkpoints"
+    (local_run,) = list(local.iterdir())
+    assert sorted(p.name for p in local_run.iterdir()) == ["step=1.ckpt", "step=2.ckpt"]
+    assert sorted(p.name for p in drive.iterdir()) == ["step=1.ckpt", "step=2.ckpt"]
+    assert (drive / "step=2.ckpt").read_bytes() == (local_run / "step=2.ckpt").read_bytes()
+    # a new Colab machine (local disk empty) and a copy cut by a disconnect
+    import shutil
+    shutil.rmtree(local)
+    p = drive / "step=2.ckpt"
+    p.write_bytes(p.read_bytes()[:1000])
+    summary = train.run(run_dir=str(run), epochs=3, **kw)
+    assert "skipping checkpoint" in capsys.readouterr().out
+    assert summary["resumed_from_step"] == 1 and summary["steps"] == 3
+    assert train.checkpoint_problem(drive / "step=3.ckpt") is None
