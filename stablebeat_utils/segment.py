@@ -670,6 +670,13 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     crashed = {r["clip_id"] for r in log.rows() if r.get("reason") == CRASHED}
     if run_obj.is_done(STAGE, params) and had_rows and not crashed:
         return run_obj.stage_record(STAGE)["summary"]
+    # the storage plan: printed, kept in RUN_DIR/storage_plan.json, a STOP before any clip when it won't fit
+    from . import storage
+    plan = storage.segment_plan(run_obj.root, [in_dir / s.rel for s in sources if s.kind == "file"],
+                                segments_per_track, float(min_seconds), float(max_seconds), clip_format)
+    print(plan.text())
+    storage.record(run_obj.root, plan)
+    storage.refuse(plan)
     run_obj.clear_done(STAGE)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "config.json", config)

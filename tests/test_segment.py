@@ -358,3 +358,21 @@ def test_flac_clips_decode_like_wav_and_a_changed_format_starts_over(reference, 
         assert np.array_equal(a, b), cid
     with pytest.raises(segment.SegmentError, match="clip_format"):
         segment.run(run_dir=tmp_path / "x", input_dir=beats_dir, workers=1, clip_format="mp3", progress=False)
+
+
+def test_a_run_folder_too_small_stops_before_any_clip_and_names_flac(beats_dir, tmp_path, monkeypatch, capsys):
+    from collections import namedtuple
+
+    from stablebeat_utils import storage
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 90_000_000, 90_000_000))
+    run_dir = tmp_path / "run"
+    with pytest.raises(storage.StorageError) as err:
+        segment.run(run_dir=run_dir, input_dir=beats_dir, workers=1, progress=False)
+    msg = str(err.value)
+    assert "STOP" in msg and "clip_format='flac'" in msg and "free" in msg
+    assert not (run_dir / "01_segment" / "clips").exists()  # nothing written
+    plan = json.loads((run_dir / "storage_plan.json").read_text())["01_segment"]
+    assert plan["fits"] is False and plan["facts"]["sources"] >= 10
+    assert "storage plan" in capsys.readouterr().out
