@@ -469,3 +469,50 @@ def test_accumulation_epoch_checkpoints_local_first_and_resume_past_a_cut_copy(t
     assert "skipping checkpoint" in capsys.readouterr().out
     assert summary["resumed_from_step"] == 1 and summary["steps"] == 3
     assert train.checkpoint_problem(drive / "step=3.ckpt") is None
+
+
+def test_disk_full_mid_checkpoint_is_clear_and_the_next_run_resumes(tmp_path, monkeypatch):
+    """The run folder's disk fills while step 2's checkpoint is written: a clear message naming the file,
+    step 1's checkpoint intact, nothing half-written left; run again (space freed) → resumes at step 1."""
+    import errno
+
+    import torch
+
+    from stablebeat_utils.runs import RunFolderError
+
+    run = make_run(tmp_path / "run")
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **kw):
+        calls.append(str(f))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    kw = dict(FAST, checkpoint_every=1, keep_checkpoints=2)
+    with pytest.raises(RunFolderError, match=r"step=2\.ckpt: no space left"):
+        train.run(run_dir=str(run), max_steps=3, **kw)
+    ckpts = run / "05_train" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step=1.ckpt"]
+    assert train.checkpoint_problem(ckpts / "step=1.ckpt") is None
+    monkeypatch.setattr(torch, "save", real_save)
+    summary = train.run(run_dir=str(run), max_steps=3, **kw)
+    assert summary["resumed_from_step"] == 1 and summary["steps"] == 3
+
+
+def test_read_only_run_folder_stops_before_training(tmp_path, monkeypatch):
+    import errno
+
+    from stablebeat_utils import runs
+    from stablebeat_utils.runs import RunFolderError
+
+    run = make_run(tmp_path / "run")
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(runs.os, "replace", read_only)
+    with pytest.raises(RunFolderError, match="storage_plan.json: cannot write \\(Read-only file system\\)"):
+        train.run(run_dir=str(run), max_steps=1, **FAST)
+    assert not (run / "05_train" / "checkpoints").exists()
