@@ -17,11 +17,16 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
 - **LoRA / DoRA**: the engine's own ``training.lora_config`` (base frozen, no EMA); adapters are
   exported with the engine's ``save_lora_safetensors`` (loadable with ``load_and_apply_loras``).
 - **pre-encoded latents** (``pre_encode=True``): every clip is encoded once by the VAE into
-  ``05_train/latents/<clip_id>.safetensors`` (latents + conditioning); training then runs the
-  wrapper with ``pre_encoded=True`` and the VAE never runs in the training loop.
-- **checkpoints**: every ``checkpoint_every`` steps into ``05_train/checkpoints`` (written
-  atomically, the last ``keep_checkpoints`` kept); running the stage again resumes from the
-  newest one (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
+  ``05_train/latents/<clip_id>.safetensors`` (float16 latents + conditioning; ~83 KB per 30 s
+  clip); training then runs the wrapper with ``pre_encoded=True`` and the VAE never runs in the
+  training loop. The Colab profiles turn it on.
+- **checkpoints**: every ``checkpoint_every`` steps, every ``checkpoint_minutes`` and at every
+  epoch's end into ``05_train/checkpoints`` (written atomically, the last ``keep_checkpoints``
+  kept; with ``local_checkpoint_dir`` written to local disk first and copied atomically to the
+  run folder); running the stage again resumes from the newest complete one in either folder
+  (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
+- **before loading**: a storage plan (:mod:`stablebeat_utils.storage`) and, on CUDA, a GPU-memory
+  preflight (:mod:`stablebeat_utils.preflight`); each STOPs naming a setting that fits.
 - **export**: ``05_train/export/model.safetensors`` (EMA weights for a full fine-tune; LoRA merged
   into the base for LoRA) + ``model_config.json`` — what ``load_sao(export_dir)`` and the engine's
   own loaders read; LoRA runs also write ``lora.safetensors`` (the adapters alone).
