@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--project", type=int, default=20000)
     ap.add_argument("--json", default="")
+    ap.add_argument("--train-max-size", type=int, default=10**9,
+                    help="run 05_train only for sizes up to this (the tiny VAE's pre-encoding on CPU is slow)")
     args = ap.parse_args()
     from bench_segment import make_input
 
@@ -97,22 +99,29 @@ def main() -> None:
             run_dir = tmp / f"run_{n}"
             row = {}
             for stage in STAGES:
+                if stage == "05_train" and n > args.train_max_size:
+                    continue
                 row[stage] = run_stage(stage, run_dir, sub, args.workers, tmp / f"{n}_{stage}.log")
                 print(f"{n} tracks {stage}: {json.dumps(row[stage])}", flush=True)
             segs = [json.loads(x) for x in (run_dir / "01_segment" / "segments.jsonl").read_text().splitlines()]
             row["clips"] = sum(1 for r in segs if r["status"] == "ok")
             row["clip_hours"] = round(sum(r["duration"] for r in segs if r["status"] == "ok") / 3600, 3)
             row["latents_bytes"] = folder_bytes(run_dir / "05_train" / "latents")
+            row["wav_equivalent_bytes"] = round(row["clip_hours"] * 3600 * 176400)
             results["sizes"][n] = row
             shutil.rmtree(run_dir, ignore_errors=True)
-        sizes = sorted(results["sizes"])
         proj = {}
         for stage in STAGES:
+            sizes = [n for n in sorted(results["sizes"]) if stage in results["sizes"][n]]
             walls = [results["sizes"][n][stage]["wall_s"] for n in sizes]
             disks = [results["sizes"][n][stage]["disk_bytes"] for n in sizes]
             fit = fit_line(sizes, walls) if len(sizes) > 1 else {"slope": walls[0] / sizes[0], "intercept": 0.0}
             dfit = fit_line(sizes, disks) if len(sizes) > 1 else {"slope": disks[0] / sizes[0], "intercept": 0.0}
-            proj[stage] = {"per_track_s": round(fit["slope"], 4), "fixed_s": round(fit["intercept"], 1),
+            cpus = [results["sizes"][n][stage]["cpu_s"] for n in sizes]
+            cfit = fit_line(sizes, cpus) if len(sizes) > 1 else {"slope": cpus[0] / sizes[0], "intercept": 0.0}
+            proj[stage] = {"sizes": sizes, "per_track_s": round(fit["slope"], 4), "fixed_s": round(fit["intercept"], 1),
+                           "r2": round(fit.get("r2", 1.0), 4), "cpu_per_track_s": round(cfit["slope"], 4),
+                           "projected_cpu_h": round((cfit["slope"] * args.project + cfit["intercept"]) / 3600, 2),
                            "per_track_s_each_size": [round(w / n, 4) for w, n in zip(walls, sizes)],
                            "projected_wall_h": round((fit["slope"] * args.project + fit["intercept"]) / 3600, 2),
                            "disk_per_track_bytes": round(dfit["slope"]),
