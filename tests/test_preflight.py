@@ -27,7 +27,7 @@ def test_what_each_setting_saves():
     lora = preflight.estimate("lora", "bf16-mixed", 8, 47.55, ema=False).gb
     assert full == pytest.approx(37.7, abs=0.2)  # the card's batch 16 on a 40 GB A100: fits, thinly
     assert full - eight == pytest.approx(1.057 * (8 - 2 - 8 / 256), abs=0.05)  # ~6.3 GB of AdamW moments
-    assert lora == pytest.approx(16.1, abs=0.3)  # colab_lora on a 24 GB L4
+    assert lora == pytest.approx(15.9, abs=0.3)  # colab_lora on a 24 GB L4
     assert preflight.estimate("full", "32-true", 1, 10.0).gb > preflight.estimate("full", "bf16-mixed", 1, 10.0).gb
 
 
