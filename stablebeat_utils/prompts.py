@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import clipfacts
 from .runs import JsonlLog, Run, atomic_write_json, read_jsonl
 
 STAGE = "04_prompts"
@@ -136,62 +137,15 @@ def choose_wordings(meta: dict, lexicon: Lexicon, rng: random.Random) -> dict[st
 # keys and tempo in text
 # --------------------------------------------------------------------------------------------
 
-PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_ACC = {"#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}
-# A note letter (upper case: a lower-case "a" is an article) + optional accidental + a scale word,
-# as in "G minor", "G-minor", "G min", "Gm", "F# minor", "F sharp minor", "Bb major", "Ebm".
-_KEY_RE = re.compile(
-    r"(?<![\w#♯♭])([A-G])((?:\s?[#♯♭b])|(?:[\s-]+(?:sharp|flat)))?"
-    r"(?:[\s-]*((?i:major|minor|maj|min))\b|(m)(?![\w#]))")
-# lower-case note letters b-g followed by a full scale word ("in g minor"; not "a", the article)
-_KEY_LOWER_RE = re.compile(r"(?<![\w#♯♭])([b-g])((?:\s?[#♯♭])|(?:[\s-]+(?:sharp|flat)))?[\s-]+(major|minor)\b")
-# "key of G", "in the key of F#" (a key without a scale)
-_KEY_OF_RE = re.compile(r"\bkey of ([A-Ga-g])((?:\s?[#♯♭b])|(?:[\s-]+(?:sharp|flat)))?(?![\w#])(?![\s-]*(?:major|minor|maj|min)\b)")
-# a scale named without a note: "minor key", "a major-key beat", "in a minor scale"
-_SCALE_ONLY_RE = re.compile(r"\b(major|minor)[\s-]+(?:key|scale|tonality)\b", re.I)
-_BPM_WORDS = r"(?:bpm|b\.\s?p\.\s?m\.?|beats[\s-]+(?:per|a)[\s-]+minute)"
-_NUMBER_RE = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)")
-_TEMPO_RE = re.compile(r"(\d+(?:[.,]\d+)?)\s*-?\s*" + _BPM_WORDS + r"|\btempo\s*(?:of|is|at|:|=)?\s*(?:about\s|around\s|roughly\s|~\s?)?(\d+(?:[.,]\d+)?)",
-                       re.I)
-
-
-def pitch_class(note: str, accidental: str | None = None) -> int:
-    acc = (accidental or "").strip(" -")
-    acc = acc.lower() if len(acc) > 1 else acc  # "Sharp"/"FLAT" as words; "b" is the flat sign
-    return (PITCH[note.upper()] + _ACC.get(acc, 0)) % 12
+# one reader of tempo and key in text, shared with 07_evaluate: stablebeat_utils/clipfacts.py
+PITCH = clipfacts.PITCH
+pitch_class = clipfacts.pitch_class
+find_keys = clipfacts.find_keys
 
 
 def parse_key(key: str | None) -> int | None:
     """Essentia's key spelling ("G", "F#", "Eb", "Bb") → pitch class 0–11; None if absent/unreadable."""
-    if not key:
-        return None
-    m = re.fullmatch(r"\s*([A-Ga-g])\s*([#♯b♭]|sharp|flat)?\s*", str(key))
-    return pitch_class(m.group(1), m.group(2)) if m else None
-
-
-def find_keys(text: str) -> list[tuple[int | None, str | None, str]]:
-    """Every key claim in ``text``: (pitch class or None, "major"/"minor" or None, matched text)."""
-    claims: list[tuple[int | None, str | None, str]] = []
-    spans: list[tuple[int, int]] = []
-    for rx in (_KEY_RE, _KEY_LOWER_RE):
-        for m in rx.finditer(text):
-            scale_word = (m.group(3) or "").lower()
-            if rx is _KEY_RE and m.group(4):
-                scale_word = "m"
-            scale = "major" if scale_word in ("major", "maj") else "minor"
-            claims.append((pitch_class(m.group(1), m.group(2)), scale, m.group(0)))
-            spans.append(m.span())
-    for m in _KEY_OF_RE.finditer(text):
-        if not any(a <= m.start(1) < b for a, b in spans):
-            claims.append((pitch_class(m.group(1), m.group(2)), None, m.group(0)))
-    for m in _SCALE_ONLY_RE.finditer(text):
-        if not any(a <= m.start() < b for a, b in spans):
-            claims.append((None, m.group(1).lower(), m.group(0)))
-    return claims
-
-
-def _num(s: str) -> float:
-    return float(s.replace(",", "."))
+    return clipfacts.parse_key_name(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,8 +249,8 @@ def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None 
 
     # -- tempo
     tempo = _known_tempo(meta)
-    stated = [(_num(m.group(1) or m.group(2))) for m in _TEMPO_RE.finditer(masked)]
-    numbers = [_num(n) for n in _NUMBER_RE.findall(masked)]
+    stated = [v for v, _, _ in clipfacts.find_tempos(masked)]
+    numbers = [v for v, _, _ in clipfacts.find_numbers(masked)]
     if tempo is None:
         for n in numbers:
             problems.append(f"states a number ({n:g}) although the clip's tempo is not known")
@@ -327,7 +281,7 @@ def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None 
     for name in lexicon.artists:
         if re.search(r"(?<![\w&])" + re.escape(_norm(name)) + r"(?![\w&])", low):
             problems.append(f"names an artist ({name})")
-    key_spans = [m.span() for rx in (_KEY_RE,) for m in rx.finditer(text)]
+    key_spans = clipfacts.key_spans(text)
     for sentence in re.split(r"(?<=[.!?:;])\s+", text):
         tokens = list(re.finditer(r"[A-Za-z][\w'’.&]*", sentence))
         for tok in tokens[1:]:
