@@ -105,7 +105,7 @@ def words_to_number(phrase: str) -> float | None:
 # ------------------------------------------------------------------------------------------------
 # tempo
 
-_UNIT = r"(?:bpms?|b\.\s?p\.\s?m\.?|b\s?p\s?m\b|beats?[\s-]+(?:per|a)[\s-]+min(?:ute)?|beats?\s?/\s?min(?:ute)?)"
+_UNIT = r"(?:bpms?|b\.\s?p\.\s?m\.?|b\s?p\s?m\b|beats?[\s-]+(?:per|a)[\s-]+min(?:ute)?|beats?\s?(?:/\s?|\s)min(?:ute)?)"
 _DIGITS = r"\d+(?:[.,]\d+)?"
 _TEMPO_RE = re.compile(
     rf"(?<![\w.])(?P<num>{_DIGITS}|{_SPOKEN}|{_WORD_NUMBER})\s*-?\s*{_UNIT}(?![\w])"
