@@ -10,6 +10,12 @@ Styles (:func:`stablebeat_utils.demo.make_style_beat`): plain, busy, sparse, hal
 lo-fi, with tempi drawn per style (plain 70–170, busy 80–160, sparse 60–160, half-time 120–165,
 lo-fi 68–96 BPM) and random keys; the tempo is counted on the hi-hat grid (hats on 8th notes).
 
+Throughput of 01 + 03 (the ≥ 60× real-time target on 2 cores), same tracks for both code versions:
+
+    .venv/bin/python benchmarks/bench_tempo_octave.py tracks /tmp/tracks --tracks 25 --seconds 60
+    .venv/bin/python benchmarks/bench_tempo_octave.py speed /tmp/tracks --workers 2 --repeats 3
+    PYTHONPATH=/tmp/base .venv/bin/python benchmarks/bench_tempo_octave.py speed /tmp/tracks --workers 2 --repeats 3
+
 Reports, overall and per style: the share of clips with a stated BPM (``tempo`` not null), the
 share of stated BPMs within 4 % of the truth, the share of clips whose raw key+scale is right (and
 of stated keys), and the stage's wall time and seconds per clip.
@@ -89,6 +95,42 @@ def score(folder: Path, out: Path, graph: str, workers: int) -> dict:
     return {"per": per, "misses": misses, "wall_s": wall, "clips": len(truth)}
 
 
+def make_tracks(folder: Path, tracks: int, seconds: float) -> None:
+    sys.path.insert(0, str(HERE / "benchmarks"))
+    sys.path.insert(0, str(HERE))
+    from bench_segment import make_input  # the tracks docs/benchmarks.md measures 01 and 03 on
+
+    folder.mkdir(parents=True, exist_ok=True)
+    total = make_input(folder, tracks, seconds)
+    print(f"{tracks} tracks, {total / 60:.1f} min of audio in {folder}")
+
+
+def speed(folder: Path, graph: str, workers: int, repeats: int, label: str) -> None:
+    """01 then 03 on ``folder``'s tracks, timed; medians over ``repeats`` fresh run folders."""
+    import soundfile as sf
+
+    from stablebeat_utils import segment, tempo_key
+
+    source_s = sum(sf.info(str(p)).duration for p in folder.glob("*.wav"))
+    walls = []
+    for i in range(repeats):
+        run_dir = Path(tempfile.mkdtemp(prefix="bench_speed_"))
+        try:
+            t = time.perf_counter()
+            segment.run(run_dir=run_dir, input_dir=folder, workers=workers, progress=False)
+            t01 = time.perf_counter() - t
+            t = time.perf_counter()
+            s = tempo_key.run(run_dir=str(run_dir), tempo_model=graph, workers=workers)
+            t03 = time.perf_counter() - t
+            walls.append((t01, t03))
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    t01, t03 = (float(np.median([w[k] for w in walls])) for k in (0, 1))
+    print(f"{label}: {len(list(folder.glob('*.wav')))} tracks, {source_s / 60:.1f} min, workers={workers}, "
+          f"median of {repeats}: 01 {t01:.1f} s, 03 {t03:.1f} s ({s['clips']} clips), 01+03 {t01 + t03:.1f} s "
+          f"= {source_s / (t01 + t03):.1f}x real time; all walls {[(round(a, 1), round(b, 1)) for a, b in walls]}")
+
+
 def report(res: dict, label: str) -> None:
     print(f"## {label}: {res['clips']} clips, stage wall {res['wall_s']:.1f} s "
           f"({res['wall_s'] / res['clips']:.2f} s per clip, {res['clips'] * SECONDS / res['wall_s']:.0f}x real time)")
@@ -116,7 +158,23 @@ def main() -> None:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--label", default="stage 03")
     s.add_argument("--json", type=Path, default=None)
+    tr = sub.add_parser("tracks")
+    tr.add_argument("folder", type=Path)
+    tr.add_argument("--tracks", type=int, default=25)
+    tr.add_argument("--seconds", type=float, default=60.0)
+    sp = sub.add_parser("speed")
+    sp.add_argument("folder", type=Path)
+    sp.add_argument("--graph", default=str(HERE.parent / "shared" / "models" / "tempocnn" / "deeptemp-k16-3.pb"))
+    sp.add_argument("--workers", type=int, default=2)
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--label", default="01+03")
     args = ap.parse_args()
+    if args.cmd == "tracks":
+        make_tracks(args.folder, args.tracks, args.seconds)
+        return
+    if args.cmd == "speed":
+        speed(args.folder, args.graph, args.workers, args.repeats, args.label)
+        return
     if args.cmd == "make":
         make_set(args.folder, args.per_style, args.seed)
         return

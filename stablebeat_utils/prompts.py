@@ -445,7 +445,20 @@ def join_words(items: Sequence[str], conj: str = "and") -> str:
 
 
 def _article(word: str) -> str:
-    return "An" if re.match(r"(?i)[aeiou8]|r&b|rnb", word.strip()) else "A"
+    """"A" or "An" by the sound the phrase starts with: "an alluring", "an 808", "an R&B", "a UK drill",
+    "a euphoric", "a one-shot"."""
+    w = word.strip().casefold()
+    if re.match(r"(?:eu|uni|use|usu|uti|one\b|once|uk\b|u\b|ufo|ukulele|uke\b)", w):
+        return "A"
+    if re.match(r"(?:hour|honest|honou?r|heir|8|11\b|18\b|r&b|rnb|mc\b|fm\b|mp3|sfx)", w):
+        return "An"
+    return "An" if re.match(r"[aeiou]", w) else "A"
+
+
+def _tidy(text: str) -> str:
+    """One space between words, no word twice in a row ("a dark dark trap beat", "chill rap beat beat")."""
+    text = " ".join(text.split())
+    return re.sub(r"(?i)\b([\w&'-]+)(?:\s+\1\b)+", r"\1", text)
 
 
 def _cap(s: str) -> str:
@@ -480,7 +493,7 @@ def _tpl_evoking(p):      # "A cloud trap beat with a and b, evoking a dark and 
     if p["instruments"]:
         s += f" with {p['instruments']}"
     if p["moods"]:
-        s += f", evoking a {p['moods']} mood"
+        s += f", evoking {_article(p['moods']).lower()} {p['moods']} mood"
     tail = f"{p['bpm']}{p['key']}"
     return s + ("," + tail if tail and (p["instruments"] or p["moods"]) else tail) + "."
 
@@ -520,7 +533,7 @@ def template_prompt(meta: dict, lexicon: Lexicon, rng: random.Random, t5_tokeniz
         parts = {"moods": join_words(w["moods"]), "genre": join_words(w["genres"]),
                  "instruments": join_words(instruments),
                  "bpm": f" at {tempo} BPM" if tempo else "", "key": f" in {key}" if key else ""}
-        text = " ".join(tpl(parts).split())
+        text = _tidy(tpl(parts))
         if t5_tokenizer is None or count_t5_tokens(t5_tokenizer, text) <= max_tokens or not instruments:
             return text
         instruments.pop()
