@@ -20,7 +20,7 @@ tempo three ways, in the same worker:
    (``TensorflowPredictTempoCNN``); the global tempo is the patches' majority vote, what
    ``TempoCNN`` itself computes from the same patches (:func:`majority_tempo`; one network pass).
 2. ``tempo_alt`` — Essentia's ``RhythmExtractor2013`` (method ``degara``): a beat tracker on
-   onset-detection functions, no learning, at 44.1 kHz. Independent of TempoCNN, with its own
+   onset-detection functions, no learning, at 44.1 kHz, on the clip's first 15 s. Independent of TempoCNN, with its own
    octave errors (it often doubles slow lo-fi beats).
 3. ``tempo_grid`` — the **hi-hat grid**: the autocorrelation of the bright (> 2 kHz) onset
    envelope, read at the length of an 8th note of TempoCNN's tempo × ½, × 1 and × 2 (three
@@ -234,7 +234,7 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
         # the second estimate and the hi-hat grid read the clip at 44.1 kHz (RhythmExtractor2013's rate)
         m44 = mono if sr == GRID_SR else audio.resample(mono[None], sr, GRID_SR)[0]
         m44 = np.ascontiguousarray(m44, dtype=np.float32)
-        beat_bpm = float(_WORKER["beats"](m44)[0])
+        beat_bpm = float(_WORKER["beats"](m44[: int(BEAT_SECONDS * GRID_SR)])[0])  # enough beats to count
         ac = onset_autocorrelation(m44)
         g = float(global_bpm)
         return {"clip_id": clip_id, "global_bpm": g, "mean_probs": probs.mean(axis=0).tolist(),
@@ -252,6 +252,7 @@ GRID_NFFT = 512          # 11.6 ms windows
 GRID_HOP = 256           # 5.8 ms frames
 GRID_BAND_HZ = 2000.0    # hats, shakers, claps (and what a lo-fi low-pass leaves of the hats)
 GRID_MAX_LAG_S = 1.0     # an 8th note at 30 BPM
+BEAT_SECONDS = 15.0      # the beat tracker reads the first 15 s (its cost grows with the length)
 GRID_MIN_SCORE = 0.3     # an octave whose 8th notes repeat at least this strongly has hats on its grid
 GRID_MAX_BPM = 190.0     # the grid never moves a tempo above this (16th-note hats at 100 BPM stay 100)
 TEMPO_METHOD = 2         # bumped when the tempo rule changes: older rows are re-analysed
