@@ -32,162 +32,23 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from .clipfacts import FAMILIES, Entry, load_vocab
 from .runs import JsonlLog, Run, atomic_path, atomic_write_text, read_jsonl
+from .tag_calibration import select_family, select_tags
 
 STAGE = "02_tag"
-FAMILIES = ("instruments", "moods", "genres")
 BACKENDS = ("transformers", "laion_clap")
-VOCAB_DIR = Path(__file__).parent / "data" / "vocab"
 MIN_TAIL = 0.5  # a last partial window is kept when it holds at least this fraction of a window
 SCORE_DECIMALS = 6
-MAX_SYNONYMS = 4
 
 
 class TagError(ValueError):
     """A parameter, input or model that cannot be used; raised before any clip is processed."""
-
-
-class VocabError(TagError):
-    """A malformed vocabulary or synonyms file; the message names the file and the entry."""
-
-
-# --------------------------------------------------------------------------------------------
-# vocabularies
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Entry:
-    """One vocabulary entry: ``tag`` goes into prompts, ``text`` into CLAP's text tower."""
-
-    tag: str
-    text: str
-
-
-def _vocab_dir(vocab_dir: str | Path = "") -> Path:
-    path = Path(vocab_dir).expanduser() if str(vocab_dir) else VOCAB_DIR
-    if not path.is_dir():
-        raise VocabError(f"vocab_dir {str(path)!r} is not a folder (it should hold "
-                         f"{', '.join(f + '.yaml' for f in FAMILIES)})")
-    return path
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    if not path.is_file():
-        raise VocabError(f"{path}: file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise VocabError(f"{path}: not valid YAML ({exc})") from exc
-
-
-def _clean_text(value: Any, path: Path, where: str, field: str) -> str:
-    if not isinstance(value, str):
-        hint = " (quote it in the YAML file, e.g. \"808\")" if isinstance(value, (int, float)) else ""
-        raise VocabError(f"{path}: {where}: `{field}` must be text, got {type(value).__name__} {value!r}{hint}")
-    text = " ".join(value.split())
-    if not text:
-        raise VocabError(f"{path}: {where}: `{field}` is empty")
-    return text
-
-
-def load_family(path: str | Path, family: str | None = None) -> list[Entry]:
-    """Read and validate one vocabulary file (``family:`` + ``entries:`` of ``{tag, text}``)."""
-    path = Path(path)
-    data = _read_yaml(path)
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        raise VocabError(f"{path}: expected a mapping with an `entries:` list of {{tag, text}} items")
-    declared = data.get("family")
-    if family is not None and declared is not None and declared != family:
-        raise VocabError(f"{path}: declares family {declared!r} but is read as {family!r}")
-    entries: list[Entry] = []
-    seen: dict[str, int] = {}
-    for i, item in enumerate(data["entries"], start=1):
-        where = f"entry {i}"
-        if isinstance(item, str):  # a bare tag is allowed: its text is the tag itself
-            item = {"tag": item}
-        if not isinstance(item, dict):
-            raise VocabError(f"{path}: {where}: expected {{tag: ..., text: ...}}, got {item!r}")
-        unknown = sorted(set(item) - {"tag", "text"})
-        if unknown:
-            raise VocabError(f"{path}: {where} ({item.get('tag')!r}): unknown field(s) {', '.join(unknown)} "
-                             "(allowed: tag, text)")
-        if "tag" not in item:
-            raise VocabError(f"{path}: {where}: missing `tag`")
-        tag = _clean_text(item["tag"], path, where, "tag")
-        where = f"entry {i} ({tag!r})"
-        text = _clean_text(item["text"], path, where, "text") if item.get("text") is not None else tag
-        key = tag.casefold()
-        if key in seen:
-            raise VocabError(f"{path}: {where}: duplicate of entry {seen[key]} (tags are compared ignoring case)")
-        seen[key] = i
-        entries.append(Entry(tag, text))
-    if not entries:
-        raise VocabError(f"{path}: `entries:` is empty")
-    return entries
-
-
-def load_vocab(vocab_dir: str | Path = "") -> dict[str, list[Entry]]:
-    """The three families from ``vocab_dir`` ("" = the bundled ``data/vocab``), validated.
-
-    A tag may appear in only one family (the prompts stage must know what a tag is).
-    """
-    root = _vocab_dir(vocab_dir)
-    vocab = {family: load_family(root / f"{family}.yaml", family) for family in FAMILIES}
-    owner: dict[str, str] = {}
-    for family, entries in vocab.items():
-        for e in entries:
-            other = owner.setdefault(e.tag.casefold(), family)
-            if other != family:
-                raise VocabError(f"{root / (family + '.yaml')}: tag {e.tag!r} is also in {other}.yaml — "
-                                 "a tag may belong to one family only")
-    return vocab
-
-
-def load_synonyms(vocab_dir: str | Path = "", vocab: dict[str, list[Entry]] | None = None) -> dict[str, list[str]]:
-    """``synonyms.yaml`` of ``vocab_dir``: tag → 1–4 synonyms (used by 04_prompts), validated.
-
-    Every key must be a tag of the vocabulary; a synonym may not repeat its tag or another synonym.
-    """
-    root = _vocab_dir(vocab_dir)
-    vocab = vocab if vocab is not None else load_vocab(root)
-    tags = {e.tag: e.tag for entries in vocab.values() for e in entries}
-    folded = {t.casefold(): t for t in tags}
-    path = root / "synonyms.yaml"
-    data = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise VocabError(f"{path}: expected a mapping of tag: [synonym, ...]")
-    out: dict[str, list[str]] = {}
-    for raw_tag, syns in data.items():
-        tag = _clean_text(raw_tag, path, f"key {raw_tag!r}", "tag")
-        if tag.casefold() not in folded:
-            raise VocabError(f"{path}: {tag!r} is not a tag of {', '.join(f + '.yaml' for f in FAMILIES)}")
-        tag = folded[tag.casefold()]
-        where = f"{tag!r}"
-        if isinstance(syns, str):
-            syns = [syns]
-        if not isinstance(syns, list) or not 1 <= len(syns) <= MAX_SYNONYMS:
-            raise VocabError(f"{path}: {where}: expected a list of 1 to {MAX_SYNONYMS} synonyms, got {syns!r}")
-        clean: list[str] = []
-        for s in syns:
-            s = _clean_text(s, path, where, "synonym")
-            if s.casefold() == tag.casefold() or s.casefold() in (c.casefold() for c in clean):
-                raise VocabError(f"{path}: {where}: synonym {s!r} repeats the tag or another synonym")
-            if s.casefold() in folded:
-                raise VocabError(f"{path}: {where}: synonym {s!r} is itself a tag — two tags that mean the same "
-                                 "thing should be one entry")
-            clean.append(s)
-        if tag in out:
-            raise VocabError(f"{path}: {where}: listed twice")
-        out[tag] = clean
-    return out
 
 
 def vocab_hash(vocab: dict[str, list[Entry]]) -> str:
@@ -237,18 +98,6 @@ def pool_windows(embeddings: np.ndarray, weights: Sequence[float] | None = None)
 def cosine_scores(audio_embedding: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
     """Cosine similarity of one audio embedding with each row of ``text_embeddings``."""
     return l2_normalize(text_embeddings) @ l2_normalize(audio_embedding)
-
-
-def select_tags(scores: dict[str, float], top_k: int, min_similarity: float, max_margin: float) -> list[str]:
-    """The ``top_k`` best tags with ``score >= min_similarity`` and within ``max_margin`` of the best.
-
-    Ties are broken by tag name so the choice never depends on dictionary order.
-    """
-    if top_k <= 0 or not scores:
-        return []
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-    best = ranked[0][1]
-    return [t for t, s in ranked[:top_k] if s >= min_similarity and best - s <= max_margin]
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,8 +286,6 @@ def _apply_selection(row: dict, top_k: dict[str, int], min_similarity: float, ma
         if not calibration:
             row[f"{f}_tags"] = select_tags(row["scores"][f], top_k[f], min_similarity, max_margin)
             continue
-        from .tag_calibration import select_family
-
         th = {t: c["threshold"] for t, c in calibration.items() if c["family"] == f}
         tags = select_family(row["scores"][f], top_k[f], min_similarity, max_margin, th)
         for (clip, tag), ok in (answers or {}).items():  # the producer's own answer for this clip wins
