@@ -5,7 +5,7 @@ import sys
 import nbformat
 import pytest
 
-from stablebeat_utils import STAGES, params, runner
+from stablebeat_utils import STAGES, lesson, params, runner
 from stablebeat_utils.params import ParameterError
 
 
@@ -46,12 +46,12 @@ def test_profile_fills_untouched_parameters_only(tmp_path, monkeypatch):
     prof = tmp_path / "big.yaml"
     prof.write_text("workers: 8\nstages:\n  01_segment:\n    input_dir: /data/beats\n")
     ns = {"run_dir": str(tmp_path / "run"), "profile": str(prof), "input_dir": "demo", "workers": 2}
-    P = params.settle("01_segment", ns)
+    P = lesson.settle("01_segment", ns)
     assert P["workers"] == 8 and P["input_dir"] == "/data/beats"
     ns["workers"] = 4  # changed by the learner: kept
-    assert params.settle("01_segment", ns)["workers"] == 4
+    assert lesson.settle("01_segment", ns)["workers"] == 4
     ns_runner = dict(ns, workers=2, _resolved_by_runner=True)  # the runner already resolved
-    assert params.settle("01_segment", ns_runner)["workers"] == 2
+    assert lesson.settle("01_segment", ns_runner)["workers"] == 2
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["params"]["01_segment"]["workers"] == 2 and info["versions"]["python"]
 
@@ -72,8 +72,8 @@ def _echo_notebook(path):
     p.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
         "import json, os, pathlib\n"
-        "from stablebeat_utils import params\n"
-        "P = params.settle('01_segment', globals())\n"
+        "from stablebeat_utils import lesson\n"
+        "P = lesson.settle('01_segment', globals())\n"
         "pathlib.Path(P['run_dir'], 'echo.json').write_text(json.dumps(P))\n"
         "print('HF_TOKEN' in os.environ)\n")
     nb.cells = [nbformat.v4.new_markdown_cell("# echo"), p, body]
