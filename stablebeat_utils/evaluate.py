@@ -943,7 +943,7 @@ def _summary_md(means, training_means, comparison, frechet, models, n_train) -> 
 
 
 def _plots(df, ref_df, folder: Path, pair: list[str], n_pairs: int, run_: Run) -> list[Path]:
-    from . import show
+    from . import plots
 
     out = []
 
@@ -956,9 +956,9 @@ def _plots(df, ref_df, folder: Path, pair: list[str], n_pairs: int, run_: Run) -
 
     models = pair or sorted(df["model"].unique())
     training = {m: ref_df[m].astype(float).median() for m in SIGNAL_METRICS} if len(ref_df) else {}
-    save(show.plot_metric_bars(df, list(CARD_METRICS), models, CARD_LABELS, training), "metric_bars.png")
+    save(plots.plot_metric_bars(df, list(CARD_METRICS), models, CARD_LABELS, training), "metric_bars.png")
     if df["bpm_requested"].notna().any():
-        save(show.plot_bpm_scatter(df, models), "bpm_requested_vs_measured.png")
+        save(plots.plot_bpm_scatter(df, models), "bpm_requested_vs_measured.png")
     if len(pair) == 2:
         ok = df[df["error"].isna()]
         n = 0
@@ -973,7 +973,7 @@ def _plots(df, ref_df, folder: Path, pair: list[str], n_pairs: int, run_: Run) -
             pb = b[b["seed"] == seed]["path"].iloc[0]
             pa, pb = (p if os.path.isabs(p) else str(run_.path(p)) for p in (pa, pb))
             title = f"Prompt {idx + 1} (seed {seed}): {sub['prompt'].iloc[0]}"
-            save(show.plot_spectrogram_pair(pa, pb, [MODEL_LABELS.get(m, m) for m in pair], title),
+            save(plots.plot_spectrogram_pair(pa, pb, [MODEL_LABELS.get(m, m) for m in pair], title),
                  f"spectrograms_prompt{idx + 1:02d}.png")
             n += 1
     return out
