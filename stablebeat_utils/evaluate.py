@@ -101,6 +101,7 @@ from typing import Any
 
 import numpy as np
 
+from .audio import is_audio_name
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 
 STAGE = "07_evaluate"
@@ -120,7 +121,6 @@ CARD_LABELS = {"bpm": "BPM", "spectral_centroid": "Spectral Centroid", "spectral
                "hp_ratio": "Harmonic/Percussive Ratio", "transient_sharpness": "Transient Sharpness",
                "clap_score": "CLAP Prompt Score"}
 MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune"}
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a")
 CLAP_BACKENDS = ("transformers", "laion_clap")
 CLAP_SETTINGS = ("card", "stable-audio-metrics")
 # stable-audio-metrics' CLAP score (src/clap_score.py): LAION's 630k-audioset-fusion-best.pt; transformers'
@@ -551,7 +551,7 @@ def reference_clips(run_dir: str | os.PathLike, reference: str = "") -> tuple[li
         if not folder.is_dir():
             raise EvaluateError(f"reference {reference!r}: not a folder (give a folder of training audio, \"\" for "
                                 "RUN_DIR/01_segment's clips, or \"none\")")
-        files = sorted(str(p.resolve()) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTS)
+        files = sorted(str(p.resolve()) for p in folder.rglob("*") if is_audio_name(p.name))
         return files, str(folder)
     seg = run.path("01_segment", "segments.jsonl")
     if not seg.is_file():

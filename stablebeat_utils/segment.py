@@ -71,12 +71,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import audio as audio_mod
+from .audio import AUDIO_EXTS, is_audio_name
 from .pool import ordered_bounded as _ordered_bounded  # the one crash-isolating pool (moved to pool.py)
 from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
 
 STAGE = "01_segment"
-AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
-              ".aif", ".aiff", ".aifc")
 SKIP_DIRS = {"__MACOSX"}
 ANALYSIS_SR = 11025
 HOP = 256  # 23 ms frames at ANALYSIS_SR
@@ -108,10 +107,6 @@ class Source:
     kind: str  # "file", "folder" (a folder named like audio), "hidden" (._x.wav and friends)
 
 
-def _is_audio_name(name: str) -> bool:
-    return name.lower().endswith(AUDIO_EXTS)
-
-
 def discover(input_dir: str | os.PathLike) -> tuple[list[Source], list[str]]:
     """The sources under ``input_dir`` in sorted order, and the ignored (non-audio) files."""
     root = Path(input_dir)
@@ -122,7 +117,7 @@ def discover(input_dir: str | os.PathLike) -> tuple[list[Source], list[str]]:
         keep = []
         for d in dirnames:
             rel = (here / d).relative_to(root).as_posix()
-            if _is_audio_name(d):
+            if is_audio_name(d):
                 sources.append(Source(rel, "folder"))
             if d.startswith(".") or d in SKIP_DIRS:
                 continue
@@ -132,7 +127,7 @@ def discover(input_dir: str | os.PathLike) -> tuple[list[Source], list[str]]:
         dirnames[:] = sorted(keep)
         for f in filenames:
             rel = (here / f).relative_to(root).as_posix()
-            if not _is_audio_name(f):
+            if not is_audio_name(f):
                 ignored.append(rel)
             elif f.startswith("."):
                 sources.append(Source(rel, "hidden"))
