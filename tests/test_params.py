@@ -148,3 +148,27 @@ def test_every_bundled_profile_resolves_for_every_stage(profile):
     for stage in STAGES:
         values = params.resolve(stage, profile)
         assert set(values) == set(params.schema(stage))
+
+
+# parameters a stage's run() takes that are no notebook parameter (a caller's convenience, not a setting)
+CALL_ONLY = {"01_segment": {"progress"}}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_run_signature_matches_the_notebook_and_every_profile(stage):
+    """One source of truth, three places: the stage's ``run()`` signature (names and defaults), the
+    notebook's parameters cell (tests/test_notebooks_static.py holds it to the same schema) and the
+    profiles (every value they set for this stage is a parameter of ``run()``)."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"stablebeat_utils.{stage.split('_', 1)[1]}")
+    sig = {n: p.default for n, p in inspect.signature(module.run).parameters.items()
+           if n not in CALL_ONLY.get(stage, set())}
+    demo = params.schema(stage)
+    assert set(sig) == set(demo), f"{stage}: run() and the schema differ: {sorted(set(sig) ^ set(demo))}"
+    wrong = {n: (sig[n], demo[n]) for n in demo if sig[n] != demo[n]}
+    assert not wrong, f"{stage}: run() defaults differ from the notebook's (run(), demo.yaml): {wrong}"
+    for name in params.list_profiles():
+        profile = params.load_profile(name)
+        assert set(params.profile_values(profile, stage)) <= set(sig), (stage, name)
