@@ -103,6 +103,7 @@ import numpy as np
 
 from .audio import is_audio_name
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
+from .stage import begin
 
 STAGE = "07_evaluate"
 SR = 44100
@@ -685,8 +686,7 @@ def _settings_key(**kw) -> str:
     return hashlib.sha256(json.dumps({**kw, "v": METRICS_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _validate(generations: str, clap_backend: str, key_profile: str, workers: int, reference: str,
-              clap_setting: str = "card") -> None:
+def _validate(generations: str, clap_backend: str, key_profile: str, workers: int, clap_setting: str) -> None:
     from . import tempo_key
 
     if clap_setting not in CLAP_SETTINGS:
@@ -712,21 +712,14 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
 
     See the module docstring for the metric definitions and outputs. Returns a summary dict.
     """
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     import pandas as pd
     from tqdm.auto import tqdm
 
     from . import tempo_key
 
-    params = dict(run_dir=str(run_dir), profile=profile, generations=str(generations), clap_model=clap_model,
-                  clap_backend=clap_backend, clap_setting=clap_setting, tempo_model=str(tempo_model), key_profile=key_profile,
-                  reference=str(reference), device=device, workers=int(workers),
-                  spectrogram_pairs=int(spectrogram_pairs))
     # 1. validate before any work
-    _validate(generations, clap_backend, key_profile, workers, reference, clap_setting)
-    run_ = Run(run_dir)
+    _validate(generations, clap_backend, key_profile, workers, clap_setting)
     gens = read_generations(run_dir, generations)
     refs, ref_source = reference_clips(run_dir, reference)
     try:

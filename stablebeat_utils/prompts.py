@@ -60,6 +60,7 @@ from typing import Any, Iterable, Sequence
 from . import clipfacts
 from .clipfacts import FAMILIES, T5_MAX_TOKENS, Lexicon, clip_tags, gather, load_lexicon
 from .runs import JsonlLog, Run, atomic_write_json, read_jsonl
+from .stage import begin
 
 STAGE = "04_prompts"
 CARD_KEYS = ("instruments_tags", "genres_tags", "moods_tags", "key", "scale", "tempo", "start", "duration")
@@ -588,19 +589,12 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
     Resumable: rows are appended one batch at a time and kept across runs when they were made with
     the same parameters from the same metadata; a killed run goes on where it stopped.
     """
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     from tqdm.auto import tqdm
 
     from . import models, tag_space
 
-    params = dict(run_dir=str(run_dir), profile=profile, llm_model=llm_model, t5_model=t5_model, use_llm=use_llm,
-                  quantization=quantization, batch_size=batch_size, generation_length=generation_length,
-                  temperature=temperature, seed=seed, device=device, t5_max_length=t5_max_length,
-                  n_clusters=n_clusters, rare_tag_percent=rare_tag_percent)
     _validate_params(params)
-    run_ = Run(run_dir)
     records = gather(run_)
     lexicon = load_lexicon()
     matcher = Matcher(lexicon)

@@ -74,6 +74,7 @@ from . import audio as audio_mod
 from .audio import AUDIO_EXTS, is_audio_name
 from .pool import ordered_bounded as _ordered_bounded  # the one crash-isolating pool (moved to pool.py)
 from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
+from .stage import begin
 
 STAGE = "01_segment"
 SKIP_DIRS = {"__MACOSX"}
@@ -543,9 +544,7 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths. Resumable and
     deterministic (the same bytes whatever ``workers`` and wherever a previous run was killed).
     """
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
+    run_obj, _ = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     from . import demo
 
     _validate(segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
@@ -557,8 +556,6 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     sources, ignored = discover(in_dir)
     if not sources:
         raise SegmentError(f"input_dir {str(in_dir)!r} holds no audio files ({', '.join(AUDIO_EXTS)})")
-    run_obj = Run(run_dir)
-    run_obj.check_compatible()
     if run_obj.root == in_dir or in_dir in run_obj.root.parents or run_obj.root in in_dir.parents:
         raise SegmentError(f"run_dir {str(run_obj.root)!r} and input_dir {str(in_dir)!r} overlap: keep the run "
                            "folder outside the folder of beats (and the other way round)")

@@ -39,6 +39,7 @@ import numpy as np
 
 from .clipfacts import FAMILIES, Entry, load_vocab
 from .runs import JsonlLog, Run, atomic_path, atomic_write_text, read_jsonl
+from .stage import begin
 from .tag_calibration import select_family, select_tags
 
 STAGE = "02_tag"
@@ -352,21 +353,13 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
     ``02_tag/calibration.json`` and applied to every row (:mod:`stablebeat_utils.tag_calibration`).
     Returns a summary dict (also recorded in ``02_tag/stage.json``).
     """
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
-    params = dict(run_dir=str(run_dir), profile=profile, clap_model=clap_model, backend=backend,
-                  batch_size=batch_size, top_k_instruments=top_k_instruments, top_k_moods=top_k_moods,
-                  top_k_genres=top_k_genres, min_similarity=float(min_similarity), max_margin=float(max_margin),
-                  window_seconds=float(window_seconds), device=device, vocab_dir=str(vocab_dir),
-                  calibration_file=str(calibration_file))
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     _validate(params)
     vocab = load_vocab(vocab_dir)
     from . import tag_calibration as calib
 
     tag_family = {e.tag: f for f in FAMILIES for e in vocab[f]}
     top_k = {"instruments": top_k_instruments, "moods": top_k_moods, "genres": top_k_genres}
-    run_ = Run(run_dir)
     seg_path = run_.path("01_segment", "segments.jsonl")
     if not seg_path.is_file():
         raise TagError(f"{seg_path}: not found — run 01_segment first (this stage tags its clips)")

@@ -91,6 +91,7 @@ import numpy as np
 
 from .runs import (JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json,
                    read_jsonl)
+from .stage import begin
 
 STAGE = "03_tempo_key"
 TEMPO_SR = 11025
@@ -451,11 +452,7 @@ def _iter_results(jobs: list[tuple[str, str, str]], graph: str, key_profile: str
 def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = "", model_cache_dir: str = "",
         min_confidence: float = 0.7, bpm_range: str = "", key_profile: str = "edma", workers: int = 2) -> dict:
     """Analyse every ``ok`` clip of ``RUN_DIR/01_segment``; write ``RUN_DIR/03_tempo_key/tempo_key.jsonl``."""
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
-    params = dict(run_dir=str(run_dir), profile=profile, tempo_model=tempo_model, model_cache_dir=model_cache_dir,
-                  min_confidence=min_confidence, bpm_range=bpm_range, key_profile=key_profile, workers=workers)
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     # 1. validate everything before any work
     if not 0.0 <= float(min_confidence) <= 1.0:
         raise TempoKeyError(f"min_confidence {min_confidence!r}: a confidence is between 0 and 1 (the card uses 0.7)")
@@ -464,7 +461,6 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = ""
     if int(workers) < 1:
         raise TempoKeyError(f"workers {workers!r}: need at least 1")
     prior = parse_bpm_range(bpm_range)
-    run_ = Run(run_dir)
     clips = _ok_clips(run_)
     graph = resolve_tempo_model(tempo_model, model_cache_dir)
 
