@@ -2,7 +2,7 @@
 
 Used by every notebook (01_segment … 07_evaluate); no notebook of its own.
 
-The contract (see DESIGN.md, "Runs on disk"): every stage writes under ``RUN_DIR/<stage>/``,
+The contract (see docs/design.md, "The run folder"): every stage writes under ``RUN_DIR/<stage>/``,
 writes files atomically (temp file in the same folder, fsync, rename), appends JSONL rows only
 once per key, and records itself in ``RUN_DIR/<stage>/stage.json`` when done. A stage killed at
 any moment and run again ends exactly where an uninterrupted run ends:
