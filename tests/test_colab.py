@@ -32,7 +32,6 @@ def test_drive_is_never_mounted_outside_colab(monkeypatch, tmp_path):
 
 # --- Open-in-Colab links and the numbered notebooks' set-up cell ----------------------------------
 
-import json
 import subprocess
 import sys
 from pathlib import Path
