@@ -12,7 +12,7 @@ Imported by the stages (02 reads its vocabulary here, 04 its lexicon and each cl
 
 
 Used by stage 04 (:func:`stablebeat_utils.prompts.validate`: does an LLM's prompt state the clip's
-tempo and key, and no other?) and by stage 07 (:func:`stablebeat_utils.evaluate.parse_bpm` /
+tempo and key, and no other?) and by stage 07 (:func:`stablebeat_utils.evaluate_metrics.parse_bpm` /
 ``parse_key``: what tempo and key did a prompt ask for?). One parser, so that every spelling the
 validator accepts is read by 07 to the same value (there is a test of exactly that).
 
