@@ -435,31 +435,30 @@ class Lexicon:
         return [tag] + list(self.synonyms.get(tag, []))
 
 
-def load_artists(path: str | Path = ARTISTS_FILE) -> list[str]:
+def _yaml_entry(path: Path, key: str, what: str) -> Any:
+    """``key`` of the YAML mapping in ``path`` (None when the file is no mapping)."""
     import yaml
 
-    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise ClipFactsError(f"{path}: cannot read the artist list ({exc})") from exc
-    names = data.get("artists") if isinstance(data, dict) else None
+        raise ClipFactsError(f"{path}: cannot read {what} ({exc})") from exc
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def load_artists(path: str | Path = ARTISTS_FILE) -> list[str]:
+    path = Path(path)
+    names = _yaml_entry(path, "artists", "the artist list")
     if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
         raise ClipFactsError(f"{path}: expected `artists:` followed by a list of names (quote names YAML "
-                           "would read as numbers)")
+                             "would read as numbers)")
     return [" ".join(n.split()) for n in names]
 
 
 def load_instrument_lexicon(path: str | Path = INSTRUMENT_LEXICON_FILE) -> list[str]:
     """The general instrument words (``data/vocab/instrument_lexicon.yaml``), lower case, unique."""
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ClipFactsError(f"{path}: cannot read the instrument lexicon ({exc})") from exc
-    words = data.get("words") if isinstance(data, dict) else None
+    words = _yaml_entry(path, "words", "the instrument lexicon")
     if not isinstance(words, list) or not words:
         raise ClipFactsError(f"{path}: expected `words:` followed by a list of instrument words")
     bad = [w for w in words if not isinstance(w, (str, int)) or not str(w).strip()]
