@@ -336,6 +336,73 @@ def _validate(params: dict) -> None:
         raise TagError("clap_model is empty: give a hub id (laion/larger_clap_music), a local folder or tiny:clap")
 
 
+def _ok_segments(run_: Run) -> list[dict]:
+    """01's ``ok`` rows, one per ``clip_id``, sorted; a missing or broken ``segments.jsonl`` refused by name."""
+    seg_path = run_.path("01_segment", "segments.jsonl")
+    if not seg_path.is_file():
+        raise TagError(f"{seg_path}: not found — run 01_segment first (this stage tags its clips)")
+    try:
+        segments = [r for r in read_jsonl(seg_path) if r.get("status") == "ok"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TagError(f"{seg_path}: not a JSONL file ({exc})") from exc
+    bad = [i for i, r in enumerate(segments, 1) if not isinstance(r.get("clip_id"), str)]
+    if bad:
+        raise TagError(f"{seg_path}: ok row {bad[0]} has no text `clip_id`")
+    return sorted({r["clip_id"]: r for r in segments}.values(), key=lambda r: r["clip_id"])
+
+
+def _tag_chunk(clap, run_: Run, chunk: list[dict], base: dict, text: dict, vocab: dict, params: dict,
+               top_k: dict) -> tuple[list[dict], float]:
+    """The rows of one chunk of clips (an unreadable clip is an ``error`` row) and the seconds of audio read."""
+    rows, loaded = [], []
+    for seg in chunk:
+        head = {"clip_id": seg["clip_id"], "path": seg.get("path"), **base}
+        try:
+            windows, weights, dur = _load_windows(run_, seg, clap.sampling_rate, params["window_seconds"])
+            loaded.append((head, windows, weights, dur))
+        except Exception as exc:  # one bad clip never stops the batch
+            rows.append({**head, "error": f"{seg.get('path')}: {exc}"})
+    flat = [w for _, ws, _, _ in loaded for w in ws]
+    embs = [clap.embed_audio(b) for b in _chunks(flat, params["batch_size"])] if flat else []
+    embs = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+    i, seconds = 0, 0.0
+    for head, windows, weights, dur in loaded:
+        pooled = pool_windows(embs[i:i + len(windows)], weights)
+        i += len(windows)
+        seconds += dur
+        row = {**head, "duration": round(dur, 3), "n_windows": len(windows),
+               "instruments_tags": [], "moods_tags": [], "genres_tags": [],
+               "scores": _score_row(pooled, text, vocab)}
+        rows.append(_apply_selection(row, top_k, params["min_similarity"], params["max_margin"]))
+    return rows, seconds
+
+
+def _calibrate(run_: Run, rows: list[dict], answers, answer_sources, tag_family: dict, top_k: dict,
+               min_similarity: float, max_margin: float) -> tuple[list[dict], dict | None, list[str]]:
+    """Fit per-tag thresholds on the scores and apply them (and the producer's answers) to every row;
+    without answers, no calibration file is left behind."""
+    from . import tag_calibration as calib
+
+    if not answers:
+        run_.path(STAGE, calib.CALIBRATION_FILE).unlink(missing_ok=True)
+        return rows, None, []
+    calibration = calib.fit_thresholds(answers, rows, tag_family)
+    unused = calib.unusable(answers, rows)
+    calib.save_calibration(run_.root, calibration, answer_sources, len(answers), unused)
+    if unused:
+        import warnings
+
+        warnings.warn(f"02_tag: {len(unused)} calibration answer(s) are for clips that could not be tagged "
+                      f"(no scores to fit on): {', '.join(unused[:10])}", stacklevel=3)
+    given = calib.latest(answers)
+    new_rows = [r if "error" in r else _apply_selection(r, top_k, min_similarity, max_margin, calibration, given)
+                for r in rows]
+    if new_rows != rows:
+        atomic_write_text(run_.path(STAGE, "tags.jsonl"), "".join(json.dumps(r, ensure_ascii=False, allow_nan=False)
+                                                                  + "\n" for r in new_rows))
+    return new_rows, calibration, unused
+
+
 def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "tiny:clap",
         backend: str = "transformers", batch_size: int = 8, top_k_instruments: int = 3,
         top_k_moods: int = 2, top_k_genres: int = 1, min_similarity: float = -1.0,
@@ -360,17 +427,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
 
     tag_family = {e.tag: f for f in FAMILIES for e in vocab[f]}
     top_k = {"instruments": top_k_instruments, "moods": top_k_moods, "genres": top_k_genres}
-    seg_path = run_.path("01_segment", "segments.jsonl")
-    if not seg_path.is_file():
-        raise TagError(f"{seg_path}: not found — run 01_segment first (this stage tags its clips)")
-    try:
-        segments = [r for r in read_jsonl(seg_path) if r.get("status") == "ok"]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TagError(f"{seg_path}: not a JSONL file ({exc})") from exc
-    bad = [i for i, r in enumerate(segments, 1) if not isinstance(r.get("clip_id"), str)]
-    if bad:
-        raise TagError(f"{seg_path}: ok row {bad[0]} has no text `clip_id`")
-    segments = sorted({r["clip_id"]: r for r in segments}.values(), key=lambda r: r["clip_id"])
+    segments = _ok_segments(run_)
     ok_ids = {r["clip_id"] for r in segments}
     try:  # the producer's answers: every tag and clip they name must exist, before any work
         answers, answer_sources = calib.gather_answers(run_dir, calibration_file)
@@ -421,51 +478,16 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
 
         bar = tqdm(total=todo, desc="02_tag: CLAP", unit="clip")
         for chunk in chunks:
-            rows, loaded = [], []
-            for seg in chunk:
-                base = {"clip_id": seg["clip_id"], "path": seg.get("path"), "model": clap_model,
-                        "backend": backend, "embed_key": key}
-                try:
-                    windows, weights, dur = _load_windows(run_, seg, clap.sampling_rate, window_seconds)
-                    loaded.append((base, windows, weights, dur))
-                except Exception as exc:  # one bad clip never stops the batch
-                    rows.append({**base, "error": f"{seg.get('path')}: {exc}"})
-            flat = [w for _, ws, _, _ in loaded for w in ws]
-            embs = [clap.embed_audio(b) for b in _chunks(flat, batch_size)] if flat else []
-            embs = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
-            i = 0
-            for base, windows, weights, dur in loaded:
-                pooled = pool_windows(embs[i:i + len(windows)], weights)
-                i += len(windows)
-                audio_seconds += dur
-                row = {**base, "duration": round(dur, 3), "n_windows": len(windows),
-                       "instruments_tags": [], "moods_tags": [], "genres_tags": [],
-                       "scores": _score_row(pooled, text, vocab)}
-                rows.append(_apply_selection(row, top_k, min_similarity, max_margin))
+            base = {"model": clap_model, "backend": backend, "embed_key": key}
+            rows, seconds = _tag_chunk(clap, run_, chunk, base, text, vocab, params, top_k)
+            audio_seconds += seconds
             log.append(*rows)
             bar.update(len(chunk))
         bar.close()
         loop_seconds = time.perf_counter() - loop_started
     rows = log.finalize()
-    calibration = None
-    if answers:  # fit per-tag thresholds on the scores, apply them (and the answers) to every row
-        calibration = calib.fit_thresholds(answers, rows, tag_family)
-        unused = calib.unusable(answers, rows)
-        calib.save_calibration(run_dir, calibration, answer_sources, len(answers), unused)
-        if unused:
-            import warnings
-
-            warnings.warn(f"02_tag: {len(unused)} calibration answer(s) are for clips that could not be tagged "
-                          f"(no scores to fit on): {', '.join(unused[:10])}", stacklevel=2)
-        given = calib.latest(answers)
-        new_rows = [r if "error" in r else _apply_selection(r, top_k, min_similarity, max_margin, calibration, given)
-                    for r in rows]
-        if new_rows != rows:
-            atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n"
-                                                for r in new_rows))
-            rows = new_rows
-    else:
-        run_.path(STAGE, calib.CALIBRATION_FILE).unlink(missing_ok=True)
+    rows, calibration, unused = _calibrate(run_, rows, answers, answer_sources, tag_family, top_k,
+                                           min_similarity, max_margin)
     elapsed = time.perf_counter() - started
     errors = [r for r in rows if "error" in r]
     summary = {
