@@ -62,23 +62,24 @@ if [ -z "${STABLEBEAT_MODEL_MIRROR:-}" ] && [ -f "$REPO/../shared/models/tempocn
   export STABLEBEAT_MODEL_MIRROR="$REPO/../shared/models/tempocnn"
 fi
 (cd "$DIR/content" && "$VENV/bin/python" "$DIR/setup_cell.py")
-"$VENV/bin/python" - "$torch_before" <<'PYEOF'
-import importlib.metadata as md, sys
+(cd "$DIR/content" && "$VENV/bin/python" - "$torch_before") <<'PYEOF'
+import sys
 import torch, transformers, stablebeat_utils
 assert torch.__version__ == sys.argv[1], f"the set-up cell replaced Colab's torch: {sys.argv[1]} -> {torch.__version__}"
 assert int(transformers.__version__.split(".")[0]) >= 5, transformers.__version__
+assert "/content/stablebeat-course/" in stablebeat_utils.__file__, stablebeat_utils.__file__
 print("colab-leg: after set-up: torch", torch.__version__, "(kept) | transformers", transformers.__version__,
       "| course from", stablebeat_utils.__file__)
 PYEOF
 t "set-up cell done"
 
 # --- 3. the launcher on the demo profile, every stage ---------------------------------------------
-(cd "$DIR/content" && "$VENV/bin/python" -m papermill --no-progress-bar \
+(cd "$DIR/content" && "$VENV/bin/python" -m papermill --no-progress-bar --log-output \
   stablebeat-course/colab/launcher.ipynb "$DIR/launcher-demo.ipynb" \
   -p profile demo -p use_drive False -p local_folder "$DIR/content/stablebeat" \
   -p input_subfolder demo -p run_name demo -p stages "" -p run_everything True -p publish_repo_id "")
 run_dir=$DIR/content/stablebeat/runs/demo
-"$VENV/bin/python" - "$run_dir" <<'PYEOF'
+(cd "$DIR/content" && "$VENV/bin/python" - "$run_dir") <<'PYEOF'
 import sys
 from pathlib import Path
 from stablebeat_utils import STAGES
