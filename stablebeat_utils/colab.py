@@ -138,9 +138,7 @@ def plan_install(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...
     python = python or ".".join(map(str, sys.version_info[:3]))
     todo, stops, warnings = [], [], []
     if Version(python) not in SpecifierSet(PYTHON_REQUIRES):
-        stops.append(f"Python {python} found, Python {PYTHON_REQUIRES} needed (tested: "
-                     f"{', '.join(PYTHON_TESTED)}). In Colab: Runtime → Change runtime type → a runtime "
-                     "version with Python 3.12")
+        stops.append(f"Python {python} found, Python {PYTHON_REQUIRES} needed")
     elif ".".join(python.split(".")[:2]) not in PYTHON_TESTED:
         warnings.append(f"Python {python} is not among the tested versions ({', '.join(PYTHON_TESTED)}); "
                         "if a stage fails, pick a Colab runtime version with Python 3.12")
@@ -150,10 +148,7 @@ def plan_install(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...
         if ok:
             continue
         if req.name in KEEP:
-            stops.append(f"{req.name} {found or 'not installed'} found, {req.name}{req.specifier} needed. "
-                         "The course never replaces the runtime's own torch: in Colab, pick the latest "
-                         "runtime version (Runtime → Change runtime type); elsewhere install a torch and "
-                         "torchaudio that meet the bound")
+            stops.append(f"{req.name} {found + ' found' if found else 'not installed'}, {req.name}{req.specifier} needed")
         else:
             todo.append((req, found))
     return todo, stops, warnings
@@ -177,7 +172,10 @@ def install_missing(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, 
     """
     todo, stops, warnings = plan_install(requirements, extras, version_of, python)
     if stops:
-        raise Stop("STOP: this runtime cannot run the course: " + "; ".join(stops) + ".")
+        raise Stop("STOP: this runtime cannot run the course: " + "; ".join(stops) + ". In Colab: Runtime → "
+                   f"Change runtime type → the latest runtime version (tested: Python {', '.join(PYTHON_TESTED)}, "
+                   "torch 2.9.1–2.13). The course never replaces the runtime's own torch; elsewhere, use a "
+                   "Python and a torch/torchaudio within these bounds. Nothing was installed.")
     for w in warnings:
         print("note:", w)
     engine = [str(r) for r, _ in todo if r.name in NO_DEPS]
