@@ -370,10 +370,12 @@ def drive_mount_points(values: dict) -> list[Path]:
 
 def prepare(values: dict, *, colab: bool | None = None, report: dict | None = None, mount=None) -> None:
     """In Colab, before a notebook touches its paths: stop early if the GPU cannot run the profile,
-    and mount Drive when (and only when) a parameter points into it. Does nothing elsewhere."""
+    install what the profile needs beyond the set-up cell (:func:`install_for_profile`), and mount
+    Drive when (and only when) a parameter points into it. Does nothing elsewhere."""
     if not (in_colab() if colab is None else colab):
         return
     check_gpu(values.get("profile", "demo"), report)
+    install_for_profile(values.get("profile", "demo"))  # bitsandbytes for a 4-bit LLM; else nothing
     for point in drive_mount_points(values):
         if not (point / "MyDrive").is_dir():
             (mount or mount_drive)(str(point))

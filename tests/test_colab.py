@@ -119,6 +119,16 @@ def test_bitsandbytes_only_for_a_profile_that_quantizes():
     assert "bitsandbytes" not in {r.name for r in colab.read_requirements()}
 
 
+def test_a_lesson_opened_alone_in_colab_installs_what_its_profile_needs(monkeypatch):
+    asked = []
+    monkeypatch.setattr(colab, "install_missing", lambda **kw: asked.append(kw.get("extras")) or [])
+    gpu = {"cuda": True, "name": "L4", "memory_gb": 22.0}
+    colab.prepare({"profile": "colab_lora", "run_dir": "/tmp/x"}, colab=True, report=gpu, mount=None)
+    colab.prepare({"profile": "demo", "run_dir": "/tmp/x"}, colab=True, report=gpu, mount=None)
+    colab.prepare({"profile": "colab_lora", "run_dir": "/tmp/x"}, colab=False, report=gpu, mount=None)
+    assert asked == [{"quantization"}]  # colab_lora in Colab only; nothing for demo or outside Colab
+
+
 def test_drive_is_never_mounted_outside_colab(monkeypatch, tmp_path):
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     with pytest.raises(colab.Stop, match="only be mounted inside Colab"):
