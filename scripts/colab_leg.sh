@@ -6,6 +6,7 @@
 #   2. the launcher's set-up cell, extracted verbatim from colab/launcher.ipynb, run against a local
 #      clone standing in for GitHub (it clones, installs the course, and install_missing brings the
 #      runtime within the course's bounds without touching torch);
+#   2b. bad input: the same cell on Python 3.10 (when one is installed) must STOP naming Python;
 #   3. colab/launcher.ipynb under papermill on the `demo` profile: every stage, end to end.
 # Never touches ./.venv. Work folder: $COLAB_LEG_DIR (default ./.colab-leg, git-ignored), rebuilt
 # each run; COLAB_LEG_VENV=<dir> reuses a base venv already holding steps 1's packages (local
@@ -27,7 +28,7 @@ fi
 [ -n "$PY" ] || { echo "colab-leg: STOP: Python 3.12 not found (set COLAB_PYTHON)" >&2; exit 1; }
 [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "colab-leg: note: uncommitted changes are not in the clone; testing HEAD $(git rev-parse --short HEAD)"
 
-rm -rf "$DIR/content" "$DIR/origin.git" "$DIR/home"
+rm -rf "$DIR/content" "$DIR/origin.git" "$DIR/home" "$DIR/venv310" "$DIR/content310"
 mkdir -p "$DIR/content" "$DIR/home"
 # --- 1. the Colab-like runtime ------------------------------------------------------------------
 if [ -n "${COLAB_LEG_VENV:-}" ]; then
@@ -72,6 +73,28 @@ print("colab-leg: after set-up: torch", torch.__version__, "(kept) | transformer
       "| course from", stablebeat_utils.__file__)
 PYEOF
 t "set-up cell done"
+
+# --- bad input: a runtime below the bounds stops in the set-up cell with one message ---------------
+PY310=${COLAB_LEG_OLD_PYTHON:-}
+if [ -z "$PY310" ]; then
+  for cand in python3.10 "$(pyenv root 2>/dev/null)/versions/"3.10*/bin/python3.10; do
+    if "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then PY310=$cand; break; fi
+  done
+fi
+if [ -n "$PY310" ]; then
+  "$PY310" -m venv "$DIR/venv310"
+  "$DIR/venv310/bin/python" -m pip --disable-pip-version-check -q install PyYAML packaging 2>&1 | grep -v '^WARNING: Location' || true
+  mkdir -p "$DIR/content310"
+  if (cd "$DIR/content310" && "$DIR/venv310/bin/python" "$DIR/setup_cell.py") > "$DIR/py310.log" 2>&1; then
+    echo "colab-leg: FAIL: the set-up cell went on under Python 3.10" >&2; exit 1
+  fi
+  grep -q "STOP: this runtime cannot run the course: Python 3.10.[0-9]* found, Python >=3.11 needed" "$DIR/py310.log" \
+    || { tail -5 "$DIR/py310.log" >&2; echo "colab-leg: FAIL: no STOP naming Python under 3.10" >&2; exit 1; }
+  echo "colab-leg: Python 3.10 stops as it should: $(grep -o 'STOP: [^;]*' "$DIR/py310.log" | head -1)"
+  rm -rf "$DIR/venv310" "$DIR/content310"
+else
+  echo "colab-leg: note: no Python 3.10 here; the STOP below the Python bound is covered by tests/test_colab.py only"
+fi
 
 # --- 3. the launcher on the demo profile, every stage ---------------------------------------------
 (cd "$DIR/content" && "$VENV/bin/python" -m papermill --no-progress-bar --log-output \
