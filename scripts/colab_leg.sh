@@ -90,7 +90,7 @@ if [ -n "$PY310" ]; then
   fi
   grep -q "STOP: this runtime cannot run the course: Python 3.10.[0-9]* found, Python >=3.11 needed" "$DIR/py310.log" \
     || { tail -5 "$DIR/py310.log" >&2; echo "colab-leg: FAIL: no STOP naming Python under 3.10" >&2; exit 1; }
-  echo "colab-leg: Python 3.10 stops as it should: $(grep -o 'STOP: [^;]*' "$DIR/py310.log" | head -1)"
+  echo "colab-leg: Python 3.10 stops as it should: $(grep -o 'STOP: this runtime cannot run the course: Python [^;]*' "$DIR/py310.log" | tail -1)"
   rm -rf "$DIR/venv310" "$DIR/content310"
 else
   echo "colab-leg: note: no Python 3.10 here; the STOP below the Python bound is covered by tests/test_colab.py only"
