@@ -404,6 +404,10 @@ def _build_sao(dest: Path) -> None:
     from safetensors.torch import save_file
 
     config = json.loads((TINY_DATA / "sao_model_config.json").read_text(encoding="utf-8"))
+    # the config projects the 768-wide T5 tokens to the DiT width (project_cond_tokens: true): the
+    # engine gives cross-attention dim_context // dim_heads kv heads and repeats them
+    # num_heads // kv_heads times, so unprojected (24 kv heads for 2 query heads) torch 2.9-2.11
+    # raise and torch >= 2.12 silently attend to nothing. SAO 1.0 itself (24 heads, 12 kv) is fine.
     model = create_sao_model(config)
     _wake_zero_init(model.model)
     save_file(_plain_state_dict(model), str(dest / "model.safetensors"))
