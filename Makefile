@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED_TEMPOCNN)/deeptemp-k16-3.pb),)
 export STABLEBEAT_MODEL_MIRROR ?= $(SHARED_TEMPOCNN)
 endif
 
-.PHONY: setup demo test unit notebooks bench clean-runs fullsize colab-leg
+.PHONY: setup demo test lint unit notebooks bench clean-runs fullsize colab-leg
 
 setup:
 	@bash scripts/setup.sh
@@ -18,11 +18,15 @@ setup:
 demo: setup
 	$(PY) -m stablebeat_utils run
 
-# unit tests, then every notebook under nbval on the demo profile (a fresh run folder each time)
-test: setup
+# lint, unit tests, then every notebook under nbval on the demo profile (a fresh run folder each time)
+test: setup lint
 	rm -rf notebooks/runs
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval-lax notebooks
+
+# ruff: the rules and the width are in pyproject.toml ([tool.ruff])
+lint: setup
+	.venv/bin/ruff check .
 
 unit: setup
 	$(PY) -m pytest -q tests

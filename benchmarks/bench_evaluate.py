@@ -49,6 +49,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from stablebeat_utils import audio, evaluate as ev
+    from stablebeat_utils import evaluate_metrics as em
 
     y, sr = audio.load(args.audio)
     y = y[:, : int(args.seconds * sr)]
@@ -64,14 +65,14 @@ def main() -> None:
 
         from stablebeat_utils import tempo_key
 
-        S = ev.magnitude(y, sr)
+        S = em.magnitude(y, sr)
         rows = [
             ("decode (audio.load)", lambda: audio.load(wav)),
-            ("STFT |X| (mono, 44.1 kHz)", lambda: ev.magnitude(y, sr)),
-            ("spectral centroid", lambda: ev.spectral_centroid(S)),
-            ("spectral flatness", lambda: ev.spectral_flatness(S)),
-            ("H/P ratio (HPSS)", lambda: ev.hp_ratio(S)),
-            ("transient sharpness (own RMS envelope)", lambda: ev.transient_sharpness(y, sr)),
+            ("STFT |X| (mono, 44.1 kHz)", lambda: em.magnitude(y, sr)),
+            ("spectral centroid", lambda: em.spectral_centroid(S)),
+            ("spectral flatness", lambda: em.spectral_flatness(S)),
+            ("H/P ratio (HPSS)", lambda: em.hp_ratio(S)),
+            ("transient sharpness (own RMS envelope)", lambda: em.transient_sharpness(y, sr)),
             ("BPM + key (03's TempoCNN + KeyExtractor)", lambda: tempo_key.analyse_clip("x", str(wav))),
             (f"CLAP score ({args.clap})", lambda: ev.clap_scores(ev.clap_audio_embedding(clap, y, sr), text)),
             ("all signal metrics + BPM + key (measure_clip)", lambda: ev.measure_clip(str(wav))),

@@ -12,7 +12,6 @@ safetensors file per second of audio.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 

@@ -115,7 +115,7 @@ def phase_load(work: Path, t5: str) -> None:
     from stablebeat_utils import models
 
     size = (work / "base" / "model.safetensors").stat().st_size
-    with step("load (models.load_sao)") as info:
+    with step("load (models.load_sao)"):
         model, _ = models.load_sao(str(work / "base"), t5_source=t5)
     info_peak = _status_kb("VmHWM") * 1024
     print(MARK + json.dumps({"step": "load: peak RSS / checkpoint size", "ratio": round(info_peak / size, 2),

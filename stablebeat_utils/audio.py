@@ -18,12 +18,22 @@ from pathlib import Path
 import numpy as np
 
 TARGET_SR = 44100
+# the one list of audio file names the course reads (01's sources, 07's folders, the demo check):
+# what libsndfile and the compressed-audio decoder of :func:`load` open
+AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
+              ".aif", ".aiff", ".aifc")
 CLIP_FORMATS = ("wav", "flac")  # how 01_segment stores clips: the same 16-bit samples, FLAC ~half the bytes
 TRUNCATION_TOLERANCE_S = 0.1  # decoded audio may fall short of the header by this much (codec padding)
 
 
 class AudioError(ValueError):
     """A file that cannot be used as audio; the message is meant for a person."""
+
+
+
+def is_audio_name(name: str | os.PathLike) -> bool:
+    """Whether a file name ends in one of :data:`AUDIO_EXTS` (any case)."""
+    return str(name).lower().endswith(AUDIO_EXTS)
 
 
 @dataclass

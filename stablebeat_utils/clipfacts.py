@@ -1,7 +1,18 @@
-"""Clip facts in text: the one reader of tempo and key in a prompt.
+"""Clip facts: what the course knows about a clip, and the one reader of tempo and key in text.
+
+Imported by the stages (02 reads its vocabulary here, 04 its lexicon and each clip's metadata,
+07 its tempo/key parser); it imports only :mod:`runs`. Four parts:
+
+- the vocabulary (:func:`load_vocab`, :func:`load_synonyms`: ``data/vocab``), the three tag
+  :data:`FAMILIES` and 04's :class:`Lexicon` (:func:`load_lexicon`: tags, synonyms, artists, the
+  general instrument words);
+- a clip's facts as the run folder holds them (:func:`gather`: 01's segment + 02's tags + 03's tempo
+  and key) and whether its tempo and key are known (:func:`known_tempo`, :func:`known_key`);
+- the parser of tempo and key in text, below.
+
 
 Used by stage 04 (:func:`stablebeat_utils.prompts.validate`: does an LLM's prompt state the clip's
-tempo and key, and no other?) and by stage 07 (:func:`stablebeat_utils.evaluate.parse_bpm` /
+tempo and key, and no other?) and by stage 07 (:func:`stablebeat_utils.evaluate_metrics.parse_bpm` /
 ``parse_key``: what tempo and key did a prompt ask for?). One parser, so that every spelling the
 validator accepts is read by 07 to the same value (there is a test of exactly that).
 
@@ -45,6 +56,11 @@ A Bb B``).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .runs import Run, read_jsonl
 
 PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 PC_NAME = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
@@ -246,3 +262,273 @@ def parse_key_name(key: str | None) -> int | None:
         return None
     m = re.fullmatch(r"\s*([A-Ga-g])\s*([#♯b♭]|sharp|flat)?\s*", str(key))
     return pitch_class(m.group(1), m.group(2)) if m else None
+
+
+# --------------------------------------------------------------------------------------------
+# the vocabulary (02's tags, 04's words) and a clip's facts as the run folder holds them
+# --------------------------------------------------------------------------------------------
+
+FAMILIES = ("instruments", "moods", "genres")
+DATA_DIR = Path(__file__).parent / "data"
+VOCAB_DIR = DATA_DIR / "vocab"
+ARTISTS_FILE = VOCAB_DIR / "artists.yaml"
+INSTRUMENT_LEXICON_FILE = VOCAB_DIR / "instrument_lexicon.yaml"
+MAX_SYNONYMS = 4
+T5_MAX_TOKENS = 128  # stable-audio-tools' T5Conditioner max_length for SAO 1.0
+
+
+class ClipFactsError(ValueError):
+    """A vocabulary, lexicon or run-folder input that cannot be read; the message names the file."""
+
+
+class VocabError(ClipFactsError):
+    """A malformed vocabulary or synonyms file; the message names the file and the entry."""
+
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One vocabulary entry: ``tag`` goes into prompts, ``text`` into CLAP's text tower."""
+
+    tag: str
+    text: str
+
+
+def _vocab_dir(vocab_dir: str | Path = "") -> Path:
+    path = Path(vocab_dir).expanduser() if str(vocab_dir) else VOCAB_DIR
+    if not path.is_dir():
+        raise VocabError(f"vocab_dir {str(path)!r} is not a folder (it should hold "
+                         f"{', '.join(f + '.yaml' for f in FAMILIES)})")
+    return path
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    if not path.is_file():
+        raise VocabError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise VocabError(f"{path}: not valid YAML ({exc})") from exc
+
+
+def _clean_text(value: Any, path: Path, where: str, field: str) -> str:
+    if not isinstance(value, str):
+        hint = " (quote it in the YAML file, e.g. \"808\")" if isinstance(value, (int, float)) else ""
+        raise VocabError(f"{path}: {where}: `{field}` must be text, got {type(value).__name__} {value!r}{hint}")
+    text = " ".join(value.split())
+    if not text:
+        raise VocabError(f"{path}: {where}: `{field}` is empty")
+    return text
+
+
+def load_family(path: str | Path, family: str | None = None) -> list[Entry]:
+    """Read and validate one vocabulary file (``family:`` + ``entries:`` of ``{tag, text}``)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise VocabError(f"{path}: expected a mapping with an `entries:` list of {{tag, text}} items")
+    declared = data.get("family")
+    if family is not None and declared is not None and declared != family:
+        raise VocabError(f"{path}: declares family {declared!r} but is read as {family!r}")
+    entries: list[Entry] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(data["entries"], start=1):
+        where = f"entry {i}"
+        if isinstance(item, str):  # a bare tag is allowed: its text is the tag itself
+            item = {"tag": item}
+        if not isinstance(item, dict):
+            raise VocabError(f"{path}: {where}: expected {{tag: ..., text: ...}}, got {item!r}")
+        unknown = sorted(set(item) - {"tag", "text"})
+        if unknown:
+            raise VocabError(f"{path}: {where} ({item.get('tag')!r}): unknown field(s) {', '.join(unknown)} "
+                             "(allowed: tag, text)")
+        if "tag" not in item:
+            raise VocabError(f"{path}: {where}: missing `tag`")
+        tag = _clean_text(item["tag"], path, where, "tag")
+        where = f"entry {i} ({tag!r})"
+        text = _clean_text(item["text"], path, where, "text") if item.get("text") is not None else tag
+        key = tag.casefold()
+        if key in seen:
+            raise VocabError(f"{path}: {where}: duplicate of entry {seen[key]} (tags are compared ignoring case)")
+        seen[key] = i
+        entries.append(Entry(tag, text))
+    if not entries:
+        raise VocabError(f"{path}: `entries:` is empty")
+    return entries
+
+
+def load_vocab(vocab_dir: str | Path = "") -> dict[str, list[Entry]]:
+    """The three families from ``vocab_dir`` ("" = the bundled ``data/vocab``), validated.
+
+    A tag may appear in only one family (the prompts stage must know what a tag is).
+    """
+    root = _vocab_dir(vocab_dir)
+    vocab = {family: load_family(root / f"{family}.yaml", family) for family in FAMILIES}
+    owner: dict[str, str] = {}
+    for family, entries in vocab.items():
+        for e in entries:
+            other = owner.setdefault(e.tag.casefold(), family)
+            if other != family:
+                raise VocabError(f"{root / (family + '.yaml')}: tag {e.tag!r} is also in {other}.yaml — "
+                                 "a tag may belong to one family only")
+    return vocab
+
+
+def load_synonyms(vocab_dir: str | Path = "", vocab: dict[str, list[Entry]] | None = None) -> dict[str, list[str]]:
+    """``synonyms.yaml`` of ``vocab_dir``: tag → 1–4 synonyms (used by 04_prompts), validated.
+
+    Every key must be a tag of the vocabulary; a synonym may not repeat its tag or another synonym.
+    """
+    root = _vocab_dir(vocab_dir)
+    vocab = vocab if vocab is not None else load_vocab(root)
+    tags = {e.tag: e.tag for entries in vocab.values() for e in entries}
+    folded = {t.casefold(): t for t in tags}
+    path = root / "synonyms.yaml"
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise VocabError(f"{path}: expected a mapping of tag: [synonym, ...]")
+    out: dict[str, list[str]] = {}
+    for raw_tag, syns in data.items():
+        tag = _clean_text(raw_tag, path, f"key {raw_tag!r}", "tag")
+        if tag.casefold() not in folded:
+            raise VocabError(f"{path}: {tag!r} is not a tag of {', '.join(f + '.yaml' for f in FAMILIES)}")
+        tag = folded[tag.casefold()]
+        where = f"{tag!r}"
+        if isinstance(syns, str):
+            syns = [syns]
+        if not isinstance(syns, list) or not 1 <= len(syns) <= MAX_SYNONYMS:
+            raise VocabError(f"{path}: {where}: expected a list of 1 to {MAX_SYNONYMS} synonyms, got {syns!r}")
+        clean: list[str] = []
+        for s in syns:
+            s = _clean_text(s, path, where, "synonym")
+            if s.casefold() == tag.casefold() or s.casefold() in (c.casefold() for c in clean):
+                raise VocabError(f"{path}: {where}: synonym {s!r} repeats the tag or another synonym")
+            if s.casefold() in folded:
+                raise VocabError(f"{path}: {where}: synonym {s!r} is itself a tag — two tags that mean the same "
+                                 "thing should be one entry")
+            clean.append(s)
+        if tag in out:
+            raise VocabError(f"{path}: {where}: listed twice")
+        out[tag] = clean
+    return out
+
+
+@dataclass
+class Lexicon:
+    """Everything the prompts stage knows about words: tags per family, synonyms, artist names."""
+
+    tags: dict[str, list[str]]                  # family -> tags
+    synonyms: dict[str, list[str]]              # tag -> synonyms
+    artists: list[str] = field(default_factory=list)
+    instrument_words: list[str] = field(default_factory=list)  # the general lexicon, beyond our tags
+
+    def family_of(self, tag: str) -> str | None:
+        for fam, tags in self.tags.items():
+            if tag in tags:
+                return fam
+        return None
+
+    def wordings(self, tag: str) -> list[str]:
+        """The tag itself, then its synonyms."""
+        return [tag] + list(self.synonyms.get(tag, []))
+
+
+def _yaml_entry(path: Path, key: str, what: str) -> Any:
+    """``key`` of the YAML mapping in ``path`` (None when the file is no mapping)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClipFactsError(f"{path}: cannot read {what} ({exc})") from exc
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def load_artists(path: str | Path = ARTISTS_FILE) -> list[str]:
+    path = Path(path)
+    names = _yaml_entry(path, "artists", "the artist list")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ClipFactsError(f"{path}: expected `artists:` followed by a list of names (quote names YAML "
+                             "would read as numbers)")
+    return [" ".join(n.split()) for n in names]
+
+
+def load_instrument_lexicon(path: str | Path = INSTRUMENT_LEXICON_FILE) -> list[str]:
+    """The general instrument words (``data/vocab/instrument_lexicon.yaml``), lower case, unique."""
+    path = Path(path)
+    words = _yaml_entry(path, "words", "the instrument lexicon")
+    if not isinstance(words, list) or not words:
+        raise ClipFactsError(f"{path}: expected `words:` followed by a list of instrument words")
+    bad = [w for w in words if not isinstance(w, (str, int)) or not str(w).strip()]
+    if bad:
+        raise ClipFactsError(f"{path}: entries that are not words: {bad[:5]}")
+    return list(dict.fromkeys(" ".join(str(w).casefold().split()) for w in words))
+
+
+def load_lexicon(vocab_dir: str | Path = "") -> Lexicon:
+    """The vocabulary and synonyms of ``02_tag`` (same files, same validation), the artist list and
+    the general instrument lexicon."""
+    vocab = load_vocab(vocab_dir)
+    synonyms = load_synonyms(vocab_dir, vocab)
+    return Lexicon(tags={f: [e.tag for e in vocab[f]] for f in FAMILIES}, synonyms=synonyms,
+                   artists=load_artists(), instrument_words=load_instrument_lexicon())
+
+
+def known_tempo(meta: dict) -> float | None:
+    t = meta.get("tempo")
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 else None
+
+
+def known_key(meta: dict) -> tuple[int, str] | None:
+    pc = parse_key_name(meta.get("key"))
+    scale = (meta.get("scale") or "").lower()
+    return (pc, scale) if pc is not None and scale in ("major", "minor") else None
+
+
+def clip_tags(meta: dict) -> list[str]:
+    return [t for f in FAMILIES for t in meta.get(f"{f}_tags") or []]
+
+
+def _by_id(rows: Iterable[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in rows:
+        if isinstance(r, dict) and r.get("clip_id") is not None:
+            out.setdefault(str(r["clip_id"]), r)
+    return out
+
+
+def gather(run: Run) -> list[dict]:
+    """One record per ``ok`` clip: its segment fields + the card's metadata + what was missing."""
+    seg_path = run.path("01_segment", "segments.jsonl")
+    if not seg_path.is_file():
+        raise ClipFactsError(f"{seg_path}: missing — run notebook 01_segment first")
+    try:
+        segments = read_jsonl(seg_path)
+        tags = _by_id(read_jsonl(run.path("02_tag", "tags.jsonl")))
+        tk = _by_id(read_jsonl(run.path("03_tempo_key", "tempo_key.jsonl")))
+    except ValueError as exc:
+        raise ClipFactsError(f"{run.root}: a JSONL input is not valid JSON ({exc})") from exc
+    records = []
+    for seg in segments:
+        if seg.get("status") != "ok" or not seg.get("clip_id") or not seg.get("path"):
+            continue
+        cid = str(seg["clip_id"])
+        missing = []
+        t = tags.get(cid)
+        if t is None or t.get("error"):
+            missing.append("tags" if t is None else "tags (02_tag error)")
+            t = {}
+        k = tk.get(cid)
+        if k is None or (k.get("error") and k.get("tempo") is None and k.get("key") is None):
+            missing.append("tempo_key" if k is None else "tempo_key (03_tempo_key error)")
+            k = k or {}
+        meta = {f"{f}_tags": [str(x) for x in (t.get(f"{f}_tags") or [])] for f in FAMILIES}
+        meta.update(key=k.get("key"), scale=k.get("scale"), tempo=k.get("tempo"))
+        if known_key(meta) is None:
+            meta.update(key=None, scale=None)
+        meta.update(start=seg.get("start"), duration=seg.get("duration"))
+        records.append({"clip_id": cid, "filepath": seg["path"], "meta": meta, "missing": missing})
+    records.sort(key=lambda r: r["clip_id"])
+    return records

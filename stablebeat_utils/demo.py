@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audio import AUDIO_EXTS, is_audio_name
 from .runs import atomic_path, atomic_write_text, cache_home
 
 SR = 44100
@@ -46,7 +47,6 @@ PROGRESSIONS = {
     "minor": ((0, 5, 2, 6), (0, 3, 5, 4), (0, 5, 3, 4), (0, 2, 5, 6)),
     "major": ((0, 4, 5, 3), (0, 5, 3, 4), (0, 3, 4, 0), (0, 3, 5, 4)),
 }
-AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".opus"}
 
 
 @dataclass(frozen=True)
@@ -341,7 +341,7 @@ def resolve_input_dir(input_dir: str | os.PathLike) -> Path:
                                 "beats, or \"demo\" for the bundled demo beats")
     if not path.is_dir():
         raise NotADirectoryError(f"input_dir {str(path)!r} is a file, not a folder")
-    if not any(p.is_file() and p.suffix.lower() in AUDIO_EXTS for p in path.rglob("*")):
+    if not any(p.is_file() and is_audio_name(p.name) for p in path.rglob("*")):
         raise FileNotFoundError(f"input_dir {str(path)!r} holds no audio files "
                                 f"({', '.join(sorted(AUDIO_EXTS))})")
     return path

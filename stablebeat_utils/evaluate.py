@@ -95,239 +95,25 @@ import hashlib
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .audio import is_audio_name
+from .evaluate_metrics import (CARD_METRICS, SAM_CLAP_MODEL, SIGNAL_METRICS, SR, EvaluateError, bpm_adherence,
+                               frechet_distance, key_score, parse_bpm, parse_key, signal_metrics)
+from .evaluate_report import (_jsonable, _mean, _plots, _report_md, _summary_md, card_table, compare,
+                              paper_comparison)
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
+from .stage import begin
 
 STAGE = "07_evaluate"
-SR = 44100
-N_FFT = 2048
-HOP = 512
-HPSS_KERNEL = 31
-ACTIVE_DB = 60.0  # frames more than this far below the loudest frame are not averaged
-TS_FRAME, TS_HOP = 512, 128  # transient sharpness: its own fine RMS envelope (11.6 ms frames, 2.9 ms hop)
-TS_REF_RMS = 0.1  # transient sharpness is measured as if the clip had this RMS (−20 dBFS): loudness-free
-BPM_TOLERANCE = 0.04
-OCTAVE_FACTORS = (0.5, 1.0, 2.0)
 METRICS_VERSION = 2  # bumped when a definition changes: cached rows of another version are recomputed
-CARD_METRICS = ("bpm", "spectral_centroid", "spectral_flatness", "hp_ratio", "transient_sharpness", "clap_score")
-SIGNAL_METRICS = ("spectral_centroid", "spectral_flatness", "hp_ratio", "transient_sharpness")
-CARD_LABELS = {"bpm": "BPM", "spectral_centroid": "Spectral Centroid", "spectral_flatness": "Spectral Flatness",
-               "hp_ratio": "Harmonic/Percussive Ratio", "transient_sharpness": "Transient Sharpness",
-               "clap_score": "CLAP Prompt Score"}
-MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune"}
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a")
 CLAP_BACKENDS = ("transformers", "laion_clap")
 CLAP_SETTINGS = ("card", "stable-audio-metrics")
-# stable-audio-metrics' CLAP score (src/clap_score.py): LAION's 630k-audioset-fusion-best.pt; transformers'
-# conversion of that checkpoint is the hub repo below. Its audio: mono 48 kHz, peak-normalised to −1 dBFS,
-# quantised to int16 and back, the whole clip to the model (fusion truncation for clips over 10 s).
-SAM_CLAP_MODEL = "laion/clap-htsat-fused"
 SAM_PEAK_DBFS = -1.0
 SAM_SEED = 0  # the fusion / rand_trunc crops are drawn at random upstream; here from a fixed seed
-# SAO 1.0's published figures (Evans et al. 2024, "Stable Audio Open", Song Describer, no-singing subset),
-# measured with stable-audio-metrics: shown beside ours only at clap_setting="stable-audio-metrics"
-SAO_PUBLISHED = {"benchmark": "Song Describer (no singing)", "FD_openl3": 96.51, "KL_passt": 0.55, "CLAP": 0.41}
-
-
-class EvaluateError(ValueError):
-    """Input or a parameter that cannot be evaluated; the message is meant for a person."""
-
-
-# ---------------------------------------------------------------------------------------------
-# the card's signal metrics (pure functions of a mono signal, unit-tested on known signals)
-
-def _as_mono44(y: np.ndarray, sr: int) -> np.ndarray:
-    from . import audio
-
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim == 2:
-        y = audio.to_mono(y)
-    if sr != SR:
-        y = audio.resample(y[None], sr, SR, quality="HQ")[0]
-    if not np.all(np.isfinite(y)):
-        raise EvaluateError("the audio holds NaN or infinite samples")
-    return np.ascontiguousarray(y)
-
-
-def magnitude(y: np.ndarray, sr: int = SR) -> np.ndarray:
-    """``|STFT|`` (n_fft 2048, hop 512) of ``y`` (mono ``(n,)`` or ``(channels, n)``) at 44.1 kHz."""
-    import librosa
-
-    return np.abs(librosa.stft(_as_mono44(y, sr), n_fft=N_FFT, hop_length=HOP))
-
-
-def active_frames(S: np.ndarray, db: float = ACTIVE_DB) -> np.ndarray:
-    """Boolean mask of the frames within ``db`` dB of the loudest frame (energy Σ|X|²)."""
-    energy = (S.astype(np.float64) ** 2).sum(axis=0)
-    top = energy.max() if energy.size else 0.0
-    if top <= 0:
-        raise EvaluateError("the clip is digital silence: no spectral metric can be measured")
-    return energy >= top * 10 ** (-db / 10)
-
-
-def spectral_centroid(S: np.ndarray, sr: int = SR) -> float:
-    """Mean spectral centroid (Hz) over the active frames of a magnitude spectrogram."""
-    import librosa
-
-    c = librosa.feature.spectral_centroid(S=S, sr=sr, n_fft=N_FFT)[0]
-    return float(c[active_frames(S)].mean())
-
-
-def spectral_flatness(S: np.ndarray) -> float:
-    """Mean spectral flatness (power spectrum, geometric / arithmetic mean) over the active frames."""
-    import librosa
-
-    f = librosa.feature.spectral_flatness(S=S, n_fft=N_FFT, power=2.0)[0]
-    return float(f[active_frames(S)].mean())
-
-
-def hp_ratio(S: np.ndarray) -> float:
-    """Σ|H| / Σ|P| after ``librosa.decompose.hpss`` (31×31 median filters, soft masks)."""
-    import librosa
-
-    H, P = librosa.decompose.hpss(S, kernel_size=HPSS_KERNEL)
-    p = float(P.sum())
-    return float(H.sum()) / p if p > 0 else float("inf")
-
-
-def transient_sharpness(y: np.ndarray, sr: int = SR) -> float:
-    """How sharp the attacks are, independent of loudness (see the module docstring).
-
-    ``TS = TS_REF_RMS² · Σ max(0, Δr)² / Σ r²`` on the RMS envelope ``r`` (512-sample frames, hop 128)
-    of the mono 44.1 kHz signal ``y`` (``(n,)`` or ``(channels, n)`` at rate ``sr``). Gain cancels
-    between numerator and denominator; a rise made in few frames beats the same rise spread over many.
-    Version 1 of this metric (``METRICS_VERSION`` 1) used the 2048-sample frames without the
-    division: it grew with loudness and rated long soft swells sharper than short clicks.
-    """
-    import librosa
-
-    y = _as_mono44(y, sr)
-    r = librosa.feature.rms(y=y, frame_length=TS_FRAME, hop_length=TS_HOP)[0].astype(np.float64)
-    energy = float((r ** 2).sum())
-    if energy <= 0:
-        raise EvaluateError("the clip is digital silence: no transient sharpness can be measured")
-    rise = np.maximum(np.diff(r), 0.0)
-    return float(TS_REF_RMS ** 2 * (rise ** 2).sum() / energy)
-
-
-def signal_metrics(y: np.ndarray, sr: int) -> dict[str, float]:
-    """The four signal metrics of one clip, sharing one STFT."""
-    y = _as_mono44(y, sr)
-    S = magnitude(y)
-    return {"spectral_centroid": spectral_centroid(S), "spectral_flatness": spectral_flatness(S),
-            "hp_ratio": hp_ratio(S), "transient_sharpness": transient_sharpness(y)}
-
-
-# ---------------------------------------------------------------------------------------------
-# what a prompt asks for
-
-NOTE_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-PC_NAME = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-
-
-def parse_bpm(prompt: str) -> float | None:
-    """The tempo a prompt asks for ("at 110 BPM", "110 b.p.m.", "tempo: 90", "one hundred and ten
-    beats a minute"), or None. 30–300 only. The reader of stage 04's validator:
-    :func:`stablebeat_utils.clipfacts.parse_bpm`."""
-    from .clipfacts import parse_bpm as _parse_bpm
-
-    return _parse_bpm(prompt)
-
-
-def pitch_class(name: str) -> int:
-    """'C#' / 'Db' / 'D♭' / 'Bb' → 0..11."""
-    name = name.strip()
-    pc = NOTE_PC[name[0].upper()]
-    rest = name[1:].strip().lower()
-    if rest in ("#", "♯", "-sharp", "sharp"):
-        pc += 1
-    elif rest in ("b", "♭", "-flat", "flat"):
-        pc -= 1
-    elif rest:
-        raise ValueError(f"not a note name: {name!r}")
-    return pc % 12
-
-
-def parse_key(prompt: str) -> tuple[str, str] | None:
-    """The key a prompt names, as ``(tonic, "major"|"minor")`` with a canonical tonic, or None.
-
-    "in D major" → ("D", "major"); "G minor" / "Gm" / "in g minor" → ("G", "minor");
-    "F# minor" → ("F#", "minor"); "A-flat major" → ("Ab", "major"); "a minor chord progression" →
-    None. The reader of stage 04's validator: :func:`stablebeat_utils.clipfacts.parse_key` (its
-    docstring gives the rules for the ambiguous lower-case "a").
-    """
-    from .clipfacts import parse_key as _parse_key
-
-    return _parse_key(prompt)
-
-
-def bpm_adherence(requested: float | None, measured: float | None) -> dict[str, Any]:
-    """Error measures of ``measured`` against ``requested`` (all None when either is missing)."""
-    out = {"bpm_abs_error": None, "bpm_rel_error": None, "bpm_octave_error": None,
-           "bpm_acc1": None, "bpm_acc2": None}
-    if requested is None or measured is None or not math.isfinite(measured):
-        return out
-    err = abs(measured - requested)
-    oct_err = min(abs(measured - f * requested) for f in OCTAVE_FACTORS)
-    out.update(bpm_abs_error=err, bpm_rel_error=err / requested, bpm_octave_error=oct_err,
-               bpm_acc1=bool(err <= BPM_TOLERANCE * requested),
-               bpm_acc2=any(abs(measured - f * requested) <= BPM_TOLERANCE * f * requested for f in OCTAVE_FACTORS))
-    return out
-
-
-def key_score(reference: tuple[str, str], estimate: tuple[str, str]) -> float:
-    """MIREX key score: 1 same key, 0.5 estimate a fifth above (same mode), 0.3 relative, 0.2 parallel.
-
-    The rule of ``mir_eval.key.weighted_score`` (not a dependency of this project for 10 lines).
-    """
-    rpc, rmode = pitch_class(reference[0]), reference[1]
-    epc, emode = pitch_class(estimate[0]), estimate[1]
-    if rmode == emode:
-        if rpc == epc:
-            return 1.0
-        if (epc - rpc) % 12 == 7:
-            return 0.5
-        return 0.0
-    if rpc == epc:
-        return 0.2
-    if rmode == "major" and (epc - rpc) % 12 == 9:  # C major → A minor
-        return 0.3
-    if rmode == "minor" and (epc - rpc) % 12 == 3:  # A minor → C major
-        return 0.3
-    return 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# distributions
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to the rows of ``a`` and of ``b`` (FAD's formula).
-
-    ``tr (Σa Σb)^½`` is computed as ``Σ √λ`` of the symmetric PSD matrix ``Σa^½ Σb Σa^½`` (same
-    eigenvalues), not with ``scipy.linalg.sqrtm`` of the non-symmetric product, which returns
-    complex, inaccurate values when the covariances are rank-deficient — always the case with
-    fewer clips than dimensions. Needs at least 2 rows in each set.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"need two (n, dim) arrays of the same dim, got {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need at least 2 embeddings per set, got {len(a)} and {len(b)}")
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(ca)
-    sqrt_ca = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = sqrt_ca @ cb @ sqrt_ca
-    lam = np.linalg.eigvalsh((inner + inner.T) / 2)
-    tr_covmean = float(np.sqrt(np.clip(lam, 0, None)).sum())
-    d = float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * tr_covmean)
-    return max(d, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +337,7 @@ def reference_clips(run_dir: str | os.PathLike, reference: str = "") -> tuple[li
         if not folder.is_dir():
             raise EvaluateError(f"reference {reference!r}: not a folder (give a folder of training audio, \"\" for "
                                 "RUN_DIR/01_segment's clips, or \"none\")")
-        files = sorted(str(p.resolve()) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTS)
+        files = sorted(str(p.resolve()) for p in folder.rglob("*") if is_audio_name(p.name))
         return files, str(folder)
     seg = run.path("01_segment", "segments.jsonl")
     if not seg.is_file():
@@ -561,132 +347,13 @@ def reference_clips(run_dir: str | os.PathLike, reference: str = "") -> tuple[li
 
 
 # ---------------------------------------------------------------------------------------------
-# tables
-
-def _fmt(v: Any, metric: str = "") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(v)
-    v = float(v)
-    if metric in ("bpm", "spectral_centroid"):
-        return f"{v:.2f}"
-    if metric in ("hp_ratio", "clap_score", "key_score"):
-        return f"{v:.3f}"
-    if metric in ("spectral_flatness", "transient_sharpness", "frechet"):
-        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return f"{v:.4g}"
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _per_prompt(df, models: list[str]):
-    """Mean of each metric per (prompt, model) over seeds."""
-    cols = list(CARD_METRICS) + ["bpm_abs_error", "bpm_octave_error", "key_score"] + [f"{m}_dist" for m in SIGNAL_METRICS]
-    cols = [c for c in cols if c in df.columns]
-    g = df[df["model"].isin(models)].groupby(["prompt_idx", "model"])[cols].mean(numeric_only=True)
-    return g
-
-
-def card_table(df, models: list[str]) -> str:
-    """Markdown: per prompt, its text, then one row per model with the card's six columns."""
-    parts = ["# Per-prompt metrics (laid out like the StableBeaT card)\n",
-             "Means over seeds. Columns as on the card; definitions in `report.md`.\n"]
-    g = _per_prompt(df, models)
-    header = ["Model"] + [CARD_LABELS[m] for m in CARD_METRICS]
-    for idx in sorted(df["prompt_idx"].unique()):
-        sub = df[df["prompt_idx"] == idx]
-        prompt = sub["prompt"].iloc[0]
-        req = sub["bpm_requested"].iloc[0]
-        key = sub["key_requested"].iloc[0]
-        asks = ", ".join(x for x in [f"{_fmt(req, 'bpm')} BPM" if req == req and req is not None else "",
-                                     key if isinstance(key, str) and key else ""] if x)
-        parts.append(f"\n## Prompt {idx + 1}\n\n> {prompt}\n\n" + (f"Requested: {asks}.\n\n" if asks else ""))
-        rows = []
-        for m in models:
-            if (idx, m) in g.index:
-                vals = g.loc[(idx, m)]
-                rows.append([MODEL_LABELS.get(m, m)] + [_fmt(vals.get(c), c) for c in CARD_METRICS])
-        parts.append(_md_table(header, rows))
-    return "".join(parts)
-
-
-TIE_TOLERANCE = 1e-3  # relative difference under which base and fine-tune tie on a prompt
-BETTER = {
-    "bpm": "lower absolute error, measured vs requested BPM (prompts that name a BPM)",
-    "bpm_octave": "lower octave-tolerant BPM error (½×, 1×, 2× the request forgiven)",
-    "key": "higher MIREX key score (prompts that name a key)",
-    "spectral_centroid": "closer to the training clips (log distance to their median)",
-    "spectral_flatness": "closer to the training clips (log distance to their median)",
-    "hp_ratio": "closer to the training clips (log distance to their median)",
-    "transient_sharpness": "closer to the training clips (log distance to their median)",
-    "clap_score": "higher (audio closer to its prompt in CLAP space)",
-}
-_BETTER_COL = {"bpm": ("bpm_abs_error", -1), "bpm_octave": ("bpm_octave_error", -1), "key": ("key_score", +1),
-               "clap_score": ("clap_score", +1), **{m: (f"{m}_dist", -1) for m in SIGNAL_METRICS}}
-
-
-def compare(df, base: str = "base", cand: str = "finetune") -> list[dict]:
-    """Per metric: means of both models, and the candidate's wins/losses/ties over prompts.
-
-    Two values within :data:`TIE_TOLERANCE` (relative) of each other are a tie.
-    """
-    out = []
-    g = _per_prompt(df, [base, cand])
-    for name, (col, sign) in _BETTER_COL.items():
-        value_col = {"bpm": "bpm_abs_error", "bpm_octave": "bpm_octave_error", "key": "key_score"}.get(name, name)
-        rec = {"metric": name, "better": BETTER[name],
-               "base_mean": _mean(df[df["model"] == base], value_col),
-               "finetune_mean": _mean(df[df["model"] == cand], value_col),
-               "wins": 0, "losses": 0, "ties": 0, "prompts_compared": 0}
-        if col not in g.columns:
-            rec["verdict"] = "n/a"
-            out.append(rec)
-            continue
-        for idx in sorted({i for i, _ in g.index}):
-            if (idx, base) not in g.index or (idx, cand) not in g.index:
-                continue
-            b, c = g.loc[(idx, base), col], g.loc[(idx, cand), col]
-            if b != b or c != c:  # NaN: the prompt does not ask / the metric is missing
-                continue
-            rec["prompts_compared"] += 1
-            d = sign * (c - b)
-            if abs(d) <= TIE_TOLERANCE * max(abs(b), abs(c), 1e-12):  # under 0.1 %: no real difference
-                rec["ties"] += 1
-            elif d > 0:
-                rec["wins"] += 1
-            else:
-                rec["losses"] += 1
-        n = rec["prompts_compared"]
-        rec["verdict"] = ("n/a" if n == 0 else "fine-tune better" if rec["wins"] > rec["losses"]
-                          else "base better" if rec["losses"] > rec["wins"] else "even")
-        out.append(rec)
-    return out
-
-
-def _mean(df, col: str) -> float | None:
-    if col not in df.columns:
-        return None
-    v = df[col].astype(float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else None
-
-
-# ---------------------------------------------------------------------------------------------
 # the stage
 
 def _settings_key(**kw) -> str:
     return hashlib.sha256(json.dumps({**kw, "v": METRICS_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _validate(generations: str, clap_backend: str, key_profile: str, workers: int, reference: str,
-              clap_setting: str = "card") -> None:
+def _validate(generations: str, clap_backend: str, key_profile: str, workers: int, clap_setting: str) -> None:
     from . import tempo_key
 
     if clap_setting not in CLAP_SETTINGS:
@@ -712,21 +379,14 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
 
     See the module docstring for the metric definitions and outputs. Returns a summary dict.
     """
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     import pandas as pd
     from tqdm.auto import tqdm
 
     from . import tempo_key
 
-    params = dict(run_dir=str(run_dir), profile=profile, generations=str(generations), clap_model=clap_model,
-                  clap_backend=clap_backend, clap_setting=clap_setting, tempo_model=str(tempo_model), key_profile=key_profile,
-                  reference=str(reference), device=device, workers=int(workers),
-                  spectrogram_pairs=int(spectrogram_pairs))
     # 1. validate before any work
-    _validate(generations, clap_backend, key_profile, workers, reference, clap_setting)
-    run_ = Run(run_dir)
+    _validate(generations, clap_backend, key_profile, workers, clap_setting)
     gens = read_generations(run_dir, generations)
     refs, ref_source = reference_clips(run_dir, reference)
     try:
@@ -899,162 +559,3 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
     return summary
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
-def _summary_md(means, training_means, comparison, frechet, models, n_train) -> str:
-    parts = ["# Summary\n\n## Means per model\n\n"]
-    cols = [*CARD_METRICS, "bpm_abs_error", "bpm_octave_error", "bpm_acc2", "key_score"]
-    header = ["Model"] + [CARD_LABELS.get(c, c) for c in cols]
-    rows = [[MODEL_LABELS.get(m, m)] + [_fmt(means[m][c], c) for c in cols] for m in models]
-    if n_train:
-        rows.append([f"training clips (n={n_train})", "—"] + [_fmt(training_means[m], m) for m in SIGNAL_METRICS]
-                    + ["—"] * (len(cols) - 1 - len(SIGNAL_METRICS)))
-    parts.append(_md_table(header, rows))
-    parts.append("\n`bpm_abs_error`: |measured − requested|; `bpm_octave_error`: the same with ½× and 2× forgiven; "
-                 "`bpm_acc2`: share within ±4 % of ½×, 1× or 2× the request; `key_score`: MIREX weighted key score.\n")
-    if comparison:
-        parts.append("\n## Fine-tune vs base, prompt by prompt\n\n")
-        parts.append("Means of the value compared: the BPM rows compare errors, the others the metric itself; "
-                     "a difference under 0.1 % counts as a tie.\n\n")
-        header = ["Metric", "better means", "base mean", "fine-tune mean", "fine-tune wins", "losses", "ties",
-                  "verdict"]
-        rows = [[c["metric"], c["better"], _fmt(c["base_mean"], c["metric"]), _fmt(c["finetune_mean"], c["metric"]),
-                 str(c["wins"]), str(c["losses"]), str(c["ties"]), c["verdict"]] for c in comparison]
-        parts.append(_md_table(header, rows))
-    else:
-        parts.append("\nNo base/fine-tune pair in the generations list: no win/loss comparison.\n")
-    parts.append("\n## Fréchet CLAP distance to the training clips (lower = closer)\n\n")
-    rows = [[MODEL_LABELS.get(m, m), _fmt(f["value"], "frechet"), str(f["n_generated"]), str(f["n_training"]),
-             f["note"] or ""] for m, f in frechet.items()]
-    parts.append(_md_table(["Model", "Fréchet distance", "generated clips", "training clips", "note"], rows))
-    return "".join(parts)
-
-
-def _plots(df, ref_df, folder: Path, pair: list[str], n_pairs: int, run_: Run) -> list[Path]:
-    from . import show
-
-    out = []
-
-    def save(fig, name):
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-        out.append(path)
-
-    models = pair or sorted(df["model"].unique())
-    training = {m: ref_df[m].astype(float).median() for m in SIGNAL_METRICS} if len(ref_df) else {}
-    save(show.plot_metric_bars(df, list(CARD_METRICS), models, CARD_LABELS, training), "metric_bars.png")
-    if df["bpm_requested"].notna().any():
-        save(show.plot_bpm_scatter(df, models), "bpm_requested_vs_measured.png")
-    if len(pair) == 2:
-        ok = df[df["error"].isna()]
-        n = 0
-        for idx in sorted(ok["prompt_idx"].unique()):
-            sub = ok[ok["prompt_idx"] == idx]
-            a, b = sub[sub["model"] == pair[0]], sub[sub["model"] == pair[1]]
-            common = sorted(set(a["seed"]) & set(b["seed"]))
-            if not common or n >= n_pairs:
-                continue
-            seed = common[0]
-            pa = a[a["seed"] == seed]["path"].iloc[0]
-            pb = b[b["seed"] == seed]["path"].iloc[0]
-            pa, pb = (p if os.path.isabs(p) else str(run_.path(p)) for p in (pa, pb))
-            title = f"Prompt {idx + 1} (seed {seed}): {sub['prompt'].iloc[0]}"
-            save(show.plot_spectrogram_pair(pa, pb, [MODEL_LABELS.get(m, m) for m in pair], title),
-                 f"spectrograms_prompt{idx + 1:02d}.png")
-            n += 1
-    return out
-
-
-def paper_comparison(means: dict, clap_setting: str, clap_model: str) -> dict | None:
-    """SAO 1.0's published figures beside our CLAP means — only at ``clap_setting="stable-audio-metrics"``.
-
-    Returns None at any other setting (the numbers would not be comparable). ``comparable`` is
-    False when the CLAP is not :data:`SAM_CLAP_MODEL` (the demo's tiny model, another checkpoint).
-    """
-    if clap_setting != "stable-audio-metrics":
-        return None
-    rows = [{"model": "Stable Audio Open 1.0 (published)", "benchmark": SAO_PUBLISHED["benchmark"],
-             "FD_openl3": SAO_PUBLISHED["FD_openl3"], "KL_passt": SAO_PUBLISHED["KL_passt"],
-             "CLAP": SAO_PUBLISHED["CLAP"]}]
-    for m, vals in means.items():
-        rows.append({"model": f"{MODEL_LABELS.get(m, m)} (this run)", "benchmark": "this run's prompts",
-                     "FD_openl3": None, "KL_passt": None, "CLAP": vals.get("clap_score")})
-    return {"setting": clap_setting, "clap_model": clap_model, "comparable": clap_model == SAM_CLAP_MODEL,
-            "rows": rows}
-
-
-def _setting_md(params: dict, paper: dict | None) -> str:
-    setting = params.get("clap_setting", "card")
-    what = ("02_tag's CLAP path (10-s windows, averaged)" if setting == "card" else
-            "stable-audio-metrics' conventions: mono 48 kHz, peak-normalised to −1 dBFS, int16, whole clip, "
-            "fusion truncation")
-    text = (f"\n## CLAP setting: `{setting}`\n\nCLAP scores here were measured with `clap_setting = \"{setting}\"` "
-            f"({what}), CLAP `{params['clap_model']}`. **CLAP numbers compare only with numbers measured at the same "
-            "setting and with the same CLAP weights**; the card's CLAP scores and published papers use their own.\n")
-    if paper is None:
-        return text + ("\nTo place a fine-tune beside SAO 1.0's published figures, run again with "
-                       f"`clap_setting = \"stable-audio-metrics\"` and `clap_model = \"{SAM_CLAP_MODEL}\"`.\n")
-    rows = [[r["model"], r["benchmark"], _fmt(r["FD_openl3"]), _fmt(r["KL_passt"]), _fmt(r["CLAP"], "clap_score")]
-            for r in paper["rows"]]
-    text += ("\n### Beside SAO 1.0's published figures\n\n"
-             + _md_table(["Model", "Prompts", "FD_openl3 ↓", "KL_passt ↓", "CLAP ↑"], rows)
-             + "\nFD_openl3 and KL_passt are not computed by this course (run stable-audio-metrics for them). The "
-               "published CLAP is a mean over the Song Describer prompts; ours is over this run's prompts: same "
-               "measuring convention, different prompts.\n")
-    if not paper["comparable"]:
-        text += (f"\n**Not comparable:** `clap_model = \"{paper['clap_model']}\"` is not stable-audio-metrics' CLAP "
-                 f"(`{SAM_CLAP_MODEL}`, LAION's 630k-audioset-fusion weights): the CLAP column above only exercises "
-                 "the setting.\n")
-    return text
-
-
-def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params, errors, paper=None) -> str:
-    card = (out_dir / "card_table.md").read_text(encoding="utf-8").split("\n", 1)[1]
-    defs = ("| Column | Definition | Better |\n|---|---|---|\n"
-            "| BPM | TempoCNN deeptemp-k16-3 global tempo (03_tempo_key's estimator, no octave prior) | "
-            "lower error vs the prompt's BPM |\n"
-            "| Spectral Centroid | mean over active frames of Σf·\\|X\\| / Σ\\|X\\| (STFT 2048/512, mono, 44.1 kHz), Hz | "
-            "closer to training |\n"
-            "| Spectral Flatness | mean over active frames of geometric/arithmetic mean of \\|X\\|² | closer to training |\n"
-            "| Harmonic/Percussive Ratio | Σ\\|H\\| / Σ\\|P\\| after librosa HPSS (31×31 median filters) | closer to training |\n"
-            "| Transient Sharpness | 0.1² · Σ max(0, Δr)² / Σ r², r = RMS envelope (512/128 frames): the mean squared "
-            "rise of the envelope of the clip normalised to −20 dBFS RMS — loudness-free | closer to training |\n"
-            "| CLAP Prompt Score | cosine(CLAP audio embedding, CLAP text embedding of the prompt), 02_tag's CLAP path "
-            "| higher |\n")
-    rel = [p.relative_to(out_dir).as_posix() for p in plots]
-    images = "\n".join(f"![{Path(r).stem}]({r})" for r in rel)
-    err = ""
-    if len(errors):
-        err = "\n## Clips that could not be measured\n\n" + "\n".join(f"- `{r.path}`: {r.error}" for r in errors.itertuples()) + "\n"
-    clap_note = ("" if params["clap_model"] != "tiny:clap" else
-                 "\n**Demo note:** `clap_model = \"tiny:clap\"` is a tiny CLAP with random weights: its CLAP scores "
-                 "and Fréchet distances exercise the code, they say nothing about the audio.\n")
-    return (f"# 07_evaluate — base vs fine-tune\n\n"
-            f"{len(df)} generated clips, {df['prompt_idx'].nunique()} prompts, models: "
-            f"{', '.join(sorted(df['model'].unique()))}. Training reference: {ref_source} ({n_train} clips). "
-            f"CLAP: `{params['clap_model']}` ({params['clap_backend']}); key profile `{params['key_profile']}`.\n"
-            f"{clap_note}{_setting_md(params, paper)}\n## How each number is measured\n\n{defs}\n"
-            "Active frames: within 60 dB of the loudest frame. All per-clip values are in `metrics.csv`.\n\n"
-            + summary_md.replace("# Summary", "## Summary", 1).replace("\n## ", "\n### ")
-            + "\n## Per prompt\n" + card.replace("\n## ", "\n### ")
-            + f"\n## Plots\n\n{images}\n" + err
-            + "\n## Caveats\n\n- The card does not publish its formulas; these definitions land in its orders of "
-              "magnitude on real music but its exact numbers cannot be reproduced.\n"
-              "- One generation per prompt and seed is a small sample: a win/loss on one prompt is anecdotal.\n"
-              "- Flatness and H/P depend on mixing; transient sharpness is loudness-free (normalised by the clip's energy) "
-              "but still depends on compression and density of hits.\n"
-              "- The Fréchet distance with fewer clips than CLAP's 512 dimensions is biased upward.\n")

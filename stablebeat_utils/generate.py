@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from .runs import JsonlLog, Run, read_jsonl
+from .stage import begin
 
 log = logging.getLogger(__name__)
 
@@ -379,11 +380,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     Output ``i`` of the prompt list uses seed ``seed + i`` (with ``batch_size`` > 1, a batch uses
     the seed of its first prompt, recorded on each row with ``batch_index``).
     """
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     from tqdm.auto import tqdm
 
-    params = {k: v for k, v in locals().items() if k != "tqdm"}
-    run_ = Run(run_dir)
-    run_.check_compatible()
     settings = Settings(steps=int(steps), cfg_scale=float(cfg_scale), sampler_type=sampler_type,
                         sigma_min=float(sigma_min), sigma_max=float(sigma_max),
                         seconds_start=float(seconds_start), seconds_total=float(seconds_total),

@@ -1,6 +1,7 @@
-"""Parameters and profiles: one schema, validation before any work, ``run.json``.
+"""Parameters and profiles: one schema and validation before any work.
 
-Used by every notebook (cell 3: ``P = params.settle("NN_stage", globals())``) and by the runner.
+Used by every stage (:func:`check_call`), by the notebooks through :func:`stablebeat_utils.lesson.settle`
+and by the runner.
 
 The schema is ``data/profiles/demo.yaml``: it lists every parameter of every notebook with its
 demo value, which is also the default in the notebook's ``parameters`` cell (a test checks that
@@ -11,7 +12,7 @@ keys apply to every notebook that has that parameter, ``stages: {NN_stage: {...}
 Precedence, lowest first: demo defaults < profile < ``-f params.yaml`` < ``-p NAME VALUE``.
 
 When a learner opens a notebook on its own and sets ``profile = "colab_a100"`` in the form,
-:func:`settle` applies the profile to every parameter still at its demo value; parameters the
+:func:`settled_values` applies the profile to every parameter still at its demo value; parameters the
 learner changed are kept. Under the runner the values arrive already resolved
 (``_resolved_by_runner``) and are only validated.
 """
@@ -19,9 +20,7 @@ learner changed are kept. Under the runner the values arrive already resolved
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import os
-import platform
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -29,13 +28,11 @@ from typing import Any
 
 import yaml
 
-from . import STAGES, __version__
-from .runs import RUN_FORMAT, Run, atomic_write_json
+from . import STAGES
+from .runs import Run
 
 PROFILES_DIR = Path(__file__).parent / "data" / "profiles"
 SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|credentials?)$", re.I)
-VERSIONED_PACKAGES = ("torch", "torchaudio", "stable-audio-tools", "transformers", "essentia-tensorflow",
-                      "librosa", "numpy", "pytorch-lightning", "papermill")
 
 
 class ParameterError(ValueError):
@@ -159,7 +156,7 @@ def coerce(stage: str, name: str, value: Any) -> Any:
 
 def check_call(stage: str, args: dict) -> None:
     """Refuse, before any work, a stage's ``run()`` called directly with a wrong type or an
-    incompatible run folder (the notebooks go through :func:`settle`, which already checks).
+    incompatible run folder (the notebooks go through :func:`settled_values`, which already checks).
 
     Added by the reliability suite (tests/test_reliability.py): ``tempo_key.run(workers="two")``
     raised a bare ``ValueError: invalid literal for int()`` and ``prompts.run(batch_size="8")`` a
@@ -203,30 +200,10 @@ def resolve(stage: str, profile: str = "demo", files: list[dict] | None = None,
     return values
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "stablebeat_utils": __version__}
-    for pkg in VERSIONED_PACKAGES:
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def record(run_dir: str | os.PathLike, stage: str, values: dict) -> Path:
-    """Merge ``stage``'s parameters into ``RUN_DIR/run.json`` (no secrets ever reach it)."""
-    run = Run(run_dir)
-    run.check_compatible()
-    info = run.read_run_json() or {"run_format": RUN_FORMAT, "params": {}}
-    info["run_format"] = RUN_FORMAT
-    info["versions"] = versions()
-    info.setdefault("params", {})[stage] = values
-    run.root.mkdir(parents=True, exist_ok=True)
-    return atomic_write_json(run.root / "run.json", info)
-
-
-def settle(stage: str, namespace: dict) -> dict[str, Any]:
-    """The notebook's parameters, profile applied, validated, recorded; pass to ``<stage>.run(**P)``."""
+def settled_values(stage: str, namespace: dict) -> dict[str, Any]:
+    """A notebook's parameters (``namespace``: its globals) with the profile applied to every one still
+    at its demo value, validated. Under the runner (``_resolved_by_runner``) only validated.
+    Recording and Colab preparation are the lesson's (:func:`stablebeat_utils.lesson.settle`)."""
     stage = canonical_stage(stage)
     names = schema(stage)
     values = {n: namespace.get(n, names[n]) for n in names}
@@ -236,11 +213,4 @@ def settle(stage: str, namespace: dict) -> dict[str, Any]:
             for k, v in profile_values(load_profile(profile), stage).items():
                 if values.get(k) == names[k]:
                     values[k] = v
-    values = {k: coerce(stage, k, v) for k, v in values.items()}
-    from . import colab  # in Colab: GPU check, Drive mounted if a path points into it; elsewhere nothing
-
-    colab.prepare(values)
-    if "run_dir" in values:
-        values["run_dir"] = str(Path(values["run_dir"]).expanduser().resolve())
-        record(values["run_dir"], stage, values)
-    return values
+    return {k: coerce(stage, k, v) for k, v in values.items()}

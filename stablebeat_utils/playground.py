@@ -281,7 +281,7 @@ class Playground:
         import ipywidgets as W
         from IPython.display import Audio
 
-        from . import show
+        from . import plots
 
         boxes = []
         for t in takes:
@@ -289,7 +289,7 @@ class Playground:
                     f"{t.audio.shape[1] / t.sr:.1f} s" + (f" · LoRA ×{t.lora_strength:g}" if t.lora_strength is not None else "")
             wav = Audio(np.clip(t.audio, -1, 1), rate=t.sr, normalize=False).data  # IPython encodes the WAV
             boxes.append(W.VBox([W.HTML(label), W.Audio(value=wav, format="wav", autoplay=False),
-                                 W.Image(value=show.spectrogram_png(t.audio, t.sr, t.model), format="png")]))
+                                 W.Image(value=plots.spectrogram_png(t.audio, t.sr, t.model), format="png")]))
         self.results.children = tuple(boxes)
 
     def save_take(self, _button=None) -> list[dict] | None:

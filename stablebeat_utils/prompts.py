@@ -54,20 +54,16 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import clipfacts
+from .clipfacts import FAMILIES, T5_MAX_TOKENS, Lexicon, clip_tags, gather, load_lexicon
 from .runs import JsonlLog, Run, atomic_write_json, read_jsonl
+from .stage import begin
 
 STAGE = "04_prompts"
-FAMILIES = ("instruments", "moods", "genres")
 CARD_KEYS = ("instruments_tags", "genres_tags", "moods_tags", "key", "scale", "tempo", "start", "duration")
-DATA_DIR = Path(__file__).parent / "data"
-ARTISTS_FILE = DATA_DIR / "vocab" / "artists.yaml"
-INSTRUMENT_LEXICON_FILE = DATA_DIR / "vocab" / "instrument_lexicon.yaml"
-T5_MAX_TOKENS = 128  # stable-audio-tools' T5Conditioner max_length for SAO 1.0
 PROMPTS_FORMAT = 2  # bumped when the rows change meaning; older rows are redone
 
 
@@ -78,70 +74,6 @@ class PromptsError(ValueError):
 # --------------------------------------------------------------------------------------------
 # vocabulary, synonyms, artists
 # --------------------------------------------------------------------------------------------
-
-@dataclass
-class Lexicon:
-    """Everything the prompts stage knows about words: tags per family, synonyms, artist names."""
-
-    tags: dict[str, list[str]]                  # family -> tags
-    synonyms: dict[str, list[str]]              # tag -> synonyms
-    artists: list[str] = field(default_factory=list)
-    instrument_words: list[str] = field(default_factory=list)  # the general lexicon, beyond our tags
-
-    def family_of(self, tag: str) -> str | None:
-        for fam, tags in self.tags.items():
-            if tag in tags:
-                return fam
-        return None
-
-    def wordings(self, tag: str) -> list[str]:
-        """The tag itself, then its synonyms."""
-        return [tag] + list(self.synonyms.get(tag, []))
-
-
-def load_artists(path: str | Path = ARTISTS_FILE) -> list[str]:
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PromptsError(f"{path}: cannot read the artist list ({exc})") from exc
-    names = data.get("artists") if isinstance(data, dict) else None
-    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
-        raise PromptsError(f"{path}: expected `artists:` followed by a list of names (quote names YAML "
-                           "would read as numbers)")
-    return [" ".join(n.split()) for n in names]
-
-
-def load_instrument_lexicon(path: str | Path = INSTRUMENT_LEXICON_FILE) -> list[str]:
-    """The general instrument words (``data/vocab/instrument_lexicon.yaml``), lower case, unique."""
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PromptsError(f"{path}: cannot read the instrument lexicon ({exc})") from exc
-    words = data.get("words") if isinstance(data, dict) else None
-    if not isinstance(words, list) or not words:
-        raise PromptsError(f"{path}: expected `words:` followed by a list of instrument words")
-    bad = [w for w in words if not isinstance(w, (str, int)) or not str(w).strip()]
-    if bad:
-        raise PromptsError(f"{path}: entries that are not words: {bad[:5]}")
-    return list(dict.fromkeys(" ".join(str(w).casefold().split()) for w in words))
-
-
-def load_lexicon(vocab_dir: str | Path = "") -> Lexicon:
-    """The vocabulary and synonyms of ``02_tag`` (same files, same validation), the artist list and
-    the general instrument lexicon."""
-    from . import tag
-
-    vocab = tag.load_vocab(vocab_dir)
-    synonyms = tag.load_synonyms(vocab_dir, vocab)
-    return Lexicon(tags={f: [e.tag for e in vocab[f]] for f in FAMILIES}, synonyms=synonyms,
-                   artists=load_artists(), instrument_words=load_instrument_lexicon())
-
 
 def clip_rng(seed: int, clip_id: str) -> random.Random:
     """A generator that depends only on (seed, clip_id): stable across runs, resumes and orders."""
@@ -224,21 +156,6 @@ _ALLOWED_CAPS = {"i", "bpm", "major", "minor", "key", "tempo", "beats", "per", "
                  "b.p.m", "b.p.m.", "uk", "r&b", "rnb", "dj"}
 
 
-def _known_tempo(meta: dict) -> float | None:
-    t = meta.get("tempo")
-    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 else None
-
-
-def _known_key(meta: dict) -> tuple[int, str] | None:
-    pc = parse_key(meta.get("key"))
-    scale = (meta.get("scale") or "").lower()
-    return (pc, scale) if pc is not None and scale in ("major", "minor") else None
-
-
-def clip_tags(meta: dict) -> list[str]:
-    return [t for f in FAMILIES for t in meta.get(f"{f}_tags") or []]
-
-
 def count_t5_tokens(t5_tokenizer, text: str) -> int:
     """Tokens T5 sees (with its end-of-sequence token), as stable-audio-tools' T5Conditioner counts."""
     return len(t5_tokenizer(text)["input_ids"])
@@ -280,7 +197,7 @@ def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None 
             problems.append(f"names instrument {word!r} the clip was not tagged with")
 
     # -- tempo
-    tempo = _known_tempo(meta)
+    tempo = clipfacts.known_tempo(meta)
     stated = [v for v, _, _ in clipfacts.find_tempos(masked)]
     numbers = [v for v, _, _ in clipfacts.find_numbers(masked)]
     if tempo is None:
@@ -295,7 +212,7 @@ def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None 
                 problems.append(f"states a number ({n:g}) other than the tempo ({tempo:g} BPM)")
 
     # -- key
-    key = _known_key(meta)
+    key = clipfacts.known_key(meta)
     claims = find_keys(text)
     if key is None:
         for _, _, said in claims:
@@ -508,11 +425,11 @@ TEMPLATES = (_tpl_using, _tpl_featuring, _tpl_with, _tpl_evoking, _tpl_instrumen
 
 
 def _format_key(meta: dict) -> str:
-    return f"{meta['key']} {meta['scale'].lower()}" if _known_key(meta) else ""
+    return f"{meta['key']} {meta['scale'].lower()}" if clipfacts.known_key(meta) else ""
 
 
 def _format_tempo(meta: dict) -> str:
-    t = _known_tempo(meta)
+    t = clipfacts.known_tempo(meta)
     return f"{round(t)}" if t is not None else ""
 
 
@@ -597,49 +514,6 @@ def generate_batch(tokenizer, model, conversations: list[list[dict]], generation
 # inputs
 # --------------------------------------------------------------------------------------------
 
-def _by_id(rows: Iterable[dict]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for r in rows:
-        if isinstance(r, dict) and r.get("clip_id") is not None:
-            out.setdefault(str(r["clip_id"]), r)
-    return out
-
-
-def gather(run: Run) -> list[dict]:
-    """One record per ``ok`` clip: its segment fields + the card's metadata + what was missing."""
-    seg_path = run.path("01_segment", "segments.jsonl")
-    if not seg_path.is_file():
-        raise PromptsError(f"{seg_path}: missing — run notebook 01_segment first")
-    try:
-        segments = read_jsonl(seg_path)
-        tags = _by_id(read_jsonl(run.path("02_tag", "tags.jsonl")))
-        tk = _by_id(read_jsonl(run.path("03_tempo_key", "tempo_key.jsonl")))
-    except ValueError as exc:
-        raise PromptsError(f"{run.root}: a JSONL input is not valid JSON ({exc})") from exc
-    records = []
-    for seg in segments:
-        if seg.get("status") != "ok" or not seg.get("clip_id") or not seg.get("path"):
-            continue
-        cid = str(seg["clip_id"])
-        missing = []
-        t = tags.get(cid)
-        if t is None or t.get("error"):
-            missing.append("tags" if t is None else "tags (02_tag error)")
-            t = {}
-        k = tk.get(cid)
-        if k is None or (k.get("error") and k.get("tempo") is None and k.get("key") is None):
-            missing.append("tempo_key" if k is None else "tempo_key (03_tempo_key error)")
-            k = k or {}
-        meta = {f"{f}_tags": [str(x) for x in (t.get(f"{f}_tags") or [])] for f in FAMILIES}
-        meta.update(key=k.get("key"), scale=k.get("scale"), tempo=k.get("tempo"))
-        if _known_key(meta) is None:
-            meta.update(key=None, scale=None)
-        meta.update(start=seg.get("start"), duration=seg.get("duration"))
-        records.append({"clip_id": cid, "filepath": seg["path"], "meta": meta, "missing": missing})
-    records.sort(key=lambda r: r["clip_id"])
-    return records
-
-
 def card_metadata(meta: dict) -> dict:
     """Exactly the card's keys, in the card's order."""
     return {k: meta.get(k) for k in CARD_KEYS}
@@ -715,19 +589,12 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
     Resumable: rows are appended one batch at a time and kept across runs when they were made with
     the same parameters from the same metadata; a killed run goes on where it stopped.
     """
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     from tqdm.auto import tqdm
 
     from . import models, tag_space
 
-    params = dict(run_dir=str(run_dir), profile=profile, llm_model=llm_model, t5_model=t5_model, use_llm=use_llm,
-                  quantization=quantization, batch_size=batch_size, generation_length=generation_length,
-                  temperature=temperature, seed=seed, device=device, t5_max_length=t5_max_length,
-                  n_clusters=n_clusters, rare_tag_percent=rare_tag_percent)
     _validate_params(params)
-    run_ = Run(run_dir)
     records = gather(run_)
     lexicon = load_lexicon()
     matcher = Matcher(lexicon)

@@ -16,10 +16,10 @@ from typing import Any
 
 from . import STAGES, params
 from .params import ParameterError
-from .runs import Run
+from .runs import Run, record_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNNER_MARKER = "_resolved_by_runner"  # tells params.settle the values are already resolved
+RUNNER_MARKER = "_resolved_by_runner"  # tells lesson.settle the values are already resolved
 
 
 class _QuietMarker(logging.Filter):
@@ -115,7 +115,7 @@ def run(stages: list[str] | None = None, profile: str | None = None,
     outputs = []
     for stage, values in resolved.items():
         run_dir = Path(values["run_dir"])
-        params.record(run_dir, stage, values)
+        record_params(run_dir, stage, values)
         out = run_dir / "notebooks" / f"{stage}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()

@@ -2,7 +2,7 @@
 
 Used by every notebook (01_segment … 07_evaluate); no notebook of its own.
 
-The contract (see DESIGN.md, "Runs on disk"): every stage writes under ``RUN_DIR/<stage>/``,
+The contract (see docs/design.md, "The run folder"): every stage writes under ``RUN_DIR/<stage>/``,
 writes files atomically (temp file in the same folder, fsync, rename), appends JSONL rows only
 once per key, and records itself in ``RUN_DIR/<stage>/stage.json`` when done. A stage killed at
 any moment and run again ends exactly where an uninterrupted run ends:
@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.metadata
 import json
 import os
+import platform
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+from . import __version__
 
 RUN_FORMAT = 1
 _UMASK = os.umask(0)
@@ -298,3 +302,34 @@ class Run:
 def iter_rows(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
     for p in paths:
         yield from read_jsonl(p)
+
+
+# --------------------------------------------------------------------------------------------
+# run.json: every stage's parameters and the versions they ran with
+# --------------------------------------------------------------------------------------------
+
+VERSIONED_PACKAGES = ("torch", "torchaudio", "stable-audio-tools", "transformers", "essentia-tensorflow",
+                      "librosa", "numpy", "pytorch-lightning", "papermill")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "stablebeat_utils": __version__}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def record_params(run_dir: str | os.PathLike, stage: str, values: dict) -> Path:
+    """Merge ``stage``'s parameters into ``RUN_DIR/run.json`` (no secrets ever reach it: the schema
+    refuses secret-like names)."""
+    run = Run(run_dir)
+    run.check_compatible()
+    info = run.read_run_json() or {"run_format": RUN_FORMAT, "params": {}}
+    info["run_format"] = RUN_FORMAT
+    info["versions"] = versions()
+    info.setdefault("params", {})[stage] = values
+    run.root.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(run.root / "run.json", info)

@@ -71,12 +71,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import audio as audio_mod
+from .audio import AUDIO_EXTS, is_audio_name
 from .pool import ordered_bounded as _ordered_bounded  # the one crash-isolating pool (moved to pool.py)
 from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
+from .stage import begin
 
 STAGE = "01_segment"
-AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
-              ".aif", ".aiff", ".aifc")
 SKIP_DIRS = {"__MACOSX"}
 ANALYSIS_SR = 11025
 HOP = 256  # 23 ms frames at ANALYSIS_SR
@@ -108,10 +108,6 @@ class Source:
     kind: str  # "file", "folder" (a folder named like audio), "hidden" (._x.wav and friends)
 
 
-def _is_audio_name(name: str) -> bool:
-    return name.lower().endswith(AUDIO_EXTS)
-
-
 def discover(input_dir: str | os.PathLike) -> tuple[list[Source], list[str]]:
     """The sources under ``input_dir`` in sorted order, and the ignored (non-audio) files."""
     root = Path(input_dir)
@@ -122,7 +118,7 @@ def discover(input_dir: str | os.PathLike) -> tuple[list[Source], list[str]]:
         keep = []
         for d in dirnames:
             rel = (here / d).relative_to(root).as_posix()
-            if _is_audio_name(d):
+            if is_audio_name(d):
                 sources.append(Source(rel, "folder"))
             if d.startswith(".") or d in SKIP_DIRS:
                 continue
@@ -132,7 +128,7 @@ def discover(input_dir: str | os.PathLike) -> tuple[list[Source], list[str]]:
         dirnames[:] = sorted(keep)
         for f in filenames:
             rel = (here / f).relative_to(root).as_posix()
-            if not _is_audio_name(f):
+            if not is_audio_name(f):
                 ignored.append(rel)
             elif f.startswith("."):
                 sources.append(Source(rel, "hidden"))
@@ -539,6 +535,65 @@ def _source_complete(rows: list[dict]) -> bool:
     return bool(rows) and len(rows) == rows[0]["of"] and len({r["index"] for r in rows}) == len(rows)
 
 
+def _sources(input_dir: str | os.PathLike, run_obj: Run) -> tuple[Path, list, list]:
+    """The input folder (``"demo"`` = the bundled beats), its audio sources and ignored files; a missing
+    folder, one without audio, or one that overlaps the run folder is refused by name."""
+    from . import demo
+
+    try:
+        in_dir = Path(demo.resolve_input_dir(input_dir)).resolve()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise SegmentError(str(exc)) from exc
+    sources, ignored = discover(in_dir)
+    if not sources:
+        raise SegmentError(f"input_dir {str(in_dir)!r} holds no audio files ({', '.join(AUDIO_EXTS)})")
+    if run_obj.root == in_dir or in_dir in run_obj.root.parents or run_obj.root in in_dir.parents:
+        raise SegmentError(f"run_dir {str(run_obj.root)!r} and input_dir {str(in_dir)!r} overlap: keep the run "
+                           "folder outside the folder of beats (and the other way round)")
+    return in_dir, sources, ignored
+
+
+def _take(result: dict, log: JsonlLog, fps: JsonlLog, dups: "_DupIndex", run_root: Path) -> None:
+    """One source's result into the log: a resumed source only re-enters the duplicate index; a new
+    one is logged, or replaced by one ``duplicate of`` row (its clips deleted) when it repeats an
+    earlier source."""
+    src, rows = result["source"], result["rows"]
+    if result.get("resumed"):
+        if rows[0]["status"] == "ok":
+            dups.add(src, rows[0].get("sha256"), (fps.get(src) or {}).get("fp"))
+        return
+    ok = rows[0]["status"] == "ok"
+    original = dups.find(result["sha256"], result["fp"]) if ok else None
+    if original is not None:
+        for r in rows:
+            (run_root / r["path"]).unlink(missing_ok=True)
+        info = {k: rows[0][k] for k in ("source_duration", "source_sr", "source_channels", "source_format", "sha256")}
+        rows = [_row(src, None, 1, "rejected", f"duplicate of {original}", **info)]
+    elif ok:
+        fps.append({"source": src, "fp": result["fp"]})  # before the rows: resume needs it
+        dups.add(src, result["sha256"], result["fp"])
+    log.append(*rows)
+
+
+def _summary(rows: list[dict], in_dir: Path, n_sources: int, n_ignored: int, seg_path: Path,
+             clips_dir: Path) -> dict:
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    rejected = [r for r in rows if r["status"] != "ok"]
+    return {
+        "input_dir": str(in_dir),
+        "sources": n_sources,
+        "sources_with_clips": len({r["source"] for r in ok_rows}),
+        "clips": len(ok_rows),
+        "rejected": len(rejected),
+        "duplicates": sum(1 for r in rejected if r["reason"].startswith("duplicate of")),
+        "crashed": sum(1 for r in rejected if r["reason"] == CRASHED),
+        "ignored_files": n_ignored,
+        "clip_hours": round(sum(r["duration"] for r in ok_rows) / 3600, 4),
+        "segments": str(seg_path),
+        "clips_dir": str(clips_dir),
+    }
+
+
 def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike = "demo", profile: str = "demo",
         segments_per_track: int = 2, min_seconds: float = 20.0, max_seconds: float = 35.0,
         target_lufs: float = -14.0, peak_ceiling_dbfs: float = -1.0, workers: int = 2,
@@ -548,25 +603,10 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths. Resumable and
     deterministic (the same bytes whatever ``workers`` and wherever a previous run was killed).
     """
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
-    from . import demo
-
+    run_obj, _ = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     _validate(segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
               float(peak_ceiling_dbfs), workers, clip_format)
-    try:
-        in_dir = Path(demo.resolve_input_dir(input_dir)).resolve()
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise SegmentError(str(exc)) from exc
-    sources, ignored = discover(in_dir)
-    if not sources:
-        raise SegmentError(f"input_dir {str(in_dir)!r} holds no audio files ({', '.join(AUDIO_EXTS)})")
-    run_obj = Run(run_dir)
-    run_obj.check_compatible()
-    if run_obj.root == in_dir or in_dir in run_obj.root.parents or run_obj.root in in_dir.parents:
-        raise SegmentError(f"run_dir {str(run_obj.root)!r} and input_dir {str(in_dir)!r} overlap: keep the run "
-                           "folder outside the folder of beats (and the other way round)")
+    in_dir, sources, ignored = _sources(input_dir, run_obj)
     config = _config(in_dir, segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
                      float(peak_ceiling_dbfs), clip_format)
     params = {"input_dir": str(input_dir), "profile": profile, **{k: v for k, v in config.items()
@@ -623,26 +663,7 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     dups = _DupIndex()
     for result in _ordered_bounded(process_source, tasks(), workers, window=2 * workers + 2,
                                   on_crash=_crashed, initializer=_warm_worker):
-        src = result["source"]
-        rows = result["rows"]
-        if result.get("resumed"):
-            if rows[0]["status"] == "ok":
-                fp_row = fps.get(src) or {}
-                dups.add(src, rows[0].get("sha256"), fp_row.get("fp"))
-        else:
-            ok = rows[0]["status"] == "ok"
-            original = dups.find(result["sha256"], result["fp"]) if ok else None
-            if original is not None:
-                for r in rows:
-                    (stage_dir.parent / r["path"]).unlink(missing_ok=True)
-                first = rows[0]
-                info = {k: first[k] for k in ("source_duration", "source_sr", "source_channels", "source_format",
-                                              "sha256")}
-                rows = [_row(src, None, 1, "rejected", f"duplicate of {original}", **info)]
-            elif ok:
-                fps.append({"source": src, "fp": result["fp"]})  # before the rows: resume needs it
-                dups.add(src, result["sha256"], result["fp"])
-            log.append(*rows)
+        _take(result, log, fps, dups, run_obj.root)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -653,21 +674,7 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     for f in clips_dir.iterdir():  # clips of duplicates and temp files of a killed run
         if f.name not in keep:
             f.unlink() if f.is_file() or f.is_symlink() else shutil.rmtree(f)
-    ok_rows = [r for r in rows if r["status"] == "ok"]
-    rejected = [r for r in rows if r["status"] != "ok"]
-    summary = {
-        "input_dir": str(in_dir),
-        "sources": len(sources),
-        "sources_with_clips": len({r["source"] for r in ok_rows}),
-        "clips": len(ok_rows),
-        "rejected": len(rejected),
-        "duplicates": sum(1 for r in rejected if r["reason"].startswith("duplicate of")),
-        "crashed": sum(1 for r in rejected if r["reason"] == CRASHED),
-        "ignored_files": len(ignored),
-        "clip_hours": round(sum(r["duration"] for r in ok_rows) / 3600, 4),
-        "segments": str(seg_path),
-        "clips_dir": str(clips_dir),
-    }
+    summary = _summary(rows, in_dir, len(sources), len(ignored), seg_path, clips_dir)
     if summary["crashed"] >= 2 and summary["crashed"] == summary["sources"]:
         print(f"{STAGE}: WARNING every file crashed its worker process. That points at this machine (a broken "
               "library, or a corrupt numba cache: delete librosa/__pycache__/*.nb* in the venv), not at your "

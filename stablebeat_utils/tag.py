@@ -32,162 +32,24 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from .clipfacts import FAMILIES, Entry, load_vocab
 from .runs import JsonlLog, Run, atomic_path, atomic_write_text, read_jsonl
+from .stage import begin
+from .tag_calibration import select_family, select_tags
 
 STAGE = "02_tag"
-FAMILIES = ("instruments", "moods", "genres")
 BACKENDS = ("transformers", "laion_clap")
-VOCAB_DIR = Path(__file__).parent / "data" / "vocab"
 MIN_TAIL = 0.5  # a last partial window is kept when it holds at least this fraction of a window
 SCORE_DECIMALS = 6
-MAX_SYNONYMS = 4
 
 
 class TagError(ValueError):
     """A parameter, input or model that cannot be used; raised before any clip is processed."""
-
-
-class VocabError(TagError):
-    """A malformed vocabulary or synonyms file; the message names the file and the entry."""
-
-
-# --------------------------------------------------------------------------------------------
-# vocabularies
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Entry:
-    """One vocabulary entry: ``tag`` goes into prompts, ``text`` into CLAP's text tower."""
-
-    tag: str
-    text: str
-
-
-def _vocab_dir(vocab_dir: str | Path = "") -> Path:
-    path = Path(vocab_dir).expanduser() if str(vocab_dir) else VOCAB_DIR
-    if not path.is_dir():
-        raise VocabError(f"vocab_dir {str(path)!r} is not a folder (it should hold "
-                         f"{', '.join(f + '.yaml' for f in FAMILIES)})")
-    return path
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    if not path.is_file():
-        raise VocabError(f"{path}: file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise VocabError(f"{path}: not valid YAML ({exc})") from exc
-
-
-def _clean_text(value: Any, path: Path, where: str, field: str) -> str:
-    if not isinstance(value, str):
-        hint = " (quote it in the YAML file, e.g. \"808\")" if isinstance(value, (int, float)) else ""
-        raise VocabError(f"{path}: {where}: `{field}` must be text, got {type(value).__name__} {value!r}{hint}")
-    text = " ".join(value.split())
-    if not text:
-        raise VocabError(f"{path}: {where}: `{field}` is empty")
-    return text
-
-
-def load_family(path: str | Path, family: str | None = None) -> list[Entry]:
-    """Read and validate one vocabulary file (``family:`` + ``entries:`` of ``{tag, text}``)."""
-    path = Path(path)
-    data = _read_yaml(path)
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        raise VocabError(f"{path}: expected a mapping with an `entries:` list of {{tag, text}} items")
-    declared = data.get("family")
-    if family is not None and declared is not None and declared != family:
-        raise VocabError(f"{path}: declares family {declared!r} but is read as {family!r}")
-    entries: list[Entry] = []
-    seen: dict[str, int] = {}
-    for i, item in enumerate(data["entries"], start=1):
-        where = f"entry {i}"
-        if isinstance(item, str):  # a bare tag is allowed: its text is the tag itself
-            item = {"tag": item}
-        if not isinstance(item, dict):
-            raise VocabError(f"{path}: {where}: expected {{tag: ..., text: ...}}, got {item!r}")
-        unknown = sorted(set(item) - {"tag", "text"})
-        if unknown:
-            raise VocabError(f"{path}: {where} ({item.get('tag')!r}): unknown field(s) {', '.join(unknown)} "
-                             "(allowed: tag, text)")
-        if "tag" not in item:
-            raise VocabError(f"{path}: {where}: missing `tag`")
-        tag = _clean_text(item["tag"], path, where, "tag")
-        where = f"entry {i} ({tag!r})"
-        text = _clean_text(item["text"], path, where, "text") if item.get("text") is not None else tag
-        key = tag.casefold()
-        if key in seen:
-            raise VocabError(f"{path}: {where}: duplicate of entry {seen[key]} (tags are compared ignoring case)")
-        seen[key] = i
-        entries.append(Entry(tag, text))
-    if not entries:
-        raise VocabError(f"{path}: `entries:` is empty")
-    return entries
-
-
-def load_vocab(vocab_dir: str | Path = "") -> dict[str, list[Entry]]:
-    """The three families from ``vocab_dir`` ("" = the bundled ``data/vocab``), validated.
-
-    A tag may appear in only one family (the prompts stage must know what a tag is).
-    """
-    root = _vocab_dir(vocab_dir)
-    vocab = {family: load_family(root / f"{family}.yaml", family) for family in FAMILIES}
-    owner: dict[str, str] = {}
-    for family, entries in vocab.items():
-        for e in entries:
-            other = owner.setdefault(e.tag.casefold(), family)
-            if other != family:
-                raise VocabError(f"{root / (family + '.yaml')}: tag {e.tag!r} is also in {other}.yaml — "
-                                 "a tag may belong to one family only")
-    return vocab
-
-
-def load_synonyms(vocab_dir: str | Path = "", vocab: dict[str, list[Entry]] | None = None) -> dict[str, list[str]]:
-    """``synonyms.yaml`` of ``vocab_dir``: tag → 1–4 synonyms (used by 04_prompts), validated.
-
-    Every key must be a tag of the vocabulary; a synonym may not repeat its tag or another synonym.
-    """
-    root = _vocab_dir(vocab_dir)
-    vocab = vocab if vocab is not None else load_vocab(root)
-    tags = {e.tag: e.tag for entries in vocab.values() for e in entries}
-    folded = {t.casefold(): t for t in tags}
-    path = root / "synonyms.yaml"
-    data = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise VocabError(f"{path}: expected a mapping of tag: [synonym, ...]")
-    out: dict[str, list[str]] = {}
-    for raw_tag, syns in data.items():
-        tag = _clean_text(raw_tag, path, f"key {raw_tag!r}", "tag")
-        if tag.casefold() not in folded:
-            raise VocabError(f"{path}: {tag!r} is not a tag of {', '.join(f + '.yaml' for f in FAMILIES)}")
-        tag = folded[tag.casefold()]
-        where = f"{tag!r}"
-        if isinstance(syns, str):
-            syns = [syns]
-        if not isinstance(syns, list) or not 1 <= len(syns) <= MAX_SYNONYMS:
-            raise VocabError(f"{path}: {where}: expected a list of 1 to {MAX_SYNONYMS} synonyms, got {syns!r}")
-        clean: list[str] = []
-        for s in syns:
-            s = _clean_text(s, path, where, "synonym")
-            if s.casefold() == tag.casefold() or s.casefold() in (c.casefold() for c in clean):
-                raise VocabError(f"{path}: {where}: synonym {s!r} repeats the tag or another synonym")
-            if s.casefold() in folded:
-                raise VocabError(f"{path}: {where}: synonym {s!r} is itself a tag — two tags that mean the same "
-                                 "thing should be one entry")
-            clean.append(s)
-        if tag in out:
-            raise VocabError(f"{path}: {where}: listed twice")
-        out[tag] = clean
-    return out
 
 
 def vocab_hash(vocab: dict[str, list[Entry]]) -> str:
@@ -237,18 +99,6 @@ def pool_windows(embeddings: np.ndarray, weights: Sequence[float] | None = None)
 def cosine_scores(audio_embedding: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
     """Cosine similarity of one audio embedding with each row of ``text_embeddings``."""
     return l2_normalize(text_embeddings) @ l2_normalize(audio_embedding)
-
-
-def select_tags(scores: dict[str, float], top_k: int, min_similarity: float, max_margin: float) -> list[str]:
-    """The ``top_k`` best tags with ``score >= min_similarity`` and within ``max_margin`` of the best.
-
-    Ties are broken by tag name so the choice never depends on dictionary order.
-    """
-    if top_k <= 0 or not scores:
-        return []
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-    best = ranked[0][1]
-    return [t for t, s in ranked[:top_k] if s >= min_similarity and best - s <= max_margin]
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,8 +287,6 @@ def _apply_selection(row: dict, top_k: dict[str, int], min_similarity: float, ma
         if not calibration:
             row[f"{f}_tags"] = select_tags(row["scores"][f], top_k[f], min_similarity, max_margin)
             continue
-        from .tag_calibration import select_family
-
         th = {t: c["threshold"] for t, c in calibration.items() if c["family"] == f}
         tags = select_family(row["scores"][f], top_k[f], min_similarity, max_margin, th)
         for (clip, tag), ok in (answers or {}).items():  # the producer's own answer for this clip wins
@@ -488,6 +336,73 @@ def _validate(params: dict) -> None:
         raise TagError("clap_model is empty: give a hub id (laion/larger_clap_music), a local folder or tiny:clap")
 
 
+def _ok_segments(run_: Run) -> list[dict]:
+    """01's ``ok`` rows, one per ``clip_id``, sorted; a missing or broken ``segments.jsonl`` refused by name."""
+    seg_path = run_.path("01_segment", "segments.jsonl")
+    if not seg_path.is_file():
+        raise TagError(f"{seg_path}: not found — run 01_segment first (this stage tags its clips)")
+    try:
+        segments = [r for r in read_jsonl(seg_path) if r.get("status") == "ok"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TagError(f"{seg_path}: not a JSONL file ({exc})") from exc
+    bad = [i for i, r in enumerate(segments, 1) if not isinstance(r.get("clip_id"), str)]
+    if bad:
+        raise TagError(f"{seg_path}: ok row {bad[0]} has no text `clip_id`")
+    return sorted({r["clip_id"]: r for r in segments}.values(), key=lambda r: r["clip_id"])
+
+
+def _tag_chunk(clap, run_: Run, chunk: list[dict], base: dict, text: dict, vocab: dict, params: dict,
+               top_k: dict) -> tuple[list[dict], float]:
+    """The rows of one chunk of clips (an unreadable clip is an ``error`` row) and the seconds of audio read."""
+    rows, loaded = [], []
+    for seg in chunk:
+        head = {"clip_id": seg["clip_id"], "path": seg.get("path"), **base}
+        try:
+            windows, weights, dur = _load_windows(run_, seg, clap.sampling_rate, params["window_seconds"])
+            loaded.append((head, windows, weights, dur))
+        except Exception as exc:  # one bad clip never stops the batch
+            rows.append({**head, "error": f"{seg.get('path')}: {exc}"})
+    flat = [w for _, ws, _, _ in loaded for w in ws]
+    embs = [clap.embed_audio(b) for b in _chunks(flat, params["batch_size"])] if flat else []
+    embs = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+    i, seconds = 0, 0.0
+    for head, windows, weights, dur in loaded:
+        pooled = pool_windows(embs[i:i + len(windows)], weights)
+        i += len(windows)
+        seconds += dur
+        row = {**head, "duration": round(dur, 3), "n_windows": len(windows),
+               "instruments_tags": [], "moods_tags": [], "genres_tags": [],
+               "scores": _score_row(pooled, text, vocab)}
+        rows.append(_apply_selection(row, top_k, params["min_similarity"], params["max_margin"]))
+    return rows, seconds
+
+
+def _calibrate(run_: Run, rows: list[dict], answers, answer_sources, tag_family: dict, top_k: dict,
+               min_similarity: float, max_margin: float) -> tuple[list[dict], dict | None, list[str]]:
+    """Fit per-tag thresholds on the scores and apply them (and the producer's answers) to every row;
+    without answers, no calibration file is left behind."""
+    from . import tag_calibration as calib
+
+    if not answers:
+        run_.path(STAGE, calib.CALIBRATION_FILE).unlink(missing_ok=True)
+        return rows, None, []
+    calibration = calib.fit_thresholds(answers, rows, tag_family)
+    unused = calib.unusable(answers, rows)
+    calib.save_calibration(run_.root, calibration, answer_sources, len(answers), unused)
+    if unused:
+        import warnings
+
+        warnings.warn(f"02_tag: {len(unused)} calibration answer(s) are for clips that could not be tagged "
+                      f"(no scores to fit on): {', '.join(unused[:10])}", stacklevel=3)
+    given = calib.latest(answers)
+    new_rows = [r if "error" in r else _apply_selection(r, top_k, min_similarity, max_margin, calibration, given)
+                for r in rows]
+    if new_rows != rows:
+        atomic_write_text(run_.path(STAGE, "tags.jsonl"), "".join(json.dumps(r, ensure_ascii=False, allow_nan=False)
+                                                                  + "\n" for r in new_rows))
+    return new_rows, calibration, unused
+
+
 def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "tiny:clap",
         backend: str = "transformers", batch_size: int = 8, top_k_instruments: int = 3,
         top_k_moods: int = 2, top_k_genres: int = 1, min_similarity: float = -1.0,
@@ -505,32 +420,14 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
     ``02_tag/calibration.json`` and applied to every row (:mod:`stablebeat_utils.tag_calibration`).
     Returns a summary dict (also recorded in ``02_tag/stage.json``).
     """
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
-    params = dict(run_dir=str(run_dir), profile=profile, clap_model=clap_model, backend=backend,
-                  batch_size=batch_size, top_k_instruments=top_k_instruments, top_k_moods=top_k_moods,
-                  top_k_genres=top_k_genres, min_similarity=float(min_similarity), max_margin=float(max_margin),
-                  window_seconds=float(window_seconds), device=device, vocab_dir=str(vocab_dir),
-                  calibration_file=str(calibration_file))
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     _validate(params)
     vocab = load_vocab(vocab_dir)
     from . import tag_calibration as calib
 
     tag_family = {e.tag: f for f in FAMILIES for e in vocab[f]}
     top_k = {"instruments": top_k_instruments, "moods": top_k_moods, "genres": top_k_genres}
-    run_ = Run(run_dir)
-    seg_path = run_.path("01_segment", "segments.jsonl")
-    if not seg_path.is_file():
-        raise TagError(f"{seg_path}: not found — run 01_segment first (this stage tags its clips)")
-    try:
-        segments = [r for r in read_jsonl(seg_path) if r.get("status") == "ok"]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TagError(f"{seg_path}: not a JSONL file ({exc})") from exc
-    bad = [i for i, r in enumerate(segments, 1) if not isinstance(r.get("clip_id"), str)]
-    if bad:
-        raise TagError(f"{seg_path}: ok row {bad[0]} has no text `clip_id`")
-    segments = sorted({r["clip_id"]: r for r in segments}.values(), key=lambda r: r["clip_id"])
+    segments = _ok_segments(run_)
     ok_ids = {r["clip_id"] for r in segments}
     try:  # the producer's answers: every tag and clip they name must exist, before any work
         answers, answer_sources = calib.gather_answers(run_dir, calibration_file)
@@ -581,51 +478,16 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
 
         bar = tqdm(total=todo, desc="02_tag: CLAP", unit="clip")
         for chunk in chunks:
-            rows, loaded = [], []
-            for seg in chunk:
-                base = {"clip_id": seg["clip_id"], "path": seg.get("path"), "model": clap_model,
-                        "backend": backend, "embed_key": key}
-                try:
-                    windows, weights, dur = _load_windows(run_, seg, clap.sampling_rate, window_seconds)
-                    loaded.append((base, windows, weights, dur))
-                except Exception as exc:  # one bad clip never stops the batch
-                    rows.append({**base, "error": f"{seg.get('path')}: {exc}"})
-            flat = [w for _, ws, _, _ in loaded for w in ws]
-            embs = [clap.embed_audio(b) for b in _chunks(flat, batch_size)] if flat else []
-            embs = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
-            i = 0
-            for base, windows, weights, dur in loaded:
-                pooled = pool_windows(embs[i:i + len(windows)], weights)
-                i += len(windows)
-                audio_seconds += dur
-                row = {**base, "duration": round(dur, 3), "n_windows": len(windows),
-                       "instruments_tags": [], "moods_tags": [], "genres_tags": [],
-                       "scores": _score_row(pooled, text, vocab)}
-                rows.append(_apply_selection(row, top_k, min_similarity, max_margin))
+            base = {"model": clap_model, "backend": backend, "embed_key": key}
+            rows, seconds = _tag_chunk(clap, run_, chunk, base, text, vocab, params, top_k)
+            audio_seconds += seconds
             log.append(*rows)
             bar.update(len(chunk))
         bar.close()
         loop_seconds = time.perf_counter() - loop_started
     rows = log.finalize()
-    calibration = None
-    if answers:  # fit per-tag thresholds on the scores, apply them (and the answers) to every row
-        calibration = calib.fit_thresholds(answers, rows, tag_family)
-        unused = calib.unusable(answers, rows)
-        calib.save_calibration(run_dir, calibration, answer_sources, len(answers), unused)
-        if unused:
-            import warnings
-
-            warnings.warn(f"02_tag: {len(unused)} calibration answer(s) are for clips that could not be tagged "
-                          f"(no scores to fit on): {', '.join(unused[:10])}", stacklevel=2)
-        given = calib.latest(answers)
-        new_rows = [r if "error" in r else _apply_selection(r, top_k, min_similarity, max_margin, calibration, given)
-                    for r in rows]
-        if new_rows != rows:
-            atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n"
-                                                for r in new_rows))
-            rows = new_rows
-    else:
-        run_.path(STAGE, calib.CALIBRATION_FILE).unlink(missing_ok=True)
+    rows, calibration, unused = _calibrate(run_, rows, answers, answer_sources, tag_family, top_k,
+                                           min_similarity, max_margin)
     elapsed = time.perf_counter() - started
     errors = [r for r in rows if "error" in r]
     summary = {

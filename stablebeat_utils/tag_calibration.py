@@ -186,11 +186,21 @@ def unusable(answers: list[dict], rows: list[dict]) -> list[str]:
     return sorted(f"{c}/{t}" for (c, t) in latest(answers) if c in errors)
 
 
+def select_tags(scores: dict[str, float], top_k: int, min_similarity: float, max_margin: float) -> list[str]:
+    """The ``top_k`` best tags with ``score >= min_similarity`` and within ``max_margin`` of the best.
+
+    Ties are broken by tag name so the choice never depends on dictionary order.
+    """
+    if top_k <= 0 or not scores:
+        return []
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    best = ranked[0][1]
+    return [t for t, s in ranked[:top_k] if s >= min_similarity and best - s <= max_margin]
+
+
 def select_family(scores: dict[str, float], top_k: int, min_similarity: float, max_margin: float,
                   thresholds: dict[str, float]) -> list[str]:
     """Tags of one family: uncalibrated by the top-k rule, calibrated by their thresholds; best first."""
-    from .tag import select_tags
-
     free = {t: s for t, s in scores.items() if t not in thresholds}
     chosen = select_tags(free, top_k, min_similarity, max_margin)
     chosen += [t for t, th in thresholds.items() if t in scores and scores[t] >= th]

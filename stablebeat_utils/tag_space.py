@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import clipfacts
 from .runs import Run, atomic_path, atomic_write_json, read_json, read_jsonl
 
 STAGE = "04_prompts"
@@ -116,22 +117,22 @@ def run(run_dir: str = "runs/demo", t5_model: str = "tiny:t5", n_clusters: int =
 
     ``t5`` (tokenizer, encoder) and ``lexicon`` may be passed by :func:`prompts.run` to reuse them.
     """
-    from . import models, prompts, show
+    from . import models, plots
 
     run_ = Run(run_dir)
     out_dir = run_.stage_dir(STAGE)
-    records = prompts.gather(run_)
-    lexicon = lexicon or prompts.load_lexicon()
+    records = clipfacts.gather(run_)
+    lexicon = lexicon or clipfacts.load_lexicon()
     n = len(records)
 
-    freq = {f: Counter(t for r in records for t in dict.fromkeys(r["meta"].get(f"{f}_tags") or [])) for f in prompts.FAMILIES}
-    bpms = [float(r["meta"]["tempo"]) for r in records if prompts._known_tempo(r["meta"]) is not None]
-    keys = Counter(f"{r['meta']['key']} {r['meta']['scale']}" for r in records if prompts._known_key(r["meta"]))
+    freq = {f: Counter(t for r in records for t in dict.fromkeys(r["meta"].get(f"{f}_tags") or [])) for f in clipfacts.FAMILIES}
+    bpms = [float(r["meta"]["tempo"]) for r in records if clipfacts.known_tempo(r["meta"]) is not None]
+    keys = Counter(f"{r['meta']['key']} {r['meta']['scale']}" for r in records if clipfacts.known_key(r["meta"]))
     prompt_rows = read_jsonl(out_dir / "prompts.jsonl")
     lengths = {src: [r["t5_tokens"] for r in prompt_rows if r.get("prompt_source") == src and r.get("t5_tokens")]
                for src in ("llm", "template")}
 
-    tag_list = [(f, t) for f in prompts.FAMILIES for t in lexicon.tags[f]]
+    tag_list = [(f, t) for f in clipfacts.FAMILIES for t in lexicon.tags[f]]
     tags = [t for _, t in tag_list]
     # the clusters depend on the vocabulary and the model only (not on the clips): kept across runs
     cluster_key = hashlib.sha256(json.dumps([CLUSTER_FORMAT, t5_model, tag_list, n_clusters, seed, K_RANGE]).encode()
@@ -152,17 +153,17 @@ def run(run_dir: str = "runs/demo", t5_model: str = "tiny:t5", n_clusters: int =
         from sklearn.decomposition import PCA
 
         xy = PCA(n_components=2, random_state=seed).fit_transform(emb / np.linalg.norm(emb, axis=1, keepdims=True))
-        map_png = _save(show.plot_tag_map(xy.tolist(), tags, [int(l) for l in labels],
+        map_png = _save(plots.plot_tag_map(xy.tolist(), tags, [int(l) for l in labels],
                                           {c: v["name"] for c, v in named.items()},
                                           f"{len(tags)} tags embedded with {t5_model}: {k} clusters, "
                                           f"silhouette {sil:.3f}"), out_dir / "tag_map.png")
     rare = under_represented(freq, lexicon.tags, n, rare_tag_percent)
 
-    plots = {
-        "tag_frequency": _save(show.plot_tag_frequency({f: freq[f].most_common() for f in freq}, n),
+    pngs = {
+        "tag_frequency": _save(plots.plot_tag_frequency({f: freq[f].most_common() for f in freq}, n),
                                out_dir / "tag_frequency.png"),
-        "bpm_key": _save(show.plot_bpm_key(bpms, dict(keys)), out_dir / "bpm_key.png"),
-        "prompt_lengths": _save(show.plot_prompt_lengths(lengths, prompts.T5_MAX_TOKENS), out_dir / "prompt_lengths.png"),
+        "bpm_key": _save(plots.plot_bpm_key(bpms, dict(keys)), out_dir / "bpm_key.png"),
+        "prompt_lengths": _save(plots.plot_prompt_lengths(lengths, clipfacts.T5_MAX_TOKENS), out_dir / "prompt_lengths.png"),
         "tag_map": map_png,
     }
     families_of = dict((t, f) for f, t in tag_list)
@@ -177,13 +178,13 @@ def run(run_dir: str = "runs/demo", t5_model: str = "tiny:t5", n_clusters: int =
         "tempo": {"confident": len(bpms), "median": float(np.median(bpms)) if bpms else None},
         "keys": dict(keys.most_common()),
         "rare_tag_percent": rare_tag_percent, "under_represented": rare,
-        "plots": plots,
+        "plots": pngs,
     }
     atomic_write_json(out_dir / "tag_space.json", result)
     return {"n_clusters": k, "silhouette": result["silhouette"],
             "clusters": {str(c): v["name"] for c, v in named.items()},
             "under_represented": len(rare), "never_chosen": sum(r["never_chosen"] for r in rare),
-            "plots": {name: run_.rel(out_dir / f) for name, f in plots.items()},
+            "plots": {name: run_.rel(out_dir / f) for name, f in pngs.items()},
             "json": run_.rel(out_dir / "tag_space.json")}
 
 

@@ -91,6 +91,7 @@ import numpy as np
 
 from .runs import (JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json,
                    read_jsonl)
+from .stage import begin
 
 STAGE = "03_tempo_key"
 TEMPO_SR = 11025
@@ -420,48 +421,38 @@ def _ok_clips(run: Run) -> list[dict]:
     return sorted(rows, key=lambda r: r["clip_id"])
 
 
-def _iter_results(jobs: list[tuple[str, str]], graph: str, key_profile: str, workers: int):
-    """Yield raw results as they finish, with at most 2 jobs per worker in flight."""
+CRASHED = ("analysing it killed the worker process (a decoder or library crash, or out of memory): "
+           "it is tried again on the next run")
+
+
+def _analyse_job(job: list[str]) -> dict:
+    return analyse_clip(*job)
+
+
+def _crashed_job(job: list[str]) -> dict:
+    return {"clip_id": job[0], "error": f"{job[2]}: {CRASHED}"}
+
+
+def _iter_results(jobs: list[tuple[str, str, str]], graph: str, key_profile: str, workers: int,
+                  analyse=_analyse_job):
+    """Yield raw results in job order, on the one crash-isolating pool (:mod:`stablebeat_utils.pool`)
+    with at most 2 jobs per worker in flight. A clip that kills its worker process becomes one
+    error row (:data:`CRASHED`, not final: the next run tries it again) and the batch goes on."""
     if workers <= 1 or len(jobs) <= 1:
         init_estimators(graph, key_profile)
         for job in jobs:
-            yield analyse_clip(*job)
+            yield analyse(list(job))
         return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+    from .pool import ordered_bounded
 
-    # spawn, not fork: libtensorflow's threads do not survive a fork of a process that used them
-    ctx = mp.get_context("spawn")
-    todo = iter(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_estimators,
-                             initargs=(graph, key_profile)) as pool:
-        pending: set = set()
-        while True:
-            while len(pending) < 2 * workers:
-                job = next(todo, None)
-                if job is None:
-                    break
-                pending.add(pool.submit(analyse_clip, *job))
-            if not pending:
-                return
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                try:
-                    yield fut.result()
-                except BrokenProcessPool as exc:
-                    raise RuntimeError("a tempo/key worker process died (out of memory?). The rows written so "
-                                       "far are kept: run the stage again to resume.") from exc
+    yield from ordered_bounded(analyse, [list(j) for j in jobs], workers, window=2 * workers,
+                               on_crash=_crashed_job, initializer=init_estimators, initargs=(graph, key_profile))
 
 
 def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = "", model_cache_dir: str = "",
         min_confidence: float = 0.7, bpm_range: str = "", key_profile: str = "edma", workers: int = 2) -> dict:
     """Analyse every ``ok`` clip of ``RUN_DIR/01_segment``; write ``RUN_DIR/03_tempo_key/tempo_key.jsonl``."""
-    # a wrong type or an incompatible run folder is refused, by name, before any work
-    from .params import check_call
-    check_call(STAGE, dict(locals()))
-    params = dict(run_dir=str(run_dir), profile=profile, tempo_model=tempo_model, model_cache_dir=model_cache_dir,
-                  min_confidence=min_confidence, bpm_range=bpm_range, key_profile=key_profile, workers=workers)
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     # 1. validate everything before any work
     if not 0.0 <= float(min_confidence) <= 1.0:
         raise TempoKeyError(f"min_confidence {min_confidence!r}: a confidence is between 0 and 1 (the card uses 0.7)")
@@ -470,7 +461,6 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = ""
     if int(workers) < 1:
         raise TempoKeyError(f"workers {workers!r}: need at least 1")
     prior = parse_bpm_range(bpm_range)
-    run_ = Run(run_dir)
     clips = _ok_clips(run_)
     graph = resolve_tempo_model(tempo_model, model_cache_dir)
 
@@ -486,6 +476,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = ""
         run_.clear_done(STAGE)
         atomic_write_json(settings, analysis)
     log = JsonlLog(out)
+    # a clip that killed its worker is no final verdict (an out-of-memory kill, a broken library on
+    # this machine): its row is dropped here and the clip analysed again
+    log.discard({r["clip_id"] for r in log.rows() if str(r.get("error") or "").endswith(CRASHED)})
 
     jobs = [(c["clip_id"], str(run_.path(c["path"])), c["path"]) for c in clips if c["clip_id"] not in log]
     from tqdm.auto import tqdm

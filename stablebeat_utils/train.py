@@ -70,6 +70,7 @@ import numpy as np
 
 from . import audio as audio_io
 from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, read_jsonl
+from .stage import begin
 
 STAGE = "05_train"
 MODES = ("full", "lora")
@@ -830,10 +831,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     (:mod:`stablebeat_utils.storage`, kept in ``RUN_DIR/storage_plan.json``) and a GPU-memory
     preflight (:mod:`stablebeat_utils.preflight`), and stops when either does not fit.
     """
-    params = {k: v for k, v in locals().items()}
+    run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     _validate(params)
     t_start = time.perf_counter()
-    run_ = Run(run_dir)
     stage_dir = run_.stage_dir(STAGE)
     export_dir = stage_dir / "export"
     if run_.is_done(STAGE, params) and (export_dir / "model.safetensors").is_file():

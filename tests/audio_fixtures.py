@@ -28,7 +28,6 @@ def write_av(path: Path, audio: np.ndarray, sr: int, codec: str) -> Path:
     layout = "stereo" if audio.shape[0] == 2 else "mono"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=sr, layout=layout)
-        fmt = stream.codec_context.format.name if stream.codec_context.format else "fltp"
         block = 1152 if "mp3" in codec else 1024
         pts = 0
         for i in range(0, audio.shape[1], block):

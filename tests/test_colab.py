@@ -51,8 +51,6 @@ COLAB_2026_01 = dict(torch="2.9.1", torchaudio="2.9.1", transformers="4.57.6")
 
 def _all_met(**over):
     """Every requirement of the real file met at its lower bound (or exact pin)."""
-    from packaging.requirements import Requirement
-
     v = {}
     for req in colab.read_requirements(extras={"quantization"}):
         spec = sorted(req.specifier, key=lambda s: s.operator)
@@ -137,7 +135,6 @@ def test_drive_is_never_mounted_outside_colab(monkeypatch, tmp_path):
 
 # --- Open-in-Colab links and the numbered notebooks' set-up cell ----------------------------------
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stablebeat_utils import audio, demo, evaluate as ev
+from stablebeat_utils import evaluate_metrics as em
 from stablebeat_utils.runs import Run
 
 SR = 44100
@@ -40,20 +41,20 @@ def _hits(attack_ms, bpm=120.0, seconds=8.0, seed=0):
 
 @pytest.mark.parametrize("freq", [440.0, 1000.0, 3000.0])
 def test_centroid_of_a_sine_is_its_frequency(freq):
-    assert ev.spectral_centroid(ev.magnitude(_sine(freq))) == pytest.approx(freq, rel=0.02)
+    assert em.spectral_centroid(em.magnitude(_sine(freq))) == pytest.approx(freq, rel=0.02)
 
 
 def test_stereo_is_mixed_to_mono_and_other_rates_resampled():
     left, right = _sine(500.0), _sine(2000.0)
-    c = ev.spectral_centroid(ev.magnitude(np.stack([left, right])))
+    c = em.spectral_centroid(em.magnitude(np.stack([left, right])))
     assert 500 < c < 2000  # both channels count
     y22 = audio.resample(_sine(1000.0)[None], SR, 22050)[0]
-    assert ev.spectral_centroid(ev.magnitude(y22, 22050)) == pytest.approx(1000.0, rel=0.02)
+    assert em.spectral_centroid(em.magnitude(y22, 22050)) == pytest.approx(1000.0, rel=0.02)
 
 
 def test_white_noise_is_far_flatter_than_a_tone():
-    noise = ev.spectral_flatness(ev.magnitude(0.1 * RNG.standard_normal(4 * SR).astype(np.float32)))
-    tone = ev.spectral_flatness(ev.magnitude(_sine(1000.0)))
+    noise = em.spectral_flatness(em.magnitude(0.1 * RNG.standard_normal(4 * SR).astype(np.float32)))
+    tone = em.spectral_flatness(em.magnitude(_sine(1000.0)))
     assert 0.3 < noise <= 1.0  # white noise: ~0.56 for the power spectrum of a Hann-windowed frame
     assert tone < 1e-4
     assert noise > 1000 * tone
@@ -62,17 +63,17 @@ def test_white_noise_is_far_flatter_than_a_tone():
 def test_hp_ratio_tone_harmonic_clicks_percussive():
     clicks = np.zeros(4 * SR, np.float32)
     clicks[:: SR // 4] = 1.0
-    assert ev.hp_ratio(ev.magnitude(_sine(440.0))) > 10
-    assert ev.hp_ratio(ev.magnitude(clicks)) < 0.1
-    noise = ev.hp_ratio(ev.magnitude(0.1 * RNG.standard_normal(4 * SR).astype(np.float32)))
+    assert em.hp_ratio(em.magnitude(_sine(440.0))) > 10
+    assert em.hp_ratio(em.magnitude(clicks)) < 0.1
+    noise = em.hp_ratio(em.magnitude(0.1 * RNG.standard_normal(4 * SR).astype(np.float32)))
     assert 0.5 < noise < 2  # neither: stationary noise splits about evenly
 
 
 def test_sharper_onsets_score_higher_transient_sharpness():
-    scores = [ev.transient_sharpness(_hits(a)) for a in (0.5, 5.0, 20.0, 50.0)]
+    scores = [em.transient_sharpness(_hits(a)) for a in (0.5, 5.0, 20.0, 50.0)]
     assert scores == sorted(scores, reverse=True) and scores[0] > 5 * scores[-1], scores
     # a steady tone has one onset (its start) in 4 s, the bursts 8 per 4 s
-    assert ev.transient_sharpness(_sine(440.0)) < 0.05 * scores[0]
+    assert em.transient_sharpness(_sine(440.0)) < 0.05 * scores[0]
 
 
 def _click_or_swell(kind, gain=1.0, bpm=120.0, seconds=8.0):
@@ -91,7 +92,7 @@ def test_transient_sharpness_rates_clicks_above_swells_at_any_loudness():
     """Known answer: at the same peak, 2-ms clicks are sharper than 40-ms swells, and 6 dB of gain
     changes nothing (version 1 of the metric rated the swells 3× sharper and scaled with gain²)."""
     quiet = 10 ** (-6 / 20)
-    ts = {(k, g): ev.transient_sharpness(_click_or_swell(k, g)) for k in ("sharp", "soft") for g in (1.0, quiet)}
+    ts = {(k, g): em.transient_sharpness(_click_or_swell(k, g)) for k in ("sharp", "soft") for g in (1.0, quiet)}
     for k in ("sharp", "soft"):
         assert ts[(k, quiet)] == pytest.approx(ts[(k, 1.0)], rel=1e-4), ts
     assert min(ts[("sharp", g)] for g in (1.0, quiet)) > 4 * max(ts[("soft", g)] for g in (1.0, quiet)), ts
@@ -99,20 +100,20 @@ def test_transient_sharpness_rates_clicks_above_swells_at_any_loudness():
     assert 1e-4 < ts[("soft", 1.0)] < ts[("sharp", 1.0)] < 1e-2, ts
     # through the per-clip path too (stereo at 48 kHz: mixed to mono and resampled first)
     stereo48 = audio.resample(np.stack([_click_or_swell("sharp")] * 2), SR, 48000)
-    assert ev.signal_metrics(0.5 * stereo48, 48000)["transient_sharpness"] == pytest.approx(ts[("sharp", 1.0)], rel=0.05)
+    assert em.signal_metrics(0.5 * stereo48, 48000)["transient_sharpness"] == pytest.approx(ts[("sharp", 1.0)], rel=0.05)
 
 
 def test_silent_tail_does_not_move_the_averages_and_silence_is_refused():
     tone = _sine(1000.0) + 0.01 * RNG.standard_normal(4 * SR).astype(np.float32)
     padded = np.concatenate([tone, np.zeros(3 * SR, np.float32)])
-    a, b = ev.signal_metrics(tone, SR), ev.signal_metrics(padded, SR)
+    a, b = em.signal_metrics(tone, SR), em.signal_metrics(padded, SR)
     assert b["spectral_centroid"] == pytest.approx(a["spectral_centroid"], rel=0.01)
     assert b["spectral_flatness"] == pytest.approx(a["spectral_flatness"], rel=0.05)
     assert b["transient_sharpness"] == pytest.approx(a["transient_sharpness"], rel=0.01)
     with pytest.raises(ev.EvaluateError, match="silence"):
-        ev.signal_metrics(np.zeros(SR, np.float32), SR)
+        em.signal_metrics(np.zeros(SR, np.float32), SR)
     with pytest.raises(ev.EvaluateError, match="NaN"):
-        ev.signal_metrics(np.full(SR, np.nan, np.float32), SR)
+        em.signal_metrics(np.full(SR, np.nan, np.float32), SR)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_bpm_of_a_click_track_and_a_drum_loop(tempo_worker, tmp_path, kind, bpm)
     ("2000 BPM nonsense", None),
 ])
 def test_parse_bpm(prompt, bpm):
-    assert ev.parse_bpm(prompt) == bpm
+    assert em.parse_bpm(prompt) == bpm
 
 
 @pytest.mark.parametrize("prompt,key", [
@@ -174,28 +175,28 @@ def test_parse_bpm(prompt, bpm):
     ("Cmaj7 chords", None),
 ])
 def test_parse_key(prompt, key):
-    assert ev.parse_key(prompt) == key
+    assert em.parse_key(prompt) == key
 
 
 def test_bpm_adherence_with_and_without_octave_tolerance():
-    half = ev.bpm_adherence(140.0, 70.5)
+    half = em.bpm_adherence(140.0, 70.5)
     assert half["bpm_abs_error"] == pytest.approx(69.5) and half["bpm_acc1"] is False
     assert half["bpm_octave_error"] == pytest.approx(0.5) and half["bpm_acc2"] is True
-    close = ev.bpm_adherence(110.0, 106.13)
+    close = em.bpm_adherence(110.0, 106.13)
     assert close["bpm_acc1"] is True and close["bpm_rel_error"] == pytest.approx(3.87 / 110)
-    off = ev.bpm_adherence(100.0, 144.2)
+    off = em.bpm_adherence(100.0, 144.2)
     assert off["bpm_acc1"] is False and off["bpm_acc2"] is False
-    assert ev.bpm_adherence(None, 120.0)["bpm_abs_error"] is None
+    assert em.bpm_adherence(None, 120.0)["bpm_abs_error"] is None
 
 
 def test_key_score_mirex_rules():
-    assert ev.key_score(("D", "major"), ("D", "major")) == 1.0
-    assert ev.key_score(("C#", "minor"), ("Db", "minor")) == 1.0  # enharmonic
-    assert ev.key_score(("C", "major"), ("G", "major")) == 0.5  # fifth above
-    assert ev.key_score(("C", "major"), ("A", "minor")) == 0.3  # relative
-    assert ev.key_score(("A", "minor"), ("C", "major")) == 0.3
-    assert ev.key_score(("C", "major"), ("C", "minor")) == 0.2  # parallel
-    assert ev.key_score(("C", "major"), ("F#", "major")) == 0.0
+    assert em.key_score(("D", "major"), ("D", "major")) == 1.0
+    assert em.key_score(("C#", "minor"), ("Db", "minor")) == 1.0  # enharmonic
+    assert em.key_score(("C", "major"), ("G", "major")) == 0.5  # fifth above
+    assert em.key_score(("C", "major"), ("A", "minor")) == 0.3  # relative
+    assert em.key_score(("A", "minor"), ("C", "major")) == 0.3
+    assert em.key_score(("C", "major"), ("C", "minor")) == 0.2  # parallel
+    assert em.key_score(("C", "major"), ("F#", "major")) == 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,15 +205,15 @@ def test_key_score_mirex_rules():
 def test_frechet_distance_zero_positive_symmetric():
     a = RNG.standard_normal((40, 16))
     b = RNG.standard_normal((30, 16)) * 1.5 + 0.3
-    assert ev.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert em.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
     shift = np.full(16, 0.5)
-    assert ev.frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)  # same covariance
-    d_ab, d_ba = ev.frechet_distance(a, b), ev.frechet_distance(b, a)
+    assert em.frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)  # same covariance
+    d_ab, d_ba = em.frechet_distance(a, b), em.frechet_distance(b, a)
     assert d_ab > 0 and d_ab == pytest.approx(d_ba, rel=1e-6)
     few = RNG.standard_normal((5, 128))  # fewer clips than dimensions: rank-deficient, still finite
-    assert np.isfinite(ev.frechet_distance(few, few + 0.1)) and ev.frechet_distance(few, few) < 1e-6
+    assert np.isfinite(em.frechet_distance(few, few + 0.1)) and em.frechet_distance(few, few) < 1e-6
     with pytest.raises(ValueError, match="at least 2"):
-        ev.frechet_distance(a[:1], b)
+        em.frechet_distance(a[:1], b)
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +324,7 @@ def test_stage_writes_every_output(evaluated):
         assert (out / name).is_file(), name
     df = pd.read_csv(out / "metrics.csv")
     assert len(df) == 4 and set(df["model"]) == {"base", "finetune"} and df["error"].isna().all()
-    for m in ev.CARD_METRICS:
+    for m in em.CARD_METRICS:
         assert df[m].notna().all(), m
     assert summary["training_clips"] == 3 and summary["errors"] == 0
     report = (out / "report.md").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stablebeat_utils import prompts
+from stablebeat_utils import clipfacts, prompts
 from stablebeat_utils.runs import read_jsonl
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "llm_answers.yaml").read_text(encoding="utf-8"))
@@ -73,8 +73,8 @@ def test_validator_refuses_instruments_beyond_our_vocabulary(lex, matcher):
 def test_lexicon_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "lex.yaml"
     bad.write_text("words: nope\n")
-    with pytest.raises(prompts.PromptsError, match="lex.yaml"):
-        prompts.load_instrument_lexicon(bad)
+    with pytest.raises(clipfacts.ClipFactsError, match="lex.yaml"):
+        clipfacts.load_instrument_lexicon(bad)
 
 
 def _corpus_run(root: Path) -> dict[str, dict]:

@@ -49,7 +49,7 @@ def test_parameters_cell_matches_the_demo_profile(stage):
 def test_settles_parameters_and_holds_no_logic(stage):
     nb = _nb(stage)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
-    assert any(f'params.settle("{stage}", globals())' in src for src in code), stage
+    assert any(f'lesson.settle("{stage}", globals())' in src for src in code), stage
     for src in code:
         body = "\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!")))
         for node in ast.walk(ast.parse(body)):

@@ -5,7 +5,7 @@ import sys
 import nbformat
 import pytest
 
-from stablebeat_utils import STAGES, params, runner
+from stablebeat_utils import STAGES, lesson, params, runner
 from stablebeat_utils.params import ParameterError
 
 
@@ -46,12 +46,12 @@ def test_profile_fills_untouched_parameters_only(tmp_path, monkeypatch):
     prof = tmp_path / "big.yaml"
     prof.write_text("workers: 8\nstages:\n  01_segment:\n    input_dir: /data/beats\n")
     ns = {"run_dir": str(tmp_path / "run"), "profile": str(prof), "input_dir": "demo", "workers": 2}
-    P = params.settle("01_segment", ns)
+    P = lesson.settle("01_segment", ns)
     assert P["workers"] == 8 and P["input_dir"] == "/data/beats"
     ns["workers"] = 4  # changed by the learner: kept
-    assert params.settle("01_segment", ns)["workers"] == 4
+    assert lesson.settle("01_segment", ns)["workers"] == 4
     ns_runner = dict(ns, workers=2, _resolved_by_runner=True)  # the runner already resolved
-    assert params.settle("01_segment", ns_runner)["workers"] == 2
+    assert lesson.settle("01_segment", ns_runner)["workers"] == 2
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["params"]["01_segment"]["workers"] == 2 and info["versions"]["python"]
 
@@ -72,8 +72,8 @@ def _echo_notebook(path):
     p.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
         "import json, os, pathlib\n"
-        "from stablebeat_utils import params\n"
-        "P = params.settle('01_segment', globals())\n"
+        "from stablebeat_utils import lesson\n"
+        "P = lesson.settle('01_segment', globals())\n"
         "pathlib.Path(P['run_dir'], 'echo.json').write_text(json.dumps(P))\n"
         "print('HF_TOKEN' in os.environ)\n")
     nb.cells = [nbformat.v4.new_markdown_cell("# echo"), p, body]
@@ -148,3 +148,27 @@ def test_every_bundled_profile_resolves_for_every_stage(profile):
     for stage in STAGES:
         values = params.resolve(stage, profile)
         assert set(values) == set(params.schema(stage))
+
+
+# parameters a stage's run() takes that are no notebook parameter (a caller's convenience, not a setting)
+CALL_ONLY = {"01_segment": {"progress"}}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_run_signature_matches_the_notebook_and_every_profile(stage):
+    """One source of truth, three places: the stage's ``run()`` signature (names and defaults), the
+    notebook's parameters cell (tests/test_notebooks_static.py holds it to the same schema) and the
+    profiles (every value they set for this stage is a parameter of ``run()``)."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"stablebeat_utils.{stage.split('_', 1)[1]}")
+    sig = {n: p.default for n, p in inspect.signature(module.run).parameters.items()
+           if n not in CALL_ONLY.get(stage, set())}
+    demo = params.schema(stage)
+    assert set(sig) == set(demo), f"{stage}: run() and the schema differ: {sorted(set(sig) ^ set(demo))}"
+    wrong = {n: (sig[n], demo[n]) for n in demo if sig[n] != demo[n]}
+    assert not wrong, f"{stage}: run() defaults differ from the notebook's (run(), demo.yaml): {wrong}"
+    for name in params.list_profiles():
+        profile = params.load_profile(name)
+        assert set(params.profile_values(profile, stage)) <= set(sig), (stage, name)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stablebeat_utils import models, prompts
+from stablebeat_utils import clipfacts, models, prompts
 from stablebeat_utils.runs import read_json, read_jsonl
 
 CARD = {"instruments_tags": ["plucked guitar", "synth bells", "movie sample"], "genres_tags": ["rap with soul"],
@@ -290,7 +290,7 @@ def test_changed_tags_redo_only_that_clip(tmp_path):
 
 
 def test_missing_input_and_bad_parameters_fail_early(tmp_path):
-    with pytest.raises(prompts.PromptsError, match="segments.jsonl: missing"):
+    with pytest.raises(clipfacts.ClipFactsError, match="segments.jsonl: missing"):
         prompts.run(str(tmp_path))
     make_run(tmp_path)
     with pytest.raises(prompts.PromptsError, match="batch_size"):

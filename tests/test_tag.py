@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stablebeat_utils import tag
+from stablebeat_utils import clipfacts, tag
 from stablebeat_utils.audio import load, write_wav
 from stablebeat_utils.runs import read_jsonl
 
@@ -41,7 +41,7 @@ def test_bundled_vocab_sizes_and_card_tags():
 
 def test_bundled_synonyms_are_valid():
     vocab = tag.load_vocab()
-    syn = tag.load_synonyms(vocab=vocab)
+    syn = clipfacts.load_synonyms(vocab=vocab)
     all_tags = {e.tag for f in tag.FAMILIES for e in vocab[f]}
     assert len(syn) >= 40
     assert set(syn) <= all_tags
@@ -53,7 +53,7 @@ def test_bundled_synonyms_are_valid():
 @pytest.fixture
 def vocab_copy(tmp_path) -> Path:
     dest = tmp_path / "vocab"
-    shutil.copytree(tag.VOCAB_DIR, dest)
+    shutil.copytree(clipfacts.VOCAB_DIR, dest)
     return dest
 
 
@@ -76,19 +76,19 @@ def _rewrite_entries(path: Path, entries: list) -> None:
 def test_malformed_vocab_names_file_and_entry(vocab_copy, entries, message):
     path = vocab_copy / "instruments.yaml"
     _rewrite_entries(path, entries)
-    with pytest.raises(tag.VocabError) as err:
+    with pytest.raises(clipfacts.VocabError) as err:
         tag.load_vocab(vocab_copy)
     assert str(path) in str(err.value) and message in str(err.value)
 
 
 def test_vocab_rejects_a_tag_in_two_families_and_bad_yaml(vocab_copy):
     _rewrite_entries(vocab_copy / "genres.yaml", [{"tag": "trap"}, {"tag": "dark"}])
-    with pytest.raises(tag.VocabError, match=r"genres\.yaml: tag 'dark' is also in moods\.yaml"):
+    with pytest.raises(clipfacts.VocabError, match=r"genres\.yaml: tag 'dark' is also in moods\.yaml"):
         tag.load_vocab(vocab_copy)
     (vocab_copy / "moods.yaml").write_text("entries: [unclosed\n")
-    with pytest.raises(tag.VocabError, match=r"moods\.yaml: not valid YAML"):
+    with pytest.raises(clipfacts.VocabError, match=r"moods\.yaml: not valid YAML"):
         tag.load_vocab(vocab_copy)
-    with pytest.raises(tag.VocabError, match="is not a folder"):
+    with pytest.raises(clipfacts.VocabError, match="is not a folder"):
         tag.load_vocab(vocab_copy / "nope")
 
 
@@ -101,8 +101,8 @@ def test_vocab_rejects_a_tag_in_two_families_and_bad_yaml(vocab_copy):
 ])
 def test_malformed_synonyms(vocab_copy, text, message):
     (vocab_copy / "synonyms.yaml").write_text(text)
-    with pytest.raises(tag.VocabError) as err:
-        tag.load_synonyms(vocab_copy)
+    with pytest.raises(clipfacts.VocabError) as err:
+        clipfacts.load_synonyms(vocab_copy)
     assert "synonyms.yaml" in str(err.value) and message in str(err.value)
 
 

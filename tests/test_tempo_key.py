@@ -278,3 +278,31 @@ def test_model_mirror_is_copied_into_the_cache_and_verified(tempocnn_graph, tmp_
     got = tempo_key.resolve_tempo_model("", model_cache_dir=str(tmp_path / "cache"))
     assert got == tmp_path / "cache" / "deeptemp-k16-3.pb"
     assert got.read_bytes() == tempocnn_graph.read_bytes()
+
+
+def test_a_clip_that_kills_its_worker_is_one_error_row_retried_next_run(clips_run, tempocnn_graph, tmp_path,
+                                                                       monkeypatch):
+    import functools
+    from pathlib import Path
+
+    import crashy
+
+    dst = _fresh(clips_run, tmp_path)
+    seg = dst / "01_segment" / "segments.jsonl"
+    rows = read_jsonl(seg)
+    victim = next(r for r in rows if r.get("status") == "ok")
+    new = str(Path(victim["path"]).with_name("die_" + Path(victim["path"]).name))
+    (dst / victim["path"]).rename(dst / new)
+    victim["path"] = new
+    seg.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(tempo_key, "_iter_results",
+                        functools.partial(tempo_key._iter_results, analyse=crashy.analyse_or_die))
+    summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), workers=2)
+    got = {r["clip_id"]: r for r in read_jsonl(summary["output"])}
+    crashed = [cid for cid, r in got.items() if (r["error"] or "").endswith(tempo_key.CRASHED)]
+    assert crashed == [victim["clip_id"]] and new in got[victim["clip_id"]]["error"]
+    assert len(got) == summary["clips"] > 1 and sum(r["tempo"] is not None for r in got.values()) > 1  # went on
+    monkeypatch.undo()  # the kill was the machine's (out of memory), not the file's: the next run succeeds
+    again = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), workers=2)
+    assert again["analysed_now"] == 1 and again["errors"] == summary["errors"] - 1  # no final verdict: retried
+    assert read_jsonl(again["output"])[[*got].index(victim["clip_id"])]["error"] is None

@@ -1,0 +1,89 @@
+"""The start of every lesson: cell 4 of each notebook is ``P = lesson.settle("NN_stage", globals())``.
+
+:func:`settle` turns the notebook's ``parameters`` cell into the values its stage's ``run()`` takes:
+
+1. the profile (``profile = "colab_a100"`` in the form) applied to every parameter still at its demo
+   value — parameters the learner changed are kept; under the runner the values arrive already
+   resolved (``_resolved_by_runner``) and are only validated (:mod:`params`);
+2. in Colab: the GPU checked and Drive mounted where a path points into it (:func:`colab.prepare`;
+   elsewhere nothing);
+3. the values recorded in ``RUN_DIR/run.json`` (:func:`runs.record_params`);
+4. library chatter that tells a learner nothing kept out of the lesson's output
+   (:func:`quiet_library_noise`): it goes to the ``stablebeat_utils.lesson`` logger instead.
+
+Notebook-facing: stages never import this module (they validate with :func:`params.check_call`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import colab, params
+from .runs import record_params
+
+log = logging.getLogger(__name__)
+
+# Warnings a learner can do nothing about: (category, pattern on the file that warns).
+_NOISE = (
+    (FutureWarning, re.compile(r"[/\\](torch|torchaudio|pytorch_lightning|lightning|lightning_fabric|torchsde|"
+                               r"transformers|stable_audio_tools)[/\\]")),
+    (UserWarning, re.compile(r"[/\\]torchsde[/\\]")),  # "Should have tb<=t1": float rounding at the last step
+)
+# Engine modules that print at import time (stable-audio-tools 0.0.20: "flash_attn not installed,
+# disabling Flash Attention"); imported once here with their print sent to the log.
+_CHATTY_IMPORTS = ("stable_audio_tools.models.transformer",)
+_SAO_STAGES = ("05_train", "06_generate", "07_evaluate")
+_original_showwarning = None
+
+
+def _is_noise(category: type, filename: str) -> bool:
+    return any(issubclass(category, cat) and rx.search(str(filename)) for cat, rx in _NOISE)
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):
+    if _is_noise(category, filename):
+        log.info("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+        return
+    _original_showwarning(message, category, filename, lineno, file, line)
+
+
+def quiet_library_noise(stage: str = "") -> None:
+    """Send the engines' FutureWarnings (torch, Lightning, torchsde, …) and import-time prints to the
+    log instead of the lesson's output. Idempotent; every other warning still shows."""
+    global _original_showwarning
+    if _original_showwarning is None:
+        _original_showwarning = warnings.showwarning
+        warnings.showwarning = _showwarning
+    if stage not in _SAO_STAGES:
+        return
+    for name in _CHATTY_IMPORTS:
+        try:
+            if importlib.util.find_spec(name.split(".")[0]) is None:
+                continue
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                importlib.import_module(name)
+        except ImportError:  # the stage itself will say what is missing
+            continue
+        for text in out.getvalue().splitlines():
+            log.info("%s: %s", name, text)
+
+
+def settle(stage: str, namespace: dict) -> dict[str, Any]:
+    """The notebook's parameters, profile applied, validated, recorded; pass to ``<stage>.run(**P)``."""
+    stage = params.canonical_stage(stage)
+    quiet_library_noise(stage)
+    values = params.settled_values(stage, namespace)
+    colab.prepare(values)  # in Colab: GPU check, Drive mounted if a path points into it; elsewhere nothing
+    if "run_dir" in values:
+        values["run_dir"] = str(Path(values["run_dir"]).expanduser().resolve())
+        record_params(values["run_dir"], stage, values)
+    return values
