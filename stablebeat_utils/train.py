@@ -580,7 +580,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         devices: int = 1, strategy: str = "auto", workers: int = 0, checkpoint_every: int = 2,
         keep_checkpoints: int = 2, demo_every: int = 4, num_demos: int = 1, demo_steps: int = 4,
         demo_cfg: float = 7.0, demo_seconds: float = 2.0, pre_encode: bool = False, log_every: int = 1,
-        wandb_project: str = "", seed: int = 0, export_merged: bool = True) -> dict:
+        wandb_project: str = "", seed: int = 0, export_merged: bool = True, *, stage: str = STAGE,
+        clips: list[Clip] | None = None) -> dict:
     """Fine-tune (or resume fine-tuning) SAO on ``RUN_DIR/04_prompts``; export; return a summary.
 
     ``max_steps`` > 0 stops after that many optimizer steps (counted across resumes); otherwise
@@ -590,16 +591,19 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     after a kill (or with a larger ``max_steps``/``epochs``) it resumes from the newest checkpoint.
     A resumed run continues the checkpoint's optimizer and schedule, so a changed ``lr`` only
     applies to a new ``run_dir`` (changed model/mode settings are refused).
+
+    ``stage`` and ``clips`` are the hooks of the second stage (:mod:`stablebeat_utils.focus`):
+    its own folder ``RUN_DIR/<stage>`` and its subset of the clips (repeats as repeated entries).
     """
-    params = {k: v for k, v in locals().items()}
+    params = {k: v for k, v in locals().items() if k not in ("stage", "clips")}
     _validate(params)
     t_start = time.perf_counter()
     run_ = Run(run_dir)
-    stage_dir = run_.stage_dir(STAGE)
+    stage_dir = run_.stage_dir(stage)
     export_dir = stage_dir / "export"
-    if run_.is_done(STAGE, params) and (export_dir / "model.safetensors").is_file():
-        return dict(run_.stage_record(STAGE)["summary"], skipped=True)
-    clips = read_clips(run_dir)
+    if run_.is_done(stage, params) and (export_dir / "model.safetensors").is_file():
+        return dict(run_.stage_record(stage)["summary"], skipped=True)
+    clips = read_clips(run_dir) if clips is None else clips
 
     from . import compat, models
 
@@ -716,7 +720,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
             "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
             "seconds": round(time.perf_counter() - t_start, 1),
         }
-        run_.mark_done(STAGE, params=params, **summary)
+        run_.mark_done(stage, params=params, **summary)
     return summary
 
 
