@@ -119,7 +119,7 @@ SIGNAL_METRICS = ("spectral_centroid", "spectral_flatness", "hp_ratio", "transie
 CARD_LABELS = {"bpm": "BPM", "spectral_centroid": "Spectral Centroid", "spectral_flatness": "Spectral Flatness",
                "hp_ratio": "Harmonic/Percussive Ratio", "transient_sharpness": "Transient Sharpness",
                "clap_score": "CLAP Prompt Score"}
-MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune"}
+MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune", "focus": "second stage (05b_focus)"}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a")
 CLAP_BACKENDS = ("transformers", "laion_clap")
 CLAP_SETTINGS = ("card", "stable-audio-metrics")
@@ -887,6 +887,10 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
              for m in models_present}
     training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
     summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
+    from . import focus  # per tag the second stage trained on: did it move toward the tag's training clips?
+
+    focus_tags = focus.tag_moves(run_dir, df, ref_df, SIGNAL_METRICS) if "focus" in models_present else []
+    summary_md += focus.tag_moves_md(focus_tags, SIGNAL_METRICS)
     atomic_write_text(out_dir / "summary.md", summary_md)
     plots = _plots(df, ref_df, out_dir / "plots", pair, int(spectrogram_pairs), run_)
     errors = df[df["error"].notna()]
@@ -900,7 +904,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
         "measured_now": len(jobs), "clap_embedded_now": len(need), "device": device_used,
         "clap_setting": clap_setting, "clap_model": clap_model, "paper_comparison": paper,
         "means": means, "training_means": training_means, "frechet": frechet,
-        "comparison": comparison,
+        "comparison": comparison, "focus_tags": focus_tags,
         "outputs": {n: run_.rel(out_dir / n) for n in ("metrics.csv", "card_table.md", "summary.md", "report.md")},
         "plots": [run_.rel(p) for p in plots],
     }

@@ -468,3 +468,88 @@ def subset_table(run_dir: str | os.PathLike):
 
     rows = read_jsonl(Run(run_dir).path(STAGE, "subset.jsonl"))
     return pd.DataFrame([{"clip_id": r["clip_id"], "repeats": r["repeats"], "why": r["reason"]} for r in rows])
+
+
+# --------------------------------------------------------------------------------------------
+# for 06 and 07
+
+
+def for_generation(run_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+    """(the second stage's export, or None before it exists; the prompts 06 adds: one per chosen tag)."""
+    exp = export_dir(run_dir)
+    if not (exp / "model.safetensors").is_file() or not (exp / "model_config.json").is_file():
+        return None, []
+    return exp, list(dict.fromkeys(p["prompt"] for p in read(run_dir).get("prompts", []) if p.get("prompt")))
+
+
+def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...]) -> list[dict]:
+    """Per chosen tag: did the second stage (``focus``) move its prompt's generations, compared with the
+    first stage (``finetune``), toward the training clips that carry the tag?
+
+    ``df``: 07's per-clip table (model, prompt, clap_score, metrics); ``ref_df``: 07's training-clip
+    table (absolute ``path`` + metrics). CLAP: higher is better. Each metric: the log distance to
+    the median of the tag's training clips; smaller is closer.
+    """
+    import math
+
+    import numpy as np
+
+    info = read(run_dir)
+    run = Run(run_dir)
+    seg = {r.get("clip_id"): str(run.path(r["path"]).resolve()) for r in read_jsonl(run.path("01_segment", "segments.jsonl"))
+           if r.get("path")}
+    ref = ref_df.assign(_p=[str(Path(p).resolve()) for p in ref_df["path"]]).set_index("_p") if len(ref_df) else None
+    out = []
+    for t in info.get("prompts", []):
+        rec = {"family": t["family"], "tag": t["tag"], "prompt": t.get("prompt"), "training_clips": len(t["clips"])}
+        sub = df[df["prompt"] == t.get("prompt")]
+        for m in ("finetune", "focus"):
+            v = sub[sub["model"] == m]["clap_score"].astype(float)
+            rec[f"clap_{m}"] = float(v.mean()) if len(v.dropna()) else None
+        a, b = rec["clap_finetune"], rec["clap_focus"]
+        rec["clap_moved"] = None if a is None or b is None else ("up" if b > a else "down" if b < a else "same")
+        paths = [seg[c] for c in t["clips"] if c in seg]
+        closer = farther = 0
+        for metric in metrics:
+            vals = ref.loc[[p for p in paths if p in ref.index], metric].astype(float) if ref is not None else []
+            vals = [x for x in vals if x > 0 and math.isfinite(x)]
+            target = float(np.median(np.log(vals))) if vals else None
+            d = {}
+            for m in ("finetune", "focus"):
+                g = [x for x in sub[sub["model"] == m][metric].astype(float) if x > 0 and math.isfinite(x)]
+                d[m] = abs(float(np.mean(np.log(g))) - target) if g and target is not None else None
+            rec[f"{metric}_dist_finetune"], rec[f"{metric}_dist_focus"] = d["finetune"], d["focus"]
+            if d["finetune"] is not None and d["focus"] is not None:
+                closer += d["focus"] < d["finetune"]
+                farther += d["focus"] > d["finetune"]
+        rec["metrics_closer"], rec["metrics_farther"] = closer, farther
+        rec["verdict"] = ("n/a" if rec["clap_moved"] is None and closer + farther == 0 else
+                          "moved toward the tag" if (rec["clap_moved"] == "up") + closer > (rec["clap_moved"] == "down") + farther
+                          else "moved away" if (rec["clap_moved"] == "up") + closer < (rec["clap_moved"] == "down") + farther
+                          else "mixed")
+        out.append(rec)
+    return out
+
+
+def tag_moves_md(rows: list[dict], metrics: tuple[str, ...]) -> str:
+    """07's report section: per chosen tag, the second stage against the first."""
+    if not rows:
+        return ""
+
+    def f(v):
+        return "—" if v is None else f"{v:.3g}"
+
+    head = ["Tag", "training clips", "CLAP 1st stage", "CLAP 2nd stage", "CLAP moved",
+            *[f"{m} dist 1st → 2nd" for m in metrics], "verdict"]
+    lines = ["\n## Second stage (05b_focus) on its chosen tags\n\n",
+             "Per tag the second stage trained on, its prompt (a training prompt of a clip with the tag) generated "
+             "by the first stage (`finetune`) and the second (`focus`) with the same seeds. CLAP: higher is closer to "
+             "the prompt. Metrics: log distance to the median of the training clips that carry the tag (smaller is "
+             "closer). One prompt and few seeds per tag: a hint, not a verdict.\n\n",
+             "| " + " | ".join(head) + " |\n", "|" + "|".join("---" for _ in head) + "|\n"]
+    for r in rows:
+        cells = [f"{r['tag']} ({r['family']})", str(r["training_clips"]), f(r["clap_finetune"]), f(r["clap_focus"]),
+                 r["clap_moved"] or "—",
+                 *[f"{f(r[f'{m}_dist_finetune'])} → {f(r[f'{m}_dist_focus'])}" for m in metrics], r["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |\n")
+    return "".join(lines)
