@@ -474,12 +474,15 @@ def subset_table(run_dir: str | os.PathLike):
 # for 06 and 07
 
 
-def for_generation(run_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
-    """(the second stage's export, or None before it exists; the prompts 06 adds: one per chosen tag)."""
+def for_generation(run_dir: str | os.PathLike, limit: int = 0) -> tuple[Path | None, list[str]]:
+    """(the second stage's export, or None before it exists; the prompts 06 adds: one per chosen tag,
+    rarest tag first, at most ``limit`` of them when ``limit`` > 0)."""
     exp = export_dir(run_dir)
     if not (exp / "model.safetensors").is_file() or not (exp / "model_config.json").is_file():
         return None, []
-    return exp, list(dict.fromkeys(p["prompt"] for p in read(run_dir).get("prompts", []) if p.get("prompt")))
+    tags = sorted(read(run_dir).get("prompts", []), key=lambda p: len(p.get("clips") or []))  # stable: 04's order
+    prompts = list(dict.fromkeys(p["prompt"] for p in tags if p.get("prompt")))
+    return exp, prompts[:limit] if limit > 0 else prompts
 
 
 def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...]) -> list[dict]:

@@ -200,3 +200,54 @@ def test_second_stage_trains_from_the_export_into_its_own_folder(tmp_path):
 
     with pytest.raises(focus.FocusError, match="checkpoints of another focus subset"):
         focus.run(run_dir=str(run), max_steps=3, focus_tags="piano", rare_percent=0.0)
+
+    # 06: a third model, "focus", and one training prompt per chosen tag, same seeds for all three
+    from stablebeat_utils import generate
+
+    g = generate.run(run_dir=str(run), n_prompts=1, steps=2, seconds_total=2.0)
+    assert g["models"] == ["base", "finetune", "focus"]
+    gens = generate.load_generations(str(run))
+    tag_prompts = [p["prompt"] for p in info["prompts"]]
+    prompts = list(dict.fromkeys(r["prompt"] for r in gens))
+    assert prompts[0] == generate.card_prompts()[0] and prompts[1] in tag_prompts and len(prompts) == 2  # capped by n_prompts
+    for pr in prompts:
+        rows = [r for r in gens if r["prompt"] == pr]
+        assert sorted(r["model"] for r in rows) == ["base", "finetune", "focus"]
+        assert len({r["seed"] for r in rows}) == 1
+    assert all(r["model_source"] == str(stage / "export") for r in gens if r["model"] == "focus")
+
+
+def test_for_generation_waits_for_the_export(tmp_path):
+    assert focus.for_generation(tmp_path) == (None, [])
+
+
+def _tables(focus_centroid: float, focus_clap: float):
+    import pandas as pd
+
+    df = pd.DataFrame([
+        {"model": "finetune", "prompt": "p boom", "clap_score": 0.2, "spectral_centroid": 4000.0},
+        {"model": "focus", "prompt": "p boom", "clap_score": focus_clap, "spectral_centroid": focus_centroid},
+        {"model": "base", "prompt": "p boom", "clap_score": 0.9, "spectral_centroid": 1000.0},
+    ])
+    return df
+
+
+def test_tag_moves_says_whether_the_second_stage_moved_toward_the_tag(tmp_path):
+    import pandas as pd
+
+    run = tagged_run(tmp_path)
+    (run / "05b_focus").mkdir()
+    (run / "05b_focus" / "focus.json").write_text(json.dumps({"prompts": [
+        {"family": "genres", "tag": "boom bap", "clips": ["s0_c0", "s1_c1"], "prompt": "p boom"}]}))
+    segs = runs.read_jsonl(run / "01_segment" / "segments.jsonl")
+    centroid = {"s0_c0": 900.0, "s1_c1": 1100.0}  # the tag's clips; the others are bright
+    ref = pd.DataFrame([{"path": str(run / s["path"]), "spectral_centroid": centroid.get(s["clip_id"], 6000.0)}
+                        for s in segs])
+    toward = focus.tag_moves(run, _tables(1200.0, 0.5), ref, ("spectral_centroid",))
+    (r,) = toward
+    assert r["clap_moved"] == "up" and r["metrics_closer"] == 1 and r["verdict"] == "moved toward the tag"
+    assert r["spectral_centroid_dist_focus"] < r["spectral_centroid_dist_finetune"]
+    away = focus.tag_moves(run, _tables(8000.0, 0.1), ref, ("spectral_centroid",))
+    assert away[0]["clap_moved"] == "down" and away[0]["verdict"] == "moved away"
+    md = focus.tag_moves_md(toward, ("spectral_centroid",))
+    assert "boom bap (genres)" in md and "moved toward the tag" in md
