@@ -397,8 +397,17 @@ def plot_before_after(before: dict, after: dict, chosen: list[dict], n_before: i
 # the stage
 
 
+def _weights_id(source: str) -> str:
+    """A local model folder's weights by size and mtime (a re-trained 05 export is another start); else the id."""
+    path = Path(source) / "model.safetensors"
+    if path.is_file():
+        st = path.stat()
+        return f"{source}:{st.st_size}:{st.st_mtime_ns}"
+    return source
+
+
 def _fingerprint(p: dict) -> str:
-    blob = json.dumps({"init_model": p["init_model"], "repeats": p["repeats"]}, sort_keys=True)
+    blob = json.dumps({"init_model": _weights_id(p["init_model"]), "repeats": p["repeats"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -423,12 +432,12 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = "",
         raise FocusError("set epochs >= 1 or max_steps >= 1")
     run_ = Run(run_dir)
     out = run_.stage_dir(STAGE)
-    if run_.is_done(STAGE, params) and (out / "export" / "model.safetensors").is_file():
-        return dict(run_.stage_record(STAGE)["summary"], skipped=True)
     p = plan(run_dir, profile, init_model, focus_tags, exclude_tags, rare_percent, rebalance, max_repeats, batch_size)
-
     fp = _fingerprint(p)
     old = read_json(out / "focus.json") or {}
+    if (run_.is_done(STAGE, params) and (out / "export" / "model.safetensors").is_file()
+            and old.get("fingerprint") == fp):
+        return dict(run_.stage_record(STAGE)["summary"], skipped=True)
     if train.newest_checkpoint(out / "checkpoints") is not None and old.get("fingerprint") not in (None, fp):
         raise FocusError(f"{out / 'checkpoints'} holds checkpoints of another focus subset or init_model; use a new "
                          f"run_dir, put the tags back, or delete {out} to start the second stage over")

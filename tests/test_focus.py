@@ -200,6 +200,12 @@ def test_second_stage_trains_from_the_export_into_its_own_folder(tmp_path):
 
     with pytest.raises(focus.FocusError, match="checkpoints of another focus subset"):
         focus.run(run_dir=str(run), max_steps=3, focus_tags="piano", rare_percent=0.0)
+    import os
+
+    st = (export1 / "model.safetensors").stat()  # the first stage re-trained: its second stage is stale
+    os.utime(export1 / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(focus.FocusError, match="another focus subset or init_model"):
+        focus.run(run_dir=str(run), max_steps=2, lr=1e-5, rare_percent=0.0)
 
     # 06: a third model, "focus", and one training prompt per chosen tag, same seeds for all three
     from stablebeat_utils import generate
