@@ -889,7 +889,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
     summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
     from . import focus  # per tag the second stage trained on: did it move toward the tag's training clips?
 
-    focus_tags = focus.tag_moves(run_dir, df, ref_df, SIGNAL_METRICS) if "focus" in models_present else []
+    focus_tags = focus.tag_moves(run_dir, df, ref_df, SIGNAL_METRICS, TIE_TOLERANCE) if "focus" in models_present else []
     summary_md += focus.tag_moves_md(focus_tags, SIGNAL_METRICS)
     atomic_write_text(out_dir / "summary.md", summary_md)
     plots = _plots(df, ref_df, out_dir / "plots", pair, int(spectrogram_pairs), run_)

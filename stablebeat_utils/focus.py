@@ -494,13 +494,14 @@ def for_generation(run_dir: str | os.PathLike, limit: int = 0) -> tuple[Path | N
     return exp, prompts[:limit] if limit > 0 else prompts
 
 
-def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...]) -> list[dict]:
+def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...], tie: float = 1e-3) -> list[dict]:
     """Per chosen tag: did the second stage (``focus``) move its prompt's generations, compared with the
     first stage (``finetune``), toward the training clips that carry the tag?
 
     ``df``: 07's per-clip table (model, prompt, clap_score, metrics); ``ref_df``: 07's training-clip
     table (absolute ``path`` + metrics). CLAP: higher is better. Each metric: the log distance to
-    the median of the tag's training clips; smaller is closer.
+    the median of the tag's training clips; smaller is closer. Values within ``tie`` (relative) of
+    each other did not move (07's tie rule).
     """
     import math
 
@@ -518,8 +519,11 @@ def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...]) 
         for m in ("finetune", "focus"):
             v = sub[sub["model"] == m]["clap_score"].astype(float)
             rec[f"clap_{m}"] = float(v.mean()) if len(v.dropna()) else None
+        def moved(a, b):  # +1: b above a, -1: below, 0: a tie
+            return 0 if abs(b - a) <= tie * max(abs(a), abs(b), 1e-12) else (1 if b > a else -1)
+
         a, b = rec["clap_finetune"], rec["clap_focus"]
-        rec["clap_moved"] = None if a is None or b is None else ("up" if b > a else "down" if b < a else "same")
+        rec["clap_moved"] = None if a is None or b is None else {1: "up", -1: "down", 0: "same"}[moved(a, b)]
         paths = [seg[c] for c in t["clips"] if c in seg]
         closer = farther = 0
         for metric in metrics:
@@ -532,13 +536,14 @@ def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...]) 
                 d[m] = abs(float(np.mean(np.log(g))) - target) if g and target is not None else None
             rec[f"{metric}_dist_finetune"], rec[f"{metric}_dist_focus"] = d["finetune"], d["focus"]
             if d["finetune"] is not None and d["focus"] is not None:
-                closer += d["focus"] < d["finetune"]
-                farther += d["focus"] > d["finetune"]
+                closer += moved(d["finetune"], d["focus"]) < 0
+                farther += moved(d["finetune"], d["focus"]) > 0
         rec["metrics_closer"], rec["metrics_farther"] = closer, farther
-        rec["verdict"] = ("n/a" if rec["clap_moved"] is None and closer + farther == 0 else
+        rec["verdict"] = ("not generated (06's n_prompts)" if sub.empty else
+                          "n/a" if rec["clap_moved"] is None and closer + farther == 0 else
                           "moved toward the tag" if (rec["clap_moved"] == "up") + closer > (rec["clap_moved"] == "down") + farther
                           else "moved away" if (rec["clap_moved"] == "up") + closer < (rec["clap_moved"] == "down") + farther
-                          else "mixed")
+                          else "no change" if rec["clap_moved"] == "same" and closer + farther == 0 else "mixed")
         out.append(rec)
     return out
 

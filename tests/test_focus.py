@@ -257,3 +257,5 @@ def test_tag_moves_says_whether_the_second_stage_moved_toward_the_tag(tmp_path):
     assert away[0]["clap_moved"] == "down" and away[0]["verdict"] == "moved away"
     md = focus.tag_moves_md(toward, ("spectral_centroid",))
     assert "boom bap (genres)" in md and "moved toward the tag" in md
+    same = focus.tag_moves(run, _tables(4000.0 * (1 + 1e-5), 0.2 * (1 - 1e-5)), ref, ("spectral_centroid",))
+    assert same[0]["clap_moved"] == "same" and same[0]["verdict"] == "no change"  # under 0.1 %: a tie
