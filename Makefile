@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED_TEMPOCNN)/deeptemp-k16-3.pb),)
 export STABLEBEAT_MODEL_MIRROR ?= $(SHARED_TEMPOCNN)
 endif
 
-.PHONY: setup demo test unit notebooks bench clean-runs
+.PHONY: setup demo test unit notebooks bench clean-runs fullsize
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,11 @@ unit: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# the real SAO 1.0 architecture (random weights) on CPU: build, load, a LoRA step + export, engine
+# reload, a sampler step, the padding weight; wall time and peak RSS per step (CI: <= 12 min, 16 GB)
+fullsize: setup
+	$(PY) scripts/fullsize.py
 
 clean-runs:
 	rm -rf runs notebooks/runs

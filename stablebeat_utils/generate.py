@@ -180,13 +180,16 @@ def default_finetune_path(run_dir: str) -> Path:
     return Run(run_dir).path("05_train", "export")
 
 
-def find_finetune(run_dir: str, finetune_model: str = "") -> tuple[FinetuneSpec | None, str]:
+def find_finetune(run_dir: str, finetune_model: str = "",
+                  lora_strength: float = 1.0) -> tuple[FinetuneSpec | None, str]:
     """Resolve the fine-tune ("" = ``RUN_DIR/05_train/export``): ``(spec or None, message)``.
 
-    A ``.safetensors`` file with stable-audio-tools' ``lora_config`` metadata, or a folder holding
-    exactly one such file (05_train's LoRA mode writes ``lora.safetensors`` beside the merged
-    model), is a LoRA applied onto the base model at ``lora_strength`` (1 = the merged model);
-    otherwise a folder with ``model_config.json`` + ``model.safetensors`` is a full model.
+    A folder with ``model_config.json`` + ``model.safetensors`` is a full model — for a LoRA run,
+    05_train's export of the base with the adapters merged in, fp32: what 06 plays as "finetune"
+    at ``lora_strength`` 1. At any other strength, the folder's one LoRA file (05_train writes
+    ``lora.safetensors`` beside the merged model, in fp32) is applied onto the base model at that
+    strength; a folder with only a LoRA file, or a ``.safetensors`` file with stable-audio-tools'
+    ``lora_config`` metadata given directly, is always applied that way.
     """
     path = Path(finetune_model).expanduser() if finetune_model else default_finetune_path(run_dir)
     if path.is_file():
@@ -196,10 +199,11 @@ def find_finetune(run_dir: str, finetune_model: str = "") -> tuple[FinetuneSpec 
                       "or a LoRA .safetensors written by 05_train")
     if path.is_dir():
         loras = sorted(p for p in path.glob("*.safetensors") if _lora_config_of(p) is not None)
-        if len(loras) == 1:  # a LoRA run (05_train also writes the merged model): keep the strength knob
-            return FinetuneSpec("lora", loras[0]), f"LoRA adapters {loras[0]}"
-        if (path / "model_config.json").is_file() and (path / "model.safetensors").is_file():
+        full = (path / "model_config.json").is_file() and (path / "model.safetensors").is_file()
+        if full and (float(lora_strength) == 1.0 or not loras):  # exactly what 05_train exported
             return FinetuneSpec("full", path), f"fine-tuned model {path}"
+        if len(loras) == 1:  # a LoRA run at another strength: the adapters onto the base model
+            return FinetuneSpec("lora", loras[0]), f"LoRA adapters {loras[0]}"
         if len(loras) > 1:
             return None, (f"{path}: {len(loras)} LoRA files ({', '.join(p.name for p in loras)}); "
                           "set finetune_model to the one to use")
@@ -403,7 +407,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
 
     focus_path, focus_prompts = focus.for_generation(run_dir, n_prompts)  # n_prompts caps these too
     prompts = prompts + [p for p in focus_prompts if p not in prompts]
-    ft_spec, ft_message = find_finetune(run_dir, finetune_model)
+    ft_spec, ft_message = find_finetune(run_dir, finetune_model, lora_strength)
     if ft_spec is None and not allow_missing_finetune:
         raise GenerateError(ft_message + " (set allow_missing_finetune=True to generate with the base model only)")
     if ft_spec is None:

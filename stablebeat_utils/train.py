@@ -18,13 +18,21 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
   exported with the engine's ``save_lora_safetensors`` (loadable with ``load_and_apply_loras``).
 - **pre-encoded latents** (``pre_encode=True``): every clip is encoded once by the VAE into
   ``05_train/latents/<clip_id>.safetensors`` (latents + conditioning); training then runs the
-  wrapper with ``pre_encoded=True`` and the VAE never runs in the training loop.
+  wrapper with ``pre_encoded=True`` and the VAE never runs in the training loop (it still sits on
+  the GPU: stable-audio-tools 0.0.20's training step moves it there every step — 0.62 GB for SAO).
+- **several GPUs** (``devices`` > 1): in a notebook Lightning starts the ranks by fork
+  (``ddp_notebook``), so nothing here initialises CUDA before ``fit`` (pre-encoding then runs in a
+  spawned process); the ranks checkpoint the last step, and the summary reads the step from it.
 - **checkpoints**: every ``checkpoint_every`` steps into ``05_train/checkpoints`` (written
   atomically, the last ``keep_checkpoints`` kept); running the stage again resumes from the
   newest one (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
 - **export**: ``05_train/export/model.safetensors`` (EMA weights for a full fine-tune; LoRA merged
-  into the base for LoRA) + ``model_config.json`` — what ``load_sao(export_dir)`` and the engine's
-  own loaders read; LoRA runs also write ``lora.safetensors`` (the adapters alone).
+  into the base for LoRA, fp32) + ``model_config.json`` (a custom ``t5_model`` kept as the T5
+  conditioner's ``model_path``); LoRA runs also write ``lora.safetensors`` (the adapters alone, fp32).
+  Load it with ``models.load_sao(export_dir)``. The engine's ``get_pretrained_model`` takes hub ids
+  only; with the engine alone it is ``create_model_from_config(json)`` + ``load_ckpt_state_dict`` +
+  ``load_state_dict(strict=True)`` — which works as is when ``model_path`` is a real T5 folder or hub
+  id, not ``"tiny:<name>"`` (ours).
 - **logs**: loss and learning rate per step to CSV (``05_train/logs/version_N/metrics.csv``),
   TensorBoard when installed, W&B when ``wandb_project`` is set; demo WAVs every ``demo_every``
   steps in ``05_train/demos`` (the card's prompts, generated with ``generate_diffusion_cond``).
@@ -261,6 +269,52 @@ def _vae_fingerprint(model_config: dict, base_model: str) -> str:
     return hashlib.sha256(f"{base_model}|{model_config.get('sample_rate')}|{pt}".encode()).hexdigest()[:16]
 
 
+def _latent_is_fresh(path: Path, fingerprint: str) -> bool:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return (fh.metadata() or {}).get("vae") == fingerprint
+    except Exception:
+        return False  # unreadable: encode again
+
+
+def latents_todo(clips: list[Clip], latents_dir: Path, fingerprint: str) -> list[Clip]:
+    """The clips whose latents are missing, unreadable or made by another VAE."""
+    return [c for c in clips if not _latent_is_fresh(Path(latents_dir) / f"{c.clip_id}.safetensors", fingerprint)]
+
+
+def _pre_encode_worker(base_model: str, t5_model: str, clips: list[Clip], latents_dir: str, fingerprint: str,
+                       device: str, seed: int, queue) -> None:
+    try:
+        from . import models
+
+        model, _ = models.load_sao(base_model, device="cpu", t5_source=t5_model or None)
+        queue.put(("ok", pre_encode_clips(model, clips, Path(latents_dir), fingerprint, device=device, seed=seed)))
+    except BaseException as exc:  # reported by the parent, with its message
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _pre_encode_in_child(base_model, t5_model, clips, latents_dir, fingerprint, device, seed) -> dict:
+    """:func:`pre_encode_clips` in a fresh (spawned) process: this one never initialises CUDA."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_pre_encode_worker, args=(base_model, t5_model, clips, str(latents_dir), fingerprint,
+                                                        str(device), seed, queue))
+    proc.start()
+    try:
+        status, value = queue.get()
+    finally:
+        proc.join()
+    if status != "ok":
+        raise TrainError(f"pre-encoding (in its own process, {device}) failed: {value}")
+    return value
+
+
 def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: str, device: str = "cpu",
                      seed: int = 0) -> dict:
     """Encode each clip once with the model's VAE into ``latents_dir/<clip_id>.safetensors``.
@@ -317,6 +371,11 @@ def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: s
 def _lightning():
     import pytorch_lightning as pl
 
+    # trainer.fit(..., weights_only=True) (resume without arbitrary pickles) arrived in Lightning 2.6
+    major_minor = tuple(int(x) for x in re.findall(r"\d+", pl.__version__)[:2])
+    if major_minor < (2, 6):
+        raise TrainError(f"05_train needs pytorch-lightning >= 2.6 (found {pl.__version__}): "
+                         "pip install 'pytorch-lightning>=2.6'")
     return pl
 
 
@@ -480,6 +539,15 @@ def _make_classes():
             super().__init__(**kwargs)
             self.keep = keep
 
+        def on_train_end(self, trainer, pl_module):
+            # the last step is always checkpointed, so a finished run resumes (or extends) from its
+            # end; here, in the process(es) that trained (under DDP by fork the notebook's own
+            # trainer never sees a step)
+            super().on_train_end(trainer, pl_module)
+            last = Path(self.dirpath) / f"step={trainer.global_step}.ckpt"
+            if trainer.global_step > 0 and not last.exists():
+                self._save_checkpoint(trainer, str(last))
+
         def _save_checkpoint(self, trainer, filepath):
             super()._save_checkpoint(trainer, filepath)
             if trainer.is_global_zero:
@@ -496,12 +564,19 @@ def _make_classes():
 
 
 def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int, lora_alpha: float,
-                    lora_adapter: str, pre_encode: bool, ema: bool, sample_size: int, log_every: int) -> dict:
+                    lora_adapter: str, pre_encode: bool, ema: bool, sample_size: int, log_every: int,
+                    padding_loss_weight: float = 1.0) -> dict:
     """The engine's ``model_config`` with our ``training`` section (the card's recipe).
 
     Optimizer and scheduler come from the model's own config where it has them (SAO 1.0's are
     AdamW 5e-5, betas 0.9/0.999, weight decay 1e-3, InverseLR inv_gamma 1e6 power 0.5 warmup 0.99);
     only the learning rate is replaced by ``lr``.
+
+    ``padding_loss_weight`` becomes the engine's ``mask_loss_weight`` (stable-audio-tools 0.0.20,
+    ``training.utils.compute_masked_loss``; its default is 0.0): the loss per sample is
+    ``(sum over real frames + w * sum over padded frames) / (n_real + w * n_padded)``. ``1.0`` is a
+    plain mean over the whole window — how SAO 1.0 was trained (silence after ``seconds_total``
+    included); ``0.0`` trains on the real audio only.
     """
     cfg = copy.deepcopy(model_config)
     cfg["sample_size"] = int(sample_size)
@@ -512,7 +587,8 @@ def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int,
                                                                       "warmup": 0.99}}}})
     opt["diffusion"]["optimizer"].setdefault("config", {})["lr"] = float(lr)
     train.update({"optimizer_configs": opt, "use_ema": bool(ema), "pre_encoded": bool(pre_encode),
-                  "log_every_n_steps": int(log_every), "cfg_dropout_prob": train.get("cfg_dropout_prob", 0.1)})
+                  "log_every_n_steps": int(log_every), "cfg_dropout_prob": train.get("cfg_dropout_prob", 0.1),
+                  "mask_loss_weight": float(padding_loss_weight)})
     train.pop("learning_rate", None)
     train.pop("lora_config", None)
     if mode == "lora":
@@ -567,6 +643,7 @@ def _validate(p: dict) -> None:
     need(p["sample_seconds"] >= 0, "sample_seconds must be >= 0 (0 = the model's own window)")
     need(p["lora_rank"] >= 1, "lora_rank must be >= 1")
     need(p["workers"] >= 0, "workers must be >= 0")
+    need(math.isfinite(p["padding_loss_weight"]) and p["padding_loss_weight"] >= 0, "padding_loss_weight must be >= 0 (1.0 = train padded frames as SAO did)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,8 +657,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         devices: int = 1, strategy: str = "auto", workers: int = 0, checkpoint_every: int = 2,
         keep_checkpoints: int = 2, demo_every: int = 4, num_demos: int = 1, demo_steps: int = 4,
         demo_cfg: float = 7.0, demo_seconds: float = 2.0, pre_encode: bool = False, log_every: int = 1,
-        wandb_project: str = "", seed: int = 0, export_merged: bool = True, *, stage: str = STAGE,
-        clips: list[Clip] | None = None) -> dict:
+        wandb_project: str = "", seed: int = 0, export_merged: bool = True, padding_loss_weight: float = 1.0,
+        *, stage: str = STAGE, clips: list[Clip] | None = None) -> dict:
     """Fine-tune (or resume fine-tuning) SAO on ``RUN_DIR/04_prompts``; export; return a summary.
 
     ``max_steps`` > 0 stops after that many optimizer steps (counted across resumes); otherwise
@@ -591,6 +668,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     after a kill (or with a larger ``max_steps``/``epochs``) it resumes from the newest checkpoint.
     A resumed run continues the checkpoint's optimizer and schedule, so a changed ``lr`` only
     applies to a new ``run_dir`` (changed model/mode settings are refused).
+    ``padding_loss_weight``: how much the padded frames of a window (after a short clip's end) count
+    in the loss — 1.0 trains them as SAO 1.0 was trained, 0.0 ignores them (see :func:`training_config`).
 
     ``stage`` and ``clips`` are the hooks of the second stage (:mod:`stablebeat_utils.focus`):
     its own folder ``RUN_DIR/<stage>`` and its subset of the clips (repeats as repeated entries).
@@ -632,7 +711,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     window = max(1, math.ceil(window / ratio)) * ratio  # whole latent frames
     cfg = training_config(model_config, lr=lr, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
                           lora_adapter=lora_adapter, pre_encode=pre_encode, ema=ema, sample_size=window,
-                          log_every=log_every)
+                          log_every=log_every, padding_loss_weight=padding_loss_weight)
 
     # load_sao hands back an inference model (all frozen); trainable again as a freshly built
     # engine model is: the DiT and the conditioners' own layers (T5 and the VAE stay frozen)
@@ -645,8 +724,13 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     # data
     if pre_encode:
         latents_dir = stage_dir / "latents"
-        enc = pre_encode_clips(model, clips, latents_dir, _vae_fingerprint(model_config, base_model),
-                               device=device, seed=seed)
+        fingerprint = _vae_fingerprint(model_config, base_model)
+        if str(device).startswith("cuda") and devices != 1 and latents_todo(clips, latents_dir, fingerprint):
+            # several GPUs: Lightning starts its processes by fork (in a notebook) and refuses a
+            # parent whose CUDA is initialised, so the GPU encoding runs in a fresh process
+            enc = _pre_encode_in_child(base_model, t5_model, clips, latents_dir, fingerprint, device, seed)
+        else:
+            enc = pre_encode_clips(model, clips, latents_dir, fingerprint, device=device, seed=seed)
         model.pretransform.to("cpu")
         dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, random_crop, seed)
     else:
@@ -656,6 +740,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
 
     wrapper = create_training_wrapper_from_config(cfg, model)
     wrapper.__class__ = Wrapper  # same object, our checkpoint hooks (see Wrapper)
+    trainable = sum(p.numel() for p in wrapper.diffusion.parameters() if p.requires_grad)
     wrapper.stablebeat_info = {"base_model": base_model, "mode": mode,
                                "lora_rank": lora_rank if mode == "lora" else None,
                                "lora_alpha": lora_alpha if mode == "lora" else None,
@@ -696,23 +781,30 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         enable_checkpointing=True, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(stage_dir),
         gradient_clip_val=None, deterministic=False)
     trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
-    # the last step is always checkpointed, so a finished run resumes (or extends) from its end
-    last = ckpt_dir / f"step={trainer.global_step}.ckpt"
-    if trainer.global_step > 0 and not last.exists():
-        checkpointer._save_checkpoint(trainer, str(last))
 
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
-        demo_in_last = demo_every > 0 and prompts and demos.last != trainer.global_step and trainer.global_step > 0
+        # under DDP by fork (ddp_notebook, what a notebook gets with devices > 1) the training runs
+        # in child processes: this trainer's step and epoch stay 0 and its wrapper gets rank 0's
+        # weights back; the step and epoch are then the newest checkpoint's (the last step is
+        # always checkpointed), the step times the CSV log's
+        steps, epoch = int(trainer.global_step), int(trainer.current_epoch)
+        newest = newest_checkpoint(ckpt_dir)
+        if steps == 0 and newest is not None:
+            steps = int(_CKPT_RE.match(newest.name).group(1))
+            epoch = int(torch.load(str(newest), map_location="cpu", mmap=True, weights_only=True).get("epoch", 0))
+        step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")
+        demo_in_last = demo_every > 0 and prompts and demos.last != steps and steps > 0
         if demo_in_last:  # a demo of the final weights too
-            demos.generate(trainer, wrapper, trainer.global_step)
-        files = export(wrapper, model_config, export_dir, export_merged=export_merged)
+            demos.generate(trainer, wrapper, steps)
+        files = export(wrapper, export_config(model_config, t5_model), export_dir, export_merged=export_merged)
         csvs = sorted(str(p) for p in (stage_dir / "logs").glob("version_*/metrics.csv"))
         summary = {
-            "mode": mode, "base_model": base_model, "clips": len(clips), "steps": int(trainer.global_step),
-            "epoch": int(trainer.current_epoch), "resumed_from_step": resumed_step,
+            "mode": mode, "base_model": base_model, "clips": len(clips), "steps": steps,
+            "trainable_parameters": int(trainable),
+            "epoch": epoch, "resumed_from_step": resumed_step, "devices": devices,
             "precision": trainer.precision, "window_seconds": round(window / sr, 3), "pre_encoded": enc,
-            "median_step_seconds": round(statistics.median(curves.step_seconds), 4) if curves.step_seconds else None,
+            "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
             "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
                                    if torch.cuda.is_available() and str(wrapper.device).startswith("cuda") else None),
             "last_loss": _last_loss(csvs), "checkpoints": sorted(p.name for p in ckpt_dir.glob("step=*.ckpt")),
@@ -722,6 +814,18 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         }
         run_.mark_done(stage, params=params, **summary)
     return summary
+
+
+def _session_step_seconds(logs_dir: Path) -> list[float]:
+    """Seconds per step of the newest session, from its CSV log (``version_N``, highest N)."""
+    import csv
+
+    versions = sorted((int(m.group(1)), p) for p in Path(logs_dir).glob("version_*/metrics.csv")
+                      if (m := re.search(r"version_(\d+)", str(p))))
+    if not versions:
+        return []
+    with open(versions[-1][1], newline="", encoding="utf-8") as fh:
+        return [float(r["step_seconds"]) for r in csv.DictReader(fh) if r.get("step_seconds") not in (None, "")]
 
 
 def _last_loss(csvs: list[str]) -> float | None:
@@ -744,6 +848,23 @@ def read_curves(csvs) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
+def export_config(model_config: dict, t5_model: str = "") -> dict:
+    """The ``model_config.json`` of an export: the base's, with a custom ``t5_model`` kept.
+
+    A fine-tune trained with another T5 than the config's (``t5_model``) only works with that T5:
+    it is written as each T5 conditioner's ``model_path`` — a local folder as an absolute path
+    (what the engine's own T5 conditioner reads too), a hub id or ``"tiny:<name>"`` as given.
+    """
+    cfg = copy.deepcopy(model_config)
+    if not t5_model:
+        return cfg
+    src = os.path.abspath(os.path.expanduser(t5_model)) if Path(t5_model).expanduser().is_dir() else t5_model
+    for cond in cfg.get("model", {}).get("conditioning", {}).get("configs", []):
+        if cond.get("type") == "t5":
+            cond.setdefault("config", {})["model_path"] = src
+    return cfg
+
+
 def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = True) -> list[str]:
     """Write the fine-tuned model as ``model.safetensors`` + ``model_config.json`` (and ``lora.safetensors``).
 
@@ -759,8 +880,17 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     files = []
     diffusion = wrapper.diffusion
     if wrapper.lora_config is not None:
+        # the engine's format (its get_lora_state_dict; lora_config in the metadata, what its
+        # load_and_apply_loras reads) but in fp32: its save_lora_safetensors halves them, up to 3 %
+        # off per weight — 06's strength slider would not play what was trained
+        from stable_audio_tools.models.lora import get_lora_state_dict
+
+        adapters = {**get_lora_state_dict(diffusion.model), **get_lora_state_dict(diffusion.conditioner)}
+        adapters = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+                    for k, v in adapters.items()}
         with atomic_path(export_dir / "lora.safetensors") as tmp:
-            wrapper.export_lora_safetensors(str(tmp))
+            save_file(adapters, str(tmp), metadata={"lora_config": json.dumps(wrapper.lora_config),
+                                                    "format": "pt", "stablebeat": "05_train export (fp32)"})
         files.append("lora.safetensors")
         if not export_merged:
             (export_dir / "model.safetensors").unlink(missing_ok=True)
@@ -783,8 +913,14 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
             for k, v in wrapper.diffusion_ema.ema_model.state_dict().items():
                 state[f"model.{k}"] = v
     if wrapper.lora_config is None or export_merged:
-        plain = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
-                 for k, v in state.items()}
+        # fp32 CPU tensors as they are (safetensors writes from their memory: no second copy of a
+        # 4.85 GB model); a copy only where a tensor is converted or shares memory with another
+        plain, seen = {}, set()
+        for k, v in state.items():
+            v = v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+            ptr = v.untyped_storage().data_ptr()
+            plain[k] = v.clone() if ptr in seen else v
+            seen.add(ptr)
         with atomic_path(export_dir / "model.safetensors") as tmp:
             save_file(plain, str(tmp), metadata={"format": "pt", "stablebeat": "05_train export"})
         files.append("model.safetensors")

@@ -176,7 +176,10 @@ def test_find_finetune(tmp_path, finetune_dir, lora_file):
     for f in ("model_config.json", "model.safetensors"):
         (both / f).symlink_to(finetune_dir / f)
     (both / "lora.safetensors").symlink_to(lora_file)
+    # strength 1: the merged fp32 export itself (what 05_train exported), not the adapters
     spec, _ = gen.find_finetune(str(tmp_path / "run"), str(both))
+    assert spec.kind == "full" and spec.path == both
+    spec, _ = gen.find_finetune(str(tmp_path / "run"), str(both), lora_strength=0.5)  # the slider
     assert spec.kind == "lora" and spec.path.name == "lora.safetensors"
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")

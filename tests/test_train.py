@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from stablebeat_utils import audio, train
+from stablebeat_utils.runs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_AUDIO = REPO / "stablebeat_utils" / "data" / "demo_audio"
@@ -325,7 +327,23 @@ def test_lora_pre_encoded_run_exports_adapters(tmp_path, monkeypatch):
         y_lora = with_lora.model(x, t, **inputs)
         y_merged = merged.model(x, t, **inputs)
     assert float((y_lora - y_base).abs().max()) > 1e-4  # the adapters learned something
-    torch.testing.assert_close(y_merged, y_lora, atol=2e-3, rtol=2e-3)  # adapters stored in fp16
+    # adapters kept in fp32 (the engine's own save halves them): merged and applied agree to fp32 rounding
+    with safe_open(str(export / "lora.safetensors"), "pt") as fh:
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float32}
+        assert json.loads(fh.metadata()["lora_config"])["rank"] == 4
+    torch.testing.assert_close(y_merged, y_lora, atol=1e-5, rtol=1e-5)
+
+    # 06 plays the merged fp32 export as "finetune"; other strengths apply the fp32 adapters
+    from stablebeat_utils import generate
+
+    spec, _ = generate.find_finetune(str(run))
+    assert spec.kind == "full" and spec.path == export
+    spec, _ = generate.find_finetune(str(run), lora_strength=0.5)
+    assert spec.kind == "lora" and spec.path == export / "lora.safetensors"
+    gen = generate.run(run_dir=str(run), n_prompts=1, steps=2, seconds_total=0.5, device="cpu", dtype="float32")
+    assert gen["finetune_kind"] == "full" and gen["finetune"] == str(export)
+    rows = {r["model"]: r for r in read_jsonl(run / "06_generate" / "generations.jsonl")}
+    assert rows["finetune"]["model_source"] == str(export)
 
 
 def test_bad_parameters_fail_before_work(tmp_path):
@@ -333,3 +351,136 @@ def test_bad_parameters_fail_before_work(tmp_path):
         train.run(run_dir=str(tmp_path), mode="half")
     with pytest.raises(train.TrainError, match="04_prompts"):
         train.run(run_dir=str(tmp_path))
+
+
+def _engine_metrics(csvs) -> list[dict]:
+    import csv
+
+    rows = []
+    for path in csvs:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows += [r for r in csv.DictReader(fh) if r.get("train/loss") not in (None, "")]
+    return rows
+
+
+def test_padding_loss_weight_reaches_the_loss(tmp_path):
+    """Padded frames count in the loss with weight 1.0 (as SAO trained) and not at all with 0.0.
+
+    The clips (0.6 and 0.9 s) are shorter than the 1.5-s window, so every window is padded; the
+    engine logs the loss on real frames (``train/mse_signal``) and on padded ones
+    (``train/mse_masked_loss``) beside the loss it trains on (``train/loss``).
+    """
+    from stablebeat_utils import models
+
+    run = make_run(tmp_path / "run")
+    t5_dir = str(models.ensure_tiny_models(["t5"])["t5"])  # a custom T5, as a local folder
+    kw = dict(FAST, sample_seconds=1.5, max_steps=2, checkpoint_every=2, ema=False, t5_model=t5_dir)
+    rows = {}
+    for w in (0.0, 1.0):
+        dst = tmp_path / f"run-w{w}"
+        shutil.copytree(run, dst)
+        summary = train.run(run_dir=str(dst), padding_loss_weight=w, **kw)
+        rows[w] = _engine_metrics(summary["metrics_csv"])
+        assert len(rows[w]) == 2
+    export_t5_and_engine_reload(Path(summary["export_dir"]), t5_dir)
+    # same seed: the same batch and noise in both runs at step 1 (the engine's per-region means agree)
+    first = {w: rows[w][0] for w in rows}
+    for key in ("train/mse_signal", "train/mse_masked_loss"):
+        assert float(first[0.0][key]) == pytest.approx(float(first[1.0][key]), rel=1e-5)
+    sig, pad = float(first[1.0]["train/mse_signal"]), float(first[1.0]["train/mse_masked_loss"])
+    assert abs(pad - sig) > 1e-3
+    # 0.0: the mean over each sample's real frames, whatever the padded frames' error
+    # 1.0: the mean over whole windows, between the real frames' and the padded frames' means
+    loss0, loss1 = float(first[0.0]["train/loss"]), float(first[1.0]["train/loss"])
+    assert min(sig, pad) < loss1 < max(sig, pad)
+    assert abs(loss1 - loss0) > 1e-3 * loss0
+    with pytest.raises(train.TrainError, match="padding_loss_weight"):
+        train.run(run_dir=str(run), padding_loss_weight=-1.0)
+
+
+def export_t5_and_engine_reload(export: Path, t5_dir: str) -> None:
+    """The export keeps the custom T5 and loads with ours (load_sao) and with the engine's functions alone."""
+    import torch
+
+    from stablebeat_utils import compat, models
+
+    compat.apply()
+    from stable_audio_tools.models.factory import create_model_from_config
+    from stable_audio_tools.models.utils import load_ckpt_state_dict
+
+    cfg = json.loads((export / "model_config.json").read_text())
+    t5_conf = [c["config"] for c in cfg["model"]["conditioning"]["configs"] if c["type"] == "t5"]
+    assert t5_conf and all(c["model_path"] == t5_dir for c in t5_conf)
+    ours, _ = models.load_sao(str(export))  # no t5_source needed: the export says which T5
+    engine = create_model_from_config(cfg)  # the engine alone, no path rewriting
+    result = engine.load_state_dict(load_ckpt_state_dict(str(export / "model.safetensors")), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), engine.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    emb_ours, _ = ours.conditioner.conditioners["prompt"](["a trap beat"], "cpu")
+    emb_engine, _ = engine.conditioner.conditioners["prompt"](["a trap beat"], "cpu")
+    torch.testing.assert_close(emb_ours, emb_engine)
+
+
+def test_two_processes_ddp_by_fork_summary_export_and_resume(tmp_path):
+    """devices=2 on CPU (gloo), started by fork as a notebook does (``ddp_notebook``): killed, resumed.
+
+    The notebook's own trainer never trains under fork; the summary must still carry the steps and
+    step time, the export must be the EMA weights the ranks trained, and a kill of the whole
+    process group (notebook + ranks) must resume from the newest checkpoint.
+    """
+    from safetensors.torch import load_file
+
+    run = make_run(tmp_path / "run")
+    ckpt_dir = run / "05_train" / "checkpoints"
+    ddp = dict(accelerator="cpu", devices=2, strategy="ddp_notebook")
+    common = dict(checkpoint_every=1, keep_checkpoints=2, batch_size=1, sample_seconds=0.1, demo_every=0, workers=0,
+                  log_every=1, **ddp)
+    code = ("from stablebeat_utils import train; "
+            f"train.run(run_dir={str(run)!r}, max_steps=200, **{common!r})")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            newest = train.newest_checkpoint(ckpt_dir)
+            if newest is not None and int(newest.stem.split("=")[1]) >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training subprocess ended early: {proc.stderr.read().decode()[-3000:]}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint at step 2 within 300 s")
+        os.killpg(proc.pid, signal.SIGKILL)  # the notebook process and both ranks
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    step = int(train.newest_checkpoint(ckpt_dir).stem.split("=")[1])
+    assert not (run / "05_train" / "stage.json").exists()
+
+    summary = train.run(run_dir=str(run), max_steps=step + 2, **common)
+    assert summary["resumed_from_step"] == step and summary["steps"] == step + 2 and summary["devices"] == 2
+    assert summary["median_step_seconds"] and summary["median_step_seconds"] > 0
+    assert summary["checkpoints"] == [f"step={step + 1}.ckpt", f"step={step + 2}.ckpt"]
+    record = json.loads((run / "05_train" / "stage.json").read_text())
+    assert record["summary"]["steps"] == step + 2
+    after = _checkpoint(ckpt_dir / f"step={step + 2}.ckpt")
+    assert after["global_step"] == step + 2 and int(after["state_dict"]["diffusion_ema.step"]) == step + 2
+    # the export is the EMA weights of the last step, as the ranks trained them
+    exported = load_file(str(Path(summary["export_dir"]) / "model.safetensors"))
+    ema = {k[len("diffusion_ema.ema_model."):]: v for k, v in after["state_dict"].items()
+           if k.startswith("diffusion_ema.ema_model.")}
+    assert ema
+    for k, v in ema.items():
+        assert torch_equal(exported[f"model.{k}"], v), k
+    online = {k[len("diffusion.model."):]: v for k, v in after["state_dict"].items() if k.startswith("diffusion.model.")}
+    assert any(not torch_equal(exported[f"model.{k}"], v) for k, v in online.items())  # EMA, not the online weights
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.float(), b.float()))
