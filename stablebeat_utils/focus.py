@@ -454,6 +454,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = "",
 
     settings = dict(p["first_stage"], run_dir=run_dir, profile=profile, base_model=p["init_model"], lr=lr,
                     epochs=epochs, max_steps=max_steps, batch_size=batch_size, export_merged=True)
+    if settings.get("local_checkpoint_dir"):  # 05's local-first checkpoints (one folder per run): not 05's folder
+        settings["local_checkpoint_dir"] = str(Path(settings["local_checkpoint_dir"]).expanduser() / STAGE)
     trained = train.run(**settings, stage=STAGE, clips=p["clips"])
     summary = {
         "chosen": [f"{c['family']}:{c['tag']}" for c in p["chosen"]], "why": p["why"],
