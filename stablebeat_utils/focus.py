@@ -413,12 +413,14 @@ def _fingerprint(p: dict) -> str:
 
 def run(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = "", focus_tags: str = "",
         exclude_tags: str = "", rare_percent: float = 20.0, rebalance: bool = True, max_repeats: int = 4,
-        lr: float = 1e-5, epochs: int = 3, max_steps: int = 2, batch_size: int = 2) -> dict:
+        lr: float = 1e-5, epochs: int = 3, max_steps: int = 2, batch_size: int = 2, compare_prompts: int = 1) -> dict:
     """Choose the focus subset, write it, and fine-tune from ``init_model`` on it; return a summary.
 
     ``max_steps`` > 0 stops after that many steps, else ``epochs`` passes over the subset (repeats
     included). Running again resumes from the newest checkpoint of ``RUN_DIR/05b_focus``; a changed
     subset or ``init_model`` with checkpoints there is refused (they belong to another focus run).
+    ``compare_prompts``: how many chosen tags (rarest first) 06 generates a training prompt of with
+    all three models, for 07's per-tag comparison (0 = every chosen tag).
     """
     from . import params as params_mod
     from . import train
@@ -428,6 +430,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = "",
     params_mod.check_call(STAGE, params)
     if lr <= 0:
         raise FocusError(f"lr must be > 0 (got {lr})")
+    if compare_prompts < 0:
+        raise FocusError(f"compare_prompts must be >= 0 (0 = every chosen tag), got {compare_prompts}")
     if epochs < 1 and max_steps < 1:
         raise FocusError("set epochs >= 1 or max_steps >= 1")
     run_ = Run(run_dir)
@@ -449,7 +453,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = "",
     info = {k: p[k] for k in ("chosen", "why", "never_chosen", "excluded_clips", "before", "after", "n_clips_before",
                               "n_clips_after", "samples_per_epoch", "init_model", "first_stage",
                               "first_stage_source", "prompts")}
-    info.update(fingerprint=fp, rebalance="repeats" if rebalance else "none", max_repeats=max_repeats)
+    info.update(fingerprint=fp, rebalance="repeats" if rebalance else "none", max_repeats=max_repeats,
+                compare_prompts=compare_prompts)
     atomic_write_json(out / "focus.json", info)
 
     settings = dict(p["first_stage"], run_dir=run_dir, profile=profile, base_model=p["init_model"], lr=lr,
@@ -485,14 +490,16 @@ def subset_table(run_dir: str | os.PathLike):
 # for 06 and 07
 
 
-def for_generation(run_dir: str | os.PathLike, limit: int = 0) -> tuple[Path | None, list[str]]:
+def for_generation(run_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
     """(the second stage's export, or None before it exists; the prompts 06 adds: one per chosen tag,
-    rarest tag first, at most ``limit`` of them when ``limit`` > 0)."""
+    rarest tag first, at most ``compare_prompts`` of them when that is > 0)."""
     exp = export_dir(run_dir)
     if not (exp / "model.safetensors").is_file() or not (exp / "model_config.json").is_file():
         return None, []
-    tags = sorted(read(run_dir).get("prompts", []), key=lambda p: len(p.get("clips") or []))  # stable: 04's order
+    info = read(run_dir)
+    tags = sorted(info.get("prompts", []), key=lambda p: len(p.get("clips") or []))  # stable: 04's order
     prompts = list(dict.fromkeys(p["prompt"] for p in tags if p.get("prompt")))
+    limit = int(info.get("compare_prompts") or 0)
     return exp, prompts[:limit] if limit > 0 else prompts
 
 
@@ -541,7 +548,7 @@ def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...], 
                 closer += moved(d["finetune"], d["focus"]) < 0
                 farther += moved(d["finetune"], d["focus"]) > 0
         rec["metrics_closer"], rec["metrics_farther"] = closer, farther
-        rec["verdict"] = ("not generated (06's n_prompts)" if sub.empty else
+        rec["verdict"] = ("not generated (compare_prompts)" if sub.empty else
                           "n/a" if rec["clap_moved"] is None and closer + farther == 0 else
                           "moved toward the tag" if (rec["clap_moved"] == "up") + closer > (rec["clap_moved"] == "down") + farther
                           else "moved away" if (rec["clap_moved"] == "up") + closer < (rec["clap_moved"] == "down") + farther

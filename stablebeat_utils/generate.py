@@ -405,7 +405,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     prompts = all_prompts[:n_prompts] if n_prompts else all_prompts
     from . import focus  # the second stage (05b_focus), when exported: a third model and one prompt per chosen tag
 
-    focus_path, focus_prompts = focus.for_generation(run_dir, n_prompts)  # n_prompts caps these too
+    focus_path, focus_prompts = focus.for_generation(run_dir)
     prompts = prompts + [p for p in focus_prompts if p not in prompts]
     ft_spec, ft_message = find_finetune(run_dir, finetune_model, lora_strength)
     if ft_spec is None and not allow_missing_finetune:

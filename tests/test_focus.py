@@ -215,7 +215,7 @@ def test_second_stage_trains_from_the_export_into_its_own_folder(tmp_path):
     gens = generate.load_generations(str(run))
     tag_prompts = [p["prompt"] for p in info["prompts"]]
     prompts = list(dict.fromkeys(r["prompt"] for r in gens))
-    assert prompts[0] == generate.card_prompts()[0] and prompts[1] in tag_prompts and len(prompts) == 2  # capped by n_prompts
+    assert prompts[0] == generate.card_prompts()[0] and prompts[1] in tag_prompts and len(prompts) == 2  # compare_prompts=1
     for pr in prompts:
         rows = [r for r in gens if r["prompt"] == pr]
         assert sorted(r["model"] for r in rows) == ["base", "finetune", "focus"]
@@ -223,8 +223,17 @@ def test_second_stage_trains_from_the_export_into_its_own_folder(tmp_path):
     assert all(r["model_source"] == str(stage / "export") for r in gens if r["model"] == "focus")
 
 
-def test_for_generation_waits_for_the_export(tmp_path):
+def test_for_generation_waits_for_the_export_and_takes_the_rarest_tags_first(tmp_path):
     assert focus.for_generation(tmp_path) == (None, [])
+    exp = fake_export(tmp_path / "05b_focus" / "export", tiny_config())
+    (exp / "model.safetensors").write_bytes(b"")
+    tags = [{"family": "genres", "tag": "a", "clips": ["x", "y", "z"], "prompt": "pa"},
+            {"family": "genres", "tag": "b", "clips": ["x"], "prompt": "pb"},
+            {"family": "moods", "tag": "c", "clips": ["y", "z"], "prompt": "pc"}]
+    (tmp_path / "05b_focus" / "focus.json").write_text(json.dumps({"prompts": tags, "compare_prompts": 2}))
+    assert focus.for_generation(tmp_path) == (exp, ["pb", "pc"])
+    (tmp_path / "05b_focus" / "focus.json").write_text(json.dumps({"prompts": tags, "compare_prompts": 0}))
+    assert focus.for_generation(tmp_path)[1] == ["pb", "pc", "pa"]
 
 
 def _tables(focus_centroid: float, focus_clap: float):
