@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 TARGET_SR = 44100
+CLIP_FORMATS = ("wav", "flac")  # how 01_segment stores clips: the same 16-bit samples, FLAC ~half the bytes
 TRUNCATION_TOLERANCE_S = 0.1  # decoded audio may fall short of the header by this much (codec padding)
 
 
@@ -260,3 +261,20 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: str 
         sf.write(str(path), np.round(clipped.T * 32767.0).astype(np.int16), sr, subtype=subtype, format="WAV")
     else:
         sf.write(str(path), clipped.T, sr, subtype=subtype, format="WAV")
+
+
+def write_clip(path: str | os.PathLike, audio: np.ndarray, sr: int, clip_format: str = "wav") -> None:
+    """Write (channels, n) float audio as a 16-bit clip, ``clip_format`` "wav" or "flac".
+
+    Both hold the same int16 samples (rounded here, once): FLAC is lossless, so a FLAC clip decodes
+    to exactly the float32 array of the WAV one, in about half the bytes.
+    """
+    import soundfile as sf
+
+    if clip_format == "wav":
+        write_wav(path, audio, sr)
+        return
+    if clip_format != "flac":
+        raise ValueError(f"clip_format={clip_format!r}: choose one of {CLIP_FORMATS}")
+    pcm = np.round(np.clip(audio, -1.0, 1.0).T * 32767.0).astype(np.int16)
+    sf.write(str(path), pcm, sr, subtype="PCM_16", format="FLAC")

@@ -170,12 +170,14 @@ def _add(buf: np.ndarray, at: int, sig: np.ndarray, gain: float, pan: float = 0.
 
 
 def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_time: bool = False,
-              sr: int = SR, melody: bool = True) -> np.ndarray:
+              sr: int = SR, melody: bool = True, hat_div: int | None = None, swing: float = 0.5) -> np.ndarray:
     """Render a trap-like beat: ``(2, round(seconds*sr))`` float32, peak 0.89 (about -1 dBFS).
 
     ``bpm`` is the nominal tempo (quarter notes per minute); with ``half_time`` the backbeat sits
     on beat 3 so the groove feels like ``bpm/2``. Chords, 808 and melody use the notes of ``key``
-    ``scale``. Same arguments → the same samples.
+    ``scale``. ``hat_div`` sets the closed hats' grid in 16ths (2 = 8th notes, 1 = 16ths); the
+    default plays 8ths from 110 BPM and 16ths below. ``swing`` > 0.5 delays every off-beat 16th
+    (0.58: the second 16th of each 8th starts at 58 % of it). Same arguments → the same samples.
     """
     if key not in KEYS:
         raise ValueError(f"key {key!r}: use one of {', '.join(KEYS)}")
@@ -200,11 +202,15 @@ def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_
         ([0, 8, 10], [0, 7, 8], [0, 3, 8, 10], [0, 10, 11])
     kick_pat = kick_patterns[int(rng.integers(len(kick_patterns)))]
     snare_steps = (8,) if half_time else (4, 12)
-    hat_div = 2 if bpm >= 110 else 1  # 8ths at fast tempi, 16ths at slow
+    if hat_div is None:
+        hat_div = 2 if bpm >= 110 else 1  # 8ths at fast tempi, 16ths at slow
     # an intro bar of drums alone would hide the key: everything plays from bar 0
 
     def s(t: float) -> int:
         return int(round(t * sr))
+
+    def sw(k: float) -> float:  # a 16th position, swung when it is an off-beat 16th
+        return k + 2 * (swing - 0.5) if swing != 0.5 and float(k).is_integer() and int(k) % 2 == 1 else k
 
     prev_root_hz = None
     for b in range(n_bars):
@@ -215,7 +221,7 @@ def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_
         root_pc = (tonic + degrees[chord_deg]) % 12
         # drums
         for k in kick_pat:
-            _add(buf, s(t0 + k * step), kick, 0.9)
+            _add(buf, s(t0 + sw(k) * step), kick, 0.9)
         for k in snare_steps:
             _add(buf, s(t0 + k * step), clap, 0.55, pan=0.05)
         roll = b % 4 == 3 and rng.random() < 0.8
@@ -223,7 +229,7 @@ def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_
         for k in range(0, 16, hat_div):
             if roll and k >= last_beat_start:
                 break
-            _add(buf, s(t0 + k * step), hats[0], 0.18 if k % 4 else 0.24, pan=0.3)
+            _add(buf, s(t0 + sw(k) * step), hats[0], 0.18 if k % 4 else 0.24, pan=0.3)
         if roll:  # the last beat of the bar as 32nds, 16th triplets or 32nd triplets
             div = (8, 6, 12)[int(rng.integers(3))]
             for i in range(div):
@@ -235,7 +241,7 @@ def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_
         for j, k in enumerate(kick_pat):
             nxt = kick_pat[j + 1] if j + 1 < len(kick_pat) else 16
             glide = prev_root_hz if (prev_root_hz and prev_root_hz != root_hz and j == 0) else None
-            _add(buf, s(t0 + k * step), _808(sr, root_hz, glide, (nxt - k) * step), 0.55)
+            _add(buf, s(t0 + sw(k) * step), _808(sr, root_hz, glide, (nxt - k) * step), 0.55)
         prev_root_hz = root_hz
         # chords: one pad per bar, voiced around middle C
         if b % bars_per_chord == 0:
@@ -343,3 +349,86 @@ def resolve_input_dir(input_dir: str | os.PathLike) -> Path:
 
 def spec_dicts() -> list[dict]:
     return [asdict(s) for s in DEMO_SPECS]
+
+
+# ---------------------------------------------------------------------------------------------
+# styles beyond the demo beats: an evaluation set for tempo (benchmarks/bench_tempo_octave.py)
+
+STYLES = ("plain", "busy", "sparse", "halftime", "lofi")
+
+
+def make_style_beat(style: str, bpm: float, key: str, scale: str, seconds: float, seed: int,
+                    sr: int = SR) -> np.ndarray:
+    """A beat of one of :data:`STYLES` with exact ``bpm`` and key.
+
+    The tempo follows the hi-hat-grid convention of stage 03: the closed hats play 8th notes of
+    ``bpm`` in every style (a half-time trap beat at 140 has its hats on 8ths of 140 and its snare
+    on beat 3 of each bar); a slow beat (lo-fi at 80) has 8th-note hats at 80.
+
+    - ``plain``: :func:`make_beat` (straight backbeat).
+    - ``halftime``: :func:`make_beat` with ``half_time=True`` (snare on beat 3: feels like bpm/2).
+    - ``busy``: :func:`make_beat` plus toms and congas on syncopated 16ths, an off-beat shaker
+      and a noise bed.
+    - ``sparse``: kick on 1, snare on 2 and 4, closed 8th-note hats, one 808 note and one chord per
+      two bars; no melody, no rolls, no open hats (few onsets, little to tell the octave by).
+    - ``lofi``: :func:`make_beat` with 16ths swung to 58 %, low-passed at 3.2 kHz, tape hiss and
+      vinyl crackle.
+
+    Same arguments → the same samples; output ``(2, round(seconds*sr))`` float32 peaking at 0.89.
+    """
+    if style not in STYLES:
+        raise ValueError(f"style {style!r}: use one of {', '.join(STYLES)}")
+    rng = np.random.default_rng(seed + 7919)
+    if style in ("plain", "halftime"):
+        return make_beat(bpm, key, scale, seconds, seed, half_time=style == "halftime", sr=sr, hat_div=2)
+    n = int(round(seconds * sr))
+    step = 60.0 / bpm / 4
+    if style == "sparse":
+        buf = np.zeros((2, n), dtype=np.float32)
+        kick, clap, hat = _kick(sr), _clap(sr, rng), _hat(sr, rng, 0.02)
+        tonic, degrees = KEYS.index(key), SCALES[scale]
+        prog = PROGRESSIONS[scale][int(rng.integers(len(PROGRESSIONS[scale])))]
+        n_bars = int(np.ceil(seconds / (16 * step)))
+        for b in range(n_bars):
+            t0 = b * 16 * step
+            deg = prog[(b // 2) % len(prog)]
+            triad = [degrees[(deg + i) % 7] + 12 * ((deg + i) // 7) for i in (0, 2, 4)]
+            _add(buf, int(round(t0 * sr)), kick, 0.9)
+            root_hz = _midi_hz(24 + (tonic + degrees[deg]) % 12)
+            _add(buf, int(round(t0 * sr)), _808(sr, root_hz, None, 8 * step), 0.55)
+            for k in (4, 12):
+                _add(buf, int(round((t0 + k * step) * sr)), clap, 0.5)
+            for k in (0, 2, 4, 6, 8, 10, 12, 14):
+                _add(buf, int(round((t0 + k * step) * sr)), hat, 0.15 if k % 4 == 0 else 0.1, pan=0.3)
+            if b % 2 == 0:
+                midis = [60 + tonic + iv - (12 if tonic + iv > 7 else 0) for iv in triad]
+                _add(buf, int(round(t0 * sr)), _pad(sr, midis + [midis[0] - 12], 32 * step), 0.35)
+    else:
+        from scipy.signal import butter, sosfilt
+        if style == "busy":
+            # congas/toms on syncopated 16ths, an off-beat shaker on the 8th-note grid, a noise bed
+            buf = make_beat(bpm, key, scale, seconds, seed, sr=sr, hat_div=2)
+            m = int(0.2 * sr)
+            tom = (np.sin(2 * np.pi * 180 * np.arange(m) / sr) * np.exp(-np.arange(m) / sr / 0.05)).astype(np.float32)
+            conga = (np.sin(2 * np.pi * 320 * np.arange(m) / sr) * np.exp(-np.arange(m) / sr / 0.03)).astype(np.float32)
+            shaker = _hat(sr, rng, 0.012)
+            for i in range(int(seconds / step) + 1):
+                at = int(round(i * step * sr))
+                if i % 4 == 2:
+                    _add(buf, at, shaker, 0.08, pan=-0.5)
+                if i % 16 in (3, 6, 11, 14) or (i % 16 == 9 and rng.random() < 0.5):
+                    _add(buf, at, tom, 0.25, pan=0.4)
+                if i % 16 in (2, 7, 13) and rng.random() < 0.7:
+                    _add(buf, at, conga, 0.2, pan=-0.2)
+            noise = sosfilt(butter(2, [300, 3000], btype="band", fs=sr, output="sos"), rng.standard_normal(n))
+            buf += (0.01 * noise).astype(np.float32)
+        else:  # lofi: swung 16ths, low-pass, tape hiss, vinyl crackle
+            buf = make_beat(bpm, key, scale, seconds, seed, sr=sr, hat_div=2, swing=0.58)
+            buf = sosfilt(butter(4, 3200, btype="low", fs=sr, output="sos"), buf, axis=1).astype(np.float32)
+            crackle = (rng.random(n) < 6 / sr) * rng.standard_normal(n) * 0.05  # ~6 clicks a second
+            hiss = sosfilt(butter(2, 2000, btype="high", fs=sr, output="sos"), rng.standard_normal(n)) * 0.004
+            buf += (crackle + hiss).astype(np.float32)[None]
+    peak = float(np.max(np.abs(buf)))
+    if peak > 0:
+        buf *= 0.89 / peak
+    return buf.astype(np.float32)

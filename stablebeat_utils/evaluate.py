@@ -226,25 +226,17 @@ def signal_metrics(y: np.ndarray, sr: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # what a prompt asks for
 
-_BPM_RES = (
-    re.compile(r"(\d{2,3}(?:\.\d+)?)\s*-?\s*(?:bpm|beats\s+per\s+minute)\b", re.I),
-    re.compile(r"\b(?:bpm|tempo)\s*(?:of|:|=|at)?\s*(\d{2,3}(?:\.\d+)?)\b", re.I),
-)
 NOTE_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 PC_NAME = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-# tonic (upper case: "a minor chord" is not a key) + accidental + mode word, or the "Gm" shorthand
-_KEY_RE = re.compile(r"(?<![\w#])([A-G])(#|♯|b|♭|-sharp|-flat|\s+sharp|\s+flat)?"
-                     r"(?:\s*((?i:major|minor|maj|min))\b|(m)\b)")
 
 
 def parse_bpm(prompt: str) -> float | None:
-    """The tempo a prompt asks for ("at 110 BPM", "110bpm", "tempo: 90"), or None. 30–300 only."""
-    for rx in _BPM_RES:
-        for m in rx.finditer(prompt or ""):
-            bpm = float(m.group(1))
-            if 30 <= bpm <= 300:
-                return bpm
-    return None
+    """The tempo a prompt asks for ("at 110 BPM", "110 b.p.m.", "tempo: 90", "one hundred and ten
+    beats a minute"), or None. 30–300 only. The reader of stage 04's validator:
+    :func:`stablebeat_utils.clipfacts.parse_bpm`."""
+    from .clipfacts import parse_bpm as _parse_bpm
+
+    return _parse_bpm(prompt)
 
 
 def pitch_class(name: str) -> int:
@@ -264,18 +256,14 @@ def pitch_class(name: str) -> int:
 def parse_key(prompt: str) -> tuple[str, str] | None:
     """The key a prompt names, as ``(tonic, "major"|"minor")`` with a canonical tonic, or None.
 
-    "in D major" → ("D", "major"); "G minor" / "Gm" / "G min" → ("G", "minor");
-    "F# minor" → ("F#", "minor"); "Bb major" → ("Bb", "major"). The tonic must be a capital letter
-    (so "a minor chord progression" is not read as A minor).
+    "in D major" → ("D", "major"); "G minor" / "Gm" / "in g minor" → ("G", "minor");
+    "F# minor" → ("F#", "minor"); "A-flat major" → ("Ab", "major"); "a minor chord progression" →
+    None. The reader of stage 04's validator: :func:`stablebeat_utils.clipfacts.parse_key` (its
+    docstring gives the rules for the ambiguous lower-case "a").
     """
-    for m in _KEY_RE.finditer(prompt or ""):
-        tonic, acc, mode, short_m = m.groups()
-        if mode is None and short_m is None:
-            continue
-        mode = "minor" if (short_m or mode.lower().startswith("min")) else "major"
-        acc = (acc or "").strip()
-        return PC_NAME[pitch_class(tonic + acc)], mode
-    return None
+    from .clipfacts import parse_key as _parse_key
+
+    return _parse_key(prompt)
 
 
 def bpm_adherence(requested: float | None, measured: float | None) -> dict[str, Any]:

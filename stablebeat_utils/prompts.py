@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import clipfacts
 from .runs import JsonlLog, Run, atomic_write_json, read_jsonl
 
 STAGE = "04_prompts"
@@ -65,8 +66,9 @@ FAMILIES = ("instruments", "moods", "genres")
 CARD_KEYS = ("instruments_tags", "genres_tags", "moods_tags", "key", "scale", "tempo", "start", "duration")
 DATA_DIR = Path(__file__).parent / "data"
 ARTISTS_FILE = DATA_DIR / "vocab" / "artists.yaml"
+INSTRUMENT_LEXICON_FILE = DATA_DIR / "vocab" / "instrument_lexicon.yaml"
 T5_MAX_TOKENS = 128  # stable-audio-tools' T5Conditioner max_length for SAO 1.0
-PROMPTS_FORMAT = 1  # bumped when the rows change meaning; older rows are redone
+PROMPTS_FORMAT = 2  # bumped when the rows change meaning; older rows are redone
 
 
 class PromptsError(ValueError):
@@ -84,6 +86,7 @@ class Lexicon:
     tags: dict[str, list[str]]                  # family -> tags
     synonyms: dict[str, list[str]]              # tag -> synonyms
     artists: list[str] = field(default_factory=list)
+    instrument_words: list[str] = field(default_factory=list)  # the general lexicon, beyond our tags
 
     def family_of(self, tag: str) -> str | None:
         for fam, tags in self.tags.items():
@@ -111,14 +114,33 @@ def load_artists(path: str | Path = ARTISTS_FILE) -> list[str]:
     return [" ".join(n.split()) for n in names]
 
 
+def load_instrument_lexicon(path: str | Path = INSTRUMENT_LEXICON_FILE) -> list[str]:
+    """The general instrument words (``data/vocab/instrument_lexicon.yaml``), lower case, unique."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PromptsError(f"{path}: cannot read the instrument lexicon ({exc})") from exc
+    words = data.get("words") if isinstance(data, dict) else None
+    if not isinstance(words, list) or not words:
+        raise PromptsError(f"{path}: expected `words:` followed by a list of instrument words")
+    bad = [w for w in words if not isinstance(w, (str, int)) or not str(w).strip()]
+    if bad:
+        raise PromptsError(f"{path}: entries that are not words: {bad[:5]}")
+    return list(dict.fromkeys(" ".join(str(w).casefold().split()) for w in words))
+
+
 def load_lexicon(vocab_dir: str | Path = "") -> Lexicon:
-    """The vocabulary and synonyms of ``02_tag`` (same files, same validation) + the artist list."""
+    """The vocabulary and synonyms of ``02_tag`` (same files, same validation), the artist list and
+    the general instrument lexicon."""
     from . import tag
 
     vocab = tag.load_vocab(vocab_dir)
     synonyms = tag.load_synonyms(vocab_dir, vocab)
     return Lexicon(tags={f: [e.tag for e in vocab[f]] for f in FAMILIES}, synonyms=synonyms,
-                   artists=load_artists())
+                   artists=load_artists(), instrument_words=load_instrument_lexicon())
 
 
 def clip_rng(seed: int, clip_id: str) -> random.Random:
@@ -136,62 +158,15 @@ def choose_wordings(meta: dict, lexicon: Lexicon, rng: random.Random) -> dict[st
 # keys and tempo in text
 # --------------------------------------------------------------------------------------------
 
-PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_ACC = {"#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}
-# A note letter (upper case: a lower-case "a" is an article) + optional accidental + a scale word,
-# as in "G minor", "G-minor", "G min", "Gm", "F# minor", "F sharp minor", "Bb major", "Ebm".
-_KEY_RE = re.compile(
-    r"(?<![\w#♯♭])([A-G])((?:\s?[#♯♭b])|(?:[\s-]+(?:sharp|flat)))?"
-    r"(?:[\s-]*((?i:major|minor|maj|min))\b|(m)(?![\w#]))")
-# lower-case note letters b-g followed by a full scale word ("in g minor"; not "a", the article)
-_KEY_LOWER_RE = re.compile(r"(?<![\w#♯♭])([b-g])((?:\s?[#♯♭])|(?:[\s-]+(?:sharp|flat)))?[\s-]+(major|minor)\b")
-# "key of G", "in the key of F#" (a key without a scale)
-_KEY_OF_RE = re.compile(r"\bkey of ([A-Ga-g])((?:\s?[#♯♭b])|(?:[\s-]+(?:sharp|flat)))?(?![\w#])(?![\s-]*(?:major|minor|maj|min)\b)")
-# a scale named without a note: "minor key", "a major-key beat", "in a minor scale"
-_SCALE_ONLY_RE = re.compile(r"\b(major|minor)[\s-]+(?:key|scale|tonality)\b", re.I)
-_BPM_WORDS = r"(?:bpm|b\.\s?p\.\s?m\.?|beats[\s-]+(?:per|a)[\s-]+minute)"
-_NUMBER_RE = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)")
-_TEMPO_RE = re.compile(r"(\d+(?:[.,]\d+)?)\s*-?\s*" + _BPM_WORDS + r"|\btempo\s*(?:of|is|at|:|=)?\s*(?:about\s|around\s|roughly\s|~\s?)?(\d+(?:[.,]\d+)?)",
-                       re.I)
-
-
-def pitch_class(note: str, accidental: str | None = None) -> int:
-    acc = (accidental or "").strip(" -")
-    acc = acc.lower() if len(acc) > 1 else acc  # "Sharp"/"FLAT" as words; "b" is the flat sign
-    return (PITCH[note.upper()] + _ACC.get(acc, 0)) % 12
+# one reader of tempo and key in text, shared with 07_evaluate: stablebeat_utils/clipfacts.py
+PITCH = clipfacts.PITCH
+pitch_class = clipfacts.pitch_class
+find_keys = clipfacts.find_keys
 
 
 def parse_key(key: str | None) -> int | None:
     """Essentia's key spelling ("G", "F#", "Eb", "Bb") → pitch class 0–11; None if absent/unreadable."""
-    if not key:
-        return None
-    m = re.fullmatch(r"\s*([A-Ga-g])\s*([#♯b♭]|sharp|flat)?\s*", str(key))
-    return pitch_class(m.group(1), m.group(2)) if m else None
-
-
-def find_keys(text: str) -> list[tuple[int | None, str | None, str]]:
-    """Every key claim in ``text``: (pitch class or None, "major"/"minor" or None, matched text)."""
-    claims: list[tuple[int | None, str | None, str]] = []
-    spans: list[tuple[int, int]] = []
-    for rx in (_KEY_RE, _KEY_LOWER_RE):
-        for m in rx.finditer(text):
-            scale_word = (m.group(3) or "").lower()
-            if rx is _KEY_RE and m.group(4):
-                scale_word = "m"
-            scale = "major" if scale_word in ("major", "maj") else "minor"
-            claims.append((pitch_class(m.group(1), m.group(2)), scale, m.group(0)))
-            spans.append(m.span())
-    for m in _KEY_OF_RE.finditer(text):
-        if not any(a <= m.start(1) < b for a, b in spans):
-            claims.append((pitch_class(m.group(1), m.group(2)), None, m.group(0)))
-    for m in _SCALE_ONLY_RE.finditer(text):
-        if not any(a <= m.start() < b for a, b in spans):
-            claims.append((None, m.group(1).lower(), m.group(0)))
-    return claims
-
-
-def _num(s: str) -> float:
-    return float(s.replace(",", "."))
+    return clipfacts.parse_key_name(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,6 +192,14 @@ class Matcher:
         phrases = sorted(phrase_tags, key=len, reverse=True)  # longest first: "cloud trap" before "trap"
         self._rx = re.compile(r"(?<![\w&])(" + "|".join(re.escape(p) for p in phrases) + r")(?:s|es)?(?![\w&])")
         self.words = {w for p in phrase_tags for w in re.findall(r"[\w&]+", p)}
+        general = sorted({_norm(w) for w in lexicon.instrument_words} - set(phrase_tags), key=len, reverse=True)
+        self._general_rx = re.compile(r"(?<![\w&])(" + "|".join(re.escape(p) for p in general) + r")(?:s|es)?(?![\w&])") \
+            if general else None
+        self.words |= {w for p in general for w in re.findall(r"[\w&]+", p)}
+
+    def find_general(self, masked: str) -> list[str]:
+        """Instrument words of the general lexicon in a text whose vocabulary phrases are blanked."""
+        return [m.group(1) for m in self._general_rx.finditer(masked)] if self._general_rx else []
 
     def find(self, text: str) -> tuple[list[tuple[str, set[str]]], str]:
         """(matched phrases with their tags, the normalised text with the matches blanked)."""
@@ -292,11 +275,14 @@ def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None 
             named |= ptags & set(tags)
     if tags and not any(matcher.allowed(p, t, tags) for p, t in found):
         problems.append("names none of the clip's tags")
+    for word in matcher.find_general(masked):  # "sitar", "tuba": instruments beyond our tags
+        if not matcher.allowed(word, set(), tags):
+            problems.append(f"names instrument {word!r} the clip was not tagged with")
 
     # -- tempo
     tempo = _known_tempo(meta)
-    stated = [(_num(m.group(1) or m.group(2))) for m in _TEMPO_RE.finditer(masked)]
-    numbers = [_num(n) for n in _NUMBER_RE.findall(masked)]
+    stated = [v for v, _, _ in clipfacts.find_tempos(masked)]
+    numbers = [v for v, _, _ in clipfacts.find_numbers(masked)]
     if tempo is None:
         for n in numbers:
             problems.append(f"states a number ({n:g}) although the clip's tempo is not known")
@@ -327,7 +313,7 @@ def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None 
     for name in lexicon.artists:
         if re.search(r"(?<![\w&])" + re.escape(_norm(name)) + r"(?![\w&])", low):
             problems.append(f"names an artist ({name})")
-    key_spans = [m.span() for rx in (_KEY_RE,) for m in rx.finditer(text)]
+    key_spans = clipfacts.key_spans(text) + [span for _, _, span in clipfacts.find_tempos(text)]
     for sentence in re.split(r"(?<=[.!?:;])\s+", text):
         tokens = list(re.finditer(r"[A-Za-z][\w'’.&]*", sentence))
         for tok in tokens[1:]:
@@ -352,12 +338,98 @@ def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None 
     return list(dict.fromkeys(problems))
 
 
+# What instruct models (Llama 3.x, Qwen 2.5) wrap around the prompt they were asked for; a corpus of
+# real-style answers is in tests/data/llm_answers.yaml.
+_THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.S | re.I)
+_REFUSAL_RE = re.compile(
+    r"^(?:i\s+can(?:'|’)?t\b|i\s+cannot\b|i\s+can\s+not\b|i(?:'|’)m\s+sorry\b|i\s+am\s+sorry\b|sorry\b|"
+    r"i\s+apologi[sz]e\b|as\s+an\s+ai\b|i(?:'|’)m\s+(?:not\s+able|unable)\b|i\s+am\s+(?:not\s+able|unable)\b|"
+    r"i\s+won(?:'|’)t\b|i\s+will\s+not\b|unfortunately\b)", re.I)
+_INTERJECTION_RE = re.compile(
+    r"^(?:sure(?:\s+thing)?|certainly|of\s+course|absolutely|okay|ok|great|alright|all\s+right|no\s+problem|"
+    r"(?:i(?:'|’)d|i\s+would|i(?:'|’)m|i\s+am)\s+(?:be\s+)?(?:happy|glad)\s+to\s+help(?:\s+with\s+that)?|"
+    r"happy\s+to\s+help|here\s+you\s+go)\b[\s!.,:;—-]*", re.I)
+# the words of a label or an introduction before a colon: "Here is a prompt for your beat:", "Option 2:"
+_PREAMBLE_HEAD_RE = re.compile(r"\b(?:here|here(?:'|’)s|prompt|prompts|option|options|assistant|answer|output|"
+                               r"caption|description|version|suggestion|result|text)\b", re.I)
+_LABEL_ONLY_RE = re.compile(r"^(?:(?:text|final|your|the|a)\s+)?(?:prompt|option|answer|output|result|caption|version)s?"
+                            r"(?:\s*#?\d+)?[.!]?$", re.I)
+_LIST_MARK_RE = re.compile(r"^(?:[#>]+\s*|[-*•]\s+|\(?\d{1,2}[.)]\s+|\(?[a-c][.)]\s+)")
+_COMMENTARY_RE = re.compile(
+    r"^(?:this\s+(?:prompt|description|sentence|text|one|captures|highlights|conveys|version|keeps|includes|"
+    r"uses|mentions|reflects|combines|emphasi[sz]es)|that\s+(?:prompt|captures)|the\s+prompt\b|i\s|i(?:'|’)|"
+    r"note\b|explanation\b|let\s+me\s+know|feel\s+free|hope\s|tempo\s+and\s+key\s+(?:are|were)|\()", re.I)
+_EMOJI_RE = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\uFE0F]")
+
+
+def _unwrap(line: str) -> str:
+    """A line without markdown marks, list numbers and surrounding quotes."""
+    prev = None
+    while prev != line:
+        prev = line
+        line = _LIST_MARK_RE.sub("", line.strip())
+        line = re.sub(r"(\*\*|__|\*|`)", "", line).strip()
+        if len(line) >= 2 and line[0] in "\"“'‘" and line[-1] in "\"”'’":
+            line = line[1:-1].strip()
+    return line
+
+
+def _drop_preamble(line: str) -> str:
+    """"Sure! Here is a prompt: X" → "X"; "Prompt 1: X" → "X"; "Here is a prompt for your beat:" → ""."""
+    prev = None
+    while prev != line:
+        prev = line
+        line = _INTERJECTION_RE.sub("", line).strip()
+        head, colon, rest = line.partition(":")
+        if colon and len(head) <= 120 and _PREAMBLE_HEAD_RE.search(head) and not re.search(r"\d\s*bpm", head, re.I):
+            line = rest.strip()
+        line = _unwrap(line)
+    return line
+
+
+def _drop_commentary(prompt: str) -> str:
+    """The prompt without what follows it on its line: "…hi-hats. This prompt captures…" → "…hi-hats."."""
+    prompt = re.sub(r"\s*\((?:about\s+|~)?\d+\s+words?\)", "", prompt)
+    sentences = re.split(r"(?<=[.!?])\s+", prompt)
+    keep = []
+    for s in sentences:
+        if keep and _COMMENTARY_RE.match(_unwrap(s)):
+            break
+        keep.append(s)
+    return " ".join(keep).strip()
+
+
+def clean_llm_answer(text: str) -> tuple[str, str | None]:
+    """(the bare prompt in a model's answer, why there is none or None).
+
+    Drops what instruct models wrap around it: reasoning in ``<think>`` tags, interjections and
+    introductions ("Sure! Here is a prompt:", "Here is a prompt for your beat:" on its own line),
+    labels ("Prompt:", "**Option 1:**"), markdown (bold, headings, bullets, numbered options —
+    the first option is taken), quotes and backticks, emoji, and what follows the prompt (an
+    explanation, "Let me know…", "(34 words)"). A refusal ("I can't…", "I'm sorry…", "As an AI…")
+    gives no prompt. The result still goes through :func:`validate`.
+    """
+    text = _THINK_RE.sub("", text or "")
+    text = _EMOJI_RE.sub("", text).strip()
+    if not text:
+        return "", "empty answer"
+    lines = [ln for ln in (_unwrap(x) for x in text.splitlines()) if ln]
+    if lines and (_REFUSAL_RE.match(lines[0]) or _REFUSAL_RE.match(_INTERJECTION_RE.sub("", lines[0]))):
+        return "", "the model refused"
+    for line in lines:
+        cand = _drop_preamble(line)
+        if not cand or cand.endswith(":") or _LABEL_ONLY_RE.match(cand):
+            continue  # an introduction or a heading on its own line: the prompt is on the next one
+        if _REFUSAL_RE.match(cand):
+            return "", "the model refused"
+        cand = " ".join(_drop_commentary(cand).split())
+        return cand, (None if cand else "no prompt in the answer")
+    return "", "no prompt in the answer"
+
+
 def clean_llm_output(text: str) -> str:
-    """The first non-empty line of a model's answer, without quotes or a "Prompt:" label."""
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    line = lines[0] if lines else ""
-    line = re.sub(r"^(?:here(?:'s| is) (?:the|a|your) prompt:?|prompt\s*:)\s*", "", line, flags=re.I)
-    return line.strip().strip('"“”\'').strip()
+    """The bare prompt of a model's answer ("" when there is none): :func:`clean_llm_answer`."""
+    return clean_llm_answer(text)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,7 +445,20 @@ def join_words(items: Sequence[str], conj: str = "and") -> str:
 
 
 def _article(word: str) -> str:
-    return "An" if re.match(r"(?i)[aeiou8]|r&b|rnb", word.strip()) else "A"
+    """"A" or "An" by the sound the phrase starts with: "an alluring", "an 808", "an R&B", "a UK drill",
+    "a euphoric", "a one-shot"."""
+    w = word.strip().casefold()
+    if re.match(r"(?:eu|uni|use|usu|uti|one\b|once|uk\b|u\b|ufo|ukulele|uke\b)", w):
+        return "A"
+    if re.match(r"(?:hour|honest|honou?r|heir|8|11\b|18\b|r&b|rnb|mc\b|fm\b|mp3|sfx)", w):
+        return "An"
+    return "An" if re.match(r"[aeiou]", w) else "A"
+
+
+def _tidy(text: str) -> str:
+    """One space between words, no word twice in a row ("a dark dark trap beat", "chill rap beat beat")."""
+    text = " ".join(text.split())
+    return re.sub(r"(?i)\b([\w&'-]+)(?:\s+\1\b)+", r"\1", text)
 
 
 def _cap(s: str) -> str:
@@ -408,7 +493,7 @@ def _tpl_evoking(p):      # "A cloud trap beat with a and b, evoking a dark and 
     if p["instruments"]:
         s += f" with {p['instruments']}"
     if p["moods"]:
-        s += f", evoking a {p['moods']} mood"
+        s += f", evoking {_article(p['moods']).lower()} {p['moods']} mood"
     tail = f"{p['bpm']}{p['key']}"
     return s + ("," + tail if tail and (p["instruments"] or p["moods"]) else tail) + "."
 
@@ -448,7 +533,7 @@ def template_prompt(meta: dict, lexicon: Lexicon, rng: random.Random, t5_tokeniz
         parts = {"moods": join_words(w["moods"]), "genre": join_words(w["genres"]),
                  "instruments": join_words(instruments),
                  "bpm": f" at {tempo} BPM" if tempo else "", "key": f" in {key}" if key else ""}
-        text = " ".join(tpl(parts).split())
+        text = _tidy(tpl(parts))
         if t5_tokenizer is None or count_t5_tokens(t5_tokenizer, text) <= max_tokens or not instruments:
             return text
         instruments.pop()
@@ -590,6 +675,7 @@ def _fingerprint(p: dict, lexicon: Lexicon) -> str:
             "seed", "t5_max_length")
     payload = {k: p[k] for k in keys}
     payload.update(format=PROMPTS_FORMAT, tags=lexicon.tags, synonyms=lexicon.synonyms, artists=lexicon.artists,
+                   instrument_words=lexicon.instrument_words,
                    system=SYSTEM_PROMPT, example=EXAMPLE_PROMPT)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -676,8 +762,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
             for rec, rng, words in prepared:
                 cid = rec["clip_id"]
                 if cid in answers:
-                    cand = clean_llm_output(answers[cid])
-                    problems = validate(cand, rec["meta"], lexicon, matcher, t5_tok, t5_max_length)
+                    cand, why = clean_llm_answer(answers[cid])
+                    problems = [why] if why else validate(cand, rec["meta"], lexicon, matcher, t5_tok, t5_max_length)
                     if not problems:
                         rows.append(_row(rec, cand, "llm", None, answers[cid], count_t5_tokens(t5_tok, cand), fingerprint))
                         continue
@@ -711,6 +797,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
     summary = {
         "clips": len(rows), "llm_asked": asked_n, "llm_accepted": accepted,
         "acceptance_rate": round(accepted / asked_n, 4) if asked_n else None,
+        "llm_refused": sum(1 for r in rows if r["prompt_source"] == "template" and r["llm_output"] is not None
+                           and r["reject_reason"] == "the model refused"),
+        "llm_unwrapped": sum(1 for r in rows if r["prompt_source"] == "llm" and r["prompt"] != r["llm_output"].strip()),
         "template": sum(1 for r in rows if r["prompt_source"] == "template"),
         "missing_inputs": sum(1 for r in rows if r["missing"]),
         "top_reject_reasons": dict(reasons.most_common(5)),

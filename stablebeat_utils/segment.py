@@ -37,7 +37,11 @@ reproducibly:
    (mono duplicated, more channels folded down), resampled to 44.1 kHz with soxr (VHQ), gained to
    ``target_lufs`` integrated (pyloudnorm, BS.1770) — but never above a sample-peak ceiling of
    ``peak_ceiling_dbfs``: where the target would need more, the gain is reduced (never limited,
-   never clipped); the row records the loudness reached. Written as 16-bit WAV.
+   never clipped); the row records the loudness reached. Written as 16-bit ``clip_format``:
+   ``wav`` (the demo) or ``flac`` (the Colab profiles: lossless, the same decoded samples in about
+   half the bytes on Drive). Every later stage reads clips by the row's ``path`` with
+   :func:`stablebeat_utils.audio.load`, which decodes both. A changed ``clip_format`` is a changed
+   parameter: the stage starts over, so a run folder never mixes formats.
 6. **Duplicates:** a source whose audio was already seen — byte-identical, or the same audio in
    another container, codec or sample rate (a 0.5 s × 16-band loudness fingerprint, compared when
    the lengths agree) — gets a rejected row "duplicate of <source>" and no clips. The earliest
@@ -455,11 +459,12 @@ def _process_source(task: dict) -> dict:
         clip, gain = audio_mod.normalize_loudness(clip, audio_mod.TARGET_SR, cfg["target_lufs"],
                                                   cfg["peak_ceiling_dbfs"])
         cid = clip_id_for(rel, i)
-        with atomic_path(clips_dir / f"{cid}.wav") as tmp:
-            audio_mod.write_wav(tmp, clip, audio_mod.TARGET_SR)
+        ext = cfg.get("clip_format", "wav")
+        with atomic_path(clips_dir / f"{cid}.{ext}") as tmp:
+            audio_mod.write_clip(tmp, clip, audio_mod.TARGET_SR, ext)
         rows.append(_row(rel, i, len(segs), "ok", start=round(i0 / dec.sr, 4),
                          duration=round(clip.shape[1] / audio_mod.TARGET_SR, 4),
-                         path=f"{STAGE}/clips/{cid}.wav", cut_on=a.cut_on,
+                         path=f"{STAGE}/clips/{cid}.{ext}", cut_on=a.cut_on,
                          tempo=round(a.tempo, 2) if a.tempo else None, **info, **gain))
     return {"source": rel, "rows": rows, "fp": fp, "sha256": sha}
 
@@ -492,14 +497,20 @@ def _crashed(task: dict) -> dict:
 
 
 def _config(input_dir: Path, segments_per_track: int, min_seconds: float, max_seconds: float,
-            target_lufs: float, peak_ceiling_dbfs: float) -> dict:
-    return {"input_dir": str(input_dir), "segments_per_track": segments_per_track, "min_seconds": min_seconds,
-            "max_seconds": max_seconds, "target_lufs": target_lufs, "peak_ceiling_dbfs": peak_ceiling_dbfs,
-            "analysis_sr": ANALYSIS_SR, "hop": HOP, "clip_sr": audio_mod.TARGET_SR, "format": 1}
+            target_lufs: float, peak_ceiling_dbfs: float, clip_format: str = "wav") -> dict:
+    cfg = {"input_dir": str(input_dir), "segments_per_track": segments_per_track, "min_seconds": min_seconds,
+           "max_seconds": max_seconds, "target_lufs": target_lufs, "peak_ceiling_dbfs": peak_ceiling_dbfs,
+           "analysis_sr": ANALYSIS_SR, "hop": HOP, "clip_sr": audio_mod.TARGET_SR, "format": 1}
+    if clip_format != "wav":  # absent for WAV: run folders made before clip_format resume as they were
+        cfg["clip_format"] = clip_format
+    return cfg
 
 
 def _validate(segments_per_track: int, min_seconds: float, max_seconds: float, target_lufs: float,
-              peak_ceiling_dbfs: float, workers: int) -> None:
+              peak_ceiling_dbfs: float, workers: int, clip_format: str = "wav") -> None:
+    if clip_format not in audio_mod.CLIP_FORMATS:
+        raise SegmentError(f"clip_format={clip_format!r}: choose one of {', '.join(audio_mod.CLIP_FORMATS)} "
+                           "(flac: the same samples in about half the bytes)")
     if not isinstance(segments_per_track, int) or segments_per_track < 1:
         raise SegmentError(f"segments_per_track={segments_per_track!r}: give a whole number ≥ 1")
     if not (0 < min_seconds <= max_seconds):
@@ -531,7 +542,7 @@ def _source_complete(rows: list[dict]) -> bool:
 def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike = "demo", profile: str = "demo",
         segments_per_track: int = 2, min_seconds: float = 20.0, max_seconds: float = 35.0,
         target_lufs: float = -14.0, peak_ceiling_dbfs: float = -1.0, workers: int = 2,
-        progress: bool = True) -> dict:
+        clip_format: str = "wav", progress: bool = True) -> dict:
     """Segment every beat under ``input_dir`` into ``RUN_DIR/01_segment`` (see the module docstring).
 
     Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths. Resumable and
@@ -543,7 +554,7 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     from . import demo
 
     _validate(segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
-              float(peak_ceiling_dbfs), workers)
+              float(peak_ceiling_dbfs), workers, clip_format)
     try:
         in_dir = Path(demo.resolve_input_dir(input_dir)).resolve()
     except (FileNotFoundError, NotADirectoryError) as exc:
@@ -557,7 +568,7 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
         raise SegmentError(f"run_dir {str(run_obj.root)!r} and input_dir {str(in_dir)!r} overlap: keep the run "
                            "folder outside the folder of beats (and the other way round)")
     config = _config(in_dir, segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
-                     float(peak_ceiling_dbfs))
+                     float(peak_ceiling_dbfs), clip_format)
     params = {"input_dir": str(input_dir), "profile": profile, **{k: v for k, v in config.items()
                                                                   if k != "input_dir"}}
     stage_dir = run_obj.stage_dir(STAGE)
@@ -576,6 +587,13 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
     crashed = {r["clip_id"] for r in log.rows() if r.get("reason") == CRASHED}
     if run_obj.is_done(STAGE, params) and had_rows and not crashed:
         return run_obj.stage_record(STAGE)["summary"]
+    # the storage plan: printed, kept in RUN_DIR/storage_plan.json, a STOP before any clip when it won't fit
+    from . import storage
+    plan = storage.segment_plan(run_obj.root, [in_dir / s.rel for s in sources if s.kind == "file"],
+                                segments_per_track, float(min_seconds), float(max_seconds), clip_format)
+    print(plan.text())
+    storage.record(run_obj.root, plan)
+    storage.refuse(plan)
     run_obj.clear_done(STAGE)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "config.json", config)

@@ -544,3 +544,76 @@ def clip_players(run_dir, rows, n: int = 2):
         player = embedded_audio(Path(run_dir) / r["path"])._repr_html_()
         parts.append(f"<div><b>{html.escape(label)}</b><br>{player}</div>")
     return HTML("".join(parts) or "<i>no clip</i>")
+
+
+# --------------------------------------------------------------------------------------------
+# 02_tag: the producer's ears calibrate the tags (answers → tag_calibration → thresholds)
+
+class CalibrationPanel:
+    """A listening widget: ``n`` clips, each with its player and a right/wrong choice per tag.
+
+    ``save()`` (the *Save answers* button) appends the marked tags to
+    ``RUN_DIR/02_tag/calibration_answers.jsonl``; run 02 again to fit and apply the thresholds.
+    ``choices`` maps (clip_id, tag) → its ``ToggleButtons`` (value ``"?"``, ``"right"`` or ``"wrong"``).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, rows, n: int = 6, players: bool = True):
+        import html
+
+        import ipywidgets as w
+
+        from . import tag_calibration
+
+        self.run_dir = run_dir
+        answered = [(a["clip_id"], a["tag"]) for a in tag_calibration.read_run_answers(run_dir)]
+        self.clips = tag_calibration.clips_to_review(list(rows), n, answered)
+        self.choices: dict[tuple[str, str], object] = {}
+        boxes = []
+        for row in self.clips:
+            out = w.Output()
+            if players:
+                with out:
+                    from IPython.display import display
+
+                    display(embedded_audio(Path(run_dir) / row["path"]))
+            toggles = []
+            for fam in ("instruments", "moods", "genres"):
+                for tag in row.get(f"{fam}_tags", []):
+                    t = w.ToggleButtons(options=["?", "right", "wrong"], value="?",
+                                        description=tag, style={"description_width": "10em", "button_width": "5em"})
+                    self.choices[(row["clip_id"], tag)] = t
+                    toggles.append(t)
+            boxes.append(w.VBox([w.HTML(f"<b>{html.escape(row['clip_id'])}</b>"), out, *toggles]))
+        self.status = w.HTML("Mark what you hear, then save.")
+        button = w.Button(description="Save answers", button_style="primary")
+        button.on_click(lambda _b: self.save())
+        self.button = button
+        self.widget = w.VBox([*boxes, w.HBox([button, self.status])])
+
+    def answers(self) -> list[dict]:
+        return [{"clip_id": c, "tag": t, "correct": tb.value == "right"}
+                for (c, t), tb in self.choices.items() if tb.value != "?"]
+
+    def save(self) -> int:
+        from . import tag_calibration
+
+        answers = self.answers()
+        if answers:
+            path = tag_calibration.save_answers(self.run_dir, answers)
+            for (c, t), tb in self.choices.items():
+                if tb.value != "?":
+                    tb.value = "?"  # saved: a second click does not append the same answers again
+            self.status.value = f"saved {len(answers)} answer(s) to {path.name} — run 02_tag again to apply them"
+        else:
+            self.status.value = "nothing marked yet"
+        return len(answers)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def calibration_widget(run_dir: str | os.PathLike, rows, n: int = 6) -> CalibrationPanel:
+    """The listening widget of notebook 02 (see :class:`CalibrationPanel`)."""
+    return CalibrationPanel(run_dir, rows, n)

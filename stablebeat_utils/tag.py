@@ -428,10 +428,23 @@ def _score_row(pooled: np.ndarray, text: dict[str, np.ndarray], vocab: dict[str,
             for f in FAMILIES}
 
 
-def _apply_selection(row: dict, top_k: dict[str, int], min_similarity: float, max_margin: float) -> dict:
+def _apply_selection(row: dict, top_k: dict[str, int], min_similarity: float, max_margin: float,
+                     calibration: dict | None = None, answers: dict | None = None) -> dict:
+    """The row's tags from its scores; with ``calibration`` (tag → fitted threshold entry, see
+    :mod:`stablebeat_utils.tag_calibration`) and the producer's ``answers`` ((clip, tag) → right?)."""
     row = dict(row)
     for f in FAMILIES:
-        row[f"{f}_tags"] = select_tags(row["scores"][f], top_k[f], min_similarity, max_margin)
+        if not calibration:
+            row[f"{f}_tags"] = select_tags(row["scores"][f], top_k[f], min_similarity, max_margin)
+            continue
+        from .tag_calibration import select_family
+
+        th = {t: c["threshold"] for t, c in calibration.items() if c["family"] == f}
+        tags = select_family(row["scores"][f], top_k[f], min_similarity, max_margin, th)
+        for (clip, tag), ok in (answers or {}).items():  # the producer's own answer for this clip wins
+            if clip == row["clip_id"] and tag in row["scores"][f]:
+                tags = [t for t in tags if t != tag] + ([tag] if ok else [])
+        row[f"{f}_tags"] = sorted(tags, key=lambda t: (-row["scores"][f][t], t))
     return row
 
 
@@ -479,7 +492,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
         backend: str = "transformers", batch_size: int = 8, top_k_instruments: int = 3,
         top_k_moods: int = 2, top_k_genres: int = 1, min_similarity: float = -1.0,
         max_margin: float = 2.0, window_seconds: float = 10.0, device: str = "auto",
-        vocab_dir: str = "") -> dict:
+        vocab_dir: str = "", calibration_file: str = "") -> dict:
     """Tag every ``ok`` clip of ``RUN_DIR/01_segment/segments.jsonl``; write ``02_tag/tags.jsonl``.
 
     ``min_similarity`` (cosine floor) and ``max_margin`` (largest distance below the family's best
@@ -487,6 +500,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
     random tiny CLAP has no meaningful score scale). Resumable: clips already tagged with the same
     model, vocabulary and windowing are kept (an unreadable clip keeps its ``error`` row: delete
     ``tags.jsonl`` to retry); changed thresholds re-select tags from the stored scores, no model run.
+    Calibration: the producer's answers (``02_tag/calibration_answers.jsonl``, written by the
+    listening widget, and/or ``calibration_file``) give per-tag thresholds, saved in
+    ``02_tag/calibration.json`` and applied to every row (:mod:`stablebeat_utils.tag_calibration`).
     Returns a summary dict (also recorded in ``02_tag/stage.json``).
     """
     # a wrong type or an incompatible run folder is refused, by name, before any work
@@ -495,9 +511,13 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
     params = dict(run_dir=str(run_dir), profile=profile, clap_model=clap_model, backend=backend,
                   batch_size=batch_size, top_k_instruments=top_k_instruments, top_k_moods=top_k_moods,
                   top_k_genres=top_k_genres, min_similarity=float(min_similarity), max_margin=float(max_margin),
-                  window_seconds=float(window_seconds), device=device, vocab_dir=str(vocab_dir))
+                  window_seconds=float(window_seconds), device=device, vocab_dir=str(vocab_dir),
+                  calibration_file=str(calibration_file))
     _validate(params)
     vocab = load_vocab(vocab_dir)
+    from . import tag_calibration as calib
+
+    tag_family = {e.tag: f for f in FAMILIES for e in vocab[f]}
     top_k = {"instruments": top_k_instruments, "moods": top_k_moods, "genres": top_k_genres}
     run_ = Run(run_dir)
     seg_path = run_.path("01_segment", "segments.jsonl")
@@ -512,6 +532,11 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
         raise TagError(f"{seg_path}: ok row {bad[0]} has no text `clip_id`")
     segments = sorted({r["clip_id"]: r for r in segments}.values(), key=lambda r: r["clip_id"])
     ok_ids = {r["clip_id"] for r in segments}
+    try:  # the producer's answers: every tag and clip they name must exist, before any work
+        answers, answer_sources = calib.gather_answers(run_dir, calibration_file)
+        calib.check_names(answers, tag_family, ok_ids, answer_sources)
+    except calib.CalibrationError as exc:
+        raise TagError(str(exc)) from exc
 
     stage_dir = run_.stage_dir(STAGE)
     out_path = stage_dir / "tags.jsonl"
@@ -582,6 +607,25 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
         bar.close()
         loop_seconds = time.perf_counter() - loop_started
     rows = log.finalize()
+    calibration = None
+    if answers:  # fit per-tag thresholds on the scores, apply them (and the answers) to every row
+        calibration = calib.fit_thresholds(answers, rows, tag_family)
+        unused = calib.unusable(answers, rows)
+        calib.save_calibration(run_dir, calibration, answer_sources, len(answers), unused)
+        if unused:
+            import warnings
+
+            warnings.warn(f"02_tag: {len(unused)} calibration answer(s) are for clips that could not be tagged "
+                          f"(no scores to fit on): {', '.join(unused[:10])}", stacklevel=2)
+        given = calib.latest(answers)
+        new_rows = [r if "error" in r else _apply_selection(r, top_k, min_similarity, max_margin, calibration, given)
+                    for r in rows]
+        if new_rows != rows:
+            atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n"
+                                                for r in new_rows))
+            rows = new_rows
+    else:
+        run_.path(STAGE, calib.CALIBRATION_FILE).unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
     errors = [r for r in rows if "error" in r]
     summary = {
@@ -594,6 +638,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
         # the model load and text embeddings, which do not grow with the dataset)
         "times_real_time": round(audio_seconds / loop_seconds, 2) if todo and loop_seconds > 0 else None,
         "path": run_.rel(out_path),
+        "calibration": None if calibration is None else {
+            "answers": len(answers), "tags": len(calibration), "unused": unused,
+            "thresholds": {t: c["threshold"] for t, c in calibration.items()}},
     }
     run_.mark_done(STAGE, params=params, **summary)
     return summary

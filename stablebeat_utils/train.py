@@ -17,15 +17,20 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
 - **LoRA / DoRA**: the engine's own ``training.lora_config`` (base frozen, no EMA); adapters are
   exported with the engine's ``save_lora_safetensors`` (loadable with ``load_and_apply_loras``).
 - **pre-encoded latents** (``pre_encode=True``): every clip is encoded once by the VAE into
-  ``05_train/latents/<clip_id>.safetensors`` (latents + conditioning); training then runs the
-  wrapper with ``pre_encoded=True`` and the VAE never runs in the training loop (it still sits on
-  the GPU: stable-audio-tools 0.0.20's training step moves it there every step — 0.62 GB for SAO).
+  ``05_train/latents/<clip_id>.safetensors`` (float16 latents + conditioning; ~83 KB per 30 s
+  clip); training then runs the wrapper with ``pre_encoded=True`` and the VAE never runs in the
+  training loop (it still sits on the GPU: stable-audio-tools 0.0.20's training step moves it there
+  every step — 0.62 GB for SAO). The Colab profiles turn it on.
 - **several GPUs** (``devices`` > 1): in a notebook Lightning starts the ranks by fork
   (``ddp_notebook``), so nothing here initialises CUDA before ``fit`` (pre-encoding then runs in a
   spawned process); the ranks checkpoint the last step, and the summary reads the step from it.
-- **checkpoints**: every ``checkpoint_every`` steps into ``05_train/checkpoints`` (written
-  atomically, the last ``keep_checkpoints`` kept); running the stage again resumes from the
-  newest one (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
+- **checkpoints**: every ``checkpoint_every`` steps, every ``checkpoint_minutes`` and at every
+  epoch's end into ``05_train/checkpoints`` (written atomically, the last ``keep_checkpoints``
+  kept; with ``local_checkpoint_dir`` written to local disk first and copied atomically to the
+  run folder); running the stage again resumes from the newest complete one in either folder
+  (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
+- **before loading**: a storage plan (:mod:`stablebeat_utils.storage`) and, on CUDA, a GPU-memory
+  preflight (:mod:`stablebeat_utils.preflight`); each STOPs naming a setting that fits.
 - **export**: ``05_train/export/model.safetensors`` (EMA weights for a full fine-tune; LoRA merged
   into the base for LoRA, fp32) + ``model_config.json`` (a custom ``t5_model`` kept as the T5
   conditioner's ``model_path``); LoRA runs also write ``lora.safetensors`` (the adapters alone, fp32).
@@ -64,12 +69,13 @@ from typing import Any
 import numpy as np
 
 from . import audio as audio_io
-from .runs import JsonlLog, Run, atomic_path, atomic_write_json, read_jsonl
+from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, read_jsonl
 
 STAGE = "05_train"
 MODES = ("full", "lora")
 ADAPTERS = ("lora", "dora")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+OPTIMIZERS = ("adamw", "adamw8bit")
 CARD_SAMPLER = {"sampler_type": "dpmpp-3m-sde", "sigma_min": 0.3, "sigma_max": 500}  # SAO 1.0 model card
 #: what a checkpoint must agree on to be resumed (changing anything else, e.g. lr or max_steps, is fine)
 RESUME_KEYS = ("base_model", "mode", "lora_rank", "lora_alpha", "lora_adapter", "pre_encode", "ema")
@@ -315,12 +321,28 @@ def _pre_encode_in_child(base_model, t5_model, clips, latents_dir, fingerprint, 
     return value
 
 
+def compact_latents(lat):
+    """Latents as stored on disk: float16 (half the bytes of float32), float32 where fp16 would overflow.
+
+    float16 rather than bfloat16: the same 2 bytes, but 11 significant bits instead of 8, so ~8x
+    less rounding (relative error <= 2^-11 vs 2^-8) for values in fp16's range (|x| < 65504; VAE
+    latents are O(1)). Measured on the tiny model in docs/benchmarks.md (bench_latent_dtype.py).
+    LatentDataset reads either dtype (older float32 files stay valid) and trains in float32.
+    """
+    import torch
+
+    lat = lat.detach().float().cpu().contiguous()
+    half = lat.to(torch.float16)
+    return half if bool(torch.isfinite(half).all()) else lat
+
+
 def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: str, device: str = "cpu",
                      seed: int = 0) -> dict:
     """Encode each clip once with the model's VAE into ``latents_dir/<clip_id>.safetensors``.
 
     Stores the *unscaled* latents (as the engine's ``pre_encoded`` path expects: it divides by the
-    pretransform's scale itself) with the clip's conditioning fields as metadata. A file with the
+    pretransform's scale itself), in float16 (:func:`compact_latents`), with the clip's
+    conditioning fields as metadata. A file with the
     same VAE fingerprint is kept (resumable); each write is atomic. Sampling from the VAE posterior
     is seeded per clip, so the latents do not depend on the order or on a restart.
     """
@@ -355,11 +377,12 @@ def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: s
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(hashlib.sha256(f"{seed}:{clip.clip_id}".encode()).hexdigest()[:8], 16))
             lat = pt.encode(x) * pt.scale
+        stored = compact_latents(lat[0])
         meta = {"vae": fingerprint, "clip_id": clip.clip_id, "prompt": clip.prompt, "start": repr(clip.start),
-                "duration": repr(clip.duration), "sample_rate": str(sr),
+                "duration": repr(clip.duration), "sample_rate": str(sr), "dtype": str(stored.dtype),
                 "source_duration": "" if clip.source_duration is None else repr(clip.source_duration)}
         with atomic_path(path) as tmp:
-            save_file({"latents": lat[0].float().cpu().contiguous()}, str(tmp), metadata=meta)
+            save_file({"latents": stored}, str(tmp), metadata=meta)
         encoded += 1
     return {"encoded": encoded, "reused": done}
 
@@ -379,15 +402,87 @@ def _lightning():
     return pl
 
 
-def newest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint with the highest step in ``ckpt_dir`` (temporary files ignored)."""
-    best = None
-    if ckpt_dir.is_dir():
-        for p in ckpt_dir.iterdir():
-            m = _CKPT_RE.match(p.name)
-            if m and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), p)
-    return best[1] if best else None
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint, or None. ``torch.save`` writes a zip whose central
+    directory comes last: a copy cut by a disconnect (a Drive sync, a full disk) has none."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"incomplete or unreadable ({type(exc).__name__}: {exc})"
+    if not any(n.endswith("data.pkl") for n in names):
+        return "not a torch checkpoint (no data.pkl inside)"
+    return None
+
+
+def newest_checkpoint(*ckpt_dirs: Path, quiet: bool = False) -> Path | None:
+    """The complete checkpoint with the highest step in any of ``ckpt_dirs`` (temporary files ignored).
+
+    With the same step in several folders the first folder wins (the fast local copy). A checkpoint
+    that is cut short (a disconnect mid-write or mid-copy) is skipped with a message naming it, and
+    the previous complete one is used.
+    """
+    found = []
+    for rank, ckpt_dir in enumerate(ckpt_dirs):
+        ckpt_dir = Path(ckpt_dir)
+        if ckpt_dir.is_dir():
+            for p in ckpt_dir.iterdir():
+                m = _CKPT_RE.match(p.name)
+                if m:
+                    found.append((-int(m.group(1)), rank, p))
+    for _, _, p in sorted(found):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        if not quiet:
+            print(f"{STAGE}: skipping checkpoint {p}: {problem} — resuming from the previous complete one")
+    return None
+
+
+def local_checkpoint_folder(local_checkpoint_dir: str, run_root: Path) -> Path | None:
+    """This run's folder under ``local_checkpoint_dir`` (one folder per run folder), or None when unset."""
+    if not local_checkpoint_dir:
+        return None
+    key = hashlib.sha256(str(Path(run_root).resolve()).encode()).hexdigest()[:10]
+    return Path(local_checkpoint_dir).expanduser() / f"{Path(run_root).name}-{key}"
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the ``keep`` highest-step ``step=N.ckpt`` files of ``folder``; remove temp files of cut writes."""
+    if not folder.is_dir():
+        return
+    found = sorted((int(_CKPT_RE.match(p.name).group(1)), p) for p in folder.iterdir() if _CKPT_RE.match(p.name))
+    for _, old in found[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def mirror_checkpoint(path: Path, mirror_dir: Path, keep: int) -> Path | None:
+    """Copy ``path`` atomically into ``mirror_dir`` (temp file, fsync, rename), then prune it to ``keep``.
+
+    Returns the mirrored path, or None with a warning when the copy fails (the run folder's disk
+    is full, read-only, or a Drive that went away): training goes on from the local copy and the
+    next checkpoint tries again. Nothing already mirrored is touched by a failed copy.
+    """
+    import shutil
+    import sys
+
+    try:
+        mirror_dir.mkdir(parents=True, exist_ok=True)
+        target = mirror_dir / path.name
+        with atomic_path(target) as tmp:
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+        prune_checkpoints(mirror_dir, keep)
+        return target
+    except (OSError, RunFolderError) as exc:
+        print(f"{STAGE}: WARNING could not copy checkpoint {path.name} to {mirror_dir} "
+              f"({getattr(exc, 'strerror', None) or exc}). Training goes on; the checkpoint is kept in {path.parent} and the "
+              "next checkpoint tries the copy again. Free space / remount Drive.", file=sys.stderr)
+        return None
 
 
 def _make_classes():
@@ -405,11 +500,19 @@ def _make_classes():
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         """Checkpoints written to a temporary file and renamed (a kill never leaves half a file);
-        read back with ``torch.load(weights_only=True)`` (no arbitrary pickles)."""
+        read back with ``torch.load(weights_only=True)`` (no arbitrary pickles). With ``mirror_dir``
+        the file is first written to fast local disk, then copied atomically to ``mirror_dir`` (the
+        run folder, e.g. on Drive) where the newest ``keep`` are kept."""
+
+        def __init__(self, mirror_dir: Path | None = None, keep: int = 1):
+            super().__init__()
+            self.mirror_dir, self.keep = mirror_dir, keep
 
         def save_checkpoint(self, checkpoint, path, storage_options=None):
             with atomic_path(path) as tmp:
                 torch.save(checkpoint, tmp)
+            if self.mirror_dir is not None and Path(path).parent.resolve() != Path(self.mirror_dir).resolve():
+                mirror_checkpoint(Path(path), Path(self.mirror_dir), self.keep)
 
         def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=True):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -485,12 +588,23 @@ def _make_classes():
             self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
             self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
             self._demo_log = None
+            self.last_epoch = -1
+
+        def on_train_epoch_end(self, trainer, module):
+            # at least one demo per epoch: a small set finishes epochs in fewer than ``every`` steps
+            step = trainer.global_step
+            if self.every <= 0 or self.last_epoch == trainer.current_epoch or step == self.last or step == 0:
+                return
+            if trainer.is_global_zero:
+                self.last = step
+                self.generate(trainer, module, step)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             step = trainer.global_step
-            if self.every <= 0 or step % self.every or step == self.last or not trainer.is_global_zero:
+            if self.every <= 0 or step == 0 or step % self.every or step == self.last or not trainer.is_global_zero:
                 return
             self.last = step
+            self.last_epoch = trainer.current_epoch
             self.generate(trainer, module, step)
 
         @torch.no_grad()
@@ -529,15 +643,18 @@ def _make_classes():
                 module.train(was_training)
 
     class KeepNewest(pl.callbacks.ModelCheckpoint):
-        """Save every N steps; then keep the ``keep`` highest-step files of the folder.
+        """Save every N steps, every ``minutes`` of training and at the end of every epoch (so a small
+        set, with fewer steps than N per run, still has one per epoch); then keep the ``keep``
+        highest-step files of the folder.
 
         Pruning by what is on disk (not by Lightning's in-memory list, which a resumed run does
         not restore) also clears checkpoints left behind by a killed session.
         """
 
-        def __init__(self, keep: int, **kwargs):
+        def __init__(self, keep: int, minutes: float = 0.0, **kwargs):
             super().__init__(**kwargs)
-            self.keep = keep
+            self.keep, self.minutes = keep, float(minutes)
+            self.saved_step, self.saved_at = -1, time.monotonic()
 
         def on_train_end(self, trainer, pl_module):
             # the last step is always checkpointed, so a finished run resumes (or extends) from its
@@ -550,11 +667,24 @@ def _make_classes():
 
         def _save_checkpoint(self, trainer, filepath):
             super()._save_checkpoint(trainer, filepath)
+            self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
             if trainer.is_global_zero:
-                found = sorted((int(_CKPT_RE.match(p.name).group(1)), p) for p in Path(self.dirpath).iterdir()
-                               if _CKPT_RE.match(p.name))
-                for _, old in found[:-self.keep]:
-                    old.unlink(missing_ok=True)
+                prune_checkpoints(Path(self.dirpath), self.keep)
+
+        def _save_now(self, trainer):
+            if trainer.global_step > 0 and trainer.global_step != self.saved_step:
+                self._save_checkpoint(trainer, str(Path(self.dirpath) / f"step={trainer.global_step}.ckpt"))
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            if self.minutes > 0 and trainer.global_step != self.saved_step:
+                due = time.monotonic() - self.saved_at >= self.minutes * 60
+                if trainer.strategy.broadcast(due):  # every rank takes the same decision
+                    self._save_now(trainer)
+
+        def on_train_epoch_end(self, trainer, module):
+            super().on_train_epoch_end(trainer, module)
+            self._save_now(trainer)
 
     return AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest
 
@@ -565,7 +695,7 @@ def _make_classes():
 
 def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int, lora_alpha: float,
                     lora_adapter: str, pre_encode: bool, ema: bool, sample_size: int, log_every: int,
-                    padding_loss_weight: float = 1.0) -> dict:
+                    padding_loss_weight: float = 1.0, optimizer: str = "adamw") -> dict:
     """The engine's ``model_config`` with our ``training`` section (the card's recipe).
 
     Optimizer and scheduler come from the model's own config where it has them (SAO 1.0's are
@@ -586,6 +716,8 @@ def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int,
                       "scheduler": {"type": "InverseLR", "config": {"inv_gamma": 1000000, "power": 0.5,
                                                                       "warmup": 0.99}}}})
     opt["diffusion"]["optimizer"].setdefault("config", {})["lr"] = float(lr)
+    if optimizer == "adamw8bit":  # the engine's own bitsandbytes.optim.AdamW8bit, same betas / decay
+        opt["diffusion"]["optimizer"]["type"] = "AdamW8bit"
     train.update({"optimizer_configs": opt, "use_ema": bool(ema), "pre_encoded": bool(pre_encode),
                   "log_every_n_steps": int(log_every), "cfg_dropout_prob": train.get("cfg_dropout_prob", 0.1),
                   "mask_loss_weight": float(padding_loss_weight)})
@@ -644,6 +776,10 @@ def _validate(p: dict) -> None:
     need(p["lora_rank"] >= 1, "lora_rank must be >= 1")
     need(p["workers"] >= 0, "workers must be >= 0")
     need(math.isfinite(p["padding_loss_weight"]) and p["padding_loss_weight"] >= 0, "padding_loss_weight must be >= 0 (1.0 = train padded frames as SAO did)")
+    need(isinstance(p["grad_accum"], int) and p["grad_accum"] >= 1,
+         "grad_accum must be a whole number >= 1 (batches per optimizer step)")
+    need(p["optimizer"] in OPTIMIZERS, f"optimizer={p['optimizer']!r}: choose one of {OPTIMIZERS}")
+    need(p["checkpoint_minutes"] >= 0, "checkpoint_minutes must be >= 0 (0 = by steps and epochs only)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,6 +794,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         keep_checkpoints: int = 2, demo_every: int = 4, num_demos: int = 1, demo_steps: int = 4,
         demo_cfg: float = 7.0, demo_seconds: float = 2.0, pre_encode: bool = False, log_every: int = 1,
         wandb_project: str = "", seed: int = 0, export_merged: bool = True, padding_loss_weight: float = 1.0,
+        grad_accum: int = 1, checkpoint_minutes: float = 0.0, local_checkpoint_dir: str = "",
+        optimizer: str = "adamw",
         *, stage: str = STAGE, clips: list[Clip] | None = None) -> dict:
     """Fine-tune (or resume fine-tuning) SAO on ``RUN_DIR/04_prompts``; export; return a summary.
 
@@ -670,6 +808,21 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     applies to a new ``run_dir`` (changed model/mode settings are refused).
     ``padding_loss_weight``: how much the padded frames of a window (after a short clip's end) count
     in the loss — 1.0 trains them as SAO 1.0 was trained, 0.0 ignores them (see :func:`training_config`).
+
+    ``grad_accum``: optimizer steps every ``grad_accum`` batches (Lightning's
+    ``accumulate_grad_batches``): the effective batch is ``batch_size * grad_accum * devices``, so
+    the card's 16 holds on a smaller GPU (steps, ``checkpoint_every`` and ``demo_every`` count
+    optimizer steps). ``checkpoint_minutes`` > 0 also checkpoints every that many minutes, and
+    every epoch ends with one. ``local_checkpoint_dir`` (e.g. ``/content/stablebeat_checkpoints``
+    on Colab): checkpoints are written there first (fast local disk) and copied atomically into
+    ``05_train/checkpoints`` (Drive), ``keep_checkpoints`` in each; resume takes the newest complete
+    checkpoint of either folder (a copy cut by a disconnect is skipped, named).
+
+    ``optimizer``: "adamw" (the card) or "adamw8bit" (bitsandbytes' 8-bit AdamW, the engine's
+    ``AdamW8bit``: ~6 GB less GPU memory and checkpoints of ~10.6 GB instead of ~16.9 GB for a full
+    fine-tune; CUDA only). Before the model is loaded the stage prints a storage plan
+    (:mod:`stablebeat_utils.storage`, kept in ``RUN_DIR/storage_plan.json``) and a GPU-memory
+    preflight (:mod:`stablebeat_utils.preflight`), and stops when either does not fit.
 
     ``stage`` and ``clips`` are the hooks of the second stage (:mod:`stablebeat_utils.focus`):
     its own folder ``RUN_DIR/<stage>`` and its subset of the clips (repeats as repeated entries).
@@ -695,15 +848,33 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
 
     AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest = _make_classes()
     ckpt_dir = stage_dir / "checkpoints"
-    for stale in ckpt_dir.glob(".step=*.tmp.ckpt"):  # a write cut by a kill (never renamed into place)
-        stale.unlink(missing_ok=True)
-    resume = newest_checkpoint(ckpt_dir)
+    local_dir = local_checkpoint_folder(local_checkpoint_dir, run_.root)
+    ckpt_dirs = [d for d in (local_dir, ckpt_dir) if d is not None]
+    for d in ckpt_dirs:
+        for stale in d.glob(".step=*.tmp.ckpt"):  # a write cut by a kill (never renamed into place)
+            stale.unlink(missing_ok=True)
+    resume = newest_checkpoint(*ckpt_dirs)
     resumed_step = int(_CKPT_RE.match(resume.name).group(1)) if resume is not None else None
     # a resumed session draws new crops, noise and shuffles (not a replay of the first session's)
     session_seed = seed + (resumed_step or 0)
     pl.seed_everything(session_seed, workers=True, verbose=False)
 
     device = models.pick_device("auto" if accelerator == "auto" else ("cuda" if accelerator == "gpu" else accelerator))
+    _plan_storage(run_, base_model, clips, mode=mode, ema=ema, optimizer=optimizer, lora_rank=lora_rank,
+                  pre_encode=pre_encode, keep_checkpoints=keep_checkpoints, local_dir=local_dir,
+                  export_merged=export_merged)
+    prec = pick_precision(precision, device, devices)
+    gpu_estimate = _preflight_gpu(device, base_model, mode=mode, precision=prec, batch_size=batch_size,
+                                  grad_accum=grad_accum, sample_seconds=sample_seconds, optimizer=optimizer,
+                                  ema=ema, lora_rank=lora_rank)
+    if optimizer == "adamw8bit":
+        import importlib.util
+
+        if not str(device).startswith("cuda"):
+            raise TrainError(f"optimizer='adamw8bit' needs a CUDA GPU (bitsandbytes' 8-bit AdamW); this run is on "
+                             f"{device}: use optimizer='adamw'")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainError("optimizer='adamw8bit' needs the bitsandbytes package: pip install bitsandbytes")
     model, model_config = models.load_sao(base_model, device="cpu", t5_source=t5_model or None)
     sr = int(model_config["sample_rate"])
     ratio = model.pretransform.downsampling_ratio if model.pretransform is not None else 1
@@ -711,7 +882,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     window = max(1, math.ceil(window / ratio)) * ratio  # whole latent frames
     cfg = training_config(model_config, lr=lr, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
                           lora_adapter=lora_adapter, pre_encode=pre_encode, ema=ema, sample_size=window,
-                          log_every=log_every, padding_loss_weight=padding_loss_weight)
+                          log_every=log_every, padding_loss_weight=padding_loss_weight, optimizer=optimizer)
 
     # load_sao hands back an inference model (all frozen); trainable again as a freshly built
     # engine model is: the DiT and the conditioners' own layers (T5 and the VAE stay frozen)
@@ -752,7 +923,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
-    checkpointer = KeepNewest(keep_checkpoints, dirpath=str(ckpt_dir), filename="step={step}",
+    checkpointer = KeepNewest(keep_checkpoints, minutes=checkpoint_minutes, dirpath=str(local_dir or ckpt_dir),
+                              filename="step={step}",
                               every_n_train_steps=checkpoint_every, save_top_k=-1,
                               auto_insert_metric_name=False, save_on_train_epoch_end=False)
     curves = CurveLogger()
@@ -775,9 +947,11 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
 
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy,
-        precision=pick_precision(precision, device, devices),
+        precision=prec,
         max_epochs=epochs if max_steps <= 0 else -1, max_steps=max_steps if max_steps > 0 else -1,
-        callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], log_every_n_steps=max(1, log_every),
+        accumulate_grad_batches=grad_accum, callbacks=callbacks, logger=loggers,
+        plugins=[AtomicCheckpointIO(ckpt_dir if local_dir is not None else None, keep_checkpoints)],
+        log_every_n_steps=max(1, log_every),
         enable_checkpointing=True, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(stage_dir),
         gradient_clip_val=None, deterministic=False)
     trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
@@ -789,7 +963,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         # weights back; the step and epoch are then the newest checkpoint's (the last step is
         # always checkpointed), the step times the CSV log's
         steps, epoch = int(trainer.global_step), int(trainer.current_epoch)
-        newest = newest_checkpoint(ckpt_dir)
+        newest = newest_checkpoint(*ckpt_dirs)
         if steps == 0 and newest is not None:
             steps = int(_CKPT_RE.match(newest.name).group(1))
             epoch = int(torch.load(str(newest), map_location="cpu", mmap=True, weights_only=True).get("epoch", 0))
@@ -802,6 +976,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         summary = {
             "mode": mode, "base_model": base_model, "clips": len(clips), "steps": steps,
             "trainable_parameters": int(trainable),
+            "effective_batch": batch_size * grad_accum * max(1, int(devices)),
+            "gpu_estimate_gb": gpu_estimate,
             "epoch": epoch, "resumed_from_step": resumed_step, "devices": devices,
             "precision": trainer.precision, "window_seconds": round(window / sr, 3), "pre_encoded": enc,
             "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
@@ -826,6 +1002,56 @@ def _session_step_seconds(logs_dir: Path) -> list[float]:
         return []
     with open(versions[-1][1], newline="", encoding="utf-8") as fh:
         return [float(r["step_seconds"]) for r in csv.DictReader(fh) if r.get("step_seconds") not in (None, "")]
+
+
+def _config_for_plan(base_model: str) -> dict | None:
+    """``base_model``'s model_config.json when it is on this machine (tiny, a local folder), else None."""
+    from . import models
+
+    if base_model.startswith("tiny:"):
+        name = base_model.split(":", 1)[1]
+        cfg_path = models.ensure_tiny_models([name])[name] / "model_config.json"
+    else:
+        cfg_path = Path(base_model).expanduser() / "model_config.json"
+    return json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else None
+
+
+def _plan_counts(base_model: str) -> dict | None:
+    """Parameter counts of ``base_model``'s config for the storage plan (None: SAO 1.0's, computed)."""
+    from . import storage
+
+    cfg = _config_for_plan(base_model)
+    return storage.param_counts(cfg) if cfg is not None else None
+
+
+def _preflight_gpu(device: str, base_model: str, *, mode: str, precision: str, batch_size: int, grad_accum: int,
+                   sample_seconds: float, optimizer: str, ema: bool, lora_rank: int) -> float | None:
+    """The GPU-memory preflight (:mod:`stablebeat_utils.preflight`) on CUDA; None elsewhere."""
+    from . import models, preflight
+
+    free = preflight.gpu_free(device)
+    if free is None:
+        return None
+    cfg = _config_for_plan(base_model) or models.sao_full_config()
+    window_s = sample_seconds or int(cfg["sample_size"]) / int(cfg["sample_rate"])
+    try:
+        est = preflight.check(mode, precision, batch_size, grad_accum, window_s, optimizer, ema and mode == "full",
+                              lora_rank, free[0], free[1])
+    except preflight.GPUMemoryError as exc:
+        raise TrainError(str(exc)) from exc
+    print(f"{STAGE}: GPU preflight: ~{est.gb:.1f} GB ({est.basis}) of {free[0] / 1e9:.1f} GB free")
+    return est.gb
+
+
+def _plan_storage(run_, base_model: str, clips: list, **kw) -> None:
+    """Print the storage plan, keep it in RUN_DIR/storage_plan.json, STOP when it won't fit."""
+    from . import storage
+
+    plan = storage.train_plan(run_.root, sum(c.duration for c in clips), len(clips),
+                              counts=_plan_counts(base_model), **kw)
+    print(plan.text())
+    storage.record(run_.root, plan)
+    storage.refuse(plan)
 
 
 def _last_loss(csvs: list[str]) -> float | None:

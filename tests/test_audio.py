@@ -125,3 +125,19 @@ def test_write_wav_roundtrip(tmp_path):
     y, _ = sf.read(str(tmp_path / "c.wav"), dtype="float32")
     assert np.max(np.abs(y)) <= 1.0
     assert os.path.getsize(tmp_path / "o.wav") > 0
+
+
+def test_flac_clip_decodes_to_the_wav_clips_samples(tmp_path):
+    """clip_format: a FLAC clip is the WAV clip's int16 samples, losslessly: the same float32 array back."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2, 44100)) * 0.3).astype(np.float32)
+    x[0, :10] = [1.5, -1.5, 1.0, -1.0, 0.99998, 0, 1e-6, -1e-6, 0.5, -0.5]  # clipping and rounding edges
+    audio.write_clip(tmp_path / "c.wav", x, 44100, "wav")
+    audio.write_clip(tmp_path / "c.flac", x, 44100, "flac")
+    a, sr_a = audio.load(tmp_path / "c.wav")
+    b, sr_b = audio.load(tmp_path / "c.flac")
+    assert sr_a == sr_b == 44100 and a.dtype == b.dtype == np.float32
+    assert np.array_equal(a, b)
+    assert (tmp_path / "c.flac").stat().st_size < (tmp_path / "c.wav").stat().st_size
+    with pytest.raises(ValueError, match="clip_format"):
+        audio.write_clip(tmp_path / "c.mp3", x, 44100, "mp3")

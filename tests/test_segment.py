@@ -334,3 +334,45 @@ def test_a_file_that_crashed_its_worker_is_tried_again_on_the_next_run(reference
     assert summary["crashed"] == 0
     assert outputs(run_dir) == outputs(ref_dir)
     assert "every file crashed" not in capsys.readouterr().err
+
+
+def test_flac_clips_decode_like_wav_and_a_changed_format_starts_over(reference, beats_dir, tmp_path, capsys):
+    """clip_format=flac: the same rows (but .flac paths), every clip decodes to the WAV run's samples;
+    switching the format on an existing run folder starts the stage over (never a mix of formats)."""
+    run_dir = tmp_path / "r"
+    shutil.copytree(reference[0], run_dir)
+    summary = segment.run(run_dir=run_dir, input_dir=beats_dir, workers=2, clip_format="flac", progress=False)
+    assert "starting this stage over" in capsys.readouterr().out
+    rows = {r["clip_id"]: r for r in read_jsonl(run_dir / "01_segment" / "segments.jsonl")}
+    assert summary["clips"] == reference[1]["clips"] and rows.keys() == reference[2].keys()
+    clips = sorted(p.name for p in (run_dir / "01_segment" / "clips").iterdir())
+    assert clips and all(n.endswith(".flac") for n in clips)
+    for cid, row in rows.items():
+        ref = reference[2][cid]
+        assert {k: v for k, v in row.items() if k != "path"} == {k: v for k, v in ref.items() if k != "path"}
+        if row["status"] != "ok":
+            continue
+        assert row["path"] == ref["path"][:-4] + ".flac"
+        a, _ = audio.load(reference[0] / ref["path"])
+        b, _ = audio.load(run_dir / row["path"])
+        assert np.array_equal(a, b), cid
+    with pytest.raises(segment.SegmentError, match="clip_format"):
+        segment.run(run_dir=tmp_path / "x", input_dir=beats_dir, workers=1, clip_format="mp3", progress=False)
+
+
+def test_a_run_folder_too_small_stops_before_any_clip_and_names_flac(beats_dir, tmp_path, monkeypatch, capsys):
+    from collections import namedtuple
+
+    from stablebeat_utils import storage
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 90_000_000, 90_000_000))
+    run_dir = tmp_path / "run"
+    with pytest.raises(storage.StorageError) as err:
+        segment.run(run_dir=run_dir, input_dir=beats_dir, workers=1, progress=False)
+    msg = str(err.value)
+    assert "STOP" in msg and "clip_format='flac'" in msg and "free" in msg
+    assert not (run_dir / "01_segment" / "clips").exists()  # nothing written
+    plan = json.loads((run_dir / "storage_plan.json").read_text())["01_segment"]
+    assert plan["fits"] is False and plan["facts"]["sources"] >= 10
+    assert "storage plan" in capsys.readouterr().out

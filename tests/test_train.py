@@ -484,3 +484,184 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a.float(), b.float()))
+# ------------------------------------------------------------------------------------------
+# issue 16: FLAC clips, compact latents, seconds_start under latent crops
+
+
+def test_training_reads_flac_clips_like_wav(tmp_path):
+    """01_segment's clip_format=flac: the training set decodes the FLAC clip to the WAV clip's samples."""
+    run = make_run(tmp_path, n_sources=1, starts=(2.0,), seconds=(0.5,))
+    clip = train.read_clips(run)[0]
+    pcm, _ = audio.load(clip.path)
+    audio.write_clip(clip.path, pcm, SR, "wav")  # 16-bit, as 01_segment writes
+    flac = clip.path.with_suffix(".flac")
+    audio.write_clip(flac, pcm, SR, "flac")
+    x_wav, md_wav = train.ClipDataset([clip], SR, SR, random_crop=False)[0]
+    x_flac, md_flac = train.ClipDataset([train.Clip(**{**clip.__dict__, "path": flac})], SR, SR, random_crop=False)[0]
+    assert np.array_equal(x_wav.numpy(), x_flac.numpy()) and md_wav["seconds_start"] == md_flac["seconds_start"]
+
+
+def test_compact_latents_are_fp16_unless_they_would_overflow():
+    import torch
+
+    lat = torch.randn(64, 100) * 3
+    half = train.compact_latents(lat)
+    assert half.dtype == torch.float16
+    rel = float((half.float() - lat).abs().max() / lat.abs().max())
+    assert rel < 2 ** -11  # fp16 rounding, not bf16's 2^-8
+    big = lat.clone()
+    big[0, 0] = 1e6
+    assert train.compact_latents(big).dtype == torch.float32  # never inf on disk
+
+
+def test_latent_crop_seconds_start_is_clip_start_plus_k_frames(tmp_path):
+    """A crop at offset k latent frames gives seconds_start = clip start + k * downsampling / sr."""
+    import torch
+    from safetensors.torch import save_file
+
+    run = make_run(tmp_path, n_sources=1, starts=(3.0,), seconds=(0.9,))
+    clip = train.read_clips(run)[0]
+    ratio, frames_have, window = 2048, 40, 8
+    lat = torch.arange(64 * frames_have, dtype=torch.float32).reshape(64, frames_have)  # column k holds k
+    (tmp_path / "lat").mkdir()
+    save_file({"latents": train.compact_latents(lat / 1000)}, str(tmp_path / "lat" / f"{clip.clip_id}.safetensors"))
+    ds = train.LatentDataset([clip], tmp_path / "lat", window, ratio / SR, random_crop=True, seed=1)
+    ks = set()
+    for _ in range(12):
+        x, md = ds[0]
+        assert x.dtype == torch.float32 and x.shape == (64, window)
+        k = round(float(x[0, 0]) * 1000)  # which latent frame the window starts on
+        np.testing.assert_allclose(x[0].numpy() * 1000, np.arange(k, k + window), atol=0.05)
+        assert md["seconds_start"] == pytest.approx(clip.start + k * ratio / SR, abs=1e-9)
+        ks.add(k)
+    assert len(ks) > 2
+
+
+def _fake_ckpt(path: Path, step: int) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "w": torch.zeros(1000)}, path)
+    return path
+
+
+def test_newest_complete_checkpoint_wins_wherever_it_is(tmp_path, capsys):
+    local, drive = tmp_path / "local", tmp_path / "drive"
+    _fake_ckpt(drive / "step=2.ckpt", 2)
+    _fake_ckpt(drive / "step=6.ckpt", 6)
+    _fake_ckpt(local / "step=4.ckpt", 4)
+    assert train.newest_checkpoint(local, drive) == drive / "step=6.ckpt"
+    _fake_ckpt(local / "step=6.ckpt", 6)
+    assert train.newest_checkpoint(local, drive) == local / "step=6.ckpt"  # same step: the local copy
+    # a disconnect cut the newest copies: skipped by name, the previous complete one is used
+    for p in (drive / "step=6.ckpt", local / "step=6.ckpt"):
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    assert train.newest_checkpoint(local, drive) == local / "step=4.ckpt"
+    out = capsys.readouterr().out
+    assert f"skipping checkpoint {drive / 'step=6.ckpt'}" in out and "incomplete" in out
+    (local / "step=8.ckpt").write_bytes(b"")  # an empty file with a checkpoint's name
+    assert train.newest_checkpoint(local, drive) == local / "step=4.ckpt"
+
+
+def test_mirror_to_a_vanished_or_full_drive_warns_and_keeps_what_was_there(tmp_path, capsys, monkeypatch):
+    import errno
+
+    src = _fake_ckpt(tmp_path / "local" / "step=3.ckpt", 3)
+    drive = tmp_path / "drive"
+    _fake_ckpt(drive / "ckpts" / "step=1.ckpt", 1)
+    assert train.mirror_checkpoint(src, drive / "ckpts", keep=1) == drive / "ckpts" / "step=3.ckpt"
+    assert sorted(p.name for p in (drive / "ckpts").iterdir()) == ["step=3.ckpt"]
+    # Drive unmounted: the folder is gone (a file stands where the mount was)
+    import shutil
+    shutil.rmtree(drive)
+    drive.write_text("not a folder any more")
+    src2 = _fake_ckpt(tmp_path / "local" / "step=4.ckpt", 4)
+    assert train.mirror_checkpoint(src2, drive / "ckpts", keep=1) is None
+    err = capsys.readouterr().err
+    assert "could not copy checkpoint step=4.ckpt" in err and "Training goes on" in err
+    # a full disk mid-copy: nothing half-written is left, the older copy stays
+    drive.unlink()
+    _fake_ckpt(drive / "ckpts" / "step=3.ckpt", 3)
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert train.mirror_checkpoint(src2, drive / "ckpts", keep=1) is None
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(p.name for p in (drive / "ckpts").iterdir()) == ["step=3.ckpt"]
+    assert "no space left" in capsys.readouterr().err.lower()
+
+
+def test_accumulation_epoch_checkpoints_local_first_and_resume_past_a_cut_copy(tmp_path, capsys):
+    """grad_accum=2: one optimizer step per 2 batches; a checkpoint at every epoch's end even when
+    checkpoint_every is far away; written locally, mirrored to the run folder; a cut newest copy is
+    skipped and the run resumes from the previous complete one."""
+    run = make_run(tmp_path / "run")  # 4 clips, batch 2: 2 batches = 1 optimizer step per epoch
+    local = tmp_path / "local_disk"
+    kw = dict(FAST, grad_accum=2, checkpoint_every=1000, keep_checkpoints=2, local_checkpoint_dir=str(local),
+              max_steps=0)
+    summary = train.run(run_dir=str(run), epochs=2, **kw)
+    assert summary["steps"] == 2 and summary["effective_batch"] == 4
+    drive = run / "05_train" / "checkpoints"
+    (local_run,) = list(local.iterdir())
+    assert sorted(p.name for p in local_run.iterdir()) == ["step=1.ckpt", "step=2.ckpt"]
+    assert sorted(p.name for p in drive.iterdir()) == ["step=1.ckpt", "step=2.ckpt"]
+    assert (drive / "step=2.ckpt").read_bytes() == (local_run / "step=2.ckpt").read_bytes()
+    # a new Colab machine (local disk empty) and a copy cut by a disconnect
+    import shutil
+    shutil.rmtree(local)
+    p = drive / "step=2.ckpt"
+    p.write_bytes(p.read_bytes()[:1000])
+    summary = train.run(run_dir=str(run), epochs=3, **kw)
+    assert "skipping checkpoint" in capsys.readouterr().out
+    assert summary["resumed_from_step"] == 1 and summary["steps"] == 3
+    assert train.checkpoint_problem(drive / "step=3.ckpt") is None
+
+
+def test_disk_full_mid_checkpoint_is_clear_and_the_next_run_resumes(tmp_path, monkeypatch):
+    """The run folder's disk fills while step 2's checkpoint is written: a clear message naming the file,
+    step 1's checkpoint intact, nothing half-written left; run again (space freed) → resumes at step 1."""
+    import errno
+
+    import torch
+
+    from stablebeat_utils.runs import RunFolderError
+
+    run = make_run(tmp_path / "run")
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **kw):
+        calls.append(str(f))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    kw = dict(FAST, checkpoint_every=1, keep_checkpoints=2)
+    with pytest.raises(RunFolderError, match=r"step=2\.ckpt: no space left"):
+        train.run(run_dir=str(run), max_steps=3, **kw)
+    ckpts = run / "05_train" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step=1.ckpt"]
+    assert train.checkpoint_problem(ckpts / "step=1.ckpt") is None
+    monkeypatch.setattr(torch, "save", real_save)
+    summary = train.run(run_dir=str(run), max_steps=3, **kw)
+    assert summary["resumed_from_step"] == 1 and summary["steps"] == 3
+
+
+def test_read_only_run_folder_stops_before_training(tmp_path, monkeypatch):
+    import errno
+
+    from stablebeat_utils import runs
+    from stablebeat_utils.runs import RunFolderError
+
+    run = make_run(tmp_path / "run")
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(runs.os, "replace", read_only)
+    with pytest.raises(RunFolderError, match="storage_plan.json: cannot write \\(Read-only file system\\)"):
+        train.run(run_dir=str(run), max_steps=1, **FAST)
+    assert not (run / "05_train" / "checkpoints").exists()
