@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED_TEMPOCNN)/deeptemp-k16-3.pb),)
 export STABLEBEAT_MODEL_MIRROR ?= $(SHARED_TEMPOCNN)
 endif
 
-.PHONY: setup demo test unit notebooks bench clean-runs fullsize
+.PHONY: setup demo test unit notebooks bench clean-runs fullsize colab-leg
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,11 @@ test: setup
 
 unit: setup
 	$(PY) -m pytest -q tests
+
+# CI's second leg: Colab reproduced (Python 3.12, torch 2.9.1, the launcher's set-up cell from a
+# local clone, the launcher on demo end to end) in its own venv under .colab-leg/
+colab-leg:
+	bash scripts/colab_leg.sh
 
 bench: setup
 	$(PY) benchmarks/run_all.py

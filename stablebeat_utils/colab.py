@@ -76,42 +76,146 @@ def mount_drive(mount_point: str) -> Path:
     return Path(mount_point) / "MyDrive"
 
 
-def missing_requirements(requirements: Path = COLAB_REQUIREMENTS) -> list[str]:
-    """Requirement lines whose module is not importable here (Colab's own torch is never among them)."""
-    import importlib.util
+#: Python versions the course is tested on (CI: 3.11; the Colab leg: 3.12). Older ones stop in the
+#: set-up cell; newer ones get a warning (Colab moves first; see README "Supported stack").
+PYTHON_REQUIRES = ">=3.11"
+PYTHON_TESTED = ("3.11", "3.12")
+#: kept as the runtime ships them (Colab's CUDA build): never installed or upgraded by the course;
+#: below its bound, a STOP says what to do.
+KEEP = ("torch", "torchaudio")
+#: pip's ``--no-deps --ignore-requires-python`` (see requirements-engine.txt: it pins torch==2.7.1
+#: and declares Python <3.11)
+NO_DEPS = ("stable-audio-tools",)
 
-    missing = []
-    for line in requirements.read_text().splitlines():
+
+def _dist_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (what pip sees), or None."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _pip(args: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+
+
+def read_requirements(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...] | set[str] = ()) -> list:
+    """The requirement lines that apply here (``; extra == "x"`` lines only when ``x`` is asked),
+    as :class:`packaging.requirements.Requirement` objects."""
+    from packaging.requirements import Requirement
+
+    reqs = []
+    for line in Path(requirements).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith("-"):
             continue
-        name = line.split(";")[0]
-        for sep in ("==", ">=", "<=", "~=", "<", ">", "["):
-            name = name.split(sep)[0]
-        module = {"essentia-tensorflow": "essentia", "pytorch-lightning": "pytorch_lightning",
-                  "stable-audio-tools": "stable_audio_tools", "PyYAML": "yaml", "av": "av",
-                  "einops-exts": "einops_exts", "alias-free-torch": "alias_free_torch",
-                  "vector-quantize-pytorch": "vector_quantize_pytorch", "scikit-learn": "sklearn",
-                  "PyWavelets": "pywt"}.get(name.strip(), name.strip().replace("-", "_"))
-        if importlib.util.find_spec(module) is None:
-            missing.append(line)
-    return missing
+        req = Requirement(line)
+        if req.marker is not None:
+            wanted = any(req.marker.evaluate({"extra": e}) for e in extras)
+            if not wanted:
+                continue
+            req.marker = None
+        reqs.append(req)
+    return reqs
 
 
-def install_missing(requirements: Path = COLAB_REQUIREMENTS) -> list[str]:
-    """pip-install only what is missing (never torch/torchaudio: Colab's CUDA build stays)."""
-    todo = missing_requirements(requirements)
-    engine = [t for t in todo if t.startswith("stable-audio-tools")]
-    rest = [t for t in todo if t not in engine]
-    pip = [sys.executable, "-m", "pip", "install", "-q"]
+def plan_install(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...] | set[str] = (),
+                 version_of=_dist_version, python: str | None = None) -> tuple[list[tuple], list[str], list[str]]:
+    """Decide, without installing: ``(todo, stops, warnings)``.
+
+    ``todo``: ``(requirement, found version or None)`` for each package missing or outside its
+    bounds (pip then installs, upgrades or downgrades it). ``stops``: one line per bound this
+    runtime cannot meet by itself (Python; Colab's torch/torchaudio, which are never replaced),
+    each naming the package, the version found and the version needed. ``warnings``: newer than
+    tested (still run).
+    """
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    python = python or ".".join(map(str, sys.version_info[:3]))
+    todo, stops, warnings = [], [], []
+    if Version(python) not in SpecifierSet(PYTHON_REQUIRES):
+        stops.append(f"Python {python} found, Python {PYTHON_REQUIRES} needed")
+    elif ".".join(python.split(".")[:2]) not in PYTHON_TESTED:
+        warnings.append(f"Python {python} is not among the tested versions ({', '.join(PYTHON_TESTED)}); "
+                        "if a stage fails, pick a Colab runtime version with Python 3.12")
+    for req in read_requirements(requirements, extras):
+        found = version_of(req.name)
+        ok = found is not None and req.specifier.contains(Version(found), prereleases=True)
+        if ok:
+            continue
+        if req.name in KEEP:
+            stops.append(f"{req.name} {found + ' found' if found else 'not installed'}, {req.name}{req.specifier} needed")
+        else:
+            todo.append((req, found))
+    return todo, stops, warnings
+
+
+def missing_requirements(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...] | set[str] = (),
+                         version_of=_dist_version) -> list[str]:
+    """Requirement lines missing here or outside their bounds (Colab's torch is never among them)."""
+    return [str(req) for req, _ in plan_install(requirements, extras, version_of)[0]]
+
+
+def install_missing(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...] | set[str] = (),
+                    version_of=_dist_version, pip=_pip, python: str | None = None, verbose: bool = True) -> list[str]:
+    """Make this runtime meet ``colab/requirements-colab.txt``; return what changed.
+
+    A package that is missing is installed; one that is too old (or too new) is upgraded (or
+    downgraded) to its bounds; one within its bounds is left alone. Colab's torch/torchaudio are
+    never touched: below their minimum (or on a Python outside the bounds) a :class:`Stop` names the
+    package, the version found and the version needed, before anything is installed.
+    ``extras`` adds the lines marked ``; extra == "<name>"`` (e.g. ``quantization``: bitsandbytes).
+    """
+    todo, stops, warnings = plan_install(requirements, extras, version_of, python)
+    if stops:
+        raise Stop("STOP: this runtime cannot run the course: " + "; ".join(stops) + ". In Colab: Runtime → "
+                   f"Change runtime type → the latest runtime version (tested: Python {', '.join(PYTHON_TESTED)}, "
+                   "torch 2.9.1–2.13). The course never replaces the runtime's own torch; elsewhere, use a "
+                   "Python and a torch/torchaudio within these bounds. Nothing was installed.")
+    for w in warnings:
+        print("note:", w)
+    engine = [str(r) for r, _ in todo if r.name in NO_DEPS]
+    rest = [str(r) for r, _ in todo if r.name not in NO_DEPS]
     if rest:
-        subprocess.run(pip + rest, check=True)
-    if engine:  # declares torch==2.7.1 and Python <3.11: see requirements-engine.txt
-        subprocess.run(pip + ["--no-deps", "--ignore-requires-python"] + engine, check=True)
+        pip(rest)
+    if engine:
+        pip(["--no-deps", "--ignore-requires-python", *engine])
+    changed = []
+    for req, found in todo:
+        now = version_of(req.name)
+        changed.append(f"{req.name} {found or '(missing)'} → {now or '?'}")
+    if verbose:
+        print("installed/upgraded: " + ", ".join(changed) if changed else "every requirement already met")
     from . import compat
 
     compat.apply()
-    return todo
+    return changed
+
+
+def profile_extras(profile: str) -> set[str]:
+    """The requirement extras a profile needs: ``quantization`` when a stage loads a model in 4/8 bit."""
+    extras: set[str] = set()
+
+    def walk(x) -> None:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "quantization" and v:
+                    extras.add("quantization")
+                walk(v)
+
+    walk(params.load_profile(profile))
+    return extras
+
+
+def install_for_profile(profile: str, **kw) -> list[str]:
+    """What ``profile`` needs beyond the base set-up (bitsandbytes for a 4-bit LLM); nothing for
+    most profiles, so it installs nothing (and checks nothing) there."""
+    extras = profile_extras(profile)
+    return install_missing(extras=extras, **kw) if extras else []
 
 
 def gated_models(profile: str) -> list[str]:
@@ -195,7 +299,8 @@ if importlib.util.find_spec("stablebeat_utils") is None:
             env={{**os.environ, "GIT_TERMINAL_PROMPT": "0"}}).returncode:
         raise RuntimeError(f"STOP: could not fetch the course from {{course}}; set STABLEBEAT_COURSE_REPO "
                            "to the repository this notebook came from, then run this cell again.")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "stablebeat-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-requires-python", "-e",
+                    "stablebeat-course"], check=True)  # the Python check is install_missing's, with its message
     sys.path.insert(0, os.path.abspath("stablebeat-course"))  # this kernel; new ones see the install
     from stablebeat_utils import colab
     colab.install_missing()"""
@@ -265,10 +370,12 @@ def drive_mount_points(values: dict) -> list[Path]:
 
 def prepare(values: dict, *, colab: bool | None = None, report: dict | None = None, mount=None) -> None:
     """In Colab, before a notebook touches its paths: stop early if the GPU cannot run the profile,
-    and mount Drive when (and only when) a parameter points into it. Does nothing elsewhere."""
+    install what the profile needs beyond the set-up cell (:func:`install_for_profile`), and mount
+    Drive when (and only when) a parameter points into it. Does nothing elsewhere."""
     if not (in_colab() if colab is None else colab):
         return
     check_gpu(values.get("profile", "demo"), report)
+    install_for_profile(values.get("profile", "demo"))  # bitsandbytes for a 4-bit LLM; else nothing
     for point in drive_mount_points(values):
         if not (point / "MyDrive").is_dir():
             (mount or mount_drive)(str(point))

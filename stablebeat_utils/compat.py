@@ -129,6 +129,25 @@ def warm_jit(analysis, sr: int, seconds: float = 12.0) -> None:
         analysis(kicks, sr)
 
 
+def single_thread_if_forked(parent_pid: int) -> bool:
+    """torch's Linux wheels run intra-op parallel regions on GNU OpenMP (libgomp; seen with torch
+    2.13.0 CPU), which is not fork-safe: a process forked after its parent ran a parallel region
+    inherits the thread team's state but not its threads, and waits for them forever in its first
+    parallel region. Seen in the test suite: both ranks of a ``ddp_notebook`` (fork) run on CPU hung
+    in ``param.copy_`` while Lightning restored a checkpoint. With one intra-op thread torch never
+    enters an OpenMP region, so a rank forked from ``parent_pid`` sets that before any tensor work
+    (on GPUs the heavy work is on the device; data loading has its own workers). True when set.
+    """
+    import os
+
+    if os.getpid() == parent_pid:
+        return False
+    import torch
+
+    torch.set_num_threads(1)
+    return True
+
+
 def apply() -> None:
     """Apply every runtime shim once. Safe to call many times."""
     global _APPLIED

@@ -63,7 +63,7 @@ TINY_NAMES = tuple(REAL_MODELS)
 GATED_PREFIXES = ("stabilityai/stable-audio-open-", "meta-llama/")
 TINY_SEED = 0
 #: bumped whenever a builder changes what it writes; a cached build of another format is rebuilt
-TINY_FORMAT = 2
+TINY_FORMAT = 3
 _MARKER = "stablebeat-tiny.json"  # written last into a build: its presence means "complete"
 
 
@@ -405,10 +405,44 @@ def _build_sao(dest: Path) -> None:
     from safetensors.torch import save_file
 
     config = json.loads((TINY_DATA / "sao_model_config.json").read_text(encoding="utf-8"))
+    # the config projects the 768-wide T5 tokens to the DiT width (project_cond_tokens: true): the
+    # engine gives cross-attention dim_context // dim_heads kv heads and repeats them
+    # num_heads // kv_heads times, so unprojected (24 kv heads for 2 query heads) torch 2.9-2.11
+    # raise and torch >= 2.12 silently attend to nothing. SAO 1.0 itself (24 heads, 12 kv) is fine.
     model = create_sao_model(config)
+    _wake_zero_init(model.model)
     save_file(_plain_state_dict(model), str(dest / "model.safetensors"))
     # the hub layout: the config as written (portable "tiny:t5" model_path), beside the weights
     (dest / "model_config.json").write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+
+
+#: std of the weights given to the engine's zero-initialised layers in a tiny build (see below)
+_WAKE_STD = 0.05
+
+
+def _wake_zero_init(module) -> int:
+    """Give every all-zero Linear/Conv weight under ``module`` small random weights; return how many.
+
+    stable-audio-tools zero-initialises each transformer block's output projections (self- and
+    cross-attention ``to_out``, feed-forward ``linear_out``) and the DiT's pre/post 1x1 convs, so
+    a *freshly built* DiT is the identity on its noisy input: its output ignores the prompt,
+    ``seconds_start`` and ``seconds_total`` (same seed, different prompt -> bit-identical audio).
+    That start is right for pre-training and harmless for the real SAO (its trained weights replace
+    it), but a tiny model is never trained: left zero, every conditioning test, the demo's
+    base-vs-fine-tune comparison and the playground would run on a model that cannot hear its
+    conditioning. Small random weights make the tiny DiT a real, if untrained, network whose output
+    depends on every input. Only weights that are exactly zero are touched (biases stay zero).
+    """
+    import torch
+
+    woken = 0
+    for m in module.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)) and w is not None and not torch.any(w):
+            with torch.no_grad():
+                torch.nn.init.normal_(w, std=_WAKE_STD)
+            woken += 1
+    return woken
 
 
 def _plain_state_dict(model) -> dict:

@@ -151,7 +151,13 @@ class Playground:
             W.HBox([self.save_button, self.saved]),
         ])
 
-    # display as the widget
+    # display as the widget. IPython asks _ipython_display_ first: display(widget) works on
+    # ipywidgets 8 and on the 7.7.1 that Colab ships (its widgets have no _repr_mimebundle_).
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 

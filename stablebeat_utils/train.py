@@ -528,6 +528,13 @@ def _make_classes():
         """
 
         stablebeat_info: dict = {}
+        parent_pid: int = -1  # the process that called fit (set in run): ranks forked from it differ
+
+        def setup(self, stage):
+            # before Lightning restores a checkpoint into this rank: see compat.single_thread_if_forked
+            if self.parent_pid > 0:
+                compat.single_thread_if_forked(self.parent_pid)
+            super().setup(stage)
 
         def _kept_keys(self, state: dict) -> set:
             if self.lora_config is not None:
@@ -912,6 +919,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     wrapper = create_training_wrapper_from_config(cfg, model)
     wrapper.__class__ = Wrapper  # same object, our checkpoint hooks (see Wrapper)
     trainable = sum(p.numel() for p in wrapper.diffusion.parameters() if p.requires_grad)
+    wrapper.parent_pid = os.getpid()
     wrapper.stablebeat_info = {"base_model": base_model, "mode": mode,
                                "lora_rank": lora_rank if mode == "lora" else None,
                                "lora_alpha": lora_alpha if mode == "lora" else None,

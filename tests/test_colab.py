@@ -24,6 +24,111 @@ def test_only_missing_requirements_are_installed(tmp_path):
     assert colab.missing_requirements(req) == ["definitely-not-installed-pkg==1.0"]
 
 
+# --- install_missing enforces the bounds: the real decision code, fake versions and a fake pip ----
+
+class FakeRuntime:
+    """Installed versions and a pip that 'installs' by recording and bumping them."""
+
+    def __init__(self, **versions):
+        self.versions = {k.replace("_", "-"): v for k, v in versions.items()}
+        self.calls = []
+
+    def version_of(self, name):
+        return self.versions.get(name)
+
+    def pip(self, args):
+        self.calls.append(list(args))
+        from packaging.requirements import Requirement
+
+        for a in args:
+            if not a.startswith("-"):
+                r = Requirement(a)
+                self.versions[r.name] = "9.9" if r.name != "transformers" else "5.24.0"
+
+
+COLAB_2026_01 = dict(torch="2.9.1", torchaudio="2.9.1", transformers="4.57.6")
+
+
+def _all_met(**over):
+    """Every requirement of the real file met at its lower bound (or exact pin)."""
+    from packaging.requirements import Requirement
+
+    v = {}
+    for req in colab.read_requirements(extras={"quantization"}):
+        spec = sorted(req.specifier, key=lambda s: s.operator)
+        v[req.name] = next((s.version for s in spec if s.operator in ("==", ">=")), "1")
+    v.update({k.replace("_", "-"): x for k, x in over.items()})
+    return v
+
+
+def test_install_missing_upgrades_a_package_that_is_too_old_and_reports_it():
+    rt = FakeRuntime(**_all_met(**COLAB_2026_01))
+    rt.versions.pop("bitsandbytes")
+    changed = colab.install_missing(version_of=rt.version_of, pip=rt.pip, python="3.12.12", verbose=False)
+    assert rt.calls == [["transformers<6,>=5.0"]] or rt.calls == [["transformers>=5.0,<6"]], rt.calls
+    assert changed == ["transformers 4.57.6 → 5.24.0"]
+    # met now: a second run changes nothing, and never touches torch
+    assert colab.install_missing(version_of=rt.version_of, pip=rt.pip, python="3.12.12", verbose=False) == []
+    assert all("torch" not in a for call in rt.calls for a in call)
+
+
+def test_install_missing_installs_what_is_missing_engine_without_deps():
+    rt = FakeRuntime(**_all_met())
+    for gone in ("stable-audio-tools", "auraloss", "bitsandbytes"):
+        rt.versions.pop(gone)
+    changed = colab.install_missing(version_of=rt.version_of, pip=rt.pip, python="3.12.1", verbose=False)
+    assert rt.calls == [["auraloss>=0.4.0"], ["--no-deps", "--ignore-requires-python", "stable-audio-tools==0.0.20"]]
+    assert changed == ["stable-audio-tools (missing) → 9.9", "auraloss (missing) → 9.9"]
+
+
+def test_colab_torch_is_never_touched_and_too_old_a_torch_stops():
+    rt = FakeRuntime(**_all_met(torch="2.13.0+cu130", torchaudio="2.13.0+cu130"))
+    assert colab.install_missing(version_of=rt.version_of, pip=rt.pip, python="3.12.1", verbose=False) == []
+    assert rt.calls == []  # newer than the minimum: kept
+    rt = FakeRuntime(**_all_met(torch="2.9.0+cu126", transformers="4.57.6"))
+    with pytest.raises(colab.Stop, match=r"torch 2\.9\.0\+cu126 found, torch>=2\.9\.1 needed.*runtime version"):
+        colab.install_missing(version_of=rt.version_of, pip=rt.pip, python="3.12.12")
+    assert rt.calls == []  # nothing installed before the STOP
+
+
+def test_a_python_below_the_bound_stops_with_one_message():
+    rt = FakeRuntime(**_all_met())
+    with pytest.raises(colab.Stop) as err:
+        colab.install_missing(version_of=rt.version_of, pip=rt.pip, python="3.10.13")
+    msg = str(err.value)
+    assert msg.count("STOP") == 1 and "Python 3.10.13 found, Python >=3.11 needed" in msg
+    assert rt.calls == []
+
+
+def test_python_bound_is_the_package_s():
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["requires-python"] == colab.PYTHON_REQUIRES
+
+
+def test_bitsandbytes_only_for_a_profile_that_quantizes():
+    assert colab.profile_extras("colab_lora") == {"quantization"}
+    assert colab.profile_extras("demo") == colab.profile_extras("colab_a100") == set()
+    rt = FakeRuntime(**_all_met())
+    rt.versions.pop("bitsandbytes")
+    assert colab.install_for_profile("demo", version_of=rt.version_of, pip=rt.pip) == []
+    assert rt.calls == []  # nothing checked or installed for demo
+    assert colab.install_for_profile("colab_lora", version_of=rt.version_of, pip=rt.pip, python="3.12.1",
+                                     verbose=False) == ["bitsandbytes (missing) → 9.9"]
+    assert "bitsandbytes" not in {r.name for r in colab.read_requirements()}
+
+
+def test_a_lesson_opened_alone_in_colab_installs_what_its_profile_needs(monkeypatch):
+    asked = []
+    monkeypatch.setattr(colab, "install_missing", lambda **kw: asked.append(kw.get("extras")) or [])
+    gpu = {"cuda": True, "name": "L4", "memory_gb": 22.0}
+    colab.prepare({"profile": "colab_lora", "run_dir": "/tmp/x"}, colab=True, report=gpu, mount=None)
+    colab.prepare({"profile": "demo", "run_dir": "/tmp/x"}, colab=True, report=gpu, mount=None)
+    colab.prepare({"profile": "colab_lora", "run_dir": "/tmp/x"}, colab=False, report=gpu, mount=None)
+    assert asked == [{"quantization"}]  # colab_lora in Colab only; nothing for demo or outside Colab
+
+
 def test_drive_is_never_mounted_outside_colab(monkeypatch, tmp_path):
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     with pytest.raises(colab.Stop, match="only be mounted inside Colab"):
@@ -151,7 +256,7 @@ def test_setup_cell_on_a_fresh_colab_runtime_fetches_and_installs(tmp_path, monk
     monkeypatch.setattr(subprocess, "run", run)
     exec(colab.setup_cell(), {})
     assert (runtime / "stablebeat-course" / "stablebeat_utils" / "marker.txt").read_text() == "course"
-    assert pip == [["install", "-q", "--no-deps", "-e", "stablebeat-course"]]  # the course, not its deps
+    assert pip == [["install", "-q", "--no-deps", "--ignore-requires-python", "-e", "stablebeat-course"]]  # the course, not its deps
     assert sys.path[0] == str(runtime / "stablebeat-course") and installed == [True]
     exec(colab.setup_cell(), {})  # run again: the clone is reused
     assert installed == [True, True]

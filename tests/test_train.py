@@ -422,7 +422,7 @@ def export_t5_and_engine_reload(export: Path, t5_dir: str) -> None:
     torch.testing.assert_close(emb_ours, emb_engine)
 
 
-def test_two_processes_ddp_by_fork_summary_export_and_resume(tmp_path):
+def test_two_processes_ddp_by_fork_summary_export_and_resume(tmp_path, monkeypatch):
     """devices=2 on CPU (gloo), started by fork as a notebook does (``ddp_notebook``): killed, resumed.
 
     The notebook's own trainer never trains under fork; the summary must still carry the steps and
@@ -461,7 +461,22 @@ def test_two_processes_ddp_by_fork_summary_export_and_resume(tmp_path):
     step = int(train.newest_checkpoint(ckpt_dir).stem.split("=")[1])
     assert not (run / "05_train" / "stage.json").exists()
 
-    summary = train.run(run_dir=str(run), max_steps=step + 2, **common)
+    # this process has run an OpenMP parallel region (as any kernel that touched a big tensor has),
+    # and OMP_NUM_THREADS is set (07_evaluate sets it; so may a user), so Lightning leaves the
+    # ranks' thread count alone: ranks forked from here hung in their first parallel region
+    # (libgomp is not fork-safe; seen in the full suite) until they were set to one intra-op thread
+    # (compat.single_thread_if_forked). A hang ends the test run after 10 min, not CI's 90.
+    import faulthandler
+
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    torch.randn(20_000_000).clone()
+    faulthandler.dump_traceback_later(600, exit=True)
+    try:
+        summary = train.run(run_dir=str(run), max_steps=step + 2, **common)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     assert summary["resumed_from_step"] == step and summary["steps"] == step + 2 and summary["devices"] == 2
     assert summary["median_step_seconds"] and summary["median_step_seconds"] > 0
     assert summary["checkpoints"] == [f"step={step + 1}.ckpt", f"step={step + 2}.ckpt"]
