@@ -12,6 +12,7 @@ STAGES = (
     "03_tempo_key",
     "04_prompts",
     "05_train",
+    "05b_focus",
     "06_generate",
     "07_evaluate",
 )

@@ -103,7 +103,7 @@ import numpy as np
 from .audio import is_audio_name
 from .evaluate_metrics import (CARD_METRICS, SAM_CLAP_MODEL, SIGNAL_METRICS, SR, EvaluateError, bpm_adherence,
                                frechet_distance, key_score, parse_bpm, parse_key, signal_metrics)
-from .evaluate_report import (_jsonable, _mean, _plots, _report_md, _summary_md, card_table, compare,
+from .evaluate_report import (TIE_TOLERANCE, _jsonable, _mean, _plots, _report_md, _summary_md, card_table, compare,
                               paper_comparison)
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 from .stage import begin
@@ -535,6 +535,10 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
              for m in models_present}
     training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
     summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
+    from . import focus  # per tag the second stage trained on: did it move toward the tag's training clips?
+
+    focus_tags = focus.tag_moves(run_dir, df, ref_df, SIGNAL_METRICS, TIE_TOLERANCE) if "focus" in models_present else []
+    summary_md += focus.tag_moves_md(focus_tags, SIGNAL_METRICS)
     atomic_write_text(out_dir / "summary.md", summary_md)
     plots = _plots(df, ref_df, out_dir / "plots", pair, int(spectrogram_pairs), run_)
     errors = df[df["error"].notna()]
@@ -548,7 +552,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
         "measured_now": len(jobs), "clap_embedded_now": len(need), "device": device_used,
         "clap_setting": clap_setting, "clap_model": clap_model, "paper_comparison": paper,
         "means": means, "training_means": training_means, "frechet": frechet,
-        "comparison": comparison,
+        "comparison": comparison, "focus_tags": focus_tags,
         "outputs": {n: run_.rel(out_dir / n) for n in ("metrics.csv", "card_table.md", "summary.md", "report.md")},
         "plots": [run_.rel(p) for p in plots],
     }

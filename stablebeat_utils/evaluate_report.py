@@ -23,7 +23,7 @@ CARD_LABELS = {"bpm": "BPM", "spectral_centroid": "Spectral Centroid", "spectral
                "clap_score": "CLAP Prompt Score"}
 
 
-MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune"}
+MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune", "focus": "second stage (05b_focus)"}
 # SAO 1.0's published figures (Evans et al. 2024, "Stable Audio Open", Song Describer, no-singing subset),
 # measured with stable-audio-metrics: shown beside ours only at clap_setting="stable-audio-metrics"
 SAO_PUBLISHED = {"benchmark": "Song Describer (no singing)", "FD_openl3": 96.51, "KL_passt": 0.55, "CLAP": 0.41}

@@ -12,9 +12,12 @@ What :func:`run` writes, under ``RUN_DIR/06_generate/``:
   with true trailing silence trimmed (the model always generates its whole window,
   ``sample_size`` samples ≈ 47.5 s for SAO, and is told by ``seconds_total`` where to stop);
 - ``generations.jsonl`` — one row per output, keyed ``f"{model}-{prompt_idx}-{seed}"`` (model is
-  ``base`` or ``finetune``), with the prompt, seed, settings, duration and ``path`` relative to
+  ``base``, ``finetune`` or ``focus``), with the prompt, seed, settings, duration and ``path`` relative to
   RUN_DIR;
 - ``stage.json`` — the stage record.
+
+When ``05b_focus`` exported a second stage (``RUN_DIR/05b_focus/export``), it is a third model,
+``focus``, and the prompts gain one training prompt per tag it focused on (``05b_focus/focus.json``).
 
 Both models see the same prompt with the same seed, so the starting noise is identical and any
 difference comes from the weights. Models are loaded once each (a LoRA fine-tune is applied onto
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 STAGE = "06_generate"
 HUB_ID = "stabilityai/stable-audio-open-1.0"
 CARD_PROMPTS_FILE = Path(__file__).parent / "data" / "card_prompts.yaml"
-MODELS = ("base", "finetune")
+MODELS = ("base", "finetune", "focus")  # focus: 05b_focus's second stage, when exported
 DTYPES = ("float32", "float16", "bfloat16")
 # samplers of stable-audio-tools 0.0.20 that suit SAO 1.0 (a "v"-objective model): k-diffusion's
 # and v-ddim (inference/sampling.py, sample_k).
@@ -399,6 +402,10 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         raise GenerateError(f"base_model is empty: use {HUB_ID!r}, a local model folder, or 'tiny:sao'")
     all_prompts = read_prompts(prompts_file)
     prompts = all_prompts[:n_prompts] if n_prompts else all_prompts
+    from . import focus  # the second stage (05b_focus), when exported: a third model and one prompt per chosen tag
+
+    focus_path, focus_prompts = focus.for_generation(run_dir)
+    prompts = prompts + [p for p in focus_prompts if p not in prompts]
     ft_spec, ft_message = find_finetune(run_dir, finetune_model, lora_strength)
     if ft_spec is None and not allow_missing_finetune:
         raise GenerateError(ft_message + " (set allow_missing_finetune=True to generate with the base model only)")
@@ -417,14 +424,15 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
                 f"{ {k: row.get(k) for k in recipe} }); use a new run_dir, or delete {stage_dir} to start "
                 "this stage over")
 
-    models_todo = ["base"] + (["finetune"] if ft_spec is not None else [])
-    fingerprints = {"base": _fingerprint(base_model), "finetune": _fingerprint(ft_spec.path) if ft_spec else None}
+    models_todo = ["base"] + (["finetune"] if ft_spec is not None else []) + (["focus"] if focus_path else [])
+    fingerprints = {"base": _fingerprint(base_model), "finetune": _fingerprint(ft_spec.path) if ft_spec else None,
+                    "focus": _fingerprint(focus_path) if focus_path else None}
     for row in gens.rows():  # a re-trained fine-tune (or another base) must not be mixed with old clips
         want = fingerprints.get(row.get("model"))
         if want is not None and row.get("model_fingerprint") != want:
             raise GenerateError(
                 f"{gens.path}: the {row['model']} clips were made with another model file than "
-                f"{base_model if row['model'] == 'base' else ft_spec.path} now holds (re-trained or replaced); "
+                f"{ {'base': base_model, 'finetune': ft_spec and ft_spec.path}.get(row['model'], focus_path)} now holds (re-trained or replaced); "
                 f"use a new run_dir, or delete {stage_dir} to generate again")
     chunks = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
 
@@ -448,6 +456,12 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
             if which == "base":
                 model, config = load_model(base_model, dev, torch_dtype, t5_model)
                 source = base_model
+            elif which == "focus":  # a whole model (its merged export): LoRA adapters of it fit 05's export, not the base
+                if model is not None:
+                    _free(model)
+                    model = None
+                model, config = load_model(str(focus_path), dev, torch_dtype, t5_model)
+                source = str(focus_path)
             elif ft_spec.kind == "lora":
                 if model is None:
                     model, config = load_model(base_model, dev, torch_dtype, t5_model)

@@ -71,10 +71,10 @@ def _demo() -> dict:
 
 
 def canonical_stage(name: str) -> str:
-    """'01', '01_segment', 'segment' → '01_segment'; anything else raises ParameterError."""
+    """'01', '01_segment', 'segment' → '01_segment' ('05b', '5b', 'focus' → '05b_focus'); else ParameterError."""
     for stage in STAGES:
         num, short = stage.split("_", 1)
-        if name in (stage, num, short, str(int(num))):
+        if name in (stage, num, short, num.lstrip("0") or "0"):
             return stage
     raise ParameterError(f"unknown stage {name!r}: the stages are {', '.join(STAGES)}")
 

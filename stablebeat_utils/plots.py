@@ -7,6 +7,8 @@ for the notebooks. No IPython here: a figure is built, never displayed (the note
 
 from __future__ import annotations
 
+from .clipfacts import FAMILIES
+
 
 def plot_tag_frequency(freq: dict, n_clips: int, top: int = 25):
     """Horizontal bars of how many clips carry each tag, one panel per family (the card's "Frequence moods").
@@ -266,3 +268,33 @@ def plot_tempo_key_results(rows, min_confidence: float = 0.7):
     ax2.tick_params(axis="x", labelrotation=60, labelsize=8)
     ax2.legend(fontsize=8)
     return fig
+
+
+def plot_focus_tags(before: dict, after: dict, chosen: list[dict], n_before: int, n_after: int):
+    """Tag shares before (% of the run's clips) and after (% of a focus epoch's samples): a matplotlib Figure.
+
+    The tags shown are those the subset carries; the chosen ones are marked with ★.
+    """
+    from matplotlib.figure import Figure
+
+    mark = {(c["family"], c["tag"]) for c in chosen}
+    fams = [f for f in FAMILIES if after.get(f)]
+    rows = max([len(after[f]) for f in fams] + [1])
+    fig = Figure(figsize=(5 * max(len(fams), 1), 0.32 * rows + 1.8), layout="constrained")
+    axes = fig.subplots(1, max(len(fams), 1), squeeze=False)[0]
+    for ax, f in zip(axes, fams):
+        names = list(after[f])[::-1]
+        y = list(range(len(names)))
+        b = [100.0 * before.get(f, {}).get(t, 0) / max(n_before, 1) for t in names]
+        a = [100.0 * after[f][t] / max(n_after, 1) for t in names]
+        ax.barh([i + 0.2 for i in y], b, height=0.4, color="tab:gray", label=f"before ({n_before} clips)")
+        ax.barh([i - 0.2 for i in y], a, height=0.4, color="tab:orange", label=f"focus ({n_after} samples/epoch)")
+        ax.set_yticks(y, [("★ " if (f, t) in mark else "") + t for t in names], fontsize=8)
+        ax.set_xlabel("% of clips / samples carrying the tag")
+        ax.set_title(f)
+        ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# the stage

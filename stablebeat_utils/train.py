@@ -803,7 +803,8 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         demo_cfg: float = 7.0, demo_seconds: float = 2.0, pre_encode: bool = False, log_every: int = 1,
         wandb_project: str = "", seed: int = 0, export_merged: bool = True, padding_loss_weight: float = 1.0,
         grad_accum: int = 1, checkpoint_minutes: float = 0.0, local_checkpoint_dir: str = "",
-        optimizer: str = "adamw") -> dict:
+        optimizer: str = "adamw",
+        *, stage: str = STAGE, clips: list[Clip] | None = None) -> dict:
     """Fine-tune (or resume fine-tuning) SAO on ``RUN_DIR/04_prompts``; export; return a summary.
 
     ``max_steps`` > 0 stops after that many optimizer steps (counted across resumes); otherwise
@@ -830,15 +831,18 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     fine-tune; CUDA only). Before the model is loaded the stage prints a storage plan
     (:mod:`stablebeat_utils.storage`, kept in ``RUN_DIR/storage_plan.json``) and a GPU-memory
     preflight (:mod:`stablebeat_utils.preflight`), and stops when either does not fit.
+
+    ``stage`` and ``clips`` are the hooks of the second stage (:mod:`stablebeat_utils.focus`):
+    its own folder ``RUN_DIR/<stage>`` and its subset of the clips (repeats as repeated entries).
     """
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     _validate(params)
     t_start = time.perf_counter()
-    stage_dir = run_.stage_dir(STAGE)
+    stage_dir = run_.stage_dir(stage)
     export_dir = stage_dir / "export"
-    if run_.is_done(STAGE, params) and (export_dir / "model.safetensors").is_file():
-        return dict(run_.stage_record(STAGE)["summary"], skipped=True)
-    clips = read_clips(run_dir)
+    if run_.is_done(stage, params) and (export_dir / "model.safetensors").is_file():
+        return dict(run_.stage_record(stage)["summary"], skipped=True)
+    clips = read_clips(run_dir) if clips is None else clips
 
     from . import compat, models
 
@@ -992,7 +996,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
             "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
             "seconds": round(time.perf_counter() - t_start, 1),
         }
-        run_.mark_done(STAGE, params=params, **summary)
+        run_.mark_done(stage, params=params, **summary)
     return summary
 
 

@@ -10,7 +10,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "stablebeat_utils"
 BASE = {"runs", "pool", "audio", "compat", "models", "params", "stage", "clipfacts", "plots", "storage",
         "preflight", "demo"}
-STAGES = {"segment", "tag", "tag_calibration", "tempo_key", "prompts", "tag_space", "train", "generate",
+STAGES = {"segment", "tag", "tag_calibration", "tempo_key", "prompts", "tag_space", "train", "focus", "generate",
           "evaluate", "evaluate_metrics", "evaluate_report"}
 FACE = {"show", "playground", "lesson", "colab", "runner", "__main__", "publish"}
 ALLOWED = {"base": BASE, "stage": BASE | STAGES, "face": BASE | STAGES | FACE}
