@@ -29,3 +29,18 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def tempocnn_graph(shared_dir) -> Path:
     return shared_dir / "models" / "tempocnn" / "deeptemp-k16-3.pb"
+
+
+@pytest.fixture(scope="session")
+def lex():
+    """04's lexicon (vocabulary, synonyms, artists, instrument words): the validator's reference."""
+    from stablebeat_utils import prompts
+
+    return prompts.load_lexicon()
+
+
+@pytest.fixture(scope="session")
+def matcher(lex):
+    from stablebeat_utils import prompts
+
+    return prompts.Matcher(lex)

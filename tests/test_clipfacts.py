@@ -14,16 +14,6 @@ TEMPO_SPELLINGS = ["109 BPM", "109bpm", "109 bpm", "109-BPM", "109 b.p.m.", "109
 KEY_SPELLINGS = ["G minor", "Gm", "G-minor", "G min", "G Minor", "G MINOR", "g minor", "in g minor"]
 
 
-@pytest.fixture(scope="module")
-def lex():
-    return prompts.load_lexicon()
-
-
-@pytest.fixture(scope="module")
-def matcher(lex):
-    return prompts.Matcher(lex)
-
-
 @pytest.mark.parametrize("bpm", TEMPO_SPELLINGS)
 def test_every_tempo_spelling_the_validator_accepts_07_reads_the_same(lex, matcher, bpm):
     prompt = f"A melancholic rap with soul beat at {bpm} in G minor with synth bells."

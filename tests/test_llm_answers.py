@@ -20,16 +20,6 @@ WRAPPING = re.compile(r"(?i)\bhere(?:'s| is| are)\b|^\s*(?:sure|certainly|of cou
                       r"\*\*|`|^[\"“'>#-]|[\"”]$|\n|\bthis prompt\b|let me know|explanation|<think>|\bI\b")
 
 
-@pytest.fixture(scope="module")
-def lex():
-    return prompts.load_lexicon()
-
-
-@pytest.fixture(scope="module")
-def matcher(lex):
-    return prompts.Matcher(lex)
-
-
 def test_corpus_is_large_and_varied():
     assert len(ANSWERS) >= 40
     assert sum(a["expected"] == "reject" for a in ANSWERS) >= 5

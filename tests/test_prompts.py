@@ -18,16 +18,6 @@ FAST = dict(generation_length=12, n_clusters=3)  # one KMeans fit: tag_space is 
 
 
 @pytest.fixture(scope="module")
-def lex():
-    return prompts.load_lexicon()
-
-
-@pytest.fixture(scope="module")
-def matcher(lex):
-    return prompts.Matcher(lex)
-
-
-@pytest.fixture(scope="module")
 def t5_tok():
     return models.load_t5_encoder("tiny:t5")[0]
 
