@@ -348,7 +348,6 @@ def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: s
     is seeded per clip, so the latents do not depend on the order or on a restart.
     """
     import torch
-    from safetensors import safe_open
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -359,14 +358,9 @@ def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: s
     pt.to(device)
     for clip in tqdm(clips, desc="pre-encode (VAE)", unit="clip"):
         path = latents_dir / f"{clip.clip_id}.safetensors"
-        if path.is_file():
-            try:
-                with safe_open(str(path), "pt") as fh:
-                    if (fh.metadata() or {}).get("vae") == fingerprint:
-                        done += 1
-                        continue
-            except Exception:
-                pass  # unreadable: encode again
+        if _latent_is_fresh(path, fingerprint):  # unreadable or another VAE's: encode again
+            done += 1
+            continue
         try:
             samples, _ = audio_io.load(clip.path, sr=sr)
         except audio_io.AudioError as exc:
