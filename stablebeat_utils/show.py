@@ -216,14 +216,15 @@ def training_curves(summary_or_csvs, title: str | None = None, smooth: int = 0):
     by step (:func:`stablebeat_utils.train.read_curves`). ``smooth`` > 1 overlays a moving average
     of the loss. Returns the matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # not pyplot: the inline backend would show it a second time
 
     from .train import read_curves
 
     csvs = summary_or_csvs.get("metrics_csv", []) if isinstance(summary_or_csvs, dict) else summary_or_csvs
     rows = read_curves(csvs)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+    fig = Figure(figsize=(11, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
     if not rows:
         ax1.text(0.5, 0.5, "no steps logged yet", ha="center", va="center", transform=ax1.transAxes)
     else:
