@@ -24,9 +24,10 @@ test: setup lint
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval-lax notebooks
 
-# ruff: the rules and the width are in pyproject.toml ([tool.ruff])
+# ruff: lint rules, width and what is formatted are in pyproject.toml ([tool.ruff]); `ruff format .` fixes the format
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 unit: setup
 	$(PY) -m pytest -q tests

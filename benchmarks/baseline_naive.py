@@ -69,12 +69,20 @@ def process_track(path: Path, out_dir: Path, clip_seconds: float = 25.0, segment
             start = int(later[0])
         if start + n > mono.size:
             continue
-        clip = y[:, start:start + n]
+        clip = y[:, start : start + n]
         sf.write(out_dir / f"{path.stem}_{i}.wav", clip.T, sr, subtype="PCM_16")
         chroma = librosa.feature.chroma_cqt(y=librosa.to_mono(clip), sr=sr)
         key, scale, r = krumhansl_key(chroma)
-        rows.append({"clip": f"{path.stem}_{i}", "start": start / sr, "tempo": round(tempo, 1), "key": key,
-                     "scale": scale, "key_r": round(r, 3)})
+        rows.append(
+            {
+                "clip": f"{path.stem}_{i}",
+                "start": start / sr,
+                "tempo": round(tempo, 1),
+                "key": key,
+                "scale": scale,
+                "key_r": round(r, 3),
+            }
+        )
     return rows
 
 
@@ -93,9 +101,16 @@ def run(input_dir: str | Path, out_dir: str | Path, limit: int | None = None) ->
         rows.extend(process_track(p, out_dir))
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    return {"cpu_s": round(cpu, 3), "tracks": len(files), "clips": len(rows), "audio_s": round(audio_s, 2), "wall_s": round(wall, 3),
-            "times_real_time": round(audio_s / wall, 2), "clip_s": round(25.0 * len(rows), 1),
-            "keys": sorted({f"{r['key']} {r['scale']}" for r in rows})[:8]}
+    return {
+        "cpu_s": round(cpu, 3),
+        "tracks": len(files),
+        "clips": len(rows),
+        "audio_s": round(audio_s, 2),
+        "wall_s": round(wall, 3),
+        "times_real_time": round(audio_s / wall, 2),
+        "clip_s": round(25.0 * len(rows), 1),
+        "keys": sorted({f"{r['key']} {r['scale']}" for r in rows})[:8],
+    }
 
 
 def main(argv=None) -> int:

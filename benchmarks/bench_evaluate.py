@@ -84,8 +84,10 @@ def main() -> None:
             if name.startswith(("all", "CLAP")):
                 total += t
             print(f"  {name:48s} {t:7.3f} s   ({t / seconds * 100:5.1f} % of the clip's duration)")
-        print(f"  {'per clip in all (measure_clip + CLAP)':48s} {total:7.3f} s   "
-              f"({total / seconds * 100:5.1f} % of the clip's duration)")
+        print(
+            f"  {'per clip in all (measure_clip + CLAP)':48s} {total:7.3f} s   "
+            f"({total / seconds * 100:5.1f} % of the clip's duration)"
+        )
         row = ev.measure_clip(str(wav))
         print("  values:", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
 

@@ -47,8 +47,9 @@ def _model(mode: str, device: str, dtype, t5: str):
     return model, config
 
 
-def bench(mode: str, steps: int, seconds_total: float, batches: list[int], repeats: int, device: str,
-          dtype_name: str, t5: str) -> dict:
+def bench(
+    mode: str, steps: int, seconds_total: float, batches: list[int], repeats: int, device: str, dtype_name: str, t5: str
+) -> dict:
     import torch
 
     device, dtype = gen._device_and_dtype(device, dtype_name)
@@ -59,10 +60,18 @@ def bench(mode: str, steps: int, seconds_total: float, batches: list[int], repea
     load_s = time.perf_counter() - t0
     settings = gen.Settings(steps=steps, seconds_total=seconds_total)
     prompt = gen.card_prompts()[0]
-    results = {"mode": mode, "load_average": [round(x, 2) for x in os.getloadavg()], "device": str(device), "dtype": str(dtype).replace("torch.", ""), "steps": steps,
-               "seconds_total": seconds_total, "load_s": round(load_s, 2),
-               "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-               "torch_threads": torch.get_num_threads(), "batches": {}}
+    results = {
+        "mode": mode,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "steps": steps,
+        "seconds_total": seconds_total,
+        "load_s": round(load_s, 2),
+        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+        "torch_threads": torch.get_num_threads(),
+        "batches": {},
+    }
     for batch in batches:
         times, step_times, cpu_times = [], [], []
         for r in range(repeats + 1):  # the first run warms up (kernels, allocator) and is not counted
@@ -70,8 +79,15 @@ def bench(mode: str, steps: int, seconds_total: float, batches: list[int], repea
             if str(device).startswith("cuda"):
                 torch.cuda.synchronize()
             t, c = time.perf_counter(), time.process_time()
-            gen.generate_audio(model, config, [prompt] * batch, 42 + r, settings, device,
-                               callback=lambda _info: marks.append(time.perf_counter()))
+            gen.generate_audio(
+                model,
+                config,
+                [prompt] * batch,
+                42 + r,
+                settings,
+                device,
+                callback=lambda _info: marks.append(time.perf_counter()),
+            )
             if str(device).startswith("cuda"):
                 torch.cuda.synchronize()
             took = time.perf_counter() - t
@@ -83,16 +99,21 @@ def bench(mode: str, steps: int, seconds_total: float, batches: list[int], repea
                     step_times.append((marks[-1] - marks[0]) / (len(marks) - 1))
         med = statistics.median(times)
         results["batches"][batch] = {
-            "s_per_call": round(med, 3), "s_per_clip": round(med / batch, 3),
+            "s_per_call": round(med, 3),
+            "s_per_clip": round(med / batch, 3),
             "s_per_step": round(statistics.median(step_times), 4) if step_times else None,
             "cpu_s_per_call": round(statistics.median(cpu_times), 3),  # CPU time of all threads: a
             # load-independent figure on a shared machine (wall time suffers from other processes)
-            "runs": [round(x, 3) for x in times]}
+            "runs": [round(x, 3) for x in times],
+        }
     if mode == "full":
         b1 = results["batches"].get(1)
         if b1:
-            results["vs_card"] = {"card_s_per_clip": CARD_S_PER_CLIP, "card_s_per_step": CARD_S_PER_STEP,
-                                  "speedup_per_clip": round(CARD_S_PER_CLIP / b1["s_per_clip"], 2)}
+            results["vs_card"] = {
+                "card_s_per_clip": CARD_S_PER_CLIP,
+                "card_s_per_step": CARD_S_PER_STEP,
+                "speedup_per_clip": round(CARD_S_PER_CLIP / b1["s_per_clip"], 2),
+            }
     return results
 
 

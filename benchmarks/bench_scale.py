@@ -39,13 +39,13 @@ from common import TreeSampler, fit_line, machine_info  # noqa: E402
 
 STAGES = {
     "01_segment": "from stablebeat_utils import segment; segment.run(run_dir=R, input_dir=I, workers=W, "
-                  "clip_format='flac', progress=False)",
+    "clip_format='flac', progress=False)",
     "02_tag": "from stablebeat_utils import tag; tag.run(run_dir=R, clap_model='tiny:clap')",
     "03_tempo_key": "from stablebeat_utils import tempo_key; tempo_key.run(run_dir=R, workers=W)",
     "04_prompts": "from stablebeat_utils import prompts; prompts.run(run_dir=R, use_llm=False)",
     "05_train": "from stablebeat_utils import train; train.run(run_dir=R, pre_encode=True, max_steps=4, "
-                "sample_seconds=1.0, batch_size=2, demo_every=0, checkpoint_every=1000, keep_checkpoints=1, "
-                "export_merged=False)",
+    "sample_seconds=1.0, batch_size=2, demo_every=0, checkpoint_every=1000, keep_checkpoints=1, "
+    "export_merged=False)",
 }
 
 
@@ -66,9 +66,13 @@ def run_stage(stage: str, run_dir: Path, input_dir: Path, workers: int, log: Pat
     wall = time.perf_counter() - t
     if rc != 0:
         raise SystemExit(f"{stage} failed (rc {rc}); see {log}:\n{log.read_text()[-3000:]}")
-    return {"wall_s": round(wall, 2), "disk_bytes": folder_bytes(run_dir / stage),
-            "peak_pss_mib": round(sampler.peak_pss / 2**20), "peak_rss_tree_mib": round(sampler.peak_rss / 2**20),
-            "cpu_s": round(sampler.cpu_total(), 1)}
+    return {
+        "wall_s": round(wall, 2),
+        "disk_bytes": folder_bytes(run_dir / stage),
+        "peak_pss_mib": round(sampler.peak_pss / 2**20),
+        "peak_rss_tree_mib": round(sampler.peak_rss / 2**20),
+        "cpu_s": round(sampler.cpu_total(), 1),
+    }
 
 
 def main() -> None:
@@ -78,8 +82,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--project", type=int, default=20000)
     ap.add_argument("--json", default="")
-    ap.add_argument("--train-max-size", type=int, default=10**9,
-                    help="run 05_train only for sizes up to this (the tiny VAE's pre-encoding on CPU is slow)")
+    ap.add_argument(
+        "--train-max-size",
+        type=int,
+        default=10**9,
+        help="run 05_train only for sizes up to this (the tiny VAE's pre-encoding on CPU is slow)",
+    )
     args = ap.parse_args()
     from bench_segment import make_input
 
@@ -119,14 +127,19 @@ def main() -> None:
             dfit = fit_line(sizes, disks) if len(sizes) > 1 else {"slope": disks[0] / sizes[0], "intercept": 0.0}
             cpus = [results["sizes"][n][stage]["cpu_s"] for n in sizes]
             cfit = fit_line(sizes, cpus) if len(sizes) > 1 else {"slope": cpus[0] / sizes[0], "intercept": 0.0}
-            proj[stage] = {"sizes": sizes, "per_track_s": round(fit["slope"], 4), "fixed_s": round(fit["intercept"], 1),
-                           "r2": round(fit.get("r2", 1.0), 4), "cpu_per_track_s": round(cfit["slope"], 4),
-                           "projected_cpu_h": round((cfit["slope"] * args.project + cfit["intercept"]) / 3600, 2),
-                           "per_track_s_each_size": [round(w / n, 4) for w, n in zip(walls, sizes)],
-                           "projected_wall_h": round((fit["slope"] * args.project + fit["intercept"]) / 3600, 2),
-                           "disk_per_track_bytes": round(dfit["slope"]),
-                           "projected_disk_gb": round((dfit["slope"] * args.project + dfit["intercept"]) / 1e9, 2),
-                           "peak_pss_mib_each_size": [results["sizes"][n][stage]["peak_pss_mib"] for n in sizes]}
+            proj[stage] = {
+                "sizes": sizes,
+                "per_track_s": round(fit["slope"], 4),
+                "fixed_s": round(fit["intercept"], 1),
+                "r2": round(fit.get("r2", 1.0), 4),
+                "cpu_per_track_s": round(cfit["slope"], 4),
+                "projected_cpu_h": round((cfit["slope"] * args.project + cfit["intercept"]) / 3600, 2),
+                "per_track_s_each_size": [round(w / n, 4) for w, n in zip(walls, sizes)],
+                "projected_wall_h": round((fit["slope"] * args.project + fit["intercept"]) / 3600, 2),
+                "disk_per_track_bytes": round(dfit["slope"]),
+                "projected_disk_gb": round((dfit["slope"] * args.project + dfit["intercept"]) / 1e9, 2),
+                "peak_pss_mib_each_size": [results["sizes"][n][stage]["peak_pss_mib"] for n in sizes],
+            }
         results["projection"] = proj
         print(json.dumps(proj, indent=1))
         if args.json:

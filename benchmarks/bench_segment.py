@@ -30,8 +30,10 @@ from stablebeat_utils import audio, demo, segment  # noqa: E402
 def make_input(folder: Path, tracks: int, seconds: float) -> float:
     """Distinct tracks: 8 rendered beats, each shifted in pitch/tempo by resampling (a different
     length and spectrum for every track, so the duplicate detector sees no copies)."""
-    bases = [demo.make_beat(bpm, "C", "minor", seconds, 1000 + i, melody=True)
-             for i, bpm in enumerate((90, 100, 110, 120, 130, 140, 150, 160))]
+    bases = [
+        demo.make_beat(bpm, "C", "minor", seconds, 1000 + i, melody=True)
+        for i, bpm in enumerate((90, 100, 110, 120, 130, 140, 150, 160))
+    ]
     total = 0.0
     for i in range(tracks):
         base = bases[i % len(bases)]
@@ -63,10 +65,12 @@ def main() -> None:
             wall = time.perf_counter() - t
             main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            print(f"workers={w}: {wall:.1f} s wall, {total / wall:.1f}x real time, "
-                  f"{summary['clips']} clips, {summary['rejected']} rejected ({summary['duplicates']} duplicates); "
-                  f"peak RSS main {main_rss:.0f} MiB, largest child {child_rss:.0f} MiB; "
-                  f"load average {os.getloadavg()[0]:.1f}")
+            print(
+                f"workers={w}: {wall:.1f} s wall, {total / wall:.1f}x real time, "
+                f"{summary['clips']} clips, {summary['rejected']} rejected ({summary['duplicates']} duplicates); "
+                f"peak RSS main {main_rss:.0f} MiB, largest child {child_rss:.0f} MiB; "
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

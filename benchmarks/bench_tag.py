@@ -56,8 +56,17 @@ def make_run(root: Path, clips: int, seconds: float) -> Path:
         x *= (np.sin(2 * np.pi * 2 * t) > 0) * 0.5 + 0.5
         audio = np.stack([x, np.roll(x, 100)]).astype(np.float32)
         write_wav(clip_dir / f"c{i:03d}.wav", audio, SR)
-        rows.append({"clip_id": f"c{i:03d}", "source": f"c{i}.wav", "start": 0.0, "duration": seconds,
-                     "path": f"01_segment/clips/c{i:03d}.wav", "status": "ok", "reason": None})
+        rows.append(
+            {
+                "clip_id": f"c{i:03d}",
+                "source": f"c{i}.wav",
+                "start": 0.0,
+                "duration": seconds,
+                "path": f"01_segment/clips/c{i:03d}.wav",
+                "status": "ok",
+                "reason": None,
+            }
+        )
     (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -68,11 +77,28 @@ def build_large(dest: Path) -> Path:
 
     tiny = Path(models.resolve("tiny:clap"))
     processor = ClapProcessor.from_pretrained(tiny)
-    audio = dict(spec_size=256, num_mel_bins=64, window_size=8, patch_size=4, patch_stride=[4, 4],
-                 patch_embeds_hidden_size=128, hidden_size=1024, depths=[2, 2, 12, 2],
-                 num_attention_heads=[4, 8, 16, 32], enable_fusion=False, projection_dim=512)
-    text = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                intermediate_size=3072, max_position_embeddings=514, projection_dim=512)
+    audio = dict(
+        spec_size=256,
+        num_mel_bins=64,
+        window_size=8,
+        patch_size=4,
+        patch_stride=[4, 4],
+        patch_embeds_hidden_size=128,
+        hidden_size=1024,
+        depths=[2, 2, 12, 2],
+        num_attention_heads=[4, 8, 16, 32],
+        enable_fusion=False,
+        projection_dim=512,
+    )
+    text = dict(
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        projection_dim=512,
+    )
     config = ClapConfig(text_config=text, audio_config=audio, projection_dim=512)
     model = ClapModel(config).eval()
     n = sum(p.numel() for p in model.parameters())
@@ -87,9 +113,15 @@ def bench(name: str, clap_model: str, run_dir: Path, device: str, batch_size: in
     summary = tag.run(run_dir=str(run_dir), clap_model=clap_model, device=device, batch_size=batch_size)
     total = time.perf_counter() - t0
     loop = summary["audio_seconds"] / summary["times_real_time"]
-    line = {"model": name, "device": summary["device"], "clips": summary["clips"],
-            "audio_s": summary["audio_seconds"], "loop_s": round(loop, 2),
-            "load_and_text_s": round(total - loop, 2), "times_real_time": summary["times_real_time"]}
+    line = {
+        "model": name,
+        "device": summary["device"],
+        "clips": summary["clips"],
+        "audio_s": summary["audio_seconds"],
+        "loop_s": round(loop, 2),
+        "load_and_text_s": round(total - loop, 2),
+        "times_real_time": summary["times_real_time"],
+    }
     print(json.dumps(line), flush=True)
     return line
 

@@ -54,8 +54,17 @@ def make_set(folder: Path, per_style: int, seed: int) -> None:
             s = int(rng.integers(1_000_000))
             cid = f"{style}_{i:02d}"
             audio.write_wav(clips / f"{cid}.wav", demo.make_style_beat(style, bpm, key, scale, SECONDS, s), 44100)
-            rows.append({"clip_id": cid, "source": f"{cid}.wav", "start": 0.0, "duration": SECONDS,
-                         "path": f"01_segment/clips/{cid}.wav", "status": "ok", "reason": None})
+            rows.append(
+                {
+                    "clip_id": cid,
+                    "source": f"{cid}.wav",
+                    "start": 0.0,
+                    "duration": SECONDS,
+                    "path": f"01_segment/clips/{cid}.wav",
+                    "status": "ok",
+                    "reason": None,
+                }
+            )
             truth.append({"clip_id": cid, "style": style, "bpm": bpm, "key": key, "scale": scale, "seed": s})
     (folder / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "truth.jsonl").write_text("".join(json.dumps(r) + "\n" for r in truth))
@@ -126,21 +135,27 @@ def speed(folder: Path, graph: str, workers: int, repeats: int, label: str) -> N
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
     t01, t03 = (float(np.median([w[k] for w in walls])) for k in (0, 1))
-    print(f"{label}: {len(list(folder.glob('*.wav')))} tracks, {source_s / 60:.1f} min, workers={workers}, "
-          f"median of {repeats}: 01 {t01:.1f} s, 03 {t03:.1f} s ({s['clips']} clips), 01+03 {t01 + t03:.1f} s "
-          f"= {source_s / (t01 + t03):.1f}x real time; all walls {[(round(a, 1), round(b, 1)) for a, b in walls]}")
+    print(
+        f"{label}: {len(list(folder.glob('*.wav')))} tracks, {source_s / 60:.1f} min, workers={workers}, "
+        f"median of {repeats}: 01 {t01:.1f} s, 03 {t03:.1f} s ({s['clips']} clips), 01+03 {t01 + t03:.1f} s "
+        f"= {source_s / (t01 + t03):.1f}x real time; all walls {[(round(a, 1), round(b, 1)) for a, b in walls]}"
+    )
 
 
 def report(res: dict, label: str) -> None:
-    print(f"## {label}: {res['clips']} clips, stage wall {res['wall_s']:.1f} s "
-          f"({res['wall_s'] / res['clips']:.2f} s per clip, {res['clips'] * SECONDS / res['wall_s']:.0f}x real time)")
+    print(
+        f"## {label}: {res['clips']} clips, stage wall {res['wall_s']:.1f} s "
+        f"({res['wall_s'] / res['clips']:.2f} s per clip, {res['clips'] * SECONDS / res['wall_s']:.0f}x real time)"
+    )
     print("| style | clips | BPM stated | stated BPM right (±4 %) | key+scale right (raw) | stated keys right |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, p in res["per"].items():
         st = p["stated"]
-        print(f"| {name} | {p['clips']} | {st} ({st / p['clips']:.0%}) | {p['right']}/{st} "
-              f"({p['right'] / st if st else 0:.1%}) | {p['key_right']}/{p['clips']} ({p['key_right'] / p['clips']:.0%}) | "
-              f"{p['key_stated_right']}/{p['key_stated']} |")
+        print(
+            f"| {name} | {p['clips']} | {st} ({st / p['clips']:.0%}) | {p['right']}/{st} "
+            f"({p['right'] / st if st else 0:.1%}) | {p['key_right']}/{p['clips']} ({p['key_right'] / p['clips']:.0%}) | "
+            f"{p['key_stated_right']}/{p['key_stated']} |"
+        )
     print("misses:", "; ".join(res["misses"]) or "none")
 
 

@@ -73,10 +73,26 @@ def make_run(root: Path, clips: int, seconds: float) -> Path:
         cid = f"clip{i:03d}"
         write_wav(root / "01_segment" / "clips" / f"{cid}.wav", np.stack([mono, mono * 0.9]), SR)
         start = float(10 * i)
-        segs.append({"clip_id": cid, "source": f"beat{i}.wav", "start": start, "duration": seconds,
-                     "path": f"01_segment/clips/{cid}.wav", "status": "ok", "source_duration": start + seconds + 60})
-        rows.append({"filepath": segs[-1]["path"], "start": start, "duration": seconds, "clip_id": cid,
-                     "prompt": f"A melancholic cloud trap beat at {bpm} BPM, with synth bells and deep sub."})
+        segs.append(
+            {
+                "clip_id": cid,
+                "source": f"beat{i}.wav",
+                "start": start,
+                "duration": seconds,
+                "path": f"01_segment/clips/{cid}.wav",
+                "status": "ok",
+                "source_duration": start + seconds + 60,
+            }
+        )
+        rows.append(
+            {
+                "filepath": segs[-1]["path"],
+                "start": start,
+                "duration": seconds,
+                "clip_id": cid,
+                "prompt": f"A melancholic cloud trap beat at {bpm} BPM, with synth bells and deep sub.",
+            }
+        )
     (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in segs))
     (root / "04_prompts" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
@@ -92,8 +108,9 @@ def full_size_model(folder: Path) -> str:
         torch.manual_seed(0)
         model = models.create_sao_model(cfg, t5_source="tiny:t5")
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
+    )
     (folder / "model_config.json").write_text(json.dumps(cfg, indent=2))
     n = sum(p.numel() for p in model.model.parameters())
     print(f"full-size SAO: DiT {n / 1e9:.3f} B parameters, saved to {folder}", flush=True)
@@ -136,22 +153,46 @@ def main(argv=None) -> int:
         mode, data = variant.split("-")
         run_dir = make_run(scratch / f"run-{variant}", args.clips, args.clip_seconds)
         t0 = time.perf_counter()
-        summary = train.run(run_dir=str(run_dir), base_model=base, t5_model=t5, mode=mode,
-                            batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-                            sample_seconds=args.seconds, pre_encode=data == "latent", accelerator=accelerator,
-                            devices=1, workers=args.workers, checkpoint_every=10**9, keep_checkpoints=1,
-                            demo_every=0, log_every=10, export_merged=False)
+        summary = train.run(
+            run_dir=str(run_dir),
+            base_model=base,
+            t5_model=t5,
+            mode=mode,
+            batch_size=args.batch_size,
+            max_steps=args.warmup + args.steps,
+            sample_seconds=args.seconds,
+            pre_encode=data == "latent",
+            accelerator=accelerator,
+            devices=1,
+            workers=args.workers,
+            checkpoint_every=10**9,
+            keep_checkpoints=1,
+            demo_every=0,
+            log_every=10,
+            export_merged=False,
+        )
         wall = time.perf_counter() - t0
-        times = step_times(summary["metrics_csv"])[args.warmup:]
-        results.append({"variant": variant, "model": args.model, "device": args.device,
-                        "batch_size": args.batch_size, "window_s": summary["window_seconds"],
-                        "median_step_s": round(statistics.median(times), 3) if times else None,
-                        "timed_steps": len(times), "precision": summary["precision"],
-                        "pre_encoded": summary["pre_encoded"], "peak_gpu_gb": summary["peak_gpu_memory_gb"],
-                        "stage_wall_s": round(wall, 1)})
+        times = step_times(summary["metrics_csv"])[args.warmup :]
+        results.append(
+            {
+                "variant": variant,
+                "model": args.model,
+                "device": args.device,
+                "batch_size": args.batch_size,
+                "window_s": summary["window_seconds"],
+                "median_step_s": round(statistics.median(times), 3) if times else None,
+                "timed_steps": len(times),
+                "precision": summary["precision"],
+                "pre_encoded": summary["pre_encoded"],
+                "peak_gpu_gb": summary["peak_gpu_memory_gb"],
+                "stage_wall_s": round(wall, 1),
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
-    print("\nvariant       median s/step  peak GPU GB  (model %s, batch %d, window %.2f s, %s)"
-          % (args.model, args.batch_size, results[0]["window_s"], args.device))
+    print(
+        "\nvariant       median s/step  peak GPU GB  (model %s, batch %d, window %.2f s, %s)"
+        % (args.model, args.batch_size, results[0]["window_s"], args.device)
+    )
     for r in results:
         print(f"{r['variant']:<13} {r['median_step_s']!s:>13}  {r['peak_gpu_gb']!s:>11}")
     return 0

@@ -27,6 +27,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------------------------------------
 # the machine
 
+
 def _first(path: str, key: str) -> str:
     try:
         for line in Path(path).read_text().splitlines():
@@ -57,18 +58,21 @@ def machine_info() -> dict:
         "ram_gib": round(int(mem_kb) / 2**20, 1) if mem_kb.isdigit() else None,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "packages": {p: ver(p) for p in ("torch", "numpy", "librosa", "soxr", "soundfile",
-                                          "essentia-tensorflow", "transformers")},
-        "threads_env": {v: os.environ.get(v, "") for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                             "MKL_NUM_THREADS")},
+        "packages": {
+            p: ver(p) for p in ("torch", "numpy", "librosa", "soxr", "soundfile", "essentia-tensorflow", "transformers")
+        },
+        "threads_env": {
+            v: os.environ.get(v, "") for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        },
         "gpu": _gpu(),
     }
 
 
 def _gpu() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or "none"
     except (OSError, subprocess.SubprocessError):
         return "none"
@@ -81,13 +85,14 @@ def load() -> list[float]:
 # ---------------------------------------------------------------------------------------------
 # a process tree, sampled from /proc
 
+
 def _stat(pid: int) -> tuple[int, float] | None:
     """(ppid, CPU seconds user+system) of one process, or None when it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    f = raw[raw.rindex(")") + 2:].split()
+    f = raw[raw.rindex(")") + 2 :].split()
     return int(f[1]), (int(f[11]) + int(f[12])) / TICK
 
 
@@ -171,6 +176,7 @@ class TreeSampler(threading.Thread):
 
 # ---------------------------------------------------------------------------------------------
 # numbers
+
 
 def fit_line(x, y) -> dict:
     """Least-squares ``y = slope·x + intercept`` with R² (numpy.polyfit)."""

@@ -71,9 +71,13 @@ def step(name: str, **info):
     reset = _reset_peak()
     t0 = time.perf_counter()
     yield info
-    row = {"step": name, "seconds": round(time.perf_counter() - t0, 1),
-           "peak_rss_gib": round(_status_kb("VmHWM") / 2**20, 2), "peak_since": "step" if reset else "process start",
-           **info}
+    row = {
+        "step": name,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_gib": round(_status_kb("VmHWM") / 2**20, 2),
+        "peak_since": "step" if reset else "process start",
+        **info,
+    }
     print(MARK + json.dumps(row), flush=True)
 
 
@@ -118,8 +122,13 @@ def phase_load(work: Path, t5: str) -> None:
     with step("load (models.load_sao)"):
         model, _ = models.load_sao(str(work / "base"), t5_source=t5)
     info_peak = _status_kb("VmHWM") * 1024
-    print(MARK + json.dumps({"step": "load: peak RSS / checkpoint size", "ratio": round(info_peak / size, 2),
-                             "target": "<= 1.3"}), flush=True)
+    print(
+        MARK
+        + json.dumps(
+            {"step": "load: peak RSS / checkpoint size", "ratio": round(info_peak / size, 2), "target": "<= 1.3"}
+        ),
+        flush=True,
+    )
 
 
 def phase_load_baseline(work: Path, t5: str) -> None:
@@ -130,8 +139,13 @@ def phase_load_baseline(work: Path, t5: str) -> None:
     with step("baseline load (load_state_dict(load_file))"):
         model = models.create_sao_model(models.sao_full_config(), t5_source=t5)
         model.load_state_dict(models.load_state_dict_file(work / "base" / "model.safetensors"), strict=True)
-    print(MARK + json.dumps({"step": "baseline load: peak RSS / checkpoint size",
-                             "ratio": round(_status_kb("VmHWM") * 1024 / size, 2)}), flush=True)
+    print(
+        MARK
+        + json.dumps(
+            {"step": "baseline load: peak RSS / checkpoint size", "ratio": round(_status_kb("VmHWM") * 1024 / size, 2)}
+        ),
+        flush=True,
+    )
 
 
 def _make_run(run_dir: Path) -> None:
@@ -142,14 +156,26 @@ def _make_run(run_dir: Path) -> None:
     samples, sr = audio.load(src, sr=44100)
     samples = audio.to_stereo(samples)
     start, dur = 2.0, 0.5
-    clip = samples[:, int(start * sr):int((start + dur) * sr)]
+    clip = samples[:, int(start * sr) : int((start + dur) * sr)]
     (run_dir / "01_segment" / "clips").mkdir(parents=True, exist_ok=True)
     (run_dir / "04_prompts").mkdir(parents=True, exist_ok=True)
     audio.write_wav(run_dir / "01_segment" / "clips" / "c0.wav", clip, sr, subtype="FLOAT")
-    seg = {"clip_id": "c0", "source": src.name, "start": start, "duration": dur, "status": "ok",
-           "path": "01_segment/clips/c0.wav", "source_duration": samples.shape[1] / sr}
-    row = {"clip_id": "c0", "filepath": seg["path"], "start": start, "duration": dur,
-           "prompt": "A melancholic trap beat at 140 BPM, with synth bells"}
+    seg = {
+        "clip_id": "c0",
+        "source": src.name,
+        "start": start,
+        "duration": dur,
+        "status": "ok",
+        "path": "01_segment/clips/c0.wav",
+        "source_duration": samples.shape[1] / sr,
+    }
+    row = {
+        "clip_id": "c0",
+        "filepath": seg["path"],
+        "start": start,
+        "duration": dur,
+        "prompt": "A melancholic trap beat at 140 BPM, with synth bells",
+    }
     (run_dir / "01_segment" / "segments.jsonl").write_text(json.dumps(seg) + "\n")
     (run_dir / "04_prompts" / "prompts.jsonl").write_text(json.dumps(row) + "\n")
 
@@ -163,14 +189,34 @@ def phase_train(work: Path, t5: str) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     _make_run(run_dir)
     with step("train: load + 1 LoRA step (1-s window, half padding, batch 1) + export") as info:
-        summary = train.run(run_dir=str(run_dir), base_model=str(work / "base"), t5_model=t5, mode="lora",
-                            lora_rank=16, lora_alpha=16.0, batch_size=1, max_steps=1, sample_seconds=1.0,
-                            ema=False, precision="32-true", accelerator="cpu", devices=1, workers=0,
-                            checkpoint_every=1, keep_checkpoints=1, demo_every=0, log_every=1,
-                            padding_loss_weight=1.0, export_merged=True)
-        info.update(steps=summary["steps"], step_seconds=summary["median_step_seconds"],
-                    trainable_parameters_m=round(summary["trainable_parameters"] / 1e6, 2),
-                    export_files=summary["export_files"])
+        summary = train.run(
+            run_dir=str(run_dir),
+            base_model=str(work / "base"),
+            t5_model=t5,
+            mode="lora",
+            lora_rank=16,
+            lora_alpha=16.0,
+            batch_size=1,
+            max_steps=1,
+            sample_seconds=1.0,
+            ema=False,
+            precision="32-true",
+            accelerator="cpu",
+            devices=1,
+            workers=0,
+            checkpoint_every=1,
+            keep_checkpoints=1,
+            demo_every=0,
+            log_every=1,
+            padding_loss_weight=1.0,
+            export_merged=True,
+        )
+        info.update(
+            steps=summary["steps"],
+            step_seconds=summary["median_step_seconds"],
+            trainable_parameters_m=round(summary["trainable_parameters"] / 1e6, 2),
+            export_files=summary["export_files"],
+        )
     rows = []
     for path in summary["metrics_csv"]:
         with open(path, newline="") as fh:
@@ -178,10 +224,20 @@ def phase_train(work: Path, t5: str) -> None:
     r = rows[-1]
     sig, pad, loss = float(r["train/mse_signal"]), float(r["train/mse_masked_loss"]), float(r["train/loss"])
     ok = min(sig, pad) < loss < max(sig, pad) and abs(loss - sig) > 1e-6
-    print(MARK + json.dumps({"step": "padding weight reaches the loss", "ok": ok,
-                             "train/loss": loss, "train/mse_signal": sig, "train/mse_masked_loss": pad,
-                             "note": "padding_loss_weight=1.0, batch 1: with 0.0 train/loss would equal "
-                                     "train/mse_signal"}), flush=True)
+    print(
+        MARK
+        + json.dumps(
+            {
+                "step": "padding weight reaches the loss",
+                "ok": ok,
+                "train/loss": loss,
+                "train/mse_signal": sig,
+                "train/mse_masked_loss": pad,
+                "note": "padding_loss_weight=1.0, batch 1: with 0.0 train/loss would equal train/mse_signal",
+            }
+        ),
+        flush=True,
+    )
     if not ok:
         raise SystemExit("padding_loss_weight did not reach the loss")
 
@@ -211,17 +267,32 @@ def phase_reload(work: Path, t5: str) -> None:
     with step("sampler: 1 dpmpp-3m-sde step + the final step to 0 (sigma 500 -> 0.3, CFG 7, 1 s)") as info:
         with torch.no_grad():
             out = generate_diffusion_cond(
-                model, steps=2, cfg_scale=7.0, sample_size=2048 * 22, seed=0, device="cpu", apg_scale=0.0,
+                model,
+                steps=2,
+                cfg_scale=7.0,
+                sample_size=2048 * 22,
+                seed=0,
+                device="cpu",
+                apg_scale=0.0,
                 conditioning=[{"prompt": "A dark trap beat at 140 BPM", "seconds_start": 0, "seconds_total": 1}],
-                sampler_type="dpmpp-3m-sde", sigma_min=0.3, sigma_max=500, disable_tqdm=True)
+                sampler_type="dpmpp-3m-sde",
+                sigma_min=0.3,
+                sigma_max=500,
+                disable_tqdm=True,
+            )
         info["shape"] = list(out.shape)
         info["finite"] = bool(torch.isfinite(out).all())
     if not info["finite"]:
         raise SystemExit("the sampler step gave non-finite audio")
 
 
-PHASES = {"build": phase_build, "load": phase_load, "load-baseline": phase_load_baseline,
-          "train": phase_train, "reload": phase_reload}
+PHASES = {
+    "build": phase_build,
+    "load": phase_load,
+    "load-baseline": phase_load_baseline,
+    "train": phase_train,
+    "reload": phase_reload,
+}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -231,12 +302,17 @@ PHASES = {"build": phase_build, "load": phase_load, "load-baseline": phase_load_
 def _run_phase(name: str, work: Path, t5: str) -> tuple[list[dict], float, float]:
     """Run one phase in a fresh process; (its step rows, wall seconds, peak RSS GB of the process)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--phase", name, "--workdir", str(work), "--t5", t5],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--phase", name, "--workdir", str(work), "--t5", t5],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=str(REPO),
+    )
     rows, tail = [], []
     for line in proc.stdout:
         if line.startswith(MARK):
-            row = json.loads(line[len(MARK):])
+            row = json.loads(line[len(MARK) :])
             rows.append(row)
             print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         else:
@@ -271,8 +347,10 @@ def main(argv=None) -> int:
     t5, t5_note = _t5_source()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="stablebeat-fullsize-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"fullsize: SAO 1.0 architecture with random weights, CPU; text encoder: {t5_note}; work folder {work}",
-          flush=True)
+    print(
+        f"fullsize: SAO 1.0 architecture with random weights, CPU; text encoder: {t5_note}; work folder {work}",
+        flush=True,
+    )
     t_all = time.perf_counter()
     phases = ["build", "load"] + (["load-baseline"] if args.baseline else []) + ["train", "reload"]
     report, peak_all = [], 0.0
@@ -281,18 +359,26 @@ def main(argv=None) -> int:
             print(f"[{name}]", flush=True)
             rows, wall, peak = _run_phase(name, work, t5)
             peak_all = max(peak_all, peak)
-            report.append({"phase": name, "wall_seconds": round(wall, 1), "peak_rss_gib": round(peak, 2), "steps": rows})
+            report.append(
+                {"phase": name, "wall_seconds": round(wall, 1), "peak_rss_gib": round(peak, 2), "steps": rows}
+            )
             print(f"  phase {name}: {wall:.1f} s wall (process start included), peak RSS {peak:.2f} GiB", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - t_all
     peak_gb = peak_all * GIB / 1e9
-    print(f"fullsize: total {total:.0f} s (budget {args.max_seconds:.0f} s), peak RSS {peak_all:.2f} GiB = "
-          f"{peak_gb:.2f} GB (budget {args.max_rss_gb:g} GB); text encoder: {t5_note}")
+    print(
+        f"fullsize: total {total:.0f} s (budget {args.max_seconds:.0f} s), peak RSS {peak_all:.2f} GiB = "
+        f"{peak_gb:.2f} GB (budget {args.max_rss_gb:g} GB); text encoder: {t5_note}"
+    )
     if args.keep:
-        (work / "fullsize.json").write_text(json.dumps({"t5": t5, "total_seconds": round(total, 1),
-                                                        "peak_rss_gib": round(peak_all, 2), "phases": report}, indent=1))
+        (work / "fullsize.json").write_text(
+            json.dumps(
+                {"t5": t5, "total_seconds": round(total, 1), "peak_rss_gib": round(peak_all, 2), "phases": report},
+                indent=1,
+            )
+        )
     over = []
     if total > args.max_seconds:
         over.append(f"{total:.0f} s > {args.max_seconds:.0f} s")

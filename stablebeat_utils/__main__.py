@@ -1,10 +1,10 @@
 """``python -m stablebeat_utils`` — the command line of the course (no notebook of its own).
 
-    python -m stablebeat_utils run [STAGE ...] [-p NAME VALUE ...] [-f params.yaml]
-    python -m stablebeat_utils stages          # the stages and their parameters
-    python -m stablebeat_utils profiles        # the bundled profiles
-    python -m stablebeat_utils publish --run-dir RUN --repo-id USER/NAME [--push]
-    python -m stablebeat_utils colab-links --repo OWNER/NAME   # badges + Colab set-up cells
+python -m stablebeat_utils run [STAGE ...] [-p NAME VALUE ...] [-f params.yaml]
+python -m stablebeat_utils stages          # the stages and their parameters
+python -m stablebeat_utils profiles        # the bundled profiles
+python -m stablebeat_utils publish --run-dir RUN --repo-id USER/NAME [--push]
+python -m stablebeat_utils colab-links --repo OWNER/NAME   # badges + Colab set-up cells
 """
 
 from __future__ import annotations
@@ -33,18 +33,39 @@ def _stages_text() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stablebeat_utils",
-                                     description="StableBeaT course: run the notebooks, in order, with papermill.")
+    parser = argparse.ArgumentParser(
+        prog="python -m stablebeat_utils", description="StableBeaT course: run the notebooks, in order, with papermill."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="execute notebooks into RUN_DIR/notebooks/",
-                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_stages_text())
-    p_run.add_argument("stages", nargs="*", metavar="STAGE",
-                       help="stages to run, e.g. 01_segment or 01 or segment (default: all that exist)")
-    p_run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                       help="set a parameter (VALUE parsed as YAML: 2, 0.7, true, text); "
-                            "`-p profile NAME` picks a profile")
-    p_run.add_argument("-f", "--file", action="append", default=[], metavar="params.yaml",
-                       help="a YAML file of parameter values (same form as a profile)")
+    p_run = sub.add_parser(
+        "run",
+        help="execute notebooks into RUN_DIR/notebooks/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_stages_text(),
+    )
+    p_run.add_argument(
+        "stages",
+        nargs="*",
+        metavar="STAGE",
+        help="stages to run, e.g. 01_segment or 01 or segment (default: all that exist)",
+    )
+    p_run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (VALUE parsed as YAML: 2, 0.7, true, text); `-p profile NAME` picks a profile",
+    )
+    p_run.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        default=[],
+        metavar="params.yaml",
+        help="a YAML file of parameter values (same form as a profile)",
+    )
     p_run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     p_pub = sub.add_parser("publish", help="write the model card and upload list (and upload with --push)")
     p_pub.add_argument("--run-dir", required=True)
@@ -53,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_pub.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
     sub.add_parser("stages", help="list the stages and their parameters")
     sub.add_parser("profiles", help="list the bundled profiles")
-    p_links = sub.add_parser("colab-links", help="point the Open-in-Colab badges and the notebooks' Colab "
-                                                  "set-up cell at where the course is published")
+    p_links = sub.add_parser(
+        "colab-links",
+        help="point the Open-in-Colab badges and the notebooks' Colab set-up cell at where the course is published",
+    )
     p_links.add_argument("--repo", help="owner/name on GitHub (default: the one in data/course.yaml)")
     p_links.add_argument("--branch", help="branch the badges open (default: the one in data/course.yaml)")
     return parser
@@ -84,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
             from . import publish
 
             summary = publish.run(args.run_dir, args.repo_id, dry_run=not args.push, private=not args.public)
-            print(f"model card: {summary['card']} ({summary['files']} files"
-                  + (", dry run: nothing uploaded)" if summary["dry_run"] else f") → {summary['url']}"))
+            print(
+                f"model card: {summary['card']} ({summary['files']} files"
+                + (", dry run: nothing uploaded)" if summary["dry_run"] else f") → {summary['url']}")
+            )
         elif args.command == "run":
             overrides = {k: yaml.safe_load(v) if v != "" else "" for k, v in args.param}
-            outs = runner.run(args.stages or None, files=args.file, overrides=overrides,
-                              log_output=args.log_output)
+            outs = runner.run(args.stages or None, files=args.file, overrides=overrides, log_output=args.log_output)
             print(f"done: {len(outs)} notebook(s) executed into {outs[0].parent if outs else '-'}")
     except runner.StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,15 +20,27 @@ import numpy as np
 TARGET_SR = 44100
 # the one list of audio file names the course reads (01's sources, 07's folders, the demo check):
 # what libsndfile and the compressed-audio decoder of :func:`load` open
-AUDIO_EXTS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4",
-              ".aif", ".aiff", ".aifc")
+AUDIO_EXTS = (
+    ".wav",
+    ".wave",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".mp4",
+    ".aif",
+    ".aiff",
+    ".aifc",
+)
 CLIP_FORMATS = ("wav", "flac")  # how 01_segment stores clips: the same 16-bit samples, FLAC ~half the bytes
 TRUNCATION_TOLERANCE_S = 0.1  # decoded audio may fall short of the header by this much (codec padding)
 
 
 class AudioError(ValueError):
     """A file that cannot be used as audio; the message is meant for a person."""
-
 
 
 def is_audio_name(name: str | os.PathLike) -> bool:
@@ -86,8 +98,9 @@ def _decode_soundfile(path: Path) -> Decoded:
     truncated = _header_says_truncated(info)
     if truncated:
         declared = _declared_from_log(info) or declared
-    return Decoded(np.ascontiguousarray(data.T), int(sr), "soundfile", f"{info.format}/{info.subtype}",
-                   declared, truncated)
+    return Decoded(
+        np.ascontiguousarray(data.T), int(sr), "soundfile", f"{info.format}/{info.subtype}", declared, truncated
+    )
 
 
 def _decode_av(path: Path) -> Decoded:
@@ -161,8 +174,9 @@ def decode(path: str | os.PathLike) -> Decoded:
                 pass
     if dec.audio.size == 0 or dec.audio.shape[1] == 0:
         raise AudioError(f"the file decodes to no samples ({size} bytes: a header without audio)")
-    if dec.declared_seconds and dec.declared_seconds - dec.seconds > max(TRUNCATION_TOLERANCE_S,
-                                                                         0.01 * dec.declared_seconds):
+    if dec.declared_seconds and dec.declared_seconds - dec.seconds > max(
+        TRUNCATION_TOLERANCE_S, 0.01 * dec.declared_seconds
+    ):
         dec.truncated = True
     return dec
 
@@ -235,8 +249,9 @@ def integrated_loudness(audio: np.ndarray, sr: int) -> float:
     return float(pyln.Meter(sr).integrated_loudness(np.ascontiguousarray(audio.T, dtype=np.float32)))
 
 
-def normalize_loudness(audio: np.ndarray, sr: int, target_lufs: float = -14.0,
-                       peak_ceiling_dbfs: float = -1.0) -> tuple[np.ndarray, dict]:
+def normalize_loudness(
+    audio: np.ndarray, sr: int, target_lufs: float = -14.0, peak_ceiling_dbfs: float = -1.0
+) -> tuple[np.ndarray, dict]:
     """Gain ``audio`` to ``target_lufs`` integrated, but never above a sample-peak ceiling.
 
     Where reaching the target would push the sample peak over ``peak_ceiling_dbfs``, the gain is
@@ -258,8 +273,12 @@ def normalize_loudness(audio: np.ndarray, sr: int, target_lufs: float = -14.0,
     over = float(np.max(np.abs(out)))
     if over > ceiling:
         out *= np.float32(ceiling / over)
-    return out, {"gain_db": round(float(gain_db), 3), "loudness_lufs": round(measured + float(gain_db), 3),
-                 "peak_dbfs": round(peak_dbfs(out), 3), "peak_limited": bool(limited)}
+    return out, {
+        "gain_db": round(float(gain_db), 3),
+        "loudness_lufs": round(measured + float(gain_db), 3),
+        "peak_dbfs": round(peak_dbfs(out), 3),
+        "peak_limited": bool(limited),
+    }
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: str = "PCM_16") -> None:

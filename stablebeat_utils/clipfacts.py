@@ -68,17 +68,67 @@ _ACC = {"#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}
 BPM_RANGE = (30.0, 300.0)
 
 # words a scale word can qualify: "a minor key", "a major chord" — then "a" is the article
-QUALIFIED_NOUNS = ("key", "keys", "scale", "scales", "mode", "modes", "tonality", "chord", "chords", "progression",
-                   "progressions", "third", "thirds", "seventh", "sevenths", "triad", "triads", "feel", "vibe",
-                   "sound", "tone", "tones", "twist", "influence", "hit", "label", "role", "part", "league",
-                   "change", "changes", "melody", "melodies", "riff", "riffs", "flavor", "flavour", "mood",
-                   "character", "quality", "sixth", "ninth", "pentatonic", "blues", "harmony", "harmonies")
+QUALIFIED_NOUNS = (
+    "key",
+    "keys",
+    "scale",
+    "scales",
+    "mode",
+    "modes",
+    "tonality",
+    "chord",
+    "chords",
+    "progression",
+    "progressions",
+    "third",
+    "thirds",
+    "seventh",
+    "sevenths",
+    "triad",
+    "triads",
+    "feel",
+    "vibe",
+    "sound",
+    "tone",
+    "tones",
+    "twist",
+    "influence",
+    "hit",
+    "label",
+    "role",
+    "part",
+    "league",
+    "change",
+    "changes",
+    "melody",
+    "melodies",
+    "riff",
+    "riffs",
+    "flavor",
+    "flavour",
+    "mood",
+    "character",
+    "quality",
+    "sixth",
+    "ninth",
+    "pentatonic",
+    "blues",
+    "harmony",
+    "harmonies",
+)
 
 # ------------------------------------------------------------------------------------------------
 # numbers in words
 
-_UNITS = {w: i for i, w in enumerate(("zero one two three four five six seven eight nine ten eleven twelve "
-                                       "thirteen fourteen fifteen sixteen seventeen eighteen nineteen").split())}
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        (
+            "zero one two three four five six seven eight nine ten eleven twelve "
+            "thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
+        ).split()
+    )
+}
 _TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
 _U = "|".join(sorted(_UNITS, key=len, reverse=True))
 _T = "|".join(_TENS)
@@ -87,8 +137,10 @@ _BELOW_100 = rf"(?:(?:{_T})(?:{_SEP}(?:{_U}))?|(?:{_U}))"
 # "one hundred and forty", "a hundred ten", "hundred and five", "ninety-five", "seventeen"
 _WORD_NUMBER = rf"(?:(?:(?:{_U}|a){_SEP})?hundred(?:{_SEP}(?:and{_SEP})?{_BELOW_100})?|{_BELOW_100})"
 # the spoken "one forty" / "one-twenty-five" (only directly before a tempo unit)
-_SPOKEN = rf"(?:one|two){_SEP}(?:(?:{_T})(?:{_SEP}(?:{_U}))?|(?:ten|eleven|twelve|thirteen|fourteen|fifteen|"\
-          rf"sixteen|seventeen|eighteen|nineteen))"
+_SPOKEN = (
+    rf"(?:one|two){_SEP}(?:(?:{_T})(?:{_SEP}(?:{_U}))?|(?:ten|eleven|twelve|thirteen|fourteen|fifteen|"
+    rf"sixteen|seventeen|eighteen|nineteen))"
+)
 
 
 def words_to_number(phrase: str) -> float | None:
@@ -102,7 +154,7 @@ def words_to_number(phrase: str) -> float | None:
         if len(head) > 1 or (head and head[0] != "a" and head[0] not in _UNITS):
             return None
         total = 100 * (1 if not head or head[0] == "a" else _UNITS[head[0]])
-        rest = words[i + 1:]
+        rest = words[i + 1 :]
     elif len(words) >= 2 and words[0] in ("one", "two") and (words[1] in _TENS or 10 <= _UNITS.get(words[1], 0)):
         total, rest = 100 * _UNITS[words[0]], words[1:]  # "one forty"
     else:
@@ -127,7 +179,8 @@ _TEMPO_RE = re.compile(
     rf"(?<![\w.])(?P<num>{_DIGITS}|{_SPOKEN}|{_WORD_NUMBER})\s*-?\s*{_UNIT}(?![\w])"
     rf"|\btempo\s*(?:of|is|at|:|=|around|about)?\s*(?:about\s|around\s|roughly\s|~\s?)?"
     rf"(?P<num2>{_DIGITS}|{_WORD_NUMBER})(?![\w])",
-    re.I)
+    re.I,
+)
 _DIGIT_RE = re.compile(rf"(?<![\w.])({_DIGITS})")
 _WORDNUM_RE = re.compile(rf"(?<![\w-])({_WORD_NUMBER})(?![\w-])", re.I)
 
@@ -169,8 +222,11 @@ def find_numbers(text: str) -> list[tuple[float, str, tuple[int, int]]]:
     def free(a: int) -> bool:
         return not any(x <= a < y for x, y in covered)
 
-    out += [(float(m.group(1).replace(",", ".")), m.group(1), m.span(1)) for m in _DIGIT_RE.finditer(text)
-            if free(m.start(1))]
+    out += [
+        (float(m.group(1).replace(",", ".")), m.group(1), m.span(1))
+        for m in _DIGIT_RE.finditer(text)
+        if free(m.start(1))
+    ]
     for m in _WORDNUM_RE.finditer(text):
         v = words_to_number(m.group(1))
         if v is not None and v >= 20 and free(m.start(1)):
@@ -182,8 +238,7 @@ def find_numbers(text: str) -> list[tuple[float, str, tuple[int, int]]]:
 # keys
 
 _ACC_RX = r"(?:\s?[#♯♭b](?![a-ln-z]))|(?:[\s-]+(?:sharp|flat)(?![a-z]))|(?:-[#♯♭b](?![a-ln-z]))"
-_KEY_UPPER_RE = re.compile(
-    rf"(?<![\w#♯♭])([A-G])({_ACC_RX})?(?:[\s-]*((?i:major|minor|maj|min))(?![\w])|(m)(?![\w#]))")
+_KEY_UPPER_RE = re.compile(rf"(?<![\w#♯♭])([A-G])({_ACC_RX})?(?:[\s-]*((?i:major|minor|maj|min))(?![\w])|(m)(?![\w#]))")
 _KEY_LOWER_RE = re.compile(rf"(?<![\w#♯♭'’])([a-g])({_ACC_RX})?[\s-]+((?i:major|minor))(?![\w])")
 _KEY_OF_RE = re.compile(rf"\bkey\s+of\s+([A-Ga-g])({_ACC_RX})?(?![\w#♯])(?![\s-]*(?:major|minor|maj|min)\b)", re.I)
 _SCALE_ONLY_RE = re.compile(r"\b(major|minor)[\s-]+(?:key|scale|tonality|mode)s?\b", re.I)
@@ -210,8 +265,8 @@ def _article_a(text: str, m: re.Match) -> bool:
         return False  # a capital A inside a sentence is the note
     if m.group(1) == "A" and m.group(4):
         return False  # "Am" at a sentence start
-    before = text[:m.start()]
-    after = text[m.end():]
+    before = text[: m.start()]
+    after = text[m.end() :]
     return not (_A_CONTEXT_RE.search(before) and not _QUALIFIED_RE.match(after))
 
 
@@ -285,7 +340,6 @@ class VocabError(ClipFactsError):
     """A malformed vocabulary or synonyms file; the message names the file and the entry."""
 
 
-
 @dataclass(frozen=True)
 class Entry:
     """One vocabulary entry: ``tag`` goes into prompts, ``text`` into CLAP's text tower."""
@@ -297,8 +351,9 @@ class Entry:
 def _vocab_dir(vocab_dir: str | Path = "") -> Path:
     path = Path(vocab_dir).expanduser() if str(vocab_dir) else VOCAB_DIR
     if not path.is_dir():
-        raise VocabError(f"vocab_dir {str(path)!r} is not a folder (it should hold "
-                         f"{', '.join(f + '.yaml' for f in FAMILIES)})")
+        raise VocabError(
+            f"vocab_dir {str(path)!r} is not a folder (it should hold {', '.join(f + '.yaml' for f in FAMILIES)})"
+        )
     return path
 
 
@@ -315,7 +370,7 @@ def _read_yaml(path: Path) -> Any:
 
 def _clean_text(value: Any, path: Path, where: str, field: str) -> str:
     if not isinstance(value, str):
-        hint = " (quote it in the YAML file, e.g. \"808\")" if isinstance(value, (int, float)) else ""
+        hint = ' (quote it in the YAML file, e.g. "808")' if isinstance(value, (int, float)) else ""
         raise VocabError(f"{path}: {where}: `{field}` must be text, got {type(value).__name__} {value!r}{hint}")
     text = " ".join(value.split())
     if not text:
@@ -342,8 +397,9 @@ def load_family(path: str | Path, family: str | None = None) -> list[Entry]:
             raise VocabError(f"{path}: {where}: expected {{tag: ..., text: ...}}, got {item!r}")
         unknown = sorted(set(item) - {"tag", "text"})
         if unknown:
-            raise VocabError(f"{path}: {where} ({item.get('tag')!r}): unknown field(s) {', '.join(unknown)} "
-                             "(allowed: tag, text)")
+            raise VocabError(
+                f"{path}: {where} ({item.get('tag')!r}): unknown field(s) {', '.join(unknown)} (allowed: tag, text)"
+            )
         if "tag" not in item:
             raise VocabError(f"{path}: {where}: missing `tag`")
         tag = _clean_text(item["tag"], path, where, "tag")
@@ -371,8 +427,10 @@ def load_vocab(vocab_dir: str | Path = "") -> dict[str, list[Entry]]:
         for e in entries:
             other = owner.setdefault(e.tag.casefold(), family)
             if other != family:
-                raise VocabError(f"{root / (family + '.yaml')}: tag {e.tag!r} is also in {other}.yaml — "
-                                 "a tag may belong to one family only")
+                raise VocabError(
+                    f"{root / (family + '.yaml')}: tag {e.tag!r} is also in {other}.yaml — "
+                    "a tag may belong to one family only"
+                )
     return vocab
 
 
@@ -406,8 +464,10 @@ def load_synonyms(vocab_dir: str | Path = "", vocab: dict[str, list[Entry]] | No
             if s.casefold() == tag.casefold() or s.casefold() in (c.casefold() for c in clean):
                 raise VocabError(f"{path}: {where}: synonym {s!r} repeats the tag or another synonym")
             if s.casefold() in folded:
-                raise VocabError(f"{path}: {where}: synonym {s!r} is itself a tag — two tags that mean the same "
-                                 "thing should be one entry")
+                raise VocabError(
+                    f"{path}: {where}: synonym {s!r} is itself a tag — two tags that mean the same "
+                    "thing should be one entry"
+                )
             clean.append(s)
         if tag in out:
             raise VocabError(f"{path}: {where}: listed twice")
@@ -419,8 +479,8 @@ def load_synonyms(vocab_dir: str | Path = "", vocab: dict[str, list[Entry]] | No
 class Lexicon:
     """Everything the prompts stage knows about words: tags per family, synonyms, artist names."""
 
-    tags: dict[str, list[str]]                  # family -> tags
-    synonyms: dict[str, list[str]]              # tag -> synonyms
+    tags: dict[str, list[str]]  # family -> tags
+    synonyms: dict[str, list[str]]  # tag -> synonyms
     artists: list[str] = field(default_factory=list)
     instrument_words: list[str] = field(default_factory=list)  # the general lexicon, beyond our tags
 
@@ -450,8 +510,9 @@ def load_artists(path: str | Path = ARTISTS_FILE) -> list[str]:
     path = Path(path)
     names = _yaml_entry(path, "artists", "the artist list")
     if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ClipFactsError(f"{path}: expected `artists:` followed by a list of names (quote names YAML "
-                             "would read as numbers)")
+        raise ClipFactsError(
+            f"{path}: expected `artists:` followed by a list of names (quote names YAML would read as numbers)"
+        )
     return [" ".join(n.split()) for n in names]
 
 
@@ -472,8 +533,12 @@ def load_lexicon(vocab_dir: str | Path = "") -> Lexicon:
     the general instrument lexicon."""
     vocab = load_vocab(vocab_dir)
     synonyms = load_synonyms(vocab_dir, vocab)
-    return Lexicon(tags={f: [e.tag for e in vocab[f]] for f in FAMILIES}, synonyms=synonyms,
-                   artists=load_artists(), instrument_words=load_instrument_lexicon())
+    return Lexicon(
+        tags={f: [e.tag for e in vocab[f]] for f in FAMILIES},
+        synonyms=synonyms,
+        artists=load_artists(),
+        instrument_words=load_instrument_lexicon(),
+    )
 
 
 def known_tempo(meta: dict) -> float | None:

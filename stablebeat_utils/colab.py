@@ -38,8 +38,13 @@ def gpu_report() -> dict:
     if not torch.cuda.is_available():
         return {"cuda": False, "name": None, "memory_gb": 0.0, "bf16": False}
     props = torch.cuda.get_device_properties(0)
-    return {"cuda": True, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
-            "bf16": bool(torch.cuda.is_bf16_supported()), "count": torch.cuda.device_count()}
+    return {
+        "cuda": True,
+        "name": props.name,
+        "memory_gb": round(props.total_memory / 2**30, 1),
+        "bf16": bool(torch.cuda.is_bf16_supported()),
+        "count": torch.cuda.device_count(),
+    }
 
 
 def profile_requirements(profile: str) -> dict:
@@ -55,14 +60,18 @@ def check_gpu(profile: str, report: dict | None = None) -> dict:
     if want_gb <= 0:
         return report
     if not report.get("cuda"):
-        raise Stop(f"STOP: profile {profile!r} needs a GPU with at least {want_gb:g} GB of memory and this "
-                   "runtime has none. In Colab: Runtime → Change runtime type → a GPU "
-                   f"({need.get('gpu_hint', 'A100')}), then run again.")
+        raise Stop(
+            f"STOP: profile {profile!r} needs a GPU with at least {want_gb:g} GB of memory and this "
+            "runtime has none. In Colab: Runtime → Change runtime type → a GPU "
+            f"({need.get('gpu_hint', 'A100')}), then run again."
+        )
     if report["memory_gb"] + 0.5 < want_gb:
         alt = need.get("smaller_gpu_profile")
-        raise Stop(f"STOP: profile {profile!r} needs at least {want_gb:g} GB of GPU memory; this runtime's "
-                   f"{report['name']} has {report['memory_gb']:g} GB. Choose a bigger GPU "
-                   f"({need.get('gpu_hint', 'A100')})" + (f", or the profile {alt!r}." if alt else "."))
+        raise Stop(
+            f"STOP: profile {profile!r} needs at least {want_gb:g} GB of GPU memory; this runtime's "
+            f"{report['name']} has {report['memory_gb']:g} GB. Choose a bigger GPU "
+            f"({need.get('gpu_hint', 'A100')})" + (f", or the profile {alt!r}." if alt else ".")
+        )
     return report
 
 
@@ -122,8 +131,12 @@ def read_requirements(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str
     return reqs
 
 
-def plan_install(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...] | set[str] = (),
-                 version_of=_dist_version, python: str | None = None) -> tuple[list[tuple], list[str], list[str]]:
+def plan_install(
+    requirements: Path = COLAB_REQUIREMENTS,
+    extras: tuple[str, ...] | set[str] = (),
+    version_of=_dist_version,
+    python: str | None = None,
+) -> tuple[list[tuple], list[str], list[str]]:
     """Decide, without installing: ``(todo, stops, warnings)``.
 
     ``todo``: ``(requirement, found version or None)`` for each package missing or outside its
@@ -140,28 +153,39 @@ def plan_install(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...
     if Version(python) not in SpecifierSet(PYTHON_REQUIRES):
         stops.append(f"Python {python} found, Python {PYTHON_REQUIRES} needed")
     elif ".".join(python.split(".")[:2]) not in PYTHON_TESTED:
-        warnings.append(f"Python {python} is not among the tested versions ({', '.join(PYTHON_TESTED)}); "
-                        "if a stage fails, pick a Colab runtime version with Python 3.12")
+        warnings.append(
+            f"Python {python} is not among the tested versions ({', '.join(PYTHON_TESTED)}); "
+            "if a stage fails, pick a Colab runtime version with Python 3.12"
+        )
     for req in read_requirements(requirements, extras):
         found = version_of(req.name)
         ok = found is not None and req.specifier.contains(Version(found), prereleases=True)
         if ok:
             continue
         if req.name in KEEP:
-            stops.append(f"{req.name} {found + ' found' if found else 'not installed'}, {req.name}{req.specifier} needed")
+            stops.append(
+                f"{req.name} {found + ' found' if found else 'not installed'}, {req.name}{req.specifier} needed"
+            )
         else:
             todo.append((req, found))
     return todo, stops, warnings
 
 
-def missing_requirements(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...] | set[str] = (),
-                         version_of=_dist_version) -> list[str]:
+def missing_requirements(
+    requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...] | set[str] = (), version_of=_dist_version
+) -> list[str]:
     """Requirement lines missing here or outside their bounds (Colab's torch is never among them)."""
     return [str(req) for req, _ in plan_install(requirements, extras, version_of)[0]]
 
 
-def install_missing(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, ...] | set[str] = (),
-                    version_of=_dist_version, pip=_pip, python: str | None = None, verbose: bool = True) -> list[str]:
+def install_missing(
+    requirements: Path = COLAB_REQUIREMENTS,
+    extras: tuple[str, ...] | set[str] = (),
+    version_of=_dist_version,
+    pip=_pip,
+    python: str | None = None,
+    verbose: bool = True,
+) -> list[str]:
     """Make this runtime meet ``colab/requirements-colab.txt``; return what changed.
 
     A package that is missing is installed; one that is too old (or too new) is upgraded (or
@@ -172,10 +196,12 @@ def install_missing(requirements: Path = COLAB_REQUIREMENTS, extras: tuple[str, 
     """
     todo, stops, warnings = plan_install(requirements, extras, version_of, python)
     if stops:
-        raise Stop("STOP: this runtime cannot run the course: " + "; ".join(stops) + ". In Colab: Runtime → "
-                   f"Change runtime type → the latest runtime version (tested: Python {', '.join(PYTHON_TESTED)}, "
-                   "torch 2.9.1–2.13). The course never replaces the runtime's own torch; elsewhere, use a "
-                   "Python and a torch/torchaudio within these bounds. Nothing was installed.")
+        raise Stop(
+            "STOP: this runtime cannot run the course: " + "; ".join(stops) + ". In Colab: Runtime → "
+            f"Change runtime type → the latest runtime version (tested: Python {', '.join(PYTHON_TESTED)}, "
+            "torch 2.9.1–2.13). The course never replaces the runtime's own torch; elsewhere, use a "
+            "Python and a torch/torchaudio within these bounds. Nothing was installed."
+        )
     for w in warnings:
         print("note:", w)
     engine = [str(r) for r, _ in todo if r.name in NO_DEPS]
@@ -242,13 +268,23 @@ def check_token(profile: str, token: str | None = None) -> None:
     gated = gated_models(profile)
     if not gated or (token if token is not None else models.hub_token()):
         return
-    raise Stop(f"STOP: profile {profile!r} downloads gated models ({', '.join(gated)}) and needs a Hugging "
-               "Face token: accept each model's terms on its hub page, create a read token, add it in Colab's "
-               "secrets (🔑 in the left bar) as HF_TOKEN with notebook access, then run again.")
+    raise Stop(
+        f"STOP: profile {profile!r} downloads gated models ({', '.join(gated)}) and needs a Hugging "
+        "Face token: accept each model's terms on its hub page, create a read token, add it in Colab's "
+        "secrets (🔑 in the left bar) as HF_TOKEN with notebook access, then run again."
+    )
 
 
-def locations(*, use_drive: bool, drive_mount: str, drive_folder: str, local_folder: str,
-              input_subfolder: str, run_name: str, mount=None) -> tuple[str, str]:
+def locations(
+    *,
+    use_drive: bool,
+    drive_mount: str,
+    drive_folder: str,
+    local_folder: str,
+    input_subfolder: str,
+    run_name: str,
+    mount=None,
+) -> tuple[str, str]:
     """The launcher's ``(input_dir, run_dir)``: on Drive when asked (mounted then), else under
     ``local_folder``. ``input_subfolder = "demo"`` picks the bundled demo beats. A missing beats folder
     is created and the learner is told to fill it (a :class:`Stop`), before any stage runs."""
@@ -259,12 +295,15 @@ def locations(*, use_drive: bool, drive_mount: str, drive_folder: str, local_fol
     input_dir = root / input_subfolder
     if not input_dir.is_dir() or not any(p.is_file() for p in input_dir.rglob("*")):
         input_dir.mkdir(parents=True, exist_ok=True)
-        raise Stop(f"STOP: no beats in {input_dir} yet. Put your tracks there (wav, mp3, flac, ogg, m4a, aiff; "
-                   "sub-folders are fine), or set input_subfolder = \"demo\" for the bundled beats, then run again.")
+        raise Stop(
+            f"STOP: no beats in {input_dir} yet. Put your tracks there (wav, mp3, flac, ogg, m4a, aiff; "
+            'sub-folders are fine), or set input_subfolder = "demo" for the bundled beats, then run again.'
+        )
     return str(input_dir), str(run_dir)
 
 
 # --- where the course lives: Open-in-Colab badges and the notebooks' set-up cell -----------------
+
 
 def course() -> dict:
     """``{'repo': 'owner/name', 'branch': 'main'}`` from ``data/course.yaml``."""
@@ -278,8 +317,7 @@ def colab_url(notebook: str, info: dict | None = None) -> str:
 
 
 def badge(notebook: str, info: dict | None = None) -> str:
-    return ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"({colab_url(notebook, info)})")
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook, info)})"
 
 
 def setup_cell(info: dict | None = None) -> str:
@@ -295,7 +333,7 @@ import importlib.util, os, subprocess, sys
 if importlib.util.find_spec("stablebeat_utils") is None:
     course = os.environ.get("STABLEBEAT_COURSE_REPO", "{url}")
     if not os.path.isdir("stablebeat-course") and subprocess.run(
-            ["git", "clone", "-q", "--depth", "1", "--branch", "{info['branch']}", course, "stablebeat-course"],
+            ["git", "clone", "-q", "--depth", "1", "--branch", "{info["branch"]}", course, "stablebeat-course"],
             env={{**os.environ, "GIT_TERMINAL_PROMPT": "0"}}).returncode:
         raise RuntimeError(f"STOP: could not fetch the course from {{course}}; set STABLEBEAT_COURSE_REPO "
                            "to the repository this notebook came from, then run this cell again.")
@@ -306,8 +344,10 @@ if importlib.util.find_spec("stablebeat_utils") is None:
     colab.install_missing()"""
 
 
-_BADGE_RE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
-                       r"\(https://colab\.research\.google\.com/[^)]*\)")
+_BADGE_RE = re.compile(
+    r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
+    r"\(https://colab\.research\.google\.com/[^)]*\)"
+)
 
 
 def _notebook_paths() -> list[Path]:
@@ -355,6 +395,7 @@ def write_links(repo: str | None = None, branch: str | None = None) -> list[Path
 
 
 # --- a numbered notebook opened on its own in Colab ---------------------------------------------
+
 
 def drive_mount_points(values: dict) -> list[Path]:
     """Mount points of Google Drive that the parameters point into, derived from the paths

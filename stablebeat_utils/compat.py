@@ -57,6 +57,7 @@ def install_torchaudio_prototype_stub() -> None:
         return
     try:
         import torchaudio.prototype  # noqa: F401
+
         return
     except Exception:
         pass
@@ -67,8 +68,10 @@ def install_torchaudio_prototype_stub() -> None:
 
     class ChromaSpectrogram:  # used only by the autoencoder discriminators we never build
         def __init__(self, *args, **kwargs):
-            raise RuntimeError("torchaudio.prototype is gone since torchaudio 2.9; "
-                               "ChromaSpectrogram is unavailable (stablebeat_utils.compat stub)")
+            raise RuntimeError(
+                "torchaudio.prototype is gone since torchaudio 2.9; "
+                "ChromaSpectrogram is unavailable (stablebeat_utils.compat stub)"
+            )
 
     transforms.ChromaSpectrogram = ChromaSpectrogram
     sys.modules["torchaudio.prototype.transforms"] = transforms
@@ -89,7 +92,7 @@ def write_blocks(target, audio, sr: int, format: str = "OGG", subtype: str = "VO
     dest = target if hasattr(target, "write") else str(target)
     with sf.SoundFile(dest, "w", sr, frames.shape[1], format=format, subtype=subtype, **kwargs) as fh:
         for i in range(0, len(frames), sr):
-            fh.write(frames[i:i + sr])
+            fh.write(frames[i : i + sr])
 
 
 def write_vorbis(path, audio, sr: int, compression_level: float = 0.6) -> None:
@@ -193,8 +196,10 @@ def stub_training_only_imports() -> list[str]:
     Touching the placeholder (``wandb.Audio``) raises a clear error. Returns the names stubbed.
     """
     stubbed = []
-    for name, why in (("wandb", "pip install wandb (only needed for W&B logging)"),
-                      ("audiotools", "pip install descript-audiotools (only needed for its HuBERT loss)")):
+    for name, why in (
+        ("wandb", "pip install wandb (only needed for W&B logging)"),
+        ("audiotools", "pip install descript-audiotools (only needed for its HuBERT loss)"),
+    ):
         if name in sys.modules or importlib.util.find_spec(name) is not None:
             continue
         mod = types.ModuleType(name)
@@ -202,8 +207,9 @@ def stub_training_only_imports() -> list[str]:
 
         def _missing(attr, _name=name, _why=why):
             # AttributeError (with the explanation), so `hasattr(wandb, "run")` probes answer False
-            raise _MissingOptional(f"{_name}.{attr}: {_name} is not installed "
-                                   f"(stablebeat_utils.compat placeholder); {_why}")
+            raise _MissingOptional(
+                f"{_name}.{attr}: {_name} is not installed (stablebeat_utils.compat placeholder); {_why}"
+            )
 
         mod.__getattr__ = _missing
         sys.modules[name] = mod

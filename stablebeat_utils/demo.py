@@ -77,6 +77,7 @@ DEMO_SPECS: tuple[BeatSpec, ...] = (
 # synthesis (hand-written: there is no maintained "trap beat synthesizer" library; each voice is a
 # few lines of numpy/scipy)
 
+
 def _midi_hz(m: float) -> float:
     return 440.0 * 2.0 ** ((m - 69) / 12.0)
 
@@ -131,7 +132,7 @@ def _808(sr: int, f0: float, f_from: float | None, length: float) -> np.ndarray:
         f = np.full(n, f0)
     phase = 2 * np.pi * np.cumsum(f) / sr
     env = _env(n, sr, 0.004, length * 0.6)
-    env[-int(0.01 * sr):] *= np.linspace(1, 0, int(0.01 * sr))
+    env[-int(0.01 * sr) :] *= np.linspace(1, 0, int(0.01 * sr))
     return np.tanh(1.8 * np.sin(phase)).astype(np.float32) * env.astype(np.float32)
 
 
@@ -144,7 +145,7 @@ def _pad(sr: int, midis: list[int], length: float) -> np.ndarray:
         for k in range(1, 7):  # soft saw: harmonics falling like 1/k^1.5
             if f * k > 8000:
                 break
-            out += np.sin(2 * np.pi * f * k * t + k) / k ** 1.5
+            out += np.sin(2 * np.pi * f * k * t + k) / k**1.5
     rel = min(0.15, length / 4)
     env = np.clip(t / 0.05, 0, 1) * np.clip((length - t) / rel, 0, 1)
     return (out * env / len(midis)).astype(np.float32)
@@ -165,12 +166,22 @@ def _add(buf: np.ndarray, at: int, sig: np.ndarray, gain: float, pan: float = 0.
         return
     sig = sig[: buf.shape[1] - at]
     angle = (pan + 1) * np.pi / 4
-    buf[0, at:at + len(sig)] += gain * np.cos(angle) * sig
-    buf[1, at:at + len(sig)] += gain * np.sin(angle) * sig
+    buf[0, at : at + len(sig)] += gain * np.cos(angle) * sig
+    buf[1, at : at + len(sig)] += gain * np.sin(angle) * sig
 
 
-def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_time: bool = False,
-              sr: int = SR, melody: bool = True, hat_div: int | None = None, swing: float = 0.5) -> np.ndarray:
+def make_beat(
+    bpm: float,
+    key: str,
+    scale: str,
+    seconds: float,
+    seed: int,
+    half_time: bool = False,
+    sr: int = SR,
+    melody: bool = True,
+    hat_div: int | None = None,
+    swing: float = 0.5,
+) -> np.ndarray:
     """Render a trap-like beat: ``(2, round(seconds*sr))`` float32, peak 0.89 (about -1 dBFS).
 
     ``bpm`` is the nominal tempo (quarter notes per minute); with ``half_time`` the backbeat sits
@@ -198,8 +209,11 @@ def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_
 
     kick, clap = _kick(sr), _clap(sr, rng)
     hats = [_hat(sr, rng, d) for d in (0.02, 0.035)]
-    kick_patterns = ([0, 10], [0, 7, 10], [0, 3, 10, 11], [0, 6, 10]) if half_time else \
-        ([0, 8, 10], [0, 7, 8], [0, 3, 8, 10], [0, 10, 11])
+    kick_patterns = (
+        ([0, 10], [0, 7, 10], [0, 3, 10, 11], [0, 6, 10])
+        if half_time
+        else ([0, 8, 10], [0, 7, 8], [0, 3, 8, 10], [0, 10, 11])
+    )
     kick_pat = kick_patterns[int(rng.integers(len(kick_patterns)))]
     snare_steps = (8,) if half_time else (4, 12)
     if hat_div is None:
@@ -261,7 +275,7 @@ def make_beat(bpm: float, key: str, scale: str, seconds: float, seed: int, half_
                 _add(buf, s(t0 + k * step), _bell(sr, int(m), 0.6), 0.13, pan=float(rng.uniform(-0.4, 0.4)))
     # gentle fade-out in the last 0.3 s, then normalize to -1 dBFS
     fade = min(n, s(0.3))
-    buf[:, n - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+    buf[:, n - fade :] *= np.linspace(1, 0, fade, dtype=np.float32)
     peak = float(np.max(np.abs(buf)))
     if peak > 0:
         buf *= 0.89 / peak
@@ -273,12 +287,22 @@ def render(spec: BeatSpec, sr: int = SR) -> np.ndarray:
 
 
 def truth_rows(specs=DEMO_SPECS) -> list[dict]:
-    return [{"source": f"{s.name}.ogg", "bpm": float(s.bpm), "key": s.key, "scale": s.scale,
-             "half_time": s.half_time, "synthetic": True} for s in specs]
+    return [
+        {
+            "source": f"{s.name}.ogg",
+            "bpm": float(s.bpm),
+            "key": s.key,
+            "scale": s.scale,
+            "half_time": s.half_time,
+            "synthetic": True,
+        }
+        for s in specs
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # the dataset on disk
+
 
 def _write_ogg(path: Path, audio: np.ndarray, sr: int) -> None:
     from .compat import write_vorbis
@@ -308,8 +332,9 @@ def ensure_demo_dataset(dest: str | os.PathLike | None = None) -> Path:
     """
     dest = Path(dest) if dest is not None else cache_home() / "demo-beats" / DEMO_VERSION
     real = sorted(p for p in PACKAGE_AUDIO.iterdir() if p.suffix in (".ogg", ".txt"))
-    expected = sorted([f"{s.name}.ogg" for s in DEMO_SPECS] + [p.name for p in real]
-                      + ["truth.jsonl", "ATTRIBUTION.md"])
+    expected = sorted(
+        [f"{s.name}.ogg" for s in DEMO_SPECS] + [p.name for p in real] + ["truth.jsonl", "ATTRIBUTION.md"]
+    )
     if _complete(dest, expected):
         return dest
     dest.mkdir(parents=True, exist_ok=True)
@@ -317,8 +342,10 @@ def ensure_demo_dataset(dest: str | os.PathLike | None = None) -> Path:
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
+
         def tqdm(x, **_):
             return x
+
     for spec in tqdm(todo, desc="demo beats", unit="beat", disable=not todo):
         _write_ogg(dest / f"{spec.name}.ogg", render(spec), SR)
     for src in real + [PACKAGE_AUDIO / "ATTRIBUTION.md"]:
@@ -337,13 +364,14 @@ def resolve_input_dir(input_dir: str | os.PathLike) -> Path:
         return ensure_demo_dataset()
     path = Path(input_dir).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"input_dir {str(path)!r} does not exist: give the folder that holds your "
-                                "beats, or \"demo\" for the bundled demo beats")
+        raise FileNotFoundError(
+            f"input_dir {str(path)!r} does not exist: give the folder that holds your "
+            'beats, or "demo" for the bundled demo beats'
+        )
     if not path.is_dir():
         raise NotADirectoryError(f"input_dir {str(path)!r} is a file, not a folder")
     if not any(p.is_file() and is_audio_name(p.name) for p in path.rglob("*")):
-        raise FileNotFoundError(f"input_dir {str(path)!r} holds no audio files "
-                                f"({', '.join(sorted(AUDIO_EXTS))})")
+        raise FileNotFoundError(f"input_dir {str(path)!r} holds no audio files ({', '.join(sorted(AUDIO_EXTS))})")
     return path
 
 
@@ -357,8 +385,9 @@ def spec_dicts() -> list[dict]:
 STYLES = ("plain", "busy", "sparse", "halftime", "lofi")
 
 
-def make_style_beat(style: str, bpm: float, key: str, scale: str, seconds: float, seed: int,
-                    sr: int = SR) -> np.ndarray:
+def make_style_beat(
+    style: str, bpm: float, key: str, scale: str, seconds: float, seed: int, sr: int = SR
+) -> np.ndarray:
     """A beat of one of :data:`STYLES` with exact ``bpm`` and key.
 
     The tempo follows the hi-hat-grid convention of stage 03: the closed hats play 8th notes of
@@ -405,6 +434,7 @@ def make_style_beat(style: str, bpm: float, key: str, scale: str, seconds: float
                 _add(buf, int(round(t0 * sr)), _pad(sr, midis + [midis[0] - 12], 32 * step), 0.35)
     else:
         from scipy.signal import butter, sosfilt
+
         if style == "busy":
             # congas/toms on syncopated 16ths, an off-beat shaker on the 8th-note grid, a noise bed
             buf = make_beat(bpm, key, scale, seconds, seed, sr=sr, hat_div=2)

@@ -101,10 +101,30 @@ from typing import Any
 import numpy as np
 
 from .audio import is_audio_name
-from .evaluate_metrics import (CARD_METRICS, SAM_CLAP_MODEL, SIGNAL_METRICS, SR, EvaluateError, bpm_adherence,
-                               frechet_distance, key_score, parse_bpm, parse_key, signal_metrics)
-from .evaluate_report import (TIE_TOLERANCE, _jsonable, _mean, _plots, _report_md, _summary_md, card_table, compare,
-                              paper_comparison)
+from .evaluate_metrics import (
+    CARD_METRICS,
+    SAM_CLAP_MODEL,
+    SIGNAL_METRICS,
+    SR,
+    EvaluateError,
+    bpm_adherence,
+    frechet_distance,
+    key_score,
+    parse_bpm,
+    parse_key,
+    signal_metrics,
+)
+from .evaluate_report import (
+    TIE_TOLERANCE,
+    _jsonable,
+    _mean,
+    _plots,
+    _report_md,
+    _summary_md,
+    card_table,
+    compare,
+    paper_comparison,
+)
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 from .stage import begin
 
@@ -118,6 +138,7 @@ SAM_SEED = 0  # the fusion / rand_trunc crops are drawn at random upstream; here
 
 # ---------------------------------------------------------------------------------------------
 # CLAP (the same path as 02_tag)
+
 
 def make_clap(clap_model: str, clap_backend: str = "transformers", device: str = "cpu"):
     """02_tag's CLAP backend object (``embed_text``, ``embed_audio``, ``sampling_rate``, ``window_seconds``)."""
@@ -163,8 +184,10 @@ def clap_audio_embedding_sam(clap, y: np.ndarray, sr: int, seed: int = SAM_SEED)
     from .tag import l2_normalize
 
     if not hasattr(clap, "processor"):
-        raise EvaluateError("clap_setting='stable-audio-metrics' runs on clap_backend='transformers' "
-                            f"(with clap_model={SAM_CLAP_MODEL!r}, LAION's 630k-audioset-fusion weights)")
+        raise EvaluateError(
+            "clap_setting='stable-audio-metrics' runs on clap_backend='transformers' "
+            f"(with clap_model={SAM_CLAP_MODEL!r}, LAION's 630k-audioset-fusion weights)"
+        )
     mono = audio.to_mono(np.atleast_2d(np.asarray(y, dtype=np.float32)))
     if sr != clap.sampling_rate:
         mono = audio.resample(mono[None], sr, clap.sampling_rate)[0]
@@ -176,15 +199,21 @@ def clap_audio_embedding_sam(clap, y: np.ndarray, sr: int, seed: int = SAM_SEED)
     state = np.random.get_state()  # the extractor draws its crops from numpy's global generator
     try:
         np.random.seed(seed)
-        feats = fe([x], sampling_rate=clap.sampling_rate, truncation="fusion" if clap.fusion else "rand_trunc",
-                   padding="repeatpad", return_tensors="pt")
+        feats = fe(
+            [x],
+            sampling_rate=clap.sampling_rate,
+            truncation="fusion" if clap.fusion else "rand_trunc",
+            padding="repeatpad",
+            return_tensors="pt",
+        )
     finally:
         np.random.set_state(state)
     # "longer" is the truth (the extractor would flag a random clip when none is longer)
     is_longer = torch.tensor([[len(x) > fe.nb_max_samples]], device=clap.device)
     with torch.inference_mode():
         out = clap.model.get_audio_features(
-            input_features=feats["input_features"].to(device=clap.device, dtype=clap.dtype), is_longer=is_longer)
+            input_features=feats["input_features"].to(device=clap.device, dtype=clap.dtype), is_longer=is_longer
+        )
     emb = out.pooler_output if hasattr(out, "pooler_output") else out
     return l2_normalize(emb.float().cpu().numpy())[0]
 
@@ -243,8 +272,10 @@ def measure_clip(path: str, with_tempo: bool = True) -> dict:
     return row
 
 
-CRASHED = ("measuring it killed the worker process (a decoder or library crash): the file is probably "
-           "corrupt; it is tried again on the next run")
+CRASHED = (
+    "measuring it killed the worker process (a decoder or library crash): the file is probably "
+    "corrupt; it is tried again on the next run"
+)
 
 
 def _measure_job(job: dict) -> dict:
@@ -256,8 +287,9 @@ def _crashed_job(job: dict) -> dict:
     return {"key": job["key"], "error": f"{job['path']}: {CRASHED}", "crashed": True}
 
 
-def _iter_measure(jobs: list[tuple[str, str, bool]], graph: str | None, key_profile: str, workers: int,
-                  measure=measure_clip):
+def _iter_measure(
+    jobs: list[tuple[str, str, bool]], graph: str | None, key_profile: str, workers: int, measure=measure_clip
+):
     """Yield ``(key, row)`` in job order, on 01's crash-isolating pool (:mod:`stablebeat_utils.pool`).
 
     A clip that kills its worker process becomes one row ``{"error": …, "crashed": True}`` and
@@ -269,14 +301,22 @@ def _iter_measure(jobs: list[tuple[str, str, bool]], graph: str | None, key_prof
     if workers <= 1 and jobs:
         _init_worker(graph, key_profile)
     tasks = ({"key": k, "path": p, "with_tempo": t, "measure": measure} for k, p, t in jobs)
-    for res in ordered_bounded(_measure_job, tasks, int(workers), window=2 * int(workers), on_crash=_crashed_job,
-                               initializer=_init_worker, initargs=(graph, key_profile)):
+    for res in ordered_bounded(
+        _measure_job,
+        tasks,
+        int(workers),
+        window=2 * int(workers),
+        on_crash=_crashed_job,
+        initializer=_init_worker,
+        initargs=(graph, key_profile),
+    ):
         key = res.pop("key")
         yield key, res
 
 
 # ---------------------------------------------------------------------------------------------
 # inputs
+
 
 def _file_key(path: Path) -> str:
     st = path.stat()
@@ -293,8 +333,11 @@ def read_generations(run_dir: str | os.PathLike, generations: str = "") -> list[
     run = Run(run_dir)
     src = Path(generations).expanduser() if generations else run.path("06_generate", "generations.jsonl")
     if not src.is_file():
-        hint = (" — run notebook 06_generate first, or set `generations` to a .jsonl/.csv of {path, prompt, model}"
-                if not generations else "")
+        hint = (
+            " — run notebook 06_generate first, or set `generations` to a .jsonl/.csv of {path, prompt, model}"
+            if not generations
+            else ""
+        )
         raise EvaluateError(f"{src}: generations list not found{hint}")
     try:
         if src.suffix.lower() == ".csv":
@@ -304,18 +347,28 @@ def read_generations(run_dir: str | os.PathLike, generations: str = "") -> list[
         else:
             rows = read_jsonl(src)
     except Exception as exc:
-        raise EvaluateError(f"{src}: cannot be read as {'CSV' if src.suffix.lower() == '.csv' else 'JSONL'} ({exc})") from exc
+        raise EvaluateError(
+            f"{src}: cannot be read as {'CSV' if src.suffix.lower() == '.csv' else 'JSONL'} ({exc})"
+        ) from exc
     out = []
     for i, r in enumerate(rows, 1):
         if not r.get("path") or not isinstance(r.get("prompt"), str):
-            raise EvaluateError(f"{src}: row {i} needs a `path` and a text `prompt`: {json.dumps(r, default=str)[:200]}")
+            raise EvaluateError(
+                f"{src}: row {i} needs a `path` and a text `prompt`: {json.dumps(r, default=str)[:200]}"
+            )
         p = Path(str(r["path"])).expanduser()
         if not p.is_absolute():
             p = run.path(str(r["path"])) if run.path(str(r["path"])).exists() else (src.parent / p)
         seed = r.get("seed", 0)
-        out.append({"path": str(p.resolve()), "prompt": r["prompt"], "model": str(r.get("model") or "model"),
-                    "seed": int(seed) if str(seed).strip().lstrip("-").isdigit() else 0,
-                    "prompt_idx": r.get("prompt_idx")})
+        out.append(
+            {
+                "path": str(p.resolve()),
+                "prompt": r["prompt"],
+                "model": str(r.get("model") or "model"),
+                "seed": int(seed) if str(seed).strip().lstrip("-").isdigit() else 0,
+                "prompt_idx": r.get("prompt_idx"),
+            }
+        )
     if not out:
         raise EvaluateError(f"{src}: no generations listed")
     # prompts in the order they first appear (06's prompt_idx when given)
@@ -335,8 +388,10 @@ def reference_clips(run_dir: str | os.PathLike, reference: str = "") -> tuple[li
     if reference:
         folder = Path(reference).expanduser()
         if not folder.is_dir():
-            raise EvaluateError(f"reference {reference!r}: not a folder (give a folder of training audio, \"\" for "
-                                "RUN_DIR/01_segment's clips, or \"none\")")
+            raise EvaluateError(
+                f'reference {reference!r}: not a folder (give a folder of training audio, "" for '
+                'RUN_DIR/01_segment\'s clips, or "none")'
+            )
         files = sorted(str(p.resolve()) for p in folder.rglob("*") if is_audio_name(p.name))
         return files, str(folder)
     seg = run.path("01_segment", "segments.jsonl")
@@ -349,6 +404,7 @@ def reference_clips(run_dir: str | os.PathLike, reference: str = "") -> tuple[li
 # ---------------------------------------------------------------------------------------------
 # the stage
 
+
 def _settings_key(**kw) -> str:
     return hashlib.sha256(json.dumps({**kw, "v": METRICS_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -359,8 +415,10 @@ def _validate(generations: str, clap_backend: str, key_profile: str, workers: in
     if clap_setting not in CLAP_SETTINGS:
         raise EvaluateError(f"clap_setting {clap_setting!r}: choose one of {', '.join(CLAP_SETTINGS)}")
     if clap_setting == "stable-audio-metrics" and clap_backend != "transformers":
-        raise EvaluateError("clap_setting='stable-audio-metrics' runs on clap_backend='transformers' (with clap_model="
-                            f"{SAM_CLAP_MODEL!r}: LAION's 630k-audioset-fusion weights, as stable-audio-metrics uses)")
+        raise EvaluateError(
+            "clap_setting='stable-audio-metrics' runs on clap_backend='transformers' (with clap_model="
+            f"{SAM_CLAP_MODEL!r}: LAION's 630k-audioset-fusion weights, as stable-audio-metrics uses)"
+        )
 
     if clap_backend not in CLAP_BACKENDS:
         raise EvaluateError(f"clap_backend {clap_backend!r}: choose one of {', '.join(CLAP_BACKENDS)}")
@@ -369,12 +427,23 @@ def _validate(generations: str, clap_backend: str, key_profile: str, workers: in
     if int(workers) < 1:
         raise EvaluateError(f"workers {workers!r}: need at least 1")
     if generations and Path(generations).suffix.lower() not in (".jsonl", ".csv"):
-        raise EvaluateError(f"generations {generations!r}: give a .jsonl or .csv file, or \"\" for 06's list")
+        raise EvaluateError(f'generations {generations!r}: give a .jsonl or .csv file, or "" for 06\'s list')
 
 
-def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = "", clap_model: str = "tiny:clap",
-        clap_backend: str = "transformers", clap_setting: str = "card", tempo_model: str = "", key_profile: str = "edma",
-        reference: str = "", device: str = "auto", workers: int = 2, spectrogram_pairs: int = 8) -> dict:
+def run(
+    run_dir: str = "runs/demo",
+    profile: str = "demo",
+    generations: str = "",
+    clap_model: str = "tiny:clap",
+    clap_backend: str = "transformers",
+    clap_setting: str = "card",
+    tempo_model: str = "",
+    key_profile: str = "edma",
+    reference: str = "",
+    device: str = "auto",
+    workers: int = 2,
+    spectrogram_pairs: int = 8,
+) -> dict:
     """Measure every generated clip, compare base vs fine-tune, write ``RUN_DIR/07_evaluate/``.
 
     See the module docstring for the metric definitions and outputs. Returns a summary dict.
@@ -425,8 +494,11 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
 
     device_used = models.pick_device(device)
     # the card setting keeps its old cache key (no re-embedding); another setting gets its own
-    ckey = _settings_key(clap_model=clap_model, backend=clap_backend,
-                         **({} if clap_setting == "card" else {"setting": clap_setting, "seed": SAM_SEED}))
+    ckey = _settings_key(
+        clap_model=clap_model,
+        backend=clap_backend,
+        **({} if clap_setting == "card" else {"setting": clap_setting, "seed": SAM_SEED}),
+    )
     clap_log = JsonlLog(out_dir / "cache" / f"clap-{ckey}.jsonl", key="key")
     need = [k for k in files if k not in clap_log and k not in crashed and not k.endswith("|missing")]
     clap = make_clap(clap_model, clap_backend, device_used)
@@ -436,8 +508,7 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
         path = files[k][0]
         try:
             y, sr = audio.load(path)
-            emb = (clap_audio_embedding(clap, y, sr) if clap_setting == "card"
-                   else clap_audio_embedding_sam(clap, y, sr))
+            emb = clap_audio_embedding(clap, y, sr) if clap_setting == "card" else clap_audio_embedding_sam(clap, y, sr)
             clap_log.append({"key": k, "embedding": [round(float(x), 7) for x in emb], "error": None})
         except Exception as exc:
             clap_log.append({"key": k, "embedding": None, "error": f"{path}: {type(exc).__name__}: {exc}"})
@@ -451,8 +522,14 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
     ref_rows = []
     for k in ref_keys:
         s = _sig(k)
-        ref_rows.append({"path": files[k][0], **{m: s.get(m) for m in SIGNAL_METRICS}, "duration_s": s.get("duration_s"),
-                         "error": s.get("error") or (clap_log.get(k) or {}).get("error")})
+        ref_rows.append(
+            {
+                "path": files[k][0],
+                **{m: s.get(m) for m in SIGNAL_METRICS},
+                "duration_s": s.get("duration_s"),
+                "error": s.get("error") or (clap_log.get(k) or {}).get("error"),
+            }
+        )
     ref_df = pd.DataFrame(ref_rows, columns=["path", *SIGNAL_METRICS, "duration_s", "error"])
     for c in (*SIGNAL_METRICS, "duration_s"):
         ref_df[c] = pd.to_numeric(ref_df[c], errors="coerce").astype(float)
@@ -468,9 +545,15 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
         c = clap_log.get(k) or {}
         req_bpm = parse_bpm(r["prompt"])
         req_key = parse_key(r["prompt"])
-        row = {"model": r["model"], "prompt_idx": r["prompt_idx"], "seed": r["seed"],
-               "path": run_.rel(r["path"]) if str(r["path"]).startswith(str(run_.root) + os.sep) else r["path"],
-               "duration_s": s.get("duration_s"), "bpm": s.get("bpm"), "tempo_confidence": s.get("tempo_confidence")}
+        row = {
+            "model": r["model"],
+            "prompt_idx": r["prompt_idx"],
+            "seed": r["seed"],
+            "path": run_.rel(r["path"]) if str(r["path"]).startswith(str(run_.root) + os.sep) else r["path"],
+            "duration_s": s.get("duration_s"),
+            "bpm": s.get("bpm"),
+            "tempo_confidence": s.get("tempo_confidence"),
+        }
         row.update({m: s.get(m) for m in SIGNAL_METRICS})
         emb = c.get("embedding")
         row["clap_score"] = float(clap_scores(np.asarray(emb), text[r["prompt"]])[0]) if emb else None
@@ -493,8 +576,18 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
         row["prompt"] = r["prompt"]
         rows.append(row)
     df = pd.DataFrame(rows).sort_values(["prompt_idx", "model", "seed"], kind="stable").reset_index(drop=True)
-    numeric = ["duration_s", *CARD_METRICS, "tempo_confidence", "bpm_requested", "bpm_abs_error", "bpm_rel_error",
-               "bpm_octave_error", "key_strength", "key_score", *[f"{m}_dist" for m in SIGNAL_METRICS]]
+    numeric = [
+        "duration_s",
+        *CARD_METRICS,
+        "tempo_confidence",
+        "bpm_requested",
+        "bpm_abs_error",
+        "bpm_rel_error",
+        "bpm_octave_error",
+        "key_strength",
+        "key_score",
+        *[f"{m}_dist" for m in SIGNAL_METRICS],
+    ]
     for c in numeric:  # a column of failed clips only is all None: keep it numeric (NaN)
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
 
@@ -512,15 +605,36 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
         else:
             rec["value"] = frechet_distance(embs, ref_emb)
             if min(len(embs), len(ref_emb)) < ref_emb.shape[1]:
-                rec["note"] = (f"small sample: {min(len(embs), len(ref_emb))} clips for {ref_emb.shape[1]} dimensions "
-                               "(biased upward; compare at equal counts only)")
+                rec["note"] = (
+                    f"small sample: {min(len(embs), len(ref_emb))} clips for {ref_emb.shape[1]} dimensions "
+                    "(biased upward; compare at equal counts only)"
+                )
         frechet[m] = rec
 
     # 6. tables, summary, plots, report
-    csv_cols = ["model", "prompt_idx", "seed", "path", "duration_s", *CARD_METRICS, "tempo_confidence", "bpm_requested",
-                "bpm_abs_error", "bpm_rel_error", "bpm_octave_error", "bpm_acc1", "bpm_acc2", "key_requested",
-                "key_est", "key_strength", "key_exact", "key_score", *[f"{m}_dist" for m in SIGNAL_METRICS],
-                "error", "prompt"]
+    csv_cols = [
+        "model",
+        "prompt_idx",
+        "seed",
+        "path",
+        "duration_s",
+        *CARD_METRICS,
+        "tempo_confidence",
+        "bpm_requested",
+        "bpm_abs_error",
+        "bpm_rel_error",
+        "bpm_octave_error",
+        "bpm_acc1",
+        "bpm_acc2",
+        "key_requested",
+        "key_est",
+        "key_strength",
+        "key_exact",
+        "key_score",
+        *[f"{m}_dist" for m in SIGNAL_METRICS],
+        "error",
+        "prompt",
+    ]
     df = df[csv_cols]
     with atomic_path(out_dir / "metrics.csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
@@ -530,14 +644,20 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
     table_models = pair + [m for m in models_present if m not in pair]
     atomic_write_text(out_dir / "card_table.md", card_table(df, table_models))
     comparison = compare(df) if len(pair) == 2 else []
-    means = {m: {c: _mean(df[df["model"] == m], c) for c in
-                 (*CARD_METRICS, "bpm_abs_error", "bpm_octave_error", "bpm_acc1", "bpm_acc2", "key_score")}
-             for m in models_present}
+    means = {
+        m: {
+            c: _mean(df[df["model"] == m], c)
+            for c in (*CARD_METRICS, "bpm_abs_error", "bpm_octave_error", "bpm_acc1", "bpm_acc2", "key_score")
+        }
+        for m in models_present
+    }
     training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
     summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
     from . import focus  # per tag the second stage trained on: did it move toward the tag's training clips?
 
-    focus_tags = focus.tag_moves(run_dir, df, ref_df, SIGNAL_METRICS, TIE_TOLERANCE) if "focus" in models_present else []
+    focus_tags = (
+        focus.tag_moves(run_dir, df, ref_df, SIGNAL_METRICS, TIE_TOLERANCE) if "focus" in models_present else []
+    )
     summary_md += focus.tag_moves_md(focus_tags, SIGNAL_METRICS)
     atomic_write_text(out_dir / "summary.md", summary_md)
     plots = _plots(df, ref_df, out_dir / "plots", pair, int(spectrogram_pairs), run_)
@@ -547,19 +667,32 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", generations: str = ""
     atomic_write_text(out_dir / "report.md", report)
 
     summary = {
-        "clips": int(len(df)), "models": models_present, "prompts": int(df["prompt_idx"].nunique()),
-        "errors": int(len(errors)), "training_clips": int(len(ref_df)), "reference": ref_source,
-        "measured_now": len(jobs), "clap_embedded_now": len(need), "device": device_used,
-        "clap_setting": clap_setting, "clap_model": clap_model, "paper_comparison": paper,
-        "means": means, "training_means": training_means, "frechet": frechet,
-        "comparison": comparison, "focus_tags": focus_tags,
+        "clips": int(len(df)),
+        "models": models_present,
+        "prompts": int(df["prompt_idx"].nunique()),
+        "errors": int(len(errors)),
+        "training_clips": int(len(ref_df)),
+        "reference": ref_source,
+        "measured_now": len(jobs),
+        "clap_embedded_now": len(need),
+        "device": device_used,
+        "clap_setting": clap_setting,
+        "clap_model": clap_model,
+        "paper_comparison": paper,
+        "means": means,
+        "training_means": training_means,
+        "frechet": frechet,
+        "comparison": comparison,
+        "focus_tags": focus_tags,
         "outputs": {n: run_.rel(out_dir / n) for n in ("metrics.csv", "card_table.md", "summary.md", "report.md")},
         "plots": [run_.rel(p) for p in plots],
     }
     atomic_write_json(out_dir / "summary.json", _jsonable(summary))
-    run_.mark_done(STAGE, params=params, **_jsonable({k: summary[k] for k in
-                                                     ("clips", "models", "prompts", "errors", "training_clips",
-                                                      "frechet", "outputs")}))
+    run_.mark_done(
+        STAGE,
+        params=params,
+        **_jsonable(
+            {k: summary[k] for k in ("clips", "models", "prompts", "errors", "training_clips", "frechet", "outputs")}
+        ),
+    )
     return summary
-
-

@@ -104,19 +104,23 @@ def transient_sharpness(y: np.ndarray, sr: int = SR) -> float:
 
     y = _as_mono44(y, sr)
     r = librosa.feature.rms(y=y, frame_length=TS_FRAME, hop_length=TS_HOP)[0].astype(np.float64)
-    energy = float((r ** 2).sum())
+    energy = float((r**2).sum())
     if energy <= 0:
         raise EvaluateError("the clip is digital silence: no transient sharpness can be measured")
     rise = np.maximum(np.diff(r), 0.0)
-    return float(TS_REF_RMS ** 2 * (rise ** 2).sum() / energy)
+    return float(TS_REF_RMS**2 * (rise**2).sum() / energy)
 
 
 def signal_metrics(y: np.ndarray, sr: int) -> dict[str, float]:
     """The four signal metrics of one clip, sharing one STFT."""
     y = _as_mono44(y, sr)
     S = magnitude(y)
-    return {"spectral_centroid": spectral_centroid(S), "spectral_flatness": spectral_flatness(S),
-            "hp_ratio": hp_ratio(S), "transient_sharpness": transient_sharpness(y)}
+    return {
+        "spectral_centroid": spectral_centroid(S),
+        "spectral_flatness": spectral_flatness(S),
+        "hp_ratio": hp_ratio(S),
+        "transient_sharpness": transient_sharpness(y),
+    }
 
 
 NOTE_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
@@ -161,15 +165,18 @@ def parse_key(prompt: str) -> tuple[str, str] | None:
 
 def bpm_adherence(requested: float | None, measured: float | None) -> dict[str, Any]:
     """Error measures of ``measured`` against ``requested`` (all None when either is missing)."""
-    out = {"bpm_abs_error": None, "bpm_rel_error": None, "bpm_octave_error": None,
-           "bpm_acc1": None, "bpm_acc2": None}
+    out = {"bpm_abs_error": None, "bpm_rel_error": None, "bpm_octave_error": None, "bpm_acc1": None, "bpm_acc2": None}
     if requested is None or measured is None or not math.isfinite(measured):
         return out
     err = abs(measured - requested)
     oct_err = min(abs(measured - f * requested) for f in OCTAVE_FACTORS)
-    out.update(bpm_abs_error=err, bpm_rel_error=err / requested, bpm_octave_error=oct_err,
-               bpm_acc1=bool(err <= BPM_TOLERANCE * requested),
-               bpm_acc2=any(abs(measured - f * requested) <= BPM_TOLERANCE * f * requested for f in OCTAVE_FACTORS))
+    out.update(
+        bpm_abs_error=err,
+        bpm_rel_error=err / requested,
+        bpm_octave_error=oct_err,
+        bpm_acc1=bool(err <= BPM_TOLERANCE * requested),
+        bpm_acc2=any(abs(measured - f * requested) <= BPM_TOLERANCE * f * requested for f in OCTAVE_FACTORS),
+    )
     return out
 
 

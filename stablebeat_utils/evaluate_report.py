@@ -18,9 +18,14 @@ import numpy as np
 from .evaluate_metrics import CARD_METRICS, SAM_CLAP_MODEL, SIGNAL_METRICS
 from .runs import Run, atomic_path
 
-CARD_LABELS = {"bpm": "BPM", "spectral_centroid": "Spectral Centroid", "spectral_flatness": "Spectral Flatness",
-               "hp_ratio": "Harmonic/Percussive Ratio", "transient_sharpness": "Transient Sharpness",
-               "clap_score": "CLAP Prompt Score"}
+CARD_LABELS = {
+    "bpm": "BPM",
+    "spectral_centroid": "Spectral Centroid",
+    "spectral_flatness": "Spectral Flatness",
+    "hp_ratio": "Harmonic/Percussive Ratio",
+    "transient_sharpness": "Transient Sharpness",
+    "clap_score": "CLAP Prompt Score",
+}
 
 
 MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune", "focus": "second stage (05b_focus)"}
@@ -54,7 +59,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _per_prompt(df, models: list[str]):
     """Mean of each metric per (prompt, model) over seeds."""
-    cols = list(CARD_METRICS) + ["bpm_abs_error", "bpm_octave_error", "key_score"] + [f"{m}_dist" for m in SIGNAL_METRICS]
+    cols = (
+        list(CARD_METRICS) + ["bpm_abs_error", "bpm_octave_error", "key_score"] + [f"{m}_dist" for m in SIGNAL_METRICS]
+    )
     cols = [c for c in cols if c in df.columns]
     g = df[df["model"].isin(models)].groupby(["prompt_idx", "model"])[cols].mean(numeric_only=True)
     return g
@@ -62,8 +69,10 @@ def _per_prompt(df, models: list[str]):
 
 def card_table(df, models: list[str]) -> str:
     """Markdown: per prompt, its text, then one row per model with the card's six columns."""
-    parts = ["# Per-prompt metrics (laid out like the StableBeaT card)\n",
-             "Means over seeds. Columns as on the card; definitions in `report.md`.\n"]
+    parts = [
+        "# Per-prompt metrics (laid out like the StableBeaT card)\n",
+        "Means over seeds. Columns as on the card; definitions in `report.md`.\n",
+    ]
     g = _per_prompt(df, models)
     header = ["Model"] + [CARD_LABELS[m] for m in CARD_METRICS]
     for idx in sorted(df["prompt_idx"].unique()):
@@ -71,8 +80,14 @@ def card_table(df, models: list[str]) -> str:
         prompt = sub["prompt"].iloc[0]
         req = sub["bpm_requested"].iloc[0]
         key = sub["key_requested"].iloc[0]
-        asks = ", ".join(x for x in [f"{_fmt(req, 'bpm')} BPM" if req == req and req is not None else "",
-                                     key if isinstance(key, str) and key else ""] if x)
+        asks = ", ".join(
+            x
+            for x in [
+                f"{_fmt(req, 'bpm')} BPM" if req == req and req is not None else "",
+                key if isinstance(key, str) and key else "",
+            ]
+            if x
+        )
         parts.append(f"\n## Prompt {idx + 1}\n\n> {prompt}\n\n" + (f"Requested: {asks}.\n\n" if asks else ""))
         rows = []
         for m in models:
@@ -94,8 +109,13 @@ BETTER = {
     "transient_sharpness": "closer to the training clips (log distance to their median)",
     "clap_score": "higher (audio closer to its prompt in CLAP space)",
 }
-_BETTER_COL = {"bpm": ("bpm_abs_error", -1), "bpm_octave": ("bpm_octave_error", -1), "key": ("key_score", +1),
-               "clap_score": ("clap_score", +1), **{m: (f"{m}_dist", -1) for m in SIGNAL_METRICS}}
+_BETTER_COL = {
+    "bpm": ("bpm_abs_error", -1),
+    "bpm_octave": ("bpm_octave_error", -1),
+    "key": ("key_score", +1),
+    "clap_score": ("clap_score", +1),
+    **{m: (f"{m}_dist", -1) for m in SIGNAL_METRICS},
+}
 
 
 def compare(df, base: str = "base", cand: str = "finetune") -> list[dict]:
@@ -107,10 +127,16 @@ def compare(df, base: str = "base", cand: str = "finetune") -> list[dict]:
     g = _per_prompt(df, [base, cand])
     for name, (col, sign) in _BETTER_COL.items():
         value_col = {"bpm": "bpm_abs_error", "bpm_octave": "bpm_octave_error", "key": "key_score"}.get(name, name)
-        rec = {"metric": name, "better": BETTER[name],
-               "base_mean": _mean(df[df["model"] == base], value_col),
-               "finetune_mean": _mean(df[df["model"] == cand], value_col),
-               "wins": 0, "losses": 0, "ties": 0, "prompts_compared": 0}
+        rec = {
+            "metric": name,
+            "better": BETTER[name],
+            "base_mean": _mean(df[df["model"] == base], value_col),
+            "finetune_mean": _mean(df[df["model"] == cand], value_col),
+            "wins": 0,
+            "losses": 0,
+            "ties": 0,
+            "prompts_compared": 0,
+        }
         if col not in g.columns:
             rec["verdict"] = "n/a"
             out.append(rec)
@@ -130,8 +156,15 @@ def compare(df, base: str = "base", cand: str = "finetune") -> list[dict]:
             else:
                 rec["losses"] += 1
         n = rec["prompts_compared"]
-        rec["verdict"] = ("n/a" if n == 0 else "fine-tune better" if rec["wins"] > rec["losses"]
-                          else "base better" if rec["losses"] > rec["wins"] else "even")
+        rec["verdict"] = (
+            "n/a"
+            if n == 0
+            else "fine-tune better"
+            if rec["wins"] > rec["losses"]
+            else "base better"
+            if rec["losses"] > rec["wins"]
+            else "even"
+        )
         out.append(rec)
     return out
 
@@ -164,25 +197,59 @@ def _summary_md(means, training_means, comparison, frechet, models, n_train) -> 
     header = ["Model"] + [CARD_LABELS.get(c, c) for c in cols]
     rows = [[MODEL_LABELS.get(m, m)] + [_fmt(means[m][c], c) for c in cols] for m in models]
     if n_train:
-        rows.append([f"training clips (n={n_train})", "—"] + [_fmt(training_means[m], m) for m in SIGNAL_METRICS]
-                    + ["—"] * (len(cols) - 1 - len(SIGNAL_METRICS)))
+        rows.append(
+            [f"training clips (n={n_train})", "—"]
+            + [_fmt(training_means[m], m) for m in SIGNAL_METRICS]
+            + ["—"] * (len(cols) - 1 - len(SIGNAL_METRICS))
+        )
     parts.append(_md_table(header, rows))
-    parts.append("\n`bpm_abs_error`: |measured − requested|; `bpm_octave_error`: the same with ½× and 2× forgiven; "
-                 "`bpm_acc2`: share within ±4 % of ½×, 1× or 2× the request; `key_score`: MIREX weighted key score.\n")
+    parts.append(
+        "\n`bpm_abs_error`: |measured − requested|; `bpm_octave_error`: the same with ½× and 2× forgiven; "
+        "`bpm_acc2`: share within ±4 % of ½×, 1× or 2× the request; `key_score`: MIREX weighted key score.\n"
+    )
     if comparison:
         parts.append("\n## Fine-tune vs base, prompt by prompt\n\n")
-        parts.append("Means of the value compared: the BPM rows compare errors, the others the metric itself; "
-                     "a difference under 0.1 % counts as a tie.\n\n")
-        header = ["Metric", "better means", "base mean", "fine-tune mean", "fine-tune wins", "losses", "ties",
-                  "verdict"]
-        rows = [[c["metric"], c["better"], _fmt(c["base_mean"], c["metric"]), _fmt(c["finetune_mean"], c["metric"]),
-                 str(c["wins"]), str(c["losses"]), str(c["ties"]), c["verdict"]] for c in comparison]
+        parts.append(
+            "Means of the value compared: the BPM rows compare errors, the others the metric itself; "
+            "a difference under 0.1 % counts as a tie.\n\n"
+        )
+        header = [
+            "Metric",
+            "better means",
+            "base mean",
+            "fine-tune mean",
+            "fine-tune wins",
+            "losses",
+            "ties",
+            "verdict",
+        ]
+        rows = [
+            [
+                c["metric"],
+                c["better"],
+                _fmt(c["base_mean"], c["metric"]),
+                _fmt(c["finetune_mean"], c["metric"]),
+                str(c["wins"]),
+                str(c["losses"]),
+                str(c["ties"]),
+                c["verdict"],
+            ]
+            for c in comparison
+        ]
         parts.append(_md_table(header, rows))
     else:
         parts.append("\nNo base/fine-tune pair in the generations list: no win/loss comparison.\n")
     parts.append("\n## Fréchet CLAP distance to the training clips (lower = closer)\n\n")
-    rows = [[MODEL_LABELS.get(m, m), _fmt(f["value"], "frechet"), str(f["n_generated"]), str(f["n_training"]),
-             f["note"] or ""] for m, f in frechet.items()]
+    rows = [
+        [
+            MODEL_LABELS.get(m, m),
+            _fmt(f["value"], "frechet"),
+            str(f["n_generated"]),
+            str(f["n_training"]),
+            f["note"] or "",
+        ]
+        for m, f in frechet.items()
+    ]
     parts.append(_md_table(["Model", "Fréchet distance", "generated clips", "training clips", "note"], rows))
     return "".join(parts)
 
@@ -218,8 +285,10 @@ def _plots(df, ref_df, folder: Path, pair: list[str], n_pairs: int, run_: Run) -
             pb = b[b["seed"] == seed]["path"].iloc[0]
             pa, pb = (p if os.path.isabs(p) else str(run_.path(p)) for p in (pa, pb))
             title = f"Prompt {idx + 1} (seed {seed}): {sub['prompt'].iloc[0]}"
-            save(plots.plot_spectrogram_pair(pa, pb, [MODEL_LABELS.get(m, m) for m in pair], title),
-                 f"spectrograms_prompt{idx + 1:02d}.png")
+            save(
+                plots.plot_spectrogram_pair(pa, pb, [MODEL_LABELS.get(m, m) for m in pair], title),
+                f"spectrograms_prompt{idx + 1:02d}.png",
+            )
             n += 1
     return out
 
@@ -232,74 +301,112 @@ def paper_comparison(means: dict, clap_setting: str, clap_model: str) -> dict | 
     """
     if clap_setting != "stable-audio-metrics":
         return None
-    rows = [{"model": "Stable Audio Open 1.0 (published)", "benchmark": SAO_PUBLISHED["benchmark"],
-             "FD_openl3": SAO_PUBLISHED["FD_openl3"], "KL_passt": SAO_PUBLISHED["KL_passt"],
-             "CLAP": SAO_PUBLISHED["CLAP"]}]
+    rows = [
+        {
+            "model": "Stable Audio Open 1.0 (published)",
+            "benchmark": SAO_PUBLISHED["benchmark"],
+            "FD_openl3": SAO_PUBLISHED["FD_openl3"],
+            "KL_passt": SAO_PUBLISHED["KL_passt"],
+            "CLAP": SAO_PUBLISHED["CLAP"],
+        }
+    ]
     for m, vals in means.items():
-        rows.append({"model": f"{MODEL_LABELS.get(m, m)} (this run)", "benchmark": "this run's prompts",
-                     "FD_openl3": None, "KL_passt": None, "CLAP": vals.get("clap_score")})
-    return {"setting": clap_setting, "clap_model": clap_model, "comparable": clap_model == SAM_CLAP_MODEL,
-            "rows": rows}
+        rows.append(
+            {
+                "model": f"{MODEL_LABELS.get(m, m)} (this run)",
+                "benchmark": "this run's prompts",
+                "FD_openl3": None,
+                "KL_passt": None,
+                "CLAP": vals.get("clap_score"),
+            }
+        )
+    return {"setting": clap_setting, "clap_model": clap_model, "comparable": clap_model == SAM_CLAP_MODEL, "rows": rows}
 
 
 def _setting_md(params: dict, paper: dict | None) -> str:
     setting = params.get("clap_setting", "card")
-    what = ("02_tag's CLAP path (10-s windows, averaged)" if setting == "card" else
-            "stable-audio-metrics' conventions: mono 48 kHz, peak-normalised to −1 dBFS, int16, whole clip, "
-            "fusion truncation")
-    text = (f"\n## CLAP setting: `{setting}`\n\nCLAP scores here were measured with `clap_setting = \"{setting}\"` "
-            f"({what}), CLAP `{params['clap_model']}`. **CLAP numbers compare only with numbers measured at the same "
-            "setting and with the same CLAP weights**; the card's CLAP scores and published papers use their own.\n")
+    what = (
+        "02_tag's CLAP path (10-s windows, averaged)"
+        if setting == "card"
+        else "stable-audio-metrics' conventions: mono 48 kHz, peak-normalised to −1 dBFS, int16, whole clip, "
+        "fusion truncation"
+    )
+    text = (
+        f'\n## CLAP setting: `{setting}`\n\nCLAP scores here were measured with `clap_setting = "{setting}"` '
+        f"({what}), CLAP `{params['clap_model']}`. **CLAP numbers compare only with numbers measured at the same "
+        "setting and with the same CLAP weights**; the card's CLAP scores and published papers use their own.\n"
+    )
     if paper is None:
-        return text + ("\nTo place a fine-tune beside SAO 1.0's published figures, run again with "
-                       f"`clap_setting = \"stable-audio-metrics\"` and `clap_model = \"{SAM_CLAP_MODEL}\"`.\n")
-    rows = [[r["model"], r["benchmark"], _fmt(r["FD_openl3"]), _fmt(r["KL_passt"]), _fmt(r["CLAP"], "clap_score")]
-            for r in paper["rows"]]
-    text += ("\n### Beside SAO 1.0's published figures\n\n"
-             + _md_table(["Model", "Prompts", "FD_openl3 ↓", "KL_passt ↓", "CLAP ↑"], rows)
-             + "\nFD_openl3 and KL_passt are not computed by this course (run stable-audio-metrics for them). The "
-               "published CLAP is a mean over the Song Describer prompts; ours is over this run's prompts: same "
-               "measuring convention, different prompts.\n")
+        return text + (
+            "\nTo place a fine-tune beside SAO 1.0's published figures, run again with "
+            f'`clap_setting = "stable-audio-metrics"` and `clap_model = "{SAM_CLAP_MODEL}"`.\n'
+        )
+    rows = [
+        [r["model"], r["benchmark"], _fmt(r["FD_openl3"]), _fmt(r["KL_passt"]), _fmt(r["CLAP"], "clap_score")]
+        for r in paper["rows"]
+    ]
+    text += (
+        "\n### Beside SAO 1.0's published figures\n\n"
+        + _md_table(["Model", "Prompts", "FD_openl3 ↓", "KL_passt ↓", "CLAP ↑"], rows)
+        + "\nFD_openl3 and KL_passt are not computed by this course (run stable-audio-metrics for them). The "
+        "published CLAP is a mean over the Song Describer prompts; ours is over this run's prompts: same "
+        "measuring convention, different prompts.\n"
+    )
     if not paper["comparable"]:
-        text += (f"\n**Not comparable:** `clap_model = \"{paper['clap_model']}\"` is not stable-audio-metrics' CLAP "
-                 f"(`{SAM_CLAP_MODEL}`, LAION's 630k-audioset-fusion weights): the CLAP column above only exercises "
-                 "the setting.\n")
+        text += (
+            f'\n**Not comparable:** `clap_model = "{paper["clap_model"]}"` is not stable-audio-metrics\' CLAP '
+            f"(`{SAM_CLAP_MODEL}`, LAION's 630k-audioset-fusion weights): the CLAP column above only exercises "
+            "the setting.\n"
+        )
     return text
 
 
 def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params, errors, paper=None) -> str:
     card = (out_dir / "card_table.md").read_text(encoding="utf-8").split("\n", 1)[1]
-    defs = ("| Column | Definition | Better |\n|---|---|---|\n"
-            "| BPM | TempoCNN deeptemp-k16-3 global tempo (03_tempo_key's estimator, no octave prior) | "
-            "lower error vs the prompt's BPM |\n"
-            "| Spectral Centroid | mean over active frames of Σf·\\|X\\| / Σ\\|X\\| (STFT 2048/512, mono, 44.1 kHz), Hz | "
-            "closer to training |\n"
-            "| Spectral Flatness | mean over active frames of geometric/arithmetic mean of \\|X\\|² | closer to training |\n"
-            "| Harmonic/Percussive Ratio | Σ\\|H\\| / Σ\\|P\\| after librosa HPSS (31×31 median filters) | closer to training |\n"
-            "| Transient Sharpness | 0.1² · Σ max(0, Δr)² / Σ r², r = RMS envelope (512/128 frames): the mean squared "
-            "rise of the envelope of the clip normalised to −20 dBFS RMS — loudness-free | closer to training |\n"
-            "| CLAP Prompt Score | cosine(CLAP audio embedding, CLAP text embedding of the prompt), 02_tag's CLAP path "
-            "| higher |\n")
+    defs = (
+        "| Column | Definition | Better |\n|---|---|---|\n"
+        "| BPM | TempoCNN deeptemp-k16-3 global tempo (03_tempo_key's estimator, no octave prior) | "
+        "lower error vs the prompt's BPM |\n"
+        "| Spectral Centroid | mean over active frames of Σf·\\|X\\| / Σ\\|X\\| (STFT 2048/512, mono, 44.1 kHz), Hz | "
+        "closer to training |\n"
+        "| Spectral Flatness | mean over active frames of geometric/arithmetic mean of \\|X\\|² | closer to training |\n"
+        "| Harmonic/Percussive Ratio | Σ\\|H\\| / Σ\\|P\\| after librosa HPSS (31×31 median filters) | closer to training |\n"
+        "| Transient Sharpness | 0.1² · Σ max(0, Δr)² / Σ r², r = RMS envelope (512/128 frames): the mean squared "
+        "rise of the envelope of the clip normalised to −20 dBFS RMS — loudness-free | closer to training |\n"
+        "| CLAP Prompt Score | cosine(CLAP audio embedding, CLAP text embedding of the prompt), 02_tag's CLAP path "
+        "| higher |\n"
+    )
     rel = [p.relative_to(out_dir).as_posix() for p in plots]
     images = "\n".join(f"![{Path(r).stem}]({r})" for r in rel)
     err = ""
     if len(errors):
-        err = "\n## Clips that could not be measured\n\n" + "\n".join(f"- `{r.path}`: {r.error}" for r in errors.itertuples()) + "\n"
-    clap_note = ("" if params["clap_model"] != "tiny:clap" else
-                 "\n**Demo note:** `clap_model = \"tiny:clap\"` is a tiny CLAP with random weights: its CLAP scores "
-                 "and Fréchet distances exercise the code, they say nothing about the audio.\n")
-    return (f"# 07_evaluate — base vs fine-tune\n\n"
-            f"{len(df)} generated clips, {df['prompt_idx'].nunique()} prompts, models: "
-            f"{', '.join(sorted(df['model'].unique()))}. Training reference: {ref_source} ({n_train} clips). "
-            f"CLAP: `{params['clap_model']}` ({params['clap_backend']}); key profile `{params['key_profile']}`.\n"
-            f"{clap_note}{_setting_md(params, paper)}\n## How each number is measured\n\n{defs}\n"
-            "Active frames: within 60 dB of the loudest frame. All per-clip values are in `metrics.csv`.\n\n"
-            + summary_md.replace("# Summary", "## Summary", 1).replace("\n## ", "\n### ")
-            + "\n## Per prompt\n" + card.replace("\n## ", "\n### ")
-            + f"\n## Plots\n\n{images}\n" + err
-            + "\n## Caveats\n\n- The card does not publish its formulas; these definitions land in its orders of "
-              "magnitude on real music but its exact numbers cannot be reproduced.\n"
-              "- One generation per prompt and seed is a small sample: a win/loss on one prompt is anecdotal.\n"
-              "- Flatness and H/P depend on mixing; transient sharpness is loudness-free (normalised by the clip's energy) "
-              "but still depends on compression and density of hits.\n"
-              "- The Fréchet distance with fewer clips than CLAP's 512 dimensions is biased upward.\n")
+        err = (
+            "\n## Clips that could not be measured\n\n"
+            + "\n".join(f"- `{r.path}`: {r.error}" for r in errors.itertuples())
+            + "\n"
+        )
+    clap_note = (
+        ""
+        if params["clap_model"] != "tiny:clap"
+        else '\n**Demo note:** `clap_model = "tiny:clap"` is a tiny CLAP with random weights: its CLAP scores '
+        "and Fréchet distances exercise the code, they say nothing about the audio.\n"
+    )
+    return (
+        f"# 07_evaluate — base vs fine-tune\n\n"
+        f"{len(df)} generated clips, {df['prompt_idx'].nunique()} prompts, models: "
+        f"{', '.join(sorted(df['model'].unique()))}. Training reference: {ref_source} ({n_train} clips). "
+        f"CLAP: `{params['clap_model']}` ({params['clap_backend']}); key profile `{params['key_profile']}`.\n"
+        f"{clap_note}{_setting_md(params, paper)}\n## How each number is measured\n\n{defs}\n"
+        "Active frames: within 60 dB of the loudest frame. All per-clip values are in `metrics.csv`.\n\n"
+        + summary_md.replace("# Summary", "## Summary", 1).replace("\n## ", "\n### ")
+        + "\n## Per prompt\n"
+        + card.replace("\n## ", "\n### ")
+        + f"\n## Plots\n\n{images}\n"
+        + err
+        + "\n## Caveats\n\n- The card does not publish its formulas; these definitions land in its orders of "
+        "magnitude on real music but its exact numbers cannot be reproduced.\n"
+        "- One generation per prompt and seed is a small sample: a win/loss on one prompt is anecdotal.\n"
+        "- Flatness and H/P depend on mixing; transient sharpness is loudness-free (normalised by the clip's energy) "
+        "but still depends on compression and density of hits.\n"
+        "- The Fréchet distance with fewer clips than CLAP's 512 dimensions is biased upward.\n"
+    )

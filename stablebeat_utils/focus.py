@@ -69,8 +69,9 @@ def parse_tags(text: str, what: str = "focus_tags") -> list[tuple[str | None, st
         if m:
             family = m.group(1).lower()
             if family not in FAMILIES:
-                raise FocusError(f"{what}: unknown tag family {m.group(1)!r} in {part!r}; the families are "
-                                 f"{', '.join(FAMILIES)}")
+                raise FocusError(
+                    f"{what}: unknown tag family {m.group(1)!r} in {part!r}; the families are {', '.join(FAMILIES)}"
+                )
             part = m.group(2)
         for tag in part.split(","):
             tag = tag.strip().lower()
@@ -86,8 +87,10 @@ def clip_tags(run_dir: str | os.PathLike, clip_ids: list[str]) -> dict[str, dict
     metadata = read_json(meta_path)
     if not isinstance(metadata, dict):
         raise FocusError(f"{meta_path}: missing or unreadable — run 04_prompts first")
-    by_id = {r.get("clip_id"): Path(str(r.get("filepath", ""))).name
-             for r in read_jsonl(run.path("04_prompts", "prompts.jsonl"))}
+    by_id = {
+        r.get("clip_id"): Path(str(r.get("filepath", ""))).name
+        for r in read_jsonl(run.path("04_prompts", "prompts.jsonl"))
+    }
     out = {}
     for cid in clip_ids:
         m = metadata.get(by_id.get(cid, "")) or {}
@@ -95,7 +98,9 @@ def clip_tags(run_dir: str | os.PathLike, clip_ids: list[str]) -> dict[str, dict
     return out
 
 
-def tag_counts(tags: dict[str, dict[str, list[str]]], repeats: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+def tag_counts(
+    tags: dict[str, dict[str, list[str]]], repeats: dict[str, int] | None = None
+) -> dict[str, dict[str, int]]:
     """family → {tag: how many clips carry it} (each clip counted ``repeats[clip]`` times), most frequent first."""
     out = {}
     for f in FAMILIES:
@@ -107,8 +112,9 @@ def tag_counts(tags: dict[str, dict[str, list[str]]], repeats: dict[str, int] | 
     return out
 
 
-def flagged_tags(run_dir: str | os.PathLike, tags: dict[str, dict[str, list[str]]],
-                 rare_percent: float = 0.0) -> tuple[list[tuple[str, str]], list[dict]]:
+def flagged_tags(
+    run_dir: str | os.PathLike, tags: dict[str, dict[str, list[str]]], rare_percent: float = 0.0
+) -> tuple[list[tuple[str, str]], list[dict]]:
     """The under-represented tags that at least one clip carries, and those no clip carries.
 
     ``rare_percent`` = 0: the list 04 wrote (``tag_space.json``'s ``under_represented``); > 0: the
@@ -117,22 +123,29 @@ def flagged_tags(run_dir: str | os.PathLike, tags: dict[str, dict[str, list[str]
     if rare_percent > 0:
         n = len(tags)
         counts = tag_counts(tags)
-        rows = [{"family": f, "tag": t, "clips": c} for f in FAMILIES for t, c in counts[f].items()
-                if 100.0 * c / max(n, 1) < rare_percent]
+        rows = [
+            {"family": f, "tag": t, "clips": c}
+            for f in FAMILIES
+            for t, c in counts[f].items()
+            if 100.0 * c / max(n, 1) < rare_percent
+        ]
     else:
         path = Run(run_dir).path("04_prompts", "tag_space.json")
         space = read_json(path)
         if not isinstance(space, dict) or "under_represented" not in space:
-            raise FocusError(f"{path}: missing or without 'under_represented' — run 04_prompts first, or set "
-                             "focus_tags / rare_percent")
+            raise FocusError(
+                f"{path}: missing or without 'under_represented' — run 04_prompts first, or set "
+                "focus_tags / rare_percent"
+            )
         rows = space["under_represented"]
     carried = [(r["family"], str(r["tag"]).lower()) for r in rows if r.get("clips", 0) > 0]
     never = [r for r in rows if not r.get("clips", 0)]
     return carried, never
 
 
-def resolve_tags(wanted: list[tuple[str | None, str]], tags: dict[str, dict[str, list[str]]],
-                 what: str) -> list[tuple[str, str]]:
+def resolve_tags(
+    wanted: list[tuple[str | None, str]], tags: dict[str, dict[str, list[str]]], what: str
+) -> list[tuple[str, str]]:
     """(family|None, tag) → (family, tag) pairs that the clips carry; a tag no clip carries is an error."""
     counts = tag_counts(tags)
     out, missing = [], []
@@ -144,8 +157,10 @@ def resolve_tags(wanted: list[tuple[str | None, str]], tags: dict[str, dict[str,
         out.extend(found)
     if missing:
         known = "; ".join(f"{f}: {', '.join(counts[f]) or '-'}" for f in FAMILIES)
-        raise FocusError(f"{what}: no clip of the run carries {', '.join(missing)} (04_prompts/metadata.json). "
-                         f"The run's tags are — {known}")
+        raise FocusError(
+            f"{what}: no clip of the run carries {', '.join(missing)} (04_prompts/metadata.json). "
+            f"The run's tags are — {known}"
+        )
     return list(dict.fromkeys(out))
 
 
@@ -160,8 +175,13 @@ class Subset:
         return {r["clip_id"]: r["repeats"] for r in self.rows}
 
 
-def choose(tags: dict[str, dict[str, list[str]]], chosen: list[tuple[str, str]],
-           exclude: list[tuple[str, str]] = (), rebalance: bool = True, max_repeats: int = 4) -> Subset:
+def choose(
+    tags: dict[str, dict[str, list[str]]],
+    chosen: list[tuple[str, str]],
+    exclude: list[tuple[str, str]] = (),
+    rebalance: bool = True,
+    max_repeats: int = 4,
+) -> Subset:
     """The clips carrying at least one chosen tag and no excluded one, with their repeats and reasons."""
     excl = set(exclude)
     rows, excluded = [], []
@@ -174,8 +194,15 @@ def choose(tags: dict[str, dict[str, list[str]]], chosen: list[tuple[str, str]],
         if bad:
             excluded.append(cid)
             continue
-        rows.append({"clip_id": cid, "focus_tags": [f"{f}:{t}" for f, t in hits], "repeats": 1,
-                     "tags": tags[cid], "reason": "carries " + ", ".join(f"{t} ({f})" for f, t in hits)})
+        rows.append(
+            {
+                "clip_id": cid,
+                "focus_tags": [f"{f}:{t}" for f, t in hits],
+                "repeats": 1,
+                "tags": tags[cid],
+                "reason": "carries " + ", ".join(f"{t} ({f})" for f, t in hits),
+            }
+        )
     sub = Subset(list(chosen), rows, excluded)
     if rebalance and rows:
         _rebalance(sub, tags, max_repeats)
@@ -265,8 +292,10 @@ def check_architecture(init_model: str, run_model: str) -> None:
     diffs = _diff(architecture(a), architecture(b))
     if diffs:
         more = f" … and {len(diffs) - 5} more" if len(diffs) > 5 else ""
-        raise FocusError(f"init_model {init_model!r} ({where_a}) is not the run's architecture (05_train's "
-                         f"base_model {run_model!r}, {where_b}): {'; '.join(diffs[:5])}{more}")
+        raise FocusError(
+            f"init_model {init_model!r} ({where_a}) is not the run's architecture (05_train's "
+            f"base_model {run_model!r}, {where_b}): {'; '.join(diffs[:5])}{more}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,8 +315,11 @@ def first_stage_settings(run_dir: str | os.PathLike, profile: str = "demo") -> t
     else:
         values, source = params.resolve(FIRST, profile=profile), f"profile {profile!r}"
     names = set(inspect.signature(train.run).parameters)
-    defaults = {k: v.default for k, v in inspect.signature(train.run).parameters.items()
-                if v.default is not inspect.Parameter.empty}
+    defaults = {
+        k: v.default
+        for k, v in inspect.signature(train.run).parameters.items()
+        if v.default is not inspect.Parameter.empty
+    }
     out = {k: values.get(k, defaults.get(k)) for k in names if k in values or k in defaults}
     return {k: v for k, v in out.items() if k not in ("stage", "clips")}, source
 
@@ -306,14 +338,24 @@ def _init_source(run_dir, init_model: str) -> str:
         return init_model
     path = default_init(run_dir)
     if not (path / "model.safetensors").is_file() or not (path / "model_config.json").is_file():
-        raise FocusError(f"{path}: no exported model (model.safetensors + model_config.json) — run 05_train first "
-                         "(with export_merged=True for LoRA), or set init_model to a fine-tune folder or hub id")
+        raise FocusError(
+            f"{path}: no exported model (model.safetensors + model_config.json) — run 05_train first "
+            "(with export_merged=True for LoRA), or set init_model to a fine-tune folder or hub id"
+        )
     return str(path)
 
 
-def plan(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = "", focus_tags: str = "",
-         exclude_tags: str = "", rare_percent: float = 0.0, rebalance: bool = True, max_repeats: int = 4,
-         batch_size: int = 2) -> dict:
+def plan(
+    run_dir: str = "runs/demo",
+    profile: str = "demo",
+    init_model: str = "",
+    focus_tags: str = "",
+    exclude_tags: str = "",
+    rare_percent: float = 0.0,
+    rebalance: bool = True,
+    max_repeats: int = 4,
+    batch_size: int = 2,
+) -> dict:
     """Every check of the stage, no model loaded: the subset, its counts, the settings to train with."""
     from . import train
 
@@ -331,20 +373,27 @@ def plan(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = ""
         why = "named in focus_tags"
     else:
         chosen, never = flagged_tags(run_dir, tags, rare_percent)
-        why = (f"carried by fewer than {rare_percent:g} % of the clips" if rare_percent > 0
-               else "flagged as under-represented by 04_prompts (tag_space.json)")
+        why = (
+            f"carried by fewer than {rare_percent:g} % of the clips"
+            if rare_percent > 0
+            else "flagged as under-represented by 04_prompts (tag_space.json)"
+        )
         if not chosen:
-            raise FocusError(f"{Run(run_dir).root}: no tag is flagged as rare that a clip carries ({why}); name the "
-                             "tags to focus on in focus_tags, or raise rare_percent")
+            raise FocusError(
+                f"{Run(run_dir).root}: no tag is flagged as rare that a clip carries ({why}); name the "
+                "tags to focus on in focus_tags, or raise rare_percent"
+            )
     exclude = resolve_tags(parse_tags(exclude_tags, "exclude_tags"), tags, "exclude_tags")
     clash = sorted(set(chosen) & set(exclude))
     if clash:
         raise FocusError(f"{', '.join(f'{f}: {t}' for f, t in clash)}: both chosen and excluded (exclude_tags)")
     sub = choose(tags, chosen, exclude, rebalance, max_repeats)
     if len(sub.rows) < batch_size:
-        raise FocusError(f"the focus subset has {len(sub.rows)} clip(s) "
-                         f"({', '.join(r['clip_id'] for r in sub.rows) or 'none'}), fewer than one batch "
-                         f"(batch_size={batch_size}): choose more tags, raise rare_percent, or lower batch_size")
+        raise FocusError(
+            f"the focus subset has {len(sub.rows)} clip(s) "
+            f"({', '.join(r['clip_id'] for r in sub.rows) or 'none'}), fewer than one batch "
+            f"(batch_size={batch_size}): choose more tags, raise rare_percent, or lower batch_size"
+        )
     first, first_source = first_stage_settings(run_dir, profile)
     init = _init_source(run_dir, init_model)
     check_architecture(init, first["base_model"])
@@ -353,15 +402,31 @@ def plan(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = ""
     prompts = []
     for f, t in chosen:  # 06 generates one training prompt per chosen tag (its first clip's)
         rows = [r for r in sub.rows if f"{f}:{t}" in r["focus_tags"]]
-        prompts.append({"family": f, "tag": t, "clips": [r["clip_id"] for r in rows],
-                        "prompt": by_id[rows[0]["clip_id"]].prompt if rows else None})
+        prompts.append(
+            {
+                "family": f,
+                "tag": t,
+                "clips": [r["clip_id"] for r in rows],
+                "prompt": by_id[rows[0]["clip_id"]].prompt if rows else None,
+            }
+        )
     return {
-        "chosen": [{"family": f, "tag": t} for f, t in chosen], "why": why, "never_chosen": never,
-        "excluded_clips": sub.excluded, "subset": sub.rows, "repeats": sub.repeats,
-        "before": tag_counts(tags), "after": tag_counts({i: tags[i] for i in ids}, sub.repeats),
-        "n_clips_before": len(clips), "n_clips_after": len(ids), "samples_per_epoch": sum(sub.repeats.values()),
-        "init_model": init, "first_stage": first, "first_stage_source": first_source,
-        "prompts": prompts, "clips": [by_id[i] for i in ids for _ in range(sub.repeats[i])],
+        "chosen": [{"family": f, "tag": t} for f, t in chosen],
+        "why": why,
+        "never_chosen": never,
+        "excluded_clips": sub.excluded,
+        "subset": sub.rows,
+        "repeats": sub.repeats,
+        "before": tag_counts(tags),
+        "after": tag_counts({i: tags[i] for i in ids}, sub.repeats),
+        "n_clips_before": len(clips),
+        "n_clips_after": len(ids),
+        "samples_per_epoch": sum(sub.repeats.values()),
+        "init_model": init,
+        "first_stage": first,
+        "first_stage_source": first_source,
+        "prompts": prompts,
+        "clips": [by_id[i] for i in ids for _ in range(sub.repeats[i])],
     }
 
 
@@ -383,9 +448,21 @@ def _fingerprint(p: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = "", focus_tags: str = "",
-        exclude_tags: str = "", rare_percent: float = 20.0, rebalance: bool = True, max_repeats: int = 4,
-        lr: float = 1e-5, epochs: int = 3, max_steps: int = 2, batch_size: int = 2, compare_prompts: int = 1) -> dict:
+def run(
+    run_dir: str = "runs/demo",
+    profile: str = "demo",
+    init_model: str = "",
+    focus_tags: str = "",
+    exclude_tags: str = "",
+    rare_percent: float = 20.0,
+    rebalance: bool = True,
+    max_repeats: int = 4,
+    lr: float = 1e-5,
+    epochs: int = 3,
+    max_steps: int = 2,
+    batch_size: int = 2,
+    compare_prompts: int = 1,
+) -> dict:
     """Choose the focus subset, write it, and fine-tune from ``init_model`` on it; return a summary.
 
     ``max_steps`` > 0 stops after that many steps, else ``epochs`` passes over the subset (repeats
@@ -407,35 +484,74 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", init_model: str = "",
     p = plan(run_dir, profile, init_model, focus_tags, exclude_tags, rare_percent, rebalance, max_repeats, batch_size)
     fp = _fingerprint(p)
     old = read_json(out / "focus.json") or {}
-    if (run_.is_done(STAGE, params) and (out / "export" / "model.safetensors").is_file()
-            and old.get("fingerprint") == fp):
+    if (
+        run_.is_done(STAGE, params)
+        and (out / "export" / "model.safetensors").is_file()
+        and old.get("fingerprint") == fp
+    ):
         return dict(run_.stage_record(STAGE)["summary"], skipped=True)
     if train.newest_checkpoint(out / "checkpoints") is not None and old.get("fingerprint") not in (None, fp):
-        raise FocusError(f"{out / 'checkpoints'} holds checkpoints of another focus subset or init_model; use a new "
-                         f"run_dir, put the tags back, or delete {out} to start the second stage over")
+        raise FocusError(
+            f"{out / 'checkpoints'} holds checkpoints of another focus subset or init_model; use a new "
+            f"run_dir, put the tags back, or delete {out} to start the second stage over"
+        )
     with atomic_path(out / "subset.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in p["subset"]), encoding="utf-8")
     fig = plots.plot_focus_tags(p["before"], p["after"], p["chosen"], p["n_clips_before"], p["samples_per_epoch"])
     with atomic_path(out / "tag_counts.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    info = {k: p[k] for k in ("chosen", "why", "never_chosen", "excluded_clips", "before", "after", "n_clips_before",
-                              "n_clips_after", "samples_per_epoch", "init_model", "first_stage",
-                              "first_stage_source", "prompts")}
-    info.update(fingerprint=fp, rebalance="repeats" if rebalance else "none", max_repeats=max_repeats,
-                compare_prompts=compare_prompts)
+    info = {
+        k: p[k]
+        for k in (
+            "chosen",
+            "why",
+            "never_chosen",
+            "excluded_clips",
+            "before",
+            "after",
+            "n_clips_before",
+            "n_clips_after",
+            "samples_per_epoch",
+            "init_model",
+            "first_stage",
+            "first_stage_source",
+            "prompts",
+        )
+    }
+    info.update(
+        fingerprint=fp,
+        rebalance="repeats" if rebalance else "none",
+        max_repeats=max_repeats,
+        compare_prompts=compare_prompts,
+    )
     atomic_write_json(out / "focus.json", info)
 
-    settings = dict(p["first_stage"], run_dir=run_dir, profile=profile, base_model=p["init_model"], lr=lr,
-                    epochs=epochs, max_steps=max_steps, batch_size=batch_size, export_merged=True)
+    settings = dict(
+        p["first_stage"],
+        run_dir=run_dir,
+        profile=profile,
+        base_model=p["init_model"],
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        export_merged=True,
+    )
     if settings.get("local_checkpoint_dir"):  # 05's local-first checkpoints (one folder per run): not 05's folder
         settings["local_checkpoint_dir"] = str(Path(settings["local_checkpoint_dir"]).expanduser() / STAGE)
     trained = train.run(**settings, stage=STAGE, clips=p["clips"])
     summary = {
-        "chosen": [f"{c['family']}:{c['tag']}" for c in p["chosen"]], "why": p["why"],
-        "clips": p["n_clips_after"], "of_clips": p["n_clips_before"], "samples_per_epoch": p["samples_per_epoch"],
-        "init_model": p["init_model"], "first_stage_settings_from": p["first_stage_source"],
-        "subset": run_.rel(out / "subset.jsonl"), "focus_json": run_.rel(out / "focus.json"),
-        "plot": run_.rel(out / "tag_counts.png"), "train": trained,
+        "chosen": [f"{c['family']}:{c['tag']}" for c in p["chosen"]],
+        "why": p["why"],
+        "clips": p["n_clips_after"],
+        "of_clips": p["n_clips_before"],
+        "samples_per_epoch": p["samples_per_epoch"],
+        "init_model": p["init_model"],
+        "first_stage_settings_from": p["first_stage_source"],
+        "subset": run_.rel(out / "subset.jsonl"),
+        "focus_json": run_.rel(out / "focus.json"),
+        "plot": run_.rel(out / "tag_counts.png"),
+        "train": trained,
     }
     run_.mark_done(STAGE, params=params, **summary)
     return summary
@@ -486,8 +602,11 @@ def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...], 
 
     info = read(run_dir)
     run = Run(run_dir)
-    seg = {r.get("clip_id"): str(run.path(r["path"]).resolve()) for r in read_jsonl(run.path("01_segment", "segments.jsonl"))
-           if r.get("path")}
+    seg = {
+        r.get("clip_id"): str(run.path(r["path"]).resolve())
+        for r in read_jsonl(run.path("01_segment", "segments.jsonl"))
+        if r.get("path")
+    }
     ref = ref_df.assign(_p=[str(Path(p).resolve()) for p in ref_df["path"]]).set_index("_p") if len(ref_df) else None
     out = []
     for t in info.get("prompts", []):
@@ -496,6 +615,7 @@ def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...], 
         for m in ("finetune", "focus"):
             v = sub[sub["model"] == m]["clap_score"].astype(float)
             rec[f"clap_{m}"] = float(v.mean()) if len(v.dropna()) else None
+
         def moved(a, b):  # +1: b above a, -1: below, 0: a tie
             return 0 if abs(b - a) <= tie * max(abs(a), abs(b), 1e-12) else (1 if b > a else -1)
 
@@ -516,11 +636,19 @@ def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...], 
                 closer += moved(d["finetune"], d["focus"]) < 0
                 farther += moved(d["finetune"], d["focus"]) > 0
         rec["metrics_closer"], rec["metrics_farther"] = closer, farther
-        rec["verdict"] = ("not generated (compare_prompts)" if sub.empty else
-                          "n/a" if rec["clap_moved"] is None and closer + farther == 0 else
-                          "moved toward the tag" if (rec["clap_moved"] == "up") + closer > (rec["clap_moved"] == "down") + farther
-                          else "moved away" if (rec["clap_moved"] == "up") + closer < (rec["clap_moved"] == "down") + farther
-                          else "no change" if rec["clap_moved"] == "same" and closer + farther == 0 else "mixed")
+        rec["verdict"] = (
+            "not generated (compare_prompts)"
+            if sub.empty
+            else "n/a"
+            if rec["clap_moved"] is None and closer + farther == 0
+            else "moved toward the tag"
+            if (rec["clap_moved"] == "up") + closer > (rec["clap_moved"] == "down") + farther
+            else "moved away"
+            if (rec["clap_moved"] == "up") + closer < (rec["clap_moved"] == "down") + farther
+            else "no change"
+            if rec["clap_moved"] == "same" and closer + farther == 0
+            else "mixed"
+        )
         out.append(rec)
     return out
 
@@ -533,17 +661,33 @@ def tag_moves_md(rows: list[dict], metrics: tuple[str, ...]) -> str:
     def f(v):
         return "—" if v is None else f"{v:.3g}"
 
-    head = ["Tag", "training clips", "CLAP 1st stage", "CLAP 2nd stage", "CLAP moved",
-            *[f"{m} dist 1st → 2nd" for m in metrics], "verdict"]
-    lines = ["\n## Second stage (05b_focus) on its chosen tags\n\n",
-             "Per tag the second stage trained on, its prompt (a training prompt of a clip with the tag) generated "
-             "by the first stage (`finetune`) and the second (`focus`) with the same seeds. CLAP: higher is closer to "
-             "the prompt. Metrics: log distance to the median of the training clips that carry the tag (smaller is "
-             "closer). One prompt and few seeds per tag: a hint, not a verdict.\n\n",
-             "| " + " | ".join(head) + " |\n", "|" + "|".join("---" for _ in head) + "|\n"]
+    head = [
+        "Tag",
+        "training clips",
+        "CLAP 1st stage",
+        "CLAP 2nd stage",
+        "CLAP moved",
+        *[f"{m} dist 1st → 2nd" for m in metrics],
+        "verdict",
+    ]
+    lines = [
+        "\n## Second stage (05b_focus) on its chosen tags\n\n",
+        "Per tag the second stage trained on, its prompt (a training prompt of a clip with the tag) generated "
+        "by the first stage (`finetune`) and the second (`focus`) with the same seeds. CLAP: higher is closer to "
+        "the prompt. Metrics: log distance to the median of the training clips that carry the tag (smaller is "
+        "closer). One prompt and few seeds per tag: a hint, not a verdict.\n\n",
+        "| " + " | ".join(head) + " |\n",
+        "|" + "|".join("---" for _ in head) + "|\n",
+    ]
     for r in rows:
-        cells = [f"{r['tag']} ({r['family']})", str(r["training_clips"]), f(r["clap_finetune"]), f(r["clap_focus"]),
-                 r["clap_moved"] or "—",
-                 *[f"{f(r[f'{m}_dist_finetune'])} → {f(r[f'{m}_dist_focus'])}" for m in metrics], r["verdict"]]
+        cells = [
+            f"{r['tag']} ({r['family']})",
+            str(r["training_clips"]),
+            f(r["clap_finetune"]),
+            f(r["clap_focus"]),
+            r["clap_moved"] or "—",
+            *[f"{f(r[f'{m}_dist_finetune'])} → {f(r[f'{m}_dist_focus'])}" for m in metrics],
+            r["verdict"],
+        ]
         lines.append("| " + " | ".join(cells) + " |\n")
     return "".join(lines)

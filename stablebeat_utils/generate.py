@@ -51,8 +51,18 @@ MODELS = ("base", "finetune", "focus")  # focus: 05b_focus's second stage, when 
 DTYPES = ("float32", "float16", "bfloat16")
 # samplers of stable-audio-tools 0.0.20 that suit SAO 1.0 (a "v"-objective model): k-diffusion's
 # and v-ddim (inference/sampling.py, sample_k).
-SAMPLERS = ("dpmpp-3m-sde", "dpmpp-2m-sde", "dpmpp-2m", "k-heun", "k-lms", "k-dpmpp-2s-ancestral",
-            "k-dpm-2", "k-dpm-fast", "k-dpm-adaptive", "v-ddim")
+SAMPLERS = (
+    "dpmpp-3m-sde",
+    "dpmpp-2m-sde",
+    "dpmpp-2m",
+    "k-heun",
+    "k-lms",
+    "k-dpmpp-2s-ancestral",
+    "k-dpm-2",
+    "k-dpm-fast",
+    "k-dpm-adaptive",
+    "v-ddim",
+)
 
 
 class GenerateError(ValueError):
@@ -80,6 +90,7 @@ CARD_SETTINGS = Settings()
 
 
 # -- prompts ----------------------------------------------------------------------------------
+
 
 def card_prompts() -> list[str]:
     """The seven prompts of the StableBeaT card, verbatim."""
@@ -113,13 +124,16 @@ def read_prompts(prompts_file: str = "") -> list[str]:
         raise GenerateError(f"{path}: cannot be read ({exc})") from exc
     prompts = [str(p).strip() for p in items if isinstance(p, str) and p.strip()]
     if len(prompts) != len(items):
-        raise GenerateError(f"{path}: {len(items) - len(prompts)} of {len(items)} entries are not non-empty text prompts")
+        raise GenerateError(
+            f"{path}: {len(items) - len(prompts)} of {len(items)} entries are not non-empty text prompts"
+        )
     if not prompts:
         raise GenerateError(f"{path}: no prompts in the file")
     return prompts
 
 
 # -- checks -----------------------------------------------------------------------------------
+
 
 def max_seconds(model_config: dict) -> float:
     """The longest audio the model makes: its window, ``sample_size / sample_rate``."""
@@ -152,10 +166,12 @@ def check_settings(settings: Settings, model_config: dict | None = None) -> None
         raise GenerateError(
             f"the duration {s.seconds_total:g} s is longer than this model can make: at most "
             f"{max_seconds(model_config):.2f} s (sample_size {model_config['sample_size']} / sample_rate "
-            f"{model_config['sample_rate']})")
+            f"{model_config['sample_rate']})"
+        )
 
 
 # -- models -----------------------------------------------------------------------------------
+
 
 def _lora_config_of(path: Path) -> dict | None:
     """The ``lora_config`` a stable-audio-tools 0.0.20 LoRA safetensors carries, else None."""
@@ -181,8 +197,9 @@ def default_finetune_path(run_dir: str) -> Path:
     return Run(run_dir).path("05_train", "export")
 
 
-def find_finetune(run_dir: str, finetune_model: str = "",
-                  lora_strength: float = 1.0) -> tuple[FinetuneSpec | None, str]:
+def find_finetune(
+    run_dir: str, finetune_model: str = "", lora_strength: float = 1.0
+) -> tuple[FinetuneSpec | None, str]:
     """Resolve the fine-tune ("" = ``RUN_DIR/05_train/export``): ``(spec or None, message)``.
 
     A folder with ``model_config.json`` + ``model.safetensors`` is a full model — for a LoRA run,
@@ -196,8 +213,10 @@ def find_finetune(run_dir: str, finetune_model: str = "",
     if path.is_file():
         if path.suffix == ".safetensors" and _lora_config_of(path) is not None:
             return FinetuneSpec("lora", path), f"LoRA adapters {path}"
-        return None, (f"{path}: not a fine-tune — give a folder with model_config.json + model.safetensors, "
-                      "or a LoRA .safetensors written by 05_train")
+        return None, (
+            f"{path}: not a fine-tune — give a folder with model_config.json + model.safetensors, "
+            "or a LoRA .safetensors written by 05_train"
+        )
     if path.is_dir():
         loras = sorted(p for p in path.glob("*.safetensors") if _lora_config_of(p) is not None)
         full = (path / "model_config.json").is_file() and (path / "model.safetensors").is_file()
@@ -206,12 +225,18 @@ def find_finetune(run_dir: str, finetune_model: str = "",
         if len(loras) == 1:  # a LoRA run at another strength: the adapters onto the base model
             return FinetuneSpec("lora", loras[0]), f"LoRA adapters {loras[0]}"
         if len(loras) > 1:
-            return None, (f"{path}: {len(loras)} LoRA files ({', '.join(p.name for p in loras)}); "
-                          "set finetune_model to the one to use")
-        return None, (f"{path}: no fine-tune in this folder (it needs model_config.json + model.safetensors, "
-                      "or a LoRA .safetensors) — run 05_train first, or set finetune_model")
-    return None, (f"{path}: the fine-tune was not found — run 05_train first (it exports there), "
-                  "or set finetune_model to a model folder or LoRA file")
+            return None, (
+                f"{path}: {len(loras)} LoRA files ({', '.join(p.name for p in loras)}); "
+                "set finetune_model to the one to use"
+            )
+        return None, (
+            f"{path}: no fine-tune in this folder (it needs model_config.json + model.safetensors, "
+            "or a LoRA .safetensors) — run 05_train first, or set finetune_model"
+        )
+    return None, (
+        f"{path}: the fine-tune was not found — run 05_train first (it exports there), "
+        "or set finetune_model to a model folder or LoRA file"
+    )
 
 
 def load_model(source: str, device: str, dtype=None, t5_source: str = ""):
@@ -251,6 +276,7 @@ def set_lora_strength(model, strength: float) -> None:
 
 
 # -- generation -------------------------------------------------------------------------------
+
 
 def trim_audio(audio: np.ndarray, sr: int, seconds_total: float, silence_db: float = 60.0) -> tuple[np.ndarray, dict]:
     """Cut ``(channels, n)`` audio to ``seconds_total``, then trim true trailing silence.
@@ -295,9 +321,16 @@ def decode(model, latents, n_samples: int):
     return pretransform.decode(latents)[..., :n_samples]
 
 
-def generate_audio(model, model_config: dict, prompts: list[str], seed: int, settings: Settings,
-                   device: str, callback: Callable[[dict], None] | None = None,
-                   silence_db: float = 60.0) -> list[tuple[np.ndarray, dict]]:
+def generate_audio(
+    model,
+    model_config: dict,
+    prompts: list[str],
+    seed: int,
+    settings: Settings,
+    device: str,
+    callback: Callable[[dict], None] | None = None,
+    silence_db: float = 60.0,
+) -> list[tuple[np.ndarray, dict]]:
     """Generate one output per prompt in one batch from ``seed``: ``[(audio (2, n) float32, info)]``.
 
     The engine draws the batch's starting noise right after ``torch.manual_seed(seed)``, so the
@@ -315,17 +348,28 @@ def generate_audio(model, model_config: dict, prompts: list[str], seed: int, set
     if not 0 <= int(seed) < 2**32:
         raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
     s = settings
-    conditioning = [{"prompt": p, "seconds_start": float(s.seconds_start), "seconds_total": float(s.seconds_total)}
-                    for p in prompts]
+    conditioning = [
+        {"prompt": p, "seconds_start": float(s.seconds_start), "seconds_total": float(s.seconds_total)} for p in prompts
+    ]
     sr = int(model_config["sample_rate"])
     with torch.inference_mode():
         # the whole window is sampled (as SAO does); only the part we keep is decoded — see decode()
         latents = generate_diffusion_cond(
-            model, steps=int(s.steps), cfg_scale=float(s.cfg_scale), conditioning=conditioning,
-            batch_size=len(prompts), sample_size=int(model_config["sample_size"]), seed=int(seed),
-            device=device, sampler_type=s.sampler_type, sigma_min=float(s.sigma_min),
-            sigma_max=float(s.sigma_max), apg_scale=float(s.apg_scale), callback=callback,
-            return_latents=True)
+            model,
+            steps=int(s.steps),
+            cfg_scale=float(s.cfg_scale),
+            conditioning=conditioning,
+            batch_size=len(prompts),
+            sample_size=int(model_config["sample_size"]),
+            seed=int(seed),
+            device=device,
+            sampler_type=s.sampler_type,
+            sigma_min=float(s.sigma_min),
+            sigma_max=float(s.sigma_max),
+            apg_scale=float(s.apg_scale),
+            callback=callback,
+            return_latents=True,
+        )
         out = decode(model, latents, int(round(s.seconds_total * sr)))
     audio = out.float().cpu().numpy()
     return [trim_audio(a, sr, s.seconds_total, silence_db) for a in audio]
@@ -371,13 +415,30 @@ def _key(model: str, prompt_idx: int, seed: int) -> str:
     return f"{model}-{prompt_idx}-{seed}"
 
 
-def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "tiny:sao",
-        finetune_model: str = "", allow_missing_finetune: bool = True, lora_strength: float = 1.0,
-        t5_model: str = "", prompts_file: str = "", n_prompts: int = 2, steps: int = 8,
-        cfg_scale: float = 7.0, sampler_type: str = "dpmpp-3m-sde", sigma_min: float = 0.3,
-        sigma_max: float = 500.0, seconds_start: float = 0.0, seconds_total: float = 13.0,
-        apg_scale: float = 0.0, seed: int = 42, batch_size: int = 1, silence_db: float = 60.0,
-        device: str = "auto", dtype: str = "auto") -> dict:
+def run(
+    run_dir: str = "runs/demo",
+    profile: str = "demo",
+    base_model: str = "tiny:sao",
+    finetune_model: str = "",
+    allow_missing_finetune: bool = True,
+    lora_strength: float = 1.0,
+    t5_model: str = "",
+    prompts_file: str = "",
+    n_prompts: int = 2,
+    steps: int = 8,
+    cfg_scale: float = 7.0,
+    sampler_type: str = "dpmpp-3m-sde",
+    sigma_min: float = 0.3,
+    sigma_max: float = 500.0,
+    seconds_start: float = 0.0,
+    seconds_total: float = 13.0,
+    apg_scale: float = 0.0,
+    seed: int = 42,
+    batch_size: int = 1,
+    silence_db: float = 60.0,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> dict:
     """Generate every prompt with the base model and the fine-tune, same seeds; see the module doc.
 
     Output ``i`` of the prompt list uses seed ``seed + i`` (with ``batch_size`` > 1, a batch uses
@@ -386,10 +447,16 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     from tqdm.auto import tqdm
 
-    settings = Settings(steps=int(steps), cfg_scale=float(cfg_scale), sampler_type=sampler_type,
-                        sigma_min=float(sigma_min), sigma_max=float(sigma_max),
-                        seconds_start=float(seconds_start), seconds_total=float(seconds_total),
-                        apg_scale=float(apg_scale))
+    settings = Settings(
+        steps=int(steps),
+        cfg_scale=float(cfg_scale),
+        sampler_type=sampler_type,
+        sigma_min=float(sigma_min),
+        sigma_max=float(sigma_max),
+        seconds_start=float(seconds_start),
+        seconds_total=float(seconds_total),
+        apg_scale=float(apg_scale),
+    )
     # 1. validate everything before any work
     check_settings(settings)
     if batch_size < 1:
@@ -422,18 +489,23 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
             raise GenerateError(
                 f"{gens.path} holds generations made with other settings, seed or prompts (row {row['key']}: "
                 f"{ {k: row.get(k) for k in recipe} }); use a new run_dir, or delete {stage_dir} to start "
-                "this stage over")
+                "this stage over"
+            )
 
     models_todo = ["base"] + (["finetune"] if ft_spec is not None else []) + (["focus"] if focus_path else [])
-    fingerprints = {"base": _fingerprint(base_model), "finetune": _fingerprint(ft_spec.path) if ft_spec else None,
-                    "focus": _fingerprint(focus_path) if focus_path else None}
+    fingerprints = {
+        "base": _fingerprint(base_model),
+        "finetune": _fingerprint(ft_spec.path) if ft_spec else None,
+        "focus": _fingerprint(focus_path) if focus_path else None,
+    }
     for row in gens.rows():  # a re-trained fine-tune (or another base) must not be mixed with old clips
         want = fingerprints.get(row.get("model"))
         if want is not None and row.get("model_fingerprint") != want:
             raise GenerateError(
                 f"{gens.path}: the {row['model']} clips were made with another model file than "
-                f"{ {'base': base_model, 'finetune': ft_spec and ft_spec.path}.get(row['model'], focus_path)} now holds (re-trained or replaced); "
-                f"use a new run_dir, or delete {stage_dir} to generate again")
+                f"{ {'base': base_model, 'finetune': ft_spec and ft_spec.path}.get(row['model'], focus_path) } now holds (re-trained or replaced); "
+                f"use a new run_dir, or delete {stage_dir} to generate again"
+            )
     chunks = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
 
     def chunk_seed(chunk):
@@ -456,7 +528,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
             if which == "base":
                 model, config = load_model(base_model, dev, torch_dtype, t5_model)
                 source = base_model
-            elif which == "focus":  # a whole model (its merged export): LoRA adapters of it fit 05's export, not the base
+            elif (
+                which == "focus"
+            ):  # a whole model (its merged export): LoRA adapters of it fit 05's export, not the base
                 if model is not None:
                     _free(model)
                     model = None
@@ -479,8 +553,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
                 cseed = chunk_seed(chunk)
                 bar.set_postfix_str(f"{which} prompt {chunk[0]}")
                 t0 = time.perf_counter()
-                outs = generate_audio(model, config, [prompts[i] for i in chunk], cseed, settings, dev,
-                                      silence_db=silence_db)
+                outs = generate_audio(
+                    model, config, [prompts[i] for i in chunk], cseed, settings, dev, silence_db=silence_db
+                )
                 took = time.perf_counter() - t0
                 timings.append(took / len(chunk))
                 rows = []
@@ -490,18 +565,32 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
                         continue
                     path = stage_dir / "audio" / which / f"{i:02d}-seed{cseed}.wav"
                     _write_wav(path, audio, sr)
-                    rows.append({
-                        "key": key, "model": which, "prompt_idx": i, "prompt": prompts[i], "seed": cseed,
-                        "batch_index": b, "run_seed": int(seed), "batch_size": int(batch_size),
-                        "settings": settings.as_dict(),
-                        "model_source": source, "model_fingerprint": fingerprints[which], "lora_strength": float(lora_strength) if which == "finetune"
-                        and ft_spec.kind == "lora" else None,
-                        "sample_rate": sr, "duration": round(audio.shape[1] / sr, 3),
-                        "requested_seconds": settings.seconds_total, "trimmed_s": info["trimmed_s"],
-                        "silent": info["silent"], "path": run_.rel(path),
-                        "device": str(dev),
-                        "dtype": str(torch_dtype).replace("torch.", ""),
-                    })
+                    rows.append(
+                        {
+                            "key": key,
+                            "model": which,
+                            "prompt_idx": i,
+                            "prompt": prompts[i],
+                            "seed": cseed,
+                            "batch_index": b,
+                            "run_seed": int(seed),
+                            "batch_size": int(batch_size),
+                            "settings": settings.as_dict(),
+                            "model_source": source,
+                            "model_fingerprint": fingerprints[which],
+                            "lora_strength": float(lora_strength)
+                            if which == "finetune" and ft_spec.kind == "lora"
+                            else None,
+                            "sample_rate": sr,
+                            "duration": round(audio.shape[1] / sr, 3),
+                            "requested_seconds": settings.seconds_total,
+                            "trimmed_s": info["trimmed_s"],
+                            "silent": info["silent"],
+                            "path": run_.rel(path),
+                            "device": str(dev),
+                            "dtype": str(torch_dtype).replace("torch.", ""),
+                        }
+                    )
                 gens.append(*rows)
                 generated += len(rows)
                 bar.update(len(chunk))
@@ -511,8 +600,11 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
             _free(model)
     rows = gens.finalize(sort_key=lambda r: (r["prompt_idx"], MODELS.index(r["model"]), r["seed"]))
     summary = {
-        "generations": len(rows), "generated_now": generated, "prompts": len(prompts),
-        "models": models_todo, "finetune": str(ft_spec.path) if ft_spec else None,
+        "generations": len(rows),
+        "generated_now": generated,
+        "prompts": len(prompts),
+        "models": models_todo,
+        "finetune": str(ft_spec.path) if ft_spec else None,
         "finetune_kind": ft_spec.kind if ft_spec else None,
         "finetune_message": None if ft_spec else ft_message,
         "seconds_per_clip": round(float(np.median(timings)), 3) if timings else None,

@@ -34,12 +34,21 @@ log = logging.getLogger(__name__)
 # Warnings a learner can do nothing about: (category, pattern on the file that warns, pattern on the
 # message or None for any).
 _NOISE = (
-    (FutureWarning, re.compile(r"[/\\](torch|torchaudio|pytorch_lightning|lightning|lightning_fabric|torchsde|"
-                               r"transformers|stable_audio_tools)[/\\]"), None),
+    (
+        FutureWarning,
+        re.compile(
+            r"[/\\](torch|torchaudio|pytorch_lightning|lightning|lightning_fabric|torchsde|"
+            r"transformers|stable_audio_tools)[/\\]"
+        ),
+        None,
+    ),
     (UserWarning, re.compile(r"[/\\]torchsde[/\\]"), None),  # "Should have tb<=t1": float rounding at the last step
     # stable-audio-tools 0.0.20 opens torch.cuda.amp.autocast on a CPU-only machine (the demo, CI)
-    (UserWarning, re.compile(r"[/\\](torch|stable_audio_tools)[/\\]"),
-     re.compile(r"CUDA is not available or torch_xla is imported\. Disabling autocast")),
+    (
+        UserWarning,
+        re.compile(r"[/\\](torch|stable_audio_tools)[/\\]"),
+        re.compile(r"CUDA is not available or torch_xla is imported\. Disabling autocast"),
+    ),
 )
 # Engine modules that print at import time (stable-audio-tools 0.0.20: "flash_attn not installed,
 # disabling Flash Attention"); imported once here with their print sent to the log.
@@ -49,8 +58,10 @@ _original_showwarning = None
 
 
 def _is_noise(category: type, filename: str, message: object = "") -> bool:
-    return any(issubclass(category, cat) and rx.search(str(filename)) and (msg is None or msg.search(str(message)))
-               for cat, rx, msg in _NOISE)
+    return any(
+        issubclass(category, cat) and rx.search(str(filename)) and (msg is None or msg.search(str(message)))
+        for cat, rx, msg in _NOISE
+    )
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):

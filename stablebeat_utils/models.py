@@ -133,16 +133,22 @@ def hub_token() -> str | None:
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network."""
-    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _looks_local(source: str) -> bool:
-    return (source.startswith(("/", "./", "../", "~", "\\")) or os.path.isabs(source)
-            or bool(re.match(r"^[A-Za-z]:[\\/]", source)) or not _HUB_ID.match(source))
+    return (
+        source.startswith(("/", "./", "../", "~", "\\"))
+        or os.path.isabs(source)
+        or bool(re.match(r"^[A-Za-z]:[\\/]", source))
+        or not _HUB_ID.match(source)
+    )
 
 
 def resolve(source: str | os.PathLike) -> str:
@@ -156,17 +162,20 @@ def resolve(source: str | os.PathLike) -> str:
     if not src:
         raise ModelSourceError("empty model source: give a hub id, a local folder or 'tiny:<name>'")
     if src.startswith("tiny:"):
-        name = src[len("tiny:"):]
+        name = src[len("tiny:") :]
         return str(ensure_tiny_models([name])[name])
     path = Path(src).expanduser()
     if path.is_dir():
         return str(path.resolve())
     if path.exists():
-        raise ModelSourceError(f"{src}: is a file; a model source is a folder (as saved by save_pretrained), "
-                               "a hub id or 'tiny:<name>'")
+        raise ModelSourceError(
+            f"{src}: is a file; a model source is a folder (as saved by save_pretrained), a hub id or 'tiny:<name>'"
+        )
     if _looks_local(src):
-        raise ModelSourceError(f"{src}: no such model folder (expected a local folder, a hub id like "
-                               f"'owner/name', or one of {', '.join('tiny:' + n for n in TINY_NAMES)})")
+        raise ModelSourceError(
+            f"{src}: no such model folder (expected a local folder, a hub id like "
+            f"'owner/name', or one of {', '.join('tiny:' + n for n in TINY_NAMES)})"
+        )
     return src
 
 
@@ -187,11 +196,13 @@ def _hub_errors(source: str, resolved: str, tiny_name: str | None):
         if hub_offline():
             raise ModelSourceError(
                 f"{source}: not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1)"
-                f"{_tiny_hint(tiny_name)}, or download it once with the hub reachable") from exc
+                f"{_tiny_hint(tiny_name)}, or download it once with the hub reachable"
+            ) from exc
         raise ModelSourceError(
             f"{source}: could not be loaded from the Hugging Face hub ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}). Gated models need an accepted licence and "
-            f"a token in HF_TOKEN (or Colab's secret HF_TOKEN){_tiny_hint(tiny_name)}") from exc
+            f"a token in HF_TOKEN (or Colab's secret HF_TOKEN){_tiny_hint(tiny_name)}"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,13 +218,22 @@ def _tiny_complete(path: Path, name: str) -> bool:
         info = json.loads((path / _MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (info.get("name") == name and info.get("format") == TINY_FORMAT and info.get("seed") == TINY_SEED
-            and info.get("inputs_sha256") == _inputs_digest(name))
+    return (
+        info.get("name") == name
+        and info.get("format") == TINY_FORMAT
+        and info.get("seed") == TINY_SEED
+        and info.get("inputs_sha256") == _inputs_digest(name)
+    )
 
 
 def _inputs_digest(name: str) -> str:
     """Hash of the config files a tiny build reads: an edited config makes the cached build stale."""
-    files = {"t5": ["t5.json"], "clap": ["clap.json"], "llm": ["llm.json"], "sao": ["sao_model_config.json", "t5.json"]}[name]
+    files = {
+        "t5": ["t5.json"],
+        "clap": ["clap.json"],
+        "llm": ["llm.json"],
+        "sao": ["sao_model_config.json", "t5.json"],
+    }[name]
     h = hashlib.sha256()
     for f in files + ["corpus.txt"]:
         h.update((TINY_DATA / f).read_bytes())
@@ -230,8 +250,10 @@ def ensure_tiny_models(names: Iterable[str] = TINY_NAMES) -> dict[str, Path]:
     names = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in names if n not in TINY_NAMES]
     if unknown:
-        raise ModelSourceError(f"unknown tiny model {', '.join(repr('tiny:' + n) for n in unknown)}; "
-                               f"known: {', '.join('tiny:' + n for n in TINY_NAMES)}")
+        raise ModelSourceError(
+            f"unknown tiny model {', '.join(repr('tiny:' + n) for n in unknown)}; "
+            f"known: {', '.join('tiny:' + n for n in TINY_NAMES)}"
+        )
     if "sao" in names and "t5" not in names:
         names = ["t5"] + names
     out = {}
@@ -255,10 +277,18 @@ def _ensure_one(name: str) -> Path:
             t0 = time.perf_counter()
             build_tiny(name, tmp, seed=TINY_SEED)
             size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-            atomic_write_json(tmp / _MARKER, {
-                "name": name, "format": TINY_FORMAT, "seed": TINY_SEED, "stands_in_for": REAL_MODELS[name],
-                "inputs_sha256": _inputs_digest(name), "build_seconds": round(time.perf_counter() - t0, 2),
-                "bytes": size})
+            atomic_write_json(
+                tmp / _MARKER,
+                {
+                    "name": name,
+                    "format": TINY_FORMAT,
+                    "seed": TINY_SEED,
+                    "stands_in_for": REAL_MODELS[name],
+                    "inputs_sha256": _inputs_digest(name),
+                    "build_seconds": round(time.perf_counter() - t0, 2),
+                    "bytes": size,
+                },
+            )
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like the hub's
             for f in tmp.iterdir():
                 os.chmod(f, 0o644)
@@ -312,9 +342,19 @@ def _train_unigram(vocab_size: int) -> list[tuple[str, float]]:
 
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus_lines()), model_writer=proto, model_type="unigram",
-        vocab_size=vocab_size, hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        character_coverage=1.0, num_threads=1, minloglevel=2)
+        sentence_iterator=iter(_corpus_lines()),
+        model_writer=proto,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
     sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
     return [(sp.id_to_piece(i), float(sp.get_score(i))) for i in range(sp.get_piece_size())]
 
@@ -326,8 +366,12 @@ def _train_byte_bpe(vocab_size: int, special: list[str]) -> tuple[dict[str, int]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_corpus_lines(), trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -355,8 +399,13 @@ def _build_clap(dest: Path) -> None:
     tokenizer = RobertaTokenizer(vocab=vocab, merges=merges)
     tokenizer.model_max_length = 512
     processor = ClapProcessor(feature_extractor=ClapFeatureExtractor(**cfg["feature_extractor"]), tokenizer=tokenizer)
-    text = dict(cfg["text_config"], vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    text = dict(
+        cfg["text_config"],
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     config = ClapConfig(text_config=text, audio_config=cfg["audio_config"], projection_dim=cfg["projection_dim"])
     model = ClapModel(config).eval()
     processor.save_pretrained(dest)
@@ -386,17 +435,28 @@ def _build_llm(dest: Path) -> None:
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.add_special_tokens(_LLM_SPECIAL)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-        pad_token="<|end_of_text|>", model_max_length=cfg["model"]["max_position_embeddings"],
-        chat_template=_LLM_CHAT_TEMPLATE)
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+        model_max_length=cfg["model"]["max_position_embeddings"],
+        chat_template=_LLM_CHAT_TEMPLATE,
+    )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _LLM_SPECIAL}
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=ids["<|begin_of_text|>"],
-                         eos_token_id=[ids["<|end_of_text|>"], ids["<|eot_id|>"]],
-                         pad_token_id=ids["<|end_of_text|>"], **cfg["model"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=ids["<|begin_of_text|>"],
+        eos_token_id=[ids["<|end_of_text|>"], ids["<|eot_id|>"]],
+        pad_token_id=ids["<|end_of_text|>"],
+        **cfg["model"],
+    )
     model = LlamaForCausalLM(config).eval()
     model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id, **cfg["generation"])
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        **cfg["generation"],
+    )
     tokenizer.save_pretrained(dest)
     model.save_pretrained(dest)
 
@@ -485,7 +545,8 @@ def _check_transformers_cached(repo_id: str, tiny_name: str) -> None:
     if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         raise ModelSourceError(
             f"{repo_id}: not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1)"
-            f"{_tiny_hint(tiny_name)} or pass t5_source=<local T5 folder>")
+            f"{_tiny_hint(tiny_name)} or pass t5_source=<local T5 folder>"
+        )
 
 
 def create_sao_model(model_config: dict, t5_source: str | None = None):
@@ -504,8 +565,9 @@ def _sao_files(source: str, resolved: str) -> tuple[Path, Path]:
         folder = Path(resolved)
         cfg = folder / "model_config.json"
         if not cfg.is_file():
-            raise ModelSourceError(f"{cfg}: missing (a Stable Audio model folder holds model_config.json "
-                                   "and model.safetensors)")
+            raise ModelSourceError(
+                f"{cfg}: missing (a Stable Audio model folder holds model_config.json and model.safetensors)"
+            )
         for name in ("model.safetensors", "model.ckpt"):
             if (folder / name).is_file():
                 return cfg, folder / name
@@ -547,8 +609,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
 LOAD_CHUNK_BYTES = 64 * 2**20
 
 
-def load_weights_into(model, path: str | os.PathLike, strict: bool = True,
-                      chunk_bytes: int = LOAD_CHUNK_BYTES) -> list[str]:
+def load_weights_into(
+    model, path: str | os.PathLike, strict: bool = True, chunk_bytes: int = LOAD_CHUNK_BYTES
+) -> list[str]:
     """Copy a weights file into ``model``'s own tensors, in place, a chunk at a time; the keys read.
 
     ``model.load_state_dict(load_file(path))`` holds the file's tensors and the model's at once —
@@ -569,12 +632,16 @@ def load_weights_into(model, path: str | os.PathLike, strict: bool = True,
         unexpected = sorted(set(keys_shapes) - set(own))
         wrong = sorted(k for k in set(own) & set(keys_shapes) if tuple(own[k].shape) != tuple(keys_shapes[k]))
         if strict and (missing or unexpected):
-            raise ModelSourceError(f"{path}: weights do not fit the model ({len(missing)} missing, e.g. "
-                                   f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})")
+            raise ModelSourceError(
+                f"{path}: weights do not fit the model ({len(missing)} missing, e.g. "
+                f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
+            )
         if wrong:
             k = wrong[0]
-            raise ModelSourceError(f"{path}: {len(wrong)} tensor(s) of another shape, e.g. {k}: "
-                                   f"{tuple(keys_shapes[k])} in the file, {tuple(own[k].shape)} in the model")
+            raise ModelSourceError(
+                f"{path}: {len(wrong)} tensor(s) of another shape, e.g. {k}: "
+                f"{tuple(keys_shapes[k])} in the file, {tuple(own[k].shape)} in the model"
+            )
 
     def put(key: str, value) -> None:
         with torch.no_grad():
@@ -616,8 +683,9 @@ def load_weights_into(model, path: str | os.PathLike, strict: bool = True,
     return keys
 
 
-def load_sao(source: str = REAL_MODELS["sao"], device: str = "cpu", t5_source: str | None = None,
-             dtype=None) -> tuple[Any, dict]:
+def load_sao(
+    source: str = REAL_MODELS["sao"], device: str = "cpu", t5_source: str | None = None, dtype=None
+) -> tuple[Any, dict]:
     """Stable Audio Open: ``(model, model_config)`` from a hub repo, a local folder or ``"tiny:sao"``.
 
     Builds the network with stable-audio-tools' ``create_model_from_config`` and copies
@@ -632,8 +700,10 @@ def load_sao(source: str = REAL_MODELS["sao"], device: str = "cpu", t5_source: s
     except ValueError as exc:
         raise ModelSourceError(f"{cfg_path}: not valid JSON ({exc})") from exc
     if model_config.get("model_type") not in ("diffusion_cond", "diffusion_cond_inpaint"):
-        raise ModelSourceError(f"{cfg_path}: model_type {model_config.get('model_type')!r} is not a "
-                               "conditional diffusion model (expected 'diffusion_cond')")
+        raise ModelSourceError(
+            f"{cfg_path}: model_type {model_config.get('model_type')!r} is not a "
+            "conditional diffusion model (expected 'diffusion_cond')"
+        )
     model = create_sao_model(model_config, t5_source=t5_source)
     try:  # copied into the built model a chunk at a time: no second copy of the weights in RAM
         load_weights_into(model, weights, strict=True)
@@ -678,8 +748,9 @@ def load_t5_encoder(source: str = REAL_MODELS["t5"], device: str = "cpu") -> tup
 QUANTIZATIONS = ("4bit", "8bit")
 
 
-def load_chat_llm(source: str = REAL_MODELS["llm"], device: str = "cpu",
-                  quantization: str | None = None) -> tuple[Any, Any]:
+def load_chat_llm(
+    source: str = REAL_MODELS["llm"], device: str = "cpu", quantization: str | None = None
+) -> tuple[Any, Any]:
     """A chat LLM: ``(tokenizer, AutoModelForCausalLM)`` in eval mode.
 
     dtype from :func:`pick_dtype` (bf16 / fp16 on GPUs, fp32 on CPU). ``quantization="4bit"`` or
@@ -695,18 +766,24 @@ def load_chat_llm(source: str = REAL_MODELS["llm"], device: str = "cpu",
     kwargs: dict[str, Any] = {"dtype": dtype, "token": hub_token()}
     if quantization:
         if not device.startswith("cuda"):
-            raise ModelSourceError(f"quantization={quantization!r} needs a CUDA GPU (bitsandbytes); "
-                                   f"device is {device!r} — use quantization=None")
+            raise ModelSourceError(
+                f"quantization={quantization!r} needs a CUDA GPU (bitsandbytes); "
+                f"device is {device!r} — use quantization=None"
+            )
         try:
             import bitsandbytes  # noqa: F401
         except Exception as exc:
-            raise ModelSourceError(f"quantization={quantization!r} needs the bitsandbytes package "
-                                   "(pip install bitsandbytes), which is not importable here") from exc
+            raise ModelSourceError(
+                f"quantization={quantization!r} needs the bitsandbytes package "
+                "(pip install bitsandbytes), which is not importable here"
+            ) from exc
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
-            if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+            if quantization == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
         kwargs["device_map"] = {"": device}
     with _hub_errors(source, resolved, "llm"):
         tokenizer = AutoTokenizer.from_pretrained(resolved, token=hub_token())

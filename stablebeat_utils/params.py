@@ -60,8 +60,10 @@ def load_profile(name_or_path: str) -> dict:
         return _read_yaml(path)
     bundled = PROFILES_DIR / f"{name_or_path}.yaml"
     if not bundled.is_file():
-        raise ParameterError(f"unknown profile {name_or_path!r}: choose one of {', '.join(list_profiles())} "
-                             "or give the path of a .yaml file")
+        raise ParameterError(
+            f"unknown profile {name_or_path!r}: choose one of {', '.join(list_profiles())} "
+            "or give the path of a .yaml file"
+        )
     return _read_yaml(bundled)
 
 
@@ -108,8 +110,10 @@ def all_parameter_names() -> set[str]:
 
 def refuse_secret(name: str) -> None:
     if SECRET_NAME.search(name):
-        raise ParameterError(f"{name!r} looks like a secret: secrets come from the environment (HF_TOKEN) or "
-                             "Colab's secrets, never from parameters (papermill writes parameters into notebooks)")
+        raise ParameterError(
+            f"{name!r} looks like a secret: secrets come from the environment (HF_TOKEN) or "
+            "Colab's secrets, never from parameters (papermill writes parameters into notebooks)"
+        )
 
 
 def coerce(stage: str, name: str, value: Any) -> Any:
@@ -150,8 +154,10 @@ def coerce(stage: str, name: str, value: Any) -> Any:
     elif kind in (list, dict):
         if isinstance(value, kind):
             return value
-    raise ParameterError(f"{stage}: parameter {name!r} must be {kind.__name__} (like its default "
-                         f"{default!r}), got {type(value).__name__} {value!r}")
+    raise ParameterError(
+        f"{stage}: parameter {name!r} must be {kind.__name__} (like its default "
+        f"{default!r}), got {type(value).__name__} {value!r}"
+    )
 
 
 def check_call(stage: str, args: dict) -> None:
@@ -178,14 +184,17 @@ def check_call(stage: str, args: dict) -> None:
         else:
             ok = isinstance(value, kind)
         if not ok:
-            raise ParameterError(f"{stage}: parameter {name!r} must be {kind.__name__} (like its default "
-                                 f"{names[name]!r}), got {type(value).__name__} {value!r}")
+            raise ParameterError(
+                f"{stage}: parameter {name!r} must be {kind.__name__} (like its default "
+                f"{names[name]!r}), got {type(value).__name__} {value!r}"
+            )
     if args.get("run_dir") is not None:
         Run(args["run_dir"]).check_compatible()
 
 
-def resolve(stage: str, profile: str = "demo", files: list[dict] | None = None,
-            overrides: dict | None = None) -> dict[str, Any]:
+def resolve(
+    stage: str, profile: str = "demo", files: list[dict] | None = None, overrides: dict | None = None
+) -> dict[str, Any]:
     """Final values for ``stage``: demo < profile < files < overrides, validated."""
     stage = canonical_stage(stage)
     values = copy.deepcopy(schema(stage))

@@ -38,6 +38,7 @@ _CACHE: dict[tuple, tuple] = {}  # (kind, source, lora, device, dtype) -> (model
 
 # -- the prompt builder (pure, tested on its own) ---------------------------------------------
 
+
 def _join(items: list[str], last: str = "and") -> str:
     items = [i for i in items if i]
     if len(items) <= 1:
@@ -47,8 +48,9 @@ def _join(items: list[str], last: str = "and") -> str:
     return ", ".join(items[:-1]) + f", {last} {items[-1]}"
 
 
-def build_prompt(genre: str = "", moods=(), instruments=(), bpm: int | None = None, key: str = "",
-                 scale: str = "") -> str:
+def build_prompt(
+    genre: str = "", moods=(), instruments=(), bpm: int | None = None, key: str = "", scale: str = ""
+) -> str:
     """A prompt in the card's format: "A melancholic and dark cloud trap beat at 110 BPM in G minor,
     using synth bells, plucked bass, and deep sub." Empty pickers are left out."""
     moods, instruments = list(moods or ()), list(instruments or ())
@@ -72,6 +74,7 @@ def vocabulary() -> dict[str, list[str]]:
 
 
 # -- results ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Take:
@@ -106,32 +109,57 @@ class Playground:
         style = {"description_width": "8em"}
         wide = W.Layout(width="36em")
 
-        self.mode = W.ToggleButtons(options=["free text", "builder"], value="free text", description="Prompt",
-                                    style=style)
-        self.prompt = W.Textarea(value=gen.card_prompts()[0], placeholder="Describe the beat…",
-                                 layout=W.Layout(width="44em", height="4.5em"))
+        self.mode = W.ToggleButtons(
+            options=["free text", "builder"], value="free text", description="Prompt", style=style
+        )
+        self.prompt = W.Textarea(
+            value=gen.card_prompts()[0], placeholder="Describe the beat…", layout=W.Layout(width="44em", height="4.5em")
+        )
         self.genre = W.Dropdown(options=[""] + vocab["genres"], value="", description="Genre", style=style)
         self.moods = W.SelectMultiple(options=vocab["moods"], rows=5, description="Moods", style=style)
-        self.instruments = W.SelectMultiple(options=vocab["instruments"], rows=5, description="Instruments",
-                                            style=style)
+        self.instruments = W.SelectMultiple(
+            options=vocab["instruments"], rows=5, description="Instruments", style=style
+        )
         self.bpm = W.IntSlider(value=110, min=50, max=200, description="BPM", style=style)
         self.key = W.Dropdown(options=list(KEYS), value="", description="Key", style=style)
         self.scale = W.Dropdown(options=list(SCALES), value="minor", description="Scale", style=style)
         self.preview = W.HTML()
-        self.builder = W.VBox([self.genre, self.moods, self.instruments, self.bpm, W.HBox([self.key, self.scale]),
-                               self.preview])
+        self.builder = W.VBox(
+            [self.genre, self.moods, self.instruments, self.bpm, W.HBox([self.key, self.scale]), self.preview]
+        )
         self.builder.layout.display = "none"
 
-        self.steps = W.IntSlider(value=int(self.P.get("steps", 200)), min=1, max=500, description="Steps",
-                                 style=style, layout=wide)
-        self.cfg = W.FloatSlider(value=float(self.P.get("cfg_scale", 7.0)), min=0.0, max=15.0, step=0.5,
-                                 description="CFG", style=style, layout=wide)
+        self.steps = W.IntSlider(
+            value=int(self.P.get("steps", 200)), min=1, max=500, description="Steps", style=style, layout=wide
+        )
+        self.cfg = W.FloatSlider(
+            value=float(self.P.get("cfg_scale", 7.0)),
+            min=0.0,
+            max=15.0,
+            step=0.5,
+            description="CFG",
+            style=style,
+            layout=wide,
+        )
         self.seed = W.IntText(value=int(self.P.get("seed", 42)), description="Seed (-1: random)", style=style)
-        self.duration = W.BoundedFloatText(value=float(self.P.get("seconds_total", 47.0)), min=0.0, max=3600.0,
-                                           step=1.0, description="Duration (s)", style=style)
+        self.duration = W.BoundedFloatText(
+            value=float(self.P.get("seconds_total", 47.0)),
+            min=0.0,
+            max=3600.0,
+            step=1.0,
+            description="Duration (s)",
+            style=style,
+        )
         self.choice = W.ToggleButtons(options=list(CHOICES), value="A/B", description="Model", style=style)
-        self.strength = W.FloatSlider(value=float(self.P.get("lora_strength", 1.0)), min=0.0, max=2.0, step=0.05,
-                                      description="LoRA strength", style=style, layout=wide)
+        self.strength = W.FloatSlider(
+            value=float(self.P.get("lora_strength", 1.0)),
+            min=0.0,
+            max=2.0,
+            step=0.05,
+            description="LoRA strength",
+            style=style,
+            layout=wide,
+        )
         self.button = W.Button(description="Generate", button_style="primary", icon="music")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="36em"))
         self.status = W.HTML()
@@ -145,11 +173,23 @@ class Playground:
         self.button.on_click(self.generate)
         self.save_button.on_click(self.save_take)
         self._update_preview()
-        self.widget = W.VBox([
-            self.mode, self.prompt, self.builder, self.steps, self.cfg, self.seed, self.duration, self.choice,
-            self.strength, W.HBox([self.button, self.progress]), self.status, self.results,
-            W.HBox([self.save_button, self.saved]),
-        ])
+        self.widget = W.VBox(
+            [
+                self.mode,
+                self.prompt,
+                self.builder,
+                self.steps,
+                self.cfg,
+                self.seed,
+                self.duration,
+                self.choice,
+                self.strength,
+                W.HBox([self.button, self.progress]),
+                self.status,
+                self.results,
+                W.HBox([self.save_button, self.saved]),
+            ]
+        )
 
     # display as the widget. IPython asks _ipython_display_ first: display(widget) works on
     # ipywidgets 8 and on the 7.7.1 that Colab ships (its widgets have no _repr_mimebundle_).
@@ -170,8 +210,9 @@ class Playground:
         self.preview.value = f"<i>{html.escape(self.built_prompt())}</i>"
 
     def built_prompt(self) -> str:
-        return build_prompt(self.genre.value, self.moods.value, self.instruments.value, self.bpm.value,
-                            self.key.value, self.scale.value)
+        return build_prompt(
+            self.genre.value, self.moods.value, self.instruments.value, self.bpm.value, self.key.value, self.scale.value
+        )
 
     def prompt_text(self) -> str:
         return self.built_prompt() if self.mode.value == "builder" else self.prompt.value.strip()
@@ -231,13 +272,16 @@ class Playground:
         if not prompt:
             self._say("The prompt is empty: type a description of the beat, or use the builder.", "error")
             return None
-        settings = gen.Settings(steps=int(self.steps.value), cfg_scale=float(self.cfg.value),
-                                sampler_type=self.P.get("sampler_type", gen.CARD_SETTINGS.sampler_type),
-                                sigma_min=float(self.P.get("sigma_min", gen.CARD_SETTINGS.sigma_min)),
-                                sigma_max=float(self.P.get("sigma_max", gen.CARD_SETTINGS.sigma_max)),
-                                seconds_start=float(self.P.get("seconds_start", 0.0)),
-                                seconds_total=float(self.duration.value),
-                                apg_scale=float(self.P.get("apg_scale", 0.0)))
+        settings = gen.Settings(
+            steps=int(self.steps.value),
+            cfg_scale=float(self.cfg.value),
+            sampler_type=self.P.get("sampler_type", gen.CARD_SETTINGS.sampler_type),
+            sigma_min=float(self.P.get("sigma_min", gen.CARD_SETTINGS.sigma_min)),
+            sigma_max=float(self.P.get("sigma_max", gen.CARD_SETTINGS.sigma_max)),
+            seconds_start=float(self.P.get("seconds_start", 0.0)),
+            seconds_total=float(self.duration.value),
+            apg_scale=float(self.P.get("apg_scale", 0.0)),
+        )
         gen.check_settings(settings)
         seed = int(self.seed.value)
         if seed == -1:
@@ -267,10 +311,19 @@ class Playground:
             def step(info, _n=n):
                 self.progress.value = min(self.progress.max, _n * settings.steps + int(info.get("i", 0)) + 1)
 
-            (audio, info), = gen.generate_audio(model, config, [prompt], seed, settings, dev, callback=step,
-                                                silence_db=float(self.P.get("silence_db", 60.0)))
-            takes.append(Take(w, audio, int(config["sample_rate"]), prompt, seed, settings.as_dict(), source,
-                              strength, info))
+            ((audio, info),) = gen.generate_audio(
+                model,
+                config,
+                [prompt],
+                seed,
+                settings,
+                dev,
+                callback=step,
+                silence_db=float(self.P.get("silence_db", 60.0)),
+            )
+            takes.append(
+                Take(w, audio, int(config["sample_rate"]), prompt, seed, settings.as_dict(), source, strength, info)
+            )
         self.takes = takes
         self._show(takes)
         self.save_button.disabled = False
@@ -285,11 +338,21 @@ class Playground:
 
         boxes = []
         for t in takes:
-            label = f"<b>{'fine-tune' if t.model == 'finetune' else 'base'}</b> · seed {t.seed} · " \
-                    f"{t.audio.shape[1] / t.sr:.1f} s" + (f" · LoRA ×{t.lora_strength:g}" if t.lora_strength is not None else "")
+            label = (
+                f"<b>{'fine-tune' if t.model == 'finetune' else 'base'}</b> · seed {t.seed} · "
+                f"{t.audio.shape[1] / t.sr:.1f} s"
+                + (f" · LoRA ×{t.lora_strength:g}" if t.lora_strength is not None else "")
+            )
             wav = Audio(np.clip(t.audio, -1, 1), rate=t.sr, normalize=False).data  # IPython encodes the WAV
-            boxes.append(W.VBox([W.HTML(label), W.Audio(value=wav, format="wav", autoplay=False),
-                                 W.Image(value=plots.spectrogram_png(t.audio, t.sr, t.model), format="png")]))
+            boxes.append(
+                W.VBox(
+                    [
+                        W.HTML(label),
+                        W.Audio(value=wav, format="wav", autoplay=False),
+                        W.Image(value=plots.spectrogram_png(t.audio, t.sr, t.model), format="png"),
+                    ]
+                )
+            )
         self.results.children = tuple(boxes)
 
     def save_take(self, _button=None) -> list[dict] | None:
@@ -305,10 +368,21 @@ class Playground:
                 path = folder / f"{t.take_id}.wav"
                 if t.take_id not in takes_log or not path.exists():
                     gen._write_wav(path, t.audio, t.sr)
-                rows.append({"take_id": t.take_id, "model": t.model, "prompt": t.prompt, "seed": t.seed,
-                             "settings": t.settings, "model_source": t.source, "lora_strength": t.lora_strength,
-                             "sample_rate": t.sr, "duration": round(t.audio.shape[1] / t.sr, 3),
-                             "path": self.run.rel(path), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                rows.append(
+                    {
+                        "take_id": t.take_id,
+                        "model": t.model,
+                        "prompt": t.prompt,
+                        "seed": t.seed,
+                        "settings": t.settings,
+                        "model_source": t.source,
+                        "lora_strength": t.lora_strength,
+                        "sample_rate": t.sr,
+                        "duration": round(t.audio.shape[1] / t.sr, 3),
+                        "path": self.run.rel(path),
+                        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    }
+                )
             takes_log.append(*rows)
         except Exception as exc:  # noqa: BLE001 — a message, never a traceback
             self.saved.value = f"<span style='color:#b00020'>Could not save: {html.escape(str(exc))}</span>"

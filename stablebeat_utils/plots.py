@@ -77,8 +77,13 @@ def plot_tag_map(xy, labels, clusters, names: dict, title: str = ""):
     cmap = matplotlib.colormaps["tab10"]
     for c in sorted(set(clusters)):
         idx = [i for i, k in enumerate(clusters) if k == c]
-        ax.scatter([xy[i][0] for i in idx], [xy[i][1] for i in idx], color=cmap(c % 10), s=18,
-                   label=f"{c}: {names.get(c, names.get(str(c), ''))}")
+        ax.scatter(
+            [xy[i][0] for i in idx],
+            [xy[i][1] for i in idx],
+            color=cmap(c % 10),
+            s=18,
+            label=f"{c}: {names.get(c, names.get(str(c), ''))}",
+        )
     for (x, y), lab in zip(xy, labels):
         ax.annotate(lab, (x, y), fontsize=6, alpha=0.8, xytext=(2, 2), textcoords="offset points")
     ax.legend(fontsize=8, loc="best")
@@ -105,8 +110,12 @@ def plot_clip_scores(row: dict, top: int = 8):
         # bars start just left of the lowest score shown: cosines can be negative or all close
         lo, hi = min(s for _, s in best), max(s for _, s in best)
         base = lo - 0.1 * (hi - lo or abs(hi) or 1.0)
-        ax.barh([t for t, _ in best], [s - base for _, s in best], left=base,
-                color=["tab:red" if t in chosen else "tab:gray" for t, _ in best])
+        ax.barh(
+            [t for t, _ in best],
+            [s - base for _, s in best],
+            left=base,
+            color=["tab:red" if t in chosen else "tab:gray" for t, _ in best],
+        )
         ax.set_title(fam)
         ax.set_xlabel("cosine similarity (red: chosen)")
         ax.tick_params(axis="y", labelsize=8)
@@ -209,8 +218,9 @@ def spectrogram_axes(ax, audio, sr: int, title: str = "", n_fft: int = 2048, hop
         y = np.pad(y, (0, n_fft - y.size))
     spec = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length))
     db = librosa.amplitude_to_db(spec, ref=1.0, top_db=100.0)
-    img = librosa.display.specshow(db, sr=sr, hop_length=hop_length, x_axis="time", y_axis="log", ax=ax,
-                                   vmin=-100, vmax=0, cmap="magma")
+    img = librosa.display.specshow(
+        db, sr=sr, hop_length=hop_length, x_axis="time", y_axis="log", ax=ax, vmin=-100, vmax=0, cmap="magma"
+    )
     ax.set_title(title, fontsize=9)
     return img
 
@@ -251,8 +261,13 @@ def plot_tempo_key_results(rows, min_confidence: float = 0.7):
     allv = kept + dropped
     if allv:
         lo, hi = int(min(allv)) // 5 * 5, int(max(allv)) // 5 * 5 + 10
-        ax1.hist([kept, dropped], bins=range(lo, hi, 5), stacked=True, color=["tab:orange", "lightgrey"],
-                 label=[f"kept ({len(kept)})", f"dropped ({len(dropped)})"])
+        ax1.hist(
+            [kept, dropped],
+            bins=range(lo, hi, 5),
+            stacked=True,
+            color=["tab:orange", "lightgrey"],
+            label=[f"kept ({len(kept)})", f"dropped ({len(dropped)})"],
+        )
         ax1.legend(fontsize=8)
     ax1.set_title(f"tempo_raw, kept when confidence ≥ {min_confidence:g}")
     ax1.set_xlabel("BPM")
@@ -260,8 +275,12 @@ def plot_tempo_key_results(rows, min_confidence: float = 0.7):
     k_kept = Counter(f"{r['key_raw']} {r['scale_raw']}" for r in rows if r.get("key") is not None)
     k_drop = Counter(f"{r['key_raw']} {r['scale_raw']}" for r in rows if r.get("key") is None and r.get("key_raw"))
     names = sorted(set(k_kept) | set(k_drop), key=lambda k: (-k_kept[k] - k_drop[k], k))
-    ax2.bar(names, [k_kept[n] for n in names], color=["tab:blue" if n.endswith("minor") else "tab:green" for n in names],
-            label="kept")
+    ax2.bar(
+        names,
+        [k_kept[n] for n in names],
+        color=["tab:blue" if n.endswith("minor") else "tab:green" for n in names],
+        label="kept",
+    )
     ax2.bar(names, [k_drop[n] for n in names], bottom=[k_kept[n] for n in names], color="lightgrey", label="dropped")
     ax2.set_title("key and scale (blue: minor, green: major)")
     ax2.set_ylabel("clips")

@@ -18,8 +18,9 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterable, Iterator
 
 
-def ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
-                    on_crash=None, initializer=None, initargs: tuple = ()) -> Iterator[Any]:
+def ordered_bounded(
+    fn, tasks: Iterable[Any], workers: int, window: int, on_crash=None, initializer=None, initargs: tuple = ()
+) -> Iterator[Any]:
     """``map(fn, tasks)`` in order, in ``workers`` processes, at most ``window`` tasks in flight.
 
     ``Pool.imap`` would read the whole task list ahead and keep every finished result that waits
@@ -42,8 +43,9 @@ def ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
     pending: deque = deque()
     exhausted = False
     while True:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer,
-                                 initargs=initargs) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=initializer, initargs=initargs
+        ) as pool:
             broken = False
 
             def submit(t):
@@ -91,8 +93,7 @@ def ordered_bounded(fn, tasks: Iterable[Any], workers: int, window: int,
             if kind == "value":
                 yield t
                 continue
-            with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=initializer,
-                                 initargs=initargs) as solo:
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=initializer, initargs=initargs) as solo:
                 try:
                     yield solo.submit(fn, t).result()
                 except BrokenProcessPool:

@@ -47,8 +47,15 @@ class Estimate:
     basis: str  # "measured" or "estimated"
 
 
-def estimate(mode: str = "full", precision: str = "bf16-mixed", batch_size: int = 16, window_seconds: float = 47.55,
-             optimizer: str = "adamw", ema: bool = True, lora_rank: int = 16) -> Estimate:
+def estimate(
+    mode: str = "full",
+    precision: str = "bf16-mixed",
+    batch_size: int = 16,
+    window_seconds: float = 47.55,
+    optimizer: str = "adamw",
+    ema: bool = True,
+    lora_rank: int = 16,
+) -> Estimate:
     """Peak GPU memory of one training step (GB) and what it is made of."""
     p = SAO_TRAINED_PARAMS
     if mode == "lora":
@@ -61,16 +68,35 @@ def estimate(mode: str = "full", precision: str = "bf16-mixed", batch_size: int 
         if ema:
             state["EMA copy"] = p * 4 / GB
     act = GB_PER_SAMPLE_SECOND * batch_size * window_seconds * (2.0 if precision == "32-true" else 1.0)
-    parts = {**state, "overhead (CUDA, bf16 copies, VAE, T5; from the measurement)": OVERHEAD_GB,
-             f"activations ({batch_size} x {window_seconds:.1f} s)": act}
+    parts = {
+        **state,
+        "overhead (CUDA, bf16 copies, VAE, T5; from the measurement)": OVERHEAD_GB,
+        f"activations ({batch_size} x {window_seconds:.1f} s)": act,
+    }
     total = sum(parts.values())
-    measured = (mode == "full" and optimizer == "adamw" and ema and precision != "32-true"
-                and (batch_size, round(window_seconds)) in ((1, 10), (4, 47)))
-    return Estimate(round(total, 2), {k: round(v, 2) for k, v in parts.items()}, "measured" if measured else "estimated")
+    measured = (
+        mode == "full"
+        and optimizer == "adamw"
+        and ema
+        and precision != "32-true"
+        and (batch_size, round(window_seconds)) in ((1, 10), (4, 47))
+    )
+    return Estimate(
+        round(total, 2), {k: round(v, 2) for k, v in parts.items()}, "measured" if measured else "estimated"
+    )
 
 
-def alternatives(mode: str, precision: str, batch_size: int, grad_accum: int, window_seconds: float,
-                 optimizer: str, ema: bool, lora_rank: int, budget_gb: float) -> list[str]:
+def alternatives(
+    mode: str,
+    precision: str,
+    batch_size: int,
+    grad_accum: int,
+    window_seconds: float,
+    optimizer: str,
+    ema: bool,
+    lora_rank: int,
+    budget_gb: float,
+) -> list[str]:
     """Settings that fit ``budget_gb``, each keeping the effective batch ``batch_size * grad_accum``."""
     effective = batch_size * grad_accum
     # batch sizes that keep the effective batch exactly (divisors of it), largest first
@@ -97,8 +123,18 @@ def alternatives(mode: str, precision: str, batch_size: int, grad_accum: int, wi
     return out
 
 
-def check(mode: str, precision: str, batch_size: int, grad_accum: int, window_seconds: float, optimizer: str,
-          ema: bool, lora_rank: int, free_bytes: int | None, total_bytes: int | None = None) -> Estimate:
+def check(
+    mode: str,
+    precision: str,
+    batch_size: int,
+    grad_accum: int,
+    window_seconds: float,
+    optimizer: str,
+    ema: bool,
+    lora_rank: int,
+    free_bytes: int | None,
+    total_bytes: int | None = None,
+) -> Estimate:
     """Raise :class:`GPUMemoryError` when the estimate exceeds the GPU's free memory (with headroom)."""
     est = estimate(mode, precision, batch_size, window_seconds, optimizer, ema, lora_rank)
     if free_bytes is None:
@@ -114,7 +150,8 @@ def check(mode: str, precision: str, batch_size: int, grad_accum: int, window_se
         f"STOP — 05_train needs ~{est.gb:.1f} GB of GPU memory ({est.basis}) for mode={mode!r}, "
         f"precision={precision!r}, batch_size={batch_size}, a {window_seconds:.1f} s window, optimizer={optimizer!r}"
         f"{', EMA' if ema and mode == 'full' else ''}; the GPU has {free_bytes / GB:.1f} GB free{total} "
-        f"(using at most {HEADROOM:.0%}).\n{parts}\n{fix}")
+        f"(using at most {HEADROOM:.0%}).\n{parts}\n{fix}"
+    )
 
 
 def gpu_free(device: str) -> tuple[int, int] | None:

@@ -75,6 +75,7 @@ class PromptsError(ValueError):
 # vocabulary, synonyms, artists
 # --------------------------------------------------------------------------------------------
 
+
 def clip_rng(seed: int, clip_id: str) -> random.Random:
     """A generator that depends only on (seed, clip_id): stable across runs, resumes and orders."""
     digest = hashlib.sha256(f"{seed}:{clip_id}".encode("utf-8")).digest()
@@ -105,6 +106,7 @@ def parse_key(key: str | None) -> int | None:
 # vocabulary mentions
 # --------------------------------------------------------------------------------------------
 
+
 def _norm(text: str) -> str:
     """Lower case, hyphens and slashes as spaces, one space between words (for phrase matching)."""
     return " ".join(re.sub(r"[-/_]", " ", text.casefold()).split())
@@ -125,8 +127,11 @@ class Matcher:
         self._rx = re.compile(r"(?<![\w&])(" + "|".join(re.escape(p) for p in phrases) + r")(?:s|es)?(?![\w&])")
         self.words = {w for p in phrase_tags for w in re.findall(r"[\w&]+", p)}
         general = sorted({_norm(w) for w in lexicon.instrument_words} - set(phrase_tags), key=len, reverse=True)
-        self._general_rx = re.compile(r"(?<![\w&])(" + "|".join(re.escape(p) for p in general) + r")(?:s|es)?(?![\w&])") \
-            if general else None
+        self._general_rx = (
+            re.compile(r"(?<![\w&])(" + "|".join(re.escape(p) for p in general) + r")(?:s|es)?(?![\w&])")
+            if general
+            else None
+        )
         self.words |= {w for p in general for w in re.findall(r"[\w&]+", p)}
 
     def find_general(self, masked: str) -> list[str]:
@@ -152,8 +157,26 @@ class Matcher:
 # the validator
 # --------------------------------------------------------------------------------------------
 
-_ALLOWED_CAPS = {"i", "bpm", "major", "minor", "key", "tempo", "beats", "per", "minute", "in", "at", "with",
-                 "b.p.m", "b.p.m.", "uk", "r&b", "rnb", "dj"}
+_ALLOWED_CAPS = {
+    "i",
+    "bpm",
+    "major",
+    "minor",
+    "key",
+    "tempo",
+    "beats",
+    "per",
+    "minute",
+    "in",
+    "at",
+    "with",
+    "b.p.m",
+    "b.p.m.",
+    "uk",
+    "r&b",
+    "rnb",
+    "dj",
+}
 
 
 def count_t5_tokens(t5_tokenizer, text: str) -> int:
@@ -161,8 +184,14 @@ def count_t5_tokens(t5_tokenizer, text: str) -> int:
     return len(t5_tokenizer(text)["input_ids"])
 
 
-def validate(prompt: str, meta: dict, lexicon: Lexicon, matcher: Matcher | None = None,
-             t5_tokenizer=None, max_tokens: int = T5_MAX_TOKENS) -> list[str]:
+def validate(
+    prompt: str,
+    meta: dict,
+    lexicon: Lexicon,
+    matcher: Matcher | None = None,
+    t5_tokenizer=None,
+    max_tokens: int = T5_MAX_TOKENS,
+) -> list[str]:
     """Everything wrong with ``prompt`` for this clip; an empty list means accepted.
 
     ``meta`` holds the clip's ``*_tags`` lists and the confident ``tempo``/``key``/``scale`` (None
@@ -261,22 +290,34 @@ _THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.S | re.I)
 _REFUSAL_RE = re.compile(
     r"^(?:i\s+can(?:'|’)?t\b|i\s+cannot\b|i\s+can\s+not\b|i(?:'|’)m\s+sorry\b|i\s+am\s+sorry\b|sorry\b|"
     r"i\s+apologi[sz]e\b|as\s+an\s+ai\b|i(?:'|’)m\s+(?:not\s+able|unable)\b|i\s+am\s+(?:not\s+able|unable)\b|"
-    r"i\s+won(?:'|’)t\b|i\s+will\s+not\b|unfortunately\b)", re.I)
+    r"i\s+won(?:'|’)t\b|i\s+will\s+not\b|unfortunately\b)",
+    re.I,
+)
 _INTERJECTION_RE = re.compile(
     r"^(?:sure(?:\s+thing)?|certainly|of\s+course|absolutely|okay|ok|great|alright|all\s+right|no\s+problem|"
     r"(?:i(?:'|’)d|i\s+would|i(?:'|’)m|i\s+am)\s+(?:be\s+)?(?:happy|glad)\s+to\s+help(?:\s+with\s+that)?|"
-    r"happy\s+to\s+help|here\s+you\s+go)\b[\s!.,:;—-]*", re.I)
+    r"happy\s+to\s+help|here\s+you\s+go)\b[\s!.,:;—-]*",
+    re.I,
+)
 # the words of a label or an introduction before a colon: "Here is a prompt for your beat:", "Option 2:"
-_PREAMBLE_HEAD_RE = re.compile(r"\b(?:here|here(?:'|’)s|prompt|prompts|option|options|assistant|answer|output|"
-                               r"caption|description|version|suggestion|result|text)\b", re.I)
-_LABEL_ONLY_RE = re.compile(r"^(?:(?:text|final|your|the|a)\s+)?(?:prompt|option|answer|output|result|caption|version)s?"
-                            r"(?:\s*#?\d+)?[.!]?$", re.I)
+_PREAMBLE_HEAD_RE = re.compile(
+    r"\b(?:here|here(?:'|’)s|prompt|prompts|option|options|assistant|answer|output|"
+    r"caption|description|version|suggestion|result|text)\b",
+    re.I,
+)
+_LABEL_ONLY_RE = re.compile(
+    r"^(?:(?:text|final|your|the|a)\s+)?(?:prompt|option|answer|output|result|caption|version)s?"
+    r"(?:\s*#?\d+)?[.!]?$",
+    re.I,
+)
 _LIST_MARK_RE = re.compile(r"^(?:[#>]+\s*|[-*•]\s+|\(?\d{1,2}[.)]\s+|\(?[a-c][.)]\s+)")
 _COMMENTARY_RE = re.compile(
     r"^(?:this\s+(?:prompt|description|sentence|text|one|captures|highlights|conveys|version|keeps|includes|"
     r"uses|mentions|reflects|combines|emphasi[sz]es)|that\s+(?:prompt|captures)|the\s+prompt\b|i\s|i(?:'|’)|"
-    r"note\b|explanation\b|let\s+me\s+know|feel\s+free|hope\s|tempo\s+and\s+key\s+(?:are|were)|\()", re.I)
-_EMOJI_RE = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\uFE0F]")
+    r"note\b|explanation\b|let\s+me\s+know|feel\s+free|hope\s|tempo\s+and\s+key\s+(?:are|were)|\()",
+    re.I,
+)
+_EMOJI_RE = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\ufe0f]")
 
 
 def _unwrap(line: str) -> str:
@@ -292,7 +333,7 @@ def _unwrap(line: str) -> str:
 
 
 def _drop_preamble(line: str) -> str:
-    """"Sure! Here is a prompt: X" → "X"; "Prompt 1: X" → "X"; "Here is a prompt for your beat:" → ""."""
+    """ "Sure! Here is a prompt: X" → "X"; "Prompt 1: X" → "X"; "Here is a prompt for your beat:" → ""."""
     prev = None
     while prev != line:
         prev = line
@@ -353,6 +394,7 @@ def clean_llm_output(text: str) -> str:
 # templates (the card's style)
 # --------------------------------------------------------------------------------------------
 
+
 def join_words(items: Sequence[str], conj: str = "and") -> str:
     """["a"] → "a"; ["a", "b"] → "a and b"; ["a", "b", "c"] → "a, b, and c" (the card's comma)."""
     items = [i for i in items if i]
@@ -362,7 +404,7 @@ def join_words(items: Sequence[str], conj: str = "and") -> str:
 
 
 def _article(word: str) -> str:
-    """"A" or "An" by the sound the phrase starts with: "an alluring", "an 808", "an R&B", "a UK drill",
+    """ "A" or "An" by the sound the phrase starts with: "an alluring", "an 808", "an R&B", "a UK drill",
     "a euphoric", "a one-shot"."""
     w = word.strip().casefold()
     if re.match(r"(?:eu|uni|use|usu|uti|one\b|once|uk\b|u\b|ufo|ukulele|uke\b)", w):
@@ -382,13 +424,13 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def _tpl_using(p):        # "A melancholic and love rap with soul beat at 109 BPM in G minor, using a, b, and c."
+def _tpl_using(p):  # "A melancholic and love rap with soul beat at 109 BPM in G minor, using a, b, and c."
     head = " ".join(x for x in (p["moods"], p["genre"], "beat") if x)
     s = f"{_article(head)} {head}{p['bpm']}{p['key']}"
     return s + (f", using {p['instruments']}." if p["instruments"] else ".")
 
 
-def _tpl_featuring(p):    # "A jazzy chillhop beat at 101 BPM featuring a, b, and c, with chill moods."
+def _tpl_featuring(p):  # "A jazzy chillhop beat at 101 BPM featuring a, b, and c, with chill moods."
     head = " ".join(x for x in (p["genre"], "beat") if x)
     s = f"{_article(head)} {head}{p['bpm']}{p['key']}"
     if p["instruments"]:
@@ -398,13 +440,13 @@ def _tpl_featuring(p):    # "A jazzy chillhop beat at 101 BPM featuring a, b, an
     return s + "."
 
 
-def _tpl_with(p):         # "Melancholic trap beat at 105 BPM in A minor with a and b."
+def _tpl_with(p):  # "Melancholic trap beat at 105 BPM in A minor with a and b."
     head = " ".join(x for x in (p["moods"], p["genre"], "beat") if x)
     s = f"{_cap(head)}{p['bpm']}{p['key']}"
     return s + (f" with {p['instruments']}." if p["instruments"] else ".")
 
 
-def _tpl_evoking(p):      # "A cloud trap beat with a and b, evoking a dark and moody mood, at 100 BPM."
+def _tpl_evoking(p):  # "A cloud trap beat with a and b, evoking a dark and moody mood, at 100 BPM."
     head = " ".join(x for x in (p["genre"], "beat") if x)
     s = f"{_article(head)} {head}"
     if p["instruments"]:
@@ -433,8 +475,14 @@ def _format_tempo(meta: dict) -> str:
     return f"{round(t)}" if t is not None else ""
 
 
-def template_prompt(meta: dict, lexicon: Lexicon, rng: random.Random, t5_tokenizer=None,
-                    max_tokens: int = T5_MAX_TOKENS, wordings: dict | None = None) -> str:
+def template_prompt(
+    meta: dict,
+    lexicon: Lexicon,
+    rng: random.Random,
+    t5_tokenizer=None,
+    max_tokens: int = T5_MAX_TOKENS,
+    wordings: dict | None = None,
+) -> str:
     """A prompt from the clip's metadata in one of :data:`TEMPLATES` (chosen by ``rng``).
 
     Tags are worded with ``wordings`` (or a fresh :func:`choose_wordings`); instruments are dropped
@@ -447,9 +495,13 @@ def template_prompt(meta: dict, lexicon: Lexicon, rng: random.Random, t5_tokeniz
     tempo, key = _format_tempo(meta), _format_key(meta)
     instruments = list(w["instruments"])
     while True:
-        parts = {"moods": join_words(w["moods"]), "genre": join_words(w["genres"]),
-                 "instruments": join_words(instruments),
-                 "bpm": f" at {tempo} BPM" if tempo else "", "key": f" in {key}" if key else ""}
+        parts = {
+            "moods": join_words(w["moods"]),
+            "genre": join_words(w["genres"]),
+            "instruments": join_words(instruments),
+            "bpm": f" at {tempo} BPM" if tempo else "",
+            "key": f" in {key}" if key else "",
+        }
         text = _tidy(tpl(parts))
         if t5_tokenizer is None or count_t5_tokens(t5_tokenizer, text) <= max_tokens or not instruments:
             return text
@@ -466,11 +518,19 @@ SYSTEM_PROMPT = (
     "state it exactly as given (e.g. 'G minor'); if either is missing, say nothing about it. Mention "
     "only the listed genres, moods and instruments, using the listed words; add no other instrument, "
     "genre, mood, number, key, artist or producer name. Answer with the prompt only, one sentence, "
-    "under 40 words.")
-EXAMPLE_META = {"genres": ["rap with soul"], "moods": ["melancholic", "love"],
-                "instruments": ["plucked guitar", "synth bells", "movie sample"], "tempo": "109", "key": "G minor"}
-EXAMPLE_PROMPT = ("A melancholic and love-inspired rap with soul beat at 109 BPM in G minor, using plucked "
-                  "guitar, synth bells, and movie sample.")
+    "under 40 words."
+)
+EXAMPLE_META = {
+    "genres": ["rap with soul"],
+    "moods": ["melancholic", "love"],
+    "instruments": ["plucked guitar", "synth bells", "movie sample"],
+    "tempo": "109",
+    "key": "G minor",
+}
+EXAMPLE_PROMPT = (
+    "A melancholic and love-inspired rap with soul beat at 109 BPM in G minor, using plucked "
+    "guitar, synth bells, and movie sample."
+)
 
 
 def describe(words: dict[str, list[str]], tempo: str, key: str) -> str:
@@ -490,8 +550,14 @@ def chat_messages(words: dict[str, list[str]], tempo: str, key: str) -> list[dic
     ]
 
 
-def generate_batch(tokenizer, model, conversations: list[list[dict]], generation_length: int,  # new tokens
-                   temperature: float, seed: int) -> list[str]:
+def generate_batch(
+    tokenizer,
+    model,
+    conversations: list[list[dict]],
+    generation_length: int,  # new tokens
+    temperature: float,
+    seed: int,
+) -> list[str]:
     """One batched ``generate`` (left padding) over chat conversations; the decoded answers."""
     import torch
 
@@ -506,13 +572,14 @@ def generate_batch(tokenizer, model, conversations: list[list[dict]], generation
     torch.manual_seed(seed)
     with torch.inference_mode():
         out = model.generate(**batch, **gen)
-    new = out[:, batch["input_ids"].shape[1]:]
+    new = out[:, batch["input_ids"].shape[1] :]
     return tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
 # --------------------------------------------------------------------------------------------
 # inputs
 # --------------------------------------------------------------------------------------------
+
 
 def card_metadata(meta: dict) -> dict:
     """Exactly the card's keys, in the card's order."""
@@ -526,6 +593,7 @@ def _meta_hash(meta: dict) -> str:
 # --------------------------------------------------------------------------------------------
 # the stage
 # --------------------------------------------------------------------------------------------
+
 
 def _validate_params(p: dict) -> None:
     if p["batch_size"] < 1:
@@ -545,12 +613,27 @@ def _validate_params(p: dict) -> None:
 
 
 def _fingerprint(p: dict, lexicon: Lexicon) -> str:
-    keys = ("llm_model", "t5_model", "use_llm", "quantization", "batch_size", "generation_length", "temperature",
-            "seed", "t5_max_length")
+    keys = (
+        "llm_model",
+        "t5_model",
+        "use_llm",
+        "quantization",
+        "batch_size",
+        "generation_length",
+        "temperature",
+        "seed",
+        "t5_max_length",
+    )
     payload = {k: p[k] for k in keys}
-    payload.update(format=PROMPTS_FORMAT, tags=lexicon.tags, synonyms=lexicon.synonyms, artists=lexicon.artists,
-                   instrument_words=lexicon.instrument_words,
-                   system=SYSTEM_PROMPT, example=EXAMPLE_PROMPT)
+    payload.update(
+        format=PROMPTS_FORMAT,
+        tags=lexicon.tags,
+        synonyms=lexicon.synonyms,
+        artists=lexicon.artists,
+        instrument_words=lexicon.instrument_words,
+        system=SYSTEM_PROMPT,
+        example=EXAMPLE_PROMPT,
+    )
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -566,24 +649,53 @@ def _prepare_log(out: Path, fingerprint: str, records: list[dict]) -> JsonlLog:
     return JsonlLog(out)
 
 
-def _row(rec: dict, prompt: str, source: str, reason: str | None, llm_output: str | None,
-         t5_tokens: int | None, fingerprint: str) -> dict:
+def _row(
+    rec: dict,
+    prompt: str,
+    source: str,
+    reason: str | None,
+    llm_output: str | None,
+    t5_tokens: int | None,
+    fingerprint: str,
+) -> dict:
     m = rec["meta"]
-    return {"filepath": rec["filepath"], "start": m.get("start"), "duration": m.get("duration"), "prompt": prompt,
-            "clip_id": rec["clip_id"], "prompt_source": source, "reject_reason": reason, "llm_output": llm_output,
-            "t5_tokens": t5_tokens, "missing": rec["missing"], "meta_hash": _meta_hash(m),
-            "fingerprint": fingerprint}
+    return {
+        "filepath": rec["filepath"],
+        "start": m.get("start"),
+        "duration": m.get("duration"),
+        "prompt": prompt,
+        "clip_id": rec["clip_id"],
+        "prompt_source": source,
+        "reject_reason": reason,
+        "llm_output": llm_output,
+        "t5_tokens": t5_tokens,
+        "missing": rec["missing"],
+        "meta_hash": _meta_hash(m),
+        "fingerprint": fingerprint,
+    }
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
-def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tiny:llm",
-        t5_model: str = "tiny:t5", use_llm: bool = True, quantization: str = "", batch_size: int = 8,
-        generation_length: int = 96, temperature: float = 0.6, seed: int = 0, device: str = "auto",
-        t5_max_length: int = T5_MAX_TOKENS, n_clusters: int = 0, rare_tag_percent: float = 5.0) -> dict:
+def run(
+    run_dir: str = "runs/demo",
+    profile: str = "demo",
+    llm_model: str = "tiny:llm",
+    t5_model: str = "tiny:t5",
+    use_llm: bool = True,
+    quantization: str = "",
+    batch_size: int = 8,
+    generation_length: int = 96,
+    temperature: float = 0.6,
+    seed: int = 0,
+    device: str = "auto",
+    t5_max_length: int = T5_MAX_TOKENS,
+    n_clusters: int = 0,
+    rare_tag_percent: float = 5.0,
+) -> dict:
     """Write ``04_prompts/prompts.jsonl`` + ``metadata.json``, then the tag-space analysis.
 
     Resumable: rows are appended one batch at a time and kept across runs when they were made with
@@ -632,7 +744,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
                     cand, why = clean_llm_answer(answers[cid])
                     problems = [why] if why else validate(cand, rec["meta"], lexicon, matcher, t5_tok, t5_max_length)
                     if not problems:
-                        rows.append(_row(rec, cand, "llm", None, answers[cid], count_t5_tokens(t5_tok, cand), fingerprint))
+                        rows.append(
+                            _row(rec, cand, "llm", None, answers[cid], count_t5_tokens(t5_tok, cand), fingerprint)
+                        )
                         continue
                     reason = "; ".join(problems)
                 elif not use_llm:
@@ -640,8 +754,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
                 else:
                     reason = f"missing {', '.join(rec['missing'])}: LLM not asked"
                 text = template_prompt(rec["meta"], lexicon, rng, t5_tok, t5_max_length, wordings=words)
-                rows.append(_row(rec, text, "template", reason, answers.get(cid), count_t5_tokens(t5_tok, text),
-                                 fingerprint))
+                rows.append(
+                    _row(rec, text, "template", reason, answers.get(cid), count_t5_tokens(t5_tok, text), fingerprint)
+                )
             log.append(*rows)  # one write per batch: a resumed run never splits a batch
             bar.update(len(batch))
     llm = None
@@ -659,20 +774,38 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", llm_model: str = "tin
         if r["prompt_source"] == "template" and r["llm_output"] is not None:
             for part in (r["reject_reason"] or "").split("; "):
                 reasons[re.sub(r"\(.*?\)|'.*?'", "(…)", part)] += 1
-    space = tag_space.run(run_dir, t5_model=t5_model, n_clusters=n_clusters, rare_tag_percent=rare_tag_percent,
-                          seed=seed, device=device, t5=(t5_tok, t5_enc), lexicon=lexicon)
+    space = tag_space.run(
+        run_dir,
+        t5_model=t5_model,
+        n_clusters=n_clusters,
+        rare_tag_percent=rare_tag_percent,
+        seed=seed,
+        device=device,
+        t5=(t5_tok, t5_enc),
+        lexicon=lexicon,
+    )
     summary = {
-        "clips": len(rows), "llm_asked": asked_n, "llm_accepted": accepted,
+        "clips": len(rows),
+        "llm_asked": asked_n,
+        "llm_accepted": accepted,
         "acceptance_rate": round(accepted / asked_n, 4) if asked_n else None,
-        "llm_refused": sum(1 for r in rows if r["prompt_source"] == "template" and r["llm_output"] is not None
-                           and r["reject_reason"] == "the model refused"),
+        "llm_refused": sum(
+            1
+            for r in rows
+            if r["prompt_source"] == "template"
+            and r["llm_output"] is not None
+            and r["reject_reason"] == "the model refused"
+        ),
         "llm_unwrapped": sum(1 for r in rows if r["prompt_source"] == "llm" and r["prompt"] != r["llm_output"].strip()),
         "template": sum(1 for r in rows if r["prompt_source"] == "template"),
         "missing_inputs": sum(1 for r in rows if r["missing"]),
         "top_reject_reasons": dict(reasons.most_common(5)),
-        "llm_model": llm_model if use_llm else None, "t5_model": t5_model, "device": device_used,
+        "llm_model": llm_model if use_llm else None,
+        "t5_model": t5_model,
+        "device": device_used,
         "seconds": round(time.perf_counter() - t0, 2),
-        "prompts": run_.rel(out_path), "metadata": run_.rel(out_dir / "metadata.json"),
+        "prompts": run_.rel(out_path),
+        "metadata": run_.rel(out_dir / "metadata.json"),
         "tag_space": space,
     }
     run_.mark_done(STAGE, params=params, **summary)

@@ -105,8 +105,16 @@ def choose_samples(run: Run, max_samples: int = 6) -> list[dict]:
             if dest in used:  # the same file name twice for one model: keep both
                 dest = f"samples/{slug}/p{idx + 1:02d}-seed{r.get('seed', 0)}-{local.name}"
             used.add(dest)
-            chosen.append({"model": model, "prompt": r.get("prompt", ""), "prompt_idx": idx, "seed": r.get("seed"),
-                           "local": str(local), "path_in_repo": dest})
+            chosen.append(
+                {
+                    "model": model,
+                    "prompt": r.get("prompt", ""),
+                    "prompt_idx": idx,
+                    "seed": r.get("seed"),
+                    "local": str(local),
+                    "path_in_repo": dest,
+                }
+            )
     return chosen
 
 
@@ -114,31 +122,41 @@ def _recipe(run: Run) -> list[str]:
     def p(stage):
         return (run.stage_record(stage) or {}).get("params") or {}
 
-    seg, tag, tk, pr, tr, gen = (p(s) for s in ("01_segment", "02_tag", "03_tempo_key", "04_prompts", "05_train",
-                                                 "06_generate"))
+    seg, tag, tk, pr, tr, gen = (
+        p(s) for s in ("01_segment", "02_tag", "03_tempo_key", "04_prompts", "05_train", "06_generate")
+    )
     out = []
     if seg:
-        out.append(f"1. **Segment** (01): {seg.get('segments_per_track', 2)} segments of "
-                   f"{seg.get('min_seconds', 20):g}–{seg.get('max_seconds', 35):g} s per track, cut on bars, start "
-                   f"time kept; loudness {seg.get('target_lufs', -14):g} LUFS.")
+        out.append(
+            f"1. **Segment** (01): {seg.get('segments_per_track', 2)} segments of "
+            f"{seg.get('min_seconds', 20):g}–{seg.get('max_seconds', 35):g} s per track, cut on bars, start "
+            f"time kept; loudness {seg.get('target_lufs', -14):g} LUFS."
+        )
     if tag:
-        out.append(f"2. **Tag** (02): zero-shot instrument / mood / genre tags by CLAP similarity "
-                   f"(`{tag.get('clap_model')}`).")
+        out.append(
+            f"2. **Tag** (02): zero-shot instrument / mood / genre tags by CLAP similarity (`{tag.get('clap_model')}`)."
+        )
     if tk:
-        out.append(f"3. **Tempo and key** (03): Essentia TempoCNN deeptemp-k16-3 and KeyExtractor "
-                   f"(`{tk.get('key_profile', 'edma')}`), kept at confidence ≥ {tk.get('min_confidence', 0.7):g}.")
+        out.append(
+            f"3. **Tempo and key** (03): Essentia TempoCNN deeptemp-k16-3 and KeyExtractor "
+            f"(`{tk.get('key_profile', 'edma')}`), kept at confidence ≥ {tk.get('min_confidence', 0.7):g}."
+        )
     if pr:
-        out.append(f"4. **Prompts** (04): {'a local LLM (`' + str(pr.get('llm_model')) + '`)' if pr.get('use_llm') else 'templates'}"
-                   " writes one prompt per clip from its tags, BPM and key.")
+        out.append(
+            f"4. **Prompts** (04): {'a local LLM (`' + str(pr.get('llm_model')) + '`)' if pr.get('use_llm') else 'templates'}"
+            " writes one prompt per clip from its tags, BPM and key."
+        )
     if tr:
         keep = ("mode", "base_model", "batch_size", "lr", "epochs", "max_steps", "precision", "pre_encode", "lora_rank")
         out.append("5. **Train** (05): " + ", ".join(f"`{k}` = {tr[k]}" for k in keep if k in tr) + ".")
     else:
         out.append("5. **Train** (05): (no 05_train stage record in the run folder)")
     if gen:
-        out.append(f"6. **Generate** (06): {gen.get('steps')} steps, CFG {gen.get('cfg_scale')}, sampler "
-                   f"`{gen.get('sampler_type')}`, seconds_start {gen.get('seconds_start')}, "
-                   f"{gen.get('seconds_total')} s.")
+        out.append(
+            f"6. **Generate** (06): {gen.get('steps')} steps, CFG {gen.get('cfg_scale')}, sampler "
+            f"`{gen.get('sampler_type')}`, seconds_start {gen.get('seconds_start')}, "
+            f"{gen.get('seconds_total')} s."
+        )
     return out
 
 
@@ -147,19 +165,35 @@ def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
     ds = dataset_summary(run)
     export = run.path("05_train", "export")
     lines = [
-        "---", f"base_model: {BASE_MODEL}", "library_name: stable-audio-tools", "license: other",
-        f"license_name: {LICENSE_ID}", f"license_link: {LICENSE_LINK}",
-        "tags:", "- audio", "- text-to-audio", "- music", "- stable-audio-open", "---", "",
-        f"# {repo_id.split('/')[-1]}", "",
+        "---",
+        f"base_model: {BASE_MODEL}",
+        "library_name: stable-audio-tools",
+        "license: other",
+        f"license_name: {LICENSE_ID}",
+        f"license_link: {LICENSE_LINK}",
+        "tags:",
+        "- audio",
+        "- text-to-audio",
+        "- music",
+        "- stable-audio-open",
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
         f"A fine-tune of [Stable Audio Open 1.0](https://huggingface.co/{BASE_MODEL}) on beats, made with the "
-        "StableBeaT course (segment → tag → tempo/key → prompts → train → generate → evaluate).", "",
-        "## Licence", "",
+        "StableBeaT course (segment → tag → tempo/key → prompts → train → generate → evaluate).",
+        "",
+        "## Licence",
+        "",
         f"The weights derive from Stable Audio Open 1.0 and are released under the **{LICENSE_NAME}** "
         f"([licence text]({LICENSE_LINK})): read it before use — commercial use above its revenue threshold "
-        "needs a licence from Stability AI. Powered by Stability AI.", "",
-        "## Use", "",
+        "needs a licence from Stability AI. Powered by Stability AI.",
+        "",
+        "## Use",
+        "",
         "With [stable-audio-tools](https://github.com/Stability-AI/stable-audio-tools) (it downloads "
-        "`model_config.json` and `model.safetensors` from this repo):", "",
+        "`model_config.json` and `model.safetensors` from this repo):",
+        "",
         "```python",
         "import torch",
         "from stable_audio_tools import get_pretrained_model",
@@ -171,22 +205,30 @@ def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
         '                 "seconds_start": 0, "seconds_total": 47}]',
         "audio = generate_diffusion_cond(model, steps=200, cfg_scale=7, conditioning=conditioning,",
         '                                sample_size=config["sample_size"], device="cuda")',
-        "```", "",
+        "```",
+        "",
         "From a local copy of this repo (or the course's export folder), the course's loader reads the same "
-        "files: `from stablebeat_utils.models import load_sao; model, config = load_sao(\"path/to/folder\")`.", "",
-        "## Dataset", "",
+        'files: `from stablebeat_utils.models import load_sao; model, config = load_sao("path/to/folder")`.',
+        "",
+        "## Dataset",
+        "",
         f"- {ds['clips']} clips from {ds['sources']} tracks, {_hours(ds['seconds'])} of audio; each clip keeps its "
         "start time in its source track (it conditions `seconds_start`).",
     ]
     if ds["tempo_range"]:
-        lines.append(f"- BPM (TempoCNN deeptemp-k16-3, confidence ≥ 0.7) known for {ds['tempo_known']} clips: "
-                     f"{ds['tempo_range'][0]:g}–{ds['tempo_range'][1]:g}, median {ds['tempo_median']:g}.")
+        lines.append(
+            f"- BPM (TempoCNN deeptemp-k16-3, confidence ≥ 0.7) known for {ds['tempo_known']} clips: "
+            f"{ds['tempo_range'][0]:g}–{ds['tempo_range'][1]:g}, median {ds['tempo_median']:g}."
+        )
     if ds["keys"]:
         lines.append("- Most common keys: " + ", ".join(f"{k} ({n})" for k, n in ds["keys"]) + ".")
     for fam, label in (("instruments_tags", "Instruments"), ("moods_tags", "Moods"), ("genres_tags", "Genres")):
         if ds["tag_frequencies"][fam]:
-            lines.append(f"- {label} (CLAP tags, most frequent): "
-                         + ", ".join(f"{t} ({n})" for t, n in ds["tag_frequencies"][fam]) + ".")
+            lines.append(
+                f"- {label} (CLAP tags, most frequent): "
+                + ", ".join(f"{t} ({n})" for t, n in ds["tag_frequencies"][fam])
+                + "."
+            )
     if ds["sample_prompts"]:
         lines += ["", "Sample training prompts:", ""] + [f"> {p}" for p in ds["sample_prompts"]]
     lines += ["", "## Recipe", ""] + _recipe(run)
@@ -205,8 +247,9 @@ def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
         for idx in dict.fromkeys(x["prompt_idx"] for x in samples):
             row = {x["model"]: x for x in samples if x["prompt_idx"] == idx}
             prompt = next(iter(row.values()))["prompt"].replace("|", "\\|")
-            cells = [f"[{Path(row[m]['path_in_repo']).name}]({row[m]['path_in_repo']})" if m in row else "—"
-                     for m in models]
+            cells = [
+                f"[{Path(row[m]['path_in_repo']).name}]({row[m]['path_in_repo']})" if m in row else "—" for m in models
+            ]
             lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
     if not export.is_dir():
         lines += ["", "_No export folder in the run._"]
@@ -247,8 +290,10 @@ def upload_list(run: Run, card_path: Path, card: str, samples: list[dict]) -> li
         else:
             missing.append(link)
     if missing:
-        raise PublishError(f"{card_path}: the card links {', '.join(missing)}, which the run folder does not hold "
-                           f"(looked beside {run.path('07_evaluate')}); re-run 07_evaluate or remove the link")
+        raise PublishError(
+            f"{card_path}: the card links {', '.join(missing)}, which the run folder does not hold "
+            f"(looked beside {run.path('07_evaluate')}); re-run 07_evaluate or remove the link"
+        )
     gone = [u["local"] for u in uploads[1:] if not Path(u["local"]).is_file()]  # [0]: the card, written next
     if gone:
         raise PublishError(f"file(s) to upload are missing: {', '.join(gone)}")
@@ -274,11 +319,16 @@ def push(uploads: list[dict], repo_id: str, api, state_path: Path, private: bool
         api.create_repo(repo_id, private=private, exist_ok=True)
         on_hub = set(api.list_repo_files(repo_id))
     except Exception as exc:
-        raise PublishError(f"cannot reach {repo_id} on the hub ({type(exc).__name__}: {exc}); nothing was "
-                           "uploaded — check the network and the token's write access, then run publish again") from exc
+        raise PublishError(
+            f"cannot reach {repo_id} on the hub ({type(exc).__name__}: {exc}); nothing was "
+            "uploaded — check the network and the token's write access, then run publish again"
+        ) from exc
     sha = {u["path_in_repo"]: file_sha256(u["local"]) for u in uploads}
-    todo = [u for u in uploads if not (state["files"].get(u["path_in_repo"]) == sha[u["path_in_repo"]]
-                                       and u["path_in_repo"] in on_hub)]
+    todo = [
+        u
+        for u in uploads
+        if not (state["files"].get(u["path_in_repo"]) == sha[u["path_in_repo"]] and u["path_in_repo"] in on_hub)
+    ]
     skipped = len(uploads) - len(todo)
     done = 0
     for batch in _batches(todo):
@@ -287,14 +337,14 @@ def push(uploads: list[dict], repo_id: str, api, state_path: Path, private: bool
         ops = [CommitOperationAdd(path_in_repo=u["path_in_repo"], path_or_fileobj=u["local"]) for u in batch]
         names = ", ".join(u["path_in_repo"] for u in batch)
         try:
-            api.create_commit(repo_id, operations=ops,
-                              commit_message=f"StableBeaT course: upload {names[:120]}")
+            api.create_commit(repo_id, operations=ops, commit_message=f"StableBeaT course: upload {names[:120]}")
         except Exception as exc:
             left = len(todo) - done
             raise PublishError(
                 f"upload to {repo_id} failed at {names[:200]} ({type(exc).__name__}: {exc}). "
                 f"{skipped + done} of {len(uploads)} files are on the hub (recorded in {state_path}); "
-                f"run publish again to upload the {left} left.") from exc
+                f"run publish again to upload the {left} left."
+            ) from exc
         for u in batch:
             state["files"][u["path_in_repo"]] = sha[u["path_in_repo"]]
         atomic_write_json(state_path, state)
@@ -302,8 +352,9 @@ def push(uploads: list[dict], repo_id: str, api, state_path: Path, private: bool
     return {"uploaded": done, "already_there": skipped}
 
 
-def run(run_dir: str | os.PathLike, repo_id: str, dry_run: bool = True, private: bool = True,
-        max_samples: int = 6, api=None) -> dict:
+def run(
+    run_dir: str | os.PathLike, repo_id: str, dry_run: bool = True, private: bool = True, max_samples: int = 6, api=None
+) -> dict:
     """Write the card and the upload list; upload them (and the weights) unless ``dry_run``.
 
     ``api``: an ``huggingface_hub.HfApi``-like object (``create_repo``, ``list_repo_files``,
@@ -327,8 +378,10 @@ def run(run_dir: str | os.PathLike, repo_id: str, dry_run: bool = True, private:
 
     token = hub_token()
     if not token:
-        raise PublishError("no Hugging Face token: set HF_TOKEN in the environment or in Colab's secrets "
-                           "(🔑 in the left bar) with write access")
+        raise PublishError(
+            "no Hugging Face token: set HF_TOKEN in the environment or in Colab's secrets "
+            "(🔑 in the left bar) with write access"
+        )
     if api is None:
         from huggingface_hub import HfApi
 

@@ -39,16 +39,21 @@ def available_stages() -> list[str]:
     return [s for s in STAGES if (nb / f"{s}.ipynb").is_file()]
 
 
-def plan(stages: list[str] | None = None, profile: str | None = None,
-         files: list[str | os.PathLike] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, dict]:
+def plan(
+    stages: list[str] | None = None,
+    profile: str | None = None,
+    files: list[str | os.PathLike] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, dict]:
     """Validated parameters for each stage to run, in order. Raises ParameterError early."""
     existing = available_stages()
     if stages:
         wanted = [params.canonical_stage(s) for s in stages]
         missing = [s for s in wanted if s not in existing]
         if missing:
-            raise ParameterError(f"no notebook for stage(s) {', '.join(missing)} in {notebooks_dir()} "
-                                 "(not written yet?)")
+            raise ParameterError(
+                f"no notebook for stage(s) {', '.join(missing)} in {notebooks_dir()} (not written yet?)"
+            )
         wanted = [s for s in STAGES if s in wanted]
     else:
         wanted = existing
@@ -64,8 +69,12 @@ def plan(stages: list[str] | None = None, profile: str | None = None,
             raise ParameterError(f"{path}: parameter files are YAML (.yaml or .yml)")
         file_layers.append(params.load_profile(str(path)))
     overrides = dict(overrides or {})
-    profile = overrides.pop("profile", None) or next(
-        (layer["profile"] for layer in reversed(file_layers) if layer.get("profile")), None) or profile or "demo"
+    profile = (
+        overrides.pop("profile", None)
+        or next((layer["profile"] for layer in reversed(file_layers) if layer.get("profile")), None)
+        or profile
+        or "demo"
+    )
     params.load_profile(profile)  # unknown profile → error now
 
     for name in overrides:
@@ -73,8 +82,10 @@ def plan(stages: list[str] | None = None, profile: str | None = None,
     known = set().union(*(params.schema(s) for s in wanted))
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)} for stage(s) {', '.join(wanted)}; "
-                             "see `python -m stablebeat_utils stages`")
+        raise ParameterError(
+            f"unknown parameter(s) {', '.join(unknown)} for stage(s) {', '.join(wanted)}; "
+            "see `python -m stablebeat_utils stages`"
+        )
     resolved = {}
     for stage in wanted:
         values = params.resolve(stage, profile=profile, files=file_layers, overrides=overrides)
@@ -102,9 +113,14 @@ def _check_inputs(resolved: dict[str, dict]) -> None:
         Run(rd).check_compatible()
 
 
-def run(stages: list[str] | None = None, profile: str | None = None,
-        files: list[str | os.PathLike] | None = None, overrides: dict[str, Any] | None = None,
-        kernel_name: str = "python3", log_output: bool = False) -> list[Path]:
+def run(
+    stages: list[str] | None = None,
+    profile: str | None = None,
+    files: list[str | os.PathLike] | None = None,
+    overrides: dict[str, Any] | None = None,
+    kernel_name: str = "python3",
+    log_output: bool = False,
+) -> list[Path]:
     """Execute the notebooks of ``stages`` (all that exist by default) in order."""
     import papermill as pm
 
@@ -122,10 +138,15 @@ def run(stages: list[str] | None = None, profile: str | None = None,
         print(f"▶ {stage}  →  {out}", flush=True)
         try:
             pm.execute_notebook(
-                str(notebooks_dir() / f"{stage}.ipynb"), str(out),
+                str(notebooks_dir() / f"{stage}.ipynb"),
+                str(out),
                 parameters={**values, RUNNER_MARKER: True},
-                kernel_name=kernel_name, cwd=str(run_dir), log_output=log_output,
-                progress_bar=sys.stderr.isatty(), report_mode=False)
+                kernel_name=kernel_name,
+                cwd=str(run_dir),
+                log_output=log_output,
+                progress_bar=sys.stderr.isatty(),
+                report_mode=False,
+            )
         except pm.PapermillExecutionError as exc:
             raise StageFailed(stage, out, exc) from None
         print(f"✔ {stage}  {time.monotonic() - started:.1f} s", flush=True)
@@ -138,5 +159,6 @@ class StageFailed(RuntimeError):
         self.stage, self.notebook = stage, notebook
         ename = getattr(exc, "ename", type(exc).__name__)
         evalue = getattr(exc, "evalue", str(exc))
-        super().__init__(f"stage {stage} failed: {ename}: {evalue}\n  the executed notebook, with the "
-                         f"traceback, is {notebook}")
+        super().__init__(
+            f"stage {stage} failed: {ename}: {evalue}\n  the executed notebook, with the traceback, is {notebook}"
+        )

@@ -62,8 +62,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def _disk_error(path: Path, exc: OSError) -> RunFolderError:
     if exc.errno == errno.ENOSPC:
-        return RunFolderError(f"{path}: no space left on the device — free some disk and run the stage again "
-                              "(nothing half-written was kept)")
+        return RunFolderError(
+            f"{path}: no space left on the device — free some disk and run the stage again "
+            "(nothing half-written was kept)"
+        )
     return RunFolderError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
@@ -273,8 +275,13 @@ class Run:
     def mark_done(self, stage: str, params: dict | None = None, **summary: Any) -> dict:
         from . import __version__
 
-        record = {"stage": stage, "status": "done", "package_version": __version__,
-                  "params": params or {}, "summary": summary}
+        record = {
+            "stage": stage,
+            "status": "done",
+            "package_version": __version__,
+            "params": params or {},
+            "summary": summary,
+        }
         remove_stale_temp_files(self.stage_dir(stage))
         atomic_write_json(self.stage_dir(stage) / "stage.json", record)
         return record
@@ -296,7 +303,8 @@ class Run:
             raise RunFolderError(
                 f"{self.root}: this run folder was written with run format {fmt!r}, this version of "
                 f"stablebeat_utils writes format {RUN_FORMAT}. Use a new run_dir, or the version that "
-                "made it.")
+                "made it."
+            )
 
 
 def iter_rows(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
@@ -308,8 +316,17 @@ def iter_rows(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
 # run.json: every stage's parameters and the versions they ran with
 # --------------------------------------------------------------------------------------------
 
-VERSIONED_PACKAGES = ("torch", "torchaudio", "stable-audio-tools", "transformers", "essentia-tensorflow",
-                      "librosa", "numpy", "pytorch-lightning", "papermill")
+VERSIONED_PACKAGES = (
+    "torch",
+    "torchaudio",
+    "stable-audio-tools",
+    "transformers",
+    "essentia-tensorflow",
+    "librosa",
+    "numpy",
+    "pytorch-lightning",
+    "papermill",
+)
 
 
 def versions() -> dict[str, str]:

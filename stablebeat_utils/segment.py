@@ -90,9 +90,27 @@ FP_BANDS = 16
 FP_MAX_FRAMES = 180  # the first 90 s are plenty to tell tracks apart
 DUP_CORR = 0.97  # fingerprint correlation above which two sources are the same audio
 DUP_PROFILE_DB = 1.0  # ... and their average spectra differ by less than this (RMS dB)
-ROW_FIELDS = ("clip_id", "source", "index", "of", "start", "duration", "path", "status", "reason", "cut_on",
-              "tempo", "source_duration", "source_sr", "source_channels", "source_format", "sha256",
-              "loudness_lufs", "gain_db", "peak_dbfs")
+ROW_FIELDS = (
+    "clip_id",
+    "source",
+    "index",
+    "of",
+    "start",
+    "duration",
+    "path",
+    "status",
+    "reason",
+    "cut_on",
+    "tempo",
+    "source_duration",
+    "source_sr",
+    "source_channels",
+    "source_format",
+    "sha256",
+    "loudness_lufs",
+    "gain_db",
+    "peak_dbfs",
+)
 
 
 class SegmentError(ValueError):
@@ -101,6 +119,7 @@ class SegmentError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # finding sources
+
 
 @dataclass(frozen=True)
 class Source:
@@ -159,6 +178,7 @@ def clip_id_for(rel: str, index: int | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # analysis
 
+
 @dataclass
 class Analysis:
     """What the segmenter saw in one track (all times in seconds)."""
@@ -202,8 +222,9 @@ def analyse(mono: np.ndarray, sr: int) -> Analysis:
     level_db = 10 * np.log10(np.maximum(_moving_mean(rms.astype(np.float64) ** 2, int(frames_per_s)), 1e-20))
     loud_db = float(np.percentile(level_db, 90)) if len(level_db) else float("-inf")
     frame_times = librosa.frames_to_time(np.arange(len(rms)), sr=ANALYSIS_SR, hop_length=HOP)
-    S = librosa.feature.melspectrogram(y=y, sr=ANALYSIS_SR, n_fft=1024, hop_length=HOP, n_mels=N_MELS,
-                                       fmax=5000.0, center=True)
+    S = librosa.feature.melspectrogram(
+        y=y, sr=ANALYSIS_SR, n_fft=1024, hop_length=HOP, n_mels=N_MELS, fmax=5000.0, center=True
+    )
     mel_db = librosa.power_to_db(S, ref=1.0, amin=1e-10)
     n = min(len(rms), mel_db.shape[1])
     # S comes from a centred STFT already: librosa's extra centring shift (n_fft // 2hop frames) would
@@ -214,20 +235,31 @@ def analyse(mono: np.ndarray, sr: int) -> Analysis:
     loud = np.nonzero(level_db >= loud_db - FADE_DB)[0]
     usable = (float(frame_times[loud[0]]), float(min(frame_times[loud[-1]], duration))) if len(loud) else (0.0, 0.0)
 
-    tempo, beat_frames = librosa.beat.beat_track(onset_envelope=onset, sr=ANALYSIS_SR, hop_length=HOP,
-                                                 trim=True)
+    tempo, beat_frames = librosa.beat.beat_track(onset_envelope=onset, sr=ANALYSIS_SR, hop_length=HOP, trim=True)
     tempo = float(np.atleast_1d(tempo)[0]) if len(beat_frames) else None
     beats = librosa.frames_to_time(beat_frames, sr=ANALYSIS_SR, hop_length=HOP)
     bars = np.array([])
     if len(beat_frames) >= 8:
         # the downbeat: of the 4 phases, the one whose beats carry the most low-band (kick) onset
-        low = librosa.onset.onset_strength(S=mel_db[: N_MELS // 8], sr=ANALYSIS_SR, hop_length=HOP,
-                                           center=False)[:n]
+        low = librosa.onset.onset_strength(S=mel_db[: N_MELS // 8], sr=ANALYSIS_SR, hop_length=HOP, center=False)[:n]
         bf = np.minimum(beat_frames, len(low) - 1)
         strength = [low[bf[p::4]].mean() + 0.5 * onset[bf[p::4]].mean() for p in range(4)]
-        bars = beats[int(np.argmax(strength))::4]
-    a = Analysis(duration, frame_times[:n], rms_db[:n], level_db[:n], onset, loud_db, usable, tempo, beats, bars,
-                 np.array([]), "time", mel_db)
+        bars = beats[int(np.argmax(strength)) :: 4]
+    a = Analysis(
+        duration,
+        frame_times[:n],
+        rms_db[:n],
+        level_db[:n],
+        onset,
+        loud_db,
+        usable,
+        tempo,
+        beats,
+        bars,
+        np.array([]),
+        "time",
+        mel_db,
+    )
     return a
 
 
@@ -302,6 +334,7 @@ def choose_segments(a: Analysis, n_segments: int, min_s: float, max_s: float) ->
 # ≥ 0.9998 with ≤ 0.43 dB spectral difference; two different beats at the same tempo and length
 # reach 0.91 and 1.97 dB — hence the thresholds below.
 
+
 def fingerprint(a: Analysis) -> dict:
     """A small loudness pattern: 0.5 s × 16 mel bands, as int8 quarter-dB deviations + the band means."""
     fps = ANALYSIS_SR / HOP
@@ -314,8 +347,11 @@ def fingerprint(a: Analysis) -> dict:
     db = 10 * np.log10(np.maximum(p, 1e-10))
     profile = db.mean(axis=1)
     dev = np.clip(np.round((db - profile[:, None]) * 4), -127, 127).astype(np.int8)
-    return {"seconds": round(a.duration, 3), "profile": [round(float(v), 2) for v in profile],
-            "frames": base64.b64encode(dev.T.tobytes()).decode("ascii")}
+    return {
+        "seconds": round(a.duration, 3),
+        "profile": [round(float(v), 2) for v in profile],
+        "frames": base64.b64encode(dev.T.tobytes()).decode("ascii"),
+    }
 
 
 def _fp_arrays(fp: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -373,17 +409,21 @@ class _DupIndex:
 # ---------------------------------------------------------------------------------------------
 # one source (runs in a worker)
 
+
 def _row(source: str, index: int | None, of: int, status: str, reason: str = "", **extra: Any) -> dict:
     row = {k: None for k in ROW_FIELDS}
-    row.update(clip_id=clip_id_for(source, index), source=source, index=index, of=of, status=status,
-               reason=reason)
+    row.update(clip_id=clip_id_for(source, index), source=source, index=index, of=of, status=status, reason=reason)
     row.update(extra)
     return row
 
 
 def _rejected(source: str, reason: str, **extra: Any) -> dict:
-    return {"source": source, "rows": [_row(source, None, 1, "rejected", reason, **extra)], "fp": None,
-            "sha256": extra.get("sha256")}
+    return {
+        "source": source,
+        "rows": [_row(source, None, 1, "rejected", reason, **extra)],
+        "fp": None,
+        "sha256": extra.get("sha256"),
+    }
 
 
 def process_source(task: dict) -> dict:
@@ -421,11 +461,20 @@ def _process_source(task: dict) -> dict:
         return _rejected(rel, "file not found (a broken link?)")
     sha = file_sha256(path)
     dec = audio_mod.decode(path)
-    info = {"source_duration": round(dec.seconds, 3), "source_sr": dec.sr, "source_channels": dec.audio.shape[0],
-            "source_format": dec.format, "sha256": sha}
+    info = {
+        "source_duration": round(dec.seconds, 3),
+        "source_sr": dec.sr,
+        "source_channels": dec.audio.shape[0],
+        "source_format": dec.format,
+        "sha256": sha,
+    }
     if dec.truncated:
-        return _rejected(rel, f"truncated: the header announces {dec.declared_seconds:.1f} s but the file holds "
-                              f"{dec.seconds:.1f} s (a broken copy or download? re-export it)", **info)
+        return _rejected(
+            rel,
+            f"truncated: the header announces {dec.declared_seconds:.1f} s but the file holds "
+            f"{dec.seconds:.1f} s (a broken copy or download? re-export it)",
+            **info,
+        )
     bad = audio_mod.non_finite_count(dec.audio)
     if bad:
         return _rejected(rel, f"{bad} NaN/infinite samples: the file is corrupt", **info)
@@ -443,30 +492,49 @@ def _process_source(task: dict) -> dict:
     segs = choose_segments(a, cfg["segments_per_track"], min_s, max_s)
     if not segs:
         u0, u1 = a.usable
-        return {**_rejected(rel, f"too short: {u1 - u0:.1f} s of steady audio after trimming silence and fades "
-                                 f"({dec.seconds:.1f} s in all), a clip needs at least {min_s:g} s", **info),
-                "fp": fp}
+        return {
+            **_rejected(
+                rel,
+                f"too short: {u1 - u0:.1f} s of steady audio after trimming silence and fades "
+                f"({dec.seconds:.1f} s in all), a clip needs at least {min_s:g} s",
+                **info,
+            ),
+            "fp": fp,
+        }
     rows = []
     clips_dir = Path(task["clips_dir"])
     for i, (s, e) in enumerate(segs):
         i0, i1 = int(round(s * dec.sr)), min(int(round(e * dec.sr)), dec.audio.shape[1])
         clip = audio_mod.to_stereo(dec.audio[:, i0:i1])
         clip = audio_mod.resample(clip, dec.sr, audio_mod.TARGET_SR)
-        clip, gain = audio_mod.normalize_loudness(clip, audio_mod.TARGET_SR, cfg["target_lufs"],
-                                                  cfg["peak_ceiling_dbfs"])
+        clip, gain = audio_mod.normalize_loudness(
+            clip, audio_mod.TARGET_SR, cfg["target_lufs"], cfg["peak_ceiling_dbfs"]
+        )
         cid = clip_id_for(rel, i)
         ext = cfg.get("clip_format", "wav")
         with atomic_path(clips_dir / f"{cid}.{ext}") as tmp:
             audio_mod.write_clip(tmp, clip, audio_mod.TARGET_SR, ext)
-        rows.append(_row(rel, i, len(segs), "ok", start=round(i0 / dec.sr, 4),
-                         duration=round(clip.shape[1] / audio_mod.TARGET_SR, 4),
-                         path=f"{STAGE}/clips/{cid}.{ext}", cut_on=a.cut_on,
-                         tempo=round(a.tempo, 2) if a.tempo else None, **info, **gain))
+        rows.append(
+            _row(
+                rel,
+                i,
+                len(segs),
+                "ok",
+                start=round(i0 / dec.sr, 4),
+                duration=round(clip.shape[1] / audio_mod.TARGET_SR, 4),
+                path=f"{STAGE}/clips/{cid}.{ext}",
+                cut_on=a.cut_on,
+                tempo=round(a.tempo, 2) if a.tempo else None,
+                **info,
+                **gain,
+            )
+        )
     return {"source": rel, "rows": rows, "fp": fp, "sha256": sha}
 
 
-def analyse_file(path: str | os.PathLike, segments_per_track: int = 2, min_seconds: float = 20.0,
-                 max_seconds: float = 35.0) -> Analysis:
+def analyse_file(
+    path: str | os.PathLike, segments_per_track: int = 2, min_seconds: float = 20.0, max_seconds: float = 35.0
+) -> Analysis:
     """The analysis :func:`run` makes of one file, with its chosen segments (for plots in the notebook)."""
     dec = audio_mod.decode(path)
     a = analyse(audio_mod.to_mono(dec.audio), dec.sr)
@@ -477,6 +545,7 @@ def analyse_file(path: str | os.PathLike, segments_per_track: int = 2, min_secon
 # ---------------------------------------------------------------------------------------------
 # the stage
 
+
 def _warm_worker() -> None:
     """Pool initializer: librosa's jitted code compiled by one worker at a time (compat.warm_jit)."""
     from . import compat
@@ -484,36 +553,65 @@ def _warm_worker() -> None:
     compat.warm_jit(analyse, audio_mod.TARGET_SR)
 
 
-CRASHED = ("reading it crashed the decoder (the worker process died): the file is probably corrupt; "
-           "it is tried again on the next run")
+CRASHED = (
+    "reading it crashed the decoder (the worker process died): the file is probably corrupt; "
+    "it is tried again on the next run"
+)
 
 
 def _crashed(task: dict) -> dict:
     return _rejected(task["rel"], CRASHED)
 
 
-def _config(input_dir: Path, segments_per_track: int, min_seconds: float, max_seconds: float,
-            target_lufs: float, peak_ceiling_dbfs: float, clip_format: str = "wav") -> dict:
-    cfg = {"input_dir": str(input_dir), "segments_per_track": segments_per_track, "min_seconds": min_seconds,
-           "max_seconds": max_seconds, "target_lufs": target_lufs, "peak_ceiling_dbfs": peak_ceiling_dbfs,
-           "analysis_sr": ANALYSIS_SR, "hop": HOP, "clip_sr": audio_mod.TARGET_SR, "format": 1}
+def _config(
+    input_dir: Path,
+    segments_per_track: int,
+    min_seconds: float,
+    max_seconds: float,
+    target_lufs: float,
+    peak_ceiling_dbfs: float,
+    clip_format: str = "wav",
+) -> dict:
+    cfg = {
+        "input_dir": str(input_dir),
+        "segments_per_track": segments_per_track,
+        "min_seconds": min_seconds,
+        "max_seconds": max_seconds,
+        "target_lufs": target_lufs,
+        "peak_ceiling_dbfs": peak_ceiling_dbfs,
+        "analysis_sr": ANALYSIS_SR,
+        "hop": HOP,
+        "clip_sr": audio_mod.TARGET_SR,
+        "format": 1,
+    }
     if clip_format != "wav":  # absent for WAV: run folders made before clip_format resume as they were
         cfg["clip_format"] = clip_format
     return cfg
 
 
-def _validate(segments_per_track: int, min_seconds: float, max_seconds: float, target_lufs: float,
-              peak_ceiling_dbfs: float, workers: int, clip_format: str = "wav") -> None:
+def _validate(
+    segments_per_track: int,
+    min_seconds: float,
+    max_seconds: float,
+    target_lufs: float,
+    peak_ceiling_dbfs: float,
+    workers: int,
+    clip_format: str = "wav",
+) -> None:
     if clip_format not in audio_mod.CLIP_FORMATS:
-        raise SegmentError(f"clip_format={clip_format!r}: choose one of {', '.join(audio_mod.CLIP_FORMATS)} "
-                           "(flac: the same samples in about half the bytes)")
+        raise SegmentError(
+            f"clip_format={clip_format!r}: choose one of {', '.join(audio_mod.CLIP_FORMATS)} "
+            "(flac: the same samples in about half the bytes)"
+        )
     if not isinstance(segments_per_track, int) or segments_per_track < 1:
         raise SegmentError(f"segments_per_track={segments_per_track!r}: give a whole number ≥ 1")
     if not (0 < min_seconds <= max_seconds):
         raise SegmentError(f"min_seconds={min_seconds!r}, max_seconds={max_seconds!r}: need 0 < min ≤ max")
     if max_seconds - min_seconds < 0.5:
-        raise SegmentError(f"max_seconds - min_seconds = {max_seconds - min_seconds:g} s: leave at least 0.5 s "
-                           "so segments can end on a bar or beat")
+        raise SegmentError(
+            f"max_seconds - min_seconds = {max_seconds - min_seconds:g} s: leave at least 0.5 s "
+            "so segments can end on a bar or beat"
+        )
     if not (-70 <= target_lufs <= 0):
         raise SegmentError(f"target_lufs={target_lufs!r}: give a loudness in LUFS between -70 and 0 (e.g. -14)")
     if not (-20 <= peak_ceiling_dbfs <= 0):
@@ -548,8 +646,10 @@ def _sources(input_dir: str | os.PathLike, run_obj: Run) -> tuple[Path, list, li
     if not sources:
         raise SegmentError(f"input_dir {str(in_dir)!r} holds no audio files ({', '.join(AUDIO_EXTS)})")
     if run_obj.root == in_dir or in_dir in run_obj.root.parents or run_obj.root in in_dir.parents:
-        raise SegmentError(f"run_dir {str(run_obj.root)!r} and input_dir {str(in_dir)!r} overlap: keep the run "
-                           "folder outside the folder of beats (and the other way round)")
+        raise SegmentError(
+            f"run_dir {str(run_obj.root)!r} and input_dir {str(in_dir)!r} overlap: keep the run "
+            "folder outside the folder of beats (and the other way round)"
+        )
     return in_dir, sources, ignored
 
 
@@ -575,8 +675,7 @@ def _take(result: dict, log: JsonlLog, fps: JsonlLog, dups: "_DupIndex", run_roo
     log.append(*rows)
 
 
-def _summary(rows: list[dict], in_dir: Path, n_sources: int, n_ignored: int, seg_path: Path,
-             clips_dir: Path) -> dict:
+def _summary(rows: list[dict], in_dir: Path, n_sources: int, n_ignored: int, seg_path: Path, clips_dir: Path) -> dict:
     ok_rows = [r for r in rows if r["status"] == "ok"]
     rejected = [r for r in rows if r["status"] != "ok"]
     return {
@@ -594,23 +693,45 @@ def _summary(rows: list[dict], in_dir: Path, n_sources: int, n_ignored: int, seg
     }
 
 
-def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike = "demo", profile: str = "demo",
-        segments_per_track: int = 2, min_seconds: float = 20.0, max_seconds: float = 35.0,
-        target_lufs: float = -14.0, peak_ceiling_dbfs: float = -1.0, workers: int = 2,
-        clip_format: str = "wav", progress: bool = True) -> dict:
+def run(
+    run_dir: str | os.PathLike = "runs/demo",
+    input_dir: str | os.PathLike = "demo",
+    profile: str = "demo",
+    segments_per_track: int = 2,
+    min_seconds: float = 20.0,
+    max_seconds: float = 35.0,
+    target_lufs: float = -14.0,
+    peak_ceiling_dbfs: float = -1.0,
+    workers: int = 2,
+    clip_format: str = "wav",
+    progress: bool = True,
+) -> dict:
     """Segment every beat under ``input_dir`` into ``RUN_DIR/01_segment`` (see the module docstring).
 
     Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths. Resumable and
     deterministic (the same bytes whatever ``workers`` and wherever a previous run was killed).
     """
     run_obj, _ = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
-    _validate(segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
-              float(peak_ceiling_dbfs), workers, clip_format)
+    _validate(
+        segments_per_track,
+        float(min_seconds),
+        float(max_seconds),
+        float(target_lufs),
+        float(peak_ceiling_dbfs),
+        workers,
+        clip_format,
+    )
     in_dir, sources, ignored = _sources(input_dir, run_obj)
-    config = _config(in_dir, segments_per_track, float(min_seconds), float(max_seconds), float(target_lufs),
-                     float(peak_ceiling_dbfs), clip_format)
-    params = {"input_dir": str(input_dir), "profile": profile, **{k: v for k, v in config.items()
-                                                                  if k != "input_dir"}}
+    config = _config(
+        in_dir,
+        segments_per_track,
+        float(min_seconds),
+        float(max_seconds),
+        float(target_lufs),
+        float(peak_ceiling_dbfs),
+        clip_format,
+    )
+    params = {"input_dir": str(input_dir), "profile": profile, **{k: v for k, v in config.items() if k != "input_dir"}}
     stage_dir = run_obj.stage_dir(STAGE)
     work = stage_dir / ".work"
     old = read_json(work / "config.json")
@@ -629,8 +750,15 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
         return run_obj.stage_record(STAGE)["summary"]
     # the storage plan: printed, kept in RUN_DIR/storage_plan.json, a STOP before any clip when it won't fit
     from . import storage
-    plan = storage.segment_plan(run_obj.root, [in_dir / s.rel for s in sources if s.kind == "file"],
-                                segments_per_track, float(min_seconds), float(max_seconds), clip_format)
+
+    plan = storage.segment_plan(
+        run_obj.root,
+        [in_dir / s.rel for s in sources if s.kind == "file"],
+        segments_per_track,
+        float(min_seconds),
+        float(max_seconds),
+        clip_format,
+    )
     print(plan.text())
     storage.record(run_obj.root, plan)
     storage.refuse(plan)
@@ -652,8 +780,13 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
             if s.rel in done:
                 yield ("done", {"source": s.rel, "rows": by_source[s.rel], "resumed": True})
             else:
-                yield {"rel": s.rel, "kind": s.kind, "input_dir": str(in_dir), "clips_dir": str(clips_dir),
-                       "config": config}
+                yield {
+                    "rel": s.rel,
+                    "kind": s.kind,
+                    "input_dir": str(in_dir),
+                    "clips_dir": str(clips_dir),
+                    "config": config,
+                }
 
     try:
         from tqdm.auto import tqdm
@@ -661,8 +794,9 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
         tqdm = None
     bar = tqdm(total=len(sources), desc="segment", unit="track", disable=not progress) if tqdm else None
     dups = _DupIndex()
-    for result in _ordered_bounded(process_source, tasks(), workers, window=2 * workers + 2,
-                                  on_crash=_crashed, initializer=_warm_worker):
+    for result in _ordered_bounded(
+        process_source, tasks(), workers, window=2 * workers + 2, on_crash=_crashed, initializer=_warm_worker
+    ):
         _take(result, log, fps, dups, run_obj.root)
         if bar is not None:
             bar.update(1)
@@ -676,9 +810,12 @@ def run(run_dir: str | os.PathLike = "runs/demo", input_dir: str | os.PathLike =
             f.unlink() if f.is_file() or f.is_symlink() else shutil.rmtree(f)
     summary = _summary(rows, in_dir, len(sources), len(ignored), seg_path, clips_dir)
     if summary["crashed"] >= 2 and summary["crashed"] == summary["sources"]:
-        print(f"{STAGE}: WARNING every file crashed its worker process. That points at this machine (a broken "
-              "library, or a corrupt numba cache: delete librosa/__pycache__/*.nb* in the venv), not at your "
-              "files. Run the stage again once fixed: those files are retried.", file=sys.stderr)
+        print(
+            f"{STAGE}: WARNING every file crashed its worker process. That points at this machine (a broken "
+            "library, or a corrupt numba cache: delete librosa/__pycache__/*.nb* in the venv), not at your "
+            "files. Run the stage again once fixed: those files are retried.",
+            file=sys.stderr,
+        )
     run_obj.mark_done(STAGE, params=params, **summary)
     return summary
 

@@ -77,8 +77,10 @@ def clips_with_tags(run_dir: str | os.PathLike, rows, n: int = 2):
 
     parts = []
     for row in [r for r in rows if "error" not in r][:n]:
-        tags = "<br>".join(f"<i>{fam}</i>: {html.escape(', '.join(row.get(f'{fam}_tags', [])) or '—')}"
-                           for fam in ("instruments", "moods", "genres"))
+        tags = "<br>".join(
+            f"<i>{fam}</i>: {html.escape(', '.join(row.get(f'{fam}_tags', [])) or '—')}"
+            for fam in ("instruments", "moods", "genres")
+        )
         player = embedded_audio(Path(run_dir) / row["path"])._repr_html_()
         parts.append(f"<div style='margin-bottom:1em'><b>{html.escape(row['clip_id'])}</b><br>{tags}<br>{player}</div>")
     return HTML("".join(parts) or "<i>no tagged clip</i>")
@@ -89,6 +91,7 @@ def clips_with_tags(run_dir: str | os.PathLike, rows, n: int = 2):
 
 
 # -- 06_generate: spectrograms and side-by-side players ---------------------------------------
+
 
 def spectrogram_grid(rows, run_dir, row_key: str = "prompt_idx", col_key: str = "model", max_rows: int = 7):
     """A figure of spectrograms: one row per ``row_key`` (prompt), one column per ``col_key`` (model).
@@ -103,8 +106,7 @@ def spectrogram_grid(rows, run_dir, row_key: str = "prompt_idx", col_key: str = 
     rows = list(rows)
     row_ids = sorted({r[row_key] for r in rows})[:max_rows]
     col_ids = sorted({r[col_key] for r in rows})
-    fig, axes = plt.subplots(len(row_ids), len(col_ids), figsize=(5 * len(col_ids), 2.4 * len(row_ids)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(row_ids), len(col_ids), figsize=(5 * len(col_ids), 2.4 * len(row_ids)), squeeze=False)
     by = {(r[row_key], r[col_key]): r for r in rows}
     for i, rid in enumerate(row_ids):
         for j, cid in enumerate(col_ids):
@@ -124,8 +126,9 @@ def _load_any(load, path):
     return (out.audio, out.sr) if hasattr(out, "audio") else out
 
 
-def audio_grid(rows, run_dir, row_key: str = "prompt_idx", col_key: str = "model", text_key: str = "prompt",
-               max_rows: int = 7):
+def audio_grid(
+    rows, run_dir, row_key: str = "prompt_idx", col_key: str = "model", text_key: str = "prompt", max_rows: int = 7
+):
     """An HTML table of embedded audio players: one row per prompt, the models side by side."""
     import html
 
@@ -147,12 +150,15 @@ def audio_grid(rows, run_dir, row_key: str = "prompt_idx", col_key: str = "model
                 continue
             player = embedded_audio(Path(run_dir) / r["path"])._repr_html_()
             cells.append(f"<td>{player}<br><small>seed {r.get('seed')} · {r.get('duration')} s</small></td>")
-        body.append(f"<tr><td style='max-width:22em;text-align:left'><b>{rid}</b> "
-                    f"{html.escape(str(any_row.get(text_key, '')))}</td>{''.join(cells)}</tr>")
+        body.append(
+            f"<tr><td style='max-width:22em;text-align:left'><b>{rid}</b> "
+            f"{html.escape(str(any_row.get(text_key, '')))}</td>{''.join(cells)}</tr>"
+        )
     return HTML(f"<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>")
 
 
 # --- 03_tempo_key -------------------------------------------------------------------------------
+
 
 def tempo_key_kept_table(rows):
     """03_tempo_key: per clip, raw value, confidence and whether the 0.7 rule kept it."""
@@ -160,16 +166,18 @@ def tempo_key_kept_table(rows):
 
     out = []
     for r in rows:
-        out.append({
-            "clip_id": r["clip_id"],
-            "BPM (raw)": r.get("tempo_raw"),
-            "tempo conf.": r.get("tempo_confidence"),
-            "tempo kept": "yes" if r.get("tempo") is not None else "no",
-            "key (raw)": f"{r['key_raw']} {r['scale_raw']}" if r.get("key_raw") else None,
-            "key conf.": r.get("key_confidence"),
-            "key kept": "yes" if r.get("key") is not None else "no",
-            "error": r.get("error"),
-        })
+        out.append(
+            {
+                "clip_id": r["clip_id"],
+                "BPM (raw)": r.get("tempo_raw"),
+                "tempo conf.": r.get("tempo_confidence"),
+                "tempo kept": "yes" if r.get("tempo") is not None else "no",
+                "key (raw)": f"{r['key_raw']} {r['scale_raw']}" if r.get("key_raw") else None,
+                "key conf.": r.get("key_confidence"),
+                "key kept": "yes" if r.get("key") is not None else "no",
+                "error": r.get("error"),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -233,7 +241,7 @@ def training_curves(summary_or_csvs, title: str | None = None, smooth: int = 0):
         ax1.plot(steps, loss, lw=0.8, marker="o" if len(rows) < 30 else None, ms=3, color="C0", label="loss")
         if smooth and smooth > 1 and len(loss) >= smooth:
             avg = np.convolve(loss, np.ones(smooth) / smooth, mode="valid")
-            ax1.plot(steps[smooth - 1:], avg, color="C3", lw=1.5, label=f"mean of {smooth}")
+            ax1.plot(steps[smooth - 1 :], avg, color="C3", lw=1.5, label=f"mean of {smooth}")
         ax2.plot(steps, [r["lr"] for r in rows], color="C1", lw=1.2)
         ax1.legend(fontsize=8)
     ax1.set(xlabel="step", ylabel="diffusion loss (MSE, v-objective)", title="training loss")
@@ -259,6 +267,7 @@ def training_demos(summary: dict, last: int = 4):
 
 # --- 01_segment: whole-lesson views (loops live here, not in notebook cells) -----------------------
 
+
 def segment_plots(run_dir, rows, segments_per_track: int, min_seconds: float, max_seconds: float, n: int = 2):
     """Display :func:`segment_plot` for the first ``n`` sources that gave clips (re-analysed for the plot)."""
     from IPython.display import display
@@ -267,8 +276,9 @@ def segment_plots(run_dir, rows, segments_per_track: int, min_seconds: float, ma
 
     ok = [r for r in rows if r["status"] == "ok"]
     for source in sorted({r["source"] for r in ok})[:n]:
-        analysis = segment.analyse_file(segment.source_path(run_dir, source), segments_per_track,
-                                        min_seconds, max_seconds)
+        analysis = segment.analyse_file(
+            segment.source_path(run_dir, source), segments_per_track, min_seconds, max_seconds
+        )
         fig = segment_plot(analysis, [r for r in ok if r["source"] == source], title=source)
         display(fig)
         import matplotlib.pyplot as plt
@@ -284,7 +294,7 @@ def clip_players(run_dir, rows, n: int = 2):
 
     parts = []
     for r in [r for r in rows if r.get("status", "ok") == "ok"][:n]:
-        label = f'{r["clip_id"]} — {r.get("source", "")} from {float(r.get("start", 0)):.2f} s'
+        label = f"{r['clip_id']} — {r.get('source', '')} from {float(r.get('start', 0)):.2f} s"
         player = embedded_audio(Path(run_dir) / r["path"])._repr_html_()
         parts.append(f"<div><b>{html.escape(label)}</b><br>{player}</div>")
     return HTML("".join(parts) or "<i>no clip</i>")
@@ -292,6 +302,7 @@ def clip_players(run_dir, rows, n: int = 2):
 
 # --------------------------------------------------------------------------------------------
 # 02_tag: the producer's ears calibrate the tags (answers → tag_calibration → thresholds)
+
 
 class CalibrationPanel:
     """A listening widget: ``n`` clips, each with its player and a right/wrong choice per tag.
@@ -323,8 +334,12 @@ class CalibrationPanel:
             toggles = []
             for fam in ("instruments", "moods", "genres"):
                 for tag in row.get(f"{fam}_tags", []):
-                    t = w.ToggleButtons(options=["?", "right", "wrong"], value="?",
-                                        description=tag, style={"description_width": "10em", "button_width": "5em"})
+                    t = w.ToggleButtons(
+                        options=["?", "right", "wrong"],
+                        value="?",
+                        description=tag,
+                        style={"description_width": "10em", "button_width": "5em"},
+                    )
                     self.choices[(row["clip_id"], tag)] = t
                     toggles.append(t)
             boxes.append(w.VBox([w.HTML(f"<b>{html.escape(row['clip_id'])}</b>"), out, *toggles]))
@@ -335,8 +350,11 @@ class CalibrationPanel:
         self.widget = w.VBox([*boxes, w.HBox([button, self.status])])
 
     def answers(self) -> list[dict]:
-        return [{"clip_id": c, "tag": t, "correct": tb.value == "right"}
-                for (c, t), tb in self.choices.items() if tb.value != "?"]
+        return [
+            {"clip_id": c, "tag": t, "correct": tb.value == "right"}
+            for (c, t), tb in self.choices.items()
+            if tb.value != "?"
+        ]
 
     def save(self) -> int:
         from . import tag_calibration

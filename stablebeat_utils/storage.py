@@ -61,8 +61,13 @@ def latent_bytes(seconds: float, n_files: int = 0, sample_rate: int = 44100) -> 
     return int(frames * LATENT_CHANNELS * LATENT_BYTES + n_files * SAFETENSORS_HEADER)
 
 
-def checkpoint_bytes(mode: str = "full", ema: bool = True, optimizer: str = "adamw", lora_rank: int = 16,
-                     trained_params: int = SAO_TRAINED_PARAMS) -> int:
+def checkpoint_bytes(
+    mode: str = "full",
+    ema: bool = True,
+    optimizer: str = "adamw",
+    lora_rank: int = 16,
+    trained_params: int = SAO_TRAINED_PARAMS,
+) -> int:
     """One checkpoint of 05_train (the VAE is left out; LoRA keeps the adapters only)."""
     if mode == "lora":
         n = SAO_LORA_PARAMS_PER_RANK * lora_rank if trained_params == SAO_TRAINED_PARAMS else trained_params
@@ -71,8 +76,13 @@ def checkpoint_bytes(mode: str = "full", ema: bool = True, optimizer: str = "ada
     return int(trained_params * (4 + (4 if ema else 0) + moments))
 
 
-def export_bytes(mode: str = "full", export_merged: bool = True, lora_rank: int = 16,
-                 trained_params: int = SAO_TRAINED_PARAMS, vae_params: int = SAO_VAE_PARAMS) -> int:
+def export_bytes(
+    mode: str = "full",
+    export_merged: bool = True,
+    lora_rank: int = 16,
+    trained_params: int = SAO_TRAINED_PARAMS,
+    vae_params: int = SAO_VAE_PARAMS,
+) -> int:
     full = (trained_params + vae_params) * 4
     if mode == "lora":
         return (full if export_merged else 0) + SAO_LORA_PARAMS_PER_RANK * lora_rank * 4
@@ -95,12 +105,16 @@ def param_counts(model_config: dict) -> dict:
     with torch.device("meta"):
         dit = DiffusionTransformer(**m["diffusion"]["config"])
         pt = create_pretransform_from_config(m["pretransform"], model_config["sample_rate"])
-        numbers = [NumberConditioner(m["conditioning"]["cond_dim"], **c.get("config", {}))
-                   for c in m["conditioning"]["configs"] if c["type"] == "number"]
+        numbers = [
+            NumberConditioner(m["conditioning"]["cond_dim"], **c.get("config", {}))
+            for c in m["conditioning"]["configs"]
+            if c["type"] == "number"
+        ]
     count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
     lora = sum(x.in_features + x.out_features for x in dit.modules() if isinstance(x, torch.nn.Linear))
-    lora += sum(x.in_channels * x.kernel_size[0] + x.out_channels for x in dit.modules()
-                if isinstance(x, torch.nn.Conv1d))
+    lora += sum(
+        x.in_channels * x.kernel_size[0] + x.out_channels for x in dit.modules() if isinstance(x, torch.nn.Conv1d)
+    )
     return {"trained": count(dit) + sum(count(n) for n in numbers), "vae": count(pt), "lora_per_rank": lora}
 
 
@@ -135,14 +149,21 @@ class Plan:
             lines.append(f"  {n.what:<38} {n.bytes / GB:9.2f} GB  -> {n.folder}")
         for d in self.disks:
             mark = "fits" if d["fits"] else "DOES NOT FIT"
-            lines.append(f"  disk of {d['folders'][0]}: needs {d['need'] / GB:.2f} GB, free {d['free'] / GB:.2f} GB "
-                         f"(keeping {MARGIN:.0%}) — {mark}")
+            lines.append(
+                f"  disk of {d['folders'][0]}: needs {d['need'] / GB:.2f} GB, free {d['free'] / GB:.2f} GB "
+                f"(keeping {MARGIN:.0%}) — {mark}"
+            )
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"stage": self.stage, "fits": self.fits, "facts": self.facts,
-                "needs": [{"what": n.what, "bytes": n.bytes, "folder": str(n.folder)} for n in self.needs],
-                "disks": self.disks, "options": self.options}
+        return {
+            "stage": self.stage,
+            "fits": self.fits,
+            "facts": self.facts,
+            "needs": [{"what": n.what, "bytes": n.bytes, "folder": str(n.folder)} for n in self.needs],
+            "disks": self.disks,
+            "options": self.options,
+        }
 
 
 def _existing(path: Path) -> Path:
@@ -156,8 +177,13 @@ def _device(path: Path) -> int:
     return os.stat(_existing(path)).st_dev
 
 
-def assess(stage: str, needs: list[Need], facts: dict | None = None,
-           disk_usage: Callable | None = None, device_of: Callable = _device) -> Plan:
+def assess(
+    stage: str,
+    needs: list[Need],
+    facts: dict | None = None,
+    disk_usage: Callable | None = None,
+    device_of: Callable = _device,
+) -> Plan:
     """Add the needs up per filesystem and compare with the free space there."""
     plan = Plan(stage, [n for n in needs if n.bytes > 0], dict(facts or {}))
     groups: dict = {}
@@ -166,13 +192,23 @@ def assess(stage: str, needs: list[Need], facts: dict | None = None,
     for items in groups.values():
         free = int((disk_usage or shutil.disk_usage)(str(_existing(items[0].folder))).free)
         need = sum(n.bytes for n in items)
-        plan.disks.append({"folders": sorted({str(n.folder) for n in items}), "need": need, "free": free,
-                           "fits": need <= free * (1 - MARGIN)})
+        plan.disks.append(
+            {
+                "folders": sorted({str(n.folder) for n in items}),
+                "need": need,
+                "free": free,
+                "fits": need <= free * (1 - MARGIN),
+            }
+        )
     return plan
 
 
-def check(plan: Plan, alternatives: list[tuple[str, list[Need]]], disk_usage: Callable | None = None,
-          device_of: Callable = _device) -> Plan:
+def check(
+    plan: Plan,
+    alternatives: list[tuple[str, list[Need]]],
+    disk_usage: Callable | None = None,
+    device_of: Callable = _device,
+) -> Plan:
     """``plan`` if it fits; else a :class:`StorageError` with the numbers and the alternatives that fit."""
     if plan.fits:
         return plan
@@ -186,10 +222,14 @@ def refuse(plan: Plan) -> None:
     if plan.fits:
         return
     short = [d for d in plan.disks if not d["fits"]]
-    where = "; ".join(f"{d['folders'][0]} needs {d['need'] / GB:.2f} GB but has {d['free'] / GB:.2f} GB free"
-                      for d in short)
-    fix = ("Options that fit: " + "; ".join(plan.options) + ".") if plan.options else \
-        "No setting of this stage fits: free space, or put run_dir on a larger disk."
+    where = "; ".join(
+        f"{d['folders'][0]} needs {d['need'] / GB:.2f} GB but has {d['free'] / GB:.2f} GB free" for d in short
+    )
+    fix = (
+        ("Options that fit: " + "; ".join(plan.options) + ".")
+        if plan.options
+        else "No setting of this stage fits: free space, or put run_dir on a larger disk."
+    )
     raise StorageError(f"STOP — {plan.stage} will not fit: {where}.\n{plan.text()}\n{fix}")
 
 
@@ -229,8 +269,16 @@ def source_seconds(paths) -> tuple[float, int]:
     return total, unknown
 
 
-def segment_plan(run_dir, source_paths, segments_per_track: int, min_seconds: float, max_seconds: float,
-                 clip_format: str, disk_usage: Callable | None = None, device_of: Callable = _device) -> Plan:
+def segment_plan(
+    run_dir,
+    source_paths,
+    segments_per_track: int,
+    min_seconds: float,
+    max_seconds: float,
+    clip_format: str,
+    disk_usage: Callable | None = None,
+    device_of: Callable = _device,
+) -> Plan:
     """01_segment: the clips of every source, against the run folder's disk."""
     paths = list(source_paths)
     seconds, unknown = source_seconds(paths)
@@ -244,22 +292,39 @@ def segment_plan(run_dir, source_paths, segments_per_track: int, min_seconds: fl
     def needs(fmt):
         return [Need(f"clips ({fmt}, ~{clip_s / 3600:.1f} h)", max(0, clip_bytes(clip_s, fmt) - have), clips_dir)]
 
-    facts = {"sources": len(paths), "source_hours": round(seconds / 3600, 2),
-             "sources_without_readable_header": unknown, "clip_hours_estimate": round(clip_s / 3600, 2),
-             "clips_wav_gb": round(clip_bytes(clip_s, "wav") / GB, 2),
-             "clips_flac_gb": round(clip_bytes(clip_s, "flac") / GB, 2), "clip_format": clip_format}
+    facts = {
+        "sources": len(paths),
+        "source_hours": round(seconds / 3600, 2),
+        "sources_without_readable_header": unknown,
+        "clip_hours_estimate": round(clip_s / 3600, 2),
+        "clips_wav_gb": round(clip_bytes(clip_s, "wav") / GB, 2),
+        "clips_flac_gb": round(clip_bytes(clip_s, "flac") / GB, 2),
+        "clip_format": clip_format,
+    }
     plan = assess("01_segment", needs(clip_format), facts, disk_usage, device_of)
     alts = [("clip_format='flac' (lossless, about half the bytes)", needs("flac"))] if clip_format == "wav" else []
     return check(plan, alts, disk_usage, device_of)
 
 
-def train_plan(run_dir, clip_seconds: float, n_clips: int, *, mode: str, ema: bool, optimizer: str,
-               lora_rank: int, pre_encode: bool, keep_checkpoints: int, local_dir: Path | None,
-               export_merged: bool, counts: dict | None = None, disk_usage: Callable | None = None,
-               device_of: Callable = _device) -> Plan:
+def train_plan(
+    run_dir,
+    clip_seconds: float,
+    n_clips: int,
+    *,
+    mode: str,
+    ema: bool,
+    optimizer: str,
+    lora_rank: int,
+    pre_encode: bool,
+    keep_checkpoints: int,
+    local_dir: Path | None,
+    export_merged: bool,
+    counts: dict | None = None,
+    disk_usage: Callable | None = None,
+    device_of: Callable = _device,
+) -> Plan:
     """05_train: latents, checkpoints (local copy and run-folder copy) and the export."""
-    counts = counts or {"trained": SAO_TRAINED_PARAMS, "vae": SAO_VAE_PARAMS,
-                        "lora_per_rank": SAO_LORA_PARAMS_PER_RANK}
+    counts = counts or {"trained": SAO_TRAINED_PARAMS, "vae": SAO_VAE_PARAMS, "lora_per_rank": SAO_LORA_PARAMS_PER_RANK}
     stage = Run(run_dir).root / "05_train"
     ckpt_dir = stage / "checkpoints"
 
@@ -270,29 +335,54 @@ def train_plan(run_dir, clip_seconds: float, n_clips: int, *, mode: str, ema: bo
     def needs(keep=keep_checkpoints, m=mode, opt=optimizer, local=local_dir):
         one = ckpt(m, opt)
         # while a new checkpoint is written the oldest kept one is still there: keep + 1
-        out = [Need("latents (float16)", max(0, latent_bytes(clip_seconds, n_clips) - folder_bytes(stage / "latents"))
-                    if pre_encode else 0, stage / "latents")]
-        out.append(Need(f"checkpoints ({keep} kept, {one / GB:.2f} GB each)",
-                        max(0, (keep + 1) * one - folder_bytes(ckpt_dir, "step=*.ckpt")), ckpt_dir))
+        out = [
+            Need(
+                "latents (float16)",
+                max(0, latent_bytes(clip_seconds, n_clips) - folder_bytes(stage / "latents")) if pre_encode else 0,
+                stage / "latents",
+            )
+        ]
+        out.append(
+            Need(
+                f"checkpoints ({keep} kept, {one / GB:.2f} GB each)",
+                max(0, (keep + 1) * one - folder_bytes(ckpt_dir, "step=*.ckpt")),
+                ckpt_dir,
+            )
+        )
         if local is not None:
-            out.append(Need(f"local checkpoints ({keep} kept)",
-                            max(0, (keep + 1) * one - folder_bytes(local, "step=*.ckpt")), local))
+            out.append(
+                Need(
+                    f"local checkpoints ({keep} kept)",
+                    max(0, (keep + 1) * one - folder_bytes(local, "step=*.ckpt")),
+                    local,
+                )
+            )
         exp = export_bytes(m, export_merged, lora_rank, counts["trained"], counts["vae"])
         out.append(Need("export", max(0, exp - folder_bytes(stage / "export")), stage / "export"))
         return out
 
-    facts = {"clips": n_clips, "clip_hours": round(clip_seconds / 3600, 2), "mode": mode, "optimizer": optimizer,
-             "checkpoint_gb": round(ckpt() / GB, 2), "checkpoint_gb_adamw": round(ckpt(opt="adamw") / GB, 2),
-             "checkpoint_gb_adamw8bit": round(ckpt(opt="adamw8bit") / GB, 2) if mode == "full" else None,
-             "trained_params": counts["lora_per_rank"] * lora_rank if mode == "lora" else counts["trained"],
-             "sizes": "computed from parameter counts (not measured files)"}
+    facts = {
+        "clips": n_clips,
+        "clip_hours": round(clip_seconds / 3600, 2),
+        "mode": mode,
+        "optimizer": optimizer,
+        "checkpoint_gb": round(ckpt() / GB, 2),
+        "checkpoint_gb_adamw": round(ckpt(opt="adamw") / GB, 2),
+        "checkpoint_gb_adamw8bit": round(ckpt(opt="adamw8bit") / GB, 2) if mode == "full" else None,
+        "trained_params": counts["lora_per_rank"] * lora_rank if mode == "lora" else counts["trained"],
+        "sizes": "computed from parameter counts (not measured files)",
+    }
     plan = assess("05_train", needs(), facts, disk_usage, device_of)
     alts = []
     if keep_checkpoints > 1:
         alts.append(("keep_checkpoints=1", needs(keep=1)))
     if mode == "full" and optimizer != "adamw8bit":
-        alts.append(("optimizer='adamw8bit' (smaller checkpoints; needs CUDA + bitsandbytes)",
-                     needs(keep=1 if keep_checkpoints > 1 else keep_checkpoints, opt="adamw8bit")))
+        alts.append(
+            (
+                "optimizer='adamw8bit' (smaller checkpoints; needs CUDA + bitsandbytes)",
+                needs(keep=1 if keep_checkpoints > 1 else keep_checkpoints, opt="adamw8bit"),
+            )
+        )
     if mode == "full":
         alts.append(("mode='lora' (checkpoints of the adapters only)", needs(keep=1, m="lora")))
     return check(plan, alts, disk_usage, device_of)

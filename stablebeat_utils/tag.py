@@ -62,6 +62,7 @@ def vocab_hash(vocab: dict[str, list[Entry]]) -> str:
 # windows, embeddings, selection (pure functions, unit-tested)
 # --------------------------------------------------------------------------------------------
 
+
 def window_bounds(n_samples: int, sr: int, window_seconds: float, min_tail: float = MIN_TAIL) -> list[tuple[int, int]]:
     """Non-overlapping ``[start, stop)`` windows of ``window_seconds`` covering a clip.
 
@@ -104,6 +105,7 @@ def cosine_scores(audio_embedding: np.ndarray, text_embeddings: np.ndarray) -> n
 # --------------------------------------------------------------------------------------------
 # backends: texts → unit vectors, lists of mono windows → unit vectors
 # --------------------------------------------------------------------------------------------
+
 
 class TransformersClap:
     """LAION CLAP through ``transformers.ClapModel`` (``models.load_clap``: hub id, path, ``tiny:clap``)."""
@@ -150,8 +152,11 @@ class TransformersClap:
         import torch
 
         feats = self.processor.feature_extractor(
-            [w.astype(np.float64, copy=False) for w in windows], sampling_rate=self.sampling_rate,
-            truncation=self.truncation, return_tensors="pt")
+            [w.astype(np.float64, copy=False) for w in windows],
+            sampling_rate=self.sampling_rate,
+            truncation=self.truncation,
+            return_tensors="pt",
+        )
         features = feats["input_features"].to(device=self.device, dtype=self.dtype)
         # the extractor flags one random clip as "longer" when none is (fusion models); none of
         # our windows is longer than CLAP's input, so say so: deterministic and truthful.
@@ -185,15 +190,18 @@ class LaionClapBackend:
 
     def __init__(self, source: str, device: str = "cpu"):
         if source.startswith("tiny:"):
-            raise TagError(f"backend='laion_clap' reads LAION's .pt checkpoints; there is no {source!r} for it. "
-                           "Use backend='transformers' (the demo's tiny CLAP runs there).")
+            raise TagError(
+                f"backend='laion_clap' reads LAION's .pt checkpoints; there is no {source!r} for it. "
+                "Use backend='transformers' (the demo's tiny CLAP runs there)."
+            )
         try:
             import laion_clap  # noqa: PLC0415 — lazy on purpose, see the class docstring
         except ImportError as exc:
             raise TagError(
                 "backend='laion_clap' needs the `laion-clap` package, which is not installed. Install it with "
                 "`pip install laion-clap` (it imports torchvision and needs network access at import), or use "
-                "backend='transformers' (the default), which runs the same LAION weights.") from exc
+                "backend='transformers' (the default), which runs the same LAION weights."
+            ) from exc
         if source in LAION_CLAP_CHECKPOINTS:
             amodel, filename = LAION_CLAP_CHECKPOINTS[source]
             from huggingface_hub import hf_hub_download
@@ -202,8 +210,10 @@ class LaionClapBackend:
         elif Path(source).suffix == ".pt" and Path(source).is_file():
             amodel, ckpt = "HTSAT-base", source
         else:
-            raise TagError(f"backend='laion_clap': clap_model {source!r} is neither a local .pt checkpoint nor one "
-                           f"of {', '.join(LAION_CLAP_CHECKPOINTS)}")
+            raise TagError(
+                f"backend='laion_clap': clap_model {source!r} is neither a local .pt checkpoint nor one "
+                f"of {', '.join(LAION_CLAP_CHECKPOINTS)}"
+            )
         self.source = source
         self.device = device
         self.model = laion_clap.CLAP_Module(enable_fusion=False, amodel=amodel, device=device)
@@ -243,14 +253,16 @@ def make_backend(backend: str, clap_model: str, device: str = "cpu"):
 # the stage
 # --------------------------------------------------------------------------------------------
 
+
 def text_embeddings(clap, vocab: dict[str, list[Entry]], cache_dir: str | Path) -> tuple[dict[str, np.ndarray], bool]:
     """Each family's text embeddings ``(n_entries, dim)``, from the cache when it has them.
 
     The cache file is keyed by backend, model, the model's weights fingerprint and the vocabulary.
     Returns ``(embeddings, from_cache)``.
     """
-    key = hashlib.sha256(json.dumps([clap.name, clap.source, clap.fingerprint(), vocab_hash(vocab)]).encode()
-                         ).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([clap.name, clap.source, clap.fingerprint(), vocab_hash(vocab)]).encode()
+    ).hexdigest()[:16]
     path = Path(cache_dir) / f"{key}.npz"
     if path.is_file():
         try:
@@ -273,13 +285,23 @@ def _embed_key(backend: str, clap_model: str, vocab: dict[str, list[Entry]], win
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _score_row(pooled: np.ndarray, text: dict[str, np.ndarray], vocab: dict[str, list[Entry]]) -> dict[str, dict[str, float]]:
-    return {f: {e.tag: round(float(s), SCORE_DECIMALS) for e, s in zip(vocab[f], cosine_scores(pooled, text[f]))}
-            for f in FAMILIES}
+def _score_row(
+    pooled: np.ndarray, text: dict[str, np.ndarray], vocab: dict[str, list[Entry]]
+) -> dict[str, dict[str, float]]:
+    return {
+        f: {e.tag: round(float(s), SCORE_DECIMALS) for e, s in zip(vocab[f], cosine_scores(pooled, text[f]))}
+        for f in FAMILIES
+    }
 
 
-def _apply_selection(row: dict, top_k: dict[str, int], min_similarity: float, max_margin: float,
-                     calibration: dict | None = None, answers: dict | None = None) -> dict:
+def _apply_selection(
+    row: dict,
+    top_k: dict[str, int],
+    min_similarity: float,
+    max_margin: float,
+    calibration: dict | None = None,
+    answers: dict | None = None,
+) -> dict:
     """The row's tags from its scores; with ``calibration`` (tag → fitted threshold entry, see
     :mod:`stablebeat_utils.tag_calibration`) and the producer's ``answers`` ((clip, tag) → right?)."""
     row = dict(row)
@@ -298,7 +320,7 @@ def _apply_selection(row: dict, top_k: dict[str, int], min_similarity: float, ma
 
 def _chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _load_windows(run: Run, seg: dict, sr: int, window_seconds: float) -> tuple[list[np.ndarray], list[float], float]:
@@ -351,8 +373,9 @@ def _ok_segments(run_: Run) -> list[dict]:
     return sorted({r["clip_id"]: r for r in segments}.values(), key=lambda r: r["clip_id"])
 
 
-def _tag_chunk(clap, run_: Run, chunk: list[dict], base: dict, text: dict, vocab: dict, params: dict,
-               top_k: dict) -> tuple[list[dict], float]:
+def _tag_chunk(
+    clap, run_: Run, chunk: list[dict], base: dict, text: dict, vocab: dict, params: dict, top_k: dict
+) -> tuple[list[dict], float]:
     """The rows of one chunk of clips (an unreadable clip is an ``error`` row) and the seconds of audio read."""
     rows, loaded = [], []
     for seg in chunk:
@@ -367,18 +390,32 @@ def _tag_chunk(clap, run_: Run, chunk: list[dict], base: dict, text: dict, vocab
     embs = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
     i, seconds = 0, 0.0
     for head, windows, weights, dur in loaded:
-        pooled = pool_windows(embs[i:i + len(windows)], weights)
+        pooled = pool_windows(embs[i : i + len(windows)], weights)
         i += len(windows)
         seconds += dur
-        row = {**head, "duration": round(dur, 3), "n_windows": len(windows),
-               "instruments_tags": [], "moods_tags": [], "genres_tags": [],
-               "scores": _score_row(pooled, text, vocab)}
+        row = {
+            **head,
+            "duration": round(dur, 3),
+            "n_windows": len(windows),
+            "instruments_tags": [],
+            "moods_tags": [],
+            "genres_tags": [],
+            "scores": _score_row(pooled, text, vocab),
+        }
         rows.append(_apply_selection(row, top_k, params["min_similarity"], params["max_margin"]))
     return rows, seconds
 
 
-def _calibrate(run_: Run, rows: list[dict], answers, answer_sources, tag_family: dict, top_k: dict,
-               min_similarity: float, max_margin: float) -> tuple[list[dict], dict | None, list[str]]:
+def _calibrate(
+    run_: Run,
+    rows: list[dict],
+    answers,
+    answer_sources,
+    tag_family: dict,
+    top_k: dict,
+    min_similarity: float,
+    max_margin: float,
+) -> tuple[list[dict], dict | None, list[str]]:
     """Fit per-tag thresholds on the scores and apply them (and the producer's answers) to every row;
     without answers, no calibration file is left behind."""
     from . import tag_calibration as calib
@@ -392,22 +429,39 @@ def _calibrate(run_: Run, rows: list[dict], answers, answer_sources, tag_family:
     if unused:
         import warnings
 
-        warnings.warn(f"02_tag: {len(unused)} calibration answer(s) are for clips that could not be tagged "
-                      f"(no scores to fit on): {', '.join(unused[:10])}", stacklevel=3)
+        warnings.warn(
+            f"02_tag: {len(unused)} calibration answer(s) are for clips that could not be tagged "
+            f"(no scores to fit on): {', '.join(unused[:10])}",
+            stacklevel=3,
+        )
     given = calib.latest(answers)
-    new_rows = [r if "error" in r else _apply_selection(r, top_k, min_similarity, max_margin, calibration, given)
-                for r in rows]
+    new_rows = [
+        r if "error" in r else _apply_selection(r, top_k, min_similarity, max_margin, calibration, given) for r in rows
+    ]
     if new_rows != rows:
-        atomic_write_text(run_.path(STAGE, "tags.jsonl"), "".join(json.dumps(r, ensure_ascii=False, allow_nan=False)
-                                                                  + "\n" for r in new_rows))
+        atomic_write_text(
+            run_.path(STAGE, "tags.jsonl"),
+            "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in new_rows),
+        )
     return new_rows, calibration, unused
 
 
-def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "tiny:clap",
-        backend: str = "transformers", batch_size: int = 8, top_k_instruments: int = 3,
-        top_k_moods: int = 2, top_k_genres: int = 1, min_similarity: float = -1.0,
-        max_margin: float = 2.0, window_seconds: float = 10.0, device: str = "auto",
-        vocab_dir: str = "", calibration_file: str = "") -> dict:
+def run(
+    run_dir: str = "runs/demo",
+    profile: str = "demo",
+    clap_model: str = "tiny:clap",
+    backend: str = "transformers",
+    batch_size: int = 8,
+    top_k_instruments: int = 3,
+    top_k_moods: int = 2,
+    top_k_genres: int = 1,
+    min_similarity: float = -1.0,
+    max_margin: float = 2.0,
+    window_seconds: float = 10.0,
+    device: str = "auto",
+    vocab_dir: str = "",
+    calibration_file: str = "",
+) -> dict:
     """Tag every ``ok`` clip of ``RUN_DIR/01_segment/segments.jsonl``; write ``02_tag/tags.jsonl``.
 
     ``min_similarity`` (cosine floor) and ``max_margin`` (largest distance below the family's best
@@ -469,8 +523,10 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
         device_used = models.pick_device(device)
         clap = make_backend(backend, clap_model, device_used)
         if window_seconds > clap.window_seconds + 1e-9:
-            raise TagError(f"window_seconds={window_seconds} is longer than this CLAP's input "
-                           f"({clap.window_seconds:g} s); CLAP would crop it at random — use <= {clap.window_seconds:g}")
+            raise TagError(
+                f"window_seconds={window_seconds} is longer than this CLAP's input "
+                f"({clap.window_seconds:g} s); CLAP would crop it at random — use <= {clap.window_seconds:g}"
+            )
         text, text_cached = text_embeddings(clap, vocab, stage_dir / "text_embeddings")
         from tqdm.auto import tqdm
 
@@ -486,23 +542,36 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", clap_model: str = "ti
         bar.close()
         loop_seconds = time.perf_counter() - loop_started
     rows = log.finalize()
-    rows, calibration, unused = _calibrate(run_, rows, answers, answer_sources, tag_family, top_k,
-                                           min_similarity, max_margin)
+    rows, calibration, unused = _calibrate(
+        run_, rows, answers, answer_sources, tag_family, top_k, min_similarity, max_margin
+    )
     elapsed = time.perf_counter() - started
     errors = [r for r in rows if "error" in r]
     summary = {
-        "clips": len(segments), "tagged": len(rows) - len(errors), "errors": len(errors),
-        "computed": todo, "text_embeddings": None if text_cached is None else ("cached" if text_cached else "computed"),
-        "model": clap_model, "backend": backend, "device": device_used, "vocab_hash": vocab_hash(vocab),
-        "vocab_sizes": {f: len(vocab[f]) for f in FAMILIES}, "seconds": round(elapsed, 2),
+        "clips": len(segments),
+        "tagged": len(rows) - len(errors),
+        "errors": len(errors),
+        "computed": todo,
+        "text_embeddings": None if text_cached is None else ("cached" if text_cached else "computed"),
+        "model": clap_model,
+        "backend": backend,
+        "device": device_used,
+        "vocab_hash": vocab_hash(vocab),
+        "vocab_sizes": {f: len(vocab[f]) for f in FAMILIES},
+        "seconds": round(elapsed, 2),
         "audio_seconds": round(audio_seconds, 2),
         # seconds of audio tagged per second of the clip loop (decode + resample + CLAP; without
         # the model load and text embeddings, which do not grow with the dataset)
         "times_real_time": round(audio_seconds / loop_seconds, 2) if todo and loop_seconds > 0 else None,
         "path": run_.rel(out_path),
-        "calibration": None if calibration is None else {
-            "answers": len(answers), "tags": len(calibration), "unused": unused,
-            "thresholds": {t: c["threshold"] for t, c in calibration.items()}},
+        "calibration": None
+        if calibration is None
+        else {
+            "answers": len(answers),
+            "tags": len(calibration),
+            "unused": unused,
+            "thresholds": {t: c["threshold"] for t, c in calibration.items()},
+        },
     }
     run_.mark_done(STAGE, params=params, **summary)
     return summary

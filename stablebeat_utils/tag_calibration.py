@@ -109,8 +109,10 @@ def save_answers(run_dir: str | Path, answers: Iterable[dict]) -> Path:
     """Append answers (``clip_id``, ``tag``, ``correct``) to ``02_tag/calibration_answers.jsonl``."""
     path = run_answers_path(run_dir)
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    new = "".join(json.dumps({"clip_id": a["clip_id"], "tag": a["tag"], "correct": bool(a["correct"])},
-                             ensure_ascii=False) + "\n" for a in answers)
+    new = "".join(
+        json.dumps({"clip_id": a["clip_id"], "tag": a["tag"], "correct": bool(a["correct"])}, ensure_ascii=False) + "\n"
+        for a in answers
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, old + new)
     return path
@@ -140,8 +142,10 @@ def check_names(answers: list[dict], tag_family: dict[str, str], clip_ids: Itera
             parts.append(f"unknown tag(s) {', '.join(map(repr, tags))} (not in the vocabulary)")
         if clips:
             parts.append(f"unknown clip(s) {', '.join(map(repr, clips))} (not an ok clip of 01_segment)")
-        raise CalibrationError(f"calibration answers ({' + '.join(sources)}): {'; '.join(parts)}. Nothing was "
-                               "applied: fix or remove those answers and run 02 again.")
+        raise CalibrationError(
+            f"calibration answers ({' + '.join(sources)}): {'; '.join(parts)}. Nothing was "
+            "applied: fix or remove those answers and run 02 again."
+        )
 
 
 def latest(answers: list[dict]) -> dict[tuple[str, str], bool]:
@@ -156,8 +160,10 @@ def fit_threshold(scored: list[tuple[float, bool]]) -> float:
     """The score threshold that agrees with the most (score, right?) answers; see the module docstring."""
     scores = sorted({s for s, _ in scored})
     cands = scores + [scores[-1] + 1e-6]
+
     def agree(th: float) -> int:
         return sum((s >= th) == ok for s, ok in scored)
+
     best = max(agree(c) for c in cands)
     first = next(i for i, c in enumerate(cands) if agree(c) == best)
     th = cands[first]
@@ -175,9 +181,15 @@ def fit_thresholds(answers: list[dict], rows: list[dict], tag_family: dict[str, 
         if row is None:
             continue  # an error row has no scores; check_names has refused clips that are not ok clips
         per_tag.setdefault(tag, []).append((float(row["scores"][tag_family[tag]][tag]), ok))
-    return {tag: {"family": tag_family[tag], "threshold": fit_threshold(scored),
-                  "right": sum(ok for _, ok in scored), "wrong": sum(not ok for _, ok in scored)}
-            for tag, scored in sorted(per_tag.items())}
+    return {
+        tag: {
+            "family": tag_family[tag],
+            "threshold": fit_threshold(scored),
+            "right": sum(ok for _, ok in scored),
+            "wrong": sum(not ok for _, ok in scored),
+        }
+        for tag, scored in sorted(per_tag.items())
+    }
 
 
 def unusable(answers: list[dict], rows: list[dict]) -> list[str]:
@@ -198,8 +210,9 @@ def select_tags(scores: dict[str, float], top_k: int, min_similarity: float, max
     return [t for t, s in ranked[:top_k] if s >= min_similarity and best - s <= max_margin]
 
 
-def select_family(scores: dict[str, float], top_k: int, min_similarity: float, max_margin: float,
-                  thresholds: dict[str, float]) -> list[str]:
+def select_family(
+    scores: dict[str, float], top_k: int, min_similarity: float, max_margin: float, thresholds: dict[str, float]
+) -> list[str]:
     """Tags of one family: uncalibrated by the top-k rule, calibrated by their thresholds; best first."""
     free = {t: s for t, s in scores.items() if t not in thresholds}
     chosen = select_tags(free, top_k, min_similarity, max_margin)
@@ -207,11 +220,13 @@ def select_family(scores: dict[str, float], top_k: int, min_similarity: float, m
     return sorted(chosen, key=lambda t: (-scores[t], t))
 
 
-def save_calibration(run_dir: str | Path, thresholds: dict, sources: list[str], n_answers: int,
-                     unused: list[str] = ()) -> Path:
+def save_calibration(
+    run_dir: str | Path, thresholds: dict, sources: list[str], n_answers: int, unused: list[str] = ()
+) -> Path:
     path = Run(run_dir).path(STAGE, CALIBRATION_FILE)
-    atomic_write_json(path, {"answers": n_answers, "sources": sources, "thresholds": thresholds,
-                             "unused": list(unused)})
+    atomic_write_json(
+        path, {"answers": n_answers, "sources": sources, "thresholds": thresholds, "unused": list(unused)}
+    )
     return path
 
 

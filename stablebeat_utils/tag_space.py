@@ -44,7 +44,7 @@ def embed_texts(tokenizer, encoder, texts: list[str], batch_size: int = 32) -> n
     out = []
     device = next(encoder.parameters()).device
     for i in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True).to(device)
+        batch = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
         with torch.inference_mode():
             states = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
@@ -52,8 +52,9 @@ def embed_texts(tokenizer, encoder, texts: list[str], batch_size: int = 32) -> n
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def cluster(emb: np.ndarray, n_clusters: int = 0, seed: int = 0,
-            k_range: tuple[int, int] = K_RANGE) -> tuple[np.ndarray, int, float, dict[int, float]]:
+def cluster(
+    emb: np.ndarray, n_clusters: int = 0, seed: int = 0, k_range: tuple[int, int] = K_RANGE
+) -> tuple[np.ndarray, int, float, dict[int, float]]:
     """KMeans on L2-normalised embeddings: (labels, k, silhouette, silhouette per k tried).
 
     ``n_clusters=0`` tries every k of ``k_range`` and keeps the best silhouette score.
@@ -91,8 +92,9 @@ def name_clusters(emb: np.ndarray, labels: np.ndarray, tags: list[str], top: int
     return out
 
 
-def under_represented(freq: dict[str, Counter], vocab: dict[str, list[str]], n_clips: int,
-                      percent: float) -> list[dict]:
+def under_represented(
+    freq: dict[str, Counter], vocab: dict[str, list[str]], n_clips: int, percent: float
+) -> list[dict]:
     """Vocabulary tags carried by fewer than ``percent`` % of clips, rarest first within each family."""
     rows = []
     for fam, tags in vocab.items():
@@ -100,8 +102,7 @@ def under_represented(freq: dict[str, Counter], vocab: dict[str, list[str]], n_c
             c = freq.get(fam, Counter()).get(t, 0)
             share = 100.0 * c / n_clips if n_clips else 0.0
             if share < percent:
-                rows.append({"family": fam, "tag": t, "clips": c, "percent": round(share, 2),
-                             "never_chosen": c == 0})
+                rows.append({"family": fam, "tag": t, "clips": c, "percent": round(share, 2), "never_chosen": c == 0})
     return sorted(rows, key=lambda r: (r["family"], r["clips"], r["tag"]))
 
 
@@ -111,8 +112,16 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def run(run_dir: str = "runs/demo", t5_model: str = "tiny:t5", n_clusters: int = 0, rare_tag_percent: float = 5.0,
-        seed: int = 0, device: str = "auto", t5: tuple | None = None, lexicon: Any = None) -> dict:
+def run(
+    run_dir: str = "runs/demo",
+    t5_model: str = "tiny:t5",
+    n_clusters: int = 0,
+    rare_tag_percent: float = 5.0,
+    seed: int = 0,
+    device: str = "auto",
+    t5: tuple | None = None,
+    lexicon: Any = None,
+) -> dict:
     """Compute and save the tag-space figures and ``tag_space.json``; return its summary.
 
     ``t5`` (tokenizer, encoder) and ``lexicon`` may be passed by :func:`prompts.run` to reuse them.
@@ -125,18 +134,24 @@ def run(run_dir: str = "runs/demo", t5_model: str = "tiny:t5", n_clusters: int =
     lexicon = lexicon or clipfacts.load_lexicon()
     n = len(records)
 
-    freq = {f: Counter(t for r in records for t in dict.fromkeys(r["meta"].get(f"{f}_tags") or [])) for f in clipfacts.FAMILIES}
+    freq = {
+        f: Counter(t for r in records for t in dict.fromkeys(r["meta"].get(f"{f}_tags") or []))
+        for f in clipfacts.FAMILIES
+    }
     bpms = [float(r["meta"]["tempo"]) for r in records if clipfacts.known_tempo(r["meta"]) is not None]
     keys = Counter(f"{r['meta']['key']} {r['meta']['scale']}" for r in records if clipfacts.known_key(r["meta"]))
     prompt_rows = read_jsonl(out_dir / "prompts.jsonl")
-    lengths = {src: [r["t5_tokens"] for r in prompt_rows if r.get("prompt_source") == src and r.get("t5_tokens")]
-               for src in ("llm", "template")}
+    lengths = {
+        src: [r["t5_tokens"] for r in prompt_rows if r.get("prompt_source") == src and r.get("t5_tokens")]
+        for src in ("llm", "template")
+    }
 
     tag_list = [(f, t) for f in clipfacts.FAMILIES for t in lexicon.tags[f]]
     tags = [t for _, t in tag_list]
     # the clusters depend on the vocabulary and the model only (not on the clips): kept across runs
-    cluster_key = hashlib.sha256(json.dumps([CLUSTER_FORMAT, t5_model, tag_list, n_clusters, seed, K_RANGE]).encode()
-                                 ).hexdigest()[:16]
+    cluster_key = hashlib.sha256(
+        json.dumps([CLUSTER_FORMAT, t5_model, tag_list, n_clusters, seed, K_RANGE]).encode()
+    ).hexdigest()[:16]
     previous = read_json(out_dir / "tag_space.json") or {}
     if previous.get("cluster_key") == cluster_key and (out_dir / "tag_map.png").is_file():
         k, sil = previous["n_clusters"], previous["silhouette"]
@@ -153,39 +168,62 @@ def run(run_dir: str = "runs/demo", t5_model: str = "tiny:t5", n_clusters: int =
         from sklearn.decomposition import PCA
 
         xy = PCA(n_components=2, random_state=seed).fit_transform(emb / np.linalg.norm(emb, axis=1, keepdims=True))
-        map_png = _save(plots.plot_tag_map(xy.tolist(), tags, [int(l) for l in labels],
-                                          {c: v["name"] for c, v in named.items()},
-                                          f"{len(tags)} tags embedded with {t5_model}: {k} clusters, "
-                                          f"silhouette {sil:.3f}"), out_dir / "tag_map.png")
+        map_png = _save(
+            plots.plot_tag_map(
+                xy.tolist(),
+                tags,
+                [int(l) for l in labels],
+                {c: v["name"] for c, v in named.items()},
+                f"{len(tags)} tags embedded with {t5_model}: {k} clusters, silhouette {sil:.3f}",
+            ),
+            out_dir / "tag_map.png",
+        )
     rare = under_represented(freq, lexicon.tags, n, rare_tag_percent)
 
     pngs = {
-        "tag_frequency": _save(plots.plot_tag_frequency({f: freq[f].most_common() for f in freq}, n),
-                               out_dir / "tag_frequency.png"),
+        "tag_frequency": _save(
+            plots.plot_tag_frequency({f: freq[f].most_common() for f in freq}, n), out_dir / "tag_frequency.png"
+        ),
         "bpm_key": _save(plots.plot_bpm_key(bpms, dict(keys)), out_dir / "bpm_key.png"),
-        "prompt_lengths": _save(plots.plot_prompt_lengths(lengths, clipfacts.T5_MAX_TOKENS), out_dir / "prompt_lengths.png"),
+        "prompt_lengths": _save(
+            plots.plot_prompt_lengths(lengths, clipfacts.T5_MAX_TOKENS), out_dir / "prompt_lengths.png"
+        ),
         "tag_map": map_png,
     }
     families_of = dict((t, f) for f, t in tag_list)
     result = {
-        "t5_model": t5_model, "cluster_key": cluster_key, "n_tags": len(tags), "n_clips": n,
+        "t5_model": t5_model,
+        "cluster_key": cluster_key,
+        "n_tags": len(tags),
+        "n_clips": n,
         "k_chosen_by": "parameter" if n_clusters else f"silhouette over k={K_RANGE[0]}..{K_RANGE[1]}",
-        "n_clusters": k, "silhouette": round(sil, 4), "silhouette_by_k": {str(kk): round(v, 4) for kk, v in sil_by_k.items()},
-        "clusters": [{"id": c, **v, "families": dict(Counter(families_of[m] for m in v["members"]))} for c, v in named.items()],
-        "points": [{"tag": t, "family": f, "cluster": int(l), "x": round(float(p[0]), 5), "y": round(float(p[1]), 5)}
-                   for (f, t), l, p in zip(tag_list, labels, xy)],
+        "n_clusters": k,
+        "silhouette": round(sil, 4),
+        "silhouette_by_k": {str(kk): round(v, 4) for kk, v in sil_by_k.items()},
+        "clusters": [
+            {"id": c, **v, "families": dict(Counter(families_of[m] for m in v["members"]))} for c, v in named.items()
+        ],
+        "points": [
+            {"tag": t, "family": f, "cluster": int(l), "x": round(float(p[0]), 5), "y": round(float(p[1]), 5)}
+            for (f, t), l, p in zip(tag_list, labels, xy)
+        ],
         "frequency": {f: dict(freq[f].most_common()) for f in freq},
         "tempo": {"confident": len(bpms), "median": float(np.median(bpms)) if bpms else None},
         "keys": dict(keys.most_common()),
-        "rare_tag_percent": rare_tag_percent, "under_represented": rare,
+        "rare_tag_percent": rare_tag_percent,
+        "under_represented": rare,
         "plots": pngs,
     }
     atomic_write_json(out_dir / "tag_space.json", result)
-    return {"n_clusters": k, "silhouette": result["silhouette"],
-            "clusters": {str(c): v["name"] for c, v in named.items()},
-            "under_represented": len(rare), "never_chosen": sum(r["never_chosen"] for r in rare),
-            "plots": {name: run_.rel(out_dir / f) for name, f in pngs.items()},
-            "json": run_.rel(out_dir / "tag_space.json")}
+    return {
+        "n_clusters": k,
+        "silhouette": result["silhouette"],
+        "clusters": {str(c): v["name"] for c, v in named.items()},
+        "under_represented": len(rare),
+        "never_chosen": sum(r["never_chosen"] for r in rare),
+        "plots": {name: run_.rel(out_dir / f) for name, f in pngs.items()},
+        "json": run_.rel(out_dir / "tag_space.json"),
+    }
 
 
 def read(run_dir: str | Path) -> dict:

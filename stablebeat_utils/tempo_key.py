@@ -89,8 +89,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .runs import (JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json,
-                   read_jsonl)
+from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json, read_jsonl
 from .stage import begin
 
 STAGE = "03_tempo_key"
@@ -99,10 +98,23 @@ TEMPO_MODEL_URL = "https://essentia.upf.edu/models/tempo/tempocnn/deeptemp-k16-3
 TEMPO_MODEL_SHA256 = "21c328332a221695dd6e8572728c617373064df882e8f81da6d88dc3a821e3b3"
 TEMPO_CLASSES_BPM = np.arange(30, 286, dtype=np.float64)  # deeptemp: 256 classes, 30..285 BPM
 TOLERANCE = 0.04  # ±4 %: the confidence window and the accuracy tolerance
-KEY_PROFILES = ("edma", "edmm", "bgate", "braw", "temperley", "krumhansl", "shaath", "noland",
-                "diatonic", "tonictriad", "wei", "faraldo", "pentatonic", "gomez")
-FIELDS = ("clip_id", "tempo_raw", "tempo_confidence", "key_raw", "scale_raw", "key_confidence",
-          "tempo", "key", "scale")
+KEY_PROFILES = (
+    "edma",
+    "edmm",
+    "bgate",
+    "braw",
+    "temperley",
+    "krumhansl",
+    "shaath",
+    "noland",
+    "diatonic",
+    "tonictriad",
+    "wei",
+    "faraldo",
+    "pentatonic",
+    "gomez",
+)
+FIELDS = ("clip_id", "tempo_raw", "tempo_confidence", "key_raw", "scale_raw", "key_confidence", "tempo", "key", "scale")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # libtensorflow's start-up chatter
 
@@ -113,6 +125,7 @@ class TempoKeyError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # where the TempoCNN graph comes from
+
 
 def resolve_tempo_model(tempo_model: str = "", model_cache_dir: str = "") -> Path:
     """The TempoCNN graph to load.
@@ -126,8 +139,9 @@ def resolve_tempo_model(tempo_model: str = "", model_cache_dir: str = "") -> Pat
     if tempo_model:
         path = Path(tempo_model).expanduser()
         if not path.is_file():
-            raise TempoKeyError(f"tempo_model {str(path)!r}: no such file (give the path of "
-                                "deeptemp-k16-3.pb, or \"\" to download it)")
+            raise TempoKeyError(
+                f'tempo_model {str(path)!r}: no such file (give the path of deeptemp-k16-3.pb, or "" to download it)'
+            )
         return path
     from .runs import cache_home
 
@@ -146,8 +160,9 @@ def resolve_tempo_model(tempo_model: str = "", model_cache_dir: str = "") -> Pat
     return download_tempo_model(path)
 
 
-def download_tempo_model(path: Path, url: str = TEMPO_MODEL_URL, sha256: str = TEMPO_MODEL_SHA256,
-                         timeout: float = 60.0) -> Path:
+def download_tempo_model(
+    path: Path, url: str = TEMPO_MODEL_URL, sha256: str = TEMPO_MODEL_SHA256, timeout: float = 60.0
+) -> Path:
     """Download ``url`` to ``path`` atomically and verify its SHA-256; clear errors offline."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:  # removed again on any error: nothing half-downloaded is kept
@@ -161,10 +176,13 @@ def download_tempo_model(path: Path, url: str = TEMPO_MODEL_URL, sha256: str = T
             raise TempoKeyError(
                 f"cannot download the TempoCNN graph from {url} ({exc}). Offline? Download "
                 f"deeptemp-k16-3.pb by hand (SHA-256 {sha256}) and set tempo_model to its path, or put it "
-                f"at {path}.") from exc
+                f"at {path}."
+            ) from exc
         if h.hexdigest() != sha256:
-            raise TempoKeyError(f"{url}: downloaded file has SHA-256 {h.hexdigest()}, expected {sha256} "
-                                "(a changed or corrupted model file; nothing was kept)")
+            raise TempoKeyError(
+                f"{url}: downloaded file has SHA-256 {h.hexdigest()}, expected {sha256} "
+                "(a changed or corrupted model file; nothing was kept)"
+            )
     return path
 
 
@@ -229,8 +247,13 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
         probs = np.asarray(_WORKER["probs"](y), dtype=np.float64)
         if probs.ndim != 2 or probs.shape[0] == 0:
             seconds = len(y) / TEMPO_SR
-            return {"clip_id": clip_id, "key": key, "scale": scale, "strength": float(strength),
-                    "error": f"{name}: {seconds:.1f} s is shorter than one TempoCNN patch (~12 s): no tempo"}
+            return {
+                "clip_id": clip_id,
+                "key": key,
+                "scale": scale,
+                "strength": float(strength),
+                "error": f"{name}: {seconds:.1f} s is shorter than one TempoCNN patch (~12 s): no tempo",
+            }
         global_bpm = majority_tempo(probs)
         # the second estimate and the hi-hat grid read the clip at 44.1 kHz (RhythmExtractor2013's rate)
         m44 = mono if sr == GRID_SR else audio.resample(mono[None], sr, GRID_SR)[0]
@@ -238,9 +261,17 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
         beat_bpm = float(_WORKER["beats"](m44[: int(BEAT_SECONDS * GRID_SR)])[0])  # enough beats to count
         ac = onset_autocorrelation(m44)
         g = float(global_bpm)
-        return {"clip_id": clip_id, "global_bpm": g, "mean_probs": probs.mean(axis=0).tolist(),
-                "beat_bpm": beat_bpm, "grid": [grid_score(ac, g * f) for f in (0.5, 1.0, 2.0)],
-                "key": key, "scale": scale, "strength": float(strength), "error": None}
+        return {
+            "clip_id": clip_id,
+            "global_bpm": g,
+            "mean_probs": probs.mean(axis=0).tolist(),
+            "beat_bpm": beat_bpm,
+            "grid": [grid_score(ac, g * f) for f in (0.5, 1.0, 2.0)],
+            "key": key,
+            "scale": scale,
+            "strength": float(strength),
+            "error": None,
+        }
     except Exception as exc:  # one bad clip must not stop the batch: report it in its row
         return {"clip_id": clip_id, "error": f"{name}: {type(exc).__name__}: {exc}"}
 
@@ -248,15 +279,15 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the hi-hat grid: how regular the bright onsets are at a given note length
 
-GRID_SR = 44100          # the clip's own rate: the hats live above the 5.5 kHz TempoCNN's signal keeps
-GRID_NFFT = 512          # 11.6 ms windows
-GRID_HOP = 256           # 5.8 ms frames
-GRID_BAND_HZ = 2000.0    # hats, shakers, claps (and what a lo-fi low-pass leaves of the hats)
-GRID_MAX_LAG_S = 1.0     # an 8th note at 30 BPM
-BEAT_SECONDS = 15.0      # the beat tracker reads the first 15 s (its cost grows with the length)
-GRID_MIN_SCORE = 0.3     # an octave whose 8th notes repeat at least this strongly has hats on its grid
-GRID_MAX_BPM = 190.0     # the grid never moves a tempo above this (16th-note hats at 100 BPM stay 100)
-TEMPO_METHOD = 2         # bumped when the tempo rule changes: older rows are re-analysed
+GRID_SR = 44100  # the clip's own rate: the hats live above the 5.5 kHz TempoCNN's signal keeps
+GRID_NFFT = 512  # 11.6 ms windows
+GRID_HOP = 256  # 5.8 ms frames
+GRID_BAND_HZ = 2000.0  # hats, shakers, claps (and what a lo-fi low-pass leaves of the hats)
+GRID_MAX_LAG_S = 1.0  # an 8th note at 30 BPM
+BEAT_SECONDS = 15.0  # the beat tracker reads the first 15 s (its cost grows with the length)
+GRID_MIN_SCORE = 0.3  # an octave whose 8th notes repeat at least this strongly has hats on its grid
+GRID_MAX_BPM = 190.0  # the grid never moves a tempo above this (16th-note hats at 100 BPM stay 100)
+TEMPO_METHOD = 2  # bumped when the tempo rule changes: older rows are re-analysed
 
 
 def onset_autocorrelation(y: np.ndarray, sr: int = GRID_SR) -> np.ndarray:
@@ -289,11 +320,12 @@ def grid_score(ac: np.ndarray, bpm: float, sr: int = GRID_SR) -> float:
     lo, hi = int(np.floor(lag * 0.97)), int(np.ceil(lag * 1.03))
     if bpm <= 0 or hi >= len(ac):
         return 0.0
-    return float(np.max(ac[lo:hi + 1]))
+    return float(np.max(ac[lo : hi + 1]))
 
 
 # ---------------------------------------------------------------------------------------------
 # from raw outputs to a row
+
 
 def parse_bpm_range(bpm_range: str) -> tuple[float, float] | None:
     """``""`` → None; ``"70-160"`` → (70.0, 160.0). The range must span an octave (hi ≥ 2·lo)."""
@@ -302,10 +334,12 @@ def parse_bpm_range(bpm_range: str) -> tuple[float, float] | None:
     try:
         lo, hi = (float(v) for v in str(bpm_range).replace(" ", "").split("-"))
     except ValueError:
-        raise TempoKeyError(f"bpm_range {bpm_range!r}: write it as \"LOW-HIGH\", e.g. \"70-160\", or \"\"") from None
+        raise TempoKeyError(f'bpm_range {bpm_range!r}: write it as "LOW-HIGH", e.g. "70-160", or ""') from None
     if not (30 <= lo and hi <= 286 and hi >= 2 * lo):
-        raise TempoKeyError(f"bpm_range {bpm_range!r}: need 30 <= LOW, HIGH <= 286 and HIGH >= 2*LOW "
-                            "(the range must hold one whole octave so every tempo folds into it)")
+        raise TempoKeyError(
+            f"bpm_range {bpm_range!r}: need 30 <= LOW, HIGH <= 286 and HIGH >= 2*LOW "
+            "(the range must hold one whole octave so every tempo folds into it)"
+        )
     return lo, hi
 
 
@@ -375,8 +409,15 @@ def octave_mass(mean_probs, tempo: float) -> float:
 
 def make_row(raw: dict, bpm_range: tuple[float, float] | None, min_confidence: float) -> dict:
     row = {f: None for f in FIELDS}
-    row.update(clip_id=raw["clip_id"], tempo_cnn=None, tempo_alt=None, tempo_grid=None, tempo_method=None,
-               tempo_folded=None, error=raw.get("error"))
+    row.update(
+        clip_id=raw["clip_id"],
+        tempo_cnn=None,
+        tempo_alt=None,
+        tempo_grid=None,
+        tempo_method=None,
+        tempo_folded=None,
+        error=raw.get("error"),
+    )
     if raw.get("global_bpm") is not None:
         cnn, beat = float(raw["global_bpm"]), raw.get("beat_bpm")
         tempo, how = reconcile(cnn, beat, raw["grid"])
@@ -388,9 +429,15 @@ def make_row(raw: dict, bpm_range: tuple[float, float] | None, min_confidence: f
             while tempo > hi:
                 tempo, folded = tempo / 2, True
         conf = octave_mass(raw["mean_probs"], tempo) if tempo is not None else 0.0
-        row.update(tempo_raw=round(tempo if tempo is not None else cnn, 1), tempo_confidence=round(conf, 4),
-                   tempo_cnn=round(cnn, 1), tempo_alt=round(float(beat), 1) if beat is not None else None,
-                   tempo_grid=[round(float(x), 3) for x in raw["grid"]], tempo_method=how, tempo_folded=folded)
+        row.update(
+            tempo_raw=round(tempo if tempo is not None else cnn, 1),
+            tempo_confidence=round(conf, 4),
+            tempo_cnn=round(cnn, 1),
+            tempo_alt=round(float(beat), 1) if beat is not None else None,
+            tempo_grid=[round(float(x), 3) for x in raw["grid"]],
+            tempo_method=how,
+            tempo_folded=folded,
+        )
     if raw.get("key") is not None:
         row.update(key_raw=raw["key"], scale_raw=raw["scale"], key_confidence=round(raw["strength"], 4))
     return apply_threshold(row, min_confidence)
@@ -410,6 +457,7 @@ def apply_threshold(row: dict, min_confidence: float) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the stage
 
+
 def _ok_clips(run: Run) -> list[dict]:
     seg = run.path("01_segment", "segments.jsonl")
     if not seg.is_file():
@@ -421,8 +469,10 @@ def _ok_clips(run: Run) -> list[dict]:
     return sorted(rows, key=lambda r: r["clip_id"])
 
 
-CRASHED = ("analysing it killed the worker process (a decoder or library crash, or out of memory): "
-           "it is tried again on the next run")
+CRASHED = (
+    "analysing it killed the worker process (a decoder or library crash, or out of memory): "
+    "it is tried again on the next run"
+)
 
 
 def _analyse_job(job: list[str]) -> dict:
@@ -433,8 +483,7 @@ def _crashed_job(job: list[str]) -> dict:
     return {"clip_id": job[0], "error": f"{job[2]}: {CRASHED}"}
 
 
-def _iter_results(jobs: list[tuple[str, str, str]], graph: str, key_profile: str, workers: int,
-                  analyse=_analyse_job):
+def _iter_results(jobs: list[tuple[str, str, str]], graph: str, key_profile: str, workers: int, analyse=_analyse_job):
     """Yield raw results in job order, on the one crash-isolating pool (:mod:`stablebeat_utils.pool`)
     with at most 2 jobs per worker in flight. A clip that kills its worker process becomes one
     error row (:data:`CRASHED`, not final: the next run tries it again) and the batch goes on."""
@@ -445,12 +494,27 @@ def _iter_results(jobs: list[tuple[str, str, str]], graph: str, key_profile: str
         return
     from .pool import ordered_bounded
 
-    yield from ordered_bounded(analyse, [list(j) for j in jobs], workers, window=2 * workers,
-                               on_crash=_crashed_job, initializer=init_estimators, initargs=(graph, key_profile))
+    yield from ordered_bounded(
+        analyse,
+        [list(j) for j in jobs],
+        workers,
+        window=2 * workers,
+        on_crash=_crashed_job,
+        initializer=init_estimators,
+        initargs=(graph, key_profile),
+    )
 
 
-def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = "", model_cache_dir: str = "",
-        min_confidence: float = 0.7, bpm_range: str = "", key_profile: str = "edma", workers: int = 2) -> dict:
+def run(
+    run_dir: str = "runs/demo",
+    profile: str = "demo",
+    tempo_model: str = "",
+    model_cache_dir: str = "",
+    min_confidence: float = 0.7,
+    bpm_range: str = "",
+    key_profile: str = "edma",
+    workers: int = 2,
+) -> dict:
     """Analyse every ``ok`` clip of ``RUN_DIR/01_segment``; write ``RUN_DIR/03_tempo_key/tempo_key.jsonl``."""
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     # 1. validate everything before any work
@@ -468,8 +532,12 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = ""
     out = out_dir / "tempo_key.jsonl"
     # rows hold raw values that depend on the graph, the key profile and the prior: if those
     # changed since the rows were written, they are stale and the stage starts over.
-    analysis = {"graph_sha256": file_sha256(graph), "key_profile": key_profile, "bpm_range": list(prior) if prior else None,
-                "tempo_method": TEMPO_METHOD}
+    analysis = {
+        "graph_sha256": file_sha256(graph),
+        "key_profile": key_profile,
+        "bpm_range": list(prior) if prior else None,
+        "tempo_method": TEMPO_METHOD,
+    }
     settings = out_dir / "analysis.json"
     if read_json(settings) != analysis:
         out.unlink(missing_ok=True)
@@ -497,7 +565,9 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", tempo_model: str = ""
         "analysed_now": len(jobs),
         "errors": sum(1 for r in rows if r["error"]),
         "tempo_kept": sum(1 for r in rows if r["tempo"] is not None),
-        "tempo_unreconciled": sum(1 for r in rows if r.get("tempo_method") in ("octave unresolved", "estimates disagree")),
+        "tempo_unreconciled": sum(
+            1 for r in rows if r.get("tempo_method") in ("octave unresolved", "estimates disagree")
+        ),
         "key_kept": sum(1 for r in rows if r["key"] is not None),
         "min_confidence": float(min_confidence),
         "output": str(out),

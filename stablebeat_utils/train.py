@@ -142,14 +142,16 @@ def read_clips(run_dir: str | os.PathLike) -> list[Clip]:
                 raise TrainDataError(f"{where}: audio file {path} not found")
             seg = segments.get(cid) or {}
             src = _number(seg, "source_duration", f"{where} (segments.jsonl)", required=False)
-            clips.append(Clip(cid, path, prompt.strip(), _number(row, "start", where),
-                              _number(row, "duration", where), src))
+            clips.append(
+                Clip(cid, path, prompt.strip(), _number(row, "start", where), _number(row, "duration", where), src)
+            )
         except TrainDataError as exc:
             problems.append(str(exc))
     if problems:
         more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise TrainDataError(f"{len(problems)} unusable row(s) in the training set:\n  "
-                             + "\n  ".join(problems[:10]) + more)
+        raise TrainDataError(
+            f"{len(problems)} unusable row(s) in the training set:\n  " + "\n  ".join(problems[:10]) + more
+        )
     if not clips:
         raise TrainError(f"{prompts_path}: no clips to train on")
     return sorted(clips, key=lambda c: c.clip_id)
@@ -168,8 +170,12 @@ def conditioning_for(clip: Clip, offset_s: float, window_s: float, real_s: float
         seconds_total = clip_end
     else:
         seconds_total = max(clip.source_duration, clip_end)
-    return {"prompt": clip.prompt, "seconds_start": float(seconds_start), "seconds_total": float(seconds_total),
-            "clip_id": clip.clip_id}
+    return {
+        "prompt": clip.prompt,
+        "seconds_start": float(seconds_start),
+        "seconds_total": float(seconds_total),
+        "clip_id": clip.clip_id,
+    }
 
 
 def _crop(n_have: int, n_window: int, random_crop: bool, rng: random.Random) -> tuple[int, int]:
@@ -188,8 +194,7 @@ def _crop(n_have: int, n_window: int, random_crop: bool, rng: random.Random) -> 
 class ClipDataset:
     """Raw audio windows: ``(audio (2, sample_size) float32, metadata)`` — a ``torch`` map-style dataset."""
 
-    def __init__(self, clips: list[Clip], sample_rate: int, sample_size: int, random_crop: bool = True,
-                 seed: int = 0):
+    def __init__(self, clips: list[Clip], sample_rate: int, sample_size: int, random_crop: bool = True, seed: int = 0):
         self.clips, self.sr, self.n, self.random_crop, self.seed = clips, sample_rate, sample_size, random_crop, seed
         self.epoch = 0
 
@@ -210,7 +215,7 @@ class ClipDataset:
         samples = audio_io.to_stereo(samples)
         offset, real = _crop(samples.shape[1], self.n, self.random_crop, self._rng(idx))
         window = np.zeros((2, self.n), dtype=np.float32)
-        window[:, :real] = samples[:, offset:offset + real]
+        window[:, :real] = samples[:, offset : offset + real]
         mask = torch.zeros(self.n, dtype=torch.bool)
         mask[:real] = True
         md = conditioning_for(clip, offset / self.sr, self.n / self.sr, real / self.sr)
@@ -221,8 +226,15 @@ class ClipDataset:
 class LatentDataset:
     """Pre-encoded windows: ``(latents (C, frames), metadata)`` read from ``latents/<clip_id>.safetensors``."""
 
-    def __init__(self, clips: list[Clip], latents_dir: Path, frames: int, frame_seconds: float,
-                 random_crop: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        clips: list[Clip],
+        latents_dir: Path,
+        frames: int,
+        frame_seconds: float,
+        random_crop: bool = True,
+        seed: int = 0,
+    ):
         self.clips, self.dir, self.frames, self.frame_s = clips, Path(latents_dir), frames, frame_seconds
         self.random_crop, self.seed = random_crop, seed
 
@@ -238,18 +250,25 @@ class LatentDataset:
         try:
             lat = load_file(str(path))["latents"]
         except Exception as exc:
-            raise TrainDataError(f"clip {clip.clip_id}: pre-encoded latents {path} unreadable ({exc}); "
-                                 "delete the file and run the stage again") from exc
+            raise TrainDataError(
+                f"clip {clip.clip_id}: pre-encoded latents {path} unreadable ({exc}); "
+                "delete the file and run the stage again"
+            ) from exc
         have = int(lat.shape[-1])
-        offset, real = _crop(have, self.frames, self.random_crop,
-                             random.Random(f"{self.seed}:{idx}:{random.getrandbits(32)}"))
+        offset, real = _crop(
+            have, self.frames, self.random_crop, random.Random(f"{self.seed}:{idx}:{random.getrandbits(32)}")
+        )
         window = torch.zeros(lat.shape[0], self.frames, dtype=torch.float32)
-        window[:, :real] = lat[:, offset:offset + real].float()
+        window[:, :real] = lat[:, offset : offset + real].float()
         mask = torch.zeros(self.frames, dtype=torch.bool)
         mask[:real] = True
         # the crop offset in latent frames, converted back to seconds: seconds_start stays exact
-        md = conditioning_for(clip, offset * self.frame_s, self.frames * self.frame_s,
-                              min(real * self.frame_s, clip.duration - offset * self.frame_s))
+        md = conditioning_for(
+            clip,
+            offset * self.frame_s,
+            self.frames * self.frame_s,
+            min(real * self.frame_s, clip.duration - offset * self.frame_s),
+        )
         md["padding_mask"] = [mask]
         return window, md
 
@@ -262,9 +281,16 @@ def make_loader(dataset, batch_size: int, workers: int = 0, shuffle: bool = True
     g = torch.Generator()
     g.manual_seed(seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
-        persistent_workers=workers > 0, pin_memory=False, drop_last=len(dataset) >= batch_size,
-        collate_fn=collation_fn)
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=g,
+        persistent_workers=workers > 0,
+        pin_memory=False,
+        drop_last=len(dataset) >= batch_size,
+        collate_fn=collation_fn,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,8 +319,9 @@ def latents_todo(clips: list[Clip], latents_dir: Path, fingerprint: str) -> list
     return [c for c in clips if not _latent_is_fresh(Path(latents_dir) / f"{c.clip_id}.safetensors", fingerprint)]
 
 
-def _pre_encode_worker(base_model: str, t5_model: str, clips: list[Clip], latents_dir: str, fingerprint: str,
-                       device: str, seed: int, queue) -> None:
+def _pre_encode_worker(
+    base_model: str, t5_model: str, clips: list[Clip], latents_dir: str, fingerprint: str, device: str, seed: int, queue
+) -> None:
     try:
         from . import models
 
@@ -310,8 +337,10 @@ def _pre_encode_in_child(base_model, t5_model, clips, latents_dir, fingerprint, 
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_pre_encode_worker, args=(base_model, t5_model, clips, str(latents_dir), fingerprint,
-                                                        str(device), seed, queue))
+    proc = ctx.Process(
+        target=_pre_encode_worker,
+        args=(base_model, t5_model, clips, str(latents_dir), fingerprint, str(device), seed, queue),
+    )
     proc.start()
     try:
         status, value = queue.get()
@@ -337,8 +366,9 @@ def compact_latents(lat):
     return half if bool(torch.isfinite(half).all()) else lat
 
 
-def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: str, device: str = "cpu",
-                     seed: int = 0) -> dict:
+def pre_encode_clips(
+    model, clips: list[Clip], latents_dir: Path, fingerprint: str, device: str = "cpu", seed: int = 0
+) -> dict:
     """Encode each clip once with the model's VAE into ``latents_dir/<clip_id>.safetensors``.
 
     Stores the *unscaled* latents (as the engine's ``pre_encoded`` path expects: it divides by the
@@ -373,9 +403,16 @@ def pre_encode_clips(model, clips: list[Clip], latents_dir: Path, fingerprint: s
             torch.manual_seed(int(hashlib.sha256(f"{seed}:{clip.clip_id}".encode()).hexdigest()[:8], 16))
             lat = pt.encode(x) * pt.scale
         stored = compact_latents(lat[0])
-        meta = {"vae": fingerprint, "clip_id": clip.clip_id, "prompt": clip.prompt, "start": repr(clip.start),
-                "duration": repr(clip.duration), "sample_rate": str(sr), "dtype": str(stored.dtype),
-                "source_duration": "" if clip.source_duration is None else repr(clip.source_duration)}
+        meta = {
+            "vae": fingerprint,
+            "clip_id": clip.clip_id,
+            "prompt": clip.prompt,
+            "start": repr(clip.start),
+            "duration": repr(clip.duration),
+            "sample_rate": str(sr),
+            "dtype": str(stored.dtype),
+            "source_duration": "" if clip.source_duration is None else repr(clip.source_duration),
+        }
         with atomic_path(path) as tmp:
             save_file({"latents": stored}, str(tmp), metadata=meta)
         encoded += 1
@@ -392,8 +429,9 @@ def _lightning():
     # trainer.fit(..., weights_only=True) (resume without arbitrary pickles) arrived in Lightning 2.6
     major_minor = tuple(int(x) for x in re.findall(r"\d+", pl.__version__)[:2])
     if major_minor < (2, 6):
-        raise TrainError(f"05_train needs pytorch-lightning >= 2.6 (found {pl.__version__}): "
-                         "pip install 'pytorch-lightning>=2.6'")
+        raise TrainError(
+            f"05_train needs pytorch-lightning >= 2.6 (found {pl.__version__}): pip install 'pytorch-lightning>=2.6'"
+        )
     return pl
 
 
@@ -474,9 +512,12 @@ def mirror_checkpoint(path: Path, mirror_dir: Path, keep: int) -> Path | None:
         prune_checkpoints(mirror_dir, keep)
         return target
     except (OSError, RunFolderError) as exc:
-        print(f"{STAGE}: WARNING could not copy checkpoint {path.name} to {mirror_dir} "
-              f"({getattr(exc, 'strerror', None) or exc}). Training goes on; the checkpoint is kept in {path.parent} and the "
-              "next checkpoint tries the copy again. Free space / remount Drive.", file=sys.stderr)
+        print(
+            f"{STAGE}: WARNING could not copy checkpoint {path.name} to {mirror_dir} "
+            f"({getattr(exc, 'strerror', None) or exc}). Training goes on; the checkpoint is kept in {path.parent} and the "
+            "next checkpoint tries the copy again. Free space / remount Drive.",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -546,13 +587,18 @@ def _make_classes():
 
         def on_load_checkpoint(self, checkpoint):
             saved = checkpoint.get("stablebeat") or {}
-            diff = {k: (saved.get(k), self.stablebeat_info.get(k)) for k in RESUME_KEYS
-                    if saved.get(k) != self.stablebeat_info.get(k)}
+            diff = {
+                k: (saved.get(k), self.stablebeat_info.get(k))
+                for k in RESUME_KEYS
+                if saved.get(k) != self.stablebeat_info.get(k)
+            }
             if diff:
                 what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-                raise TrainError(f"the checkpoints in {self.stablebeat_info.get('checkpoint_dir')} were made with "
-                                 f"other settings ({what}). Use a new run_dir, put the settings back, or delete "
-                                 "that folder to start over.")
+                raise TrainError(
+                    f"the checkpoints in {self.stablebeat_info.get('checkpoint_dir')} were made with "
+                    f"other settings ({what}). Use a new run_dir, put the settings back, or delete "
+                    "that folder to start over."
+                )
             state = checkpoint["state_dict"]
             current = self.state_dict()
             kept = self._kept_keys(current)
@@ -574,9 +620,12 @@ def _make_classes():
             dt = time.perf_counter() - self.t0
             self.step_seconds.append(dt)
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            metrics = {"loss": float(loss.detach().float().cpu()),
-                       "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-                       "epoch": trainer.current_epoch, "step_seconds": dt}
+            metrics = {
+                "loss": float(loss.detach().float().cpu()),
+                "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+                "epoch": trainer.current_epoch,
+                "step_seconds": dt,
+            }
             for lg in trainer.loggers:
                 lg.log_metrics(metrics, step=trainer.global_step)
 
@@ -627,10 +676,17 @@ def _make_classes():
                 for i, prompt in enumerate(self.prompts):
                     with trainer.strategy.precision_plugin.forward_context():
                         out = generate_diffusion_cond(
-                            diffusion, steps=self.steps, cfg_scale=self.cfg,
+                            diffusion,
+                            steps=self.steps,
+                            cfg_scale=self.cfg,
                             conditioning=[{"prompt": prompt, "seconds_start": 0, "seconds_total": self.seconds}],
-                            sample_size=n, seed=self.seed + i, device=module.device, apg_scale=0.0,
-                            disable_tqdm=True, **CARD_SAMPLER)
+                            sample_size=n,
+                            seed=self.seed + i,
+                            device=module.device,
+                            apg_scale=0.0,
+                            disable_tqdm=True,
+                            **CARD_SAMPLER,
+                        )
                     wav = out[0].float().cpu().numpy()
                     peak = float(np.max(np.abs(wav))) if wav.size else 0.0
                     if peak > 0:
@@ -638,8 +694,17 @@ def _make_classes():
                     name = f"step{step:08d}_{i}.wav"
                     with atomic_path(self.out_dir / name) as tmp:
                         audio_io.write_wav(tmp, wav, sr)
-                    self._demo_log.append({"file": name, "step": step, "prompt": prompt, "seconds": self.seconds,
-                                     "steps": self.steps, "cfg": self.cfg, "ema": module.diffusion_ema is not None})
+                    self._demo_log.append(
+                        {
+                            "file": name,
+                            "step": step,
+                            "prompt": prompt,
+                            "seconds": self.seconds,
+                            "steps": self.steps,
+                            "cfg": self.cfg,
+                            "ema": module.diffusion_ema is not None,
+                        }
+                    )
             finally:
                 diffusion.model = online
                 module.train(was_training)
@@ -695,9 +760,21 @@ def _make_classes():
 # configuration
 
 
-def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int, lora_alpha: float,
-                    lora_adapter: str, pre_encode: bool, ema: bool, sample_size: int, log_every: int,
-                    padding_loss_weight: float = 1.0, optimizer: str = "adamw") -> dict:
+def training_config(
+    model_config: dict,
+    *,
+    lr: float,
+    mode: str,
+    lora_rank: int,
+    lora_alpha: float,
+    lora_adapter: str,
+    pre_encode: bool,
+    ema: bool,
+    sample_size: int,
+    log_every: int,
+    padding_loss_weight: float = 1.0,
+    optimizer: str = "adamw",
+) -> dict:
     """The engine's ``model_config`` with our ``training`` section (the card's recipe).
 
     Optimizer and scheduler come from the model's own config where it has them (SAO 1.0's are
@@ -713,16 +790,28 @@ def training_config(model_config: dict, *, lr: float, mode: str, lora_rank: int,
     cfg = copy.deepcopy(model_config)
     cfg["sample_size"] = int(sample_size)
     train = cfg.setdefault("training", {})
-    opt = copy.deepcopy(train.get("optimizer_configs") or {
-        "diffusion": {"optimizer": {"type": "AdamW", "config": {"betas": [0.9, 0.999], "weight_decay": 1e-3}},
-                      "scheduler": {"type": "InverseLR", "config": {"inv_gamma": 1000000, "power": 0.5,
-                                                                      "warmup": 0.99}}}})
+    opt = copy.deepcopy(
+        train.get("optimizer_configs")
+        or {
+            "diffusion": {
+                "optimizer": {"type": "AdamW", "config": {"betas": [0.9, 0.999], "weight_decay": 1e-3}},
+                "scheduler": {"type": "InverseLR", "config": {"inv_gamma": 1000000, "power": 0.5, "warmup": 0.99}},
+            }
+        }
+    )
     opt["diffusion"]["optimizer"].setdefault("config", {})["lr"] = float(lr)
     if optimizer == "adamw8bit":  # the engine's own bitsandbytes.optim.AdamW8bit, same betas / decay
         opt["diffusion"]["optimizer"]["type"] = "AdamW8bit"
-    train.update({"optimizer_configs": opt, "use_ema": bool(ema), "pre_encoded": bool(pre_encode),
-                  "log_every_n_steps": int(log_every), "cfg_dropout_prob": train.get("cfg_dropout_prob", 0.1),
-                  "mask_loss_weight": float(padding_loss_weight)})
+    train.update(
+        {
+            "optimizer_configs": opt,
+            "use_ema": bool(ema),
+            "pre_encoded": bool(pre_encode),
+            "log_every_n_steps": int(log_every),
+            "cfg_dropout_prob": train.get("cfg_dropout_prob", 0.1),
+            "mask_loss_weight": float(padding_loss_weight),
+        }
+    )
     train.pop("learning_rate", None)
     train.pop("lora_config", None)
     if mode == "lora":
@@ -747,8 +836,12 @@ def pick_precision(precision: str, device: str, devices: int = 1) -> str:
     from .models import pick_dtype
 
     if str(device).startswith("cuda") and devices != 1:
-        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_bf16_supported())"],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.is_bf16_supported())"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return "bf16-mixed" if out.stdout.strip() == "True" else "16-mixed"
     dtype = pick_dtype(device)
     return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
@@ -777,9 +870,14 @@ def _validate(p: dict) -> None:
     need(p["sample_seconds"] >= 0, "sample_seconds must be >= 0 (0 = the model's own window)")
     need(p["lora_rank"] >= 1, "lora_rank must be >= 1")
     need(p["workers"] >= 0, "workers must be >= 0")
-    need(math.isfinite(p["padding_loss_weight"]) and p["padding_loss_weight"] >= 0, "padding_loss_weight must be >= 0 (1.0 = train padded frames as SAO did)")
-    need(isinstance(p["grad_accum"], int) and p["grad_accum"] >= 1,
-         "grad_accum must be a whole number >= 1 (batches per optimizer step)")
+    need(
+        math.isfinite(p["padding_loss_weight"]) and p["padding_loss_weight"] >= 0,
+        "padding_loss_weight must be >= 0 (1.0 = train padded frames as SAO did)",
+    )
+    need(
+        isinstance(p["grad_accum"], int) and p["grad_accum"] >= 1,
+        "grad_accum must be a whole number >= 1 (batches per optimizer step)",
+    )
     need(p["optimizer"] in OPTIMIZERS, f"optimizer={p['optimizer']!r}: choose one of {OPTIMIZERS}")
     need(p["checkpoint_minutes"] >= 0, "checkpoint_minutes must be >= 0 (0 = by steps and epochs only)")
 
@@ -788,17 +886,48 @@ def _validate(p: dict) -> None:
 # the stage
 
 
-def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "tiny:sao", t5_model: str = "",
-        mode: str = "full", lora_rank: int = 16, lora_alpha: float = 16.0, lora_adapter: str = "lora",
-        batch_size: int = 2, lr: float = 5e-5, epochs: int = 1, max_steps: int = 4, sample_seconds: float = 1.0,
-        random_crop: bool = True, ema: bool = True, precision: str = "auto", accelerator: str = "auto",
-        devices: int = 1, strategy: str = "auto", workers: int = 0, checkpoint_every: int = 2,
-        keep_checkpoints: int = 2, demo_every: int = 4, num_demos: int = 1, demo_steps: int = 4,
-        demo_cfg: float = 7.0, demo_seconds: float = 2.0, pre_encode: bool = False, log_every: int = 1,
-        wandb_project: str = "", seed: int = 0, export_merged: bool = True, padding_loss_weight: float = 1.0,
-        grad_accum: int = 1, checkpoint_minutes: float = 0.0, local_checkpoint_dir: str = "",
-        optimizer: str = "adamw",
-        *, stage: str = STAGE, clips: list[Clip] | None = None) -> dict:
+def run(
+    run_dir: str = "runs/demo",
+    profile: str = "demo",
+    base_model: str = "tiny:sao",
+    t5_model: str = "",
+    mode: str = "full",
+    lora_rank: int = 16,
+    lora_alpha: float = 16.0,
+    lora_adapter: str = "lora",
+    batch_size: int = 2,
+    lr: float = 5e-5,
+    epochs: int = 1,
+    max_steps: int = 4,
+    sample_seconds: float = 1.0,
+    random_crop: bool = True,
+    ema: bool = True,
+    precision: str = "auto",
+    accelerator: str = "auto",
+    devices: int = 1,
+    strategy: str = "auto",
+    workers: int = 0,
+    checkpoint_every: int = 2,
+    keep_checkpoints: int = 2,
+    demo_every: int = 4,
+    num_demos: int = 1,
+    demo_steps: int = 4,
+    demo_cfg: float = 7.0,
+    demo_seconds: float = 2.0,
+    pre_encode: bool = False,
+    log_every: int = 1,
+    wandb_project: str = "",
+    seed: int = 0,
+    export_merged: bool = True,
+    padding_loss_weight: float = 1.0,
+    grad_accum: int = 1,
+    checkpoint_minutes: float = 0.0,
+    local_checkpoint_dir: str = "",
+    optimizer: str = "adamw",
+    *,
+    stage: str = STAGE,
+    clips: list[Clip] | None = None,
+) -> dict:
     """Fine-tune (or resume fine-tuning) SAO on ``RUN_DIR/04_prompts``; export; return a summary.
 
     ``max_steps`` > 0 stops after that many optimizer steps (counted across resumes); otherwise
@@ -861,19 +990,40 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     pl.seed_everything(session_seed, workers=True, verbose=False)
 
     device = models.pick_device("auto" if accelerator == "auto" else ("cuda" if accelerator == "gpu" else accelerator))
-    _plan_storage(run_, base_model, clips, mode=mode, ema=ema, optimizer=optimizer, lora_rank=lora_rank,
-                  pre_encode=pre_encode, keep_checkpoints=keep_checkpoints, local_dir=local_dir,
-                  export_merged=export_merged)
+    _plan_storage(
+        run_,
+        base_model,
+        clips,
+        mode=mode,
+        ema=ema,
+        optimizer=optimizer,
+        lora_rank=lora_rank,
+        pre_encode=pre_encode,
+        keep_checkpoints=keep_checkpoints,
+        local_dir=local_dir,
+        export_merged=export_merged,
+    )
     prec = pick_precision(precision, device, devices)
-    gpu_estimate = _preflight_gpu(device, base_model, mode=mode, precision=prec, batch_size=batch_size,
-                                  grad_accum=grad_accum, sample_seconds=sample_seconds, optimizer=optimizer,
-                                  ema=ema, lora_rank=lora_rank)
+    gpu_estimate = _preflight_gpu(
+        device,
+        base_model,
+        mode=mode,
+        precision=prec,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        sample_seconds=sample_seconds,
+        optimizer=optimizer,
+        ema=ema,
+        lora_rank=lora_rank,
+    )
     if optimizer == "adamw8bit":
         import importlib.util
 
         if not str(device).startswith("cuda"):
-            raise TrainError(f"optimizer='adamw8bit' needs a CUDA GPU (bitsandbytes' 8-bit AdamW); this run is on "
-                             f"{device}: use optimizer='adamw'")
+            raise TrainError(
+                f"optimizer='adamw8bit' needs a CUDA GPU (bitsandbytes' 8-bit AdamW); this run is on "
+                f"{device}: use optimizer='adamw'"
+            )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TrainError("optimizer='adamw8bit' needs the bitsandbytes package: pip install bitsandbytes")
     model, model_config = models.load_sao(base_model, device="cpu", t5_source=t5_model or None)
@@ -881,9 +1031,20 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     ratio = model.pretransform.downsampling_ratio if model.pretransform is not None else 1
     window = int(model_config["sample_size"]) if sample_seconds == 0 else int(round(sample_seconds * sr))
     window = max(1, math.ceil(window / ratio)) * ratio  # whole latent frames
-    cfg = training_config(model_config, lr=lr, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                          lora_adapter=lora_adapter, pre_encode=pre_encode, ema=ema, sample_size=window,
-                          log_every=log_every, padding_loss_weight=padding_loss_weight, optimizer=optimizer)
+    cfg = training_config(
+        model_config,
+        lr=lr,
+        mode=mode,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_adapter=lora_adapter,
+        pre_encode=pre_encode,
+        ema=ema,
+        sample_size=window,
+        log_every=log_every,
+        padding_loss_weight=padding_loss_weight,
+        optimizer=optimizer,
+    )
 
     # load_sao hands back an inference model (all frozen); trainable again as a freshly built
     # engine model is: the DiT and the conditioners' own layers (T5 and the VAE stay frozen)
@@ -914,24 +1075,34 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
     wrapper.__class__ = Wrapper  # same object, our checkpoint hooks (see Wrapper)
     trainable = sum(p.numel() for p in wrapper.diffusion.parameters() if p.requires_grad)
     wrapper.parent_pid = os.getpid()
-    wrapper.stablebeat_info = {"base_model": base_model, "mode": mode,
-                               "lora_rank": lora_rank if mode == "lora" else None,
-                               "lora_alpha": lora_alpha if mode == "lora" else None,
-                               "lora_adapter": lora_adapter if mode == "lora" else None,
-                               "pre_encode": pre_encode, "ema": bool(ema) and mode == "full",
-                               "checkpoint_dir": str(ckpt_dir)}
+    wrapper.stablebeat_info = {
+        "base_model": base_model,
+        "mode": mode,
+        "lora_rank": lora_rank if mode == "lora" else None,
+        "lora_alpha": lora_alpha if mode == "lora" else None,
+        "lora_adapter": lora_adapter if mode == "lora" else None,
+        "pre_encode": pre_encode,
+        "ema": bool(ema) and mode == "full",
+        "checkpoint_dir": str(ckpt_dir),
+    }
 
     # callbacks, loggers
     from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
-    checkpointer = KeepNewest(keep_checkpoints, minutes=checkpoint_minutes, dirpath=str(local_dir or ckpt_dir),
-                              filename="step={step}",
-                              every_n_train_steps=checkpoint_every, save_top_k=-1,
-                              auto_insert_metric_name=False, save_on_train_epoch_end=False)
+    checkpointer = KeepNewest(
+        keep_checkpoints,
+        minutes=checkpoint_minutes,
+        dirpath=str(local_dir or ckpt_dir),
+        filename="step={step}",
+        every_n_train_steps=checkpoint_every,
+        save_top_k=-1,
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=False,
+    )
     curves = CurveLogger()
     callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
-    prompts = card_prompts()[:max(0, num_demos)]
+    prompts = card_prompts()[: max(0, num_demos)]
     demos = DemoCallback(demo_every, prompts, demo_steps, demo_cfg, demo_seconds, stage_dir / "demos", seed)
     if demo_every > 0 and prompts:
         callbacks.append(demos)
@@ -948,14 +1119,24 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         loggers.append(WandbLogger(project=wandb_project, save_dir=str(stage_dir)))
 
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, strategy=strategy,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
         precision=prec,
-        max_epochs=epochs if max_steps <= 0 else -1, max_steps=max_steps if max_steps > 0 else -1,
-        accumulate_grad_batches=grad_accum, callbacks=callbacks, logger=loggers,
+        max_epochs=epochs if max_steps <= 0 else -1,
+        max_steps=max_steps if max_steps > 0 else -1,
+        accumulate_grad_batches=grad_accum,
+        callbacks=callbacks,
+        logger=loggers,
         plugins=[AtomicCheckpointIO(ckpt_dir if local_dir is not None else None, keep_checkpoints)],
         log_every_n_steps=max(1, log_every),
-        enable_checkpointing=True, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(stage_dir),
-        gradient_clip_val=None, deterministic=False)
+        enable_checkpointing=True,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(stage_dir),
+        gradient_clip_val=None,
+        deterministic=False,
+    )
     trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
 
     summary: dict[str, Any] = {}
@@ -976,17 +1157,30 @@ def run(run_dir: str = "runs/demo", profile: str = "demo", base_model: str = "ti
         files = export(wrapper, export_config(model_config, t5_model), export_dir, export_merged=export_merged)
         csvs = sorted(str(p) for p in (stage_dir / "logs").glob("version_*/metrics.csv"))
         summary = {
-            "mode": mode, "base_model": base_model, "clips": len(clips), "steps": steps,
+            "mode": mode,
+            "base_model": base_model,
+            "clips": len(clips),
+            "steps": steps,
             "trainable_parameters": int(trainable),
             "effective_batch": batch_size * grad_accum * max(1, int(devices)),
             "gpu_estimate_gb": gpu_estimate,
-            "epoch": epoch, "resumed_from_step": resumed_step, "devices": devices,
-            "precision": trainer.precision, "window_seconds": round(window / sr, 3), "pre_encoded": enc,
+            "epoch": epoch,
+            "resumed_from_step": resumed_step,
+            "devices": devices,
+            "precision": trainer.precision,
+            "window_seconds": round(window / sr, 3),
+            "pre_encoded": enc,
             "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
-            "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                                   if torch.cuda.is_available() and str(wrapper.device).startswith("cuda") else None),
-            "last_loss": _last_loss(csvs), "checkpoints": sorted(p.name for p in ckpt_dir.glob("step=*.ckpt")),
-            "export_dir": str(export_dir), "export_files": files, "metrics_csv": csvs,
+            "peak_gpu_memory_gb": (
+                round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                if torch.cuda.is_available() and str(wrapper.device).startswith("cuda")
+                else None
+            ),
+            "last_loss": _last_loss(csvs),
+            "checkpoints": sorted(p.name for p in ckpt_dir.glob("step=*.ckpt")),
+            "export_dir": str(export_dir),
+            "export_files": files,
+            "metrics_csv": csvs,
             "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
             "seconds": round(time.perf_counter() - t_start, 1),
         }
@@ -998,8 +1192,11 @@ def _session_step_seconds(logs_dir: Path) -> list[float]:
     """Seconds per step of the newest session, from its CSV log (``version_N``, highest N)."""
     import csv
 
-    versions = sorted((int(m.group(1)), p) for p in Path(logs_dir).glob("version_*/metrics.csv")
-                      if (m := re.search(r"version_(\d+)", str(p))))
+    versions = sorted(
+        (int(m.group(1)), p)
+        for p in Path(logs_dir).glob("version_*/metrics.csv")
+        if (m := re.search(r"version_(\d+)", str(p)))
+    )
     if not versions:
         return []
     with open(versions[-1][1], newline="", encoding="utf-8") as fh:
@@ -1026,8 +1223,19 @@ def _plan_counts(base_model: str) -> dict | None:
     return storage.param_counts(cfg) if cfg is not None else None
 
 
-def _preflight_gpu(device: str, base_model: str, *, mode: str, precision: str, batch_size: int, grad_accum: int,
-                   sample_seconds: float, optimizer: str, ema: bool, lora_rank: int) -> float | None:
+def _preflight_gpu(
+    device: str,
+    base_model: str,
+    *,
+    mode: str,
+    precision: str,
+    batch_size: int,
+    grad_accum: int,
+    sample_seconds: float,
+    optimizer: str,
+    ema: bool,
+    lora_rank: int,
+) -> float | None:
     """The GPU-memory preflight (:mod:`stablebeat_utils.preflight`) on CUDA; None elsewhere."""
     from . import models, preflight
 
@@ -1037,8 +1245,18 @@ def _preflight_gpu(device: str, base_model: str, *, mode: str, precision: str, b
     cfg = _config_for_plan(base_model) or models.sao_full_config()
     window_s = sample_seconds or int(cfg["sample_size"]) / int(cfg["sample_rate"])
     try:
-        est = preflight.check(mode, precision, batch_size, grad_accum, window_s, optimizer, ema and mode == "full",
-                              lora_rank, free[0], free[1])
+        est = preflight.check(
+            mode,
+            precision,
+            batch_size,
+            grad_accum,
+            window_s,
+            optimizer,
+            ema and mode == "full",
+            lora_rank,
+            free[0],
+            free[1],
+        )
     except preflight.GPUMemoryError as exc:
         raise TrainError(str(exc)) from exc
     print(f"{STAGE}: GPU preflight: ~{est.gb:.1f} GB ({est.basis}) of {free[0] / 1e9:.1f} GB free")
@@ -1049,8 +1267,9 @@ def _plan_storage(run_, base_model: str, clips: list, **kw) -> None:
     """Print the storage plan, keep it in RUN_DIR/storage_plan.json, STOP when it won't fit."""
     from . import storage
 
-    plan = storage.train_plan(run_.root, sum(c.duration for c in clips), len(clips),
-                              counts=_plan_counts(base_model), **kw)
+    plan = storage.train_plan(
+        run_.root, sum(c.duration for c in clips), len(clips), counts=_plan_counts(base_model), **kw
+    )
     print(plan.text())
     storage.record(run_.root, plan)
     storage.refuse(plan)
@@ -1066,8 +1285,10 @@ def read_curves(csvs) -> list[dict]:
     import csv
 
     by_step: dict[int, dict] = {}
-    for path in sorted(csvs, key=lambda p: int(re.search(r"version_(\d+)", str(p)).group(1))
-                       if re.search(r"version_(\d+)", str(p)) else 0):
+    for path in sorted(
+        csvs,
+        key=lambda p: int(re.search(r"version_(\d+)", str(p)).group(1)) if re.search(r"version_(\d+)", str(p)) else 0,
+    ):
         with open(path, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 if row.get("loss") not in (None, ""):
@@ -1114,11 +1335,20 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
         from stable_audio_tools.models.lora import get_lora_state_dict
 
         adapters = {**get_lora_state_dict(diffusion.model), **get_lora_state_dict(diffusion.conditioner)}
-        adapters = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
-                    for k, v in adapters.items()}
+        adapters = {
+            k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+            for k, v in adapters.items()
+        }
         with atomic_path(export_dir / "lora.safetensors") as tmp:
-            save_file(adapters, str(tmp), metadata={"lora_config": json.dumps(wrapper.lora_config),
-                                                    "format": "pt", "stablebeat": "05_train export (fp32)"})
+            save_file(
+                adapters,
+                str(tmp),
+                metadata={
+                    "lora_config": json.dumps(wrapper.lora_config),
+                    "format": "pt",
+                    "stablebeat": "05_train export (fp32)",
+                },
+            )
         files.append("lora.safetensors")
         if not export_merged:
             (export_dir / "model.safetensors").unlink(missing_ok=True)

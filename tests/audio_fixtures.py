@@ -15,7 +15,7 @@ def write_sf(path: Path, audio: np.ndarray, sr: int, subtype: str | None = None)
     if fmt == "OGG":  # libsndfile's Vorbis encoder wants small writes (see demo._write_ogg)
         with sf.SoundFile(str(path), "w", sr, frames.shape[1], format="OGG", subtype="VORBIS") as fh:
             for i in range(0, len(frames), sr):
-                fh.write(frames[i:i + sr])
+                fh.write(frames[i : i + sr])
     else:
         sf.write(str(path), frames, sr, format=fmt, subtype=subtype)
     return path
@@ -31,7 +31,7 @@ def write_av(path: Path, audio: np.ndarray, sr: int, codec: str) -> Path:
         block = 1152 if "mp3" in codec else 1024
         pts = 0
         for i in range(0, audio.shape[1], block):
-            chunk = np.ascontiguousarray(audio[:, i:i + block], dtype=np.float32)
+            chunk = np.ascontiguousarray(audio[:, i : i + block], dtype=np.float32)
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
             frame.sample_rate = sr
             frame.pts = pts

@@ -35,7 +35,7 @@ def _beat_source(seconds: float = 56.0) -> np.ndarray:
 
 def _crop(src: np.ndarray, start_s: float, seconds: float) -> np.ndarray:
     i = int(start_s * SR)
-    return np.ascontiguousarray(src[:, i:i + int(seconds * SR)])
+    return np.ascontiguousarray(src[:, i : i + int(seconds * SR)])
 
 
 def make_corpus(root: Path) -> dict[str, str]:
@@ -120,8 +120,13 @@ IGNORED = {".DS_Store", "Thumbs.db", "deep/cover.jpg", "folder.wav/readme.txt"}
 # ---------------------------------------------------------------------------------------------
 # the stage server
 
-MODULES = {"segment": "01_segment", "tag": "02_tag", "tempo_key": "03_tempo_key", "prompts": "04_prompts",
-           "evaluate": "07_evaluate"}
+MODULES = {
+    "segment": "01_segment",
+    "tag": "02_tag",
+    "tempo_key": "03_tempo_key",
+    "prompts": "04_prompts",
+    "evaluate": "07_evaluate",
+}
 
 
 def serve() -> None:

@@ -1,4 +1,5 @@
 """A task function for tests that kills its own process on request (a stand-in for a decoder segfault)."""
+
 import os
 import signal
 

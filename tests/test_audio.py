@@ -23,10 +23,17 @@ def tone(seconds: float = 3.0, sr: int = SR, channels: int = 2, amp: float = 0.3
     return np.stack([x * (1 - 0.2 * c) for c in range(channels)]).astype(np.float32)
 
 
-@pytest.mark.parametrize("name,writer", [
-    ("x.wav", "sf"), ("x.flac", "sf"), ("x.ogg", "sf"), ("x.aiff", "sf"),
-    ("x.mp3", "libmp3lame"), ("x.m4a", "aac"),
-])
+@pytest.mark.parametrize(
+    "name,writer",
+    [
+        ("x.wav", "sf"),
+        ("x.flac", "sf"),
+        ("x.ogg", "sf"),
+        ("x.aiff", "sf"),
+        ("x.mp3", "libmp3lame"),
+        ("x.m4a", "aac"),
+    ],
+)
 def test_decode_formats(tmp_path, name, writer):
     x = tone()
     path = tmp_path / name
@@ -49,8 +56,13 @@ def test_bad_files_have_human_reasons(tmp_path):
     (tmp_path / "riff.wav").write_bytes(b"RIFF" + np.random.default_rng(0).bytes(4000))
     (tmp_path / "text.mp3").write_text("not audio at all\n" * 40)
     (tmp_path / "folder.wav").mkdir()
-    cases = {"empty.wav": "empty file", "riff.wav": "not audio", "text.mp3": "not audio",
-             "folder.wav": "is a folder", "missing.wav": "not found"}
+    cases = {
+        "empty.wav": "empty file",
+        "riff.wav": "not audio",
+        "text.mp3": "not audio",
+        "folder.wav": "is a folder",
+        "missing.wav": "not found",
+    }
     for name, words in cases.items():
         with pytest.raises(audio.AudioError, match=words):
             audio.decode(tmp_path / name)

@@ -4,13 +4,34 @@ import pytest
 
 from stablebeat_utils import clipfacts, evaluate, prompts
 
-META = {"instruments_tags": ["synth bells"], "genres_tags": ["rap with soul"], "moods_tags": ["trap melancholic"],
-        "key": "G", "scale": "minor", "tempo": 109.0}
+META = {
+    "instruments_tags": ["synth bells"],
+    "genres_tags": ["rap with soul"],
+    "moods_tags": ["trap melancholic"],
+    "key": "G",
+    "scale": "minor",
+    "tempo": 109.0,
+}
 
-TEMPO_SPELLINGS = ["109 BPM", "109bpm", "109 bpm", "109-BPM", "109 b.p.m.", "109 B.P.M.", "109 beats per minute",
-                   "109 beats a minute", "109 beats-per-minute", "109 beats/minute", "a tempo of 109", "tempo: 109",
-                   "109.0 BPM", "one hundred and nine BPM", "one hundred nine beats per minute",
-                   "a hundred and nine b.p.m.", "one-oh-nine BPM"]
+TEMPO_SPELLINGS = [
+    "109 BPM",
+    "109bpm",
+    "109 bpm",
+    "109-BPM",
+    "109 b.p.m.",
+    "109 B.P.M.",
+    "109 beats per minute",
+    "109 beats a minute",
+    "109 beats-per-minute",
+    "109 beats/minute",
+    "a tempo of 109",
+    "tempo: 109",
+    "109.0 BPM",
+    "one hundred and nine BPM",
+    "one hundred nine beats per minute",
+    "a hundred and nine b.p.m.",
+    "one-oh-nine BPM",
+]
 KEY_SPELLINGS = ["G minor", "Gm", "G-minor", "G min", "G Minor", "G MINOR", "g minor", "in g minor"]
 
 
@@ -38,26 +59,29 @@ def test_every_key_spelling_the_validator_accepts_07_reads_the_same(lex, matcher
         assert accepted
 
 
-@pytest.mark.parametrize("text, key", [
-    ("in g minor", ("G", "minor")),
-    ("F# minor", ("F#", "minor")),
-    ("A-flat major", ("Ab", "major")),
-    ("A flat major", ("Ab", "major")),
-    ("f sharp minor", ("F#", "minor")),
-    ("Ebm", ("Eb", "minor")),
-    ("E♭ major", ("Eb", "major")),
-    ("in Db major", ("C#", "major")),
-    ("Bb MAJOR", ("Bb", "major")),
-    ("resolving to a minor.", ("A", "minor")),
-    ("a beat in a minor, with 808s", ("A", "minor")),
-    ("key of a major", ("A", "major")),
-    ("A minor chord progression drives it", None),  # sentence-initial article
-    ("a minor chord progression", None),
-    ("in a minor key", None),                       # a minor scale, no note
-    ("He added a major twist", None),
-    ("Cmaj7 chords", None),
-    ("minor chord progressions on piano", None),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("in g minor", ("G", "minor")),
+        ("F# minor", ("F#", "minor")),
+        ("A-flat major", ("Ab", "major")),
+        ("A flat major", ("Ab", "major")),
+        ("f sharp minor", ("F#", "minor")),
+        ("Ebm", ("Eb", "minor")),
+        ("E♭ major", ("Eb", "major")),
+        ("in Db major", ("C#", "major")),
+        ("Bb MAJOR", ("Bb", "major")),
+        ("resolving to a minor.", ("A", "minor")),
+        ("a beat in a minor, with 808s", ("A", "minor")),
+        ("key of a major", ("A", "major")),
+        ("A minor chord progression drives it", None),  # sentence-initial article
+        ("a minor chord progression", None),
+        ("in a minor key", None),  # a minor scale, no note
+        ("He added a major twist", None),
+        ("Cmaj7 chords", None),
+        ("minor chord progressions on piano", None),
+    ],
+)
 def test_key_rules(text, key):
     assert clipfacts.parse_key(text) == key
 
@@ -67,19 +91,22 @@ def test_scale_and_note_only_claims():
     assert clipfacts.find_keys("in the key of G") == [(7, None, "key of G")]
 
 
-@pytest.mark.parametrize("text, bpm", [
-    ("one hundred and forty BPM", 140.0),
-    ("a hundred ten beats per minute", 110.0),
-    ("ninety-five bpm", 95.0),
-    ("one forty bpm", 140.0),
-    ("one-twenty BPM", 120.0),
-    ("a tempo of ninety", 90.0),
-    ("seventy b.p.m.", 70.0),
-    ("at 142,5 bpm", 142.5),
-    ("a beat with 808 and 16 hats", None),
-    ("2000 BPM nonsense", None),
-    ("one shot samples", None),
-])
+@pytest.mark.parametrize(
+    "text, bpm",
+    [
+        ("one hundred and forty BPM", 140.0),
+        ("a hundred ten beats per minute", 110.0),
+        ("ninety-five bpm", 95.0),
+        ("one forty bpm", 140.0),
+        ("one-twenty BPM", 120.0),
+        ("a tempo of ninety", 90.0),
+        ("seventy b.p.m.", 70.0),
+        ("at 142,5 bpm", 142.5),
+        ("a beat with 808 and 16 hats", None),
+        ("2000 BPM nonsense", None),
+        ("one shot samples", None),
+    ],
+)
 def test_tempo_in_digits_and_words(text, bpm):
     assert clipfacts.parse_bpm(text) == bpm
 
@@ -93,8 +120,16 @@ def test_numbers_in_words_are_read_but_small_words_are_english():
 
 
 def test_validator_reads_numbers_in_words(lex, matcher):
-    problems = prompts.validate("A melancholic rap with soul beat at one hundred and forty BPM in G minor with synth bells.",
-                                META, lex, matcher)
+    problems = prompts.validate(
+        "A melancholic rap with soul beat at one hundred and forty BPM in G minor with synth bells.", META, lex, matcher
+    )
     assert any("number (140)" in p for p in problems), problems
-    assert prompts.validate("A melancholic rap with soul beat at one hundred and nine BPM in G minor with synth bells.",
-                            META, lex, matcher) == []
+    assert (
+        prompts.validate(
+            "A melancholic rap with soul beat at one hundred and nine BPM in G minor with synth bells.",
+            META,
+            lex,
+            matcher,
+        )
+        == []
+    )

@@ -26,6 +26,7 @@ def test_only_missing_requirements_are_installed(tmp_path):
 
 # --- install_missing enforces the bounds: the real decision code, fake versions and a fake pip ----
 
+
 class FakeRuntime:
     """Installed versions and a pip that 'installs' by recording and bumping them."""
 
@@ -112,8 +113,9 @@ def test_bitsandbytes_only_for_a_profile_that_quantizes():
     rt.versions.pop("bitsandbytes")
     assert colab.install_for_profile("demo", version_of=rt.version_of, pip=rt.pip) == []
     assert rt.calls == []  # nothing checked or installed for demo
-    assert colab.install_for_profile("colab_lora", version_of=rt.version_of, pip=rt.pip, python="3.12.1",
-                                     verbose=False) == ["bitsandbytes (missing) → 9.9"]
+    assert colab.install_for_profile(
+        "colab_lora", version_of=rt.version_of, pip=rt.pip, python="3.12.1", verbose=False
+    ) == ["bitsandbytes (missing) → 9.9"]
     assert "bitsandbytes" not in {r.name for r in colab.read_requirements()}
 
 
@@ -152,7 +154,8 @@ def test_every_notebook_opens_on_its_own_in_colab():
         rel = path.relative_to(ROOT).as_posix()
         assert colab.badge(rel) in nb.cells[0].source, f"{rel}: Open-in-Colab badge missing or stale"
         assert nb.cells[1].cell_type == "code" and nb.cells[1].source == colab.setup_cell(), (
-            f"{rel}: cell 2 must be the Colab set-up cell; run `python -m stablebeat_utils colab-links`")
+            f"{rel}: cell 2 must be the Colab set-up cell; run `python -m stablebeat_utils colab-links`"
+        )
         assert "parameters" in nb.cells[2].metadata.get("tags", []), rel
 
 
@@ -169,12 +172,24 @@ def test_launcher_runs_a_profile_and_resumes(tmp_path):
     installed): demo profile, local folder, stage 01 only; run twice, the second resumes."""
     import papermill as pm
 
-    args = dict(profile="demo", use_drive=False, local_folder=str(tmp_path / "stablebeat"),
-                input_subfolder="demo", run_name="t", stages="01", publish_repo_id="")
+    args = dict(
+        profile="demo",
+        use_drive=False,
+        local_folder=str(tmp_path / "stablebeat"),
+        input_subfolder="demo",
+        run_name="t",
+        stages="01",
+        publish_repo_id="",
+    )
     run_dir = tmp_path / "stablebeat" / "runs" / "t"
     for attempt in range(2):
-        pm.execute_notebook(str(ROOT / "colab" / "launcher.ipynb"), str(tmp_path / f"launcher{attempt}.ipynb"),
-                            parameters=args, cwd=str(tmp_path), progress_bar=False)
+        pm.execute_notebook(
+            str(ROOT / "colab" / "launcher.ipynb"),
+            str(tmp_path / f"launcher{attempt}.ipynb"),
+            parameters=args,
+            cwd=str(tmp_path),
+            progress_bar=False,
+        )
         rows = (run_dir / "01_segment" / "segments.jsonl").read_text()
         if attempt == 0:
             first = rows
@@ -186,8 +201,12 @@ def test_launcher_runs_a_profile_and_resumes(tmp_path):
 def test_colab_links_rewrites_every_link_and_nothing_else(tmp_path, monkeypatch):
     # a copy of the repository's files that carry links, so the real ones stay untouched
     root = tmp_path / "repo"
-    for rel in ["README.md", "colab/launcher.ipynb", "stablebeat_utils/data/course.yaml",
-                *[p.relative_to(ROOT).as_posix() for p in NOTEBOOKS]]:
+    for rel in [
+        "README.md",
+        "colab/launcher.ipynb",
+        "stablebeat_utils/data/course.yaml",
+        *[p.relative_to(ROOT).as_posix() for p in NOTEBOOKS],
+    ]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes((ROOT / rel).read_bytes())
     monkeypatch.setattr(colab, "REPO_ROOT", root)
@@ -199,8 +218,9 @@ def test_colab_links_rewrites_every_link_and_nothing_else(tmp_path, monkeypatch)
     assert len(changed) == 1 + 1 + 1 + len(NOTEBOOKS)  # course.yaml, README, launcher, lessons
     assert colab.course() == {"repo": "beatmaker/stablebeat-course", "branch": "v1"}
     nb = nbformat.read(root / "notebooks/03_tempo_key.ipynb", as_version=4)
-    assert ("https://colab.research.google.com/github/beatmaker/stablebeat-course/blob/v1/"
-            "notebooks/03_tempo_key.ipynb") in nb.cells[0].source
+    assert (
+        "https://colab.research.google.com/github/beatmaker/stablebeat-course/blob/v1/notebooks/03_tempo_key.ipynb"
+    ) in nb.cells[0].source
     assert '"https://github.com/beatmaker/stablebeat-course"' in nb.cells[1].source
     assert '"--branch", "v1"' in nb.cells[1].source
     assert "OWNER" not in (root / "colab/launcher.ipynb").read_text()
@@ -210,15 +230,21 @@ def test_colab_links_rewrites_every_link_and_nothing_else(tmp_path, monkeypatch)
 
 
 def test_setup_cell_does_nothing_where_the_package_is_installed(tmp_path):
-    out = subprocess.run([sys.executable, "-c", colab.setup_cell() + "\nprint('ok')"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", colab.setup_cell() + "\nprint('ok')"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     assert list(tmp_path.iterdir()) == []  # no clone, no install
 
 
 def _git(*args, cwd):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True
+    )
 
 
 def test_setup_cell_on_a_fresh_colab_runtime_fetches_and_installs(tmp_path, monkeypatch):
@@ -237,8 +263,9 @@ def test_setup_cell_on_a_fresh_colab_runtime_fetches_and_installs(tmp_path, monk
     monkeypatch.chdir(runtime)
     monkeypatch.setenv("STABLEBEAT_COURSE_REPO", origin.as_uri())
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "stablebeat_utils" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "stablebeat_utils" else real_find_spec(name, *a)
+    )
     installed, pip = [], []
     monkeypatch.setattr(colab, "install_missing", lambda: installed.append(True))
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -253,7 +280,9 @@ def test_setup_cell_on_a_fresh_colab_runtime_fetches_and_installs(tmp_path, monk
     monkeypatch.setattr(subprocess, "run", run)
     exec(colab.setup_cell(), {})
     assert (runtime / "stablebeat-course" / "stablebeat_utils" / "marker.txt").read_text() == "course"
-    assert pip == [["install", "-q", "--no-deps", "--ignore-requires-python", "-e", "stablebeat-course"]]  # the course, not its deps
+    assert pip == [
+        ["install", "-q", "--no-deps", "--ignore-requires-python", "-e", "stablebeat-course"]
+    ]  # the course, not its deps
     assert sys.path[0] == str(runtime / "stablebeat-course") and installed == [True]
     exec(colab.setup_cell(), {})  # run again: the clone is reused
     assert installed == [True, True]
@@ -265,8 +294,9 @@ def test_setup_cell_names_the_repository_it_could_not_fetch(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STABLEBEAT_COURSE_REPO", (tmp_path / "nowhere").as_uri())
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "stablebeat_utils" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "stablebeat_utils" else real_find_spec(name, *a)
+    )
     with pytest.raises(RuntimeError, match="STOP: could not fetch the course from file://.*nowhere"):
         exec(colab.setup_cell(), {})
 
@@ -277,8 +307,11 @@ def test_prepare_mounts_drive_only_when_a_parameter_points_into_it(tmp_path):
     local = {"profile": "demo", "run_dir": str(tmp_path / "runs/x"), "input_dir": "demo"}
     colab.prepare(local, colab=True, report=gpu, mount=mounted.append)
     assert mounted == []
-    drive = {"profile": "demo", "run_dir": f"{tmp_path}/gdrive/MyDrive/stablebeat/runs/x",
-             "input_dir": f"{tmp_path}/gdrive/MyDrive/stablebeat/beats"}
+    drive = {
+        "profile": "demo",
+        "run_dir": f"{tmp_path}/gdrive/MyDrive/stablebeat/runs/x",
+        "input_dir": f"{tmp_path}/gdrive/MyDrive/stablebeat/beats",
+    }
     colab.prepare(drive, colab=True, report=gpu, mount=mounted.append)
     assert mounted == [str(tmp_path / "gdrive")]  # derived from the paths, asked once
     (tmp_path / "gdrive" / "MyDrive").mkdir(parents=True)
@@ -290,17 +323,40 @@ def test_prepare_mounts_drive_only_when_a_parameter_points_into_it(tmp_path):
 
 def test_prepare_stops_before_work_when_the_gpu_is_too_small():
     with pytest.raises(colab.Stop, match="colab_a100.*Tesla T4"):
-        colab.prepare({"profile": "colab_a100", "run_dir": "/tmp/x"}, colab=True,
-                      report={"cuda": True, "name": "Tesla T4", "memory_gb": 15.0}, mount=None)
+        colab.prepare(
+            {"profile": "colab_a100", "run_dir": "/tmp/x"},
+            colab=True,
+            report={"cuda": True, "name": "Tesla T4", "memory_gb": 15.0},
+            mount=None,
+        )
 
 
 def test_colab_requirements_cover_what_colab_does_not_ship():
     """Every runtime requirement is either in colab/requirements-colab.txt or one Colab ships."""
-    colab_ships = {"numpy", "scipy", "soundfile", "librosa", "tokenizers", "sentencepiece", "safetensors",
-                   "huggingface_hub", "filelock", "einops", "scikit-learn", "pandas", "matplotlib", "tqdm",
-                   "PyYAML", "nbformat", "nbclient", "ipykernel", "ipywidgets"}
-    names = lambda text: {l.split("#")[0].split("==")[0].split(">=")[0].strip()
-                          for l in text.splitlines() if l.split("#")[0].strip()}
+    colab_ships = {
+        "numpy",
+        "scipy",
+        "soundfile",
+        "librosa",
+        "tokenizers",
+        "sentencepiece",
+        "safetensors",
+        "huggingface_hub",
+        "filelock",
+        "einops",
+        "scikit-learn",
+        "pandas",
+        "matplotlib",
+        "tqdm",
+        "PyYAML",
+        "nbformat",
+        "nbclient",
+        "ipykernel",
+        "ipywidgets",
+    }
+    names = lambda text: {
+        l.split("#")[0].split("==")[0].split(">=")[0].strip() for l in text.splitlines() if l.split("#")[0].strip()
+    }
     needed = names((ROOT / "requirements.txt").read_text()) - colab_ships
     listed = names(colab.COLAB_REQUIREMENTS.read_text())
     assert needed <= listed, f"add to colab/requirements-colab.txt: {sorted(needed - listed)}"
@@ -308,7 +364,7 @@ def test_colab_requirements_cover_what_colab_does_not_ship():
 
 def test_launcher_tells_where_to_put_the_beats(tmp_path):
     common = dict(use_drive=False, drive_mount="", drive_folder="", local_folder=str(tmp_path), run_name="r")
-    with pytest.raises(colab.Stop, match=f"no beats in {tmp_path}/beats yet.*\"demo\""):
+    with pytest.raises(colab.Stop, match=f'no beats in {tmp_path}/beats yet.*"demo"'):
         colab.locations(input_subfolder="beats", **common)
     assert (tmp_path / "beats").is_dir()  # created, ready to be filled
     (tmp_path / "beats" / "sub").mkdir()
@@ -317,8 +373,11 @@ def test_launcher_tells_where_to_put_the_beats(tmp_path):
     assert colab.locations(input_subfolder="demo", **common) == ("demo", str(tmp_path / "runs/r"))
     drive = dict(common, use_drive=True, drive_mount=str(tmp_path / "gd"), drive_folder="sb")
     mounted = []
-    assert colab.locations(input_subfolder="demo", mount=lambda m: mounted.append(m) or Path(m) / "MyDrive",
-                           **{k: v for k, v in drive.items()}) == ("demo", str(tmp_path / "gd/MyDrive/sb/runs/r"))
+    assert colab.locations(
+        input_subfolder="demo",
+        mount=lambda m: mounted.append(m) or Path(m) / "MyDrive",
+        **{k: v for k, v in drive.items()},
+    ) == ("demo", str(tmp_path / "gd/MyDrive/sb/runs/r"))
     assert mounted == [str(tmp_path / "gd")]
 
 

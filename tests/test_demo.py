@@ -60,7 +60,7 @@ def test_half_time_moves_the_backbeat():
 
         def energy(k):  # the first 60 ms after beat k of the first bar
             s = int(k * beat * sr)
-            return band[s:s + int(0.06 * sr)].mean()
+            return band[s : s + int(0.06 * sr)].mean()
 
         assert min(energy(k) for k in loud) > 2 * max(energy(k) for k in quiet)
 
@@ -78,8 +78,14 @@ def test_dataset_contents_truth_and_budget(demo_home):
     truth = read_jsonl(path / "truth.jsonl")
     assert [t["source"] for t in truth] == synth
     for t, s in zip(truth, demo.DEMO_SPECS):
-        assert t == {"source": f"{s.name}.ogg", "bpm": float(s.bpm), "key": s.key, "scale": s.scale,
-                     "half_time": s.half_time, "synthetic": True}
+        assert t == {
+            "source": f"{s.name}.ogg",
+            "bpm": float(s.bpm),
+            "key": s.key,
+            "scale": s.scale,
+            "half_time": s.half_time,
+            "synthetic": True,
+        }
     # variety the brief asks for
     assert {t["scale"] for t in truth} == {"major", "minor"}
     assert any(t["half_time"] for t in truth) and not all(t["half_time"] for t in truth)

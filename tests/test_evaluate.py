@@ -32,12 +32,13 @@ def _hits(attack_ms, bpm=120.0, seconds=8.0, seed=0):
     burst = (0.5 * rng.standard_normal(n) * env).astype(np.float32)
     for s in np.arange(0, seconds - 0.3, 60 / bpm):
         i = int(s * SR)
-        y[i:i + n] += burst
+        y[i : i + n] += burst
     return y
 
 
 # --------------------------------------------------------------------------------------------
 # the four signal metrics on known signals
+
 
 @pytest.mark.parametrize("freq", [440.0, 1000.0, 3000.0])
 def test_centroid_of_a_sine_is_its_frequency(freq):
@@ -84,7 +85,7 @@ def _click_or_swell(kind, gain=1.0, bpm=120.0, seconds=8.0):
     burst *= 0.8 / np.abs(burst).max()
     y = np.zeros(int(seconds * SR), np.float32)
     for s in np.arange(0, seconds - 0.3, 60 / bpm):
-        y[int(s * SR):int(s * SR) + n] += burst.astype(np.float32)
+        y[int(s * SR) : int(s * SR) + n] += burst.astype(np.float32)
     return gain * y
 
 
@@ -100,7 +101,9 @@ def test_transient_sharpness_rates_clicks_above_swells_at_any_loudness():
     assert 1e-4 < ts[("soft", 1.0)] < ts[("sharp", 1.0)] < 1e-2, ts
     # through the per-clip path too (stereo at 48 kHz: mixed to mono and resampled first)
     stereo48 = audio.resample(np.stack([_click_or_swell("sharp")] * 2), SR, 48000)
-    assert em.signal_metrics(0.5 * stereo48, 48000)["transient_sharpness"] == pytest.approx(ts[("sharp", 1.0)], rel=0.05)
+    assert em.signal_metrics(0.5 * stereo48, 48000)["transient_sharpness"] == pytest.approx(
+        ts[("sharp", 1.0)], rel=0.05
+    )
 
 
 def test_silent_tail_does_not_move_the_averages_and_silence_is_refused():
@@ -119,6 +122,7 @@ def test_silent_tail_does_not_move_the_averages_and_silence_is_refused():
 # --------------------------------------------------------------------------------------------
 # BPM with 03's estimator (the real TempoCNN graph)
 
+
 @pytest.fixture(scope="module")
 def tempo_worker(tempocnn_graph):
     ev._init_worker(str(tempocnn_graph), "edma")
@@ -127,10 +131,10 @@ def tempo_worker(tempocnn_graph):
 
 def _click_track(bpm, seconds=20.0):
     y = np.zeros(int(seconds * SR), np.float32)
-    click = (np.exp(-np.arange(int(0.03 * SR)) / SR / 0.005) * np.sin(2 * np.pi * 1500 * np.arange(int(0.03 * SR)) / SR))
+    click = np.exp(-np.arange(int(0.03 * SR)) / SR / 0.005) * np.sin(2 * np.pi * 1500 * np.arange(int(0.03 * SR)) / SR)
     for i, s in enumerate(np.arange(0, seconds - 0.05, 60 / bpm)):
         j = int(s * SR)
-        y[j:j + len(click)] += (0.8 if i % 4 == 0 else 0.5) * click.astype(np.float32)
+        y[j : j + len(click)] += (0.8 if i % 4 == 0 else 0.5) * click.astype(np.float32)
     return y
 
 
@@ -149,31 +153,38 @@ def test_bpm_of_a_click_track_and_a_drum_loop(tempo_worker, tmp_path, kind, bpm)
 # --------------------------------------------------------------------------------------------
 # what prompts ask for
 
-@pytest.mark.parametrize("prompt,bpm", [
-    ("A dark and melancholic cloud trap beat, with nostalgic piano, at 110 BPM.", 110.0),
-    ("A laid back lo-fi jazz rap at 85bpm", 85.0),
-    ("trap, 142.5 BPM, dark", 142.5),
-    ("tempo: 92, chill", 92.0),
-    ("a beat with 808 and 16 hats", None),
-    ("2000 BPM nonsense", None),
-])
+
+@pytest.mark.parametrize(
+    "prompt,bpm",
+    [
+        ("A dark and melancholic cloud trap beat, with nostalgic piano, at 110 BPM.", 110.0),
+        ("A laid back lo-fi jazz rap at 85bpm", 85.0),
+        ("trap, 142.5 BPM, dark", 142.5),
+        ("tempo: 92, chill", 92.0),
+        ("a beat with 808 and 16 hats", None),
+        ("2000 BPM nonsense", None),
+    ],
+)
 def test_parse_bpm(prompt, bpm):
     assert em.parse_bpm(prompt) == bpm
 
 
-@pytest.mark.parametrize("prompt,key", [
-    ("A smooth neo-soul R&B instrumental at 90 BPM in D major, featuring live bass", ("D", "major")),
-    ("rap with soul beat at 109 BPM in G minor", ("G", "minor")),
-    ("dark beat in Gm", ("G", "minor")),
-    ("F#m, 140 BPM", ("F#", "minor")),
-    ("in Db major", ("C#", "major")),
-    ("Bb min, sad", ("Bb", "minor")),
-    ("E♭ major ballad", ("Eb", "major")),
-    ("minor chord progressions on piano", None),
-    ("a minor chord progression", None),  # lower-case article, not the key of A minor
-    ("A dark and melancholic cloud trap beat", None),
-    ("Cmaj7 chords", None),
-])
+@pytest.mark.parametrize(
+    "prompt,key",
+    [
+        ("A smooth neo-soul R&B instrumental at 90 BPM in D major, featuring live bass", ("D", "major")),
+        ("rap with soul beat at 109 BPM in G minor", ("G", "minor")),
+        ("dark beat in Gm", ("G", "minor")),
+        ("F#m, 140 BPM", ("F#", "minor")),
+        ("in Db major", ("C#", "major")),
+        ("Bb min, sad", ("Bb", "minor")),
+        ("E♭ major ballad", ("Eb", "major")),
+        ("minor chord progressions on piano", None),
+        ("a minor chord progression", None),  # lower-case article, not the key of A minor
+        ("A dark and melancholic cloud trap beat", None),
+        ("Cmaj7 chords", None),
+    ],
+)
 def test_parse_key(prompt, key):
     assert em.parse_key(prompt) == key
 
@@ -201,6 +212,7 @@ def test_key_score_mirex_rules():
 
 # --------------------------------------------------------------------------------------------
 # distributions and CLAP
+
 
 def test_frechet_distance_zero_positive_symmetric():
     a = RNG.standard_normal((40, 16))
@@ -255,7 +267,7 @@ def test_stable_audio_metrics_setting_is_loudness_free_and_sees_the_whole_clip(t
     assert fused.fusion
     whole = ev.clap_audio_embedding_sam(fused, clip, SR)
     changed = clip.copy()
-    changed[:, int(18 * SR):] = demo.make_beat(140, "F", "major", 5.0, seed=9)[:, :changed.shape[1] - int(18 * SR)]
+    changed[:, int(18 * SR) :] = demo.make_beat(140, "F", "major", 5.0, seed=9)[:, : changed.shape[1] - int(18 * SR)]
     assert np.abs(ev.clap_audio_embedding_sam(fused, changed, SR) - whole).max() > 1e-3  # the back third counts
     assert np.abs(ev.clap_audio_embedding_sam(fused, 0.3 * clip, SR) - whole).max() < 1e-3
     with pytest.raises(ev.EvaluateError, match="silence"):
@@ -266,6 +278,7 @@ def test_laion_clap_backend_missing_is_a_clear_error():
     pytest.importorskip("torch")
     try:
         import laion_clap  # noqa: F401
+
         pytest.skip("laion-clap is installed here")  # the error path cannot be exercised then
     except ImportError:
         pass
@@ -276,8 +289,10 @@ def test_laion_clap_backend_missing_is_a_clear_error():
 # --------------------------------------------------------------------------------------------
 # the stage on a small run folder
 
-PROMPTS = [("A dark trap beat at 90 BPM in A minor, with 808 and synth bells.", 90, "A", "minor"),
-           ("An upbeat club beat at 128 BPM in F major.", 128, "F", "major")]
+PROMPTS = [
+    ("A dark trap beat at 90 BPM in A minor, with 808 and synth bells.", 90, "A", "minor"),
+    ("An upbeat club beat at 128 BPM in F major.", 128, "F", "major"),
+]
 
 
 def _write_run(root):
@@ -288,8 +303,17 @@ def _write_run(root):
     for i, (bpm, key, scale) in enumerate([(90, "A", "minor"), (128, "F", "major"), (100, "D", "minor")]):
         cid = f"train{i}"
         audio.write_wav(clips / f"{cid}.wav", demo.make_beat(bpm, key, scale, 14.0, seed=10 + i), SR)
-        segs.append({"clip_id": cid, "source": f"{cid}.ogg", "start": 0.0, "duration": 14.0,
-                     "path": f"01_segment/clips/{cid}.wav", "status": "ok", "reason": None})
+        segs.append(
+            {
+                "clip_id": cid,
+                "source": f"{cid}.ogg",
+                "start": 0.0,
+                "duration": 14.0,
+                "path": f"01_segment/clips/{cid}.wav",
+                "status": "ok",
+                "reason": None,
+            }
+        )
     (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in segs))
     gen = root / "06_generate" / "audio"
     rows = []
@@ -299,8 +323,17 @@ def _write_run(root):
             path = gen / model / f"{i:02d}-seed{42 + i}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             audio.write_wav(path, demo.make_beat(b, k, scale, 14.0, seed=42 + i), SR)
-            rows.append({"key": f"{model}-{i}-{42 + i}", "model": model, "prompt_idx": i, "prompt": prompt,
-                         "seed": 42 + i, "duration": 14.0, "path": run.rel(path)})
+            rows.append(
+                {
+                    "key": f"{model}-{i}-{42 + i}",
+                    "model": model,
+                    "prompt_idx": i,
+                    "prompt": prompt,
+                    "seed": 42 + i,
+                    "duration": 14.0,
+                    "path": run.rel(path),
+                }
+            )
     (root / "06_generate" / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -308,8 +341,9 @@ def _write_run(root):
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tempocnn_graph):
     root = _write_run(tmp_path_factory.mktemp("run"))
-    summary = ev.run(run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu",
-                     workers=1)
+    summary = ev.run(
+        run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu", workers=1
+    )
     return root, summary
 
 
@@ -318,9 +352,19 @@ def test_stage_writes_every_output(evaluated):
 
     root, summary = evaluated
     out = root / "07_evaluate"
-    for name in ("metrics.csv", "training_metrics.csv", "card_table.md", "summary.md", "summary.json", "report.md",
-                 "stage.json", "plots/metric_bars.png", "plots/bpm_requested_vs_measured.png",
-                 "plots/spectrograms_prompt01.png", "plots/spectrograms_prompt02.png"):
+    for name in (
+        "metrics.csv",
+        "training_metrics.csv",
+        "card_table.md",
+        "summary.md",
+        "summary.json",
+        "report.md",
+        "stage.json",
+        "plots/metric_bars.png",
+        "plots/bpm_requested_vs_measured.png",
+        "plots/spectrograms_prompt01.png",
+        "plots/spectrograms_prompt02.png",
+    ):
         assert (out / name).is_file(), name
     df = pd.read_csv(out / "metrics.csv")
     assert len(df) == 4 and set(df["model"]) == {"base", "finetune"} and df["error"].isna().all()
@@ -357,8 +401,9 @@ def test_adherence_and_comparison_favour_the_model_that_follows_the_prompt(evalu
 def test_rerun_reuses_the_cache_and_gives_the_same_bytes(evaluated, tempocnn_graph, tmp_path):
     root, _ = evaluated
     before = (root / "07_evaluate" / "metrics.csv").read_bytes()
-    summary = ev.run(run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu",
-                     workers=1)
+    summary = ev.run(
+        run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu", workers=1
+    )
     assert summary["measured_now"] == 0 and summary["clap_embedded_now"] == 0
     assert (root / "07_evaluate" / "metrics.csv").read_bytes() == before
 
@@ -373,8 +418,14 @@ def test_any_folder_with_a_csv_a_bad_file_does_not_stop_the_batch(evaluated, tem
     (folder / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
     (folder / "list.csv").write_text("path,prompt\ngood.wav,trap at 90 BPM\nbad.wav,trap at 90 BPM\n")
     run_dir = tmp_path / "run"
-    summary = ev.run(run_dir=str(run_dir), generations=str(folder / "list.csv"), tempo_model=str(tempocnn_graph),
-                     clap_model="tiny:clap", device="cpu", workers=1)
+    summary = ev.run(
+        run_dir=str(run_dir),
+        generations=str(folder / "list.csv"),
+        tempo_model=str(tempocnn_graph),
+        clap_model="tiny:clap",
+        device="cpu",
+        workers=1,
+    )
     df = pd.read_csv(run_dir / "07_evaluate" / "metrics.csv")
     assert len(df) == 2 and summary["errors"] == 1 and summary["training_clips"] == 0
     bad = df[df["path"].str.endswith("bad.wav")].iloc[0]
@@ -395,6 +446,7 @@ def test_missing_generations_list_names_the_file(tmp_path, tempocnn_graph):
 
 # --------------------------------------------------------------------------------------------
 # a clip that kills its worker (01's crash-isolating pool)
+
 
 def test_a_clip_that_kills_its_worker_becomes_one_error_row(tmp_path):
     import crashy
@@ -425,15 +477,24 @@ def test_stage_goes_on_past_a_crashing_clip_and_retries_it_next_run(tempocnn_gra
     (folder / "list.csv").write_text("path,prompt\ngood.wav,trap at 90 BPM\ndie.wav,trap at 120 BPM\n")
     monkeypatch.setattr(ev, "_iter_measure", functools.partial(ev._iter_measure, measure=crashy.measure_or_die))
     run_dir = tmp_path / "run"
-    kw = dict(run_dir=str(run_dir), generations=str(folder / "list.csv"), tempo_model=str(tempocnn_graph),
-              clap_model="tiny:clap", device="cpu", workers=2, reference="none")
+    kw = dict(
+        run_dir=str(run_dir),
+        generations=str(folder / "list.csv"),
+        tempo_model=str(tempocnn_graph),
+        clap_model="tiny:clap",
+        device="cpu",
+        workers=2,
+        reference="none",
+    )
     summary = ev.run(**kw)
     df = pd.read_csv(run_dir / "07_evaluate" / "metrics.csv")
     assert len(df) == 2 and summary["errors"] == 1
     die = df[df["path"].str.endswith("die.wav")].iloc[0]
     assert "killed the worker" in die["error"] and math.isnan(die["clap_score"])
     good = df[df["path"].str.endswith("good.wav")].iloc[0]
-    assert isinstance(good["error"], float) and good["spectral_centroid"] > 0 and good["clap_score"] == good["clap_score"]
+    assert (
+        isinstance(good["error"], float) and good["spectral_centroid"] > 0 and good["clap_score"] == good["clap_score"]
+    )
     assert "die.wav" in (run_dir / "07_evaluate" / "report.md").read_text()
     again = ev.run(**kw)  # the crash is not cached as a verdict: the file is measured again, the good one is not
     assert again["measured_now"] == 1 and again["errors"] == 1
@@ -445,8 +506,14 @@ def test_clap_setting_is_reported_and_paper_figures_shown_only_for_stable_audio_
     assert summary["clap_setting"] == "card" and summary["paper_comparison"] is None
     assert "CLAP setting: `card`" in report and "compare only with numbers measured at the same setting" in report
     assert "96.51" not in report
-    sam = ev.run(run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu",
-                 workers=1, clap_setting="stable-audio-metrics")
+    sam = ev.run(
+        run_dir=str(root),
+        tempo_model=str(tempocnn_graph),
+        clap_model="tiny:clap",
+        device="cpu",
+        workers=1,
+        clap_setting="stable-audio-metrics",
+    )
     assert sam["measured_now"] == 0 and sam["clap_embedded_now"] == 7  # signal cache reused; CLAP redone
     report = (root / "07_evaluate" / "report.md").read_text()
     assert "CLAP setting: `stable-audio-metrics`" in report

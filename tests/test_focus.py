@@ -33,9 +33,11 @@ def tagged_run(root: Path) -> Path:
     rows = runs.read_jsonl(run / "04_prompts" / "prompts.jsonl")
     meta = {Path(r["filepath"]).name: TAGS[r["clip_id"]] for r in rows}
     (run / "04_prompts" / "metadata.json").write_text(json.dumps(meta))
-    under = [{"family": "genres", "tag": "boom bap", "clips": 2, "percent": 33.3, "never_chosen": False},
-             {"family": "genres", "tag": "lo-fi", "clips": 0, "percent": 0.0, "never_chosen": True},
-             {"family": "instruments", "tag": "rimshot", "clips": 2, "percent": 33.3, "never_chosen": False}]
+    under = [
+        {"family": "genres", "tag": "boom bap", "clips": 2, "percent": 33.3, "never_chosen": False},
+        {"family": "genres", "tag": "lo-fi", "clips": 0, "percent": 0.0, "never_chosen": True},
+        {"family": "instruments", "tag": "rimshot", "clips": 2, "percent": 33.3, "never_chosen": False},
+    ]
     (run / "04_prompts" / "tag_space.json").write_text(json.dumps({"under_represented": under}))
     return run
 
@@ -65,7 +67,10 @@ def test_run_parameters_are_the_notebooks():
 
 def test_parse_tags_families_and_errors():
     assert focus.parse_tags("genres: Boom Bap, trap; instruments: 808") == [
-        ("genres", "boom bap"), ("genres", "trap"), ("instruments", "808")]
+        ("genres", "boom bap"),
+        ("genres", "trap"),
+        ("instruments", "808"),
+    ]
     assert focus.parse_tags("boom bap, 808") == [(None, "boom bap"), (None, "808")]
     assert focus.parse_tags("") == []
     with pytest.raises(focus.FocusError, match="unknown tag family 'genre'"):
@@ -89,12 +94,16 @@ def test_rare_tags_from_04_choose_the_clips_and_say_why(tmp_path):
 
 
 def test_rebalance_by_repeats_evens_out_the_chosen_tags():
-    tags = {c: {"instruments": t["instruments_tags"], "moods": t["moods_tags"], "genres": t["genres_tags"]}
-            for c, t in TAGS.items()}
+    tags = {
+        c: {"instruments": t["instruments_tags"], "moods": t["moods_tags"], "genres": t["genres_tags"]}
+        for c, t in TAGS.items()
+    }
     chosen = [("genres", "trap"), ("genres", "boom bap")]
     plain = focus.choose(tags, chosen, rebalance=False)
     assert focus.tag_counts(tags, plain.repeats | {k: 0 for k in tags if k not in plain.repeats})["genres"] == {
-        "trap": 5, "boom bap": 2}
+        "trap": 5,
+        "boom bap": 2,
+    }
     even = focus.choose(tags, chosen, rebalance=True, max_repeats=4)
     seen = focus.tag_counts({k: tags[k] for k in even.repeats}, even.repeats)["genres"]
     assert seen["boom bap"] == seen["trap"] or abs(seen["boom bap"] - seen["trap"]) <= 1, seen
@@ -187,8 +196,10 @@ def test_second_stage_trains_from_the_export_into_its_own_folder(tmp_path):
     info = focus.read(run)
     assert info["first_stage"]["sample_seconds"] == FAST["sample_seconds"]  # 05's settings, inherited
     assert info["first_stage"]["seed"] == 3
-    assert {p["tag"]: p["clips"] for p in info["prompts"]} == {"boom bap": ["s0_c0", "s1_c1"],
-                                                              "rimshot": ["s0_c0", "s2_c1"]}
+    assert {p["tag"]: p["clips"] for p in info["prompts"]} == {
+        "boom bap": ["s0_c0", "s1_c1"],
+        "rimshot": ["s0_c0", "s2_c1"],
+    }
     assert (stage / "tag_counts.png").stat().st_size > 1000
     assert train.run.__defaults__ is not None and runs.read_json(run / "05_train" / "stage.json")["status"] == "done"
 
@@ -215,7 +226,9 @@ def test_second_stage_trains_from_the_export_into_its_own_folder(tmp_path):
     gens = generate.load_generations(str(run))
     tag_prompts = [p["prompt"] for p in info["prompts"]]
     prompts = list(dict.fromkeys(r["prompt"] for r in gens))
-    assert prompts[0] == generate.card_prompts()[0] and prompts[1] in tag_prompts and len(prompts) == 2  # compare_prompts=1
+    assert (
+        prompts[0] == generate.card_prompts()[0] and prompts[1] in tag_prompts and len(prompts) == 2
+    )  # compare_prompts=1
     for pr in prompts:
         rows = [r for r in gens if r["prompt"] == pr]
         assert sorted(r["model"] for r in rows) == ["base", "finetune", "focus"]
@@ -227,9 +240,11 @@ def test_for_generation_waits_for_the_export_and_takes_the_rarest_tags_first(tmp
     assert focus.for_generation(tmp_path) == (None, [])
     exp = fake_export(tmp_path / "05b_focus" / "export", tiny_config())
     (exp / "model.safetensors").write_bytes(b"")
-    tags = [{"family": "genres", "tag": "a", "clips": ["x", "y", "z"], "prompt": "pa"},
-            {"family": "genres", "tag": "b", "clips": ["x"], "prompt": "pb"},
-            {"family": "moods", "tag": "c", "clips": ["y", "z"], "prompt": "pc"}]
+    tags = [
+        {"family": "genres", "tag": "a", "clips": ["x", "y", "z"], "prompt": "pa"},
+        {"family": "genres", "tag": "b", "clips": ["x"], "prompt": "pb"},
+        {"family": "moods", "tag": "c", "clips": ["y", "z"], "prompt": "pc"},
+    ]
     (tmp_path / "05b_focus" / "focus.json").write_text(json.dumps({"prompts": tags, "compare_prompts": 2}))
     assert focus.for_generation(tmp_path) == (exp, ["pb", "pc"])
     (tmp_path / "05b_focus" / "focus.json").write_text(json.dumps({"prompts": tags, "compare_prompts": 0}))
@@ -239,11 +254,13 @@ def test_for_generation_waits_for_the_export_and_takes_the_rarest_tags_first(tmp
 def _tables(focus_centroid: float, focus_clap: float):
     import pandas as pd
 
-    df = pd.DataFrame([
-        {"model": "finetune", "prompt": "p boom", "clap_score": 0.2, "spectral_centroid": 4000.0},
-        {"model": "focus", "prompt": "p boom", "clap_score": focus_clap, "spectral_centroid": focus_centroid},
-        {"model": "base", "prompt": "p boom", "clap_score": 0.9, "spectral_centroid": 1000.0},
-    ])
+    df = pd.DataFrame(
+        [
+            {"model": "finetune", "prompt": "p boom", "clap_score": 0.2, "spectral_centroid": 4000.0},
+            {"model": "focus", "prompt": "p boom", "clap_score": focus_clap, "spectral_centroid": focus_centroid},
+            {"model": "base", "prompt": "p boom", "clap_score": 0.9, "spectral_centroid": 1000.0},
+        ]
+    )
     return df
 
 
@@ -252,12 +269,16 @@ def test_tag_moves_says_whether_the_second_stage_moved_toward_the_tag(tmp_path):
 
     run = tagged_run(tmp_path)
     (run / "05b_focus").mkdir()
-    (run / "05b_focus" / "focus.json").write_text(json.dumps({"prompts": [
-        {"family": "genres", "tag": "boom bap", "clips": ["s0_c0", "s1_c1"], "prompt": "p boom"}]}))
+    (run / "05b_focus" / "focus.json").write_text(
+        json.dumps(
+            {"prompts": [{"family": "genres", "tag": "boom bap", "clips": ["s0_c0", "s1_c1"], "prompt": "p boom"}]}
+        )
+    )
     segs = runs.read_jsonl(run / "01_segment" / "segments.jsonl")
     centroid = {"s0_c0": 900.0, "s1_c1": 1100.0}  # the tag's clips; the others are bright
-    ref = pd.DataFrame([{"path": str(run / s["path"]), "spectral_centroid": centroid.get(s["clip_id"], 6000.0)}
-                        for s in segs])
+    ref = pd.DataFrame(
+        [{"path": str(run / s["path"]), "spectral_centroid": centroid.get(s["clip_id"], 6000.0)} for s in segs]
+    )
     toward = focus.tag_moves(run, _tables(1200.0, 0.5), ref, ("spectral_centroid",))
     (r,) = toward
     assert r["clap_moved"] == "up" and r["metrics_closer"] == 1 and r["verdict"] == "moved toward the tag"

@@ -18,6 +18,7 @@ FAST = dict(steps=2, seconds_total=3.0)
 
 # -- fixtures: a tiny base, a tiny "fine-tune" (perturbed weights, export layout), a LoRA file -----
 
+
 @pytest.fixture(scope="session")
 def tiny_base():
     return gen.load_model("tiny:sao", "cpu")
@@ -56,13 +57,11 @@ def make_lora(dest: Path, model=None, scale: float = 0.5) -> Path:
     from stablebeat_utils import compat, models
 
     compat.apply()
-    from stable_audio_tools.models.lora import (LoRAParametrization, add_lora, get_lora_state_dict,
-                                                save_lora_safetensors)
+    from stable_audio_tools.models.lora import LoRAParametrization, add_lora, get_lora_state_dict, save_lora_safetensors
 
     if model is None:
         model, _ = models.load_sao("tiny:sao", "cpu")
-    add_lora(model.model, {torch.nn.Linear: {"weight": partial(LoRAParametrization.from_linear, rank=4,
-                                                                lora_alpha=4)}})
+    add_lora(model.model, {torch.nn.Linear: {"weight": partial(LoRAParametrization.from_linear, rank=4, lora_alpha=4)}})
     g = torch.Generator().manual_seed(2)
     state = {k: scale * torch.randn(v.shape, generator=g) for k, v in get_lora_state_dict(model.model).items()}
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +84,7 @@ def test_run_parameters_are_the_notebooks():
 
 
 # -- prompts ----------------------------------------------------------------------------------
+
 
 def test_card_prompts_are_the_cards_seven_verbatim():
     prompts = gen.card_prompts()
@@ -120,6 +120,7 @@ def test_read_prompts_formats_and_errors(tmp_path):
 
 # -- settings ---------------------------------------------------------------------------------
 
+
 def test_defaults_are_the_cards_settings():
     s = gen.CARD_SETTINGS
     assert (s.steps, s.cfg_scale, s.seconds_start, s.seconds_total) == (200, 7.0, 0.0, 47.0)
@@ -148,12 +149,12 @@ def test_trim_cuts_to_seconds_total_and_trailing_silence_only():
     t = np.arange(10 * sr) / sr
     audio = np.stack([0.5 * np.sin(2 * np.pi * 50 * t)] * 2).astype(np.float32)
     audio[:, :sr] = 0.0  # leading silence is kept
-    audio[:, 6 * sr:] = 1e-5  # -100 dBFS: true silence from 6 s
+    audio[:, 6 * sr :] = 1e-5  # -100 dBFS: true silence from 6 s
     out, info = gen.trim_audio(audio, sr, seconds_total=8.0)
     assert out.shape[1] < 8 * sr and abs(out.shape[1] / sr - 6.0) < 0.1
     assert np.all(out[:, :sr] == 0.0) and info["trimmed_s"] > 1.5
     quiet = audio.copy()
-    quiet[:, 6 * sr:] = 0.01  # -40 dBFS is a quiet ending, not silence
+    quiet[:, 6 * sr :] = 0.01  # -40 dBFS is a quiet ending, not silence
     out, _ = gen.trim_audio(quiet, sr, seconds_total=8.0)
     assert out.shape[1] == 8 * sr
     out, info = gen.trim_audio(np.zeros((2, 5 * sr), np.float32), sr, seconds_total=3.0)
@@ -161,6 +162,7 @@ def test_trim_cuts_to_seconds_total_and_trailing_silence_only():
 
 
 # -- the fine-tune ----------------------------------------------------------------------------
+
 
 def test_find_finetune(tmp_path, finetune_dir, lora_file):
     spec, msg = gen.find_finetune(str(tmp_path / "run"))
@@ -189,6 +191,7 @@ def test_find_finetune(tmp_path, finetune_dir, lora_file):
 
 # -- generation -------------------------------------------------------------------------------
 
+
 def test_generation_passes_the_card_sampler_explicitly(tiny_base, monkeypatch):
     """0.0.20 defaults to euler/APG: the sampler, sigmas and plain CFG must reach the engine."""
     import stable_audio_tools.inference.sampling as sampling
@@ -202,8 +205,9 @@ def test_generation_passes_the_card_sampler_explicitly(tiny_base, monkeypatch):
 
     monkeypatch.setattr(sampling, "sample_k", spy)
     model, config = tiny_base
-    (audio, _), = gen.generate_audio(model, config, ["a dark trap beat"], 7,
-                                     gen.Settings(steps=2, cfg_scale=7.0, seconds_total=2.0), "cpu")
+    ((audio, _),) = gen.generate_audio(
+        model, config, ["a dark trap beat"], 7, gen.Settings(steps=2, cfg_scale=7.0, seconds_total=2.0), "cpu"
+    )
     assert seen["sampler_type"] == "dpmpp-3m-sde" and seen["steps"] == 2
     assert (seen["sigma_min"], seen["sigma_max"]) == (0.3, 500.0)
     assert seen["cfg_scale"] == 7.0 and seen["apg_scale"] == 0.0
@@ -252,6 +256,7 @@ def test_lora_strength_zero_is_the_base_model(lora_file):
 
 # -- the stage --------------------------------------------------------------------------------
 
+
 def _wav(run_dir, row):
     data, sr = sf.read(str(Path(run_dir) / row["path"]), always_2d=True)
     return data.T, sr
@@ -261,14 +266,19 @@ def test_run_base_and_finetune_same_seeds_resumable(tmp_path, finetune_dir):
     run_dir = tmp_path / "run"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a dark trap beat at 140 BPM\nchill lo-fi at 80 BPM\nthird, not asked for\n")
-    P = dict(run_dir=str(run_dir), prompts_file=str(prompts), n_prompts=2, finetune_model=str(finetune_dir),
-             seed=11, **FAST)
+    P = dict(
+        run_dir=str(run_dir), prompts_file=str(prompts), n_prompts=2, finetune_model=str(finetune_dir), seed=11, **FAST
+    )
     summary = gen.run(**P)
     assert summary["generations"] == 4 and summary["generated_now"] == 4
     assert summary["models"] == ["base", "finetune"] and summary["finetune_kind"] == "full"
     rows = read_jsonl(run_dir / "06_generate" / "generations.jsonl")
     assert [(r["prompt_idx"], r["model"], r["seed"]) for r in rows] == [
-        (0, "base", 11), (0, "finetune", 11), (1, "base", 12), (1, "finetune", 12)]
+        (0, "base", 11),
+        (0, "finetune", 11),
+        (1, "base", 12),
+        (1, "finetune", 12),
+    ]
     for r in rows:
         assert r["key"] == f"{r['model']}-{r['prompt_idx']}-{r['seed']}"
         assert r["settings"] == gen.Settings(**FAST).as_dict()

@@ -2,16 +2,41 @@
 
 Every ``from . import x`` / ``from .x import y`` counts, at module level or inside a function (the
 lazy imports that keep a notebook's start fast are imports all the same)."""
+
 import ast
 from pathlib import Path
 
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "stablebeat_utils"
-BASE = {"runs", "pool", "audio", "compat", "models", "params", "stage", "clipfacts", "plots", "storage",
-        "preflight", "demo"}
-STAGES = {"segment", "tag", "tag_calibration", "tempo_key", "prompts", "tag_space", "train", "focus", "generate",
-          "evaluate", "evaluate_metrics", "evaluate_report"}
+BASE = {
+    "runs",
+    "pool",
+    "audio",
+    "compat",
+    "models",
+    "params",
+    "stage",
+    "clipfacts",
+    "plots",
+    "storage",
+    "preflight",
+    "demo",
+}
+STAGES = {
+    "segment",
+    "tag",
+    "tag_calibration",
+    "tempo_key",
+    "prompts",
+    "tag_space",
+    "train",
+    "focus",
+    "generate",
+    "evaluate",
+    "evaluate_metrics",
+    "evaluate_report",
+}
 FACE = {"show", "playground", "lesson", "colab", "runner", "__main__", "publish"}
 ALLOWED = {"base": BASE, "stage": BASE | STAGES, "face": BASE | STAGES | FACE}
 

@@ -12,17 +12,30 @@ def test_library_noise_goes_to_the_log_and_other_warnings_still_show(monkeypatch
     lesson.quiet_library_noise()  # idempotent: installed once
     with caplog.at_level(logging.INFO, logger="stablebeat_utils.lesson"), warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.warn_explicit("`torch.cuda.amp` is deprecated", FutureWarning,
-                               "/venv/lib/python3.11/site-packages/torch/amp.py", 10)
-        warnings.warn_explicit("Should have tb<=t1", UserWarning,
-                               "/venv/lib/python3.11/site-packages/torchsde/_brownian/x.py", 3)
-        warnings.warn_explicit("User provided device_type of 'cuda', but CUDA is not available or torch_xla is "
-                               "imported. Disabling autocast.", UserWarning,
-                               "/venv/lib/python3.11/site-packages/stable_audio_tools/models/conditioners.py", 527)
-        warnings.warn_explicit("an engine's UserWarning that may matter", UserWarning,
-                               "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py", 9)
+        warnings.warn_explicit(
+            "`torch.cuda.amp` is deprecated", FutureWarning, "/venv/lib/python3.11/site-packages/torch/amp.py", 10
+        )
+        warnings.warn_explicit(
+            "Should have tb<=t1", UserWarning, "/venv/lib/python3.11/site-packages/torchsde/_brownian/x.py", 3
+        )
+        warnings.warn_explicit(
+            "User provided device_type of 'cuda', but CUDA is not available or torch_xla is "
+            "imported. Disabling autocast.",
+            UserWarning,
+            "/venv/lib/python3.11/site-packages/stable_audio_tools/models/conditioners.py",
+            527,
+        )
+        warnings.warn_explicit(
+            "an engine's UserWarning that may matter",
+            UserWarning,
+            "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py",
+            9,
+        )
         warnings.warn_explicit("02_tag: 2 calibration answers unused", UserWarning, "/course/tag.py", 5)
         warnings.warn_explicit("a FutureWarning of the course itself", FutureWarning, "/course/train.py", 7)
-    assert shown == ["an engine's UserWarning that may matter", "02_tag: 2 calibration answers unused",
-                     "a FutureWarning of the course itself"]
+    assert shown == [
+        "an engine's UserWarning that may matter",
+        "02_tag: 2 calibration answers unused",
+        "a FutureWarning of the course itself",
+    ]
     assert "torch.cuda.amp" in caplog.text and "tb<=t1" in caplog.text

@@ -16,8 +16,10 @@ CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "llm_answers.yaml").re
 ANSWERS = CORPUS["answers"]
 METAS = CORPUS["metas"]
 # what must never be in a prompt: the wrapping the cleaner removes
-WRAPPING = re.compile(r"(?i)\bhere(?:'s| is| are)\b|^\s*(?:sure|certainly|of course|absolutely|okay)\b|prompt\s*\d*:|"
-                      r"\*\*|`|^[\"“'>#-]|[\"”]$|\n|\bthis prompt\b|let me know|explanation|<think>|\bI\b")
+WRAPPING = re.compile(
+    r"(?i)\bhere(?:'s| is| are)\b|^\s*(?:sure|certainly|of course|absolutely|okay)\b|prompt\s*\d*:|"
+    r"\*\*|`|^[\"“'>#-]|[\"”]$|\n|\bthis prompt\b|let me know|explanation|<think>|\bI\b"
+)
 
 
 def test_corpus_is_large_and_varied():
@@ -42,21 +44,31 @@ def test_each_answer_is_cleaned_to_the_bare_prompt_or_rejected(i, lex, matcher):
 
 def test_the_issues_examples():
     # the preamble used to pass unchanged, and the own-line preamble was cut to "for your beat:"
-    assert prompts.clean_llm_output("Sure! Here is a prompt: Dark drill at 142 BPM in F# minor with 808s and hi-hats.") \
+    assert (
+        prompts.clean_llm_output("Sure! Here is a prompt: Dark drill at 142 BPM in F# minor with 808s and hi-hats.")
         == "Dark drill at 142 BPM in F# minor with 808s and hi-hats."
-    assert prompts.clean_llm_output("Here is a prompt for your beat:\nDark drill at 142 BPM in F# minor.") \
+    )
+    assert (
+        prompts.clean_llm_output("Here is a prompt for your beat:\nDark drill at 142 BPM in F# minor.")
         == "Dark drill at 142 BPM in F# minor."
+    )
 
 
 def test_validator_refuses_instruments_beyond_our_vocabulary(lex, matcher):
     meta = METAS["drill"]
     for word in ("sitar", "tuba", "banjo", "bagpipes", "steel drums"):
-        problems = prompts.validate(f"Dark drill at 142 BPM in F# minor with 808s, hi-hats and {word}.", meta, lex, matcher)
+        problems = prompts.validate(
+            f"Dark drill at 142 BPM in F# minor with 808s, hi-hats and {word}.", meta, lex, matcher
+        )
         assert any("names instrument" in p and word.rstrip("s") in p for p in problems), (word, problems)
     # a lexicon word inside a wording of the clip's own tag is fine ("guitar" on a plucked-guitar clip)
     card = METAS["card"]
-    assert prompts.validate("A melancholic rap with soul beat at 109 BPM in G minor with guitar and synth bells.",
-                            card, lex, matcher) == []
+    assert (
+        prompts.validate(
+            "A melancholic rap with soul beat at 109 BPM in G minor with guitar and synth bells.", card, lex, matcher
+        )
+        == []
+    )
     assert len(lex.instrument_words) >= 250
 
 
@@ -73,15 +85,37 @@ def _corpus_run(root: Path) -> dict[str, dict]:
     for i, a in enumerate(ANSWERS):
         cid = f"clip_{i:02d}"
         m = METAS[a["meta"]]
-        segs.append({"clip_id": cid, "source": f"{cid}.wav", "start": 0.0, "duration": 25.0,
-                     "path": f"01_segment/clips/{cid}.wav", "status": "ok", "reason": None})
+        segs.append(
+            {
+                "clip_id": cid,
+                "source": f"{cid}.wav",
+                "start": 0.0,
+                "duration": 25.0,
+                "path": f"01_segment/clips/{cid}.wav",
+                "status": "ok",
+                "reason": None,
+            }
+        )
         tags.append({"clip_id": cid, **{f"{f}_tags": m[f"{f}_tags"] for f in prompts.FAMILIES}, "scores": {}})
-        tks.append({"clip_id": cid, "tempo_raw": m["tempo"], "tempo_confidence": 0.9, "key_raw": m["key"],
-                    "scale_raw": m["scale"], "key_confidence": 0.9, "tempo": m["tempo"], "key": m["key"],
-                    "scale": m["scale"]})
+        tks.append(
+            {
+                "clip_id": cid,
+                "tempo_raw": m["tempo"],
+                "tempo_confidence": 0.9,
+                "key_raw": m["key"],
+                "scale_raw": m["scale"],
+                "key_confidence": 0.9,
+                "tempo": m["tempo"],
+                "key": m["key"],
+                "scale": m["scale"],
+            }
+        )
         by_id[cid] = a
-    for name, rows in (("01_segment/segments.jsonl", segs), ("02_tag/tags.jsonl", tags),
-                       ("03_tempo_key/tempo_key.jsonl", tks)):
+    for name, rows in (
+        ("01_segment/segments.jsonl", segs),
+        ("02_tag/tags.jsonl", tags),
+        ("03_tempo_key/tempo_key.jsonl", tks),
+    ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return by_id

@@ -61,7 +61,9 @@ def test_tiny_layout_matches_the_real_repos(tiny):
     assert (clap / "processor_config.json").is_file() or (clap / "preprocessor_config.json").is_file()
     assert (llm / "generation_config.json").is_file()
     assert sorted(p.name for p in sao.iterdir() if not p.name.startswith("stablebeat")) == [
-        "model.safetensors", "model_config.json"]
+        "model.safetensors",
+        "model_config.json",
+    ]
     for name, d in tiny.items():
         marker = json.loads((d / "stablebeat-tiny.json").read_text())
         assert marker["name"] == name and marker["stands_in_for"] == models.REAL_MODELS[name]
@@ -82,7 +84,10 @@ def test_tiny_sao_config_mirrors_sao_1_0(tiny):
         assert pre["latent_dim"] == 64 and cfg["model"]["io_channels"] == 64
         conds = cfg["model"]["conditioning"]["configs"]
         assert [(c["id"], c["type"]) for c in conds] == [
-            ("prompt", "t5"), ("seconds_start", "number"), ("seconds_total", "number")]
+            ("prompt", "t5"),
+            ("seconds_start", "number"),
+            ("seconds_total", "number"),
+        ]
         assert conds[0]["config"]["t5_model_name"] == "t5-base"
         dit = cfg["model"]["diffusion"]
         assert dit["global_cond_ids"] == ["seconds_start", "seconds_total"]
@@ -171,7 +176,10 @@ def test_clap_audio_and_text_features(tiny):
     cfg = model.config.audio_config
     assert cfg.num_mel_bins == cfg.spec_size // 4
     rng = np.random.default_rng(0)
-    clips = [0.1 * rng.standard_normal(48000 * 3).astype(np.float32), 0.1 * rng.standard_normal(48000).astype(np.float32)]
+    clips = [
+        0.1 * rng.standard_normal(48000 * 3).astype(np.float32),
+        0.1 * rng.standard_normal(48000).astype(np.float32),
+    ]
     tags = ["synth bells", "deep sub bass", "melancholic"]
     tok = processor.tokenizer(tags)
     assert all(len(set(ids)) >= 3 for ids in tok.input_ids)
@@ -189,8 +197,10 @@ def test_clap_audio_and_text_features(tiny):
 def test_chat_llm_generates(tiny):
     tokenizer, model = models.load_chat_llm("tiny:llm", device="cpu")
     assert model.dtype == torch.float32
-    messages = [{"role": "system", "content": "You write short prompts for music."},
-                {"role": "user", "content": "Tags: trap, synth bells, 140 BPM"}]
+    messages = [
+        {"role": "system", "content": "You write short prompts for music."},
+        {"role": "user", "content": "Tags: trap, synth bells, 140 BPM"},
+    ]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text.startswith("<|begin_of_text|>") and text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
@@ -198,7 +208,7 @@ def test_chat_llm_generates(tiny):
     assert tokenizer.decode(enc.input_ids[0]) == text  # byte-level BPE round-trips
     out = model.generate(**enc, max_new_tokens=8, do_sample=False)
     assert out.shape[0] == 1 and enc.input_ids.shape[1] < out.shape[1] <= enc.input_ids.shape[1] + 8
-    assert isinstance(tokenizer.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True), str)
+    assert isinstance(tokenizer.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True), str)
     with pytest.raises(ModelSourceError, match="CUDA"):
         models.load_chat_llm("tiny:llm", device="cpu", quantization="4bit")
     with pytest.raises(ModelSourceError, match="quantization"):
@@ -220,9 +230,18 @@ def test_sao_generates(sao):
     model, cfg = sao
     sample_size = 2048 * 8
     audio = generate_diffusion_cond(
-        model, steps=3, cfg_scale=7, sampler_type="dpmpp-3m-sde", sigma_min=0.3, sigma_max=500,
+        model,
+        steps=3,
+        cfg_scale=7,
+        sampler_type="dpmpp-3m-sde",
+        sigma_min=0.3,
+        sigma_max=500,
         conditioning=[{"prompt": PROMPT, "seconds_start": 0, "seconds_total": 47}],
-        sample_size=sample_size, sample_rate=cfg["sample_rate"], seed=123, device="cpu")
+        sample_size=sample_size,
+        sample_rate=cfg["sample_rate"],
+        seed=123,
+        device="cpu",
+    )
     assert audio.shape == (1, 2, sample_size)
     assert torch.isfinite(audio).all() and audio.abs().max() > 0
 
@@ -262,8 +281,10 @@ def test_sao_one_training_step(tiny):
 
     n = 2048 * 8
     reals = 0.1 * torch.randn(2, 2, n, generator=torch.Generator().manual_seed(0))
-    meta = [{"prompt": PROMPT, "seconds_start": 3.0, "seconds_total": 47.0},
-            {"prompt": "lo-fi jazz rap at 85 BPM", "seconds_start": 0.0, "seconds_total": 30.0}]
+    meta = [
+        {"prompt": PROMPT, "seconds_start": 3.0, "seconds_total": 47.0},
+        {"prompt": "lo-fi jazz rap at 85 BPM", "seconds_start": 0.0, "seconds_total": 30.0},
+    ]
     loader = torch.utils.data.DataLoader([(reals, meta)], batch_size=None)
     losses = []
 
@@ -271,9 +292,17 @@ def test_sao_one_training_step(tiny):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=[KeepLoss()])
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[KeepLoss()],
+    )
     trainer.fit(wrapper, train_dataloaders=loader)
     assert trainer.global_step == 1
     assert len(losses) == 1 and np.isfinite(losses[0]) and losses[0] > 0

@@ -54,4 +54,5 @@ def test_settles_parameters_and_holds_no_logic(stage):
         body = "\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!")))
         for node in ast.walk(ast.parse(body)):
             assert not isinstance(node, (ast.For, ast.While, ast.FunctionDef, ast.ClassDef)), (
-                f"{stage}: loops and definitions belong in stablebeat_utils, not in a notebook cell")
+                f"{stage}: loops and definitions belong in stablebeat_utils, not in a notebook cell"
+            )

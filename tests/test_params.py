@@ -65,17 +65,20 @@ def test_resolve_precedence():
 
 def _echo_notebook(path):
     nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell('run_dir = "runs/demo"  # @param {type:"string"}\n'
-                                  'profile = "demo"  # @param {type:"string"}\n'
-                                  'input_dir = "demo"  # @param {type:"string"}\n'
-                                  'workers = 2  # @param {type:"integer"}\n')
+    p = nbformat.v4.new_code_cell(
+        'run_dir = "runs/demo"  # @param {type:"string"}\n'
+        'profile = "demo"  # @param {type:"string"}\n'
+        'input_dir = "demo"  # @param {type:"string"}\n'
+        'workers = 2  # @param {type:"integer"}\n'
+    )
     p.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
         "import json, os, pathlib\n"
         "from stablebeat_utils import lesson\n"
         "P = lesson.settle('01_segment', globals())\n"
         "pathlib.Path(P['run_dir'], 'echo.json').write_text(json.dumps(P))\n"
-        "print('HF_TOKEN' in os.environ)\n")
+        "print('HF_TOKEN' in os.environ)\n"
+    )
     nb.cells = [nbformat.v4.new_markdown_cell("# echo"), p, body]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
@@ -106,12 +109,15 @@ def test_runner_executes_with_overrides_and_keeps_secrets_out(echo_course, monke
             assert secret not in f.read_text(errors="ignore"), f
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"workers": "lots"}, "must be int"),
-    ({"nope": 1}, "unknown parameter"),
-    ({"profile": "missing"}, "unknown profile"),
-    ({"input_dir": "/definitely/not/here"}, "not a folder"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"workers": "lots"}, "must be int"),
+        ({"nope": 1}, "unknown parameter"),
+        ({"profile": "missing"}, "unknown profile"),
+        ({"input_dir": "/definitely/not/here"}, "not a folder"),
+    ],
+)
 def test_runner_refuses_bad_parameters_before_any_work(echo_course, overrides, message):
     run_dir = echo_course / "run"
     with pytest.raises(ParameterError, match=message):
@@ -129,16 +135,16 @@ def test_runner_refuses_empty_input_folder_and_unknown_stage(echo_course):
 
 
 def test_cli_help_lists_stages_and_parameters():
-    out = subprocess.run([sys.executable, "-m", "stablebeat_utils", "run", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "stablebeat_utils", "run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for stage in STAGES:
         assert stage in out
     assert "workers" in out and "profiles:" in out
 
 
 def test_cli_reports_errors_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "stablebeat_utils", "run", "nostage"],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "stablebeat_utils", "run", "nostage"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown stage 'nostage'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -163,8 +169,11 @@ def test_run_signature_matches_the_notebook_and_every_profile(stage):
     import inspect
 
     module = importlib.import_module(f"stablebeat_utils.{stage.split('_', 1)[1]}")
-    sig = {n: p.default for n, p in inspect.signature(module.run).parameters.items()
-           if n not in CALL_ONLY.get(stage, set())}
+    sig = {
+        n: p.default
+        for n, p in inspect.signature(module.run).parameters.items()
+        if n not in CALL_ONLY.get(stage, set())
+    }
     demo = params.schema(stage)
     assert set(sig) == set(demo), f"{stage}: run() and the schema differ: {sorted(set(sig) ^ set(demo))}"
     wrong = {n: (sig[n], demo[n]) for n in demo if sig[n] != demo[n]}

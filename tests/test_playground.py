@@ -22,10 +22,12 @@ def lora_run(tmp_path_factory):
 
 
 def test_build_prompt_reads_like_the_card():
-    text = pg.build_prompt("cloud trap", ["melancholic", "dark"], ["synth bells", "plucked bass", "deep sub"],
-                           110, "G", "minor")
-    assert text == ("A melancholic and dark cloud trap beat at 110 BPM in G minor, "
-                    "using synth bells, plucked bass, and deep sub.")
+    text = pg.build_prompt(
+        "cloud trap", ["melancholic", "dark"], ["synth bells", "plucked bass", "deep sub"], 110, "G", "minor"
+    )
+    assert text == (
+        "A melancholic and dark cloud trap beat at 110 BPM in G minor, using synth bells, plucked bass, and deep sub."
+    )
     assert pg.build_prompt("emo rap", [], ["piano"], None, "", "minor") == "An emo rap beat, using piano."
 
 
@@ -86,8 +88,9 @@ def test_ab_same_seed_players_spectrograms_and_saved_takes(lora_run):
 
     # the base take is exactly what the stage's own generation gives for that seed
     model, config = gen.load_model("tiny:sao", "cpu")
-    ref = gen.generate_audio(model, config, ["a moody cloud trap beat at 100 BPM"], 9,
-                             gen.Settings(steps=2, seconds_total=3.0), "cpu")[0][0]
+    ref = gen.generate_audio(
+        model, config, ["a moody cloud trap beat at 100 BPM"], 9, gen.Settings(steps=2, seconds_total=3.0), "cpu"
+    )[0][0]
     assert np.array_equal(ref, takes[0].audio)
 
     # strength 0: the "fine-tune" is the base model

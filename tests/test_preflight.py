@@ -56,6 +56,17 @@ def test_eight_bit_adamw_is_refused_on_cpu_before_loading(tmp_path):
         train.run(run_dir=str(run), optimizer="adamw8bit", accelerator="cpu", batch_size=2, sample_seconds=0.1)
     with pytest.raises(train.TrainError, match="optimizer="):
         train.run(run_dir=str(run), optimizer="sgd")
-    cfg = train.training_config({"model": {}}, lr=1e-4, mode="full", lora_rank=4, lora_alpha=4.0, lora_adapter="lora",
-                                pre_encode=True, ema=True, sample_size=2048, log_every=1, optimizer="adamw8bit")
+    cfg = train.training_config(
+        {"model": {}},
+        lr=1e-4,
+        mode="full",
+        lora_rank=4,
+        lora_alpha=4.0,
+        lora_adapter="lora",
+        pre_encode=True,
+        ema=True,
+        sample_size=2048,
+        log_every=1,
+        optimizer="adamw8bit",
+    )
     assert cfg["training"]["optimizer_configs"]["diffusion"]["optimizer"]["type"] == "AdamW8bit"

@@ -10,10 +10,18 @@ import pytest
 from stablebeat_utils import clipfacts, models, prompts
 from stablebeat_utils.runs import read_json, read_jsonl
 
-CARD = {"instruments_tags": ["plucked guitar", "synth bells", "movie sample"], "genres_tags": ["rap with soul"],
-        "moods_tags": ["trap melancholic", "love"], "key": "G", "scale": "minor", "tempo": 109.0}
-GOOD = ("A melancholic and love-inspired rap with soul beat at 109 BPM in G minor, using plucked guitar, "
-        "synth bells, and movie sample.")
+CARD = {
+    "instruments_tags": ["plucked guitar", "synth bells", "movie sample"],
+    "genres_tags": ["rap with soul"],
+    "moods_tags": ["trap melancholic", "love"],
+    "key": "G",
+    "scale": "minor",
+    "tempo": 109.0,
+}
+GOOD = (
+    "A melancholic and love-inspired rap with soul beat at 109 BPM in G minor, using plucked guitar, "
+    "synth bells, and movie sample."
+)
 FAST = dict(generation_length=12, n_clusters=3)  # one KMeans fit: tag_space is tested in test_tag_space.py
 
 
@@ -28,12 +36,15 @@ def check(prompt, lex, matcher, meta=CARD, tok=None):
 
 # -- the validator ---------------------------------------------------------------------------
 
+
 def test_card_prompt_is_accepted(lex, matcher, t5_tok):
     assert check(GOOD, lex, matcher, tok=t5_tok) == []
 
 
-@pytest.mark.parametrize("bpm", ["109 BPM", "109bpm", "109 bpm", "109-BPM", "109 b.p.m.", "109 beats per minute",
-                                 "a tempo of 109", "109.0 BPM"])
+@pytest.mark.parametrize(
+    "bpm",
+    ["109 BPM", "109bpm", "109 bpm", "109-BPM", "109 b.p.m.", "109 beats per minute", "a tempo of 109", "109.0 BPM"],
+)
 def test_bpm_spellings(lex, matcher, bpm):
     assert check(f"A melancholic rap with soul beat at {bpm} in G minor with synth bells.", lex, matcher) == []
 
@@ -49,24 +60,35 @@ def test_enharmonic_and_sharp_spellings(lex, matcher, key):
     assert check(f"A melancholic rap with soul beat at 109 BPM in {key} with synth bells.", lex, matcher, meta) == []
 
 
-@pytest.mark.parametrize("prompt, problem", [
-    ("A melancholic rap with soul beat at 140 BPM in G minor with synth bells.", "does not state the tempo"),
-    ("A melancholic rap with soul beat at 109 BPM, 140 BPM later, in G minor with synth bells.", "number (140)"),
-    ("A melancholic rap with soul beat at 109 BPM in G minor with synth bells, 2 minutes long.", "number (2)"),
-    ("A melancholic rap with soul beat at 109 BPM in A minor with synth bells.", "key ('A minor')"),
-    ("A melancholic rap with soul beat at 109 BPM in G major with synth bells.", "key ('G major')"),
-    ("A melancholic rap with soul beat at 109 BPM in G minor, then Eb major, with synth bells.", "key ('Eb major')"),
-    ("A melancholic rap with soul beat at 109 BPM with synth bells.", "does not state the key"),
-    ("A melancholic rap with soul beat at 109 BPM in G minor with synth bells and hi-hats.", "'hi hats'"),
-    ("A melancholic rap with soul beat at 109 BPM in G minor with synth bells and an 808.", "'808'"),
-    ("An aggressive rap with soul beat at 109 BPM in G minor with synth bells.", "mood 'aggressive'"),
-    ("A melancholic boom bap beat at 109 BPM in G minor with synth bells.", "genre 'boom bap'"),
-    ("A melancholic rap with soul beat at 109 BPM in G minor with synth bells, like Metro Boomin.", "artist (Metro Boomin)"),
-    ("A melancholic rap with soul beat at 109 BPM in G minor with synth bells, in the style of Kaytranada.",
-     "may be a name ('Kaytranada')"),
-    ("Beat.", "not a sentence"),
-    ("A nice instrumental piece for a video, really.", "names none of the clip's tags"),
-])
+@pytest.mark.parametrize(
+    "prompt, problem",
+    [
+        ("A melancholic rap with soul beat at 140 BPM in G minor with synth bells.", "does not state the tempo"),
+        ("A melancholic rap with soul beat at 109 BPM, 140 BPM later, in G minor with synth bells.", "number (140)"),
+        ("A melancholic rap with soul beat at 109 BPM in G minor with synth bells, 2 minutes long.", "number (2)"),
+        ("A melancholic rap with soul beat at 109 BPM in A minor with synth bells.", "key ('A minor')"),
+        ("A melancholic rap with soul beat at 109 BPM in G major with synth bells.", "key ('G major')"),
+        (
+            "A melancholic rap with soul beat at 109 BPM in G minor, then Eb major, with synth bells.",
+            "key ('Eb major')",
+        ),
+        ("A melancholic rap with soul beat at 109 BPM with synth bells.", "does not state the key"),
+        ("A melancholic rap with soul beat at 109 BPM in G minor with synth bells and hi-hats.", "'hi hats'"),
+        ("A melancholic rap with soul beat at 109 BPM in G minor with synth bells and an 808.", "'808'"),
+        ("An aggressive rap with soul beat at 109 BPM in G minor with synth bells.", "mood 'aggressive'"),
+        ("A melancholic boom bap beat at 109 BPM in G minor with synth bells.", "genre 'boom bap'"),
+        (
+            "A melancholic rap with soul beat at 109 BPM in G minor with synth bells, like Metro Boomin.",
+            "artist (Metro Boomin)",
+        ),
+        (
+            "A melancholic rap with soul beat at 109 BPM in G minor with synth bells, in the style of Kaytranada.",
+            "may be a name ('Kaytranada')",
+        ),
+        ("Beat.", "not a sentence"),
+        ("A nice instrumental piece for a video, really.", "names none of the clip's tags"),
+    ],
+)
 def test_lying_prompts_are_rejected(lex, matcher, prompt, problem):
     problems = check(prompt, lex, matcher)
     assert any(problem in p for p in problems), problems
@@ -77,19 +99,31 @@ def test_synonyms_and_contained_phrases_are_accepted(lex, matcher):
     # "soulful rap" of rap with soul; "melancholic" lies inside the tag "trap melancholic".
     p = "A melancholic soulful rap at 109 BPM in G minor with bell synths, film sample and a hint of romance."
     assert check(p, lex, matcher) == []
-    cloud = {"instruments_tags": ["808"], "genres_tags": ["cloud trap"], "moods_tags": ["dark"],
-             "key": None, "scale": None, "tempo": None}
+    cloud = {
+        "instruments_tags": ["808"],
+        "genres_tags": ["cloud trap"],
+        "moods_tags": ["dark"],
+        "key": None,
+        "scale": None,
+        "tempo": None,
+    }
     assert check("A dark, gloomy trap beat with booming 808s, cloud rap style.", lex, matcher, cloud) == []
 
 
 def test_unknown_tempo_and_key_allow_no_numbers_or_keys(lex, matcher):
     meta = dict(CARD, tempo=None, key=None, scale=None)
     assert check("A melancholic rap with soul beat with synth bells and movie sample.", lex, matcher, meta) == []
-    assert any("tempo is not known" in p for p in check("A melancholic rap with soul beat at 109 BPM.", lex, matcher, meta))
-    assert any("key is not known" in p for p in check("A melancholic rap with soul beat in Gm with synth bells.",
-                                                          lex, matcher, meta))
-    assert any("key is not known" in p for p in check("A melancholic rap with soul beat in a minor key, synth bells.",
-                                                          lex, matcher, meta))
+    assert any(
+        "tempo is not known" in p for p in check("A melancholic rap with soul beat at 109 BPM.", lex, matcher, meta)
+    )
+    assert any(
+        "key is not known" in p
+        for p in check("A melancholic rap with soul beat in Gm with synth bells.", lex, matcher, meta)
+    )
+    assert any(
+        "key is not known" in p
+        for p in check("A melancholic rap with soul beat in a minor key, synth bells.", lex, matcher, meta)
+    )
 
 
 def test_too_long_for_t5(lex, matcher, t5_tok):
@@ -106,6 +140,7 @@ def test_clean_llm_output():
 
 # -- synonyms and templates ------------------------------------------------------------------
 
+
 def test_synonyms_are_deterministic_per_seed_and_clip(lex):
     w = lambda seed, cid: prompts.choose_wordings(CARD, lex, prompts.clip_rng(seed, cid))  # noqa: E731
     assert w(0, "a") == w(0, "a")
@@ -119,8 +154,9 @@ def test_synonyms_are_deterministic_per_seed_and_clip(lex):
 def _random_meta(rng, lex):
     meta = {f"{f}_tags": rng.sample(lex.tags[f], rng.randint(0, 3)) for f in prompts.FAMILIES}
     key = rng.choice([None, "C", "C#", "Eb", "F#", "Ab", "Bb", "B"])
-    meta.update(key=key, scale=rng.choice(["major", "minor"]) if key else None,
-                tempo=rng.choice([None, 70.0, 109.4, 142.0]))
+    meta.update(
+        key=key, scale=rng.choice(["major", "minor"]) if key else None, tempo=rng.choice([None, 70.0, 109.4, 142.0])
+    )
     return meta
 
 
@@ -141,45 +177,122 @@ def test_templates_state_only_the_facts(lex, matcher, t5_tok):
 
 def test_card_style_template(lex):
     texts = {prompts.template_prompt(CARD, lex, random.Random(s)) for s in range(40)}
-    assert any(t.endswith("beat at 109 BPM in G minor, using plucked guitar, synth bells, and movie sample.")
-               for t in texts)
+    assert any(
+        t.endswith("beat at 109 BPM in G minor, using plucked guitar, synth bells, and movie sample.") for t in texts
+    )
 
 
 # -- the stage -------------------------------------------------------------------------------
 
 SEGMENTS = [
-    {"clip_id": "a_00", "source": "a.wav", "start": 63.0, "duration": 26.0, "path": "01_segment/clips/a_00.wav",
-     "status": "ok", "reason": None, "source_duration": 180.0},
-    {"clip_id": "a_01", "source": "a.wav", "start": 120.0, "duration": 30.0, "path": "01_segment/clips/a_01.wav",
-     "status": "ok", "reason": None},
-    {"clip_id": "b_00", "source": "b.wav", "start": 0.0, "duration": 22.0, "path": "01_segment/clips/b_00.wav",
-     "status": "ok", "reason": None},
-    {"clip_id": "c_00", "source": "c.wav", "start": 5.0, "duration": 20.0, "path": "01_segment/clips/c_00.wav",
-     "status": "ok", "reason": None},
-    {"clip_id": "d", "source": "d.wav", "start": None, "duration": None, "path": None, "status": "rejected",
-     "reason": "d.wav: 4.0 s is shorter than a segment"},
+    {
+        "clip_id": "a_00",
+        "source": "a.wav",
+        "start": 63.0,
+        "duration": 26.0,
+        "path": "01_segment/clips/a_00.wav",
+        "status": "ok",
+        "reason": None,
+        "source_duration": 180.0,
+    },
+    {
+        "clip_id": "a_01",
+        "source": "a.wav",
+        "start": 120.0,
+        "duration": 30.0,
+        "path": "01_segment/clips/a_01.wav",
+        "status": "ok",
+        "reason": None,
+    },
+    {
+        "clip_id": "b_00",
+        "source": "b.wav",
+        "start": 0.0,
+        "duration": 22.0,
+        "path": "01_segment/clips/b_00.wav",
+        "status": "ok",
+        "reason": None,
+    },
+    {
+        "clip_id": "c_00",
+        "source": "c.wav",
+        "start": 5.0,
+        "duration": 20.0,
+        "path": "01_segment/clips/c_00.wav",
+        "status": "ok",
+        "reason": None,
+    },
+    {
+        "clip_id": "d",
+        "source": "d.wav",
+        "start": None,
+        "duration": None,
+        "path": None,
+        "status": "rejected",
+        "reason": "d.wav: 4.0 s is shorter than a segment",
+    },
 ]
 TAGS = [
     {"clip_id": "a_00", **{k: CARD[k] for k in ("instruments_tags", "moods_tags", "genres_tags")}, "scores": {}},
-    {"clip_id": "a_01", "instruments_tags": ["808", "hi-hats"], "moods_tags": ["dark"], "genres_tags": ["cloud trap"],
-     "scores": {}},
-    {"clip_id": "b_00", "instruments_tags": ["Rhodes", "live bass"], "moods_tags": ["smooth", "romantic"],
-     "genres_tags": ["neo-soul"], "scores": {}},
+    {
+        "clip_id": "a_01",
+        "instruments_tags": ["808", "hi-hats"],
+        "moods_tags": ["dark"],
+        "genres_tags": ["cloud trap"],
+        "scores": {},
+    },
+    {
+        "clip_id": "b_00",
+        "instruments_tags": ["Rhodes", "live bass"],
+        "moods_tags": ["smooth", "romantic"],
+        "genres_tags": ["neo-soul"],
+        "scores": {},
+    },
     {"clip_id": "c_00", "error": "01_segment/clips/c_00.wav: cannot decode"},
 ]
 TEMPO_KEY = [
-    {"clip_id": "a_00", "tempo_raw": 109.0, "tempo_confidence": 0.9, "key_raw": "G", "scale_raw": "minor",
-     "key_confidence": 0.8, "tempo": 109.0, "key": "G", "scale": "minor"},
-    {"clip_id": "a_01", "tempo_raw": 140.0, "tempo_confidence": 0.5, "key_raw": "F#", "scale_raw": "minor",
-     "key_confidence": 0.75, "tempo": None, "key": "F#", "scale": "minor"},
-    {"clip_id": "b_00", "tempo_raw": 90.0, "tempo_confidence": 0.95, "key_raw": "D", "scale_raw": "major",
-     "key_confidence": 0.4, "tempo": 90.0, "key": None, "scale": None},
+    {
+        "clip_id": "a_00",
+        "tempo_raw": 109.0,
+        "tempo_confidence": 0.9,
+        "key_raw": "G",
+        "scale_raw": "minor",
+        "key_confidence": 0.8,
+        "tempo": 109.0,
+        "key": "G",
+        "scale": "minor",
+    },
+    {
+        "clip_id": "a_01",
+        "tempo_raw": 140.0,
+        "tempo_confidence": 0.5,
+        "key_raw": "F#",
+        "scale_raw": "minor",
+        "key_confidence": 0.75,
+        "tempo": None,
+        "key": "F#",
+        "scale": "minor",
+    },
+    {
+        "clip_id": "b_00",
+        "tempo_raw": 90.0,
+        "tempo_confidence": 0.95,
+        "key_raw": "D",
+        "scale_raw": "major",
+        "key_confidence": 0.4,
+        "tempo": 90.0,
+        "key": None,
+        "scale": None,
+    },
 ]
 
 
 def make_run(root: Path) -> Path:
-    for name, rows in (("01_segment/segments.jsonl", SEGMENTS), ("02_tag/tags.jsonl", TAGS),
-                       ("03_tempo_key/tempo_key.jsonl", TEMPO_KEY)):
+    for name, rows in (
+        ("01_segment/segments.jsonl", SEGMENTS),
+        ("02_tag/tags.jsonl", TAGS),
+        ("03_tempo_key/tempo_key.jsonl", TEMPO_KEY),
+    ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
@@ -211,8 +324,7 @@ def test_outputs_in_the_cards_formats(done_run):
         assert (r["filepath"], r["start"], r["duration"]) == (seg["path"], seg["start"], seg["duration"])
     meta = read_json(root / "04_prompts/metadata.json")
     assert list(meta) == ["a_00.wav", "a_01.wav", "b_00.wav", "c_00.wav"]
-    assert meta["a_00.wav"] == {**{k: CARD[k] for k in prompts.CARD_KEYS if k in CARD}, "start": 63.0,
-                                "duration": 26.0}
+    assert meta["a_00.wav"] == {**{k: CARD[k] for k in prompts.CARD_KEYS if k in CARD}, "start": 63.0, "duration": 26.0}
     assert list(meta["a_00.wav"]) == list(prompts.CARD_KEYS)
     assert (meta["a_01.wav"]["tempo"], meta["a_01.wav"]["key"]) == (None, "F#")  # unconfident tempo stays null
     assert meta["c_00.wav"]["instruments_tags"] == []
@@ -225,9 +337,15 @@ def test_tiny_llm_falls_back_to_templates_with_reasons(done_run, lex, matcher):
     for cid in ("a_00", "a_01", "b_00"):
         r = rows[cid]
         assert r["prompt_source"] == "template" and r["llm_output"] is not None and r["reject_reason"]
-        assert r["reject_reason"] == "; ".join(prompts.validate(prompts.clean_llm_output(r["llm_output"]),
-                                                                  {**TAGS_BY_ID[cid], **TK_BY_ID[cid]}, lex, matcher,
-                                                                  models.load_t5_encoder("tiny:t5")[0]))
+        assert r["reject_reason"] == "; ".join(
+            prompts.validate(
+                prompts.clean_llm_output(r["llm_output"]),
+                {**TAGS_BY_ID[cid], **TK_BY_ID[cid]},
+                lex,
+                matcher,
+                models.load_t5_encoder("tiny:t5")[0],
+            )
+        )
     assert "109 BPM" in rows["a_00"]["prompt"] and "G minor" in rows["a_00"]["prompt"]
     assert "F# minor" in rows["a_01"]["prompt"] and "BPM" not in rows["a_01"]["prompt"]
     assert "90 BPM" in rows["b_00"]["prompt"] and "major" not in rows["b_00"]["prompt"]

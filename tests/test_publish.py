@@ -10,17 +10,44 @@ def _fake_run(tmp_path):
     """A run folder with the rows later stages write (format per the run-folder contract)."""
     run = Run(tmp_path / "run")
     segs = JsonlLog(run.stage_dir("01_segment") / "segments.jsonl")
-    segs.append(*[{"clip_id": f"c{i}", "source": f"t{i // 2}.wav", "start": 10.0 * i, "duration": 30.0,
-                   "path": f"01_segment/clips/c{i}.wav", "status": "ok", "reason": ""} for i in range(4)])
+    segs.append(
+        *[
+            {
+                "clip_id": f"c{i}",
+                "source": f"t{i // 2}.wav",
+                "start": 10.0 * i,
+                "duration": 30.0,
+                "path": f"01_segment/clips/c{i}.wav",
+                "status": "ok",
+                "reason": "",
+            }
+            for i in range(4)
+        ]
+    )
     JsonlLog(run.stage_dir("02_tag") / "tags.jsonl").append(
-        *[{"clip_id": f"c{i}", "instruments_tags": ["synth bells", "808"], "moods_tags": ["dark"],
-           "genres_tags": ["cloud trap"]} for i in range(4)])
+        *[
+            {
+                "clip_id": f"c{i}",
+                "instruments_tags": ["synth bells", "808"],
+                "moods_tags": ["dark"],
+                "genres_tags": ["cloud trap"],
+            }
+            for i in range(4)
+        ]
+    )
     JsonlLog(run.stage_dir("03_tempo_key") / "tempo_key.jsonl").append(
-        *[{"clip_id": f"c{i}", "tempo": 100.0 + i, "key": "G", "scale": "minor"} for i in range(4)])
+        *[{"clip_id": f"c{i}", "tempo": 100.0 + i, "key": "G", "scale": "minor"} for i in range(4)]
+    )
     JsonlLog(run.stage_dir("04_prompts") / "prompts.jsonl").append(
-        {"clip_id": "c0", "filepath": "01_segment/clips/c0.wav", "start": 0, "duration": 30,
-         "prompt": "A dark cloud trap beat at 100 BPM in G minor, with synth bells and 808.",
-         "prompt_source": "template"})
+        {
+            "clip_id": "c0",
+            "filepath": "01_segment/clips/c0.wav",
+            "start": 0,
+            "duration": 30,
+            "prompt": "A dark cloud trap beat at 100 BPM in G minor, with synth bells and 808.",
+            "prompt_source": "template",
+        }
+    )
     export = run.stage_dir("05_train") / "export"
     export.mkdir()
     (export / "model.safetensors").write_bytes(b"weights")
@@ -34,11 +61,26 @@ def _fake_run(tmp_path):
             path = gen / "audio" / model / f"{i:02d}-seed{42 + i}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(f"RIFF {model} {i}".encode())
-            rows.append({"path": f"06_generate/audio/{model}/{path.name}", "model": model, "prompt": prompt,
-                         "prompt_idx": i, "seed": 42 + i})
+            rows.append(
+                {
+                    "path": f"06_generate/audio/{model}/{path.name}",
+                    "model": model,
+                    "prompt": prompt,
+                    "prompt_idx": i,
+                    "seed": 42 + i,
+                }
+            )
     JsonlLog(gen / "generations.jsonl", key="path").append(*rows)
-    run.mark_done("06_generate", params={"steps": 200, "cfg_scale": 7.0, "sampler_type": "dpmpp-3m-sde",
-                                         "seconds_start": 0.0, "seconds_total": 47.0})
+    run.mark_done(
+        "06_generate",
+        params={
+            "steps": 200,
+            "cfg_scale": 7.0,
+            "sampler_type": "dpmpp-3m-sde",
+            "seconds_start": 0.0,
+            "seconds_total": 47.0,
+        },
+    )
     return run
 
 
@@ -48,9 +90,11 @@ def _with_evaluation(run):
     (ev / "plots").mkdir()
     for name in ("metric_bars.png", "spectrograms_prompt01.png"):
         (ev / "plots" / name).write_bytes(b"\x89PNG " + name.encode())
-    (ev / "report.md").write_text("# 07_evaluate — base vs fine-tune\n\n## Summary\n\n"
-                                  "| Model | CLAP Prompt Score |\n|---|---|\n| fine-tune | 0.412 |\n\n## Plots\n\n"
-                                  "![metric_bars](plots/metric_bars.png)\n![spectrograms_prompt01](plots/spectrograms_prompt01.png)\n")
+    (ev / "report.md").write_text(
+        "# 07_evaluate — base vs fine-tune\n\n## Summary\n\n"
+        "| Model | CLAP Prompt Score |\n|---|---|\n| fine-tune | 0.412 |\n\n## Plots\n\n"
+        "![metric_bars](plots/metric_bars.png)\n![spectrograms_prompt01](plots/spectrograms_prompt01.png)\n"
+    )
     return run
 
 
@@ -66,8 +110,14 @@ def test_dry_run_writes_card_and_upload_list_and_never_the_token(tmp_path, monke
     assert "`mode` = lora" in card and "07_evaluate has not been run" in card
     uploads = json.loads((run.root / "publish" / "upload_list.json").read_text())
     assert {u["path_in_repo"] for u in uploads["files"]} == {
-        "README.md", "model.safetensors", "model_config.json", "samples/base/00-seed42.wav",
-        "samples/finetune/00-seed42.wav", "samples/base/01-seed43.wav", "samples/finetune/01-seed43.wav"}
+        "README.md",
+        "model.safetensors",
+        "model_config.json",
+        "samples/base/00-seed42.wav",
+        "samples/finetune/00-seed42.wav",
+        "samples/base/01-seed43.wav",
+        "samples/finetune/01-seed43.wav",
+    }
     assert summary["dry_run"] and summary["files"] == 7
     for f in run.root.rglob("*"):
         if f.is_file():
@@ -164,7 +214,10 @@ def test_push_to_a_stand_in_hub_fails_clearly_and_resumes_what_is_left(tmp_path,
     files = hub.repos["someone/my-beats"]
     card = files["README.md"].decode()
     assert set(publish.card_links(card)) <= set(files)
-    assert files["samples/base/00-seed42.wav"] == b"RIFF base 0" and files["samples/finetune/00-seed42.wav"] == b"RIFF finetune 0"
+    assert (
+        files["samples/base/00-seed42.wav"] == b"RIFF base 0"
+        and files["samples/finetune/00-seed42.wav"] == b"RIFF finetune 0"
+    )
     assert files["plots/metric_bars.png"].startswith(b"\x89PNG")
     # a third run sends nothing; a changed sample is sent again
     hub.commits.clear()

@@ -43,9 +43,14 @@ JUNK_CLIP = b"RIFF\x24\x00\x01\x00WAVEfmt " + bytes(range(256)) * 8  # a clip fi
 
 
 def tree_state(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): (p.is_dir(), p.lstat().st_mtime_ns,
-                                             None if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*"))}
+    return {
+        p.relative_to(root).as_posix(): (
+            p.is_dir(),
+            p.lstat().st_mtime_ns,
+            None if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest(),
+        )
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def files_under(root: Path) -> list[str]:
@@ -66,6 +71,7 @@ def assert_complete_jsonl(path: Path) -> None:
 
 # =============================================================================================
 # 1. the bad-input corpus through every stage that reads audio
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -103,7 +109,8 @@ def test_corpus_every_source_accounted_for_and_usable_ones_used(corpus):
     for r in rows:
         assert r["clip_id"].isascii() and " " not in r["clip_id"] and "/" not in r["clip_id"]
     assert files_under(run_dir / "01_segment" / "clips") == sorted(
-        Path(r["path"]).name for r in rows if r["status"] == "ok")
+        Path(r["path"]).name for r in rows if r["status"] == "ok"
+    )
     assert_no_temp_files(run_dir)
 
 
@@ -114,10 +121,30 @@ def downstream(corpus, tmp_path_factory, tempocnn_graph):
     run_dir = tmp_path_factory.mktemp("downstream")
     shutil.copytree(src_run / "01_segment", run_dir / "01_segment")
     seg = run_dir / "01_segment" / "segments.jsonl"
-    extra = [{"clip_id": "zz_damaged-00", "source": "damaged.wav", "index": 0, "of": 1, "start": 0.0,
-              "duration": 25.0, "path": "01_segment/clips/zz_damaged-00.wav", "status": "ok", "reason": ""},
-             {"clip_id": "zz_missing-00", "source": "missing.wav", "index": 0, "of": 1, "start": 0.0,
-              "duration": 25.0, "path": "01_segment/clips/zz_missing-00.wav", "status": "ok", "reason": ""}]
+    extra = [
+        {
+            "clip_id": "zz_damaged-00",
+            "source": "damaged.wav",
+            "index": 0,
+            "of": 1,
+            "start": 0.0,
+            "duration": 25.0,
+            "path": "01_segment/clips/zz_damaged-00.wav",
+            "status": "ok",
+            "reason": "",
+        },
+        {
+            "clip_id": "zz_missing-00",
+            "source": "missing.wav",
+            "index": 0,
+            "of": 1,
+            "start": 0.0,
+            "duration": 25.0,
+            "path": "01_segment/clips/zz_missing-00.wav",
+            "status": "ok",
+            "reason": "",
+        },
+    ]
     (run_dir / "01_segment" / "clips" / "zz_damaged-00.wav").write_bytes(JUNK_CLIP)
     with open(seg, "a") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in extra)
@@ -128,18 +155,28 @@ def downstream(corpus, tmp_path_factory, tempocnn_graph):
     out["03"] = tempo_key.run(run_dir=str(run_dir), tempo_model=str(tempocnn_graph), workers=1)
     # 07 reads generated clips: a good one (the 7350 Hz mono source's), the damaged one, the missing one
     good = next(r for r in ok if r["source"] == "mono_7350.wav")
-    gens = [{"path": r["path"], "prompt": f"A dark trap beat at {90 + i} BPM in A minor.", "model": m, "seed": i}
-            for i, (r, m) in enumerate(zip([good, extra[0], extra[1]], ["base", "finetune", "base"]))]
+    gens = [
+        {"path": r["path"], "prompt": f"A dark trap beat at {90 + i} BPM in A minor.", "model": m, "seed": i}
+        for i, (r, m) in enumerate(zip([good, extra[0], extra[1]], ["base", "finetune", "base"]))
+    ]
     (run_dir / "06_generate").mkdir()
     (run_dir / "06_generate" / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
-    out["07"] = evaluate.run(run_dir=str(run_dir), tempo_model=str(tempocnn_graph), clap_model="tiny:clap",
-                             device="cpu", workers=1, reference="none", spectrogram_pairs=1)
+    out["07"] = evaluate.run(
+        run_dir=str(run_dir),
+        tempo_model=str(tempocnn_graph),
+        clap_model="tiny:clap",
+        device="cpu",
+        workers=1,
+        reference="none",
+        spectrogram_pairs=1,
+    )
     assert tree_state(run_dir / "01_segment") == inputs, "a later stage modified 01_segment"
     return out
 
 
-@pytest.mark.parametrize("stage, file, error_key", [("02", "02_tag/tags.jsonl", "error"),
-                                                    ("03", "03_tempo_key/tempo_key.jsonl", "error")])
+@pytest.mark.parametrize(
+    "stage, file, error_key", [("02", "02_tag/tags.jsonl", "error"), ("03", "03_tempo_key/tempo_key.jsonl", "error")]
+)
 def test_clip_readers_give_one_row_per_clip_and_name_the_bad_ones(downstream, stage, file, error_key):
     run_dir = downstream["run_dir"]
     rows = read_jsonl(run_dir / file)
@@ -178,14 +215,20 @@ def test_evaluate_measures_good_clips_and_reports_bad_ones(downstream):
 # =============================================================================================
 # 2. SIGKILL at random points, then a re-run: the same outputs as an uninterrupted run
 
+
 class StageServer:
     """tests/badinputs.py's server: forks a child per stage run, so a kill costs no re-import."""
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "badinputs.py"), "serve"],
-                                     cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     stderr=open(log_dir / "server.err", "w"))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "badinputs.py"), "serve"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            stderr=open(log_dir / "server.err", "w"),
+        )
         assert self._read(180).get("ready"), "the stage server did not start"
 
     def _read(self, timeout: float) -> dict:
@@ -240,7 +283,9 @@ def small_run(corpus, tmp_path_factory):
     clips = root / "01_segment" / "clips"
     clips.mkdir(parents=True)
     rows = []
-    for i, r in enumerate([r for r in read_jsonl(src_run / "01_segment" / "segments.jsonl") if r["status"] == "ok"][:3]):
+    for i, r in enumerate(
+        [r for r in read_jsonl(src_run / "01_segment" / "segments.jsonl") if r["status"] == "ok"][:3]
+    ):
         x, sr = sf.read(str(src_run / r["path"]), dtype="float32", frames=12 * 44100)
         sf.write(str(clips / f"{r['clip_id']}.wav"), x, sr, subtype="PCM_16")
         rows.append({**r, "duration": 12.0})
@@ -248,15 +293,32 @@ def small_run(corpus, tmp_path_factory):
     vocab = tag.load_vocab()
     tags, tks = [], []
     for i, r in enumerate(rows):
-        tags.append({"clip_id": r["clip_id"], **{f"{f}_tags": [e.tag for e in vocab[f][i:i + 2]] for f in tag.FAMILIES}})
-        tks.append({"clip_id": r["clip_id"], "tempo": 90.0 + 10 * i, "key": ["A", "C", "F#", "Eb"][i],
-                    "scale": ["minor", "major"][i % 2], "tempo_confidence": 0.9, "key_confidence": 0.8})
+        tags.append(
+            {"clip_id": r["clip_id"], **{f"{f}_tags": [e.tag for e in vocab[f][i : i + 2]] for f in tag.FAMILIES}}
+        )
+        tks.append(
+            {
+                "clip_id": r["clip_id"],
+                "tempo": 90.0 + 10 * i,
+                "key": ["A", "C", "F#", "Eb"][i],
+                "scale": ["minor", "major"][i % 2],
+                "tempo_confidence": 0.9,
+                "key_confidence": 0.8,
+            }
+        )
     (root / "02_tag").mkdir()
     (root / "02_tag" / "tags.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tags))
     (root / "03_tempo_key").mkdir()
     (root / "03_tempo_key" / "tempo_key.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tks))
-    gens = [{"path": r["path"], "prompt": f"A trap beat at {100 + i} BPM in C minor.",
-             "model": ["base", "finetune"][i % 2], "seed": i} for i, r in enumerate(rows)]
+    gens = [
+        {
+            "path": r["path"],
+            "prompt": f"A trap beat at {100 + i} BPM in C minor.",
+            "model": ["base", "finetune"][i % 2],
+            "seed": i,
+        }
+        for i, r in enumerate(rows)
+    ]
     (root / "06_generate").mkdir()
     (root / "06_generate" / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
     return root
@@ -297,8 +359,9 @@ KILL_CASES = {
 
 
 @pytest.mark.parametrize("module", list(KILL_CASES))
-def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(module, server, small_run, tmp_path,
-                                                                            tempocnn_graph):
+def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(
+    module, server, small_run, tmp_path, tempocnn_graph
+):
     stage, kwargs = KILL_CASES[module]
     if module in ("tempo_key", "evaluate"):
         kwargs = dict(kwargs, tempo_model=str(tempocnn_graph))
@@ -331,6 +394,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(modu
 # =============================================================================================
 # 3. parameters: each stage's run() called directly refuses a wrong type / missing input first
 
+
 @pytest.fixture
 def empty_run(tmp_path):
     run_dir = tmp_path / "run"
@@ -338,18 +402,21 @@ def empty_run(tmp_path):
     return run_dir
 
 
-@pytest.mark.parametrize("call, param", [
-    (lambda d: segment.run(run_dir=d, input_dir=d.parent, min_seconds="twenty"), "min_seconds"),
-    (lambda d: segment.run(run_dir=d, input_dir=d.parent, workers="2"), "workers"),
-    (lambda d: tag.run(run_dir=str(d), min_similarity="high"), "min_similarity"),
-    (lambda d: tag.run(run_dir=str(d), batch_size=2.5), "batch_size"),
-    (lambda d: tempo_key.run(run_dir=str(d), workers="two"), "workers"),
-    (lambda d: tempo_key.run(run_dir=str(d), min_confidence="0.7x"), "min_confidence"),
-    (lambda d: prompts.run(run_dir=str(d), batch_size="8"), "batch_size"),
-    (lambda d: prompts.run(run_dir=str(d), use_llm="no"), "use_llm"),
-    (lambda d: evaluate.run(run_dir=str(d), workers="many"), "workers"),
-    (lambda d: evaluate.run(run_dir=str(d), spectrogram_pairs=[8]), "spectrogram_pairs"),
-])
+@pytest.mark.parametrize(
+    "call, param",
+    [
+        (lambda d: segment.run(run_dir=d, input_dir=d.parent, min_seconds="twenty"), "min_seconds"),
+        (lambda d: segment.run(run_dir=d, input_dir=d.parent, workers="2"), "workers"),
+        (lambda d: tag.run(run_dir=str(d), min_similarity="high"), "min_similarity"),
+        (lambda d: tag.run(run_dir=str(d), batch_size=2.5), "batch_size"),
+        (lambda d: tempo_key.run(run_dir=str(d), workers="two"), "workers"),
+        (lambda d: tempo_key.run(run_dir=str(d), min_confidence="0.7x"), "min_confidence"),
+        (lambda d: prompts.run(run_dir=str(d), batch_size="8"), "batch_size"),
+        (lambda d: prompts.run(run_dir=str(d), use_llm="no"), "use_llm"),
+        (lambda d: evaluate.run(run_dir=str(d), workers="many"), "workers"),
+        (lambda d: evaluate.run(run_dir=str(d), spectrogram_pairs=[8]), "spectrogram_pairs"),
+    ],
+)
 def test_stage_run_refuses_a_wrong_type_naming_the_parameter(empty_run, call, param):
     (empty_run.parent / "beat.wav").write_bytes(b"RIFF")  # a non-empty input folder for 01
     with pytest.raises(ValueError, match=f"'?{param}'?"):
@@ -357,15 +424,18 @@ def test_stage_run_refuses_a_wrong_type_naming_the_parameter(empty_run, call, pa
     assert files_under(empty_run) == [], "a refused call wrote something"
 
 
-@pytest.mark.parametrize("call, names", [
-    (lambda d: tag.run(run_dir=str(d), **TAG_P), "01_segment/segments.jsonl"),
-    (lambda d: tempo_key.run(run_dir=str(d)), "01_segment/segments.jsonl"),
-    (lambda d: prompts.run(run_dir=str(d)), "01_segment/segments.jsonl"),
-    (lambda d: evaluate.run(run_dir=str(d)), "06_generate/generations.jsonl"),
-    (lambda d: evaluate.run(run_dir=str(d), generations=str(d / "mine.csv")), "mine.csv"),
-    (lambda d: tempo_key.run(run_dir=str(d), tempo_model=str(d / "nope.pb")), "nope.pb"),
-    (lambda d: segment.run(run_dir=d, input_dir=d.parent / "no such folder"), "no such folder"),
-])
+@pytest.mark.parametrize(
+    "call, names",
+    [
+        (lambda d: tag.run(run_dir=str(d), **TAG_P), "01_segment/segments.jsonl"),
+        (lambda d: tempo_key.run(run_dir=str(d)), "01_segment/segments.jsonl"),
+        (lambda d: prompts.run(run_dir=str(d)), "01_segment/segments.jsonl"),
+        (lambda d: evaluate.run(run_dir=str(d)), "06_generate/generations.jsonl"),
+        (lambda d: evaluate.run(run_dir=str(d), generations=str(d / "mine.csv")), "mine.csv"),
+        (lambda d: tempo_key.run(run_dir=str(d), tempo_model=str(d / "nope.pb")), "nope.pb"),
+        (lambda d: segment.run(run_dir=d, input_dir=d.parent / "no such folder"), "no such folder"),
+    ],
+)
 def test_stage_run_refuses_a_missing_input_naming_the_file(empty_run, call, names):
     seg = empty_run / "01_segment" / "segments.jsonl"
     if names == "nope.pb":
@@ -376,13 +446,16 @@ def test_stage_run_refuses_a_missing_input_naming_the_file(empty_run, call, name
     assert files_under(empty_run) == ([] if names != "nope.pb" else ["01_segment/segments.jsonl"])
 
 
-@pytest.mark.parametrize("call", [
-    lambda d: segment.run(run_dir=d, input_dir=d.parent / "in"),
-    lambda d: tag.run(run_dir=str(d), **TAG_P),
-    lambda d: tempo_key.run(run_dir=str(d)),
-    lambda d: prompts.run(run_dir=str(d)),
-    lambda d: evaluate.run(run_dir=str(d)),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: segment.run(run_dir=d, input_dir=d.parent / "in"),
+        lambda d: tag.run(run_dir=str(d), **TAG_P),
+        lambda d: tempo_key.run(run_dir=str(d)),
+        lambda d: prompts.run(run_dir=str(d)),
+        lambda d: evaluate.run(run_dir=str(d)),
+    ],
+)
 def test_stage_run_refuses_a_run_folder_of_another_format(empty_run, call):
     (empty_run.parent / "in").mkdir()
     (empty_run.parent / "in" / "a.wav").write_bytes(b"RIFF")
@@ -395,6 +468,7 @@ def test_stage_run_refuses_a_run_folder_of_another_format(empty_run, call):
 
 # =============================================================================================
 # 4. disk full: a clear "no space left", nothing corrupt, and a clean re-run ends where it should
+
 
 @pytest.fixture(scope="module")
 def tiny_inputs(corpus, tmp_path_factory):
@@ -410,8 +484,10 @@ def tiny_inputs(corpus, tmp_path_factory):
 
 def _seg_outputs(run_dir: Path) -> dict:
     stage = run_dir / "01_segment"
-    return {"segments.jsonl": (stage / "segments.jsonl").read_bytes(),
-            **{p.name: p.read_bytes() for p in sorted((stage / "clips").iterdir())}}
+    return {
+        "segments.jsonl": (stage / "segments.jsonl").read_bytes(),
+        **{p.name: p.read_bytes() for p in sorted((stage / "clips").iterdir())},
+    }
 
 
 class DiskFills:
@@ -428,8 +504,9 @@ class DiskFills:
 
 
 @pytest.mark.parametrize("n_ok", [1, 2, 4])
-def test_segment_disk_full_is_clear_and_a_rerun_ends_like_an_uninterrupted_run(tiny_inputs, tmp_path, monkeypatch,
-                                                                               n_ok):
+def test_segment_disk_full_is_clear_and_a_rerun_ends_like_an_uninterrupted_run(
+    tiny_inputs, tmp_path, monkeypatch, n_ok
+):
     ref = tmp_path / "ref"
     segment.run(run_dir=ref, input_dir=tiny_inputs, workers=1, progress=False)
     run_dir = tmp_path / "run"
@@ -496,8 +573,11 @@ def test_debris_of_a_killed_atomic_write_goes_when_the_stage_completes(tmp_path)
     """What SIGKILL leaves of runs.atomic_path (its temp file) is removed by mark_done; nothing else is."""
     stage = tmp_path / "04_prompts"
     (stage / "plots").mkdir(parents=True)
-    debris = [stage / ".tag_map.92lmn016.tmp.png", stage / "plots" / ".metric_bars.a_b1c2d3.tmp.png",
-              stage / ".prompts.zzzzzzzz.tmp.jsonl"]
+    debris = [
+        stage / ".tag_map.92lmn016.tmp.png",
+        stage / "plots" / ".metric_bars.a_b1c2d3.tmp.png",
+        stage / ".prompts.zzzzzzzz.tmp.jsonl",
+    ]
     keep = [stage / "tag_map.png", stage / ".hidden_notes.txt", stage / "my.tmp.wav"]
     for f in debris + keep:
         f.write_bytes(b"x")
@@ -508,16 +588,43 @@ def test_debris_of_a_killed_atomic_write_goes_when_the_stage_completes(tmp_path)
 # =============================================================================================
 # 5. secrets: the token is read from the environment only and never written anywhere
 
+
 def test_runner_never_writes_the_hub_token(tiny_inputs, tmp_path, tempocnn_graph):
     sentinel = "hf_RELIABILITY_SENTINEL_5b1d0c9e"
     run_dir = tmp_path / "run"
-    env = {**os.environ, "HF_TOKEN": sentinel, "HUGGING_FACE_HUB_TOKEN": sentinel, "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "STABLEBEAT_MODEL_MIRROR": str(tempocnn_graph.parent),
-           "STABLEBEAT_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "HF_TOKEN": sentinel,
+        "HUGGING_FACE_HUB_TOKEN": sentinel,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "STABLEBEAT_MODEL_MIRROR": str(tempocnn_graph.parent),
+        "STABLEBEAT_HOME": str(tmp_path / "home"),
+    }
     # the tiny models are not needed by 01/03; the TempoCNN graph comes from the mirror into this home
-    proc = subprocess.run([sys.executable, "-m", "stablebeat_utils", "run", "01", "03", "-p", "run_dir",
-                           str(run_dir), "-p", "input_dir", str(tiny_inputs), "-p", "workers", "1"],
-                          cwd=REPO, env=env, capture_output=True, timeout=400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stablebeat_utils",
+            "run",
+            "01",
+            "03",
+            "-p",
+            "run_dir",
+            str(run_dir),
+            "-p",
+            "input_dir",
+            str(tiny_inputs),
+            "-p",
+            "workers",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     assert (run_dir / "notebooks" / "03_tempo_key.ipynb").is_file()
     assert len(read_jsonl(run_dir / "03_tempo_key" / "tempo_key.jsonl")) == 3
@@ -533,6 +640,7 @@ def test_runner_never_writes_the_hub_token(tiny_inputs, tmp_path, tempocnn_graph
 
 # =============================================================================================
 # 6. checkpoints from elsewhere are never unpickled as arbitrary objects
+
 
 class _Evil:
     marker = ""
@@ -590,8 +698,11 @@ def test_every_torch_load_in_the_package_is_weights_only():
             owner = getattr(f.value, "id", "") if isinstance(f, ast.Attribute) else ""
             if (owner, name) in (("torch", "load"), ("pickle", "load"), ("pickle", "loads"), ("dill", "load")):
                 kw = {k.arg: k.value for k in node.keywords}
-                ok = owner == "torch" and isinstance(kw.get("weights_only"), ast.Constant) and \
-                    kw["weights_only"].value is True
+                ok = (
+                    owner == "torch"
+                    and isinstance(kw.get("weights_only"), ast.Constant)
+                    and kw["weights_only"].value is True
+                )
                 calls.append((path.name, node.lineno, ok))
     assert calls, "no torch.load found: the check is looking at the wrong place"
     assert all(ok for _, _, ok in calls), [c for c in calls if not c[2]]

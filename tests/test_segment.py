@@ -44,7 +44,7 @@ def beat(bpm: float, seconds: float, seed: int, sr: int = SR) -> np.ndarray:
         for sig, on in ((kick, k % 8 in (0, 4)), (snare, k % 8 in (2, 6)), (hat, True)):
             if on and at < n:
                 m = min(len(sig), n - at)
-                out[:, at:at + m] += sig[:m] * (1.0 if k % 8 == 0 or sig is not kick else 0.7)
+                out[:, at : at + m] += sig[:m] * (1.0 if k % 8 == 0 or sig is not kick else 0.7)
     bar = 8 * step
     tt = np.arange(n) / sr
     notes = rng.choice([220.0, 261.6, 293.7, 329.6, 392.0], size=int(seconds / bar) + 1)
@@ -56,8 +56,11 @@ def tree_state(root: Path) -> dict:
     out = {}
     for p in sorted(root.rglob("*")):
         st = p.lstat()
-        out[p.relative_to(root).as_posix()] = (p.is_dir(), st.st_mtime_ns,
-                                               None if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest())
+        out[p.relative_to(root).as_posix()] = (
+            p.is_dir(),
+            st.st_mtime_ns,
+            None if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest(),
+        )
     return out
 
 
@@ -146,15 +149,23 @@ def test_row_contract_and_clips(reference):
             assert r["reason"] and r["path"] is None
     assert summary["clips"] == sum(r["status"] == "ok" for r in rows.values())
     # no stray files: exactly the ok clips
-    assert sorted(p.name for p in (run_dir / "01_segment" / "clips").iterdir()) == \
-        sorted(Path(r["path"]).name for r in rows.values() if r["status"] == "ok")
+    assert sorted(p.name for p in (run_dir / "01_segment" / "clips").iterdir()) == sorted(
+        Path(r["path"]).name for r in rows.values() if r["status"] == "ok"
+    )
 
 
 def test_formats_channels_and_rates_all_give_two_clips(reference):
     _, _, rows = reference
     src = by_source(rows)
-    for name in ("beat_a.wav", "beat_b.flac", "beat_c.ogg", "beat_d.mp3", "beat_e.m4a", "beat_f.aiff",
-                 "beat_g_other.wav"):
+    for name in (
+        "beat_a.wav",
+        "beat_b.flac",
+        "beat_c.ogg",
+        "beat_d.mp3",
+        "beat_e.m4a",
+        "beat_f.aiff",
+        "beat_g_other.wav",
+    ):
         got = src[name]
         assert [r["status"] for r in got] == ["ok", "ok"], (name, got)
         (s0, s1) = sorted(got, key=lambda r: r["index"])
@@ -205,10 +216,17 @@ def test_deterministic_across_workers(reference, beats_dir, tmp_path):
 
 
 def _kill_at(run_dir: Path, input_dir: Path, min_rows: int, delay: float = 0.0) -> None:
-    code = ("import sys; from stablebeat_utils import segment; "
-            "segment.run(run_dir=sys.argv[1], input_dir=sys.argv[2], workers=2, progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), str(input_dir)], cwd=REPO,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "import sys; from stablebeat_utils import segment; "
+        "segment.run(run_dir=sys.argv[1], input_dir=sys.argv[2], workers=2, progress=False)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir), str(input_dir)],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     seg = run_dir / "01_segment" / "segments.jsonl"
     deadline = time.time() + 120
     try:
@@ -293,8 +311,9 @@ def test_a_task_that_kills_its_worker_becomes_one_rejected_result():
     import crashy
 
     tasks = [1, 2, "die", 3, ("done", 100), 4, 5, 6]
-    got = list(segment._ordered_bounded(crashy.square_or_die, tasks, workers=2, window=4,
-                                        on_crash=lambda t: f"crashed:{t}"))
+    got = list(
+        segment._ordered_bounded(crashy.square_or_die, tasks, workers=2, window=4, on_crash=lambda t: f"crashed:{t}")
+    )
     assert got == [1, 4, "crashed:die", 9, 100, 16, 25, 36]
 
 
@@ -310,8 +329,13 @@ def test_workers_compile_librosa_one_at_a_time():
     got: list = []
     lock = compat.jit_cache_lock()
     with lock:
-        worker = threading.Thread(target=lambda: got.extend(segment._ordered_bounded(
-            crashy.square_or_die, [1, 2, 3], workers=2, window=4, initializer=segment._warm_worker)))
+        worker = threading.Thread(
+            target=lambda: got.extend(
+                segment._ordered_bounded(
+                    crashy.square_or_die, [1, 2, 3], workers=2, window=4, initializer=segment._warm_worker
+                )
+            )
+        )
         worker.start()
         worker.join(timeout=8)
         assert worker.is_alive() and got == []  # both workers wait for the lock

@@ -18,12 +18,12 @@ GB = 1e9
 
 def fake_disks(free_by_prefix: dict):
     """disk_usage and device_of for folders under a few fake 'mounts' (longest prefix wins)."""
+
     def mount(path):
         path = str(path)
         return max((p for p in free_by_prefix if path.startswith(str(p))), key=lambda p: len(str(p)))
 
-    return (lambda path: Usage(10**13, 0, int(free_by_prefix[mount(path)])),
-            lambda path: hash(mount(path)))
+    return (lambda path: Usage(10**13, 0, int(free_by_prefix[mount(path)])), lambda path: hash(mount(path)))
 
 
 def test_sizes_are_arithmetic():
@@ -43,8 +43,11 @@ def test_full_size_parameter_counts_are_computed_from_the_config():
     from stablebeat_utils import models
 
     counts = storage.param_counts(models.sao_full_config())
-    assert counts == {"trained": storage.SAO_TRAINED_PARAMS, "vae": storage.SAO_VAE_PARAMS,
-                      "lora_per_rank": storage.SAO_LORA_PARAMS_PER_RANK}
+    assert counts == {
+        "trained": storage.SAO_TRAINED_PARAMS,
+        "vae": storage.SAO_VAE_PARAMS,
+        "lora_per_rank": storage.SAO_LORA_PARAMS_PER_RANK,
+    }
 
 
 def _sources(folder: Path, n: int, seconds: float) -> list[Path]:
@@ -93,8 +96,18 @@ def test_segment_plan_counts_clips_already_written(tmp_path):
 def test_train_plan_sums_per_disk_and_names_what_fits(tmp_path):
     drive, local = tmp_path / "drive", tmp_path / "local"
     drive.mkdir(), local.mkdir()
-    kw = dict(clip_seconds=277 * 3600, n_clips=40_000, mode="full", ema=True, optimizer="adamw", lora_rank=16,
-              pre_encode=True, keep_checkpoints=2, local_dir=local, export_merged=True)
+    kw = dict(
+        clip_seconds=277 * 3600,
+        n_clips=40_000,
+        mode="full",
+        ema=True,
+        optimizer="adamw",
+        lora_rank=16,
+        pre_encode=True,
+        keep_checkpoints=2,
+        local_dir=local,
+        export_merged=True,
+    )
     one = storage.checkpoint_bytes("full")
     lat = storage.latent_bytes(277 * 3600, 40_000)
     exp = storage.export_bytes("full")

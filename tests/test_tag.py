@@ -20,19 +20,56 @@ SR = 44100
 # --------------------------------------------------------------------------------------------
 # vocabularies
 
+
 def test_bundled_vocab_sizes_and_card_tags():
     vocab = tag.load_vocab()
     sizes = {f: len(vocab[f]) for f in tag.FAMILIES}
     assert sizes["instruments"] >= 40 and sizes["moods"] >= 30 and sizes["genres"] >= 30, sizes
     tags = {f: {e.tag for e in vocab[f]} for f in tag.FAMILIES}
     # tags of the StableBeaT card (its metadata example and prompts)
-    assert {"synth bells", "plucked bass", "deep sub", "808", "vocal chop", "vocal pad", "Rhodes",
-            "nylon guitar", "electric guitar", "movie sample", "hi-hats", "snare", "piano", "strings",
-            "flute", "choir", "brass", "plucked guitar"} <= tags["instruments"]
-    assert {"melancholic", "dark", "chill", "nostalgic", "romantic", "aggressive", "dreamy",
-            "trap melancholic", "love"} <= tags["moods"]
-    assert {"cloud trap", "lo-fi jazz rap", "jazzy chillhop", "neo-soul", "boom bap", "drill", "g-funk",
-            "industrial hip-hop", "rap with soul", "phonk"} <= tags["genres"]
+    assert {
+        "synth bells",
+        "plucked bass",
+        "deep sub",
+        "808",
+        "vocal chop",
+        "vocal pad",
+        "Rhodes",
+        "nylon guitar",
+        "electric guitar",
+        "movie sample",
+        "hi-hats",
+        "snare",
+        "piano",
+        "strings",
+        "flute",
+        "choir",
+        "brass",
+        "plucked guitar",
+    } <= tags["instruments"]
+    assert {
+        "melancholic",
+        "dark",
+        "chill",
+        "nostalgic",
+        "romantic",
+        "aggressive",
+        "dreamy",
+        "trap melancholic",
+        "love",
+    } <= tags["moods"]
+    assert {
+        "cloud trap",
+        "lo-fi jazz rap",
+        "jazzy chillhop",
+        "neo-soul",
+        "boom bap",
+        "drill",
+        "g-funk",
+        "industrial hip-hop",
+        "rap with soul",
+        "phonk",
+    } <= tags["genres"]
     for f in tag.FAMILIES:
         for e in vocab[f]:
             assert isinstance(e.tag, str) and e.tag.strip() == e.tag and e.text.strip()
@@ -65,14 +102,17 @@ def _rewrite_entries(path: Path, entries: list) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-@pytest.mark.parametrize("entries, message", [
-    ([{"tag": "piano"}, {"tag": "Piano", "text": "x"}], "entry 2 ('Piano'): duplicate of entry 1"),
-    ([{"tag": "piano"}, {"text": "a beat"}], "entry 2: missing `tag`"),
-    ([{"tag": 808}], "must be text, got int 808 (quote it"),
-    ([{"tag": "piano", "txt": "typo"}], "unknown field(s) txt"),
-    ([{"tag": "   "}], "`tag` is empty"),
-    ([], "`entries:` is empty"),
-])
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([{"tag": "piano"}, {"tag": "Piano", "text": "x"}], "entry 2 ('Piano'): duplicate of entry 1"),
+        ([{"tag": "piano"}, {"text": "a beat"}], "entry 2: missing `tag`"),
+        ([{"tag": 808}], "must be text, got int 808 (quote it"),
+        ([{"tag": "piano", "txt": "typo"}], "unknown field(s) txt"),
+        ([{"tag": "   "}], "`tag` is empty"),
+        ([], "`entries:` is empty"),
+    ],
+)
 def test_malformed_vocab_names_file_and_entry(vocab_copy, entries, message):
     path = vocab_copy / "instruments.yaml"
     _rewrite_entries(path, entries)
@@ -92,13 +132,16 @@ def test_vocab_rejects_a_tag_in_two_families_and_bad_yaml(vocab_copy):
         tag.load_vocab(vocab_copy / "nope")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("not a tag: [x]\n", "'not a tag' is not a tag of"),
-    ("piano: [a, b, c, d, e]\n", "expected a list of 1 to 4 synonyms"),
-    ("piano: [piano keys, Piano Keys]\n", "repeats the tag or another synonym"),
-    ("piano: [Piano]\n", "repeats the tag or another synonym"),
-    ("sad: [melancholic]\n", "synonym 'melancholic' is itself a tag"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("not a tag: [x]\n", "'not a tag' is not a tag of"),
+        ("piano: [a, b, c, d, e]\n", "expected a list of 1 to 4 synonyms"),
+        ("piano: [piano keys, Piano Keys]\n", "repeats the tag or another synonym"),
+        ("piano: [Piano]\n", "repeats the tag or another synonym"),
+        ("sad: [melancholic]\n", "synonym 'melancholic' is itself a tag"),
+    ],
+)
 def test_malformed_synonyms(vocab_copy, text, message):
     (vocab_copy / "synonyms.yaml").write_text(text)
     with pytest.raises(clipfacts.VocabError) as err:
@@ -108,6 +151,7 @@ def test_malformed_synonyms(vocab_copy, text, message):
 
 # --------------------------------------------------------------------------------------------
 # windows, pooling, selection
+
 
 def test_window_bounds():
     sr = 48000
@@ -151,32 +195,71 @@ def test_select_tags_top_k_floor_margin_and_ties():
 # --------------------------------------------------------------------------------------------
 # the stage on a tiny run with the tiny CLAP
 
+
 def _make_run(root: Path, shared_dir: Path) -> Path:
     """A run folder as 01_segment leaves it: two ok clips, one unreadable clip, one rejected file."""
     clips = root / "01_segment" / "clips"
     clips.mkdir(parents=True)
     real, sr = load(shared_dir / "audio" / "Kevin_MacLeod_-_Vibe_Ace.ogg", sr=SR)
-    write_wav(clips / "vibe_0.wav", real[:, 20 * SR:45 * SR], SR)  # 25 s of a real recording → 3 windows
+    write_wav(clips / "vibe_0.wav", real[:, 20 * SR : 45 * SR], SR)  # 25 s of a real recording → 3 windows
     t = np.arange(int(12.5 * SR)) / SR  # 12.5 s synthetic: a 2.5 s tail is dropped → 1 window
     tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)
     write_wav(clips / "synth_0.wav", np.stack([tone, tone[::-1]]), SR)
     (clips / "broken_0.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     rows = [
-        {"clip_id": "vibe_0", "source": "vibe.ogg", "start": 20.0, "duration": 25.0,
-         "path": "01_segment/clips/vibe_0.wav", "status": "ok", "reason": None},
-        {"clip_id": "synth_0", "source": "synth.wav", "start": 0.0, "duration": 12.5,
-         "path": "01_segment/clips/synth_0.wav", "status": "ok", "reason": None},
-        {"clip_id": "broken_0", "source": "broken.wav", "start": 0.0, "duration": 30.0,
-         "path": "01_segment/clips/broken_0.wav", "status": "ok", "reason": None},
-        {"clip_id": "short_0", "source": "short.wav", "start": None, "duration": None, "path": None,
-         "status": "rejected", "reason": "shorter than 20 s"},
+        {
+            "clip_id": "vibe_0",
+            "source": "vibe.ogg",
+            "start": 20.0,
+            "duration": 25.0,
+            "path": "01_segment/clips/vibe_0.wav",
+            "status": "ok",
+            "reason": None,
+        },
+        {
+            "clip_id": "synth_0",
+            "source": "synth.wav",
+            "start": 0.0,
+            "duration": 12.5,
+            "path": "01_segment/clips/synth_0.wav",
+            "status": "ok",
+            "reason": None,
+        },
+        {
+            "clip_id": "broken_0",
+            "source": "broken.wav",
+            "start": 0.0,
+            "duration": 30.0,
+            "path": "01_segment/clips/broken_0.wav",
+            "status": "ok",
+            "reason": None,
+        },
+        {
+            "clip_id": "short_0",
+            "source": "short.wav",
+            "start": None,
+            "duration": None,
+            "path": None,
+            "status": "rejected",
+            "reason": "shorter than 20 s",
+        },
     ]
     (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
 
-P = dict(clap_model="tiny:clap", backend="transformers", batch_size=2, top_k_instruments=3, top_k_moods=2,
-         top_k_genres=1, min_similarity=-1.0, max_margin=2.0, window_seconds=10.0, device="cpu")
+P = dict(
+    clap_model="tiny:clap",
+    backend="transformers",
+    batch_size=2,
+    top_k_instruments=3,
+    top_k_moods=2,
+    top_k_genres=1,
+    min_similarity=-1.0,
+    max_margin=2.0,
+    window_seconds=10.0,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +287,7 @@ def test_stage_rows_scores_and_summary(tagged):
             assert list(r["scores"][f]) == [e.tag for e in vocab[f]]  # every tag scored
             assert all(-1.0 <= s <= 1.0 for s in r["scores"][f].values())
             assert len(r[f"{f}_tags"]) == P[f"top_k_{f}"]
-            best = sorted(r["scores"][f].items(), key=lambda kv: (-kv[1], kv[0]))[:P[f"top_k_{f}"]]
+            best = sorted(r["scores"][f].items(), key=lambda kv: (-kv[1], kv[0]))[: P[f"top_k_{f}"]]
             assert r[f"{f}_tags"] == [t for t, _ in best]
     # the two clips differ, so their scores do
     assert by_id["vibe_0"]["scores"] != by_id["synth_0"]["scores"]
@@ -280,6 +363,7 @@ def test_text_cache_is_keyed_by_vocab(tmp_path):
 # --------------------------------------------------------------------------------------------
 # parameters, inputs and the laion_clap backend
 
+
 def test_bad_parameters_and_missing_input_fail_before_work(tmp_path):
     with pytest.raises(tag.TagError, match="backend 'clip' is unknown"):
         tag.run(run_dir=str(tmp_path), **{**P, "backend": "clip"})
@@ -309,9 +393,14 @@ def test_laion_clap_backend_is_lazy_and_explains_when_missing(monkeypatch):
 
 
 def test_tag_frequencies_counts_tagged_clips_only():
-    rows = [{"clip_id": "a", "instruments_tags": ["piano", "808"], "moods_tags": ["dark"], "genres_tags": ["trap"]},
-            {"clip_id": "b", "instruments_tags": ["808"], "moods_tags": [], "genres_tags": ["drill"]},
-            {"clip_id": "c", "error": "unreadable"}]
+    rows = [
+        {"clip_id": "a", "instruments_tags": ["piano", "808"], "moods_tags": ["dark"], "genres_tags": ["trap"]},
+        {"clip_id": "b", "instruments_tags": ["808"], "moods_tags": [], "genres_tags": ["drill"]},
+        {"clip_id": "c", "error": "unreadable"},
+    ]
     freq = tag.tag_frequencies(rows)
-    assert freq == {"instruments": [("808", 2), ("piano", 1)], "moods": [("dark", 1)],
-                    "genres": [("drill", 1), ("trap", 1)]}
+    assert freq == {
+        "instruments": [("808", 2), ("piano", 1)],
+        "moods": [("dark", 1)],
+        "genres": [("drill", 1), ("trap", 1)],
+    }

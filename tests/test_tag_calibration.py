@@ -14,8 +14,18 @@ from stablebeat_utils.audio import write_wav
 from stablebeat_utils.runs import read_jsonl
 
 SR = 44100
-P = dict(clap_model="tiny:clap", backend="transformers", batch_size=4, top_k_instruments=3, top_k_moods=2,
-         top_k_genres=1, min_similarity=-1.0, max_margin=2.0, window_seconds=10.0, device="cpu")
+P = dict(
+    clap_model="tiny:clap",
+    backend="transformers",
+    batch_size=4,
+    top_k_instruments=3,
+    top_k_moods=2,
+    top_k_genres=1,
+    min_similarity=-1.0,
+    max_margin=2.0,
+    window_seconds=10.0,
+    device="cpu",
+)
 
 
 def _make_run(root: Path) -> Path:
@@ -27,13 +37,33 @@ def _make_run(root: Path) -> Path:
     rows = []
     for i in range(8):
         f = 110 * 2 ** (i / 3)
-        x = 0.3 * np.sin(2 * np.pi * f * t) * (np.sin(2 * np.pi * (1 + i) * t) > 0) + 0.05 * (i % 3) * rng.standard_normal(len(t))
+        x = 0.3 * np.sin(2 * np.pi * f * t) * (np.sin(2 * np.pi * (1 + i) * t) > 0) + 0.05 * (
+            i % 3
+        ) * rng.standard_normal(len(t))
         write_wav(clips / f"c{i}.wav", np.stack([x, x]).astype(np.float32), SR)
-        rows.append({"clip_id": f"c{i}", "source": f"c{i}.wav", "start": 0.0, "duration": 10.0,
-                     "path": f"01_segment/clips/c{i}.wav", "status": "ok", "reason": None})
+        rows.append(
+            {
+                "clip_id": f"c{i}",
+                "source": f"c{i}.wav",
+                "start": 0.0,
+                "duration": 10.0,
+                "path": f"01_segment/clips/c{i}.wav",
+                "status": "ok",
+                "reason": None,
+            }
+        )
     (clips / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    rows.append({"clip_id": "bad", "source": "bad.wav", "start": 0.0, "duration": 10.0,
-                 "path": "01_segment/clips/bad.wav", "status": "ok", "reason": None})
+    rows.append(
+        {
+            "clip_id": "bad",
+            "source": "bad.wav",
+            "start": 0.0,
+            "duration": 10.0,
+            "path": "01_segment/clips/bad.wav",
+            "status": "ok",
+            "reason": None,
+        }
+    )
     (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -64,12 +94,19 @@ def _write(path: Path, answers: list[dict]) -> Path:
 
 # -- fitting --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scored, expected", [
-    ([(0.2, False), (0.3, False), (0.5, True), (0.6, True)], 0.4),          # separable: the middle of the gap
-    ([(0.5, True), (0.6, True)], 0.5),                                        # only right: the lowest right score
-    ([(0.2, False), (0.3, False)], 0.300001),                                 # only wrong: just above the highest
-    ([(0.2, False), (0.35, True), (0.4, False), (0.6, True), (0.7, True)], 0.275),  # 4 of 5 either way: the lower cut
-])
+
+@pytest.mark.parametrize(
+    "scored, expected",
+    [
+        ([(0.2, False), (0.3, False), (0.5, True), (0.6, True)], 0.4),  # separable: the middle of the gap
+        ([(0.5, True), (0.6, True)], 0.5),  # only right: the lowest right score
+        ([(0.2, False), (0.3, False)], 0.300001),  # only wrong: just above the highest
+        (
+            [(0.2, False), (0.35, True), (0.4, False), (0.6, True), (0.7, True)],
+            0.275,
+        ),  # 4 of 5 either way: the lower cut
+    ],
+)
 def test_fit_threshold_known_answers(scored, expected):
     assert tag_calibration.fit_threshold(scored) == pytest.approx(expected)
 
@@ -82,6 +119,7 @@ def test_select_family_calibrated_tags_by_threshold_alone():
 
 
 # -- the stage with simulated answers ---------------------------------------------------------
+
 
 def test_wrong_answers_raise_the_threshold_and_remove_the_tag(base, tmp_path):
     root = _copy(base, tmp_path)
@@ -151,24 +189,33 @@ def test_widget_answers_are_saved_and_used_on_the_next_run(base, tmp_path):
 def test_bad_answers_are_refused_by_name_and_nothing_changes(base, tmp_path):
     root = _copy(base, tmp_path)
     before = (root / "02_tag" / "tags.jsonl").read_bytes()
-    bad = _write(tmp_path / "bad.jsonl", [
-        {"clip_id": "c0", "tag": "sitar", "correct": True},
-        {"clip_id": "nope_7", "tag": "piano", "correct": False},
-        {"clip_id": "c1", "tag": "piano", "correct": True},
-    ])
+    bad = _write(
+        tmp_path / "bad.jsonl",
+        [
+            {"clip_id": "c0", "tag": "sitar", "correct": True},
+            {"clip_id": "nope_7", "tag": "piano", "correct": False},
+            {"clip_id": "c1", "tag": "piano", "correct": True},
+        ],
+    )
     with pytest.raises(tag.TagError, match=r"(?s)'sitar'.*'nope_7'") as err:
         tag.run(run_dir=str(root), **P, calibration_file=str(bad))
     assert "bad.jsonl" in str(err.value)
     assert (root / "02_tag" / "tags.jsonl").read_bytes() == before
     with pytest.raises(tag.TagError, match="answer 1: `correct` must be yes/no"):
-        tag.run(run_dir=str(root), **P, calibration_file=str(_write(tmp_path / "b.jsonl", [
-            {"clip_id": "c0", "tag": "piano", "correct": "maybe"}])))
+        tag.run(
+            run_dir=str(root),
+            **P,
+            calibration_file=str(_write(tmp_path / "b.jsonl", [{"clip_id": "c0", "tag": "piano", "correct": "maybe"}])),
+        )
     with pytest.raises(tag.TagError, match="no such file"):
         tag.run(run_dir=str(root), **P, calibration_file=str(tmp_path / "absent.csv"))
     # an answer for a clip that could not be tagged is reported, not dropped in silence
     with pytest.warns(UserWarning, match="bad/piano"):
-        summary = tag.run(run_dir=str(root), **P, calibration_file=str(_write(tmp_path / "c.jsonl", [
-            {"clip_id": "bad", "tag": "piano", "correct": True}])))
+        summary = tag.run(
+            run_dir=str(root),
+            **P,
+            calibration_file=str(_write(tmp_path / "c.jsonl", [{"clip_id": "bad", "tag": "piano", "correct": True}])),
+        )
     assert summary["calibration"]["unused"] == ["bad/piano"]
 
 
@@ -176,5 +223,7 @@ def test_answers_from_csv_and_yaml(tmp_path):
     (tmp_path / "a.csv").write_text("clip_id,tag,correct\nc0,piano,yes\nc1,piano,wrong\n")
     (tmp_path / "a.yaml").write_text("answers:\n  - {clip_id: c0, tag: piano, correct: true}\n")
     assert tag_calibration.read_answers(tmp_path / "a.csv") == [
-        {"clip_id": "c0", "tag": "piano", "correct": True}, {"clip_id": "c1", "tag": "piano", "correct": False}]
+        {"clip_id": "c0", "tag": "piano", "correct": True},
+        {"clip_id": "c1", "tag": "piano", "correct": False},
+    ]
     assert tag_calibration.read_answers(tmp_path / "a.yaml") == [{"clip_id": "c0", "tag": "piano", "correct": True}]

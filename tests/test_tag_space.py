@@ -36,7 +36,10 @@ def test_under_represented_table():
     vocab = {"moods": ["dark", "sad", "epic"], "genres": ["trap", "boom bap"]}
     rows = tag_space.under_represented(freq, vocab, 10, percent=20)
     assert [(r["family"], r["tag"], r["clips"], r["never_chosen"]) for r in rows] == [
-        ("genres", "boom bap", 0, True), ("moods", "epic", 0, True), ("moods", "sad", 1, False)]
+        ("genres", "boom bap", 0, True),
+        ("moods", "epic", 0, True),
+        ("moods", "sad", 1, False),
+    ]
     assert rows[-1]["percent"] == 10.0
 
 

@@ -39,8 +39,10 @@ def metas():
     for fam in prompts.FAMILIES:
         for w in WORDS[fam]:
             for shape in ("alone", "one", "three"):
-                words = {f: [] if shape == "alone" else list(OTHERS[f][: 1 if shape == "one" else 2])
-                         for f in prompts.FAMILIES}
+                words = {
+                    f: [] if shape == "alone" else list(OTHERS[f][: 1 if shape == "one" else 2])
+                    for f in prompts.FAMILIES
+                }
                 words[fam] = [w] + (OTHERS[fam][:2] if shape == "three" else [])
                 yield fam, w, shape, words
 

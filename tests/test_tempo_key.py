@@ -28,13 +28,40 @@ def _write_run(root):
     for cid, bpm, key, scale, half, seed, melody in BEATS:
         x = demo.make_beat(bpm, key, scale, SECONDS, seed, half_time=half, melody=melody, hat_div=2)
         audio.write_wav(clips / f"{cid}.wav", x, 44100)
-        rows.append({"clip_id": cid, "source": f"{cid}.ogg", "start": 0.0, "duration": SECONDS,
-                     "path": f"01_segment/clips/{cid}.wav", "status": "ok", "reason": None})
+        rows.append(
+            {
+                "clip_id": cid,
+                "source": f"{cid}.ogg",
+                "start": 0.0,
+                "duration": SECONDS,
+                "path": f"01_segment/clips/{cid}.wav",
+                "status": "ok",
+                "reason": None,
+            }
+        )
     (clips / "zz_bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)  # not decodable
-    rows.append({"clip_id": "zz_bad", "source": "bad.wav", "start": 0.0, "duration": SECONDS,
-                 "path": "01_segment/clips/zz_bad.wav", "status": "ok", "reason": None})
-    rows.append({"clip_id": "zz_rejected", "source": "short.wav", "start": None, "duration": None,
-                 "path": None, "status": "rejected", "reason": "shorter than 20 s"})
+    rows.append(
+        {
+            "clip_id": "zz_bad",
+            "source": "bad.wav",
+            "start": 0.0,
+            "duration": SECONDS,
+            "path": "01_segment/clips/zz_bad.wav",
+            "status": "ok",
+            "reason": None,
+        }
+    )
+    rows.append(
+        {
+            "clip_id": "zz_rejected",
+            "source": "short.wav",
+            "start": None,
+            "duration": None,
+            "path": None,
+            "status": "rejected",
+            "reason": "shorter than 20 s",
+        }
+    )
     (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -88,8 +115,13 @@ def test_bpm_accuracy_on_known_beats(analysed):
     stated = 0
     for cid, bpm, _k, _s, half, _seed, _m in BEATS:
         r = plain[cid]
-        assert r["tempo_method"] in ("agree", "agree, hats double", "octave by hats", "octave unresolved",
-                                     "estimates disagree"), r
+        assert r["tempo_method"] in (
+            "agree",
+            "agree, hats double",
+            "octave by hats",
+            "octave unresolved",
+            "estimates disagree",
+        ), r
         assert any(_within(r["tempo_cnn"], bpm * f) for f in (1, 0.5, 2)), (cid, r)
         assert r["tempo_alt"] is not None and len(r["tempo_grid"]) == 3
         if r["tempo"] is not None:
@@ -109,8 +141,7 @@ def test_bpm_accuracy_on_known_beats(analysed):
 
 def test_key_accuracy_on_known_beats(analysed):
     _, _, rows = analysed["plain"]
-    right = sum((rows[cid]["key_raw"], rows[cid]["scale_raw"]) == (key, scale)
-                for cid, _b, key, scale, *_ in BEATS)
+    right = sum((rows[cid]["key_raw"], rows[cid]["scale_raw"]) == (key, scale) for cid, _b, key, scale, *_ in BEATS)
     assert right >= 4, {cid: (rows[cid]["key_raw"], rows[cid]["scale_raw"]) for cid, *_ in BEATS}
     for cid, *_ in BEATS:
         assert 0.0 <= rows[cid]["key_confidence"] <= 1.0
@@ -135,8 +166,9 @@ def test_changing_min_confidence_only_rethresholds(analysed, tempocnn_graph, tmp
     assert summary["analysed_now"] == 0  # no re-analysis: the rule is applied at finalize
     new = {r["clip_id"]: r for r in read_jsonl(summary["output"])}
     for cid, r in new.items():
-        assert {k: r[k] for k in ("tempo_raw", "key_raw", "tempo_confidence")} == \
-               {k: rows[cid][k] for k in ("tempo_raw", "key_raw", "tempo_confidence")}
+        assert {k: r[k] for k in ("tempo_raw", "key_raw", "tempo_confidence")} == {
+            k: rows[cid][k] for k in ("tempo_raw", "key_raw", "tempo_confidence")
+        }
         if r["tempo_confidence"] is not None:
             assert (r["tempo"] is not None) == (r["tempo_confidence"] >= 0.95)
     assert summary["tempo_kept"] < 6
@@ -169,8 +201,9 @@ def test_two_workers_give_the_same_file(clips_run, analysed, tempocnn_graph, tmp
     dst = _fresh(clips_run, tmp_path)
     summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), workers=2)
     assert summary["analysed_now"] == 6
-    assert (dst / "03_tempo_key" / "tempo_key.jsonl").read_bytes() == \
-           (analysed["plain"][0] / "03_tempo_key" / "tempo_key.jsonl").read_bytes()
+    assert (dst / "03_tempo_key" / "tempo_key.jsonl").read_bytes() == (
+        analysed["plain"][0] / "03_tempo_key" / "tempo_key.jsonl"
+    ).read_bytes()
 
 
 def test_changed_analysis_settings_start_over(analysed, tempocnn_graph, tmp_path):
@@ -212,32 +245,53 @@ def test_confidence_definition_and_octave_folding():
     assert tempo_key.octave_mass(p, 140) == pytest.approx(0.8)
     assert tempo_key.octave_mass(p, 100) == pytest.approx(0.2)
     hats_at_140 = [0.8, 0.85, 0.9]  # grid scores at 35, 70 and 140 BPM (TempoCNN said 70)
-    raw = {"clip_id": "c", "global_bpm": 70.0, "mean_probs": p, "beat_bpm": 140.2, "grid": hats_at_140,
-           "key": "C", "scale": "minor", "strength": 0.65, "error": None}
+    raw = {
+        "clip_id": "c",
+        "global_bpm": 70.0,
+        "mean_probs": p,
+        "beat_bpm": 140.2,
+        "grid": hats_at_140,
+        "key": "C",
+        "scale": "minor",
+        "strength": 0.65,
+        "error": None,
+    }
     row = tempo_key.make_row(raw, None, 0.7)
-    assert (row["tempo_raw"], row["tempo"], row["tempo_cnn"], row["tempo_alt"], row["tempo_method"]) == \
-           (140.0, 140.0, 70.0, 140.2, "octave by hats")
+    assert (row["tempo_raw"], row["tempo"], row["tempo_cnn"], row["tempo_alt"], row["tempo_method"]) == (
+        140.0,
+        140.0,
+        70.0,
+        140.2,
+        "octave by hats",
+    )
     assert row["tempo_confidence"] == pytest.approx(0.8) and (row["key_raw"], row["key"]) == ("C", None)
     # a prior moves a reconciled tempo into its range by octaves
     row = tempo_key.make_row(raw, (60, 125), 0.7)
     assert (row["tempo"], row["tempo_folded"]) == (70.0, True)
     # the estimates cannot be reconciled: no confident tempo, the raw values stay
     row = tempo_key.make_row(dict(raw, beat_bpm=93.0), None, 0.7)
-    assert (row["tempo"], row["tempo_raw"], row["tempo_confidence"], row["tempo_method"]) == \
-           (None, 70.0, 0.0, "estimates disagree")
+    assert (row["tempo"], row["tempo_raw"], row["tempo_confidence"], row["tempo_method"]) == (
+        None,
+        70.0,
+        0.0,
+        "estimates disagree",
+    )
 
 
-@pytest.mark.parametrize("cnn,beat,grid,expected", [
-    (140, 140.5, [0.8, 0.9, 0.0], (140, "agree")),                 # both right, hats on 8ths of 140
-    (70, 70.3, [0.8, 0.85, 0.9], (140, "agree, hats double")),     # both half-time: hats play 8ths of 140
-    (100, 100, [0.8, 0.85, 0.9], (100, "agree")),                  # 16th hats at 100: 200 is above the cap
-    (70, 140, [0.8, 0.85, 0.9], (140, "octave by hats")),          # octave apart: hats on 8ths of 140
-    (80, 160, [0.1, 0.8, 0.02], (80, "octave by hats")),           # lo-fi doubled by the tracker: hats at 80
-    (160, 80, [0.8, 0.02, 0.0], (80, "octave by hats")),           # TempoCNN doubled: hats at 80
-    (80, 160, [0.05, 0.1, 0.05], (None, "octave unresolved")),     # no hats to tell the octave
-    (90, 135, [0.8, 0.8, 0.0], (None, "estimates disagree")),      # 3:2 — not an octave
-    (90, None, [0.8, 0.8, 0.0], (None, "estimates disagree")),
-])
+@pytest.mark.parametrize(
+    "cnn,beat,grid,expected",
+    [
+        (140, 140.5, [0.8, 0.9, 0.0], (140, "agree")),  # both right, hats on 8ths of 140
+        (70, 70.3, [0.8, 0.85, 0.9], (140, "agree, hats double")),  # both half-time: hats play 8ths of 140
+        (100, 100, [0.8, 0.85, 0.9], (100, "agree")),  # 16th hats at 100: 200 is above the cap
+        (70, 140, [0.8, 0.85, 0.9], (140, "octave by hats")),  # octave apart: hats on 8ths of 140
+        (80, 160, [0.1, 0.8, 0.02], (80, "octave by hats")),  # lo-fi doubled by the tracker: hats at 80
+        (160, 80, [0.8, 0.02, 0.0], (80, "octave by hats")),  # TempoCNN doubled: hats at 80
+        (80, 160, [0.05, 0.1, 0.05], (None, "octave unresolved")),  # no hats to tell the octave
+        (90, 135, [0.8, 0.8, 0.0], (None, "estimates disagree")),  # 3:2 — not an octave
+        (90, None, [0.8, 0.8, 0.0], (None, "estimates disagree")),
+    ],
+)
 def test_reconcile_decides_the_octave_by_the_hat_grid(cnn, beat, grid, expected):
     assert tempo_key.reconcile(cnn, beat, grid) == expected
 
@@ -250,12 +304,12 @@ def test_grid_score_on_a_known_click_grid():
     click = (rng.standard_normal(200) * np.exp(-np.arange(200) / 30)).astype(np.float32)
     for t in np.arange(0, 11.5, 30 / 140):
         i = int(t * sr)
-        y[i:i + 200] += click
+        y[i : i + 200] += click
     ac = tempo_key.onset_autocorrelation(np.diff(y, prepend=0).astype(np.float32))
     assert tempo_key.grid_score(ac, 140) > 0.7
-    assert tempo_key.grid_score(ac, 70) > 0.7      # every 2nd click repeats too
-    assert tempo_key.grid_score(ac, 280) < 0.2     # nothing halfway between the clicks
-    assert tempo_key.grid_score(ac, 97) < 0.3      # an unrelated tempo
+    assert tempo_key.grid_score(ac, 70) > 0.7  # every 2nd click repeats too
+    assert tempo_key.grid_score(ac, 280) < 0.2  # nothing halfway between the clicks
+    assert tempo_key.grid_score(ac, 97) < 0.3  # an unrelated tempo
 
 
 def test_model_download_is_verified_and_atomic(tempocnn_graph, tmp_path):
@@ -280,8 +334,9 @@ def test_model_mirror_is_copied_into_the_cache_and_verified(tempocnn_graph, tmp_
     assert got.read_bytes() == tempocnn_graph.read_bytes()
 
 
-def test_a_clip_that_kills_its_worker_is_one_error_row_retried_next_run(clips_run, tempocnn_graph, tmp_path,
-                                                                       monkeypatch):
+def test_a_clip_that_kills_its_worker_is_one_error_row_retried_next_run(
+    clips_run, tempocnn_graph, tmp_path, monkeypatch
+):
     import functools
     from pathlib import Path
 
@@ -295,8 +350,9 @@ def test_a_clip_that_kills_its_worker_is_one_error_row_retried_next_run(clips_ru
     (dst / victim["path"]).rename(dst / new)
     victim["path"] = new
     seg.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(tempo_key, "_iter_results",
-                        functools.partial(tempo_key._iter_results, analyse=crashy.analyse_or_die))
+    monkeypatch.setattr(
+        tempo_key, "_iter_results", functools.partial(tempo_key._iter_results, analyse=crashy.analyse_or_die)
+    )
     summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), workers=2)
     got = {r["clip_id"]: r for r in read_jsonl(summary["output"])}
     crashed = [cid for cid, r in got.items() if (r["error"] or "").endswith(tempo_key.CRASHED)]

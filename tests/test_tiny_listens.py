@@ -30,8 +30,18 @@ def _sample(model, cond: dict) -> torch.Tensor:
     from stable_audio_tools.inference.generation import generate_diffusion_cond
 
     return generate_diffusion_cond(
-        model, steps=3, cfg_scale=7, sampler_type="dpmpp-3m-sde", sigma_min=0.3, sigma_max=500,
-        conditioning=[cond], sample_size=N, sample_rate=44100, seed=SEED, device="cpu")
+        model,
+        steps=3,
+        cfg_scale=7,
+        sampler_type="dpmpp-3m-sde",
+        sigma_min=0.3,
+        sigma_max=500,
+        conditioning=[cond],
+        sample_size=N,
+        sample_rate=44100,
+        seed=SEED,
+        device="cpu",
+    )
 
 
 def _assert_listens(model, label: str):
@@ -41,8 +51,9 @@ def _assert_listens(model, label: str):
         other = _sample(model, {**BASE, **change})
         assert torch.isfinite(other).all()
         diff = (other - base).abs().max().item()
-        assert diff > 1e-4 * max(base.abs().max().item(), 1e-6), \
+        assert diff > 1e-4 * max(base.abs().max().item(), 1e-6), (
             f"{label}: changing {what} left the audio unchanged (max |diff| {diff:.3g})"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +97,9 @@ def test_generate_stage_audio_depends_on_prompt_and_start(tiny_sao):
     s = gen.Settings(steps=2, seconds_total=3.0)
     a = gen.generate_audio(model, config, [BASE["prompt"]], 5, s, "cpu")[0][0]
     b = gen.generate_audio(model, config, [CHANGES["prompt"]["prompt"]], 5, s, "cpu")[0][0]
-    c = gen.generate_audio(model, config, [BASE["prompt"]], 5, gen.Settings(steps=2, seconds_total=3.0,
-                                                                              seconds_start=20.0), "cpu")[0][0]
+    c = gen.generate_audio(
+        model, config, [BASE["prompt"]], 5, gen.Settings(steps=2, seconds_total=3.0, seconds_start=20.0), "cpu"
+    )[0][0]
     assert a.shape == b.shape == c.shape
     assert not np.allclose(a, b), "different prompts, same seed: identical audio"
     assert not np.allclose(a, c), "different seconds_start, same seed: identical audio"
@@ -97,8 +109,7 @@ def test_tiny_clap_listens():
     model, processor = models.load_clap("tiny:clap")
     rng = np.random.default_rng(0)
     t = np.arange(48000 * 2) / 48000
-    clips = [0.3 * np.sin(2 * np.pi * 110 * t).astype(np.float32),
-             0.1 * rng.standard_normal(t.size).astype(np.float32)]
+    clips = [0.3 * np.sin(2 * np.pi * 110 * t).astype(np.float32), 0.1 * rng.standard_normal(t.size).astype(np.float32)]
     texts = ["deep sub bass", "bright synth bells"]
     with torch.no_grad():
         audio = model.get_audio_features(**processor(audio=clips, sampling_rate=48000, return_tensors="pt"))
@@ -119,7 +130,7 @@ def test_tiny_llm_listens():
         with torch.no_grad():
             logits = model(**enc).logits[0, -1]
         out = model.generate(**enc, max_new_tokens=6, do_sample=False)
-        return logits, out[0, enc.input_ids.shape[1]:].tolist()
+        return logits, out[0, enc.input_ids.shape[1] :].tolist()
 
     la, ga = run("Tags: trap, synth bells, 140 BPM")
     lb, gb = run("Tags: jazz, dusty piano, 85 BPM, warm")

@@ -39,15 +39,28 @@ def make_run(root: Path, n_sources: int = 2, starts=(1.0, 4.0), seconds=(0.6, 0.
         a = audio.to_stereo(a)
         for j, (start, dur) in enumerate(zip(starts, seconds)):
             cid = f"s{i}_c{j}"
-            clip = a[:, int(start * SR):int(start * SR) + int(dur * SR)]
+            clip = a[:, int(start * SR) : int(start * SR) + int(dur * SR)]
             audio.write_wav(clips_dir / f"{cid}.wav", clip, SR, subtype="FLOAT")
-            seg = {"clip_id": cid, "source": src.name, "start": start, "duration": clip.shape[1] / SR,
-                   "path": f"01_segment/clips/{cid}.wav", "status": "ok"}
+            seg = {
+                "clip_id": cid,
+                "source": src.name,
+                "start": start,
+                "duration": clip.shape[1] / SR,
+                "path": f"01_segment/clips/{cid}.wav",
+                "status": "ok",
+            }
             if source_duration:
                 seg["source_duration"] = a.shape[1] / SR
             segs.append(seg)
-            rows.append({"filepath": seg["path"], "start": start, "duration": seg["duration"],
-                         "prompt": f"A melancholic trap beat at {100 + i} BPM, with synth bells", "clip_id": cid})
+            rows.append(
+                {
+                    "filepath": seg["path"],
+                    "start": start,
+                    "duration": seg["duration"],
+                    "prompt": f"A melancholic trap beat at {100 + i} BPM, with synth bells",
+                    "clip_id": cid,
+                }
+            )
     (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in segs))
     (root / "04_prompts" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
@@ -109,7 +122,7 @@ def test_random_crop_start_is_clip_start_plus_offset(tmp_path):
         x, md = ds[0]
         offset = round((md["seconds_start"] - clip.start) * SR)
         offsets.add(offset)
-        np.testing.assert_allclose(x.numpy(), np.clip(whole[:, offset:offset + n], -1, 1), atol=1e-6)
+        np.testing.assert_allclose(x.numpy(), np.clip(whole[:, offset : offset + n], -1, 1), atol=1e-6)
         assert md["seconds_total"] == pytest.approx(clip.source_duration)
         assert bool(md["padding_mask"][0].all())
     assert len(offsets) > 1  # really random crops
@@ -139,6 +152,7 @@ def test_wrapper_sees_the_runs_start_times(tmp_path):
     import copy
 
     from stablebeat_utils import compat
+
     compat.apply()
     compat.stub_training_only_imports()
     from stable_audio_tools.training.factory import create_training_wrapper_from_config
@@ -149,15 +163,26 @@ def test_wrapper_sees_the_runs_start_times(tmp_path):
     clips = train.read_clips(run)
     model, cfg = models.load_sao("tiny:sao")
     model.model.requires_grad_(True)
-    tcfg = train.training_config(cfg, lr=1e-4, mode="full", lora_rank=4, lora_alpha=4, lora_adapter="lora",
-                                 pre_encode=False, ema=True, sample_size=4096, log_every=1000)
+    tcfg = train.training_config(
+        cfg,
+        lr=1e-4,
+        mode="full",
+        lora_rank=4,
+        lora_alpha=4,
+        lora_adapter="lora",
+        pre_encode=False,
+        ema=True,
+        sample_size=4096,
+        log_every=1000,
+    )
     wrapper = create_training_wrapper_from_config(tcfg, model)
     seen = []
     real_forward = model.conditioner.forward
 
     def spy(batch_metadata, device):
-        seen.extend(copy.deepcopy([{k: md[k] for k in ("prompt", "seconds_start", "seconds_total")}
-                                   for md in batch_metadata]))
+        seen.extend(
+            copy.deepcopy([{k: md[k] for k in ("prompt", "seconds_start", "seconds_total")} for md in batch_metadata])
+        )
         return real_forward(batch_metadata, device)
 
     model.conditioner.forward = spy
@@ -190,12 +215,15 @@ def test_killed_run_resumes_with_optimizer_ema_and_step(tmp_path):
 
     run = make_run(tmp_path / "run")
     ckpt_dir = run / "05_train" / "checkpoints"
-    code = ("from stablebeat_utils import train; "
-            f"train.run(run_dir={str(run)!r}, max_steps=200, checkpoint_every=1, keep_checkpoints=2, "
-            "batch_size=2, sample_seconds=0.1, demo_every=0, workers=0, log_every=1)")
+    code = (
+        "from stablebeat_utils import train; "
+        f"train.run(run_dir={str(run)!r}, max_steps=200, checkpoint_every=1, keep_checkpoints=2, "
+        "batch_size=2, sample_seconds=0.1, demo_every=0, workers=0, log_every=1)"
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -223,8 +251,13 @@ def test_killed_run_resumes_with_optimizer_ema_and_step(tmp_path):
     assert len(list(ckpt_dir.glob("step=*.ckpt"))) <= 3  # keep 2 (+1 if killed between save and prune)
 
     # run the stage again, asking for 2 more steps: it resumes without being told to
-    summary = train.run(run_dir=str(run), max_steps=step + 2, checkpoint_every=1, keep_checkpoints=2,
-                        **dict(FAST, demo_every=step + 2, demo_steps=2, demo_seconds=0.2))
+    summary = train.run(
+        run_dir=str(run),
+        max_steps=step + 2,
+        checkpoint_every=1,
+        keep_checkpoints=2,
+        **dict(FAST, demo_every=step + 2, demo_steps=2, demo_seconds=0.2),
+    )
     assert summary["resumed_from_step"] == step and summary["steps"] == step + 2
     assert summary["checkpoints"] == [f"step={step + 1}.ckpt", f"step={step + 2}.ckpt"]
     after = _checkpoint(ckpt_dir / f"step={step + 2}.ckpt")
@@ -257,17 +290,31 @@ def test_killed_run_resumes_with_optimizer_ema_and_step(tmp_path):
     export = Path(summary["export_dir"])
     model, cfg = models.load_sao(str(export))
     engine_state = load_ckpt_state_dict(str(export / "model.safetensors"))
-    ema_export_key = "model." + ema_key[len("diffusion_ema.ema_model."):]
+    ema_export_key = "model." + ema_key[len("diffusion_ema.ema_model.") :]
     torch.testing.assert_close(engine_state[ema_export_key], after["state_dict"][ema_key])
-    out = generate_diffusion_cond(model, steps=3, cfg_scale=7.0, sample_size=2048 * 4, seed=1, device="cpu",
-                                  conditioning=[{"prompt": "A dark cloud trap beat at 110 BPM", "seconds_start": 0,
-                                                 "seconds_total": 1}], sampler_type="dpmpp-3m-sde",
-                                  sigma_min=0.3, sigma_max=500, disable_tqdm=True)
+    out = generate_diffusion_cond(
+        model,
+        steps=3,
+        cfg_scale=7.0,
+        sample_size=2048 * 4,
+        seed=1,
+        device="cpu",
+        conditioning=[{"prompt": "A dark cloud trap beat at 110 BPM", "seconds_start": 0, "seconds_total": 1}],
+        sampler_type="dpmpp-3m-sde",
+        sigma_min=0.3,
+        sigma_max=500,
+        disable_tqdm=True,
+    )
     assert out.shape == (1, 2, 2048 * 4) and bool(out.isfinite().all())
 
     # done: the same call again only reports
-    again = train.run(run_dir=str(run), max_steps=step + 2, checkpoint_every=1, keep_checkpoints=2,
-                      **dict(FAST, demo_every=step + 2, demo_steps=2, demo_seconds=0.2))
+    again = train.run(
+        run_dir=str(run),
+        max_steps=step + 2,
+        checkpoint_every=1,
+        keep_checkpoints=2,
+        **dict(FAST, demo_every=step + 2, demo_steps=2, demo_seconds=0.2),
+    )
     assert again["skipped"] and again["steps"] == step + 2
 
     # checkpoints made in full mode are not silently resumed as LoRA
@@ -279,6 +326,7 @@ def test_lora_pre_encoded_run_exports_adapters(tmp_path, monkeypatch):
     import torch
 
     from stablebeat_utils import compat, models
+
     compat.apply()
     from stable_audio_tools.models.lora import load_and_apply_loras
     from stable_audio_tools.models.pretransforms import AutoencoderPretransform
@@ -292,14 +340,16 @@ def test_lora_pre_encoded_run_exports_adapters(tmp_path, monkeypatch):
 
     monkeypatch.setattr(AutoencoderPretransform, "encode", counting_encode)
     run = make_run(tmp_path / "run")
-    kw = dict(FAST, mode="lora", lora_rank=4, lora_alpha=4.0, pre_encode=True, lr=1e-2, checkpoint_every=2,
-              keep_checkpoints=1)
+    kw = dict(
+        FAST, mode="lora", lora_rank=4, lora_alpha=4.0, pre_encode=True, lr=1e-2, checkpoint_every=2, keep_checkpoints=1
+    )
     summary = train.run(run_dir=str(run), max_steps=2, **kw)
     n_clips = summary["clips"]
     assert summary["pre_encoded"] == {"encoded": n_clips, "reused": 0}
     assert len(calls) == n_clips  # the VAE ran once per clip, never in the training loop
     latent = run / "05_train" / "latents" / "s0_c1.safetensors"
     from safetensors import safe_open
+
     with safe_open(str(latent), "pt") as fh:
         assert fh.metadata()["start"] == "4.0" and fh.get_tensor("latents").shape[0] == 64
 
@@ -434,13 +484,26 @@ def test_two_processes_ddp_by_fork_summary_export_and_resume(tmp_path, monkeypat
     run = make_run(tmp_path / "run")
     ckpt_dir = run / "05_train" / "checkpoints"
     ddp = dict(accelerator="cpu", devices=2, strategy="ddp_notebook")
-    common = dict(checkpoint_every=1, keep_checkpoints=2, batch_size=1, sample_seconds=0.1, demo_every=0, workers=0,
-                  log_every=1, **ddp)
-    code = ("from stablebeat_utils import train; "
-            f"train.run(run_dir={str(run)!r}, max_steps=200, **{common!r})")
+    common = dict(
+        checkpoint_every=1,
+        keep_checkpoints=2,
+        batch_size=1,
+        sample_seconds=0.1,
+        demo_every=0,
+        workers=0,
+        log_every=1,
+        **ddp,
+    )
+    code = f"from stablebeat_utils import train; train.run(run_dir={str(run)!r}, max_steps=200, **{common!r})"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=str(REPO),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -486,12 +549,17 @@ def test_two_processes_ddp_by_fork_summary_export_and_resume(tmp_path, monkeypat
     assert after["global_step"] == step + 2 and int(after["state_dict"]["diffusion_ema.step"]) == step + 2
     # the export is the EMA weights of the last step, as the ranks trained them
     exported = load_file(str(Path(summary["export_dir"]) / "model.safetensors"))
-    ema = {k[len("diffusion_ema.ema_model."):]: v for k, v in after["state_dict"].items()
-           if k.startswith("diffusion_ema.ema_model.")}
+    ema = {
+        k[len("diffusion_ema.ema_model.") :]: v
+        for k, v in after["state_dict"].items()
+        if k.startswith("diffusion_ema.ema_model.")
+    }
     assert ema
     for k, v in ema.items():
         assert torch_equal(exported[f"model.{k}"], v), k
-    online = {k[len("diffusion.model."):]: v for k, v in after["state_dict"].items() if k.startswith("diffusion.model.")}
+    online = {
+        k[len("diffusion.model.") :]: v for k, v in after["state_dict"].items() if k.startswith("diffusion.model.")
+    }
     assert any(not torch_equal(exported[f"model.{k}"], v) for k, v in online.items())  # EMA, not the online weights
 
 
@@ -499,6 +567,8 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a.float(), b.float()))
+
+
 # ------------------------------------------------------------------------------------------
 # issue 16: FLAC clips, compact latents, seconds_start under latent crops
 
@@ -523,7 +593,7 @@ def test_compact_latents_are_fp16_unless_they_would_overflow():
     half = train.compact_latents(lat)
     assert half.dtype == torch.float16
     rel = float((half.float() - lat).abs().max() / lat.abs().max())
-    assert rel < 2 ** -11  # fp16 rounding, not bf16's 2^-8
+    assert rel < 2**-11  # fp16 rounding, not bf16's 2^-8
     big = lat.clone()
     big[0, 0] = 1e6
     assert train.compact_latents(big).dtype == torch.float32  # never inf on disk
@@ -588,6 +658,7 @@ def test_mirror_to_a_vanished_or_full_drive_warns_and_keeps_what_was_there(tmp_p
     assert sorted(p.name for p in (drive / "ckpts").iterdir()) == ["step=3.ckpt"]
     # Drive unmounted: the folder is gone (a file stands where the mount was)
     import shutil
+
     shutil.rmtree(drive)
     drive.write_text("not a folder any more")
     src2 = _fake_ckpt(tmp_path / "local" / "step=4.ckpt", 4)
@@ -615,8 +686,9 @@ def test_accumulation_epoch_checkpoints_local_first_and_resume_past_a_cut_copy(t
     skipped and the run resumes from the previous complete one."""
     run = make_run(tmp_path / "run")  # 4 clips, batch 2: 2 batches = 1 optimizer step per epoch
     local = tmp_path / "local_disk"
-    kw = dict(FAST, grad_accum=2, checkpoint_every=1000, keep_checkpoints=2, local_checkpoint_dir=str(local),
-              max_steps=0)
+    kw = dict(
+        FAST, grad_accum=2, checkpoint_every=1000, keep_checkpoints=2, local_checkpoint_dir=str(local), max_steps=0
+    )
     summary = train.run(run_dir=str(run), epochs=2, **kw)
     assert summary["steps"] == 2 and summary["effective_batch"] == 4
     drive = run / "05_train" / "checkpoints"
@@ -626,6 +698,7 @@ def test_accumulation_epoch_checkpoints_local_first_and_resume_past_a_cut_copy(t
     assert (drive / "step=2.ckpt").read_bytes() == (local_run / "step=2.ckpt").read_bytes()
     # a new Colab machine (local disk empty) and a copy cut by a disconnect
     import shutil
+
     shutil.rmtree(local)
     p = drive / "step=2.ckpt"
     p.write_bytes(p.read_bytes()[:1000])
