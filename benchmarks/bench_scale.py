@@ -111,6 +111,9 @@ def main() -> None:
                     continue
                 row[stage] = run_stage(stage, run_dir, sub, args.workers, tmp / f"{n}_{stage}.log")
                 print(f"{n} tracks {stage}: {json.dumps(row[stage])}", flush=True)
+                results["sizes"][n] = row
+                if args.json:  # after every stage: a rehearsal of hours keeps what it measured if stopped
+                    Path(args.json).write_text(json.dumps(results, indent=1))
             segs = [json.loads(x) for x in (run_dir / "01_segment" / "segments.jsonl").read_text().splitlines()]
             row["clips"] = sum(1 for r in segs if r["status"] == "ok")
             row["clip_hours"] = round(sum(r["duration"] for r in segs if r["status"] == "ok") / 3600, 3)
