@@ -69,7 +69,16 @@ from typing import Any
 import numpy as np
 
 from . import audio as audio_io
-from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, read_jsonl
+from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the names 05b and the tests use)
+    _CKPT_RE,
+    RESUME_KEYS,
+    checkpoint_problem,
+    local_checkpoint_folder,
+    mirror_checkpoint,
+    newest_checkpoint,
+    prune_checkpoints,
+)
+from .runs import Run, atomic_path, atomic_write_json, read_jsonl
 from .stage import begin
 
 STAGE = "05_train"
@@ -77,10 +86,6 @@ MODES = ("full", "lora")
 ADAPTERS = ("lora", "dora")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("adamw", "adamw8bit")
-CARD_SAMPLER = {"sampler_type": "dpmpp-3m-sde", "sigma_min": 0.3, "sigma_max": 500}  # SAO 1.0 model card
-#: what a checkpoint must agree on to be resumed (changing anything else, e.g. lr or max_steps, is fine)
-RESUME_KEYS = ("base_model", "mode", "lora_rank", "lora_alpha", "lora_adapter", "pre_encode", "ema")
-_CKPT_RE = re.compile(r"^step=(\d+)\.ckpt$")
 
 
 class TrainError(RuntimeError):
@@ -435,325 +440,13 @@ def _lightning():
     return pl
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint, or None. ``torch.save`` writes a zip whose central
-    directory comes last: a copy cut by a disconnect (a Drive sync, a full disk) has none."""
-    import zipfile
+def _lightning_classes():
+    """:mod:`stablebeat_utils.train_lightning`, imported on first use: importing Lightning and the
+    engine takes seconds, so ``import stablebeat_utils.train`` does not (the version check first)."""
+    _lightning()
+    from . import train_lightning
 
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        return f"incomplete or unreadable ({type(exc).__name__}: {exc})"
-    if not any(n.endswith("data.pkl") for n in names):
-        return "not a torch checkpoint (no data.pkl inside)"
-    return None
-
-
-def newest_checkpoint(*ckpt_dirs: Path, quiet: bool = False) -> Path | None:
-    """The complete checkpoint with the highest step in any of ``ckpt_dirs`` (temporary files ignored).
-
-    With the same step in several folders the first folder wins (the fast local copy). A checkpoint
-    that is cut short (a disconnect mid-write or mid-copy) is skipped with a message naming it, and
-    the previous complete one is used.
-    """
-    found = []
-    for rank, ckpt_dir in enumerate(ckpt_dirs):
-        ckpt_dir = Path(ckpt_dir)
-        if ckpt_dir.is_dir():
-            for p in ckpt_dir.iterdir():
-                m = _CKPT_RE.match(p.name)
-                if m:
-                    found.append((-int(m.group(1)), rank, p))
-    for _, _, p in sorted(found):
-        problem = checkpoint_problem(p)
-        if problem is None:
-            return p
-        if not quiet:
-            print(f"{STAGE}: skipping checkpoint {p}: {problem} — resuming from the previous complete one")
-    return None
-
-
-def local_checkpoint_folder(local_checkpoint_dir: str, run_root: Path) -> Path | None:
-    """This run's folder under ``local_checkpoint_dir`` (one folder per run folder), or None when unset."""
-    if not local_checkpoint_dir:
-        return None
-    key = hashlib.sha256(str(Path(run_root).resolve()).encode()).hexdigest()[:10]
-    return Path(local_checkpoint_dir).expanduser() / f"{Path(run_root).name}-{key}"
-
-
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Keep the ``keep`` highest-step ``step=N.ckpt`` files of ``folder``; remove temp files of cut writes."""
-    if not folder.is_dir():
-        return
-    found = sorted((int(_CKPT_RE.match(p.name).group(1)), p) for p in folder.iterdir() if _CKPT_RE.match(p.name))
-    for _, old in found[:-keep]:
-        old.unlink(missing_ok=True)
-
-
-def mirror_checkpoint(path: Path, mirror_dir: Path, keep: int) -> Path | None:
-    """Copy ``path`` atomically into ``mirror_dir`` (temp file, fsync, rename), then prune it to ``keep``.
-
-    Returns the mirrored path, or None with a warning when the copy fails (the run folder's disk
-    is full, read-only, or a Drive that went away): training goes on from the local copy and the
-    next checkpoint tries again. Nothing already mirrored is touched by a failed copy.
-    """
-    import shutil
-    import sys
-
-    try:
-        mirror_dir.mkdir(parents=True, exist_ok=True)
-        target = mirror_dir / path.name
-        with atomic_path(target) as tmp:
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 16 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-        prune_checkpoints(mirror_dir, keep)
-        return target
-    except (OSError, RunFolderError) as exc:
-        print(
-            f"{STAGE}: WARNING could not copy checkpoint {path.name} to {mirror_dir} "
-            f"({getattr(exc, 'strerror', None) or exc}). Training goes on; the checkpoint is kept in {path.parent} and the "
-            "next checkpoint tries the copy again. Free space / remount Drive.",
-            file=sys.stderr,
-        )
-        return None
-
-
-def _make_classes():
-    """Lightning classes, built on first use (importing Lightning and the engine is slow)."""
-    from . import compat
-
-    compat.apply()
-    compat.stub_training_only_imports()
-    import torch
-    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-    from stable_audio_tools.models.lora import get_lora_state_dict
-    from stable_audio_tools.training.diffusion import DiffusionCondTrainingWrapper
-
-    pl = _lightning()
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        """Checkpoints written to a temporary file and renamed (a kill never leaves half a file);
-        read back with ``torch.load(weights_only=True)`` (no arbitrary pickles). With ``mirror_dir``
-        the file is first written to fast local disk, then copied atomically to ``mirror_dir`` (the
-        run folder, e.g. on Drive) where the newest ``keep`` are kept."""
-
-        def __init__(self, mirror_dir: Path | None = None, keep: int = 1):
-            super().__init__()
-            self.mirror_dir, self.keep = mirror_dir, keep
-
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
-            if self.mirror_dir is not None and Path(path).parent.resolve() != Path(self.mirror_dir).resolve():
-                mirror_checkpoint(Path(path), Path(self.mirror_dir), self.keep)
-
-        def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=True):
-            return torch.load(path, map_location=map_location, weights_only=True)
-
-    class Wrapper(DiffusionCondTrainingWrapper):
-        """The engine's wrapper with smaller, resumable checkpoints.
-
-        The frozen VAE is left out of checkpoints (it comes from the base model); in LoRA mode only
-        the adapters are kept — but unlike the engine (which clears the checkpoint to the adapters
-        and loses optimizer and step), the optimizer, scheduler and loop state stay, so LoRA runs
-        resume too. On load the left-out weights are taken from the freshly loaded base model, and
-        the run's settings are compared with the checkpoint's.
-        """
-
-        stablebeat_info: dict = {}
-        parent_pid: int = -1  # the process that called fit (set in run): ranks forked from it differ
-
-        def setup(self, stage):
-            # before Lightning restores a checkpoint into this rank: see compat.single_thread_if_forked
-            if self.parent_pid > 0:
-                compat.single_thread_if_forked(self.parent_pid)
-            super().setup(stage)
-
-        def _kept_keys(self, state: dict) -> set:
-            if self.lora_config is not None:
-                lora = {f"diffusion.model.{k}" for k in get_lora_state_dict(self.diffusion.model)}
-                lora |= {f"diffusion.conditioner.{k}" for k in get_lora_state_dict(self.diffusion.conditioner)}
-                return {k for k in state if k in lora}
-            return {k for k in state if not k.startswith("diffusion.pretransform.")}
-
-        def on_save_checkpoint(self, checkpoint):
-            state = checkpoint["state_dict"]
-            keep = self._kept_keys(state)
-            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
-            checkpoint["stablebeat"] = dict(self.stablebeat_info)
-
-        def on_load_checkpoint(self, checkpoint):
-            saved = checkpoint.get("stablebeat") or {}
-            diff = {
-                k: (saved.get(k), self.stablebeat_info.get(k))
-                for k in RESUME_KEYS
-                if saved.get(k) != self.stablebeat_info.get(k)
-            }
-            if diff:
-                what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-                raise TrainError(
-                    f"the checkpoints in {self.stablebeat_info.get('checkpoint_dir')} were made with "
-                    f"other settings ({what}). Use a new run_dir, put the settings back, or delete "
-                    "that folder to start over."
-                )
-            state = checkpoint["state_dict"]
-            current = self.state_dict()
-            kept = self._kept_keys(current)
-            for k, v in current.items():
-                if k not in kept:
-                    state.setdefault(k, v)
-
-    class CurveLogger(pl.Callback):
-        """Loss, learning rate and seconds per step, every step, to every logger (CSV, TensorBoard, W&B)."""
-
-        def __init__(self):
-            self.t0 = None
-            self.step_seconds: list[float] = []
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            dt = time.perf_counter() - self.t0
-            self.step_seconds.append(dt)
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            metrics = {
-                "loss": float(loss.detach().float().cpu()),
-                "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-                "epoch": trainer.current_epoch,
-                "step_seconds": dt,
-            }
-            for lg in trainer.loggers:
-                lg.log_metrics(metrics, step=trainer.global_step)
-
-    class DemoCallback(pl.Callback):
-        """Every ``every`` steps: generate the card's prompts (EMA weights when there are) to WAV files.
-
-        Our own callback: the engine's demo callback saves with ``torchaudio.save``.
-        """
-
-        def __init__(self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0):
-            self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
-            self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
-            self._demo_log = None
-            self.last_epoch = -1
-
-        def on_train_epoch_end(self, trainer, module):
-            # at least one demo per epoch: a small set finishes epochs in fewer than ``every`` steps
-            step = trainer.global_step
-            if self.every <= 0 or self.last_epoch == trainer.current_epoch or step == self.last or step == 0:
-                return
-            if trainer.is_global_zero:
-                self.last = step
-                self.generate(trainer, module, step)
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            step = trainer.global_step
-            if self.every <= 0 or step == 0 or step % self.every or step == self.last or not trainer.is_global_zero:
-                return
-            self.last = step
-            self.last_epoch = trainer.current_epoch
-            self.generate(trainer, module, step)
-
-        @torch.no_grad()
-        def generate(self, trainer, module, step):
-            from stable_audio_tools.inference.generation import generate_diffusion_cond
-
-            self._demo_log = self._demo_log or JsonlLog(self.out_dir / "demos.jsonl", key="file")
-            diffusion = module.diffusion
-            online = diffusion.model
-            was_training = module.training
-            module.eval()
-            if module.diffusion_ema is not None:
-                diffusion.model = module.diffusion_ema.ema_model
-            ratio = diffusion.pretransform.downsampling_ratio if diffusion.pretransform is not None else 1
-            sr = int(diffusion.sample_rate)
-            n = max(1, math.ceil(self.seconds * sr / ratio)) * ratio
-            try:
-                for i, prompt in enumerate(self.prompts):
-                    with trainer.strategy.precision_plugin.forward_context():
-                        out = generate_diffusion_cond(
-                            diffusion,
-                            steps=self.steps,
-                            cfg_scale=self.cfg,
-                            conditioning=[{"prompt": prompt, "seconds_start": 0, "seconds_total": self.seconds}],
-                            sample_size=n,
-                            seed=self.seed + i,
-                            device=module.device,
-                            apg_scale=0.0,
-                            disable_tqdm=True,
-                            **CARD_SAMPLER,
-                        )
-                    wav = out[0].float().cpu().numpy()
-                    peak = float(np.max(np.abs(wav))) if wav.size else 0.0
-                    if peak > 0:
-                        wav = wav / peak * 0.9  # a demo is for listening: normalise the level
-                    name = f"step{step:08d}_{i}.wav"
-                    with atomic_path(self.out_dir / name) as tmp:
-                        audio_io.write_wav(tmp, wav, sr)
-                    self._demo_log.append(
-                        {
-                            "file": name,
-                            "step": step,
-                            "prompt": prompt,
-                            "seconds": self.seconds,
-                            "steps": self.steps,
-                            "cfg": self.cfg,
-                            "ema": module.diffusion_ema is not None,
-                        }
-                    )
-            finally:
-                diffusion.model = online
-                module.train(was_training)
-
-    class KeepNewest(pl.callbacks.ModelCheckpoint):
-        """Save every N steps, every ``minutes`` of training and at the end of every epoch (so a small
-        set, with fewer steps than N per run, still has one per epoch); then keep the ``keep``
-        highest-step files of the folder.
-
-        Pruning by what is on disk (not by Lightning's in-memory list, which a resumed run does
-        not restore) also clears checkpoints left behind by a killed session.
-        """
-
-        def __init__(self, keep: int, minutes: float = 0.0, **kwargs):
-            super().__init__(**kwargs)
-            self.keep, self.minutes = keep, float(minutes)
-            self.saved_step, self.saved_at = -1, time.monotonic()
-
-        def on_train_end(self, trainer, pl_module):
-            # the last step is always checkpointed, so a finished run resumes (or extends) from its
-            # end; here, in the process(es) that trained (under DDP by fork the notebook's own
-            # trainer never sees a step)
-            super().on_train_end(trainer, pl_module)
-            last = Path(self.dirpath) / f"step={trainer.global_step}.ckpt"
-            if trainer.global_step > 0 and not last.exists():
-                self._save_checkpoint(trainer, str(last))
-
-        def _save_checkpoint(self, trainer, filepath):
-            super()._save_checkpoint(trainer, filepath)
-            self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
-            if trainer.is_global_zero:
-                prune_checkpoints(Path(self.dirpath), self.keep)
-
-        def _save_now(self, trainer):
-            if trainer.global_step > 0 and trainer.global_step != self.saved_step:
-                self._save_checkpoint(trainer, str(Path(self.dirpath) / f"step={trainer.global_step}.ckpt"))
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
-            if self.minutes > 0 and trainer.global_step != self.saved_step:
-                due = time.monotonic() - self.saved_at >= self.minutes * 60
-                if trainer.strategy.broadcast(due):  # every rank takes the same decision
-                    self._save_now(trainer)
-
-        def on_train_epoch_end(self, trainer, module):
-            super().on_train_epoch_end(trainer, module)
-            self._save_now(trainer)
-
-    return AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest
+    return train_lightning
 
 
 # --------------------------------------------------------------------------------------------
@@ -976,7 +669,7 @@ def run(
     pl = _lightning()
     from stable_audio_tools.training.factory import create_training_wrapper_from_config
 
-    AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest = _make_classes()
+    tl = _lightning_classes()
     ckpt_dir = stage_dir / "checkpoints"
     local_dir = local_checkpoint_folder(local_checkpoint_dir, run_.root)
     ckpt_dirs = [d for d in (local_dir, ckpt_dir) if d is not None]
@@ -1072,9 +765,10 @@ def run(
     loader = make_loader(dataset, batch_size, workers, shuffle=True, seed=session_seed)
 
     wrapper = create_training_wrapper_from_config(cfg, model)
-    wrapper.__class__ = Wrapper  # same object, our checkpoint hooks (see Wrapper)
+    wrapper.__class__ = tl.Wrapper  # same object, our checkpoint hooks (see Wrapper)
     trainable = sum(p.numel() for p in wrapper.diffusion.parameters() if p.requires_grad)
     wrapper.parent_pid = os.getpid()
+    wrapper.settings_error = TrainError
     wrapper.stablebeat_info = {
         "base_model": base_model,
         "mode": mode,
@@ -1090,7 +784,7 @@ def run(
     from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
-    checkpointer = KeepNewest(
+    checkpointer = tl.KeepNewest(
         keep_checkpoints,
         minutes=checkpoint_minutes,
         dirpath=str(local_dir or ckpt_dir),
@@ -1100,10 +794,10 @@ def run(
         auto_insert_metric_name=False,
         save_on_train_epoch_end=False,
     )
-    curves = CurveLogger()
+    curves = tl.CurveLogger()
     callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
     prompts = card_prompts()[: max(0, num_demos)]
-    demos = DemoCallback(demo_every, prompts, demo_steps, demo_cfg, demo_seconds, stage_dir / "demos", seed)
+    demos = tl.DemoCallback(demo_every, prompts, demo_steps, demo_cfg, demo_seconds, stage_dir / "demos", seed)
     if demo_every > 0 and prompts:
         callbacks.append(demos)
     loggers = [CSVLogger(str(stage_dir), name="logs")]
@@ -1128,7 +822,7 @@ def run(
         accumulate_grad_batches=grad_accum,
         callbacks=callbacks,
         logger=loggers,
-        plugins=[AtomicCheckpointIO(ckpt_dir if local_dir is not None else None, keep_checkpoints)],
+        plugins=[tl.AtomicCheckpointIO(ckpt_dir if local_dir is not None else None, keep_checkpoints)],
         log_every_n_steps=max(1, log_every),
         enable_checkpointing=True,
         enable_model_summary=False,
