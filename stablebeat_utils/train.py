@@ -64,7 +64,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -443,6 +443,10 @@ def _lightning():
 def _lightning_classes():
     """:mod:`stablebeat_utils.train_lightning`, imported on first use: importing Lightning and the
     engine takes seconds, so ``import stablebeat_utils.train`` does not (the version check first)."""
+    from . import compat
+
+    compat.apply()
+    compat.stub_training_only_imports()
     _lightning()
     from . import train_lightning
 
@@ -655,21 +659,62 @@ def run(
     _validate(params)
     t_start = time.perf_counter()
     stage_dir = run_.stage_dir(stage)
-    export_dir = stage_dir / "export"
-    if run_.is_done(stage, params) and (export_dir / "model.safetensors").is_file():
+    if run_.is_done(stage, params) and (stage_dir / "export" / "model.safetensors").is_file():
         return dict(run_.stage_record(stage)["summary"], skipped=True)
     clips = read_clips(run_dir) if clips is None else clips
-
-    from . import compat, models
-
-    compat.apply()
-    compat.stub_training_only_imports()
-    import torch
-
-    pl = _lightning()
-    from stable_audio_tools.training.factory import create_training_wrapper_from_config
+    p = SimpleNamespace(**params)
 
     tl = _lightning_classes()
+    folders = _checkpoint_folders(run_, stage_dir, local_checkpoint_dir)
+    # a resumed session draws new crops, noise and shuffles (not a replay of the first session's)
+    session_seed = seed + (folders.resumed_step or 0)
+    tl.pl.seed_everything(session_seed, workers=True, verbose=False)
+    device, prec, gpu_estimate = _plans_and_preflight(run_, p, clips, folders.local)
+    model, model_config, cfg, window = _load_for_training(p)
+    enc, loader = _training_data(p, model, model_config, clips, stage_dir, window, device, session_seed)
+    wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
+    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders)
+    facts = {  # what the summary reports from before training
+        "clips": len(clips),
+        "trainable_parameters": int(sum(q.numel() for q in wrapper.diffusion.parameters() if q.requires_grad)),
+        "gpu_estimate_gb": gpu_estimate,
+        "resumed_from_step": folders.resumed_step,
+        "window_seconds": round(window / int(model_config["sample_rate"]), 3),
+        "pre_encoded": enc,
+    }
+    trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=folders.resume_path, weights_only=True)
+    if not trainer.is_global_zero:
+        return {}
+    export_cfg = export_config(model_config, t5_model)
+    summary = _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir, folders, facts, t_start)
+    run_.mark_done(stage, params=params, **summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of run()
+
+
+@dataclass(frozen=True)
+class _CheckpointFolders:
+    """Where a session's checkpoints go, and the one it resumes from."""
+
+    drive: Path  # RUN_DIR/<stage>/checkpoints: the run folder (on Colab, Drive)
+    local: Path | None  # under local_checkpoint_dir: written there first, then mirrored to ``drive``
+    resume: Path | None  # the newest complete checkpoint of either folder
+    resumed_step: int | None
+
+    @property
+    def both(self) -> list[Path]:
+        return [d for d in (self.local, self.drive) if d is not None]
+
+    @property
+    def resume_path(self) -> str | None:
+        return str(self.resume) if self.resume else None
+
+
+def _checkpoint_folders(run_, stage_dir: Path, local_checkpoint_dir: str) -> _CheckpointFolders:
+    """The checkpoint folders (a write cut by a kill cleared away) and the checkpoint to resume from."""
     ckpt_dir = stage_dir / "checkpoints"
     local_dir = local_checkpoint_folder(local_checkpoint_dir, run_.root)
     ckpt_dirs = [d for d in (local_dir, ckpt_dir) if d is not None]
@@ -678,37 +723,47 @@ def run(
             stale.unlink(missing_ok=True)
     resume = newest_checkpoint(*ckpt_dirs)
     resumed_step = int(_CKPT_RE.match(resume.name).group(1)) if resume is not None else None
-    # a resumed session draws new crops, noise and shuffles (not a replay of the first session's)
-    session_seed = seed + (resumed_step or 0)
-    pl.seed_everything(session_seed, workers=True, verbose=False)
+    return _CheckpointFolders(ckpt_dir, local_dir, resume, resumed_step)
 
+
+def _plans_and_preflight(run_, p, clips: list[Clip], local_dir: Path | None) -> tuple[str, str, float | None]:
+    """``(device, precision, GPU estimate)`` — after the storage plan, the GPU-memory preflight and the
+    optimizer's needs are checked: each STOPs here, before the model is loaded."""
+    from . import models
+
+    accelerator = p.accelerator
     device = models.pick_device("auto" if accelerator == "auto" else ("cuda" if accelerator == "gpu" else accelerator))
     _plan_storage(
         run_,
-        base_model,
+        p.base_model,
         clips,
-        mode=mode,
-        ema=ema,
-        optimizer=optimizer,
-        lora_rank=lora_rank,
-        pre_encode=pre_encode,
-        keep_checkpoints=keep_checkpoints,
+        mode=p.mode,
+        ema=p.ema,
+        optimizer=p.optimizer,
+        lora_rank=p.lora_rank,
+        pre_encode=p.pre_encode,
+        keep_checkpoints=p.keep_checkpoints,
         local_dir=local_dir,
-        export_merged=export_merged,
+        export_merged=p.export_merged,
     )
-    prec = pick_precision(precision, device, devices)
+    prec = pick_precision(p.precision, device, p.devices)
     gpu_estimate = _preflight_gpu(
         device,
-        base_model,
-        mode=mode,
+        p.base_model,
+        mode=p.mode,
         precision=prec,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        sample_seconds=sample_seconds,
-        optimizer=optimizer,
-        ema=ema,
-        lora_rank=lora_rank,
+        batch_size=p.batch_size,
+        grad_accum=p.grad_accum,
+        sample_seconds=p.sample_seconds,
+        optimizer=p.optimizer,
+        ema=p.ema,
+        lora_rank=p.lora_rank,
     )
+    _check_optimizer(p.optimizer, device)
+    return device, prec, gpu_estimate
+
+
+def _check_optimizer(optimizer: str, device: str) -> None:
     if optimizer == "adamw8bit":
         import importlib.util
 
@@ -719,24 +774,34 @@ def run(
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TrainError("optimizer='adamw8bit' needs the bitsandbytes package: pip install bitsandbytes")
-    model, model_config = models.load_sao(base_model, device="cpu", t5_source=t5_model or None)
+
+
+def _downsampling(model) -> int:
+    return model.pretransform.downsampling_ratio if model.pretransform is not None else 1
+
+
+def _load_for_training(p):
+    """``(model, model_config, training config, window in samples)``: the base model made trainable."""
+    from . import models
+
+    model, model_config = models.load_sao(p.base_model, device="cpu", t5_source=p.t5_model or None)
     sr = int(model_config["sample_rate"])
-    ratio = model.pretransform.downsampling_ratio if model.pretransform is not None else 1
-    window = int(model_config["sample_size"]) if sample_seconds == 0 else int(round(sample_seconds * sr))
+    ratio = _downsampling(model)
+    window = int(model_config["sample_size"]) if p.sample_seconds == 0 else int(round(p.sample_seconds * sr))
     window = max(1, math.ceil(window / ratio)) * ratio  # whole latent frames
     cfg = training_config(
         model_config,
-        lr=lr,
-        mode=mode,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_adapter=lora_adapter,
-        pre_encode=pre_encode,
-        ema=ema,
+        lr=p.lr,
+        mode=p.mode,
+        lora_rank=p.lora_rank,
+        lora_alpha=p.lora_alpha,
+        lora_adapter=p.lora_adapter,
+        pre_encode=p.pre_encode,
+        ema=p.ema,
         sample_size=window,
-        log_every=log_every,
-        padding_loss_weight=padding_loss_weight,
-        optimizer=optimizer,
+        log_every=p.log_every,
+        padding_loss_weight=p.padding_loss_weight,
+        optimizer=p.optimizer,
     )
 
     # load_sao hands back an inference model (all frozen); trainable again as a freshly built
@@ -746,84 +811,103 @@ def run(
     model.conditioner.requires_grad_(True)
     if model.pretransform is not None:
         model.pretransform.eval().requires_grad_(False)
+    return model, model_config, cfg, window
 
-    # data
-    if pre_encode:
+
+def _training_data(p, model, model_config, clips, stage_dir: Path, window: int, device: str, session_seed: int):
+    """``(pre-encoding summary or None, DataLoader)``: raw audio windows, or latents encoded once."""
+    sr, ratio = int(model_config["sample_rate"]), _downsampling(model)
+    if p.pre_encode:
         latents_dir = stage_dir / "latents"
-        fingerprint = _vae_fingerprint(model_config, base_model)
-        if str(device).startswith("cuda") and devices != 1 and latents_todo(clips, latents_dir, fingerprint):
+        fingerprint = _vae_fingerprint(model_config, p.base_model)
+        if str(device).startswith("cuda") and p.devices != 1 and latents_todo(clips, latents_dir, fingerprint):
             # several GPUs: Lightning starts its processes by fork (in a notebook) and refuses a
             # parent whose CUDA is initialised, so the GPU encoding runs in a fresh process
-            enc = _pre_encode_in_child(base_model, t5_model, clips, latents_dir, fingerprint, device, seed)
+            enc = _pre_encode_in_child(p.base_model, p.t5_model, clips, latents_dir, fingerprint, device, p.seed)
         else:
-            enc = pre_encode_clips(model, clips, latents_dir, fingerprint, device=device, seed=seed)
+            enc = pre_encode_clips(model, clips, latents_dir, fingerprint, device=device, seed=p.seed)
         model.pretransform.to("cpu")
-        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, random_crop, seed)
+        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, p.random_crop, p.seed)
     else:
         enc = None
-        dataset = ClipDataset(clips, sr, window, random_crop, seed)
-    loader = make_loader(dataset, batch_size, workers, shuffle=True, seed=session_seed)
+        dataset = ClipDataset(clips, sr, window, p.random_crop, p.seed)
+    return enc, make_loader(dataset, p.batch_size, p.workers, shuffle=True, seed=session_seed)
+
+
+def _training_wrapper(p, tl, cfg: dict, model, ckpt_dir: Path):
+    """The engine's training wrapper (the card's recipe) with our checkpoint hooks (``train_lightning.Wrapper``)."""
+    from stable_audio_tools.training.factory import create_training_wrapper_from_config
 
     wrapper = create_training_wrapper_from_config(cfg, model)
     wrapper.__class__ = tl.Wrapper  # same object, our checkpoint hooks (see Wrapper)
-    trainable = sum(p.numel() for p in wrapper.diffusion.parameters() if p.requires_grad)
     wrapper.parent_pid = os.getpid()
     wrapper.settings_error = TrainError
+    lora = p.mode == "lora"
     wrapper.stablebeat_info = {
-        "base_model": base_model,
-        "mode": mode,
-        "lora_rank": lora_rank if mode == "lora" else None,
-        "lora_alpha": lora_alpha if mode == "lora" else None,
-        "lora_adapter": lora_adapter if mode == "lora" else None,
-        "pre_encode": pre_encode,
-        "ema": bool(ema) and mode == "full",
+        "base_model": p.base_model,
+        "mode": p.mode,
+        "lora_rank": p.lora_rank if lora else None,
+        "lora_alpha": p.lora_alpha if lora else None,
+        "lora_adapter": p.lora_adapter if lora else None,
+        "pre_encode": p.pre_encode,
+        "ema": bool(p.ema) and p.mode == "full",
         "checkpoint_dir": str(ckpt_dir),
     }
+    return wrapper
 
-    # callbacks, loggers
-    from pytorch_lightning.callbacks import TQDMProgressBar
+
+def _loggers(p, stage_dir: Path) -> list:
+    """CSV always; TensorBoard when installed; W&B when ``wandb_project`` is set."""
+    import importlib.util
+
     from pytorch_lightning.loggers import CSVLogger
 
+    loggers = [CSVLogger(str(stage_dir), name="logs")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard"))
+    if p.wandb_project:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=p.wandb_project, save_dir=str(stage_dir)))
+    return loggers
+
+
+def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
+    """``(Trainer, CurveLogger, DemoCallback)``: checkpoints, curves, demos and loggers wired in."""
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
     checkpointer = tl.KeepNewest(
-        keep_checkpoints,
-        minutes=checkpoint_minutes,
-        dirpath=str(local_dir or ckpt_dir),
+        p.keep_checkpoints,
+        minutes=p.checkpoint_minutes,
+        dirpath=str(folders.local or folders.drive),
         filename="step={step}",
-        every_n_train_steps=checkpoint_every,
+        every_n_train_steps=p.checkpoint_every,
         save_top_k=-1,
         auto_insert_metric_name=False,
         save_on_train_epoch_end=False,
     )
     curves = tl.CurveLogger()
     callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
-    prompts = card_prompts()[: max(0, num_demos)]
-    demos = tl.DemoCallback(demo_every, prompts, demo_steps, demo_cfg, demo_seconds, stage_dir / "demos", seed)
-    if demo_every > 0 and prompts:
+    prompts = card_prompts()[: max(0, p.num_demos)]
+    demos = tl.DemoCallback(
+        p.demo_every, prompts, p.demo_steps, p.demo_cfg, p.demo_seconds, stage_dir / "demos", p.seed
+    )
+    if p.demo_every > 0 and prompts:
         callbacks.append(demos)
-    loggers = [CSVLogger(str(stage_dir), name="logs")]
-    import importlib.util
-
-    if importlib.util.find_spec("tensorboard") is not None:
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard"))
-    if wandb_project:
-        from pytorch_lightning.loggers import WandbLogger
-
-        loggers.append(WandbLogger(project=wandb_project, save_dir=str(stage_dir)))
-
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
+    trainer = tl.pl.Trainer(
+        accelerator=p.accelerator,
+        devices=p.devices,
+        strategy=p.strategy,
         precision=prec,
-        max_epochs=epochs if max_steps <= 0 else -1,
-        max_steps=max_steps if max_steps > 0 else -1,
-        accumulate_grad_batches=grad_accum,
+        max_epochs=p.epochs if p.max_steps <= 0 else -1,
+        max_steps=p.max_steps if p.max_steps > 0 else -1,
+        accumulate_grad_batches=p.grad_accum,
         callbacks=callbacks,
-        logger=loggers,
-        plugins=[tl.AtomicCheckpointIO(ckpt_dir if local_dir is not None else None, keep_checkpoints)],
-        log_every_n_steps=max(1, log_every),
+        logger=_loggers(p, stage_dir),
+        plugins=[tl.AtomicCheckpointIO(folders.drive if folders.local is not None else None, p.keep_checkpoints)],
+        log_every_n_steps=max(1, p.log_every),
         enable_checkpointing=True,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -831,55 +915,64 @@ def run(
         gradient_clip_val=None,
         deterministic=False,
     )
-    trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    return trainer, curves, demos
 
-    summary: dict[str, Any] = {}
-    if trainer.is_global_zero:
-        # under DDP by fork (ddp_notebook, what a notebook gets with devices > 1) the training runs
-        # in child processes: this trainer's step and epoch stay 0 and its wrapper gets rank 0's
-        # weights back; the step and epoch are then the newest checkpoint's (the last step is
-        # always checkpointed), the step times the CSV log's
-        steps, epoch = int(trainer.global_step), int(trainer.current_epoch)
-        newest = newest_checkpoint(*ckpt_dirs)
-        if steps == 0 and newest is not None:
-            steps = int(_CKPT_RE.match(newest.name).group(1))
-            epoch = int(torch.load(str(newest), map_location="cpu", mmap=True, weights_only=True).get("epoch", 0))
-        step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")
-        demo_in_last = demo_every > 0 and prompts and demos.last != steps and steps > 0
-        if demo_in_last:  # a demo of the final weights too
-            demos.generate(trainer, wrapper, steps)
-        files = export(wrapper, export_config(model_config, t5_model), export_dir, export_merged=export_merged)
-        csvs = sorted(str(p) for p in (stage_dir / "logs").glob("version_*/metrics.csv"))
-        summary = {
-            "mode": mode,
-            "base_model": base_model,
-            "clips": len(clips),
-            "steps": steps,
-            "trainable_parameters": int(trainable),
-            "effective_batch": batch_size * grad_accum * max(1, int(devices)),
-            "gpu_estimate_gb": gpu_estimate,
-            "epoch": epoch,
-            "resumed_from_step": resumed_step,
-            "devices": devices,
-            "precision": trainer.precision,
-            "window_seconds": round(window / sr, 3),
-            "pre_encoded": enc,
-            "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
-            "peak_gpu_memory_gb": (
-                round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                if torch.cuda.is_available() and str(wrapper.device).startswith("cuda")
-                else None
-            ),
-            "last_loss": _last_loss(csvs),
-            "checkpoints": sorted(p.name for p in ckpt_dir.glob("step=*.ckpt")),
-            "export_dir": str(export_dir),
-            "export_files": files,
-            "metrics_csv": csvs,
-            "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
-            "seconds": round(time.perf_counter() - t_start, 1),
-        }
-        run_.mark_done(stage, params=params, **summary)
-    return summary
+
+def _final_step_and_epoch(trainer, folders: _CheckpointFolders) -> tuple[int, int]:
+    """The step and epoch the training reached.
+
+    Under DDP by fork (ddp_notebook, what a notebook gets with devices > 1) the training runs in
+    child processes: this trainer's step and epoch stay 0 and its wrapper gets rank 0's weights
+    back; the step and epoch are then the newest checkpoint's (the last step is always checkpointed).
+    """
+    import torch
+
+    steps, epoch = int(trainer.global_step), int(trainer.current_epoch)
+    newest = newest_checkpoint(*folders.both)
+    if steps == 0 and newest is not None:
+        steps = int(_CKPT_RE.match(newest.name).group(1))
+        epoch = int(torch.load(str(newest), map_location="cpu", mmap=True, weights_only=True).get("epoch", 0))
+    return steps, epoch
+
+
+def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, folders, facts: dict, t_start: float):
+    """After fit, on rank 0: a demo of the final weights, the export, and the summary the stage records."""
+    import torch
+
+    steps, epoch = _final_step_and_epoch(trainer, folders)
+    step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")  # the CSV's under DDP by fork
+    if p.demo_every > 0 and demos.prompts and demos.last != steps and steps > 0:  # a demo of the final weights too
+        demos.generate(trainer, wrapper, steps)
+    files = export(wrapper, export_cfg, stage_dir / "export", export_merged=p.export_merged)
+    csvs = sorted(str(q) for q in (stage_dir / "logs").glob("version_*/metrics.csv"))
+    return {
+        "mode": p.mode,
+        "base_model": p.base_model,
+        "clips": facts["clips"],
+        "steps": steps,
+        "trainable_parameters": facts["trainable_parameters"],
+        "effective_batch": p.batch_size * p.grad_accum * max(1, int(p.devices)),
+        "gpu_estimate_gb": facts["gpu_estimate_gb"],
+        "epoch": epoch,
+        "resumed_from_step": facts["resumed_from_step"],
+        "devices": p.devices,
+        "precision": trainer.precision,
+        "window_seconds": facts["window_seconds"],
+        "pre_encoded": facts["pre_encoded"],
+        "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
+        "peak_gpu_memory_gb": (
+            round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if torch.cuda.is_available() and str(wrapper.device).startswith("cuda")
+            else None
+        ),
+        "last_loss": _last_loss(csvs),
+        "checkpoints": sorted(q.name for q in folders.drive.glob("step=*.ckpt")),
+        "export_dir": str(stage_dir / "export"),
+        "export_files": files,
+        "metrics_csv": csvs,
+        "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
 
 
 def _session_step_seconds(logs_dir: Path) -> list[float]:
@@ -1023,41 +1116,12 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     files = []
     diffusion = wrapper.diffusion
     if wrapper.lora_config is not None:
-        # the engine's format (its get_lora_state_dict; lora_config in the metadata, what its
-        # load_and_apply_loras reads) but in fp32: its save_lora_safetensors halves them, up to 3 %
-        # off per weight — 06's strength slider would not play what was trained
-        from stable_audio_tools.models.lora import get_lora_state_dict
-
-        adapters = {**get_lora_state_dict(diffusion.model), **get_lora_state_dict(diffusion.conditioner)}
-        adapters = {
-            k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
-            for k, v in adapters.items()
-        }
-        with atomic_path(export_dir / "lora.safetensors") as tmp:
-            save_file(
-                adapters,
-                str(tmp),
-                metadata={
-                    "lora_config": json.dumps(wrapper.lora_config),
-                    "format": "pt",
-                    "stablebeat": "05_train export (fp32)",
-                },
-            )
+        _export_adapters(diffusion, wrapper.lora_config, export_dir / "lora.safetensors")
         files.append("lora.safetensors")
         if not export_merged:
             (export_dir / "model.safetensors").unlink(missing_ok=True)
         else:
-            # merged in place: training is over (its last checkpoint is written); a deepcopy of the
-            # model fails on the VAE's old-style weight_norm once it has run
-            # (the engine's merge_lora iterates a dict it shrinks — a RuntimeError on torch 2.13 —
-            # so each parametrization is folded in with torch's own remove_parametrizations)
-            from torch.nn.utils import parametrize
-
-            diffusion.eval()
-            for module in [*diffusion.model.modules(), *diffusion.conditioner.modules()]:
-                if parametrize.is_parametrized(module):
-                    for attr in list(module.parametrizations.keys()):
-                        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            _merge_adapters_in_place(diffusion)
             state = diffusion.state_dict()
     else:
         state = diffusion.state_dict()
@@ -1079,3 +1143,39 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     atomic_write_json(export_dir / "model_config.json", model_config)
     files.append("model_config.json")
     return sorted(files)
+
+
+def _export_adapters(diffusion, lora_config: dict, path: Path) -> None:
+    """The LoRA/DoRA adapters alone, in the engine's format (its ``get_lora_state_dict``; ``lora_config``
+    in the metadata, what its ``load_and_apply_loras`` reads) but in fp32: its
+    ``save_lora_safetensors`` halves them, up to 3 % off per weight — 06's strength slider would not
+    play what was trained."""
+    import torch
+    from safetensors.torch import save_file
+    from stable_audio_tools.models.lora import get_lora_state_dict
+
+    adapters = {**get_lora_state_dict(diffusion.model), **get_lora_state_dict(diffusion.conditioner)}
+    adapters = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+        for k, v in adapters.items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(
+            adapters,
+            str(tmp),
+            metadata={"lora_config": json.dumps(lora_config), "format": "pt", "stablebeat": "05_train export (fp32)"},
+        )
+
+
+def _merge_adapters_in_place(diffusion) -> None:
+    """Fold the adapters into the base weights, in place: training is over (its last checkpoint is
+    written); a deepcopy of the model fails on the VAE's old-style weight_norm once it has run.
+    The engine's ``merge_lora`` iterates a dict it shrinks (a RuntimeError on torch 2.13), so each
+    parametrization is folded in with torch's own ``remove_parametrizations``."""
+    from torch.nn.utils import parametrize
+
+    diffusion.eval()
+    for module in [*diffusion.model.modules(), *diffusion.conditioner.modules()]:
+        if parametrize.is_parametrized(module):
+            for attr in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
