@@ -40,7 +40,8 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
   id, not ``"tiny:<name>"`` (ours).
 - **logs**: loss and learning rate per step to CSV (``05_train/logs/version_N/metrics.csv``),
   TensorBoard when installed, W&B when ``wandb_project`` is set; demo WAVs every ``demo_every``
-  steps in ``05_train/demos`` (the card's prompts, generated with ``generate_diffusion_cond``).
+  steps and every ``demo_minutes`` of training in ``05_train/demos`` (the card's prompts, generated
+  with ``generate_diffusion_cond``).
 
 ``seconds_total``: the number the model reads as "where the audio ends". SAO was pre-trained with
 ``seconds_total`` = the length of the file the window came from, and windows past a file's end
@@ -577,6 +578,10 @@ def _validate(p: dict) -> None:
     )
     need(p["optimizer"] in OPTIMIZERS, f"optimizer={p['optimizer']!r}: choose one of {OPTIMIZERS}")
     need(p["checkpoint_minutes"] >= 0, "checkpoint_minutes must be >= 0 (0 = by steps and epochs only)")
+    need(
+        math.isfinite(p["demo_minutes"]) and p["demo_minutes"] >= 0,
+        "demo_minutes must be >= 0 (0 = demos by demo_every steps only)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,6 +626,7 @@ def run(
     checkpoint_minutes: float = 0.0,
     local_checkpoint_dir: str = "",
     optimizer: str = "adamw",
+    demo_minutes: float = 0.0,
     *,
     stage: str = STAGE,
     clips: list[Clip] | None = None,
@@ -641,7 +647,7 @@ def run(
     ``accumulate_grad_batches``): the effective batch is ``batch_size * grad_accum * devices``, so
     the card's 16 holds on a smaller GPU (steps, ``checkpoint_every`` and ``demo_every`` count
     optimizer steps). ``checkpoint_minutes`` > 0 also checkpoints every that many minutes, and
-    every epoch ends with one. ``local_checkpoint_dir`` (e.g. ``/content/stablebeat_checkpoints``
+    every epoch ends with one; ``demo_minutes`` > 0 also renders demos every that many minutes. ``local_checkpoint_dir`` (e.g. ``/content/stablebeat_checkpoints``
     on Colab): checkpoints are written there first (fast local disk) and copied atomically into
     ``05_train/checkpoints`` (Drive), ``keep_checkpoints`` in each; resume takes the newest complete
     checkpoint of either folder (a copy cut by a disconnect is skipped, named).
@@ -892,9 +898,9 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
     callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
     prompts = card_prompts()[: max(0, p.num_demos)]
     demos = tl.DemoCallback(
-        p.demo_every, prompts, p.demo_steps, p.demo_cfg, p.demo_seconds, stage_dir / "demos", p.seed
+        p.demo_every, prompts, p.demo_steps, p.demo_cfg, p.demo_seconds, stage_dir / "demos", p.seed, p.demo_minutes
     )
-    if p.demo_every > 0 and prompts:
+    if _demos_on(p) and prompts:
         callbacks.append(demos)
     trainer = tl.pl.Trainer(
         accelerator=p.accelerator,
@@ -916,6 +922,10 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
         deterministic=False,
     )
     return trainer, curves, demos
+
+
+def _demos_on(p) -> bool:
+    return p.demo_every > 0 or p.demo_minutes > 0
 
 
 def _final_step_and_epoch(trainer, folders: _CheckpointFolders) -> tuple[int, int]:
@@ -941,7 +951,7 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
 
     steps, epoch = _final_step_and_epoch(trainer, folders)
     step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")  # the CSV's under DDP by fork
-    if p.demo_every > 0 and demos.prompts and demos.last != steps and steps > 0:  # a demo of the final weights too
+    if _demos_on(p) and demos.prompts and demos.last != steps and steps > 0:  # a demo of the final weights too
         demos.generate(trainer, wrapper, steps)
     files = export(wrapper, export_cfg, stage_dir / "export", export_merged=p.export_merged)
     csvs = sorted(str(q) for q in (stage_dir / "logs").glob("version_*/metrics.csv"))

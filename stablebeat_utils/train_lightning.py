@@ -138,33 +138,49 @@ class CurveLogger(pl.Callback):
 
 
 class DemoCallback(pl.Callback):
-    """Every ``every`` steps: generate the card's prompts (EMA weights when there are) to WAV files.
+    """Every ``every`` steps and every ``minutes`` of training (0 = off, each): generate the card's
+    prompts (EMA weights when there are) to WAV files.
 
+    The time is decided as :class:`KeepNewest` decides its checkpoints: rank 0's clock, broadcast,
+    so every rank takes the same decision (only rank 0 generates); the clock starts with training
+    and restarts after each demo (the minutes count training, not demo generation).
     Our own callback: the engine's demo callback saves with ``torchaudio.save``.
     """
 
-    def __init__(self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0):
+    def __init__(self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0, minutes: float = 0.0):
         self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
         self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
         self._demo_log = None
         self.last_epoch = -1
+        self.minutes, self.demo_at = float(minutes), time.monotonic()
+
+    def on_train_start(self, trainer, module):
+        self.demo_at = time.monotonic()
 
     def on_train_epoch_end(self, trainer, module):
         # at least one demo per epoch: a small set finishes epochs in fewer than ``every`` steps
         step = trainer.global_step
         if self.every <= 0 or self.last_epoch == trainer.current_epoch or step == self.last or step == 0:
             return
-        if trainer.is_global_zero:
-            self.last = step
-            self.generate(trainer, module, step)
+        self._demo(trainer, module, step)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if self.every <= 0 or step == 0 or step % self.every or step == self.last or not trainer.is_global_zero:
+        if step == 0 or step == self.last:
             return
-        self.last = step
-        self.last_epoch = trainer.current_epoch
-        self.generate(trainer, module, step)
+        due = self.every > 0 and step % self.every == 0
+        if not due and self.minutes > 0:
+            late = time.monotonic() - self.demo_at >= self.minutes * 60
+            due = trainer.strategy.broadcast(late)  # every rank takes the same decision
+        if due:
+            self.last_epoch = trainer.current_epoch
+            self._demo(trainer, module, step)
+
+    def _demo(self, trainer, module, step):
+        self.last = step  # on every rank: the next decision is taken alike
+        if trainer.is_global_zero:
+            self.generate(trainer, module, step)
+        self.demo_at = time.monotonic()
 
     @torch.no_grad()
     def generate(self, trainer, module, step):

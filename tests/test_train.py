@@ -401,6 +401,38 @@ def test_bad_parameters_fail_before_work(tmp_path):
         train.run(run_dir=str(tmp_path), mode="half")
     with pytest.raises(train.TrainError, match="04_prompts"):
         train.run(run_dir=str(tmp_path))
+    with pytest.raises(train.TrainError, match="demo_minutes must be >= 0"):
+        train.run(run_dir=str(tmp_path), demo_minutes=-1.0)
+
+
+def test_demos_every_demo_minutes_of_training_by_the_clock(tmp_path, monkeypatch):
+    """demo_minutes=2.5 with demo_every off, on a fake clock where each step takes a minute: a demo
+    once 2.5 minutes have passed since training started or since the last demo (steps 3 and 6),
+    none before, and one of the final weights (step 7)."""
+    from types import SimpleNamespace
+
+    from stablebeat_utils import train_lightning as tl
+
+    now = [1000.0]
+    monkeypatch.setattr(tl, "time", SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter))
+    step_end = tl.CurveLogger.on_train_batch_end  # runs before the demo callback's
+
+    def a_minute_per_step(self, trainer, *args):
+        step_end(self, trainer, *args)
+        now[0] += 60.0
+
+    monkeypatch.setattr(tl.CurveLogger, "on_train_batch_end", a_minute_per_step)
+    run = make_run(tmp_path / "run")
+    kw = dict(FAST, num_demos=1, demo_steps=2, demo_seconds=0.3, checkpoint_every=100)
+    summary = train.run(run_dir=str(run), max_steps=7, demo_minutes=2.5, **kw)
+    rows = read_jsonl(run / "05_train" / "demos" / "demos.jsonl")
+    assert [r["step"] for r in rows] == [3, 6, 7]
+    assert [Path(d).name for d in summary["demos"]] == [
+        "step00000003_0.wav",
+        "step00000006_0.wav",
+        "step00000007_0.wav",
+    ]
+    assert all(audio.load(d, sr=None)[0].size for d in summary["demos"])
 
 
 def _engine_metrics(csvs) -> list[dict]:
