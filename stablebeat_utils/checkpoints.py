@@ -8,7 +8,8 @@ resume from before anything heavy is imported, and the Lightning classes
 - :func:`newest_checkpoint`: the complete one with the highest step in any of several folders;
 - :func:`local_checkpoint_folder`: one folder per run under ``local_checkpoint_dir`` (fast local disk);
 - :func:`prune_checkpoints`: keep the newest ``keep``;
-- :func:`mirror_checkpoint`: an atomic copy from local disk to the run folder (Drive).
+- :func:`mirror_checkpoint`: an atomic copy from local disk to the run folder (Drive);
+  :class:`CheckpointMirror` runs it in a background thread, so training goes on while it copies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
+import threading
 from pathlib import Path
 
 from .runs import RunFolderError, atomic_path
@@ -90,7 +93,6 @@ def mirror_checkpoint(path: Path, mirror_dir: Path, keep: int) -> Path | None:
     next checkpoint tries again. Nothing already mirrored is touched by a failed copy.
     """
     import shutil
-    import sys
 
     try:
         mirror_dir.mkdir(parents=True, exist_ok=True)
@@ -110,3 +112,86 @@ def mirror_checkpoint(path: Path, mirror_dir: Path, keep: int) -> Path | None:
             file=sys.stderr,
         )
         return None
+
+
+class CheckpointMirror:
+    """:func:`mirror_checkpoint` in a background thread: the training step that wrote a checkpoint
+    returns at once while the copy runs (a full fine-tune's 16.9 GB take minutes to reach Drive).
+
+    At most one copy is in flight; a checkpoint submitted meanwhile waits, and a newer one replaces
+    it (the older is never copied: only the newest matters for resuming). The copy stays atomic
+    (temp file, fsync, rename) and the mirror folder is pruned after it; a failed copy warns (as
+    :func:`mirror_checkpoint` does) and the next checkpoint tries again. :meth:`wait` blocks until
+    nothing is in flight, at most ``wait_s`` seconds (Lightning's teardown calls it: at the end of
+    fit, and after an exception or an interrupt). One process copies: Lightning saves checkpoints
+    on rank 0 only.
+    """
+
+    def __init__(self, mirror_dir: Path, keep: int, wait_s: float = 1800.0):
+        self.mirror_dir, self.keep, self.wait_s = Path(mirror_dir), keep, float(wait_s)
+        self._init_sync()
+
+    def _init_sync(self) -> None:
+        self._cond = threading.Condition()
+        self._queued: Path | None = None  # the next checkpoint to copy (a newer one replaces it)
+        self._copying: Path | None = None  # the one being copied
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self):  # a lock and a thread do not pickle (a spawned process starts idle)
+        return {"mirror_dir": self.mirror_dir, "keep": self.keep, "wait_s": self.wait_s}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_sync()
+
+    def submit(self, path: Path) -> None:
+        """Copy ``path`` to the mirror folder in the background; returns at once."""
+        with self._cond:
+            self._queued = Path(path)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="checkpoint-mirror", daemon=True)
+                self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                if self._queued is None:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                path, self._queued, self._copying = self._queued, None, self._queued
+            try:
+                if path.exists():  # else pruned from local disk after a newer one replaced it
+                    mirror_checkpoint(path, self.mirror_dir, self.keep)
+            except Exception as exc:  # never let the thread die with a copy marked in flight
+                print(
+                    f"{STAGE}: WARNING copying checkpoint {path.name} to {self.mirror_dir} failed: {exc}",
+                    file=sys.stderr,
+                )
+            finally:
+                with self._cond:
+                    self._copying = None
+                    self._cond.notify_all()
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._thread is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the copy in flight (and a queued one) is done; False when ``timeout`` (default
+        ``wait_s``) passed first — then the copy goes on in the background while this process lives."""
+        timeout = self.wait_s if timeout is None else timeout
+        with self._cond:
+            if self._thread is None:
+                return True
+            name = (self._copying or self._queued or Path("?")).name
+            print(f"{STAGE}: waiting for the checkpoint copy to Drive… ({name} → {self.mirror_dir})", flush=True)
+            done = self._cond.wait_for(lambda: self._thread is None, timeout=timeout)
+        if not done:
+            print(
+                f"{STAGE}: WARNING the checkpoint copy to {self.mirror_dir} is still running after {timeout:.0f} s; "
+                "the complete checkpoint is on local disk, and the copy goes on while this session lives.",
+                file=sys.stderr,
+            )
+        return done

@@ -27,7 +27,8 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
 - **checkpoints**: every ``checkpoint_every`` steps, every ``checkpoint_minutes`` and at every
   epoch's end into ``05_train/checkpoints`` (written atomically, the last ``keep_checkpoints``
   kept; with ``local_checkpoint_dir`` written to local disk first and copied atomically to the
-  run folder); running the stage again resumes from the newest complete one in either folder
+  run folder by a background thread while training goes on — the end of fit waits for the copy);
+  running the stage again resumes from the newest complete one in either folder
   (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
 - **before loading**: a storage plan (:mod:`stablebeat_utils.storage`) and, on CUDA, a GPU-memory
   preflight (:mod:`stablebeat_utils.preflight`); each STOPs naming a setting that fits.
@@ -649,7 +650,7 @@ def run(
     optimizer steps). ``checkpoint_minutes`` > 0 also checkpoints every that many minutes, and
     every epoch ends with one; ``demo_minutes`` > 0 also renders demos every that many minutes. ``local_checkpoint_dir`` (e.g. ``/content/stablebeat_checkpoints``
     on Colab): checkpoints are written there first (fast local disk) and copied atomically into
-    ``05_train/checkpoints`` (Drive), ``keep_checkpoints`` in each; resume takes the newest complete
+    ``05_train/checkpoints`` (Drive) in the background, ``keep_checkpoints`` in each; resume takes the newest complete
     checkpoint of either folder (a copy cut by a disconnect is skipped, named).
 
     ``optimizer``: "adamw" (the card) or "adamw8bit" (bitsandbytes' 8-bit AdamW, the engine's

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import audio as audio_io
 from . import compat
-from .checkpoints import RESUME_KEYS, mirror_checkpoint, prune_checkpoints
+from .checkpoints import RESUME_KEYS, CheckpointMirror, prune_checkpoints
 from .runs import JsonlLog, atomic_path
 
 compat.apply()  # before the engine is imported: its modules import what these shims stand in for
@@ -42,17 +42,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file and renamed (a kill never leaves half a file);
     read back with ``torch.load(weights_only=True)`` (no arbitrary pickles). With ``mirror_dir``
     the file is first written to fast local disk, then copied atomically to ``mirror_dir`` (the
-    run folder, e.g. on Drive) where the newest ``keep`` are kept."""
+    run folder, e.g. on Drive) in a background thread (:class:`~stablebeat_utils.checkpoints.CheckpointMirror`:
+    training goes on meanwhile) where the newest ``keep`` are kept; the end of fit, and its
+    teardown after an exception or an interrupt, waits for the copy in flight."""
 
     def __init__(self, mirror_dir: Path | None = None, keep: int = 1):
         super().__init__()
         self.mirror_dir, self.keep = mirror_dir, keep
+        self.mirror = CheckpointMirror(Path(mirror_dir), keep) if mirror_dir is not None else None
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-        if self.mirror_dir is not None and Path(path).parent.resolve() != Path(self.mirror_dir).resolve():
-            mirror_checkpoint(Path(path), Path(self.mirror_dir), self.keep)
+        if self.mirror is not None and Path(path).parent.resolve() != Path(self.mirror_dir).resolve():
+            self.mirror.submit(Path(path))
+
+    def teardown(self):
+        if self.mirror is not None:
+            self.mirror.wait()
+        super().teardown()
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=True):
         return torch.load(path, map_location=map_location, weights_only=True)
