@@ -27,7 +27,8 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
 - **checkpoints**: every ``checkpoint_every`` steps, every ``checkpoint_minutes`` and at every
   epoch's end into ``05_train/checkpoints`` (written atomically, the last ``keep_checkpoints``
   kept; with ``local_checkpoint_dir`` written to local disk first and copied atomically to the
-  run folder); running the stage again resumes from the newest complete one in either folder
+  run folder by a background thread while training goes on — the end of fit waits for the copy);
+  running the stage again resumes from the newest complete one in either folder
   (optimizer, scheduler, EMA, step), loaded with ``torch.load(weights_only=True)``.
 - **before loading**: a storage plan (:mod:`stablebeat_utils.storage`) and, on CUDA, a GPU-memory
   preflight (:mod:`stablebeat_utils.preflight`); each STOPs naming a setting that fits.
@@ -40,7 +41,8 @@ The StableBeaT card's recipe, driven through stable-audio-tools 0.0.20 and PyTor
   id, not ``"tiny:<name>"`` (ours).
 - **logs**: loss and learning rate per step to CSV (``05_train/logs/version_N/metrics.csv``),
   TensorBoard when installed, W&B when ``wandb_project`` is set; demo WAVs every ``demo_every``
-  steps in ``05_train/demos`` (the card's prompts, generated with ``generate_diffusion_cond``).
+  steps and every ``demo_minutes`` of training in ``05_train/demos`` (the card's prompts, generated
+  with ``generate_diffusion_cond``).
 
 ``seconds_total``: the number the model reads as "where the audio ends". SAO was pre-trained with
 ``seconds_total`` = the length of the file the window came from, and windows past a file's end
@@ -64,12 +66,21 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import numpy as np
 
 from . import audio as audio_io
-from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, read_jsonl
+from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the names 05b and the tests use)
+    _CKPT_RE,
+    RESUME_KEYS,
+    checkpoint_problem,
+    local_checkpoint_folder,
+    mirror_checkpoint,
+    newest_checkpoint,
+    prune_checkpoints,
+)
+from .runs import Run, atomic_path, atomic_write_json, read_jsonl
 from .stage import begin
 
 STAGE = "05_train"
@@ -77,10 +88,6 @@ MODES = ("full", "lora")
 ADAPTERS = ("lora", "dora")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("adamw", "adamw8bit")
-CARD_SAMPLER = {"sampler_type": "dpmpp-3m-sde", "sigma_min": 0.3, "sigma_max": 500}  # SAO 1.0 model card
-#: what a checkpoint must agree on to be resumed (changing anything else, e.g. lr or max_steps, is fine)
-RESUME_KEYS = ("base_model", "mode", "lora_rank", "lora_alpha", "lora_adapter", "pre_encode", "ema")
-_CKPT_RE = re.compile(r"^step=(\d+)\.ckpt$")
 
 
 class TrainError(RuntimeError):
@@ -435,325 +442,17 @@ def _lightning():
     return pl
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint, or None. ``torch.save`` writes a zip whose central
-    directory comes last: a copy cut by a disconnect (a Drive sync, a full disk) has none."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        return f"incomplete or unreadable ({type(exc).__name__}: {exc})"
-    if not any(n.endswith("data.pkl") for n in names):
-        return "not a torch checkpoint (no data.pkl inside)"
-    return None
-
-
-def newest_checkpoint(*ckpt_dirs: Path, quiet: bool = False) -> Path | None:
-    """The complete checkpoint with the highest step in any of ``ckpt_dirs`` (temporary files ignored).
-
-    With the same step in several folders the first folder wins (the fast local copy). A checkpoint
-    that is cut short (a disconnect mid-write or mid-copy) is skipped with a message naming it, and
-    the previous complete one is used.
-    """
-    found = []
-    for rank, ckpt_dir in enumerate(ckpt_dirs):
-        ckpt_dir = Path(ckpt_dir)
-        if ckpt_dir.is_dir():
-            for p in ckpt_dir.iterdir():
-                m = _CKPT_RE.match(p.name)
-                if m:
-                    found.append((-int(m.group(1)), rank, p))
-    for _, _, p in sorted(found):
-        problem = checkpoint_problem(p)
-        if problem is None:
-            return p
-        if not quiet:
-            print(f"{STAGE}: skipping checkpoint {p}: {problem} — resuming from the previous complete one")
-    return None
-
-
-def local_checkpoint_folder(local_checkpoint_dir: str, run_root: Path) -> Path | None:
-    """This run's folder under ``local_checkpoint_dir`` (one folder per run folder), or None when unset."""
-    if not local_checkpoint_dir:
-        return None
-    key = hashlib.sha256(str(Path(run_root).resolve()).encode()).hexdigest()[:10]
-    return Path(local_checkpoint_dir).expanduser() / f"{Path(run_root).name}-{key}"
-
-
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Keep the ``keep`` highest-step ``step=N.ckpt`` files of ``folder``; remove temp files of cut writes."""
-    if not folder.is_dir():
-        return
-    found = sorted((int(_CKPT_RE.match(p.name).group(1)), p) for p in folder.iterdir() if _CKPT_RE.match(p.name))
-    for _, old in found[:-keep]:
-        old.unlink(missing_ok=True)
-
-
-def mirror_checkpoint(path: Path, mirror_dir: Path, keep: int) -> Path | None:
-    """Copy ``path`` atomically into ``mirror_dir`` (temp file, fsync, rename), then prune it to ``keep``.
-
-    Returns the mirrored path, or None with a warning when the copy fails (the run folder's disk
-    is full, read-only, or a Drive that went away): training goes on from the local copy and the
-    next checkpoint tries again. Nothing already mirrored is touched by a failed copy.
-    """
-    import shutil
-    import sys
-
-    try:
-        mirror_dir.mkdir(parents=True, exist_ok=True)
-        target = mirror_dir / path.name
-        with atomic_path(target) as tmp:
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 16 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-        prune_checkpoints(mirror_dir, keep)
-        return target
-    except (OSError, RunFolderError) as exc:
-        print(
-            f"{STAGE}: WARNING could not copy checkpoint {path.name} to {mirror_dir} "
-            f"({getattr(exc, 'strerror', None) or exc}). Training goes on; the checkpoint is kept in {path.parent} and the "
-            "next checkpoint tries the copy again. Free space / remount Drive.",
-            file=sys.stderr,
-        )
-        return None
-
-
-def _make_classes():
-    """Lightning classes, built on first use (importing Lightning and the engine is slow)."""
+def _lightning_classes():
+    """:mod:`stablebeat_utils.train_lightning`, imported on first use: importing Lightning and the
+    engine takes seconds, so ``import stablebeat_utils.train`` does not (the version check first)."""
     from . import compat
 
     compat.apply()
     compat.stub_training_only_imports()
-    import torch
-    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-    from stable_audio_tools.models.lora import get_lora_state_dict
-    from stable_audio_tools.training.diffusion import DiffusionCondTrainingWrapper
+    _lightning()
+    from . import train_lightning
 
-    pl = _lightning()
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        """Checkpoints written to a temporary file and renamed (a kill never leaves half a file);
-        read back with ``torch.load(weights_only=True)`` (no arbitrary pickles). With ``mirror_dir``
-        the file is first written to fast local disk, then copied atomically to ``mirror_dir`` (the
-        run folder, e.g. on Drive) where the newest ``keep`` are kept."""
-
-        def __init__(self, mirror_dir: Path | None = None, keep: int = 1):
-            super().__init__()
-            self.mirror_dir, self.keep = mirror_dir, keep
-
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
-            if self.mirror_dir is not None and Path(path).parent.resolve() != Path(self.mirror_dir).resolve():
-                mirror_checkpoint(Path(path), Path(self.mirror_dir), self.keep)
-
-        def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=True):
-            return torch.load(path, map_location=map_location, weights_only=True)
-
-    class Wrapper(DiffusionCondTrainingWrapper):
-        """The engine's wrapper with smaller, resumable checkpoints.
-
-        The frozen VAE is left out of checkpoints (it comes from the base model); in LoRA mode only
-        the adapters are kept — but unlike the engine (which clears the checkpoint to the adapters
-        and loses optimizer and step), the optimizer, scheduler and loop state stay, so LoRA runs
-        resume too. On load the left-out weights are taken from the freshly loaded base model, and
-        the run's settings are compared with the checkpoint's.
-        """
-
-        stablebeat_info: dict = {}
-        parent_pid: int = -1  # the process that called fit (set in run): ranks forked from it differ
-
-        def setup(self, stage):
-            # before Lightning restores a checkpoint into this rank: see compat.single_thread_if_forked
-            if self.parent_pid > 0:
-                compat.single_thread_if_forked(self.parent_pid)
-            super().setup(stage)
-
-        def _kept_keys(self, state: dict) -> set:
-            if self.lora_config is not None:
-                lora = {f"diffusion.model.{k}" for k in get_lora_state_dict(self.diffusion.model)}
-                lora |= {f"diffusion.conditioner.{k}" for k in get_lora_state_dict(self.diffusion.conditioner)}
-                return {k for k in state if k in lora}
-            return {k for k in state if not k.startswith("diffusion.pretransform.")}
-
-        def on_save_checkpoint(self, checkpoint):
-            state = checkpoint["state_dict"]
-            keep = self._kept_keys(state)
-            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
-            checkpoint["stablebeat"] = dict(self.stablebeat_info)
-
-        def on_load_checkpoint(self, checkpoint):
-            saved = checkpoint.get("stablebeat") or {}
-            diff = {
-                k: (saved.get(k), self.stablebeat_info.get(k))
-                for k in RESUME_KEYS
-                if saved.get(k) != self.stablebeat_info.get(k)
-            }
-            if diff:
-                what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-                raise TrainError(
-                    f"the checkpoints in {self.stablebeat_info.get('checkpoint_dir')} were made with "
-                    f"other settings ({what}). Use a new run_dir, put the settings back, or delete "
-                    "that folder to start over."
-                )
-            state = checkpoint["state_dict"]
-            current = self.state_dict()
-            kept = self._kept_keys(current)
-            for k, v in current.items():
-                if k not in kept:
-                    state.setdefault(k, v)
-
-    class CurveLogger(pl.Callback):
-        """Loss, learning rate and seconds per step, every step, to every logger (CSV, TensorBoard, W&B)."""
-
-        def __init__(self):
-            self.t0 = None
-            self.step_seconds: list[float] = []
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            dt = time.perf_counter() - self.t0
-            self.step_seconds.append(dt)
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            metrics = {
-                "loss": float(loss.detach().float().cpu()),
-                "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-                "epoch": trainer.current_epoch,
-                "step_seconds": dt,
-            }
-            for lg in trainer.loggers:
-                lg.log_metrics(metrics, step=trainer.global_step)
-
-    class DemoCallback(pl.Callback):
-        """Every ``every`` steps: generate the card's prompts (EMA weights when there are) to WAV files.
-
-        Our own callback: the engine's demo callback saves with ``torchaudio.save``.
-        """
-
-        def __init__(self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0):
-            self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
-            self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
-            self._demo_log = None
-            self.last_epoch = -1
-
-        def on_train_epoch_end(self, trainer, module):
-            # at least one demo per epoch: a small set finishes epochs in fewer than ``every`` steps
-            step = trainer.global_step
-            if self.every <= 0 or self.last_epoch == trainer.current_epoch or step == self.last or step == 0:
-                return
-            if trainer.is_global_zero:
-                self.last = step
-                self.generate(trainer, module, step)
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            step = trainer.global_step
-            if self.every <= 0 or step == 0 or step % self.every or step == self.last or not trainer.is_global_zero:
-                return
-            self.last = step
-            self.last_epoch = trainer.current_epoch
-            self.generate(trainer, module, step)
-
-        @torch.no_grad()
-        def generate(self, trainer, module, step):
-            from stable_audio_tools.inference.generation import generate_diffusion_cond
-
-            self._demo_log = self._demo_log or JsonlLog(self.out_dir / "demos.jsonl", key="file")
-            diffusion = module.diffusion
-            online = diffusion.model
-            was_training = module.training
-            module.eval()
-            if module.diffusion_ema is not None:
-                diffusion.model = module.diffusion_ema.ema_model
-            ratio = diffusion.pretransform.downsampling_ratio if diffusion.pretransform is not None else 1
-            sr = int(diffusion.sample_rate)
-            n = max(1, math.ceil(self.seconds * sr / ratio)) * ratio
-            try:
-                for i, prompt in enumerate(self.prompts):
-                    with trainer.strategy.precision_plugin.forward_context():
-                        out = generate_diffusion_cond(
-                            diffusion,
-                            steps=self.steps,
-                            cfg_scale=self.cfg,
-                            conditioning=[{"prompt": prompt, "seconds_start": 0, "seconds_total": self.seconds}],
-                            sample_size=n,
-                            seed=self.seed + i,
-                            device=module.device,
-                            apg_scale=0.0,
-                            disable_tqdm=True,
-                            **CARD_SAMPLER,
-                        )
-                    wav = out[0].float().cpu().numpy()
-                    peak = float(np.max(np.abs(wav))) if wav.size else 0.0
-                    if peak > 0:
-                        wav = wav / peak * 0.9  # a demo is for listening: normalise the level
-                    name = f"step{step:08d}_{i}.wav"
-                    with atomic_path(self.out_dir / name) as tmp:
-                        audio_io.write_wav(tmp, wav, sr)
-                    self._demo_log.append(
-                        {
-                            "file": name,
-                            "step": step,
-                            "prompt": prompt,
-                            "seconds": self.seconds,
-                            "steps": self.steps,
-                            "cfg": self.cfg,
-                            "ema": module.diffusion_ema is not None,
-                        }
-                    )
-            finally:
-                diffusion.model = online
-                module.train(was_training)
-
-    class KeepNewest(pl.callbacks.ModelCheckpoint):
-        """Save every N steps, every ``minutes`` of training and at the end of every epoch (so a small
-        set, with fewer steps than N per run, still has one per epoch); then keep the ``keep``
-        highest-step files of the folder.
-
-        Pruning by what is on disk (not by Lightning's in-memory list, which a resumed run does
-        not restore) also clears checkpoints left behind by a killed session.
-        """
-
-        def __init__(self, keep: int, minutes: float = 0.0, **kwargs):
-            super().__init__(**kwargs)
-            self.keep, self.minutes = keep, float(minutes)
-            self.saved_step, self.saved_at = -1, time.monotonic()
-
-        def on_train_end(self, trainer, pl_module):
-            # the last step is always checkpointed, so a finished run resumes (or extends) from its
-            # end; here, in the process(es) that trained (under DDP by fork the notebook's own
-            # trainer never sees a step)
-            super().on_train_end(trainer, pl_module)
-            last = Path(self.dirpath) / f"step={trainer.global_step}.ckpt"
-            if trainer.global_step > 0 and not last.exists():
-                self._save_checkpoint(trainer, str(last))
-
-        def _save_checkpoint(self, trainer, filepath):
-            super()._save_checkpoint(trainer, filepath)
-            self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
-            if trainer.is_global_zero:
-                prune_checkpoints(Path(self.dirpath), self.keep)
-
-        def _save_now(self, trainer):
-            if trainer.global_step > 0 and trainer.global_step != self.saved_step:
-                self._save_checkpoint(trainer, str(Path(self.dirpath) / f"step={trainer.global_step}.ckpt"))
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
-            if self.minutes > 0 and trainer.global_step != self.saved_step:
-                due = time.monotonic() - self.saved_at >= self.minutes * 60
-                if trainer.strategy.broadcast(due):  # every rank takes the same decision
-                    self._save_now(trainer)
-
-        def on_train_epoch_end(self, trainer, module):
-            super().on_train_epoch_end(trainer, module)
-            self._save_now(trainer)
-
-    return AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest
+    return train_lightning
 
 
 # --------------------------------------------------------------------------------------------
@@ -880,6 +579,10 @@ def _validate(p: dict) -> None:
     )
     need(p["optimizer"] in OPTIMIZERS, f"optimizer={p['optimizer']!r}: choose one of {OPTIMIZERS}")
     need(p["checkpoint_minutes"] >= 0, "checkpoint_minutes must be >= 0 (0 = by steps and epochs only)")
+    need(
+        math.isfinite(p["demo_minutes"]) and p["demo_minutes"] >= 0,
+        "demo_minutes must be >= 0 (0 = demos by demo_every steps only)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -924,6 +627,7 @@ def run(
     checkpoint_minutes: float = 0.0,
     local_checkpoint_dir: str = "",
     optimizer: str = "adamw",
+    demo_minutes: float = 0.0,
     *,
     stage: str = STAGE,
     clips: list[Clip] | None = None,
@@ -944,9 +648,9 @@ def run(
     ``accumulate_grad_batches``): the effective batch is ``batch_size * grad_accum * devices``, so
     the card's 16 holds on a smaller GPU (steps, ``checkpoint_every`` and ``demo_every`` count
     optimizer steps). ``checkpoint_minutes`` > 0 also checkpoints every that many minutes, and
-    every epoch ends with one. ``local_checkpoint_dir`` (e.g. ``/content/stablebeat_checkpoints``
+    every epoch ends with one; ``demo_minutes`` > 0 also renders demos every that many minutes. ``local_checkpoint_dir`` (e.g. ``/content/stablebeat_checkpoints``
     on Colab): checkpoints are written there first (fast local disk) and copied atomically into
-    ``05_train/checkpoints`` (Drive), ``keep_checkpoints`` in each; resume takes the newest complete
+    ``05_train/checkpoints`` (Drive) in the background, ``keep_checkpoints`` in each; resume takes the newest complete
     checkpoint of either folder (a copy cut by a disconnect is skipped, named).
 
     ``optimizer``: "adamw" (the card) or "adamw8bit" (bitsandbytes' 8-bit AdamW, the engine's
@@ -962,21 +666,62 @@ def run(
     _validate(params)
     t_start = time.perf_counter()
     stage_dir = run_.stage_dir(stage)
-    export_dir = stage_dir / "export"
-    if run_.is_done(stage, params) and (export_dir / "model.safetensors").is_file():
+    if run_.is_done(stage, params) and (stage_dir / "export" / "model.safetensors").is_file():
         return dict(run_.stage_record(stage)["summary"], skipped=True)
     clips = read_clips(run_dir) if clips is None else clips
+    p = SimpleNamespace(**params)
 
-    from . import compat, models
+    tl = _lightning_classes()
+    folders = _checkpoint_folders(run_, stage_dir, local_checkpoint_dir)
+    # a resumed session draws new crops, noise and shuffles (not a replay of the first session's)
+    session_seed = seed + (folders.resumed_step or 0)
+    tl.pl.seed_everything(session_seed, workers=True, verbose=False)
+    device, prec, gpu_estimate = _plans_and_preflight(run_, p, clips, folders.local)
+    model, model_config, cfg, window = _load_for_training(p)
+    enc, loader = _training_data(p, model, model_config, clips, stage_dir, window, device, session_seed)
+    wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
+    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders)
+    facts = {  # what the summary reports from before training
+        "clips": len(clips),
+        "trainable_parameters": int(sum(q.numel() for q in wrapper.diffusion.parameters() if q.requires_grad)),
+        "gpu_estimate_gb": gpu_estimate,
+        "resumed_from_step": folders.resumed_step,
+        "window_seconds": round(window / int(model_config["sample_rate"]), 3),
+        "pre_encoded": enc,
+    }
+    trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=folders.resume_path, weights_only=True)
+    if not trainer.is_global_zero:
+        return {}
+    export_cfg = export_config(model_config, t5_model)
+    summary = _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir, folders, facts, t_start)
+    run_.mark_done(stage, params=params, **summary)
+    return summary
 
-    compat.apply()
-    compat.stub_training_only_imports()
-    import torch
 
-    pl = _lightning()
-    from stable_audio_tools.training.factory import create_training_wrapper_from_config
+# --------------------------------------------------------------------------------------------
+# the steps of run()
 
-    AtomicCheckpointIO, Wrapper, CurveLogger, DemoCallback, KeepNewest = _make_classes()
+
+@dataclass(frozen=True)
+class _CheckpointFolders:
+    """Where a session's checkpoints go, and the one it resumes from."""
+
+    drive: Path  # RUN_DIR/<stage>/checkpoints: the run folder (on Colab, Drive)
+    local: Path | None  # under local_checkpoint_dir: written there first, then mirrored to ``drive``
+    resume: Path | None  # the newest complete checkpoint of either folder
+    resumed_step: int | None
+
+    @property
+    def both(self) -> list[Path]:
+        return [d for d in (self.local, self.drive) if d is not None]
+
+    @property
+    def resume_path(self) -> str | None:
+        return str(self.resume) if self.resume else None
+
+
+def _checkpoint_folders(run_, stage_dir: Path, local_checkpoint_dir: str) -> _CheckpointFolders:
+    """The checkpoint folders (a write cut by a kill cleared away) and the checkpoint to resume from."""
     ckpt_dir = stage_dir / "checkpoints"
     local_dir = local_checkpoint_folder(local_checkpoint_dir, run_.root)
     ckpt_dirs = [d for d in (local_dir, ckpt_dir) if d is not None]
@@ -985,37 +730,47 @@ def run(
             stale.unlink(missing_ok=True)
     resume = newest_checkpoint(*ckpt_dirs)
     resumed_step = int(_CKPT_RE.match(resume.name).group(1)) if resume is not None else None
-    # a resumed session draws new crops, noise and shuffles (not a replay of the first session's)
-    session_seed = seed + (resumed_step or 0)
-    pl.seed_everything(session_seed, workers=True, verbose=False)
+    return _CheckpointFolders(ckpt_dir, local_dir, resume, resumed_step)
 
+
+def _plans_and_preflight(run_, p, clips: list[Clip], local_dir: Path | None) -> tuple[str, str, float | None]:
+    """``(device, precision, GPU estimate)`` — after the storage plan, the GPU-memory preflight and the
+    optimizer's needs are checked: each STOPs here, before the model is loaded."""
+    from . import models
+
+    accelerator = p.accelerator
     device = models.pick_device("auto" if accelerator == "auto" else ("cuda" if accelerator == "gpu" else accelerator))
     _plan_storage(
         run_,
-        base_model,
+        p.base_model,
         clips,
-        mode=mode,
-        ema=ema,
-        optimizer=optimizer,
-        lora_rank=lora_rank,
-        pre_encode=pre_encode,
-        keep_checkpoints=keep_checkpoints,
+        mode=p.mode,
+        ema=p.ema,
+        optimizer=p.optimizer,
+        lora_rank=p.lora_rank,
+        pre_encode=p.pre_encode,
+        keep_checkpoints=p.keep_checkpoints,
         local_dir=local_dir,
-        export_merged=export_merged,
+        export_merged=p.export_merged,
     )
-    prec = pick_precision(precision, device, devices)
+    prec = pick_precision(p.precision, device, p.devices)
     gpu_estimate = _preflight_gpu(
         device,
-        base_model,
-        mode=mode,
+        p.base_model,
+        mode=p.mode,
         precision=prec,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        sample_seconds=sample_seconds,
-        optimizer=optimizer,
-        ema=ema,
-        lora_rank=lora_rank,
+        batch_size=p.batch_size,
+        grad_accum=p.grad_accum,
+        sample_seconds=p.sample_seconds,
+        optimizer=p.optimizer,
+        ema=p.ema,
+        lora_rank=p.lora_rank,
     )
+    _check_optimizer(p.optimizer, device)
+    return device, prec, gpu_estimate
+
+
+def _check_optimizer(optimizer: str, device: str) -> None:
     if optimizer == "adamw8bit":
         import importlib.util
 
@@ -1026,24 +781,34 @@ def run(
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TrainError("optimizer='adamw8bit' needs the bitsandbytes package: pip install bitsandbytes")
-    model, model_config = models.load_sao(base_model, device="cpu", t5_source=t5_model or None)
+
+
+def _downsampling(model) -> int:
+    return model.pretransform.downsampling_ratio if model.pretransform is not None else 1
+
+
+def _load_for_training(p):
+    """``(model, model_config, training config, window in samples)``: the base model made trainable."""
+    from . import models
+
+    model, model_config = models.load_sao(p.base_model, device="cpu", t5_source=p.t5_model or None)
     sr = int(model_config["sample_rate"])
-    ratio = model.pretransform.downsampling_ratio if model.pretransform is not None else 1
-    window = int(model_config["sample_size"]) if sample_seconds == 0 else int(round(sample_seconds * sr))
+    ratio = _downsampling(model)
+    window = int(model_config["sample_size"]) if p.sample_seconds == 0 else int(round(p.sample_seconds * sr))
     window = max(1, math.ceil(window / ratio)) * ratio  # whole latent frames
     cfg = training_config(
         model_config,
-        lr=lr,
-        mode=mode,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_adapter=lora_adapter,
-        pre_encode=pre_encode,
-        ema=ema,
+        lr=p.lr,
+        mode=p.mode,
+        lora_rank=p.lora_rank,
+        lora_alpha=p.lora_alpha,
+        lora_adapter=p.lora_adapter,
+        pre_encode=p.pre_encode,
+        ema=p.ema,
         sample_size=window,
-        log_every=log_every,
-        padding_loss_weight=padding_loss_weight,
-        optimizer=optimizer,
+        log_every=p.log_every,
+        padding_loss_weight=p.padding_loss_weight,
+        optimizer=p.optimizer,
     )
 
     # load_sao hands back an inference model (all frozen); trainable again as a freshly built
@@ -1053,83 +818,103 @@ def run(
     model.conditioner.requires_grad_(True)
     if model.pretransform is not None:
         model.pretransform.eval().requires_grad_(False)
+    return model, model_config, cfg, window
 
-    # data
-    if pre_encode:
+
+def _training_data(p, model, model_config, clips, stage_dir: Path, window: int, device: str, session_seed: int):
+    """``(pre-encoding summary or None, DataLoader)``: raw audio windows, or latents encoded once."""
+    sr, ratio = int(model_config["sample_rate"]), _downsampling(model)
+    if p.pre_encode:
         latents_dir = stage_dir / "latents"
-        fingerprint = _vae_fingerprint(model_config, base_model)
-        if str(device).startswith("cuda") and devices != 1 and latents_todo(clips, latents_dir, fingerprint):
+        fingerprint = _vae_fingerprint(model_config, p.base_model)
+        if str(device).startswith("cuda") and p.devices != 1 and latents_todo(clips, latents_dir, fingerprint):
             # several GPUs: Lightning starts its processes by fork (in a notebook) and refuses a
             # parent whose CUDA is initialised, so the GPU encoding runs in a fresh process
-            enc = _pre_encode_in_child(base_model, t5_model, clips, latents_dir, fingerprint, device, seed)
+            enc = _pre_encode_in_child(p.base_model, p.t5_model, clips, latents_dir, fingerprint, device, p.seed)
         else:
-            enc = pre_encode_clips(model, clips, latents_dir, fingerprint, device=device, seed=seed)
+            enc = pre_encode_clips(model, clips, latents_dir, fingerprint, device=device, seed=p.seed)
         model.pretransform.to("cpu")
-        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, random_crop, seed)
+        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, p.random_crop, p.seed)
     else:
         enc = None
-        dataset = ClipDataset(clips, sr, window, random_crop, seed)
-    loader = make_loader(dataset, batch_size, workers, shuffle=True, seed=session_seed)
+        dataset = ClipDataset(clips, sr, window, p.random_crop, p.seed)
+    return enc, make_loader(dataset, p.batch_size, p.workers, shuffle=True, seed=session_seed)
+
+
+def _training_wrapper(p, tl, cfg: dict, model, ckpt_dir: Path):
+    """The engine's training wrapper (the card's recipe) with our checkpoint hooks (``train_lightning.Wrapper``)."""
+    from stable_audio_tools.training.factory import create_training_wrapper_from_config
 
     wrapper = create_training_wrapper_from_config(cfg, model)
-    wrapper.__class__ = Wrapper  # same object, our checkpoint hooks (see Wrapper)
-    trainable = sum(p.numel() for p in wrapper.diffusion.parameters() if p.requires_grad)
+    wrapper.__class__ = tl.Wrapper  # same object, our checkpoint hooks (see Wrapper)
     wrapper.parent_pid = os.getpid()
+    wrapper.settings_error = TrainError
+    lora = p.mode == "lora"
     wrapper.stablebeat_info = {
-        "base_model": base_model,
-        "mode": mode,
-        "lora_rank": lora_rank if mode == "lora" else None,
-        "lora_alpha": lora_alpha if mode == "lora" else None,
-        "lora_adapter": lora_adapter if mode == "lora" else None,
-        "pre_encode": pre_encode,
-        "ema": bool(ema) and mode == "full",
+        "base_model": p.base_model,
+        "mode": p.mode,
+        "lora_rank": p.lora_rank if lora else None,
+        "lora_alpha": p.lora_alpha if lora else None,
+        "lora_adapter": p.lora_adapter if lora else None,
+        "pre_encode": p.pre_encode,
+        "ema": bool(p.ema) and p.mode == "full",
         "checkpoint_dir": str(ckpt_dir),
     }
+    return wrapper
 
-    # callbacks, loggers
-    from pytorch_lightning.callbacks import TQDMProgressBar
-    from pytorch_lightning.loggers import CSVLogger
 
-    checkpointer = KeepNewest(
-        keep_checkpoints,
-        minutes=checkpoint_minutes,
-        dirpath=str(local_dir or ckpt_dir),
-        filename="step={step}",
-        every_n_train_steps=checkpoint_every,
-        save_top_k=-1,
-        auto_insert_metric_name=False,
-        save_on_train_epoch_end=False,
-    )
-    curves = CurveLogger()
-    callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
-    prompts = card_prompts()[: max(0, num_demos)]
-    demos = DemoCallback(demo_every, prompts, demo_steps, demo_cfg, demo_seconds, stage_dir / "demos", seed)
-    if demo_every > 0 and prompts:
-        callbacks.append(demos)
-    loggers = [CSVLogger(str(stage_dir), name="logs")]
+def _loggers(p, stage_dir: Path) -> list:
+    """CSV always; TensorBoard when installed; W&B when ``wandb_project`` is set."""
     import importlib.util
 
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers = [CSVLogger(str(stage_dir), name="logs")]
     if importlib.util.find_spec("tensorboard") is not None:
         from pytorch_lightning.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(str(stage_dir), name="tensorboard"))
-    if wandb_project:
+    if p.wandb_project:
         from pytorch_lightning.loggers import WandbLogger
 
-        loggers.append(WandbLogger(project=wandb_project, save_dir=str(stage_dir)))
+        loggers.append(WandbLogger(project=p.wandb_project, save_dir=str(stage_dir)))
+    return loggers
 
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
+
+def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
+    """``(Trainer, CurveLogger, DemoCallback)``: checkpoints, curves, demos and loggers wired in."""
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    checkpointer = tl.KeepNewest(
+        p.keep_checkpoints,
+        minutes=p.checkpoint_minutes,
+        dirpath=str(folders.local or folders.drive),
+        filename="step={step}",
+        every_n_train_steps=p.checkpoint_every,
+        save_top_k=-1,
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=False,
+    )
+    curves = tl.CurveLogger()
+    callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
+    prompts = card_prompts()[: max(0, p.num_demos)]
+    demos = tl.DemoCallback(
+        p.demo_every, prompts, p.demo_steps, p.demo_cfg, p.demo_seconds, stage_dir / "demos", p.seed, p.demo_minutes
+    )
+    if _demos_on(p) and prompts:
+        callbacks.append(demos)
+    trainer = tl.pl.Trainer(
+        accelerator=p.accelerator,
+        devices=p.devices,
+        strategy=p.strategy,
         precision=prec,
-        max_epochs=epochs if max_steps <= 0 else -1,
-        max_steps=max_steps if max_steps > 0 else -1,
-        accumulate_grad_batches=grad_accum,
+        max_epochs=p.epochs if p.max_steps <= 0 else -1,
+        max_steps=p.max_steps if p.max_steps > 0 else -1,
+        accumulate_grad_batches=p.grad_accum,
         callbacks=callbacks,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO(ckpt_dir if local_dir is not None else None, keep_checkpoints)],
-        log_every_n_steps=max(1, log_every),
+        logger=_loggers(p, stage_dir),
+        plugins=[tl.AtomicCheckpointIO(folders.drive if folders.local is not None else None, p.keep_checkpoints)],
+        log_every_n_steps=max(1, p.log_every),
         enable_checkpointing=True,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -1137,55 +922,68 @@ def run(
         gradient_clip_val=None,
         deterministic=False,
     )
-    trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    return trainer, curves, demos
 
-    summary: dict[str, Any] = {}
-    if trainer.is_global_zero:
-        # under DDP by fork (ddp_notebook, what a notebook gets with devices > 1) the training runs
-        # in child processes: this trainer's step and epoch stay 0 and its wrapper gets rank 0's
-        # weights back; the step and epoch are then the newest checkpoint's (the last step is
-        # always checkpointed), the step times the CSV log's
-        steps, epoch = int(trainer.global_step), int(trainer.current_epoch)
-        newest = newest_checkpoint(*ckpt_dirs)
-        if steps == 0 and newest is not None:
-            steps = int(_CKPT_RE.match(newest.name).group(1))
-            epoch = int(torch.load(str(newest), map_location="cpu", mmap=True, weights_only=True).get("epoch", 0))
-        step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")
-        demo_in_last = demo_every > 0 and prompts and demos.last != steps and steps > 0
-        if demo_in_last:  # a demo of the final weights too
-            demos.generate(trainer, wrapper, steps)
-        files = export(wrapper, export_config(model_config, t5_model), export_dir, export_merged=export_merged)
-        csvs = sorted(str(p) for p in (stage_dir / "logs").glob("version_*/metrics.csv"))
-        summary = {
-            "mode": mode,
-            "base_model": base_model,
-            "clips": len(clips),
-            "steps": steps,
-            "trainable_parameters": int(trainable),
-            "effective_batch": batch_size * grad_accum * max(1, int(devices)),
-            "gpu_estimate_gb": gpu_estimate,
-            "epoch": epoch,
-            "resumed_from_step": resumed_step,
-            "devices": devices,
-            "precision": trainer.precision,
-            "window_seconds": round(window / sr, 3),
-            "pre_encoded": enc,
-            "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
-            "peak_gpu_memory_gb": (
-                round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                if torch.cuda.is_available() and str(wrapper.device).startswith("cuda")
-                else None
-            ),
-            "last_loss": _last_loss(csvs),
-            "checkpoints": sorted(p.name for p in ckpt_dir.glob("step=*.ckpt")),
-            "export_dir": str(export_dir),
-            "export_files": files,
-            "metrics_csv": csvs,
-            "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
-            "seconds": round(time.perf_counter() - t_start, 1),
-        }
-        run_.mark_done(stage, params=params, **summary)
-    return summary
+
+def _demos_on(p) -> bool:
+    return p.demo_every > 0 or p.demo_minutes > 0
+
+
+def _final_step_and_epoch(trainer, folders: _CheckpointFolders) -> tuple[int, int]:
+    """The step and epoch the training reached.
+
+    Under DDP by fork (ddp_notebook, what a notebook gets with devices > 1) the training runs in
+    child processes: this trainer's step and epoch stay 0 and its wrapper gets rank 0's weights
+    back; the step and epoch are then the newest checkpoint's (the last step is always checkpointed).
+    """
+    import torch
+
+    steps, epoch = int(trainer.global_step), int(trainer.current_epoch)
+    newest = newest_checkpoint(*folders.both)
+    if steps == 0 and newest is not None:
+        steps = int(_CKPT_RE.match(newest.name).group(1))
+        epoch = int(torch.load(str(newest), map_location="cpu", mmap=True, weights_only=True).get("epoch", 0))
+    return steps, epoch
+
+
+def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, folders, facts: dict, t_start: float):
+    """After fit, on rank 0: a demo of the final weights, the export, and the summary the stage records."""
+    import torch
+
+    steps, epoch = _final_step_and_epoch(trainer, folders)
+    step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")  # the CSV's under DDP by fork
+    if _demos_on(p) and demos.prompts and demos.last != steps and steps > 0:  # a demo of the final weights too
+        demos.generate(trainer, wrapper, steps)
+    files = export(wrapper, export_cfg, stage_dir / "export", export_merged=p.export_merged)
+    csvs = sorted(str(q) for q in (stage_dir / "logs").glob("version_*/metrics.csv"))
+    return {
+        "mode": p.mode,
+        "base_model": p.base_model,
+        "clips": facts["clips"],
+        "steps": steps,
+        "trainable_parameters": facts["trainable_parameters"],
+        "effective_batch": p.batch_size * p.grad_accum * max(1, int(p.devices)),
+        "gpu_estimate_gb": facts["gpu_estimate_gb"],
+        "epoch": epoch,
+        "resumed_from_step": facts["resumed_from_step"],
+        "devices": p.devices,
+        "precision": trainer.precision,
+        "window_seconds": facts["window_seconds"],
+        "pre_encoded": facts["pre_encoded"],
+        "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
+        "peak_gpu_memory_gb": (
+            round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if torch.cuda.is_available() and str(wrapper.device).startswith("cuda")
+            else None
+        ),
+        "last_loss": _last_loss(csvs),
+        "checkpoints": sorted(q.name for q in folders.drive.glob("step=*.ckpt")),
+        "export_dir": str(stage_dir / "export"),
+        "export_files": files,
+        "metrics_csv": csvs,
+        "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
 
 
 def _session_step_seconds(logs_dir: Path) -> list[float]:
@@ -1329,41 +1127,12 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     files = []
     diffusion = wrapper.diffusion
     if wrapper.lora_config is not None:
-        # the engine's format (its get_lora_state_dict; lora_config in the metadata, what its
-        # load_and_apply_loras reads) but in fp32: its save_lora_safetensors halves them, up to 3 %
-        # off per weight — 06's strength slider would not play what was trained
-        from stable_audio_tools.models.lora import get_lora_state_dict
-
-        adapters = {**get_lora_state_dict(diffusion.model), **get_lora_state_dict(diffusion.conditioner)}
-        adapters = {
-            k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
-            for k, v in adapters.items()
-        }
-        with atomic_path(export_dir / "lora.safetensors") as tmp:
-            save_file(
-                adapters,
-                str(tmp),
-                metadata={
-                    "lora_config": json.dumps(wrapper.lora_config),
-                    "format": "pt",
-                    "stablebeat": "05_train export (fp32)",
-                },
-            )
+        _export_adapters(diffusion, wrapper.lora_config, export_dir / "lora.safetensors")
         files.append("lora.safetensors")
         if not export_merged:
             (export_dir / "model.safetensors").unlink(missing_ok=True)
         else:
-            # merged in place: training is over (its last checkpoint is written); a deepcopy of the
-            # model fails on the VAE's old-style weight_norm once it has run
-            # (the engine's merge_lora iterates a dict it shrinks — a RuntimeError on torch 2.13 —
-            # so each parametrization is folded in with torch's own remove_parametrizations)
-            from torch.nn.utils import parametrize
-
-            diffusion.eval()
-            for module in [*diffusion.model.modules(), *diffusion.conditioner.modules()]:
-                if parametrize.is_parametrized(module):
-                    for attr in list(module.parametrizations.keys()):
-                        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            _merge_adapters_in_place(diffusion)
             state = diffusion.state_dict()
     else:
         state = diffusion.state_dict()
@@ -1385,3 +1154,39 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     atomic_write_json(export_dir / "model_config.json", model_config)
     files.append("model_config.json")
     return sorted(files)
+
+
+def _export_adapters(diffusion, lora_config: dict, path: Path) -> None:
+    """The LoRA/DoRA adapters alone, in the engine's format (its ``get_lora_state_dict``; ``lora_config``
+    in the metadata, what its ``load_and_apply_loras`` reads) but in fp32: its
+    ``save_lora_safetensors`` halves them, up to 3 % off per weight — 06's strength slider would not
+    play what was trained."""
+    import torch
+    from safetensors.torch import save_file
+    from stable_audio_tools.models.lora import get_lora_state_dict
+
+    adapters = {**get_lora_state_dict(diffusion.model), **get_lora_state_dict(diffusion.conditioner)}
+    adapters = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+        for k, v in adapters.items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(
+            adapters,
+            str(tmp),
+            metadata={"lora_config": json.dumps(lora_config), "format": "pt", "stablebeat": "05_train export (fp32)"},
+        )
+
+
+def _merge_adapters_in_place(diffusion) -> None:
+    """Fold the adapters into the base weights, in place: training is over (its last checkpoint is
+    written); a deepcopy of the model fails on the VAE's old-style weight_norm once it has run.
+    The engine's ``merge_lora`` iterates a dict it shrinks (a RuntimeError on torch 2.13), so each
+    parametrization is folded in with torch's own ``remove_parametrizations``."""
+    from torch.nn.utils import parametrize
+
+    diffusion.eval()
+    for module in [*diffusion.model.modules(), *diffusion.conditioner.modules()]:
+        if parametrize.is_parametrized(module):
+            for attr in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)

@@ -22,6 +22,7 @@ BASE = {
     "storage",
     "preflight",
     "demo",
+    "checkpoints",
 }
 STAGES = {
     "segment",
@@ -31,6 +32,7 @@ STAGES = {
     "prompts",
     "tag_space",
     "train",
+    "train_lightning",
     "focus",
     "generate",
     "evaluate",

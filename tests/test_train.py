@@ -401,6 +401,38 @@ def test_bad_parameters_fail_before_work(tmp_path):
         train.run(run_dir=str(tmp_path), mode="half")
     with pytest.raises(train.TrainError, match="04_prompts"):
         train.run(run_dir=str(tmp_path))
+    with pytest.raises(train.TrainError, match="demo_minutes must be >= 0"):
+        train.run(run_dir=str(tmp_path), demo_minutes=-1.0)
+
+
+def test_demos_every_demo_minutes_of_training_by_the_clock(tmp_path, monkeypatch):
+    """demo_minutes=2.5 with demo_every off, on a fake clock where each step takes a minute: a demo
+    once 2.5 minutes have passed since training started or since the last demo (steps 3 and 6),
+    none before, and one of the final weights (step 7)."""
+    from types import SimpleNamespace
+
+    from stablebeat_utils import train_lightning as tl
+
+    now = [1000.0]
+    monkeypatch.setattr(tl, "time", SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter))
+    step_end = tl.CurveLogger.on_train_batch_end  # runs before the demo callback's
+
+    def a_minute_per_step(self, trainer, *args):
+        step_end(self, trainer, *args)
+        now[0] += 60.0
+
+    monkeypatch.setattr(tl.CurveLogger, "on_train_batch_end", a_minute_per_step)
+    run = make_run(tmp_path / "run")
+    kw = dict(FAST, num_demos=1, demo_steps=2, demo_seconds=0.3, checkpoint_every=100)
+    summary = train.run(run_dir=str(run), max_steps=7, demo_minutes=2.5, **kw)
+    rows = read_jsonl(run / "05_train" / "demos" / "demos.jsonl")
+    assert [r["step"] for r in rows] == [3, 6, 7]
+    assert [Path(d).name for d in summary["demos"]] == [
+        "step00000003_0.wav",
+        "step00000006_0.wav",
+        "step00000007_0.wav",
+    ]
+    assert all(audio.load(d, sr=None)[0].size for d in summary["demos"])
 
 
 def _engine_metrics(csvs) -> list[dict]:
@@ -678,6 +710,85 @@ def test_mirror_to_a_vanished_or_full_drive_warns_and_keeps_what_was_there(tmp_p
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert sorted(p.name for p in (drive / "ckpts").iterdir()) == ["step=3.ckpt"]
     assert "no space left" in capsys.readouterr().err.lower()
+
+
+def test_background_mirror_failure_warns_and_the_next_checkpoint_retries(tmp_path, capsys, monkeypatch):
+    """A copy that fails in the background thread warns (and nothing half-written is left); the next
+    checkpoint is copied; the mirrored file is byte-identical."""
+    import errno
+
+    from stablebeat_utils.checkpoints import CheckpointMirror
+
+    drive = tmp_path / "drive" / "ckpts"
+    mirror = CheckpointMirror(drive, keep=1)
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    mirror.submit(_fake_ckpt(tmp_path / "local" / "step=3.ckpt", 3))
+    assert mirror.wait(timeout=60)
+    assert "could not copy checkpoint step=3.ckpt" in capsys.readouterr().err
+    assert not drive.exists() or not list(drive.iterdir())
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    src = _fake_ckpt(tmp_path / "local" / "step=4.ckpt", 4)
+    mirror.submit(src)
+    assert mirror.wait(timeout=60) and not mirror.busy
+    assert sorted(q.name for q in drive.iterdir()) == ["step=4.ckpt"]
+    assert (drive / "step=4.ckpt").read_bytes() == src.read_bytes()
+
+
+def test_checkpoint_copy_to_drive_runs_beside_training_and_fit_waits_for_it(tmp_path, capsys, monkeypatch):
+    """local_checkpoint_dir + a copy to the run folder held up (an Event) until fit's end: the
+    training steps go on while the first copy is in flight; checkpoints written meanwhile replace
+    each other in the queue (two copies in all: the held one and the newest); fit's end waits for
+    the copy, says so, and the run folder ends with the final checkpoint, byte-identical."""
+    import shutil
+    import threading
+
+    from stablebeat_utils.checkpoints import CheckpointMirror
+    from stablebeat_utils import train_lightning as tl
+
+    started, release, copies, seen, at_wait = threading.Event(), threading.Event(), [], [], []
+    real_copy = shutil.copyfileobj
+
+    def held_copy(src, dst, *args):
+        if threading.current_thread().name == "checkpoint-mirror":
+            copies.append(Path(src.name).name)
+            started.set()
+            assert release.wait(120), "the copy was never released"
+        return real_copy(src, dst, *args)
+
+    monkeypatch.setattr(shutil, "copyfileobj", held_copy)
+    step_end = tl.CurveLogger.on_train_batch_end
+
+    def record(self, trainer, *args):
+        step_end(self, trainer, *args)
+        seen.append((trainer.global_step, started.is_set(), release.is_set()))
+
+    monkeypatch.setattr(tl.CurveLogger, "on_train_batch_end", record)
+    real_wait = CheckpointMirror.wait
+
+    def wait(self, timeout=None):
+        at_wait.append(self.busy)
+        release.set()
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(CheckpointMirror, "wait", wait)
+    run = make_run(tmp_path / "run")
+    local = tmp_path / "local_disk"
+    kw = dict(FAST, checkpoint_every=1, keep_checkpoints=2, local_checkpoint_dir=str(local))
+    summary = train.run(run_dir=str(run), max_steps=5, **kw)
+    assert any(step >= 2 and copying and not released for step, copying, released in seen), seen
+    assert at_wait[0] is True, "fit's end found no copy in flight"
+    assert "waiting for the checkpoint copy to Drive" in capsys.readouterr().out
+    assert len(copies) == 2 and copies[-1] == "step=5.ckpt", copies
+    drive = run / "05_train" / "checkpoints"
+    (local_run,) = list(local.iterdir())
+    assert (drive / "step=5.ckpt").read_bytes() == (local_run / "step=5.ckpt").read_bytes()
+    assert summary["checkpoints"][-1] == "step=5.ckpt" and len(summary["checkpoints"]) == 2
+    assert not list(drive.glob(".*tmp*"))
 
 
 def test_accumulation_epoch_checkpoints_local_first_and_resume_past_a_cut_copy(tmp_path, capsys):

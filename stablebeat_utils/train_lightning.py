@@ -1,0 +1,287 @@
+"""The Lightning pieces of notebook ``05_train`` (and ``05b_focus``, which trains with 05's code).
+
+Module-level classes, as stable-audio-tools keeps its training wrappers: this module imports
+torch, PyTorch Lightning and the engine when it is imported, so :mod:`stablebeat_utils.train`
+imports it only inside the functions that train (``import stablebeat_utils.train`` stays light).
+It imports nothing of ``train``'s (one way: ``train`` → here → ``checkpoints``, ``runs``, ``audio``).
+
+- :class:`AtomicCheckpointIO`: checkpoints written atomically, read with ``weights_only=True``, and
+  mirrored from fast local disk to the run folder;
+- :class:`Wrapper`: the engine's training wrapper with smaller, resumable checkpoints;
+- :class:`CurveLogger`: loss, learning rate and seconds per step to every logger;
+- :class:`DemoCallback`: demo WAVs of the card's prompts during training;
+- :class:`KeepNewest`: checkpoints by steps, minutes and epochs, the newest ``keep`` kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import audio as audio_io
+from . import compat
+from .checkpoints import RESUME_KEYS, CheckpointMirror, prune_checkpoints
+from .runs import JsonlLog, atomic_path
+
+compat.apply()  # before the engine is imported: its modules import what these shims stand in for
+compat.stub_training_only_imports()
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO  # noqa: E402
+from stable_audio_tools.models.lora import get_lora_state_dict  # noqa: E402
+from stable_audio_tools.training.diffusion import DiffusionCondTrainingWrapper  # noqa: E402
+
+CARD_SAMPLER = {"sampler_type": "dpmpp-3m-sde", "sigma_min": 0.3, "sigma_max": 500}  # SAO 1.0 model card
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed (a kill never leaves half a file);
+    read back with ``torch.load(weights_only=True)`` (no arbitrary pickles). With ``mirror_dir``
+    the file is first written to fast local disk, then copied atomically to ``mirror_dir`` (the
+    run folder, e.g. on Drive) in a background thread (:class:`~stablebeat_utils.checkpoints.CheckpointMirror`:
+    training goes on meanwhile) where the newest ``keep`` are kept; the end of fit, and its
+    teardown after an exception or an interrupt, waits for the copy in flight."""
+
+    def __init__(self, mirror_dir: Path | None = None, keep: int = 1):
+        super().__init__()
+        self.mirror_dir, self.keep = mirror_dir, keep
+        self.mirror = CheckpointMirror(Path(mirror_dir), keep) if mirror_dir is not None else None
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+        if self.mirror is not None and Path(path).parent.resolve() != Path(self.mirror_dir).resolve():
+            self.mirror.submit(Path(path))
+
+    def teardown(self):
+        if self.mirror is not None:
+            self.mirror.wait()
+        super().teardown()
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=True):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class Wrapper(DiffusionCondTrainingWrapper):
+    """The engine's wrapper with smaller, resumable checkpoints.
+
+    The frozen VAE is left out of checkpoints (it comes from the base model); in LoRA mode only
+    the adapters are kept — but unlike the engine (which clears the checkpoint to the adapters
+    and loses optimizer and step), the optimizer, scheduler and loop state stay, so LoRA runs
+    resume too. On load the left-out weights are taken from the freshly loaded base model, and
+    the run's settings are compared with the checkpoint's.
+    """
+
+    stablebeat_info: dict = {}
+    parent_pid: int = -1  # the process that called fit (set in run): ranks forked from it differ
+    settings_error: type[Exception] = RuntimeError  # train.run sets its TrainError (no import of train here)
+
+    def setup(self, stage):
+        # before Lightning restores a checkpoint into this rank: see compat.single_thread_if_forked
+        if self.parent_pid > 0:
+            compat.single_thread_if_forked(self.parent_pid)
+        super().setup(stage)
+
+    def _kept_keys(self, state: dict) -> set:
+        if self.lora_config is not None:
+            lora = {f"diffusion.model.{k}" for k in get_lora_state_dict(self.diffusion.model)}
+            lora |= {f"diffusion.conditioner.{k}" for k in get_lora_state_dict(self.diffusion.conditioner)}
+            return {k for k in state if k in lora}
+        return {k for k in state if not k.startswith("diffusion.pretransform.")}
+
+    def on_save_checkpoint(self, checkpoint):
+        state = checkpoint["state_dict"]
+        keep = self._kept_keys(state)
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+        checkpoint["stablebeat"] = dict(self.stablebeat_info)
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get("stablebeat") or {}
+        diff = {
+            k: (saved.get(k), self.stablebeat_info.get(k))
+            for k in RESUME_KEYS
+            if saved.get(k) != self.stablebeat_info.get(k)
+        }
+        if diff:
+            what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise self.settings_error(
+                f"the checkpoints in {self.stablebeat_info.get('checkpoint_dir')} were made with "
+                f"other settings ({what}). Use a new run_dir, put the settings back, or delete "
+                "that folder to start over."
+            )
+        state = checkpoint["state_dict"]
+        current = self.state_dict()
+        kept = self._kept_keys(current)
+        for k, v in current.items():
+            if k not in kept:
+                state.setdefault(k, v)
+
+
+class CurveLogger(pl.Callback):
+    """Loss, learning rate and seconds per step, every step, to every logger (CSV, TensorBoard, W&B)."""
+
+    def __init__(self):
+        self.t0 = None
+        self.step_seconds: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        dt = time.perf_counter() - self.t0
+        self.step_seconds.append(dt)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        metrics = {
+            "loss": float(loss.detach().float().cpu()),
+            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+            "epoch": trainer.current_epoch,
+            "step_seconds": dt,
+        }
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=trainer.global_step)
+
+
+class DemoCallback(pl.Callback):
+    """Every ``every`` steps and every ``minutes`` of training (0 = off, each): generate the card's
+    prompts (EMA weights when there are) to WAV files.
+
+    The time is decided as :class:`KeepNewest` decides its checkpoints: rank 0's clock, broadcast,
+    so every rank takes the same decision (only rank 0 generates); the clock starts with training
+    and restarts after each demo (the minutes count training, not demo generation).
+    Our own callback: the engine's demo callback saves with ``torchaudio.save``.
+    """
+
+    def __init__(self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0, minutes: float = 0.0):
+        self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
+        self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
+        self._demo_log = None
+        self.last_epoch = -1
+        self.minutes, self.demo_at = float(minutes), time.monotonic()
+
+    def on_train_start(self, trainer, module):
+        self.demo_at = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, module):
+        # at least one demo per epoch: a small set finishes epochs in fewer than ``every`` steps
+        step = trainer.global_step
+        if self.every <= 0 or self.last_epoch == trainer.current_epoch or step == self.last or step == 0:
+            return
+        self._demo(trainer, module, step)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == 0 or step == self.last:
+            return
+        due = self.every > 0 and step % self.every == 0
+        if not due and self.minutes > 0:
+            late = time.monotonic() - self.demo_at >= self.minutes * 60
+            due = trainer.strategy.broadcast(late)  # every rank takes the same decision
+        if due:
+            self.last_epoch = trainer.current_epoch
+            self._demo(trainer, module, step)
+
+    def _demo(self, trainer, module, step):
+        self.last = step  # on every rank: the next decision is taken alike
+        if trainer.is_global_zero:
+            self.generate(trainer, module, step)
+        self.demo_at = time.monotonic()
+
+    @torch.no_grad()
+    def generate(self, trainer, module, step):
+        from stable_audio_tools.inference.generation import generate_diffusion_cond
+
+        self._demo_log = self._demo_log or JsonlLog(self.out_dir / "demos.jsonl", key="file")
+        diffusion = module.diffusion
+        online = diffusion.model
+        was_training = module.training
+        module.eval()
+        if module.diffusion_ema is not None:
+            diffusion.model = module.diffusion_ema.ema_model
+        ratio = diffusion.pretransform.downsampling_ratio if diffusion.pretransform is not None else 1
+        sr = int(diffusion.sample_rate)
+        n = max(1, math.ceil(self.seconds * sr / ratio)) * ratio
+        try:
+            for i, prompt in enumerate(self.prompts):
+                with trainer.strategy.precision_plugin.forward_context():
+                    out = generate_diffusion_cond(
+                        diffusion,
+                        steps=self.steps,
+                        cfg_scale=self.cfg,
+                        conditioning=[{"prompt": prompt, "seconds_start": 0, "seconds_total": self.seconds}],
+                        sample_size=n,
+                        seed=self.seed + i,
+                        device=module.device,
+                        apg_scale=0.0,
+                        disable_tqdm=True,
+                        **CARD_SAMPLER,
+                    )
+                wav = out[0].float().cpu().numpy()
+                peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+                if peak > 0:
+                    wav = wav / peak * 0.9  # a demo is for listening: normalise the level
+                name = f"step{step:08d}_{i}.wav"
+                with atomic_path(self.out_dir / name) as tmp:
+                    audio_io.write_wav(tmp, wav, sr)
+                self._demo_log.append(
+                    {
+                        "file": name,
+                        "step": step,
+                        "prompt": prompt,
+                        "seconds": self.seconds,
+                        "steps": self.steps,
+                        "cfg": self.cfg,
+                        "ema": module.diffusion_ema is not None,
+                    }
+                )
+        finally:
+            diffusion.model = online
+            module.train(was_training)
+
+
+class KeepNewest(pl.callbacks.ModelCheckpoint):
+    """Save every N steps, every ``minutes`` of training and at the end of every epoch (so a small
+    set, with fewer steps than N per run, still has one per epoch); then keep the ``keep``
+    highest-step files of the folder.
+
+    Pruning by what is on disk (not by Lightning's in-memory list, which a resumed run does
+    not restore) also clears checkpoints left behind by a killed session.
+    """
+
+    def __init__(self, keep: int, minutes: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.keep, self.minutes = keep, float(minutes)
+        self.saved_step, self.saved_at = -1, time.monotonic()
+
+    def on_train_end(self, trainer, pl_module):
+        # the last step is always checkpointed, so a finished run resumes (or extends) from its
+        # end; here, in the process(es) that trained (under DDP by fork the notebook's own
+        # trainer never sees a step)
+        super().on_train_end(trainer, pl_module)
+        last = Path(self.dirpath) / f"step={trainer.global_step}.ckpt"
+        if trainer.global_step > 0 and not last.exists():
+            self._save_checkpoint(trainer, str(last))
+
+    def _save_checkpoint(self, trainer, filepath):
+        super()._save_checkpoint(trainer, filepath)
+        self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
+        if trainer.is_global_zero:
+            prune_checkpoints(Path(self.dirpath), self.keep)
+
+    def _save_now(self, trainer):
+        if trainer.global_step > 0 and trainer.global_step != self.saved_step:
+            self._save_checkpoint(trainer, str(Path(self.dirpath) / f"step={trainer.global_step}.ckpt"))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+        if self.minutes > 0 and trainer.global_step != self.saved_step:
+            due = time.monotonic() - self.saved_at >= self.minutes * 60
+            if trainer.strategy.broadcast(due):  # every rank takes the same decision
+                self._save_now(trainer)
+
+    def on_train_epoch_end(self, trainer, module):
+        super().on_train_epoch_end(trainer, module)
+        self._save_now(trainer)
