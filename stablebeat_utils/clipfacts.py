@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .runs import Run, read_jsonl
+from .runs import Run, iter_jsonl
 
 PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 PC_NAME = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
@@ -569,31 +569,42 @@ def gather(run: Run) -> list[dict]:
     seg_path = run.path("01_segment", "segments.jsonl")
     if not seg_path.is_file():
         raise ClipFactsError(f"{seg_path}: missing — run notebook 01_segment first")
+    # Only the fields a record needs are kept: 02's rows carry every tag's score (~15 KB each as
+    # Python objects, ~600 MiB at 40,000 clips), of which a prompt uses the chosen tags.
+    tag_fields = {"clip_id", "error", *(f"{f}_tags" for f in FAMILIES)}
+    tk_fields = {"clip_id", "error", "tempo", "key", "scale"}
     try:
-        segments = read_jsonl(seg_path)
-        tags = _by_id(read_jsonl(run.path("02_tag", "tags.jsonl")))
-        tk = _by_id(read_jsonl(run.path("03_tempo_key", "tempo_key.jsonl")))
+        tags = _by_id(_only(r, tag_fields) for r in iter_jsonl(run.path("02_tag", "tags.jsonl")))
+        tk = _by_id(_only(r, tk_fields) for r in iter_jsonl(run.path("03_tempo_key", "tempo_key.jsonl")))
+        records = [_record(seg, tags, tk) for seg in iter_jsonl(seg_path) if _usable(seg)]
     except ValueError as exc:
         raise ClipFactsError(f"{run.root}: a JSONL input is not valid JSON ({exc})") from exc
-    records = []
-    for seg in segments:
-        if seg.get("status") != "ok" or not seg.get("clip_id") or not seg.get("path"):
-            continue
-        cid = str(seg["clip_id"])
-        missing = []
-        t = tags.get(cid)
-        if t is None or t.get("error"):
-            missing.append("tags" if t is None else "tags (02_tag error)")
-            t = {}
-        k = tk.get(cid)
-        if k is None or (k.get("error") and k.get("tempo") is None and k.get("key") is None):
-            missing.append("tempo_key" if k is None else "tempo_key (03_tempo_key error)")
-            k = k or {}
-        meta = {f"{f}_tags": [str(x) for x in (t.get(f"{f}_tags") or [])] for f in FAMILIES}
-        meta.update(key=k.get("key"), scale=k.get("scale"), tempo=k.get("tempo"))
-        if known_key(meta) is None:
-            meta.update(key=None, scale=None)
-        meta.update(start=seg.get("start"), duration=seg.get("duration"))
-        records.append({"clip_id": cid, "filepath": seg["path"], "meta": meta, "missing": missing})
     records.sort(key=lambda r: r["clip_id"])
     return records
+
+
+def _only(row: dict, fields: set[str]) -> dict:
+    return {k: v for k, v in row.items() if k in fields} if isinstance(row, dict) else row
+
+
+def _usable(seg: dict) -> bool:
+    return seg.get("status") == "ok" and bool(seg.get("clip_id")) and bool(seg.get("path"))
+
+
+def _record(seg: dict, tags: dict[str, dict], tk: dict[str, dict]) -> dict:
+    cid = str(seg["clip_id"])
+    missing = []
+    t = tags.get(cid)
+    if t is None or t.get("error"):
+        missing.append("tags" if t is None else "tags (02_tag error)")
+        t = {}
+    k = tk.get(cid)
+    if k is None or (k.get("error") and k.get("tempo") is None and k.get("key") is None):
+        missing.append("tempo_key" if k is None else "tempo_key (03_tempo_key error)")
+        k = k or {}
+    meta = {f"{f}_tags": [str(x) for x in (t.get(f"{f}_tags") or [])] for f in FAMILIES}
+    meta.update(key=k.get("key"), scale=k.get("scale"), tempo=k.get("tempo"))
+    if known_key(meta) is None:
+        meta.update(key=None, scale=None)
+    meta.update(start=seg.get("start"), duration=seg.get("duration"))
+    return {"clip_id": cid, "filepath": seg["path"], "meta": meta, "missing": missing}

@@ -25,6 +25,7 @@ import platform
 import re
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Iterator
 
 from . import __version__
@@ -118,20 +119,30 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """The complete rows of a JSONL file, one at a time (a last line cut by a kill is ignored)."""
+    for _, _, line in _lines(Path(path)):
+        yield json.loads(line)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All complete rows of a JSONL file (a last line cut by a kill is ignored)."""
-    path = Path(path)
+    return list(iter_jsonl(path))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(offset, length, stripped line) of every complete, non-blank line of ``path``."""
     if not path.exists():
-        return []
-    rows = []
+        return
+    offset = 0
     with open(path, "rb") as fh:
         for raw in fh:
             if not raw.endswith(b"\n"):
                 break  # a line cut by a kill: not a row
             line = raw.strip()
             if line:
-                rows.append(json.loads(line))
-    return rows
+                yield offset, len(raw), line
+            offset += len(raw)
 
 
 # The names atomic_path gives its temporary files: ".<stem>.<8 random chars>.tmp<suffix>".
@@ -160,6 +171,12 @@ class JsonlLog:
     Opening repairs a file whose last line was cut by a kill (the partial line is truncated
     away). :meth:`append` writes whole lines with one ``write`` + ``fsync`` and ignores a key that
     is already present, so a re-run never duplicates a row.
+
+    Memory: the log keeps each key and where its line starts in the file, not the rows. At the
+    card's scale (40,000 clips) 02's rows, with their per-tag scores, take ~600 MiB as Python
+    dicts; the index takes a few MiB (benchmarks/bench_rows.py). :meth:`get` reads one line back,
+    :meth:`rows` and :meth:`finalize` give a :class:`Rows` view that reads the file as it is
+    iterated — a row read from it is a fresh dict, so changing it changes nothing on disk.
     """
 
     def __init__(self, path: str | os.PathLike, key: str | Callable[[dict], str] = "clip_id"):
@@ -167,76 +184,159 @@ class JsonlLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._key = key if callable(key) else (lambda row, _k=key: row[_k])
         self._repair()
-        self._rows: dict[str, dict] = {}
-        for row in read_jsonl(self.path):
-            self._rows.setdefault(self._key(row), row)
+        self._index()
+
+    def _index(self) -> None:
+        self._at: dict[str, tuple[int, int]] = {}  # key -> (offset, length) of its first line
+        self._size = 0
+        for offset, length, line in _lines(self.path):
+            self._at.setdefault(self._key(json.loads(line)), (offset, length))
+            self._size = offset + length
+        if self.path.exists():
+            self._size = self.path.stat().st_size
 
     def _repair(self) -> None:
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(self.path, "rb+") as fh:
-                fh.truncate(keep)
-                os.fsync(fh.fileno())
+        size = self.path.stat().st_size
+        if not size:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            # the cut line is the tail after the last newline; read back in blocks to find it
+            pos, keep = size, 0
+            while pos > 0:
+                step = min(1 << 16, pos)
+                pos -= step
+                fh.seek(pos)
+                nl = fh.read(step).rfind(b"\n")
+                if nl >= 0:
+                    keep = pos + nl + 1
+                    break
+            fh.truncate(keep)
+            os.fsync(fh.fileno())
+
+    def _read(self, where: tuple[int, int]) -> dict:
+        with open(self.path, "rb") as fh:
+            fh.seek(where[0])
+            return json.loads(fh.read(where[1]))
 
     def __contains__(self, key: str) -> bool:
-        return key in self._rows
+        return key in self._at
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._at)
 
     def keys(self) -> set[str]:
-        return set(self._rows)
+        return set(self._at)
 
-    def rows(self) -> list[dict]:
-        return list(self._rows.values())
+    def rows(self) -> Rows:
+        """The rows, first occurrence of each key, in file order (read lazily)."""
+        return Rows(self.path, list(self._at.values()))
 
     def get(self, key: str, default: dict | None = None) -> dict | None:
-        return self._rows.get(key, default)
+        where = self._at.get(key)
+        return default if where is None else self._read(where)
 
     def append(self, *rows: dict) -> int:
         """Append the rows whose key is new, as one write. Returns how many were written."""
-        new = []
+        new, seen = [], set()
         for row in rows:
             k = self._key(row)
-            if k in self._rows:
+            if k in self._at or k in seen:
                 continue
-            self._rows[k] = row
-            new.append(row)
+            seen.add(k)
+            new.append((k, (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")))
         if not new:
             return 0
-        payload = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in new)
         try:
             with open(self.path, "ab") as fh:
-                fh.write(payload.encode("utf-8"))
+                fh.write(b"".join(line for _, line in new))
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            for r in new:
-                self._rows.pop(self._key(r), None)
             self._repair()
+            self._index()
             raise _disk_error(self.path, exc) from exc
+        offset = self._size
+        for k, line in new:
+            self._at[k] = (offset, len(line))
+            offset += len(line)
+        self._size = offset
         return len(new)
 
-    def _rewrite(self, rows: list[dict]) -> None:
-        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
+    def _rewrite(self, order: list[tuple[int, int]]) -> None:
+        """Write the lines at ``order`` (offset, length) as the new file, atomically; re-index."""
+        if not self.path.exists():
+            self.path.touch()  # finalize of a stage with no rows still leaves its (empty) file
+        with atomic_path(self.path) as tmp, open(self.path, "rb") as src, open(tmp, "wb") as out:
+            for offset, length in order:
+                src.seek(offset)
+                out.write(src.read(length))
+        self._index()
 
     def discard(self, keys: set[str]) -> int:
         """Drop the rows with these keys (rewriting the file atomically); returns how many."""
-        gone = [k for k in keys if k in self._rows]
-        for k in gone:
-            del self._rows[k]
+        gone = [k for k in keys if k in self._at]
         if gone:
-            self._rewrite(list(self._rows.values()))
+            drop = set(gone)
+            self._rewrite([w for k, w in self._at.items() if k not in drop])
         return len(gone)
 
-    def finalize(self, sort_key: Callable[[dict], Any] | None = None) -> list[dict]:
-        """Rewrite the file sorted (by key unless ``sort_key``), atomically; return the rows."""
-        rows = sorted(self._rows.values(), key=sort_key or self._key)
-        self._rewrite(rows)
-        return rows
+    def finalize(self, sort_key: Callable[[dict], Any] | None = None) -> Rows:
+        """Rewrite the file sorted (by key unless ``sort_key``), atomically; return the rows.
+
+        Only the sort keys are held (one small tuple per row), not the rows.
+        """
+        if sort_key is None:
+            order = [w for _, w in sorted(self._at.items(), key=lambda kw: kw[0])]
+        else:
+            firsts = set(self._at.values())
+            keyed = [(sort_key(json.loads(line)), (off, n)) for off, n, line in _lines(self.path) if (off, n) in firsts]
+            order = [w for _, w in sorted(keyed, key=lambda kw: kw[0])]
+        self._rewrite(order)
+        return self.rows()
+
+
+class Rows(Sequence):
+    """A read-only, lazily read list of JSONL rows: iterating reads the file line by line.
+
+    Works wherever a list of rows was used (``len``, indexing, slicing, iteration); ``list(rows)``
+    brings them all into memory, which is what this view exists to avoid at the card's scale.
+    """
+
+    def __init__(self, path: Path, where: list[tuple[int, int]]):
+        self._path, self._where = path, where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        offset, length = self._where[i]
+        with open(self._path, "rb") as fh:
+            fh.seek(offset)
+            return json.loads(fh.read(length))
+
+    def __iter__(self) -> Iterator[dict]:
+        if not self._where:
+            return
+        with open(self._path, "rb") as fh:
+            pos = 0
+            for offset, length in self._where:
+                if offset != pos:
+                    fh.seek(offset)
+                yield json.loads(fh.read(length))
+                pos = offset + length
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == (list(other) if isinstance(other, (list, tuple, Rows)) else other)
+
+    def __repr__(self) -> str:
+        return f"Rows({str(self._path)!r}, {len(self)} rows)"
 
 
 class Run:
@@ -309,7 +409,7 @@ class Run:
 
 def iter_rows(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
     for p in paths:
-        yield from read_jsonl(p)
+        yield from iter_jsonl(p)
 
 
 # --------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json, read_jsonl
+from .runs import JsonlLog, Run, atomic_path, atomic_write_json, file_sha256, iter_jsonl, read_json, read_jsonl
 from .stage import begin
 
 STAGE = "03_tempo_key"
@@ -462,10 +462,13 @@ def _ok_clips(run: Run) -> list[dict]:
     seg = run.path("01_segment", "segments.jsonl")
     if not seg.is_file():
         raise TempoKeyError(f"{seg} not found: run notebook 01_segment first (or check run_dir)")
-    rows = [r for r in read_jsonl(seg) if r.get("status") == "ok"]
-    for r in rows:
+    rows = []  # only what this stage uses of each row: at 40,000 clips the whole rows are ~90 MiB
+    for r in iter_jsonl(seg):
+        if r.get("status") != "ok":
+            continue
         if "clip_id" not in r or "path" not in r:
             raise TempoKeyError(f"{seg}: a row without clip_id/path: {json.dumps(r)[:200]}")
+        rows.append({"clip_id": r["clip_id"], "path": r["path"]})
     return sorted(rows, key=lambda r: r["clip_id"])
 
 
@@ -503,6 +506,21 @@ def _iter_results(jobs: list[tuple[str, str, str]], graph: str, key_profile: str
         initializer=init_estimators,
         initargs=(graph, key_profile),
     )
+
+
+def _write_final(out: Path, log: JsonlLog, ids: list[str], min_confidence: float) -> dict:
+    """Write the rows of ``ids`` (threshold re-applied, in this order) atomically, one at a time
+    (never all in memory); return the summary's counts."""
+    counts = dict.fromkeys(("errors", "tempo_kept", "tempo_unreconciled", "key_kept"), 0)
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for cid in ids:
+            r = apply_threshold(log.get(cid), min_confidence)
+            fh.write(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n")
+            counts["errors"] += bool(r["error"])
+            counts["tempo_kept"] += r["tempo"] is not None
+            counts["tempo_unreconciled"] += r.get("tempo_method") in ("octave unresolved", "estimates disagree")
+            counts["key_kept"] += r["key"] is not None
+    return counts
 
 
 def run(
@@ -557,21 +575,9 @@ def run(
             bar.update(1)
 
     # finalize: only the current ok clips, threshold re-applied, sorted, written atomically
-    ids = [c["clip_id"] for c in clips]
-    rows = [apply_threshold(log.get(cid), float(min_confidence)) for cid in ids]
-    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
-    summary = {
-        "clips": len(rows),
-        "analysed_now": len(jobs),
-        "errors": sum(1 for r in rows if r["error"]),
-        "tempo_kept": sum(1 for r in rows if r["tempo"] is not None),
-        "tempo_unreconciled": sum(
-            1 for r in rows if r.get("tempo_method") in ("octave unresolved", "estimates disagree")
-        ),
-        "key_kept": sum(1 for r in rows if r["key"] is not None),
-        "min_confidence": float(min_confidence),
-        "output": str(out),
-    }
+    counts = _write_final(out, log, [c["clip_id"] for c in clips], float(min_confidence))
+    summary = {"clips": len(clips), "analysed_now": len(jobs), **counts}
+    summary.update(min_confidence=float(min_confidence), output=str(out))
     run_.mark_done(STAGE, params=params, **summary)
     return summary
 

@@ -82,3 +82,51 @@ def test_jsonl_discard_drops_rows_for_good(tmp_path):
     assert [r["clip_id"] for r in read_jsonl(tmp_path / "x.jsonl")] == ["a", "c"]
     assert "b" not in JsonlLog(tmp_path / "x.jsonl")
     assert log.append({"clip_id": "b", "v": 4}) == 1  # may come back, with its new content
+
+
+def test_jsonl_log_keeps_an_index_not_the_rows(tmp_path):
+    """At the card's scale the rows do not fit comfortably in memory (02's: ~600 MiB for 40,000
+    clips): the log holds keys and offsets, and reads a row back when asked."""
+    import tracemalloc
+
+    path = tmp_path / "big.jsonl"
+    pad = "x" * 5000
+    path.write_text("".join(json.dumps({"clip_id": f"c{i:04d}", "pad": pad, "i": i}) + "\n" for i in range(2000)))
+    tracemalloc.start()
+    log = JsonlLog(path)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(log) == 2000
+    assert held < 1_000_000, f"the log holds {held / 1e6:.1f} MB for a 10 MB file: it keeps the rows"
+    assert log.get("c0042")["i"] == 42 and log.get("nope") is None
+
+
+def test_rows_view_reads_like_a_list_and_never_writes_back(tmp_path):
+    log = JsonlLog(tmp_path / "rows.jsonl")
+    log.append(*({"clip_id": c, "v": i} for i, c in enumerate("dbca")))
+    rows = log.rows()
+    assert len(rows) == 4 and rows[0]["clip_id"] == "d" and rows[-1]["clip_id"] == "a"
+    assert [r["clip_id"] for r in rows[1:3]] == ["b", "c"]
+    assert rows == runs.read_jsonl(tmp_path / "rows.jsonl")
+    rows[0]["v"] = 99  # a fresh dict each read
+    assert log.get("d")["v"] == 0
+    final = log.finalize(sort_key=lambda r: -r["v"])
+    assert [r["clip_id"] for r in final] == ["a", "c", "b", "d"]
+    assert [r["clip_id"] for r in runs.read_jsonl(tmp_path / "rows.jsonl")] == ["a", "c", "b", "d"]
+    log.append({"clip_id": "e", "v": 4}, {"clip_id": "e", "v": 5})  # the same key twice in one call
+    assert len(log) == 5 and log.get("e")["v"] == 4
+    again = JsonlLog(tmp_path / "rows.jsonl")
+    assert [r["clip_id"] for r in again.rows()] == ["a", "c", "b", "d", "e"]
+    assert again.discard({"c", "zz"}) == 1 and "c" not in again and again.get("e")["v"] == 4
+    empty = JsonlLog(tmp_path / "none.jsonl")
+    assert list(empty.finalize()) == [] and (tmp_path / "none.jsonl").read_bytes() == b""
+
+
+def test_a_cut_line_far_from_the_start_is_repaired(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    body = "".join(json.dumps({"clip_id": f"c{i}", "pad": "y" * 300}) + "\n" for i in range(400))
+    path.write_text(body + '{"clip_id": "cut", "pad": "' + "z" * 70000)  # a tail longer than one block
+    log = JsonlLog(path)
+    assert len(log) == 400 and path.read_text() == body
+    log.append({"clip_id": "new"})
+    assert runs.read_jsonl(path)[-1] == {"clip_id": "new"}
