@@ -432,7 +432,7 @@ def _validate(generations: str, clap_backend: str, key_profile: str, workers: in
 
 
 # metrics.csv: its columns, in order; the numeric ones are kept numeric (NaN) even when every clip failed
-METRICS_NUMERIC_COLUMNS = [
+_METRICS_NUMERIC_COLUMNS = [
     "duration_s",
     *CARD_METRICS,
     "tempo_confidence",
@@ -444,7 +444,7 @@ METRICS_NUMERIC_COLUMNS = [
     "key_score",
     *[f"{m}_dist" for m in SIGNAL_METRICS],
 ]
-METRICS_CSV_COLUMNS = [
+_METRICS_CSV_COLUMNS = [
     "model",
     "prompt_idx",
     "seed",
@@ -467,7 +467,7 @@ METRICS_CSV_COLUMNS = [
     "error",
     "prompt",
 ]
-MEAN_COLUMNS = (*CARD_METRICS, "bpm_abs_error", "bpm_octave_error", "bpm_acc1", "bpm_acc2", "key_score")
+_MEAN_COLUMNS = (*CARD_METRICS, "bpm_abs_error", "bpm_octave_error", "bpm_acc1", "bpm_acc2", "key_score")
 
 
 @dataclass
@@ -651,7 +651,7 @@ def _clip_table(gens, clips: _ClipFiles, measured: _Measured, clap_log: JsonlLog
         for r, k in zip(gens, clips.gen_keys)
     ]
     df = pd.DataFrame(rows).sort_values(["prompt_idx", "model", "seed"], kind="stable").reset_index(drop=True)
-    for c in METRICS_NUMERIC_COLUMNS:  # a column of failed clips only is all None: keep it numeric (NaN)
+    for c in _METRICS_NUMERIC_COLUMNS:  # a column of failed clips only is all None: keep it numeric (NaN)
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     return df
 
@@ -692,7 +692,7 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
     table_models = pair + [m for m in models_present if m not in pair]
     atomic_write_text(out_dir / "card_table.md", card_table(df, table_models))
     comparison = compare(df) if len(pair) == 2 else []
-    means = {m: {c: _mean(df[df["model"] == m], c) for c in MEAN_COLUMNS} for m in models_present}
+    means = {m: {c: _mean(df[df["model"] == m], c) for c in _MEAN_COLUMNS} for m in models_present}
     training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
     summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
     from . import focus  # per tag the second stage trained on: did it move toward the tag's training clips?
@@ -779,7 +779,7 @@ def run(
     frechet = _frechet_by_model(gens, clips, embedded.log, models_present)
 
     # 6. tables, summary, plots, report
-    df = df[METRICS_CSV_COLUMNS]
+    df = df[_METRICS_CSV_COLUMNS]
     settings = {
         "run_dir": run_dir,
         "clap_setting": clap_setting,
