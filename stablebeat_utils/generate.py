@@ -492,7 +492,7 @@ class _Generation:
 
 
 def _check_same_recipe(g: _Generation) -> None:
-    """One folder, one recipe: refuse rows made with other settings, seed or prompts."""
+    """Refuse rows made with other settings, seed or prompts than this run asks for."""
     recipe = g.recipe()
     for row in g.gens.rows():  # one folder, one recipe: never mix two in one table
         i = row.get("prompt_idx", 0)
