@@ -170,6 +170,74 @@ def _add(buf: np.ndarray, at: int, sig: np.ndarray, gain: float, pan: float = 0.
     buf[1, at : at + len(sig)] += gain * np.sin(angle) * sig
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """Time on the beat's 16th-note grid: sample index of a time, swung 16th positions."""
+
+    sr: int
+    step: float  # a 16th note, seconds
+    swing: float
+
+    def s(self, t: float) -> int:
+        return int(round(t * self.sr))
+
+    def sw(self, k: float) -> float:  # a 16th position, swung when it is an off-beat 16th
+        swing = self.swing
+        return k + 2 * (swing - 0.5) if swing != 0.5 and float(k).is_integer() and int(k) % 2 == 1 else k
+
+
+def _check_beat_args(bpm: float, key: str, scale: str, seconds: float) -> None:
+    if key not in KEYS:
+        raise ValueError(f"key {key!r}: use one of {', '.join(KEYS)}")
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r}: use 'major' or 'minor'")
+    if not 30 <= bpm <= 300 or seconds <= 0:
+        raise ValueError(f"bpm {bpm} / seconds {seconds}: need 30 <= bpm <= 300 and seconds > 0")
+
+
+def _drum_bar(buf, g: _Grid, t0: float, b: int, kit: tuple, kick_pat, snare_steps, hat_div: int, rng) -> None:
+    """Kicks, claps and closed hats of bar ``b`` (a hat roll on most 4th bars), an open hat every 2nd bar."""
+    kick, clap, hats = kit
+    step = g.step
+    for k in kick_pat:
+        _add(buf, g.s(t0 + g.sw(k) * step), kick, 0.9)
+    for k in snare_steps:
+        _add(buf, g.s(t0 + k * step), clap, 0.55, pan=0.05)
+    roll = b % 4 == 3 and rng.random() < 0.8
+    last_beat_start = 12
+    for k in range(0, 16, hat_div):
+        if roll and k >= last_beat_start:
+            break
+        _add(buf, g.s(t0 + g.sw(k) * step), hats[0], 0.18 if k % 4 else 0.24, pan=0.3)
+    if roll:  # the last beat of the bar as 32nds, 16th triplets or 32nd triplets
+        div = (8, 6, 12)[int(rng.integers(3))]
+        for i in range(div):
+            _add(buf, g.s(t0 + (last_beat_start + 4 * i / div) * step), hats[0], 0.12 + 0.1 * i / div, pan=0.3)
+    if b % 2 == 1:  # an open hat now and then
+        _add(buf, g.s(t0 + 14 * step), hats[1], 0.12, pan=-0.3)
+
+
+def _bass_bar(buf, g: _Grid, t0: float, kick_pat, root_hz: float, prev_root_hz: float | None) -> None:
+    """808 on the kicks, each held to the next, the bar's first one gliding from the last chord's root."""
+    for j, k in enumerate(kick_pat):
+        nxt = kick_pat[j + 1] if j + 1 < len(kick_pat) else 16
+        glide = prev_root_hz if (prev_root_hz and prev_root_hz != root_hz and j == 0) else None
+        _add(buf, g.s(t0 + g.sw(k) * g.step), _808(g.sr, root_hz, glide, (nxt - k) * g.step), 0.55)
+
+
+def _melody_bar(buf, g: _Grid, t0: float, tonic: int, triad: list[int], degrees, rng) -> None:
+    """Bell melody: chord tones and scale steps on 8ths, with rests."""
+    for k in range(0, 16, 2):
+        if rng.random() < 0.45:
+            continue
+        if rng.random() < 0.7:
+            iv = triad[int(rng.integers(3))]
+        else:
+            iv = degrees[int(rng.integers(7))]
+        m = 72 + tonic + iv - (12 if tonic > 6 else 0)
+        _add(buf, g.s(t0 + k * g.step), _bell(g.sr, int(m), 0.6), 0.13, pan=float(rng.uniform(-0.4, 0.4)))
+
+
 def make_beat(
     bpm: float,
     key: str,
@@ -190,17 +258,12 @@ def make_beat(
     default plays 8ths from 110 BPM and 16ths below. ``swing`` > 0.5 delays every off-beat 16th
     (0.58: the second 16th of each 8th starts at 58 % of it). Same arguments → the same samples.
     """
-    if key not in KEYS:
-        raise ValueError(f"key {key!r}: use one of {', '.join(KEYS)}")
-    if scale not in SCALES:
-        raise ValueError(f"scale {scale!r}: use 'major' or 'minor'")
-    if not 30 <= bpm <= 300 or seconds <= 0:
-        raise ValueError(f"bpm {bpm} / seconds {seconds}: need 30 <= bpm <= 300 and seconds > 0")
+    _check_beat_args(bpm, key, scale, seconds)
     rng = np.random.default_rng(seed)
     n = int(round(seconds * sr))
     buf = np.zeros((2, n), dtype=np.float32)
-    step = 60.0 / bpm / 4  # a 16th note, seconds
-    bar = 16 * step
+    g = _Grid(sr, 60.0 / bpm / 4, swing)  # the step: a 16th note, seconds
+    bar = 16 * g.step
     n_bars = int(np.ceil(seconds / bar))
     tonic = KEYS.index(key)
     degrees = SCALES[scale]
@@ -220,12 +283,6 @@ def make_beat(
         hat_div = 2 if bpm >= 110 else 1  # 8ths at fast tempi, 16ths at slow
     # an intro bar of drums alone would hide the key: everything plays from bar 0
 
-    def s(t: float) -> int:
-        return int(round(t * sr))
-
-    def sw(k: float) -> float:  # a 16th position, swung when it is an off-beat 16th
-        return k + 2 * (swing - 0.5) if swing != 0.5 and float(k).is_integer() and int(k) % 2 == 1 else k
-
     prev_root_hz = None
     for b in range(n_bars):
         t0 = b * bar
@@ -233,48 +290,20 @@ def make_beat(
         # diatonic triad on that degree
         triad = [degrees[(chord_deg + i) % 7] + 12 * ((chord_deg + i) // 7) for i in (0, 2, 4)]
         root_pc = (tonic + degrees[chord_deg]) % 12
-        # drums
-        for k in kick_pat:
-            _add(buf, s(t0 + sw(k) * step), kick, 0.9)
-        for k in snare_steps:
-            _add(buf, s(t0 + k * step), clap, 0.55, pan=0.05)
-        roll = b % 4 == 3 and rng.random() < 0.8
-        last_beat_start = 12
-        for k in range(0, 16, hat_div):
-            if roll and k >= last_beat_start:
-                break
-            _add(buf, s(t0 + sw(k) * step), hats[0], 0.18 if k % 4 else 0.24, pan=0.3)
-        if roll:  # the last beat of the bar as 32nds, 16th triplets or 32nd triplets
-            div = (8, 6, 12)[int(rng.integers(3))]
-            for i in range(div):
-                _add(buf, s(t0 + (last_beat_start + 4 * i / div) * step), hats[0], 0.12 + 0.1 * i / div, pan=0.3)
-        if b % 2 == 1:  # an open hat now and then
-            _add(buf, s(t0 + 14 * step), hats[1], 0.12, pan=-0.3)
+        _drum_bar(buf, g, t0, b, (kick, clap, hats), kick_pat, snare_steps, hat_div, rng)
         # 808 on the kicks, pitched to the chord root (octave 1-2: 33-62 Hz)
         root_hz = _midi_hz(24 + root_pc + (12 if root_pc < 1 else 0))
-        for j, k in enumerate(kick_pat):
-            nxt = kick_pat[j + 1] if j + 1 < len(kick_pat) else 16
-            glide = prev_root_hz if (prev_root_hz and prev_root_hz != root_hz and j == 0) else None
-            _add(buf, s(t0 + sw(k) * step), _808(sr, root_hz, glide, (nxt - k) * step), 0.55)
+        _bass_bar(buf, g, t0, kick_pat, root_hz, prev_root_hz)
         prev_root_hz = root_hz
         # chords: one pad per bar, voiced around middle C
         if b % bars_per_chord == 0:
             midis = [60 + tonic + iv - (12 if tonic + iv > 7 else 0) for iv in triad]
             midis.append(midis[0] - 12)
-            _add(buf, s(t0), _pad(sr, midis, bar * bars_per_chord), 0.32, pan=-0.1)
-        # bell melody: chord tones and scale steps on 8ths, with rests
+            _add(buf, g.s(t0), _pad(sr, midis, bar * bars_per_chord), 0.32, pan=-0.1)
         if melody:
-            for k in range(0, 16, 2):
-                if rng.random() < 0.45:
-                    continue
-                if rng.random() < 0.7:
-                    iv = triad[int(rng.integers(3))]
-                else:
-                    iv = degrees[int(rng.integers(7))]
-                m = 72 + tonic + iv - (12 if tonic > 6 else 0)
-                _add(buf, s(t0 + k * step), _bell(sr, int(m), 0.6), 0.13, pan=float(rng.uniform(-0.4, 0.4)))
+            _melody_bar(buf, g, t0, tonic, triad, degrees, rng)
     # gentle fade-out in the last 0.3 s, then normalize to -1 dBFS
-    fade = min(n, s(0.3))
+    fade = min(n, g.s(0.3))
     buf[:, n - fade :] *= np.linspace(1, 0, fade, dtype=np.float32)
     peak = float(np.max(np.abs(buf)))
     if peak > 0:

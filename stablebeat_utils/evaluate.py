@@ -95,6 +95,7 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -430,6 +431,307 @@ def _validate(generations: str, clap_backend: str, key_profile: str, workers: in
         raise EvaluateError(f'generations {generations!r}: give a .jsonl or .csv file, or "" for 06\'s list')
 
 
+# metrics.csv: its columns, in order; the numeric ones are kept numeric (NaN) even when every clip failed
+_METRICS_NUMERIC_COLUMNS = [
+    "duration_s",
+    *CARD_METRICS,
+    "tempo_confidence",
+    "bpm_requested",
+    "bpm_abs_error",
+    "bpm_rel_error",
+    "bpm_octave_error",
+    "key_strength",
+    "key_score",
+    *[f"{m}_dist" for m in SIGNAL_METRICS],
+]
+_METRICS_CSV_COLUMNS = [
+    "model",
+    "prompt_idx",
+    "seed",
+    "path",
+    "duration_s",
+    *CARD_METRICS,
+    "tempo_confidence",
+    "bpm_requested",
+    "bpm_abs_error",
+    "bpm_rel_error",
+    "bpm_octave_error",
+    "bpm_acc1",
+    "bpm_acc2",
+    "key_requested",
+    "key_est",
+    "key_strength",
+    "key_exact",
+    "key_score",
+    *[f"{m}_dist" for m in SIGNAL_METRICS],
+    "error",
+    "prompt",
+]
+_MEAN_COLUMNS = (*CARD_METRICS, "bpm_abs_error", "bpm_octave_error", "bpm_acc1", "bpm_acc2", "key_score")
+
+
+@dataclass
+class _ClipFiles:
+    """The files to measure: cache key → (path, with_tempo), and the keys of the generated / training clips."""
+
+    files: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    gen_keys: list[str] = field(default_factory=list)
+    ref_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Measured:
+    """Step 2's result: the signal cache, the clips that crashed their worker (not cached), the jobs run now."""
+
+    log: JsonlLog
+    crashed: dict[str, dict]
+    jobs: list[tuple[str, str, bool]]
+    files: dict[str, tuple[str, bool]]
+
+    def row(self, k: str) -> dict:
+        return self.log.get(k) or self.crashed.get(k) or {"error": f"{self.files[k][0]}: file not found"}
+
+
+@dataclass
+class _Embedded:
+    """Step 3's result: the CLAP model, its embedding cache, the clips embedded now."""
+
+    clap: Any
+    log: JsonlLog
+    need: list[str]
+
+
+def _tempo_graph(tempo_model: str):
+    from . import tempo_key
+
+    try:
+        return tempo_key.resolve_tempo_model(tempo_model)
+    except tempo_key.TempoKeyError as exc:
+        raise EvaluateError(f"tempo_model: {exc}") from exc
+
+
+def _clip_files(gens: list[dict], refs: list[str]) -> _ClipFiles:
+    clips = _ClipFiles()
+    for r in gens:
+        p = Path(r["path"])
+        k = _file_key(p) if p.is_file() else f"{p}|missing"
+        clips.gen_keys.append(k)
+        clips.files[k] = (str(p), True)
+    for path in refs:
+        p = Path(path)
+        k = _file_key(p) if p.is_file() else f"{p}|missing"
+        clips.ref_keys.append(k)
+        clips.files.setdefault(k, (str(p), False))
+    return clips
+
+
+def _measure_signals(clips: _ClipFiles, out_dir: Path, graph, key_profile: str, workers: int) -> _Measured:
+    """Signal metrics, tempo and key of every clip not cached yet, on the crash-isolating pool."""
+    from tqdm.auto import tqdm
+
+    from . import tempo_key
+
+    skey = _settings_key(graph=tempo_key.file_sha256(graph), key_profile=key_profile)
+    sig_log = JsonlLog(out_dir / "cache" / f"signal-{skey}.jsonl", key="key")
+    files = clips.files
+    jobs = [(k, p, t) for k, (p, t) in files.items() if k not in sig_log and not k.endswith("|missing")]
+    crashed: dict[str, dict] = {}
+    with tqdm(total=len(jobs), desc="07_evaluate: signal metrics, tempo, key", unit="clip", disable=not jobs) as bar:
+        for k, row in _iter_measure(jobs, str(graph), key_profile, workers):
+            if row.get("crashed"):  # not cached: the next run tries the file again
+                crashed[k] = row
+            else:
+                sig_log.append({"key": k, **row})
+            bar.update(1)
+    return _Measured(sig_log, crashed, jobs, files)
+
+
+def _embed_clips(
+    clips: _ClipFiles,
+    measured: _Measured,
+    out_dir: Path,
+    clap_model: str,
+    clap_backend: str,
+    clap_setting: str,
+    device_used: str,
+) -> _Embedded:
+    """CLAP audio embeddings of every clip not cached yet (a clip that fails becomes an error row)."""
+    from tqdm.auto import tqdm
+
+    from . import audio
+
+    # the card setting keeps its old cache key (no re-embedding); another setting gets its own
+    ckey = _settings_key(
+        clap_model=clap_model,
+        backend=clap_backend,
+        **({} if clap_setting == "card" else {"setting": clap_setting, "seed": SAM_SEED}),
+    )
+    clap_log = JsonlLog(out_dir / "cache" / f"clap-{ckey}.jsonl", key="key")
+    need = [k for k in clips.files if k not in clap_log and k not in measured.crashed and not k.endswith("|missing")]
+    clap = make_clap(clap_model, clap_backend, device_used)
+    for k in tqdm(need, desc="07_evaluate: CLAP embeddings", unit="clip", disable=not need):
+        path = clips.files[k][0]
+        try:
+            y, sr = audio.load(path)
+            emb = clap_audio_embedding(clap, y, sr) if clap_setting == "card" else clap_audio_embedding_sam(clap, y, sr)
+            clap_log.append({"key": k, "embedding": [round(float(x), 7) for x in emb], "error": None})
+        except Exception as exc:
+            clap_log.append({"key": k, "embedding": None, "error": f"{path}: {type(exc).__name__}: {exc}"})
+    return _Embedded(clap, clap_log, need)
+
+
+def _training_table(clips: _ClipFiles, measured: _Measured, clap_log: JsonlLog):
+    """The training clips' metrics (one row each) and the median log of each signal metric over them."""
+    import pandas as pd
+
+    ref_rows = []
+    for k in clips.ref_keys:
+        s = measured.row(k)
+        ref_rows.append(
+            {
+                "path": clips.files[k][0],
+                **{m: s.get(m) for m in SIGNAL_METRICS},
+                "duration_s": s.get("duration_s"),
+                "error": s.get("error") or (clap_log.get(k) or {}).get("error"),
+            }
+        )
+    ref_df = pd.DataFrame(ref_rows, columns=["path", *SIGNAL_METRICS, "duration_s", "error"])
+    for c in (*SIGNAL_METRICS, "duration_s"):
+        ref_df[c] = pd.to_numeric(ref_df[c], errors="coerce").astype(float)
+    ref_median_log = {}
+    for m in SIGNAL_METRICS:
+        v = ref_df[m].astype(float)
+        v = v[np.isfinite(v) & (v > 0)]
+        ref_median_log[m] = float(np.median(np.log(v))) if len(v) else None
+    return ref_df, ref_median_log
+
+
+def _clip_row(r: dict, s: dict, c: dict, text: dict, ref_median_log: dict, run_: Run) -> dict:
+    """One generated clip's row of metrics.csv: its measurements, CLAP score, BPM/key adherence, distances."""
+    req_bpm = parse_bpm(r["prompt"])
+    req_key = parse_key(r["prompt"])
+    row = {
+        "model": r["model"],
+        "prompt_idx": r["prompt_idx"],
+        "seed": r["seed"],
+        "path": run_.rel(r["path"]) if str(r["path"]).startswith(str(run_.root) + os.sep) else r["path"],
+        "duration_s": s.get("duration_s"),
+        "bpm": s.get("bpm"),
+        "tempo_confidence": s.get("tempo_confidence"),
+    }
+    row.update({m: s.get(m) for m in SIGNAL_METRICS})
+    emb = c.get("embedding")
+    row["clap_score"] = float(clap_scores(np.asarray(emb), text[r["prompt"]])[0]) if emb else None
+    row["bpm_requested"] = req_bpm
+    row.update(bpm_adherence(req_bpm, row["bpm"]))
+    row["key_requested"] = f"{req_key[0]} {req_key[1]}" if req_key else None
+    row["key_est"] = s.get("key_est")
+    row["key_strength"] = s.get("key_strength")
+    if req_key and row["key_est"]:
+        est = tuple(row["key_est"].split())
+        row["key_exact"] = key_score(req_key, est) == 1.0
+        row["key_score"] = key_score(req_key, est)
+    else:
+        row["key_exact"], row["key_score"] = None, None
+    for m in SIGNAL_METRICS:
+        v = row[m]
+        ok = ref_median_log[m] is not None and v is not None and v > 0 and math.isfinite(v)
+        row[f"{m}_dist"] = abs(math.log(v) - ref_median_log[m]) if ok else None
+    row["error"] = s.get("error") or c.get("error")
+    row["prompt"] = r["prompt"]
+    return row
+
+
+def _clip_table(gens, clips: _ClipFiles, measured: _Measured, clap_log: JsonlLog, text, ref_median_log, run_: Run):
+    """One row per generated clip, sorted by prompt, model, seed."""
+    import pandas as pd
+
+    rows = [
+        _clip_row(r, measured.row(k), clap_log.get(k) or {}, text, ref_median_log, run_)
+        for r, k in zip(gens, clips.gen_keys)
+    ]
+    df = pd.DataFrame(rows).sort_values(["prompt_idx", "model", "seed"], kind="stable").reset_index(drop=True)
+    for c in _METRICS_NUMERIC_COLUMNS:  # a column of failed clips only is all None: keep it numeric (NaN)
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    return df
+
+
+def _frechet_by_model(gens, clips: _ClipFiles, clap_log: JsonlLog, models_present: list[str]) -> dict:
+    """Fréchet CLAP distance of each model's clips to the training clips, with a note when unreliable."""
+    ref_emb = [clap_log.get(k, {}).get("embedding") for k in clips.ref_keys]
+    ref_emb = np.asarray([e for e in ref_emb if e], dtype=np.float64)
+    frechet = {}
+    for m in models_present:
+        embs = [clap_log.get(k, {}).get("embedding") for r, k in zip(gens, clips.gen_keys) if r["model"] == m]
+        embs = np.asarray([e for e in embs if e], dtype=np.float64)
+        rec = {"n_generated": int(len(embs)), "n_training": int(len(ref_emb)), "value": None, "note": None}
+        if len(ref_emb) < 2 or len(embs) < 2:
+            rec["note"] = "needs at least 2 generated and 2 training clips"
+        else:
+            rec["value"] = frechet_distance(embs, ref_emb)
+            if min(len(embs), len(ref_emb)) < ref_emb.shape[1]:
+                rec["note"] = (
+                    f"small sample: {min(len(embs), len(ref_emb))} clips for {ref_emb.shape[1]} dimensions "
+                    "(biased upward; compare at equal counts only)"
+                )
+        frechet[m] = rec
+    return frechet
+
+
+def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run, params, ref_source, settings) -> dict:
+    """metrics.csv, training_metrics.csv, card_table.md, summary.md, plots and report.md.
+
+    ``settings``: ``run_dir``, ``clap_setting``, ``clap_model``, ``spectrogram_pairs``. Returns what the
+    summary reports: means, training means, comparison, focus tags, plots, errors, paper comparison.
+    """
+    with atomic_path(out_dir / "metrics.csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(out_dir / "training_metrics.csv") as tmp:
+        ref_df.to_csv(tmp, index=False, float_format="%.6g")
+    pair = [m for m in ("base", "finetune") if m in models_present]
+    table_models = pair + [m for m in models_present if m not in pair]
+    atomic_write_text(out_dir / "card_table.md", card_table(df, table_models))
+    comparison = compare(df) if len(pair) == 2 else []
+    means = {m: {c: _mean(df[df["model"] == m], c) for c in _MEAN_COLUMNS} for m in models_present}
+    training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
+    summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
+    from . import focus  # per tag the second stage trained on: did it move toward the tag's training clips?
+
+    focus_tags = (
+        focus.tag_moves(settings["run_dir"], df, ref_df, SIGNAL_METRICS, TIE_TOLERANCE)
+        if "focus" in models_present
+        else []
+    )
+    summary_md += focus.tag_moves_md(focus_tags, SIGNAL_METRICS)
+    atomic_write_text(out_dir / "summary.md", summary_md)
+    plots = _plots(df, ref_df, out_dir / "plots", pair, int(settings["spectrogram_pairs"]), run_)
+    errors = df[df["error"].notna()]
+    paper = paper_comparison(means, settings["clap_setting"], settings["clap_model"])
+    report = _report_md(df, summary_md, out_dir, plots, ref_source, len(ref_df), params, errors, paper)
+    atomic_write_text(out_dir / "report.md", report)
+    return {
+        "means": means,
+        "training_means": training_means,
+        "comparison": comparison,
+        "focus_tags": focus_tags,
+        "plots": plots,
+        "errors": int(len(errors)),
+        "paper": paper,
+    }
+
+
+def _finish(run_: Run, out_dir: Path, params: dict, summary: dict) -> None:
+    """Write summary.json and record the stage as done."""
+    atomic_write_json(out_dir / "summary.json", _jsonable(summary))
+    run_.mark_done(
+        STAGE,
+        params=params,
+        **_jsonable(
+            {k: summary[k] for k in ("clips", "models", "prompts", "errors", "training_clips", "frechet", "outputs")}
+        ),
+    )
+
+
 def run(
     run_dir: str = "runs/demo",
     profile: str = "demo",
@@ -449,250 +751,62 @@ def run(
     See the module docstring for the metric definitions and outputs. Returns a summary dict.
     """
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from . import tempo_key
+    from . import models
 
     # 1. validate before any work
     _validate(generations, clap_backend, key_profile, workers, clap_setting)
     gens = read_generations(run_dir, generations)
     refs, ref_source = reference_clips(run_dir, reference)
-    try:
-        graph = tempo_key.resolve_tempo_model(tempo_model)
-    except tempo_key.TempoKeyError as exc:
-        raise EvaluateError(f"tempo_model: {exc}") from exc
+    graph = _tempo_graph(tempo_model)
     out_dir = run_.stage_dir(STAGE)
 
     # 2. per-clip signal metrics, tempo, key (cached, append-once, resumable)
-    skey = _settings_key(graph=tempo_key.file_sha256(graph), key_profile=key_profile)
-    sig_log = JsonlLog(out_dir / "cache" / f"signal-{skey}.jsonl", key="key")
-    files: dict[str, tuple[str, bool]] = {}  # cache key → (path, with_tempo)
-    gen_keys, ref_keys = [], []
-    for r in gens:
-        p = Path(r["path"])
-        k = _file_key(p) if p.is_file() else f"{p}|missing"
-        gen_keys.append(k)
-        files[k] = (str(p), True)
-    for path in refs:
-        p = Path(path)
-        k = _file_key(p) if p.is_file() else f"{p}|missing"
-        ref_keys.append(k)
-        files.setdefault(k, (str(p), False))
-    jobs = [(k, p, t) for k, (p, t) in files.items() if k not in sig_log and not k.endswith("|missing")]
-    crashed: dict[str, dict] = {}
-    with tqdm(total=len(jobs), desc="07_evaluate: signal metrics, tempo, key", unit="clip", disable=not jobs) as bar:
-        for k, row in _iter_measure(jobs, str(graph), key_profile, int(workers)):
-            if row.get("crashed"):  # not cached: the next run tries the file again
-                crashed[k] = row
-            else:
-                sig_log.append({"key": k, **row})
-            bar.update(1)
+    clips = _clip_files(gens, refs)
+    measured = _measure_signals(clips, out_dir, graph, key_profile, int(workers))
 
     # 3. CLAP audio embeddings (cached) and prompt scores
-    from . import models
-
     device_used = models.pick_device(device)
-    # the card setting keeps its old cache key (no re-embedding); another setting gets its own
-    ckey = _settings_key(
-        clap_model=clap_model,
-        backend=clap_backend,
-        **({} if clap_setting == "card" else {"setting": clap_setting, "seed": SAM_SEED}),
-    )
-    clap_log = JsonlLog(out_dir / "cache" / f"clap-{ckey}.jsonl", key="key")
-    need = [k for k in files if k not in clap_log and k not in crashed and not k.endswith("|missing")]
-    clap = make_clap(clap_model, clap_backend, device_used)
-    from . import audio
-
-    for k in tqdm(need, desc="07_evaluate: CLAP embeddings", unit="clip", disable=not need):
-        path = files[k][0]
-        try:
-            y, sr = audio.load(path)
-            emb = clap_audio_embedding(clap, y, sr) if clap_setting == "card" else clap_audio_embedding_sam(clap, y, sr)
-            clap_log.append({"key": k, "embedding": [round(float(x), 7) for x in emb], "error": None})
-        except Exception as exc:
-            clap_log.append({"key": k, "embedding": None, "error": f"{path}: {type(exc).__name__}: {exc}"})
+    embedded = _embed_clips(clips, measured, out_dir, clap_model, clap_backend, clap_setting, device_used)
     prompts = sorted({r["prompt"] for r in gens})
-    text = dict(zip(prompts, clap.embed_text(prompts)))
+    text = dict(zip(prompts, embedded.clap.embed_text(prompts)))
 
-    # 4. one row per generated clip
-    def _sig(k):
-        return sig_log.get(k) or crashed.get(k) or {"error": f"{files[k][0]}: file not found"}
-
-    ref_rows = []
-    for k in ref_keys:
-        s = _sig(k)
-        ref_rows.append(
-            {
-                "path": files[k][0],
-                **{m: s.get(m) for m in SIGNAL_METRICS},
-                "duration_s": s.get("duration_s"),
-                "error": s.get("error") or (clap_log.get(k) or {}).get("error"),
-            }
-        )
-    ref_df = pd.DataFrame(ref_rows, columns=["path", *SIGNAL_METRICS, "duration_s", "error"])
-    for c in (*SIGNAL_METRICS, "duration_s"):
-        ref_df[c] = pd.to_numeric(ref_df[c], errors="coerce").astype(float)
-    ref_median_log = {}
-    for m in SIGNAL_METRICS:
-        v = ref_df[m].astype(float)
-        v = v[np.isfinite(v) & (v > 0)]
-        ref_median_log[m] = float(np.median(np.log(v))) if len(v) else None
-
-    rows = []
-    for r, k in zip(gens, gen_keys):
-        s = _sig(k)
-        c = clap_log.get(k) or {}
-        req_bpm = parse_bpm(r["prompt"])
-        req_key = parse_key(r["prompt"])
-        row = {
-            "model": r["model"],
-            "prompt_idx": r["prompt_idx"],
-            "seed": r["seed"],
-            "path": run_.rel(r["path"]) if str(r["path"]).startswith(str(run_.root) + os.sep) else r["path"],
-            "duration_s": s.get("duration_s"),
-            "bpm": s.get("bpm"),
-            "tempo_confidence": s.get("tempo_confidence"),
-        }
-        row.update({m: s.get(m) for m in SIGNAL_METRICS})
-        emb = c.get("embedding")
-        row["clap_score"] = float(clap_scores(np.asarray(emb), text[r["prompt"]])[0]) if emb else None
-        row["bpm_requested"] = req_bpm
-        row.update(bpm_adherence(req_bpm, row["bpm"]))
-        row["key_requested"] = f"{req_key[0]} {req_key[1]}" if req_key else None
-        row["key_est"] = s.get("key_est")
-        row["key_strength"] = s.get("key_strength")
-        if req_key and row["key_est"]:
-            est = tuple(row["key_est"].split())
-            row["key_exact"] = key_score(req_key, est) == 1.0
-            row["key_score"] = key_score(req_key, est)
-        else:
-            row["key_exact"], row["key_score"] = None, None
-        for m in SIGNAL_METRICS:
-            v = row[m]
-            ok = ref_median_log[m] is not None and v is not None and v > 0 and math.isfinite(v)
-            row[f"{m}_dist"] = abs(math.log(v) - ref_median_log[m]) if ok else None
-        row["error"] = s.get("error") or c.get("error")
-        row["prompt"] = r["prompt"]
-        rows.append(row)
-    df = pd.DataFrame(rows).sort_values(["prompt_idx", "model", "seed"], kind="stable").reset_index(drop=True)
-    numeric = [
-        "duration_s",
-        *CARD_METRICS,
-        "tempo_confidence",
-        "bpm_requested",
-        "bpm_abs_error",
-        "bpm_rel_error",
-        "bpm_octave_error",
-        "key_strength",
-        "key_score",
-        *[f"{m}_dist" for m in SIGNAL_METRICS],
-    ]
-    for c in numeric:  # a column of failed clips only is all None: keep it numeric (NaN)
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    # 4. one row per generated clip (and one per training clip)
+    ref_df, ref_median_log = _training_table(clips, measured, embedded.log)
+    df = _clip_table(gens, clips, measured, embedded.log, text, ref_median_log, run_)
 
     # 5. Fréchet CLAP distance of each model's clips to the training clips
-    ref_emb = [clap_log.get(k, {}).get("embedding") for k in ref_keys]
-    ref_emb = np.asarray([e for e in ref_emb if e], dtype=np.float64)
     models_present = sorted(df["model"].unique(), key=lambda m: (m not in ("base", "finetune"), m != "base", m))
-    frechet = {}
-    for m in models_present:
-        embs = [clap_log.get(k, {}).get("embedding") for r, k in zip(gens, gen_keys) if r["model"] == m]
-        embs = np.asarray([e for e in embs if e], dtype=np.float64)
-        rec = {"n_generated": int(len(embs)), "n_training": int(len(ref_emb)), "value": None, "note": None}
-        if len(ref_emb) < 2 or len(embs) < 2:
-            rec["note"] = "needs at least 2 generated and 2 training clips"
-        else:
-            rec["value"] = frechet_distance(embs, ref_emb)
-            if min(len(embs), len(ref_emb)) < ref_emb.shape[1]:
-                rec["note"] = (
-                    f"small sample: {min(len(embs), len(ref_emb))} clips for {ref_emb.shape[1]} dimensions "
-                    "(biased upward; compare at equal counts only)"
-                )
-        frechet[m] = rec
+    frechet = _frechet_by_model(gens, clips, embedded.log, models_present)
 
     # 6. tables, summary, plots, report
-    csv_cols = [
-        "model",
-        "prompt_idx",
-        "seed",
-        "path",
-        "duration_s",
-        *CARD_METRICS,
-        "tempo_confidence",
-        "bpm_requested",
-        "bpm_abs_error",
-        "bpm_rel_error",
-        "bpm_octave_error",
-        "bpm_acc1",
-        "bpm_acc2",
-        "key_requested",
-        "key_est",
-        "key_strength",
-        "key_exact",
-        "key_score",
-        *[f"{m}_dist" for m in SIGNAL_METRICS],
-        "error",
-        "prompt",
-    ]
-    df = df[csv_cols]
-    with atomic_path(out_dir / "metrics.csv") as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
-    with atomic_path(out_dir / "training_metrics.csv") as tmp:
-        ref_df.to_csv(tmp, index=False, float_format="%.6g")
-    pair = [m for m in ("base", "finetune") if m in models_present]
-    table_models = pair + [m for m in models_present if m not in pair]
-    atomic_write_text(out_dir / "card_table.md", card_table(df, table_models))
-    comparison = compare(df) if len(pair) == 2 else []
-    means = {
-        m: {
-            c: _mean(df[df["model"] == m], c)
-            for c in (*CARD_METRICS, "bpm_abs_error", "bpm_octave_error", "bpm_acc1", "bpm_acc2", "key_score")
-        }
-        for m in models_present
+    df = df[_METRICS_CSV_COLUMNS]
+    settings = {
+        "run_dir": run_dir,
+        "clap_setting": clap_setting,
+        "clap_model": clap_model,
+        "spectrogram_pairs": spectrogram_pairs,
     }
-    training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
-    summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
-    from . import focus  # per tag the second stage trained on: did it move toward the tag's training clips?
-
-    focus_tags = (
-        focus.tag_moves(run_dir, df, ref_df, SIGNAL_METRICS, TIE_TOLERANCE) if "focus" in models_present else []
-    )
-    summary_md += focus.tag_moves_md(focus_tags, SIGNAL_METRICS)
-    atomic_write_text(out_dir / "summary.md", summary_md)
-    plots = _plots(df, ref_df, out_dir / "plots", pair, int(spectrogram_pairs), run_)
-    errors = df[df["error"].notna()]
-    paper = paper_comparison(means, clap_setting, clap_model)
-    report = _report_md(df, summary_md, out_dir, plots, ref_source, len(ref_df), params, errors, paper)
-    atomic_write_text(out_dir / "report.md", report)
-
+    written = _write_outputs(df, ref_df, models_present, frechet, out_dir, run_, params, ref_source, settings)
     summary = {
         "clips": int(len(df)),
         "models": models_present,
         "prompts": int(df["prompt_idx"].nunique()),
-        "errors": int(len(errors)),
+        "errors": written["errors"],
         "training_clips": int(len(ref_df)),
         "reference": ref_source,
-        "measured_now": len(jobs),
-        "clap_embedded_now": len(need),
+        "measured_now": len(measured.jobs),
+        "clap_embedded_now": len(embedded.need),
         "device": device_used,
         "clap_setting": clap_setting,
         "clap_model": clap_model,
-        "paper_comparison": paper,
-        "means": means,
-        "training_means": training_means,
+        "paper_comparison": written["paper"],
+        "means": written["means"],
+        "training_means": written["training_means"],
         "frechet": frechet,
-        "comparison": comparison,
-        "focus_tags": focus_tags,
+        "comparison": written["comparison"],
+        "focus_tags": written["focus_tags"],
         "outputs": {n: run_.rel(out_dir / n) for n in ("metrics.csv", "card_table.md", "summary.md", "report.md")},
-        "plots": [run_.rel(p) for p in plots],
+        "plots": [run_.rel(p) for p in written["plots"]],
     }
-    atomic_write_json(out_dir / "summary.json", _jsonable(summary))
-    run_.mark_done(
-        STAGE,
-        params=params,
-        **_jsonable(
-            {k: summary[k] for k in ("clips", "models", "prompts", "errors", "training_clips", "frechet", "outputs")}
-        ),
-    )
+    _finish(run_, out_dir, params, summary)
     return summary

@@ -345,6 +345,43 @@ def _init_source(run_dir, init_model: str) -> str:
     return str(path)
 
 
+def _chosen_tags(run_dir, tags: dict, focus_tags: str, rare_percent: float) -> tuple[list, list[dict], str]:
+    """``(chosen tags, never-chosen rare tags, why they were chosen)``: named, or flagged as rare."""
+    never: list[dict] = []
+    if focus_tags.strip():
+        chosen = resolve_tags(parse_tags(focus_tags, "focus_tags"), tags, "focus_tags")
+        why = "named in focus_tags"
+    else:
+        chosen, never = flagged_tags(run_dir, tags, rare_percent)
+        why = (
+            f"carried by fewer than {rare_percent:g} % of the clips"
+            if rare_percent > 0
+            else "flagged as under-represented by 04_prompts (tag_space.json)"
+        )
+        if not chosen:
+            raise FocusError(
+                f"{Run(run_dir).root}: no tag is flagged as rare that a clip carries ({why}); name the "
+                "tags to focus on in focus_tags, or raise rare_percent"
+            )
+    return chosen, never, why
+
+
+def _tag_prompts(chosen: list, sub: Subset, by_id: dict) -> list[dict]:
+    """One training prompt per chosen tag (its first clip's), for 06 to generate."""
+    prompts = []
+    for f, t in chosen:  # 06 generates one training prompt per chosen tag (its first clip's)
+        rows = [r for r in sub.rows if f"{f}:{t}" in r["focus_tags"]]
+        prompts.append(
+            {
+                "family": f,
+                "tag": t,
+                "clips": [r["clip_id"] for r in rows],
+                "prompt": by_id[rows[0]["clip_id"]].prompt if rows else None,
+            }
+        )
+    return prompts
+
+
 def plan(
     run_dir: str = "runs/demo",
     profile: str = "demo",
@@ -367,22 +404,7 @@ def plan(
         raise FocusError(f"rare_percent must be >= 0 (got {rare_percent})")
     clips = train.read_clips(run_dir)
     tags = clip_tags(run_dir, [c.clip_id for c in clips])
-    never: list[dict] = []
-    if focus_tags.strip():
-        chosen = resolve_tags(parse_tags(focus_tags, "focus_tags"), tags, "focus_tags")
-        why = "named in focus_tags"
-    else:
-        chosen, never = flagged_tags(run_dir, tags, rare_percent)
-        why = (
-            f"carried by fewer than {rare_percent:g} % of the clips"
-            if rare_percent > 0
-            else "flagged as under-represented by 04_prompts (tag_space.json)"
-        )
-        if not chosen:
-            raise FocusError(
-                f"{Run(run_dir).root}: no tag is flagged as rare that a clip carries ({why}); name the "
-                "tags to focus on in focus_tags, or raise rare_percent"
-            )
+    chosen, never, why = _chosen_tags(run_dir, tags, focus_tags, rare_percent)
     exclude = resolve_tags(parse_tags(exclude_tags, "exclude_tags"), tags, "exclude_tags")
     clash = sorted(set(chosen) & set(exclude))
     if clash:
@@ -399,17 +421,7 @@ def plan(
     check_architecture(init, first["base_model"])
     by_id = {c.clip_id: c for c in clips}
     ids = [r["clip_id"] for r in sub.rows]
-    prompts = []
-    for f, t in chosen:  # 06 generates one training prompt per chosen tag (its first clip's)
-        rows = [r for r in sub.rows if f"{f}:{t}" in r["focus_tags"]]
-        prompts.append(
-            {
-                "family": f,
-                "tag": t,
-                "clips": [r["clip_id"] for r in rows],
-                "prompt": by_id[rows[0]["clip_id"]].prompt if rows else None,
-            }
-        )
+    prompts = _tag_prompts(chosen, sub, by_id)
     return {
         "chosen": [{"family": f, "tag": t} for f, t in chosen],
         "why": why,
@@ -448,6 +460,68 @@ def _fingerprint(p: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _check_run_args(lr: float, compare_prompts: int, epochs: int, max_steps: int) -> None:
+    if lr <= 0:
+        raise FocusError(f"lr must be > 0 (got {lr})")
+    if compare_prompts < 0:
+        raise FocusError(f"compare_prompts must be >= 0 (0 = every chosen tag), got {compare_prompts}")
+    if epochs < 1 and max_steps < 1:
+        raise FocusError("set epochs >= 1 or max_steps >= 1")
+
+
+# what focus.json keeps of the plan (beside the fingerprint and the rebalancing settings)
+_FOCUS_JSON_KEYS = (
+    "chosen",
+    "why",
+    "never_chosen",
+    "excluded_clips",
+    "before",
+    "after",
+    "n_clips_before",
+    "n_clips_after",
+    "samples_per_epoch",
+    "init_model",
+    "first_stage",
+    "first_stage_source",
+    "prompts",
+)
+
+
+def _write_plan(out: Path, p: dict, fp: str, rebalance: bool, max_repeats: int, compare_prompts: int) -> None:
+    """subset.jsonl, tag_counts.png (tag counts before / after) and focus.json."""
+    with atomic_path(out / "subset.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in p["subset"]), encoding="utf-8")
+    fig = plots.plot_focus_tags(p["before"], p["after"], p["chosen"], p["n_clips_before"], p["samples_per_epoch"])
+    with atomic_path(out / "tag_counts.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    info = {k: p[k] for k in _FOCUS_JSON_KEYS}
+    info.update(
+        fingerprint=fp,
+        rebalance="repeats" if rebalance else "none",
+        max_repeats=max_repeats,
+        compare_prompts=compare_prompts,
+    )
+    atomic_write_json(out / "focus.json", info)
+
+
+def _train_settings(p: dict, run_dir, profile: str, lr: float, epochs: int, max_steps: int, batch_size: int) -> dict:
+    """05_train's settings (from the first stage), with this stage's init model, rate, length and batch."""
+    settings = dict(
+        p["first_stage"],
+        run_dir=run_dir,
+        profile=profile,
+        base_model=p["init_model"],
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        export_merged=True,
+    )
+    if settings.get("local_checkpoint_dir"):  # 05's local-first checkpoints (one folder per run): not 05's folder
+        settings["local_checkpoint_dir"] = str(Path(settings["local_checkpoint_dir"]).expanduser() / STAGE)
+    return settings
+
+
 def run(
     run_dir: str = "runs/demo",
     profile: str = "demo",
@@ -474,12 +548,7 @@ def run(
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     from . import train
 
-    if lr <= 0:
-        raise FocusError(f"lr must be > 0 (got {lr})")
-    if compare_prompts < 0:
-        raise FocusError(f"compare_prompts must be >= 0 (0 = every chosen tag), got {compare_prompts}")
-    if epochs < 1 and max_steps < 1:
-        raise FocusError("set epochs >= 1 or max_steps >= 1")
+    _check_run_args(lr, compare_prompts, epochs, max_steps)
     out = run_.stage_dir(STAGE)
     p = plan(run_dir, profile, init_model, focus_tags, exclude_tags, rare_percent, rebalance, max_repeats, batch_size)
     fp = _fingerprint(p)
@@ -495,50 +564,9 @@ def run(
             f"{out / 'checkpoints'} holds checkpoints of another focus subset or init_model; use a new "
             f"run_dir, put the tags back, or delete {out} to start the second stage over"
         )
-    with atomic_path(out / "subset.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in p["subset"]), encoding="utf-8")
-    fig = plots.plot_focus_tags(p["before"], p["after"], p["chosen"], p["n_clips_before"], p["samples_per_epoch"])
-    with atomic_path(out / "tag_counts.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    info = {
-        k: p[k]
-        for k in (
-            "chosen",
-            "why",
-            "never_chosen",
-            "excluded_clips",
-            "before",
-            "after",
-            "n_clips_before",
-            "n_clips_after",
-            "samples_per_epoch",
-            "init_model",
-            "first_stage",
-            "first_stage_source",
-            "prompts",
-        )
-    }
-    info.update(
-        fingerprint=fp,
-        rebalance="repeats" if rebalance else "none",
-        max_repeats=max_repeats,
-        compare_prompts=compare_prompts,
-    )
-    atomic_write_json(out / "focus.json", info)
+    _write_plan(out, p, fp, rebalance, max_repeats, compare_prompts)
 
-    settings = dict(
-        p["first_stage"],
-        run_dir=run_dir,
-        profile=profile,
-        base_model=p["init_model"],
-        lr=lr,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        export_merged=True,
-    )
-    if settings.get("local_checkpoint_dir"):  # 05's local-first checkpoints (one folder per run): not 05's folder
-        settings["local_checkpoint_dir"] = str(Path(settings["local_checkpoint_dir"]).expanduser() / STAGE)
+    settings = _train_settings(p, run_dir, profile, lr, epochs, max_steps, batch_size)
     trained = train.run(**settings, stage=STAGE, clips=p["clips"])
     summary = {
         "chosen": [f"{c['family']}:{c['tag']}" for c in p["chosen"]],

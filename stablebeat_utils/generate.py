@@ -415,6 +415,210 @@ def _key(model: str, prompt_idx: int, seed: int) -> str:
     return f"{model}-{prompt_idx}-{seed}"
 
 
+def _check_run_args(settings: Settings, batch_size: int, n_prompts: int, seed: int, base_model: str) -> None:
+    check_settings(settings)
+    if batch_size < 1:
+        raise GenerateError(f"batch_size must be at least 1 (got {batch_size})")
+    if n_prompts < 0:
+        raise GenerateError(f"n_prompts must be 0 (all) or more (got {n_prompts})")
+    if not 0 <= seed < 2**32:
+        raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
+    if not base_model:
+        raise GenerateError(f"base_model is empty: use {HUB_ID!r}, a local model folder, or 'tiny:sao'")
+
+
+def _prompt_list(run_dir: str, prompts_file: str, n_prompts: int) -> tuple[list[str], Path | None]:
+    """The prompts to generate, and 05b_focus's export (None when there is none)."""
+    all_prompts = read_prompts(prompts_file)
+    prompts = all_prompts[:n_prompts] if n_prompts else all_prompts
+    from . import focus  # the second stage (05b_focus), when exported: a third model and one prompt per chosen tag
+
+    focus_path, focus_prompts = focus.for_generation(run_dir)
+    return prompts + [p for p in focus_prompts if p not in prompts], focus_path
+
+
+def _finetune_or_base_only(
+    run_dir: str, finetune_model: str, lora_strength: float, allow_missing_finetune: bool
+) -> tuple[FinetuneSpec | None, str]:
+    ft_spec, ft_message = find_finetune(run_dir, finetune_model, lora_strength)
+    if ft_spec is None and not allow_missing_finetune:
+        raise GenerateError(ft_message + " (set allow_missing_finetune=True to generate with the base model only)")
+    if ft_spec is None:
+        print(f"NOTE: {ft_message} — generating with the base model only.")
+    return ft_spec, ft_message
+
+
+@dataclass
+class _Generation:
+    """One run of the stage: what it generates (fixed before the first model loads) and the model in memory."""
+
+    run_: Run
+    gens: JsonlLog  # RUN_DIR/06_generate/generations.jsonl
+    prompts: list[str]
+    settings: Settings
+    seed: int
+    batch_size: int
+    silence_db: float
+    base_model: str
+    t5_model: str
+    lora_strength: float
+    ft_spec: FinetuneSpec | None
+    focus_path: Path | None
+    model: object = None
+    config: dict | None = None
+    dev: object = None
+    torch_dtype: object = None
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.gens.path.parent
+
+    def models_todo(self) -> list[str]:
+        return ["base"] + (["finetune"] if self.ft_spec is not None else []) + (["focus"] if self.focus_path else [])
+
+    def fingerprints(self) -> dict:
+        """Which weights each model's rows must have been made with (see :func:`_fingerprint`)."""
+        return {
+            "base": _fingerprint(self.base_model),
+            "finetune": _fingerprint(self.ft_spec.path) if self.ft_spec else None,
+            "focus": _fingerprint(self.focus_path) if self.focus_path else None,
+        }
+
+    def recipe(self) -> dict:
+        return {"settings": self.settings.as_dict(), "run_seed": int(self.seed), "batch_size": int(self.batch_size)}
+
+    def chunk_seed(self, chunk: list[int]) -> int:
+        return self.seed + chunk[0]
+
+
+def _check_same_recipe(g: _Generation) -> None:
+    """Refuse rows made with other settings, seed or prompts than this run asks for."""
+    recipe = g.recipe()
+    for row in g.gens.rows():  # one folder, one recipe: never mix two in one table
+        i = row.get("prompt_idx", 0)
+        same_prompt = i >= len(g.prompts) or row.get("prompt") == g.prompts[i]
+        if {k: row.get(k) for k in recipe} != recipe or not same_prompt:
+            raise GenerateError(
+                f"{g.gens.path} holds generations made with other settings, seed or prompts (row {row['key']}: "
+                f"{ {k: row.get(k) for k in recipe} }); use a new run_dir, or delete {g.stage_dir} to start "
+                "this stage over"
+            )
+
+
+def _check_same_models(g: _Generation) -> None:
+    """Refuse rows made with another model file than each model's source now holds."""
+    fingerprints = g.fingerprints()
+    for row in g.gens.rows():  # a re-trained fine-tune (or another base) must not be mixed with old clips
+        want = fingerprints.get(row.get("model"))
+        if want is not None and row.get("model_fingerprint") != want:
+            raise GenerateError(
+                f"{g.gens.path}: the {row['model']} clips were made with another model file than "
+                f"{ {'base': g.base_model, 'finetune': g.ft_spec and g.ft_spec.path}.get(row['model'], g.focus_path) } now holds (re-trained or replaced); "
+                f"use a new run_dir, or delete {g.stage_dir} to generate again"
+            )
+
+
+def _load_model_for(g: _Generation, which: str) -> str:
+    """Put the model that generates ``which`` in ``g.model``; returns its source, as the rows record it.
+
+    Loaded once per model; a LoRA fine-tune goes onto the base model already in memory; a whole
+    model replaces the one in memory (freed first).
+    """
+    if which == "base":
+        g.model, g.config = load_model(g.base_model, g.dev, g.torch_dtype, g.t5_model)
+        return g.base_model
+    if which == "focus":  # a whole model (its merged export): LoRA adapters of it fit 05's export, not the base
+        if g.model is not None:
+            _free(g.model)
+            g.model = None
+        g.model, g.config = load_model(str(g.focus_path), g.dev, g.torch_dtype, g.t5_model)
+        return str(g.focus_path)
+    if g.ft_spec.kind == "lora":
+        if g.model is None:
+            g.model, g.config = load_model(g.base_model, g.dev, g.torch_dtype, g.t5_model)
+        apply_lora(g.model, g.config, g.ft_spec.path, g.lora_strength)
+        return f"{g.base_model} + LoRA {g.ft_spec.path} @ {g.lora_strength:g}"
+    if g.model is not None:
+        _free(g.model)
+        g.model = None
+    g.model, g.config = load_model(str(g.ft_spec.path), g.dev, g.torch_dtype, g.t5_model)
+    return str(g.ft_spec.path)
+
+
+def _generate_chunk(g: _Generation, which: str, chunk: list[int], source: str, fingerprint) -> tuple[list[dict], float]:
+    """Generate one batch of prompts with the model in memory, write its WAVs; ``(new rows, seconds per clip)``."""
+    cseed = g.chunk_seed(chunk)
+    sr = int(g.config["sample_rate"])
+    t0 = time.perf_counter()
+    outs = generate_audio(
+        g.model, g.config, [g.prompts[i] for i in chunk], cseed, g.settings, g.dev, silence_db=g.silence_db
+    )
+    took = time.perf_counter() - t0
+    rows = []
+    for b, (i, (audio, info)) in enumerate(zip(chunk, outs)):
+        key = _key(which, i, cseed)
+        if key in g.gens:
+            continue
+        path = g.stage_dir / "audio" / which / f"{i:02d}-seed{cseed}.wav"
+        _write_wav(path, audio, sr)
+        rows.append(
+            {
+                "key": key,
+                "model": which,
+                "prompt_idx": i,
+                "prompt": g.prompts[i],
+                "seed": cseed,
+                "batch_index": b,
+                "run_seed": int(g.seed),
+                "batch_size": int(g.batch_size),
+                "settings": g.settings.as_dict(),
+                "model_source": source,
+                "model_fingerprint": fingerprint,
+                "lora_strength": float(g.lora_strength) if which == "finetune" and g.ft_spec.kind == "lora" else None,
+                "sample_rate": sr,
+                "duration": round(audio.shape[1] / sr, 3),
+                "requested_seconds": g.settings.seconds_total,
+                "trimmed_s": info["trimmed_s"],
+                "silent": info["silent"],
+                "path": g.run_.rel(path),
+                "device": str(g.dev),
+                "dtype": str(g.torch_dtype).replace("torch.", ""),
+            }
+        )
+    return rows, took / len(chunk)
+
+
+def _generate_all(g: _Generation, todo: dict[str, list[list[int]]], device: str, dtype: str) -> tuple[int, list]:
+    """Every chunk still to do, model by model; ``(clips generated now, seconds per clip of each chunk)``."""
+    from tqdm.auto import tqdm
+
+    generated = 0
+    timings = []
+    fingerprints = g.fingerprints()
+    bar = tqdm(total=sum(len(c) for chunks in todo.values() for c in chunks), desc="06_generate", unit="clip")
+    try:
+        for which, chunks in todo.items():
+            if not chunks:
+                continue
+            if g.dev is None:
+                g.dev, g.torch_dtype = _device_and_dtype(device, dtype)
+            source = _load_model_for(g, which)
+            check_settings(g.settings, g.config)
+            for chunk in chunks:
+                bar.set_postfix_str(f"{which} prompt {chunk[0]}")
+                rows, per_clip = _generate_chunk(g, which, chunk, source, fingerprints[which])
+                timings.append(per_clip)
+                g.gens.append(*rows)
+                generated += len(rows)
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        if g.model is not None:
+            _free(g.model)
+            g.model = None
+    return generated, timings
+
+
 def run(
     run_dir: str = "runs/demo",
     profile: str = "demo",
@@ -445,8 +649,6 @@ def run(
     the seed of its first prompt, recorded on each row with ``batch_index``).
     """
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
-    from tqdm.auto import tqdm
-
     settings = Settings(
         steps=int(steps),
         cfg_scale=float(cfg_scale),
@@ -458,157 +660,45 @@ def run(
         apg_scale=float(apg_scale),
     )
     # 1. validate everything before any work
-    check_settings(settings)
-    if batch_size < 1:
-        raise GenerateError(f"batch_size must be at least 1 (got {batch_size})")
-    if n_prompts < 0:
-        raise GenerateError(f"n_prompts must be 0 (all) or more (got {n_prompts})")
-    if not 0 <= seed < 2**32:
-        raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
-    if not base_model:
-        raise GenerateError(f"base_model is empty: use {HUB_ID!r}, a local model folder, or 'tiny:sao'")
-    all_prompts = read_prompts(prompts_file)
-    prompts = all_prompts[:n_prompts] if n_prompts else all_prompts
-    from . import focus  # the second stage (05b_focus), when exported: a third model and one prompt per chosen tag
+    _check_run_args(settings, batch_size, n_prompts, seed, base_model)
+    prompts, focus_path = _prompt_list(run_dir, prompts_file, n_prompts)
+    ft_spec, ft_message = _finetune_or_base_only(run_dir, finetune_model, lora_strength, allow_missing_finetune)
+    g = _Generation(
+        run_=run_,
+        gens=JsonlLog(run_.stage_dir(STAGE) / "generations.jsonl", key="key"),
+        prompts=prompts,
+        settings=settings,
+        seed=seed,
+        batch_size=batch_size,
+        silence_db=silence_db,
+        base_model=base_model,
+        t5_model=t5_model,
+        lora_strength=lora_strength,
+        ft_spec=ft_spec,
+        focus_path=focus_path,
+    )
+    _check_same_recipe(g)
+    _check_same_models(g)
 
-    focus_path, focus_prompts = focus.for_generation(run_dir)
-    prompts = prompts + [p for p in focus_prompts if p not in prompts]
-    ft_spec, ft_message = find_finetune(run_dir, finetune_model, lora_strength)
-    if ft_spec is None and not allow_missing_finetune:
-        raise GenerateError(ft_message + " (set allow_missing_finetune=True to generate with the base model only)")
-    if ft_spec is None:
-        print(f"NOTE: {ft_message} — generating with the base model only.")
-
-    stage_dir = run_.stage_dir(STAGE)
-    gens = JsonlLog(stage_dir / "generations.jsonl", key="key")
-    recipe = {"settings": settings.as_dict(), "run_seed": int(seed), "batch_size": int(batch_size)}
-    for row in gens.rows():  # one folder, one recipe: never mix two in one table
-        i = row.get("prompt_idx", 0)
-        same_prompt = i >= len(prompts) or row.get("prompt") == prompts[i]
-        if {k: row.get(k) for k in recipe} != recipe or not same_prompt:
-            raise GenerateError(
-                f"{gens.path} holds generations made with other settings, seed or prompts (row {row['key']}: "
-                f"{ {k: row.get(k) for k in recipe} }); use a new run_dir, or delete {stage_dir} to start "
-                "this stage over"
-            )
-
-    models_todo = ["base"] + (["finetune"] if ft_spec is not None else []) + (["focus"] if focus_path else [])
-    fingerprints = {
-        "base": _fingerprint(base_model),
-        "finetune": _fingerprint(ft_spec.path) if ft_spec else None,
-        "focus": _fingerprint(focus_path) if focus_path else None,
-    }
-    for row in gens.rows():  # a re-trained fine-tune (or another base) must not be mixed with old clips
-        want = fingerprints.get(row.get("model"))
-        if want is not None and row.get("model_fingerprint") != want:
-            raise GenerateError(
-                f"{gens.path}: the {row['model']} clips were made with another model file than "
-                f"{ {'base': base_model, 'finetune': ft_spec and ft_spec.path}.get(row['model'], focus_path) } now holds (re-trained or replaced); "
-                f"use a new run_dir, or delete {stage_dir} to generate again"
-            )
+    # 2. generate what is not done yet, in batches formed from the whole prompt list
     chunks = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+    todo = {
+        m: [c for c in chunks if any(_key(m, i, g.chunk_seed(c)) not in g.gens for i in c)] for m in g.models_todo()
+    }
+    generated, timings = _generate_all(g, todo, device, dtype)
 
-    def chunk_seed(chunk):
-        return seed + chunk[0]
-
-    todo = {m: [c for c in chunks if any(_key(m, i, chunk_seed(c)) not in gens for i in c)] for m in models_todo}
-    n_todo = sum(len(c) for m in models_todo for c in todo[m])
-    dev, torch_dtype = (None, None)
-    generated = 0
-    timings = []
-    bar = tqdm(total=n_todo, desc="06_generate", unit="clip")
-    model = config = None
-    try:
-        for which in models_todo:
-            if not todo[which]:
-                continue
-            if dev is None:
-                dev, torch_dtype = _device_and_dtype(device, dtype)
-            # load once per model; a LoRA fine-tune goes onto the base model already in memory
-            if which == "base":
-                model, config = load_model(base_model, dev, torch_dtype, t5_model)
-                source = base_model
-            elif (
-                which == "focus"
-            ):  # a whole model (its merged export): LoRA adapters of it fit 05's export, not the base
-                if model is not None:
-                    _free(model)
-                    model = None
-                model, config = load_model(str(focus_path), dev, torch_dtype, t5_model)
-                source = str(focus_path)
-            elif ft_spec.kind == "lora":
-                if model is None:
-                    model, config = load_model(base_model, dev, torch_dtype, t5_model)
-                apply_lora(model, config, ft_spec.path, lora_strength)
-                source = f"{base_model} + LoRA {ft_spec.path} @ {lora_strength:g}"
-            else:
-                if model is not None:
-                    _free(model)
-                    model = None
-                model, config = load_model(str(ft_spec.path), dev, torch_dtype, t5_model)
-                source = str(ft_spec.path)
-            check_settings(settings, config)
-            sr = int(config["sample_rate"])
-            for chunk in todo[which]:
-                cseed = chunk_seed(chunk)
-                bar.set_postfix_str(f"{which} prompt {chunk[0]}")
-                t0 = time.perf_counter()
-                outs = generate_audio(
-                    model, config, [prompts[i] for i in chunk], cseed, settings, dev, silence_db=silence_db
-                )
-                took = time.perf_counter() - t0
-                timings.append(took / len(chunk))
-                rows = []
-                for b, (i, (audio, info)) in enumerate(zip(chunk, outs)):
-                    key = _key(which, i, cseed)
-                    if key in gens:
-                        continue
-                    path = stage_dir / "audio" / which / f"{i:02d}-seed{cseed}.wav"
-                    _write_wav(path, audio, sr)
-                    rows.append(
-                        {
-                            "key": key,
-                            "model": which,
-                            "prompt_idx": i,
-                            "prompt": prompts[i],
-                            "seed": cseed,
-                            "batch_index": b,
-                            "run_seed": int(seed),
-                            "batch_size": int(batch_size),
-                            "settings": settings.as_dict(),
-                            "model_source": source,
-                            "model_fingerprint": fingerprints[which],
-                            "lora_strength": float(lora_strength)
-                            if which == "finetune" and ft_spec.kind == "lora"
-                            else None,
-                            "sample_rate": sr,
-                            "duration": round(audio.shape[1] / sr, 3),
-                            "requested_seconds": settings.seconds_total,
-                            "trimmed_s": info["trimmed_s"],
-                            "silent": info["silent"],
-                            "path": run_.rel(path),
-                            "device": str(dev),
-                            "dtype": str(torch_dtype).replace("torch.", ""),
-                        }
-                    )
-                gens.append(*rows)
-                generated += len(rows)
-                bar.update(len(chunk))
-    finally:
-        bar.close()
-        if model is not None:
-            _free(model)
-    rows = gens.finalize(sort_key=lambda r: (r["prompt_idx"], MODELS.index(r["model"]), r["seed"]))
+    # 3. the table, sorted, and the stage record
+    rows = g.gens.finalize(sort_key=lambda r: (r["prompt_idx"], MODELS.index(r["model"]), r["seed"]))
     summary = {
         "generations": len(rows),
         "generated_now": generated,
         "prompts": len(prompts),
-        "models": models_todo,
+        "models": g.models_todo(),
         "finetune": str(ft_spec.path) if ft_spec else None,
         "finetune_kind": ft_spec.kind if ft_spec else None,
         "finetune_message": None if ft_spec else ft_message,
         "seconds_per_clip": round(float(np.median(timings)), 3) if timings else None,
-        "generations_jsonl": run_.rel(gens.path),
+        "generations_jsonl": run_.rel(g.gens.path),
     }
     run_.mark_done(STAGE, params=params, **summary)
     return summary

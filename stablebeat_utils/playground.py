@@ -105,10 +105,16 @@ class Playground:
         self.P = dict(P)
         self.run = Run(self.P.get("run_dir", "runs/demo"))
         self.takes: list[Take] = []
-        vocab = vocabulary()
         style = {"description_width": "8em"}
-        wide = W.Layout(width="36em")
+        self._prompt_widgets(W, style)
+        self._setting_widgets(W, style)
+        self._output_widgets(W)
+        self._connect()
+        self.widget = self._layout(W)
 
+    def _prompt_widgets(self, W, style: dict) -> None:
+        """Free text, or the builder (genre, moods, instruments, BPM, key) with its preview."""
+        vocab = vocabulary()
         self.mode = W.ToggleButtons(
             options=["free text", "builder"], value="free text", description="Prompt", style=style
         )
@@ -129,6 +135,9 @@ class Playground:
         )
         self.builder.layout.display = "none"
 
+    def _setting_widgets(self, W, style: dict) -> None:
+        """Steps, CFG, seed, duration, which model(s), LoRA strength: from the notebook's parameters."""
+        wide = W.Layout(width="36em")
         self.steps = W.IntSlider(
             value=int(self.P.get("steps", 200)), min=1, max=500, description="Steps", style=style, layout=wide
         )
@@ -160,6 +169,9 @@ class Playground:
             style=style,
             layout=wide,
         )
+
+    def _output_widgets(self, W) -> None:
+        """The Generate button and its progress, the status line, the players, the Save button."""
         self.button = W.Button(description="Generate", button_style="primary", icon="music")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="36em"))
         self.status = W.HTML()
@@ -167,13 +179,17 @@ class Playground:
         self.save_button = W.Button(description="Save take", icon="save", disabled=True)
         self.saved = W.HTML()
 
+    def _connect(self) -> None:
+        """The callbacks: mode switch, builder preview, Generate, Save."""
         self.mode.observe(self._on_mode, names="value")
         for w in (self.genre, self.moods, self.instruments, self.bpm, self.key, self.scale):
             w.observe(lambda _change: self._update_preview(), names="value")
         self.button.on_click(self.generate)
         self.save_button.on_click(self.save_take)
         self._update_preview()
-        self.widget = W.VBox(
+
+    def _layout(self, W):
+        return W.VBox(
             [
                 self.mode,
                 self.prompt,
@@ -267,12 +283,9 @@ class Playground:
             self.button.disabled = False
         return None
 
-    def _generate(self) -> list[Take] | None:
-        prompt = self.prompt_text()
-        if not prompt:
-            self._say("The prompt is empty: type a description of the beat, or use the builder.", "error")
-            return None
-        settings = gen.Settings(
+    def _settings(self) -> gen.Settings:
+        """The sampling settings: the widgets' values, the rest from the notebook's parameters."""
+        return gen.Settings(
             steps=int(self.steps.value),
             cfg_scale=float(self.cfg.value),
             sampler_type=self.P.get("sampler_type", gen.CARD_SETTINGS.sampler_type),
@@ -282,12 +295,24 @@ class Playground:
             seconds_total=float(self.duration.value),
             apg_scale=float(self.P.get("apg_scale", 0.0)),
         )
-        gen.check_settings(settings)
+
+    def _seed(self) -> int:
+        """The seed widget's value; -1 draws a random one."""
         seed = int(self.seed.value)
         if seed == -1:
             seed = random.randrange(2**31)
         elif not 0 <= seed < 2**32:
             raise gen.GenerateError(f"the seed must be -1 (random) or between 0 and 2**32 - 1 (got {seed})")
+        return seed
+
+    def _generate(self) -> list[Take] | None:
+        prompt = self.prompt_text()
+        if not prompt:
+            self._say("The prompt is empty: type a description of the beat, or use the builder.", "error")
+            return None
+        settings = self._settings()
+        gen.check_settings(settings)
+        seed = self._seed()
         which = {"base": ["base"], "fine-tune": ["finetune"], "A/B": ["base", "finetune"]}[self.choice.value]
         spec, message = self._finetune()  # also for "base": a LoRA fine-tune shares the base network
         if spec is None and "finetune" in which:

@@ -184,48 +184,33 @@ def count_t5_tokens(t5_tokenizer, text: str) -> int:
     return len(t5_tokenizer(text)["input_ids"])
 
 
-def validate(
-    prompt: str,
-    meta: dict,
-    lexicon: Lexicon,
-    matcher: Matcher | None = None,
-    t5_tokenizer=None,
-    max_tokens: int = T5_MAX_TOKENS,
-) -> list[str]:
-    """Everything wrong with ``prompt`` for this clip; an empty list means accepted.
-
-    ``meta`` holds the clip's ``*_tags`` lists and the confident ``tempo``/``key``/``scale`` (None
-    when not confident). See the module docstring for the rules and their limits.
-    """
-    matcher = matcher or Matcher(lexicon)
-    text = (prompt or "").strip()
-    problems: list[str] = []
-    words = re.findall(r"[A-Za-z]+", text)
-    if len(words) < 4:
-        return [f"not a sentence ({len(words)} word(s))"]
+def _form_problems(text: str) -> list[str]:
+    problems = []
     if "\n" in text:
         problems.append("more than one line")
     letters = sum(c.isalpha() or c.isspace() for c in text)
     if letters < 0.8 * len(text):
         problems.append("mostly not words")
+    return problems
 
-    # -- vocabulary: whole vocabulary + synonyms, against the clip's tags
-    tags = clip_tags(meta)
-    found, masked = matcher.find(text)
-    named = set()
+
+def _vocabulary_problems(found, masked: str, tags: list[str], matcher: Matcher, lexicon: Lexicon) -> list[str]:
+    """Whole vocabulary + synonyms, against the clip's tags."""
+    problems = []
     for phrase, ptags in found:
         if not matcher.allowed(phrase, ptags, tags):
             fam = sorted({lexicon.family_of(t) or "?" for t in ptags})
             problems.append(f"names {'/'.join(f.rstrip('s') for f in fam)} {phrase!r} the clip was not tagged with")
-        else:
-            named |= ptags & set(tags)
     if tags and not any(matcher.allowed(p, t, tags) for p, t in found):
         problems.append("names none of the clip's tags")
     for word in matcher.find_general(masked):  # "sitar", "tuba": instruments beyond our tags
         if not matcher.allowed(word, set(), tags):
             problems.append(f"names instrument {word!r} the clip was not tagged with")
+    return problems
 
-    # -- tempo
+
+def _tempo_problems(meta: dict, masked: str) -> list[str]:
+    problems = []
     tempo = clipfacts.known_tempo(meta)
     stated = [v for v, _, _ in clipfacts.find_tempos(masked)]
     numbers = [v for v, _, _ in clipfacts.find_numbers(masked)]
@@ -239,8 +224,11 @@ def validate(
         for n in numbers:
             if not ok(n):
                 problems.append(f"states a number ({n:g}) other than the tempo ({tempo:g} BPM)")
+    return problems
 
-    # -- key
+
+def _key_problems(meta: dict, text: str) -> list[str]:
+    problems = []
     key = clipfacts.known_key(meta)
     claims = find_keys(text)
     if key is None:
@@ -253,8 +241,12 @@ def validate(
                 problems.append(f"names a key ({said.strip()!r}) other than the clip's ({meta.get('key')} {scale})")
         if not any(cpc == pc and cscale == scale for cpc, cscale, _ in claims):
             problems.append(f"does not state the key ({meta.get('key')} {scale})")
+    return problems
 
-    # -- artists: the list, then capitalised words that are not vocabulary words
+
+def _name_problems(text: str, lexicon: Lexicon, matcher: Matcher) -> list[str]:
+    """Artists: the list, then capitalised words that are not vocabulary words."""
+    problems = []
     low = _norm(text)
     for name in lexicon.artists:
         if re.search(r"(?<![\w&])" + re.escape(_norm(name)) + r"(?![\w&])", low):
@@ -275,7 +267,33 @@ def validate(
             if any(a <= start < b for a, b in key_spans):
                 continue
             problems.append(f"a capitalised word that may be a name ({w!r})")
+    return problems
 
+
+def validate(
+    prompt: str,
+    meta: dict,
+    lexicon: Lexicon,
+    matcher: Matcher | None = None,
+    t5_tokenizer=None,
+    max_tokens: int = T5_MAX_TOKENS,
+) -> list[str]:
+    """Everything wrong with ``prompt`` for this clip; an empty list means accepted.
+
+    ``meta`` holds the clip's ``*_tags`` lists and the confident ``tempo``/``key``/``scale`` (None
+    when not confident). See the module docstring for the rules and their limits.
+    """
+    matcher = matcher or Matcher(lexicon)
+    text = (prompt or "").strip()
+    words = re.findall(r"[A-Za-z]+", text)
+    if len(words) < 4:
+        return [f"not a sentence ({len(words)} word(s))"]
+    found, masked = matcher.find(text)
+    problems = _form_problems(text)
+    problems += _vocabulary_problems(found, masked, clip_tags(meta), matcher, lexicon)
+    problems += _tempo_problems(meta, masked)
+    problems += _key_problems(meta, text)
+    problems += _name_problems(text, lexicon, matcher)
     # -- length, as T5 counts it
     if t5_tokenizer is not None:
         n = count_t5_tokens(t5_tokenizer, text)
@@ -680,6 +698,99 @@ def _batches(items: list, size: int) -> Iterable[list]:
         yield items[i : i + size]
 
 
+def _wordings(batch: list[dict], seed: int, lexicon: Lexicon) -> list[tuple[dict, random.Random, dict]]:
+    """``(record, rng, words)`` per clip: its own random stream (from the seed and its id) and its words."""
+    prepared = []
+    for rec in batch:
+        rng = clip_rng(seed, rec["clip_id"])
+        words = choose_wordings(rec["meta"], lexicon, rng)
+        prepared.append((rec, rng, words))
+    return prepared
+
+
+def _load_llm(llm_model: str, device: str, quantization: str):
+    """``(tokenizer, model)`` of the chat LLM, loaded on the first batch that asks it."""
+    from . import models
+
+    return models.load_chat_llm(llm_model, device=device, quantization=quantization or None)
+
+
+def _ask_llm(llm, asked: list[tuple], seed: int, generation_length: int, temperature: float) -> dict[str, str]:
+    """One batched LLM call for the clips ``asked``: clip_id → the model's raw answer."""
+    convs = [chat_messages(w, _format_tempo(r["meta"]), _format_key(r["meta"])) for r, _, w in asked]
+    # the batch's seed depends on its first clip only: a resumed run redoes the same batches
+    bseed = int.from_bytes(hashlib.sha256(f"{seed}:{asked[0][0]['clip_id']}".encode()).digest()[:4], "big")
+    raw = generate_batch(*llm, convs, generation_length, temperature, bseed)
+    return {r["clip_id"]: a for (r, _, _), a in zip(asked, raw)}
+
+
+def _batch_rows(
+    prepared: list[tuple],
+    answers: dict[str, str],
+    use_llm: bool,
+    lexicon: Lexicon,
+    matcher: Matcher,
+    t5_tok,
+    t5_max_length: int,
+    fingerprint: str,
+) -> list[dict]:
+    """The rows of one batch: the LLM's answer where it passes :func:`validate`, else a template prompt."""
+    rows = []
+    for rec, rng, words in prepared:
+        cid = rec["clip_id"]
+        if cid in answers:
+            cand, why = clean_llm_answer(answers[cid])
+            problems = [why] if why else validate(cand, rec["meta"], lexicon, matcher, t5_tok, t5_max_length)
+            if not problems:
+                rows.append(_row(rec, cand, "llm", None, answers[cid], count_t5_tokens(t5_tok, cand), fingerprint))
+                continue
+            reason = "; ".join(problems)
+        elif not use_llm:
+            reason = "use_llm=False"
+        else:
+            reason = f"missing {', '.join(rec['missing'])}: LLM not asked"
+        text = template_prompt(rec["meta"], lexicon, rng, t5_tok, t5_max_length, wordings=words)
+        rows.append(_row(rec, text, "template", reason, answers.get(cid), count_t5_tokens(t5_tok, text), fingerprint))
+    return rows
+
+
+def _write_metadata(out_dir: Path, records: list[dict], log: JsonlLog) -> list[dict]:
+    """Finalise prompts.jsonl, write metadata.json (the card's per-clip dict); the rows of today's clips."""
+    wanted = {r["clip_id"] for r in records}
+    rows = [r for r in log.finalize() if r["clip_id"] in wanted]
+    by_id = {r["clip_id"]: r for r in records}
+    metadata = {Path(r["filepath"]).name: card_metadata(by_id[r["clip_id"]]["meta"]) for r in rows}
+    atomic_write_json(out_dir / "metadata.json", metadata)
+    return rows
+
+
+def _llm_counts(rows: list[dict]) -> dict:
+    """How the LLM did: asked, accepted, refused, unwrapped, and the commonest reasons for a template."""
+    asked_n = sum(1 for r in rows if r["prompt_source"] == "llm" or (r["llm_output"] is not None))
+    accepted = sum(1 for r in rows if r["prompt_source"] == "llm")
+    reasons = Counter()
+    for r in rows:
+        if r["prompt_source"] == "template" and r["llm_output"] is not None:
+            for part in (r["reject_reason"] or "").split("; "):
+                reasons[re.sub(r"\(.*?\)|'.*?'", "(…)", part)] += 1
+    return {
+        "llm_asked": asked_n,
+        "llm_accepted": accepted,
+        "acceptance_rate": round(accepted / asked_n, 4) if asked_n else None,
+        "llm_refused": sum(
+            1
+            for r in rows
+            if r["prompt_source"] == "template"
+            and r["llm_output"] is not None
+            and r["reject_reason"] == "the model refused"
+        ),
+        "llm_unwrapped": sum(1 for r in rows if r["prompt_source"] == "llm" and r["prompt"] != r["llm_output"].strip()),
+        "template": sum(1 for r in rows if r["prompt_source"] == "template"),
+        "missing_inputs": sum(1 for r in rows if r["missing"]),
+        "top_reject_reasons": dict(reasons.most_common(5)),
+    }
+
+
 def run(
     run_dir: str = "runs/demo",
     profile: str = "demo",
@@ -722,58 +833,20 @@ def run(
     llm = None
     with tqdm(total=len(records), initial=len(records) - len(todo), desc="prompts", unit="clip") as bar:
         for batch in _batches(todo, batch_size):
-            prepared = []
-            for rec in batch:
-                rng = clip_rng(seed, rec["clip_id"])
-                words = choose_wordings(rec["meta"], lexicon, rng)
-                prepared.append((rec, rng, words))
+            prepared = _wordings(batch, seed, lexicon)
             asked = [p for p in prepared if use_llm and not p[0]["missing"]]
             answers: dict[str, str] = {}
             if asked:
                 if llm is None:
-                    llm = models.load_chat_llm(llm_model, device=device_used, quantization=quantization or None)
-                convs = [chat_messages(w, _format_tempo(r["meta"]), _format_key(r["meta"])) for r, _, w in asked]
-                # the batch's seed depends on its first clip only: a resumed run redoes the same batches
-                bseed = int.from_bytes(hashlib.sha256(f"{seed}:{asked[0][0]['clip_id']}".encode()).digest()[:4], "big")
-                raw = generate_batch(*llm, convs, generation_length, temperature, bseed)
-                answers = {r["clip_id"]: a for (r, _, _), a in zip(asked, raw)}
-            rows = []
-            for rec, rng, words in prepared:
-                cid = rec["clip_id"]
-                if cid in answers:
-                    cand, why = clean_llm_answer(answers[cid])
-                    problems = [why] if why else validate(cand, rec["meta"], lexicon, matcher, t5_tok, t5_max_length)
-                    if not problems:
-                        rows.append(
-                            _row(rec, cand, "llm", None, answers[cid], count_t5_tokens(t5_tok, cand), fingerprint)
-                        )
-                        continue
-                    reason = "; ".join(problems)
-                elif not use_llm:
-                    reason = "use_llm=False"
-                else:
-                    reason = f"missing {', '.join(rec['missing'])}: LLM not asked"
-                text = template_prompt(rec["meta"], lexicon, rng, t5_tok, t5_max_length, wordings=words)
-                rows.append(
-                    _row(rec, text, "template", reason, answers.get(cid), count_t5_tokens(t5_tok, text), fingerprint)
-                )
+                    llm = _load_llm(llm_model, device_used, quantization)
+                answers = _ask_llm(llm, asked, seed, generation_length, temperature)
+            rows = _batch_rows(prepared, answers, use_llm, lexicon, matcher, t5_tok, t5_max_length, fingerprint)
             log.append(*rows)  # one write per batch: a resumed run never splits a batch
             bar.update(len(batch))
     llm = None
 
-    wanted = {r["clip_id"] for r in records}
-    rows = [r for r in log.finalize() if r["clip_id"] in wanted]
-    by_id = {r["clip_id"]: r for r in records}
-    metadata = {Path(r["filepath"]).name: card_metadata(by_id[r["clip_id"]]["meta"]) for r in rows}
-    atomic_write_json(out_dir / "metadata.json", metadata)
-
-    asked_n = sum(1 for r in rows if r["prompt_source"] == "llm" or (r["llm_output"] is not None))
-    accepted = sum(1 for r in rows if r["prompt_source"] == "llm")
-    reasons = Counter()
-    for r in rows:
-        if r["prompt_source"] == "template" and r["llm_output"] is not None:
-            for part in (r["reject_reason"] or "").split("; "):
-                reasons[re.sub(r"\(.*?\)|'.*?'", "(…)", part)] += 1
+    rows = _write_metadata(out_dir, records, log)
+    counts = _llm_counts(rows)
     space = tag_space.run(
         run_dir,
         t5_model=t5_model,
@@ -786,20 +859,7 @@ def run(
     )
     summary = {
         "clips": len(rows),
-        "llm_asked": asked_n,
-        "llm_accepted": accepted,
-        "acceptance_rate": round(accepted / asked_n, 4) if asked_n else None,
-        "llm_refused": sum(
-            1
-            for r in rows
-            if r["prompt_source"] == "template"
-            and r["llm_output"] is not None
-            and r["reject_reason"] == "the model refused"
-        ),
-        "llm_unwrapped": sum(1 for r in rows if r["prompt_source"] == "llm" and r["prompt"] != r["llm_output"].strip()),
-        "template": sum(1 for r in rows if r["prompt_source"] == "template"),
-        "missing_inputs": sum(1 for r in rows if r["missing"]),
-        "top_reject_reasons": dict(reasons.most_common(5)),
+        **counts,
         "llm_model": llm_model if use_llm else None,
         "t5_model": t5_model,
         "device": device_used,

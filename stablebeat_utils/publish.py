@@ -160,11 +160,9 @@ def _recipe(run: Run) -> list[str]:
     return out
 
 
-def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
-    """The README.md of the hub repo: licence, use, dataset, recipe, evaluation, samples."""
-    ds = dataset_summary(run)
-    export = run.path("05_train", "export")
-    lines = [
+def _card_header(repo_id: str) -> list[str]:
+    """Front matter, title and licence."""
+    return [
         "---",
         f"base_model: {BASE_MODEL}",
         "library_name: stable-audio-tools",
@@ -189,6 +187,12 @@ def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
         f"([licence text]({LICENSE_LINK})): read it before use — commercial use above its revenue threshold "
         "needs a licence from Stability AI. Powered by Stability AI.",
         "",
+    ]
+
+
+def _card_use(repo_id: str) -> list[str]:
+    """How to load the model from the hub repo, or from a local copy."""
+    return [
         "## Use",
         "",
         "With [stable-audio-tools](https://github.com/Stability-AI/stable-audio-tools) (it downloads "
@@ -210,6 +214,12 @@ def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
         "From a local copy of this repo (or the course's export folder), the course's loader reads the same "
         'files: `from stablebeat_utils.models import load_sao; model, config = load_sao("path/to/folder")`.',
         "",
+    ]
+
+
+def _card_dataset(ds: dict) -> list[str]:
+    """Clips, tempo, keys, tag frequencies and sample prompts of the training set."""
+    lines = [
         "## Dataset",
         "",
         f"- {ds['clips']} clips from {ds['sources']} tracks, {_hours(ds['seconds'])} of audio; each clip keeps its "
@@ -231,26 +241,45 @@ def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
             )
     if ds["sample_prompts"]:
         lines += ["", "Sample training prompts:", ""] + [f"> {p}" for p in ds["sample_prompts"]]
-    lines += ["", "## Recipe", ""] + _recipe(run)
-    lines += ["", "## Evaluation (07_evaluate: base model vs fine-tune)", ""]
+    return lines
+
+
+def _card_evaluation(run: Run) -> list[str]:
+    lines = ["", "## Evaluation (07_evaluate: base model vs fine-tune)", ""]
     report = run.path("07_evaluate", "report.md")
     if report.is_file():  # 07's report, headings one level down; its plot links are uploaded beside the card
         body = report.read_text(encoding="utf-8").strip()
         lines.append(re.sub(r"(?m)^(#+) ", lambda m: "#" * min(len(m.group(1)) + 2, 6) + " ", body))
     else:
         lines.append("_07_evaluate has not been run for this model yet._")
+    return lines
+
+
+def _card_samples(samples: list[dict]) -> list[str]:
+    """A table of the uploaded samples: one row per prompt, one column per model."""
+    lines = ["", "## Audio samples", "", "Same prompt and seed for each model (the same starting noise).", ""]
+    models = list(dict.fromkeys(x["model"] for x in samples))
+    lines.append("| Prompt | " + " | ".join(MODEL_LABELS.get(m, m) for m in models) + " |")
+    lines.append("|---|" + "---|" * len(models))
+    for idx in dict.fromkeys(x["prompt_idx"] for x in samples):
+        row = {x["model"]: x for x in samples if x["prompt_idx"] == idx}
+        prompt = next(iter(row.values()))["prompt"].replace("|", "\\|")
+        cells = [
+            f"[{Path(row[m]['path_in_repo']).name}]({row[m]['path_in_repo']})" if m in row else "—" for m in models
+        ]
+        lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
+    """The README.md of the hub repo: licence, use, dataset, recipe, evaluation, samples."""
+    ds = dataset_summary(run)
+    export = run.path("05_train", "export")
+    lines = _card_header(repo_id) + _card_use(repo_id) + _card_dataset(ds)
+    lines += ["", "## Recipe", ""] + _recipe(run)
+    lines += _card_evaluation(run)
     if samples:
-        lines += ["", "## Audio samples", "", "Same prompt and seed for each model (the same starting noise).", ""]
-        models = list(dict.fromkeys(x["model"] for x in samples))
-        lines.append("| Prompt | " + " | ".join(MODEL_LABELS.get(m, m) for m in models) + " |")
-        lines.append("|---|" + "---|" * len(models))
-        for idx in dict.fromkeys(x["prompt_idx"] for x in samples):
-            row = {x["model"]: x for x in samples if x["prompt_idx"] == idx}
-            prompt = next(iter(row.values()))["prompt"].replace("|", "\\|")
-            cells = [
-                f"[{Path(row[m]['path_in_repo']).name}]({row[m]['path_in_repo']})" if m in row else "—" for m in models
-            ]
-            lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
+        lines += _card_samples(samples)
     if not export.is_dir():
         lines += ["", "_No export folder in the run._"]
     return "\n".join(lines) + "\n"

@@ -446,6 +446,82 @@ def _calibrate(
     return new_rows, calibration, unused
 
 
+def _producer_answers(run_dir: str, calibration_file: str, tag_family: dict, ok_ids: set) -> tuple[list, list]:
+    """The producer's answers: every tag and clip they name must exist, before any work."""
+    from . import tag_calibration as calib
+
+    try:
+        answers, answer_sources = calib.gather_answers(run_dir, calibration_file)
+        calib.check_names(answers, tag_family, ok_ids, answer_sources)
+    except calib.CalibrationError as exc:
+        raise TagError(str(exc)) from exc
+    return answers, answer_sources
+
+
+def _open_log(out_path: Path, key: str, ok_ids: set, top_k: dict, min_similarity: float, max_margin: float):
+    """tags.jsonl with only the rows still valid, their tags re-selected with today's thresholds.
+
+    Keep rows computed the same way (error rows too: a bad file stays bad — delete
+    02_tag/tags.jsonl to retry it); re-select tags if the thresholds changed; drop rows of another
+    model/vocabulary/windowing and of clips no longer in 01.
+    """
+    log = JsonlLog(out_path)
+    kept, changed = [], False
+    for row in log.rows():
+        if row.get("embed_key") != key or row["clip_id"] not in ok_ids:
+            changed = True
+            continue
+        new = row if "error" in row else _apply_selection(row, top_k, min_similarity, max_margin)
+        changed |= new != row
+        kept.append(new)
+    if changed:
+        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in kept))
+        log = JsonlLog(out_path)
+    return log
+
+
+def _load_clap(backend: str, clap_model: str, device: str, window_seconds: float):
+    """``(clap, device used)``; refuses windows longer than the model's input."""
+    from . import models
+
+    device_used = models.pick_device(device)
+    clap = make_backend(backend, clap_model, device_used)
+    if window_seconds > clap.window_seconds + 1e-9:
+        raise TagError(
+            f"window_seconds={window_seconds} is longer than this CLAP's input "
+            f"({clap.window_seconds:g} s); CLAP would crop it at random — use <= {clap.window_seconds:g}"
+        )
+    return clap, device_used
+
+
+def _tag_all(clap, run_: Run, chunks: list[list[dict]], log: JsonlLog, base: dict, text, vocab, params, top_k):
+    """Tag every chunk still to do, one append per chunk; ``(seconds of audio tagged, seconds of the loop)``."""
+    from tqdm.auto import tqdm
+
+    audio_seconds = 0.0
+    loop_started = time.perf_counter()
+
+    bar = tqdm(total=sum(len(c) for c in chunks), desc="02_tag: CLAP", unit="clip")
+    for chunk in chunks:
+        rows, seconds = _tag_chunk(clap, run_, chunk, dict(base), text, vocab, params, top_k)
+        audio_seconds += seconds
+        log.append(*rows)
+        bar.update(len(chunk))
+    bar.close()
+    return audio_seconds, time.perf_counter() - loop_started
+
+
+def _calibration_summary(calibration: dict | None, answers: list, unused: list[str]) -> dict | None:
+    if calibration is None:
+        return None
+    return {
+        "answers": len(answers),
+        "tags": len(calibration),
+        "unused": unused,
+        "thresholds": {t: c["threshold"] for t, c in calibration.items()},
+    }
+
+
 def run(
     run_dir: str = "runs/demo",
     profile: str = "demo",
@@ -477,37 +553,16 @@ def run(
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     _validate(params)
     vocab = load_vocab(vocab_dir)
-    from . import tag_calibration as calib
-
     tag_family = {e.tag: f for f in FAMILIES for e in vocab[f]}
     top_k = {"instruments": top_k_instruments, "moods": top_k_moods, "genres": top_k_genres}
     segments = _ok_segments(run_)
     ok_ids = {r["clip_id"] for r in segments}
-    try:  # the producer's answers: every tag and clip they name must exist, before any work
-        answers, answer_sources = calib.gather_answers(run_dir, calibration_file)
-        calib.check_names(answers, tag_family, ok_ids, answer_sources)
-    except calib.CalibrationError as exc:
-        raise TagError(str(exc)) from exc
+    answers, answer_sources = _producer_answers(run_dir, calibration_file, tag_family, ok_ids)
 
     stage_dir = run_.stage_dir(STAGE)
     out_path = stage_dir / "tags.jsonl"
     key = _embed_key(backend, clap_model, vocab, window_seconds)
-
-    # Keep rows computed the same way (error rows too: a bad file stays bad — delete
-    # 02_tag/tags.jsonl to retry it); re-select tags if the thresholds changed; drop rows of another
-    # model/vocabulary/windowing and of clips no longer in 01.
-    log = JsonlLog(out_path)
-    kept, changed = [], False
-    for row in log.rows():
-        if row.get("embed_key") != key or row["clip_id"] not in ok_ids:
-            changed = True
-            continue
-        new = row if "error" in row else _apply_selection(row, top_k, min_similarity, max_margin)
-        changed |= new != row
-        kept.append(new)
-    if changed:
-        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in kept))
-        log = JsonlLog(out_path)
+    log = _open_log(out_path, key, ok_ids, top_k, min_similarity, max_margin)
 
     # Chunks are fixed by the sorted clip list, so a resumed run feeds the model exactly the same
     # batches as an uninterrupted one (bit-identical scores); a chunk is redone if any clip is missing.
@@ -518,29 +573,10 @@ def run(
     device_used = None
     audio_seconds = loop_seconds = 0.0
     if chunks:
-        from . import models
-
-        device_used = models.pick_device(device)
-        clap = make_backend(backend, clap_model, device_used)
-        if window_seconds > clap.window_seconds + 1e-9:
-            raise TagError(
-                f"window_seconds={window_seconds} is longer than this CLAP's input "
-                f"({clap.window_seconds:g} s); CLAP would crop it at random — use <= {clap.window_seconds:g}"
-            )
+        clap, device_used = _load_clap(backend, clap_model, device, window_seconds)
         text, text_cached = text_embeddings(clap, vocab, stage_dir / "text_embeddings")
-        from tqdm.auto import tqdm
-
-        loop_started = time.perf_counter()
-
-        bar = tqdm(total=todo, desc="02_tag: CLAP", unit="clip")
-        for chunk in chunks:
-            base = {"model": clap_model, "backend": backend, "embed_key": key}
-            rows, seconds = _tag_chunk(clap, run_, chunk, base, text, vocab, params, top_k)
-            audio_seconds += seconds
-            log.append(*rows)
-            bar.update(len(chunk))
-        bar.close()
-        loop_seconds = time.perf_counter() - loop_started
+        base = {"model": clap_model, "backend": backend, "embed_key": key}
+        audio_seconds, loop_seconds = _tag_all(clap, run_, chunks, log, base, text, vocab, params, top_k)
     rows = log.finalize()
     rows, calibration, unused = _calibrate(
         run_, rows, answers, answer_sources, tag_family, top_k, min_similarity, max_margin
@@ -564,14 +600,7 @@ def run(
         # the model load and text embeddings, which do not grow with the dataset)
         "times_real_time": round(audio_seconds / loop_seconds, 2) if todo and loop_seconds > 0 else None,
         "path": run_.rel(out_path),
-        "calibration": None
-        if calibration is None
-        else {
-            "answers": len(answers),
-            "tags": len(calibration),
-            "unused": unused,
-            "thresholds": {t: c["threshold"] for t, c in calibration.items()},
-        },
+        "calibration": _calibration_summary(calibration, answers, unused),
     }
     run_.mark_done(STAGE, params=params, **summary)
     return summary

@@ -112,6 +112,71 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def _clip_stats(records: list[dict], out_dir: Path):
+    """Tag frequencies per family, confident tempos, keys, and prompt lengths in T5 tokens by source."""
+    freq = {
+        f: Counter(t for r in records for t in dict.fromkeys(r["meta"].get(f"{f}_tags") or []))
+        for f in clipfacts.FAMILIES
+    }
+    bpms = [float(r["meta"]["tempo"]) for r in records if clipfacts.known_tempo(r["meta"]) is not None]
+    keys = Counter(f"{r['meta']['key']} {r['meta']['scale']}" for r in records if clipfacts.known_key(r["meta"]))
+    prompt_rows = read_jsonl(out_dir / "prompts.jsonl")
+    lengths = {
+        src: [r["t5_tokens"] for r in prompt_rows if r.get("prompt_source") == src and r.get("t5_tokens")]
+        for src in ("llm", "template")
+    }
+    return freq, bpms, keys, lengths
+
+
+def _previous_clusters(previous: dict):
+    """The clusters of the last run, as :func:`_compute_clusters` returns them."""
+    k, sil = previous["n_clusters"], previous["silhouette"]
+    sil_by_k = {int(kk): v for kk, v in previous["silhouette_by_k"].items()}
+    named = {c["id"]: {kk: c[kk] for kk in ("name", "size", "members")} for c in previous["clusters"]}
+    labels = np.array([p["cluster"] for p in previous["points"]])
+    xy = np.array([[p["x"], p["y"]] for p in previous["points"]])
+    return k, sil, sil_by_k, named, labels, xy, "tag_map.png"
+
+
+def _compute_clusters(tags: list[str], t5_model: str, n_clusters: int, seed: int, device: str, t5, out_dir: Path):
+    """Embed the tags with T5, cluster them, draw the map: ``(k, sil, sil_by_k, named, labels, xy, map_png)``."""
+    from . import models, plots
+
+    tokenizer, encoder = t5 or models.load_t5_encoder(t5_model, device=models.pick_device(device))
+    emb = embed_texts(tokenizer, encoder, tags)
+    labels, k, sil, sil_by_k = cluster(emb, n_clusters, seed)
+    named = name_clusters(emb, labels, tags)
+    from sklearn.decomposition import PCA
+
+    xy = PCA(n_components=2, random_state=seed).fit_transform(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    map_png = _save(
+        plots.plot_tag_map(
+            xy.tolist(),
+            tags,
+            [int(l) for l in labels],
+            {c: v["name"] for c, v in named.items()},
+            f"{len(tags)} tags embedded with {t5_model}: {k} clusters, silhouette {sil:.3f}",
+        ),
+        out_dir / "tag_map.png",
+    )
+    return k, sil, sil_by_k, named, labels, xy, map_png
+
+
+def _plot_stats(freq, n: int, bpms, keys, lengths, out_dir: Path, map_png: str) -> dict[str, str]:
+    from . import plots
+
+    return {
+        "tag_frequency": _save(
+            plots.plot_tag_frequency({f: freq[f].most_common() for f in freq}, n), out_dir / "tag_frequency.png"
+        ),
+        "bpm_key": _save(plots.plot_bpm_key(bpms, dict(keys)), out_dir / "bpm_key.png"),
+        "prompt_lengths": _save(
+            plots.plot_prompt_lengths(lengths, clipfacts.T5_MAX_TOKENS), out_dir / "prompt_lengths.png"
+        ),
+        "tag_map": map_png,
+    }
+
+
 def run(
     run_dir: str = "runs/demo",
     t5_model: str = "tiny:t5",
@@ -126,25 +191,12 @@ def run(
 
     ``t5`` (tokenizer, encoder) and ``lexicon`` may be passed by :func:`prompts.run` to reuse them.
     """
-    from . import models, plots
-
     run_ = Run(run_dir)
     out_dir = run_.stage_dir(STAGE)
     records = clipfacts.gather(run_)
     lexicon = lexicon or clipfacts.load_lexicon()
     n = len(records)
-
-    freq = {
-        f: Counter(t for r in records for t in dict.fromkeys(r["meta"].get(f"{f}_tags") or []))
-        for f in clipfacts.FAMILIES
-    }
-    bpms = [float(r["meta"]["tempo"]) for r in records if clipfacts.known_tempo(r["meta"]) is not None]
-    keys = Counter(f"{r['meta']['key']} {r['meta']['scale']}" for r in records if clipfacts.known_key(r["meta"]))
-    prompt_rows = read_jsonl(out_dir / "prompts.jsonl")
-    lengths = {
-        src: [r["t5_tokens"] for r in prompt_rows if r.get("prompt_source") == src and r.get("t5_tokens")]
-        for src in ("llm", "template")
-    }
+    freq, bpms, keys, lengths = _clip_stats(records, out_dir)
 
     tag_list = [(f, t) for f in clipfacts.FAMILIES for t in lexicon.tags[f]]
     tags = [t for _, t in tag_list]
@@ -154,42 +206,14 @@ def run(
     ).hexdigest()[:16]
     previous = read_json(out_dir / "tag_space.json") or {}
     if previous.get("cluster_key") == cluster_key and (out_dir / "tag_map.png").is_file():
-        k, sil = previous["n_clusters"], previous["silhouette"]
-        sil_by_k = {int(kk): v for kk, v in previous["silhouette_by_k"].items()}
-        named = {c["id"]: {kk: c[kk] for kk in ("name", "size", "members")} for c in previous["clusters"]}
-        labels = np.array([p["cluster"] for p in previous["points"]])
-        xy = np.array([[p["x"], p["y"]] for p in previous["points"]])
-        map_png = "tag_map.png"
+        k, sil, sil_by_k, named, labels, xy, map_png = _previous_clusters(previous)
     else:
-        tokenizer, encoder = t5 or models.load_t5_encoder(t5_model, device=models.pick_device(device))
-        emb = embed_texts(tokenizer, encoder, tags)
-        labels, k, sil, sil_by_k = cluster(emb, n_clusters, seed)
-        named = name_clusters(emb, labels, tags)
-        from sklearn.decomposition import PCA
-
-        xy = PCA(n_components=2, random_state=seed).fit_transform(emb / np.linalg.norm(emb, axis=1, keepdims=True))
-        map_png = _save(
-            plots.plot_tag_map(
-                xy.tolist(),
-                tags,
-                [int(l) for l in labels],
-                {c: v["name"] for c, v in named.items()},
-                f"{len(tags)} tags embedded with {t5_model}: {k} clusters, silhouette {sil:.3f}",
-            ),
-            out_dir / "tag_map.png",
+        k, sil, sil_by_k, named, labels, xy, map_png = _compute_clusters(
+            tags, t5_model, n_clusters, seed, device, t5, out_dir
         )
     rare = under_represented(freq, lexicon.tags, n, rare_tag_percent)
+    pngs = _plot_stats(freq, n, bpms, keys, lengths, out_dir, map_png)
 
-    pngs = {
-        "tag_frequency": _save(
-            plots.plot_tag_frequency({f: freq[f].most_common() for f in freq}, n), out_dir / "tag_frequency.png"
-        ),
-        "bpm_key": _save(plots.plot_bpm_key(bpms, dict(keys)), out_dir / "bpm_key.png"),
-        "prompt_lengths": _save(
-            plots.plot_prompt_lengths(lengths, clipfacts.T5_MAX_TOKENS), out_dir / "prompt_lengths.png"
-        ),
-        "tag_map": map_png,
-    }
     families_of = dict((t, f) for f, t in tag_list)
     result = {
         "t5_model": t5_model,
