@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .clipfacts import FAMILIES, Entry, load_vocab
-from .runs import JsonlLog, Run, atomic_path, atomic_write_text, read_jsonl
+from .runs import JsonlLog, Run, atomic_path, atomic_write_text, iter_jsonl, read_jsonl
 from .stage import begin
 from .tag_calibration import select_family, select_tags
 
@@ -364,7 +364,10 @@ def _ok_segments(run_: Run) -> list[dict]:
     if not seg_path.is_file():
         raise TagError(f"{seg_path}: not found — run 01_segment first (this stage tags its clips)")
     try:
-        segments = [r for r in read_jsonl(seg_path) if r.get("status") == "ok"]
+        # what this stage uses of a row (at 40,000 clips the whole rows are ~90 MiB)
+        segments = [
+            {k: r[k] for k in ("clip_id", "path") if k in r} for r in iter_jsonl(seg_path) if r.get("status") == "ok"
+        ]
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TagError(f"{seg_path}: not a JSONL file ({exc})") from exc
     bad = [i for i, r in enumerate(segments, 1) if not isinstance(r.get("clip_id"), str)]
@@ -466,16 +469,20 @@ def _open_log(out_path: Path, key: str, ok_ids: set, top_k: dict, min_similarity
     model/vocabulary/windowing and of clips no longer in 01.
     """
     log = JsonlLog(out_path)
-    kept, changed = [], False
-    for row in log.rows():
-        if row.get("embed_key") != key or row["clip_id"] not in ok_ids:
-            changed = True
-            continue
-        new = row if "error" in row else _apply_selection(row, top_k, min_similarity, max_margin)
-        changed |= new != row
-        kept.append(new)
-    if changed:
-        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in kept))
+
+    def revised():  # (row as it should be now or None to drop it, whether it changed); one row at a time
+        for row in log.rows():
+            if row.get("embed_key") != key or row["clip_id"] not in ok_ids:
+                yield None, True
+                continue
+            new = row if "error" in row else _apply_selection(row, top_k, min_similarity, max_margin)
+            yield new, new != row
+
+    if any(changed for _, changed in revised()):  # a second pass writes: the rows are never all in memory
+        with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for new, _ in revised():
+                if new is not None:
+                    fh.write(json.dumps(new, ensure_ascii=False, allow_nan=False) + "\n")
         log = JsonlLog(out_path)
     return log
 
