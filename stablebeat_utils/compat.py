@@ -151,6 +151,40 @@ def single_thread_if_forked(parent_pid: int) -> bool:
     return True
 
 
+def t5_outside_autocast() -> bool:
+    """stable-audio-tools 0.0.20 ``T5Conditioner`` with transformers 5.x on a GPU under bf16 autocast.
+
+    The conditioner casts T5 to float16 and means to run it under a float16 autocast, but its
+    ``with autocast(...) and set_grad_enabled(...)`` enters only the second context. Inside
+    Lightning's ``bf16-mixed`` (05 on an A100/H100) the outer bfloat16 autocast then makes T5's
+    keys bfloat16 while its position bias stays float16, and transformers 5.x's SDPA path for T5
+    (``create_position_bias_mask``: ``torch.where(mask, position_bias, finfo(key.dtype).min)``)
+    raises "value cannot be converted to type c10::Half without overflow" at the first training
+    step. Seen on an H200 (torch 2.11.0+cu130, transformers 5.17.0); CPU autocast does not
+    reproduce it. The forward runs with autocast off for its device: T5 computes in its own
+    float16 weights, as the conditioner intends, whatever precision the DiT trains in. Patched
+    once on the class; returns True when it patched now.
+    """
+    from stable_audio_tools.models import conditioners
+
+    cls = conditioners.T5Conditioner
+    if getattr(cls.forward, "_stablebeat_no_autocast", False):
+        return False
+    forward = cls.forward
+
+    def forward_without_autocast(self, texts, device):
+        import torch
+
+        kind = torch.device(device).type
+        with torch.autocast(kind, enabled=False):
+            return forward(self, texts, device)
+
+    forward_without_autocast._stablebeat_no_autocast = True
+    forward_without_autocast.__wrapped__ = forward
+    cls.forward = forward_without_autocast
+    return True
+
+
 def apply() -> None:
     """Apply every runtime shim once. Safe to call many times."""
     global _APPLIED

@@ -556,6 +556,7 @@ def create_sao_model(model_config: dict, t5_source: str | None = None):
     compat.apply()
     from stable_audio_tools.models.factory import create_model_from_config
 
+    compat.t5_outside_autocast()
     return create_model_from_config(_with_t5_paths(model_config, t5_source))
 
 

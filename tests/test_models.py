@@ -307,3 +307,24 @@ def test_sao_one_training_step(tiny):
     assert trainer.global_step == 1
     assert len(losses) == 1 and np.isfinite(losses[0]) and losses[0] > 0
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, params)), "no weight changed"
+
+
+def test_t5_conditioner_runs_outside_the_trainers_autocast():
+    """On a GPU under Lightning's bf16-mixed, stable-audio-tools' float16 T5 crashed in transformers
+    5.x ("value cannot be converted to type c10::Half without overflow", seen on an H200): the
+    conditioner built by our loading code must run T5 with autocast off, whatever autocast the
+    training step is in."""
+    import json
+
+    import torch
+
+    from stablebeat_utils import models
+
+    config = json.loads((models.TINY_DATA / "sao_model_config.json").read_text())
+    model = models.create_sao_model(config, t5_source="tiny:t5")
+    t5 = next(c for c in model.conditioner.conditioners.values() if type(c).__name__ == "T5Conditioner")
+    seen = []
+    t5.model.register_forward_pre_hook(lambda *a: seen.append(torch.is_autocast_enabled("cpu")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t5(["a trap beat at 140 BPM"], "cpu")
+    assert seen == [False], "T5 ran inside the training step's autocast"
