@@ -973,7 +973,9 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
         "median_step_seconds": round(statistics.median(step_seconds), 4) if step_seconds else None,
         "peak_gpu_memory_gb": (
             round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            if torch.cuda.is_available() and str(wrapper.device).startswith("cuda")
+            # the trainer's device, not the module's: Lightning's teardown has moved the module back to
+            # the CPU by now (on an H200 this read None after every GPU run)
+            if torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda"
             else None
         ),
         "last_loss": _last_loss(csvs),
