@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from . import audio as audio_io
+from .clipstore import ClipFolder
 from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, read_jsonl
 from .stage import begin
 
@@ -114,9 +115,15 @@ def _number(row: dict, key: str, where: str, required: bool = True) -> float | N
     return float(value)
 
 
-def read_clips(run_dir: str | os.PathLike) -> list[Clip]:
-    """The training clips of a run, sorted by ``clip_id``; every row checked, errors raised together."""
+def read_clips(run_dir: str | os.PathLike, check_audio: bool = True) -> list[Clip]:
+    """The training clips of a run, sorted by ``clip_id``; every row checked, errors raised together.
+
+    A row's ``filepath`` becomes a file through :class:`stablebeat_utils.clipstore.ClipFolder` (the
+    run folder, or 01_segment's ``clip_dir``). ``check_audio=False``: the files are not looked at
+    (:func:`run` checks only the clips it will read: none whose latents are already encoded).
+    """
     run = Run(run_dir)
+    folder = ClipFolder(run.root)
     prompts_path = run.path("04_prompts", "prompts.jsonl")
     if not prompts_path.is_file():
         raise TrainError(f"{prompts_path}: missing — run 04_prompts first (training reads its prompts.jsonl)")
@@ -137,8 +144,8 @@ def read_clips(run_dir: str | os.PathLike) -> list[Clip]:
             rel = row.get("filepath")
             if not isinstance(rel, str) or not rel:
                 raise TrainDataError(f"{where}: missing 'filepath'")
-            path = run.path(rel)
-            if not path.is_file():
+            path = folder.path(rel)
+            if check_audio and not folder.outside and not path.is_file():
                 raise TrainDataError(f"{where}: audio file {path} not found")
             seg = segments.get(cid) or {}
             src = _number(seg, "source_duration", f"{where} (segments.jsonl)", required=False)
@@ -154,7 +161,22 @@ def read_clips(run_dir: str | os.PathLike) -> list[Clip]:
         )
     if not clips:
         raise TrainError(f"{prompts_path}: no clips to train on")
+    if check_audio:
+        folder.require(STAGE, [c.path for c in clips])  # clips gone from a wiped clip_dir: STOP, naming the fix
     return sorted(clips, key=lambda c: c.clip_id)
+
+
+def require_audio(run_dir: str | os.PathLike, clips: list[Clip], stage: str = STAGE) -> None:
+    """Stop before any work when clips that will be read are gone: from a wiped ``clip_dir``
+    (:class:`~stablebeat_utils.clipstore.MissingClipsError`, naming the fix: re-run 01_segment), or
+    from the run folder (:class:`TrainDataError`, naming them)."""
+    ClipFolder(run_dir).require(stage, [c.path for c in clips])
+    gone = [c for c in clips if not c.path.is_file()]
+    if gone:
+        more = f" … and {len(gone) - 10} more" if len(gone) > 10 else ""
+        raise TrainDataError(
+            f"{len(gone)} training clip(s) not found: " + ", ".join(f"{c.clip_id} ({c.path})" for c in gone[:10]) + more
+        )
 
 
 def conditioning_for(clip: Clip, offset_s: float, window_s: float, real_s: float) -> dict:
@@ -965,7 +987,9 @@ def run(
     export_dir = stage_dir / "export"
     if run_.is_done(stage, params) and (export_dir / "model.safetensors").is_file():
         return dict(run_.stage_record(stage)["summary"], skipped=True)
-    clips = read_clips(run_dir) if clips is None else clips
+    clips = read_clips(run_dir, check_audio=False) if clips is None else clips
+    if not pre_encode:
+        require_audio(run_dir, clips, stage)  # every clip is read; with pre_encode only those not yet encoded
 
     from . import compat, models
 
@@ -1058,6 +1082,7 @@ def run(
     if pre_encode:
         latents_dir = stage_dir / "latents"
         fingerprint = _vae_fingerprint(model_config, base_model)
+        require_audio(run_dir, latents_todo(clips, latents_dir, fingerprint), stage)  # fresh latents: no clip read
         if str(device).startswith("cuda") and devices != 1 and latents_todo(clips, latents_dir, fingerprint):
             # several GPUs: Lightning starts its processes by fork (in a notebook) and refuses a
             # parent whose CUDA is initialised, so the GPU encoding runs in a fresh process
