@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .runs import Run, atomic_write_json, read_json
+from .runs import Run, atomic_write_json, read_json, read_jsonl
 
 SEGMENT = "01_segment"
 CLIPS_PREFIX = f"{SEGMENT}/clips/"
@@ -88,14 +88,13 @@ class ClipFolder:
             return self.folder / rel[len(CLIPS_PREFIX) :]
         return self.run.path(rel)
 
-    def missing(self, rels: Iterable[str]) -> list[str]:
-        """The clip names among ``rels`` whose file is not in the clip folder (one listing, no stats)."""
-        rels = [r for r in rels if r]
+    def missing(self, rels: Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
+        """Those of ``rels`` that name a clip of the clip folder whose file is not there (one listing)."""
         try:
             have = set(os.listdir(self.folder))
         except OSError:
             have = set()
-        return [r for r in rels if self.path(r).parent != self.folder or self.path(r).name not in have]
+        return [r for r in rels if r and self.path(r).parent == self.folder and self.path(r).name not in have]
 
     def require(self, stage: str, rels: Iterable[str]) -> None:
         """Stop when clips that ``stage`` needs are gone from a clip folder outside the run folder.
@@ -104,23 +103,20 @@ class ClipFolder:
         """
         if not self.outside:
             return
-        gone = [r for r in self.missing(rels) if self.path(r).parent == self.folder]
+        gone = self.missing(rels)
         if not gone:
             return
-        seg = [r.get("path") for r in read_jsonl_ok(self.run)]
-        total = len([r for r in self.missing(seg) if self.path(r).parent == self.folder])
+        total = len(self.missing([r.get("path") for r in _ok_rows(self.run)]))
         names = ", ".join(Path(r).name for r in gone[:5]) + (f", … ({len(gone) - 5} more)" if len(gone) > 5 else "")
         raise MissingClipsError(
             f"STOP — {stage} needs {len(gone)} clip(s) that are gone from the clip folder {self.folder} "
             f"(clip_dir={self.clip_dir!r}: a local disk, wiped when the runtime disconnects): {names}. "
-            f"Re-run 01_segment (same parameters, clip_dir={self.clip_dir!r}) to rebuild the {total} missing "
-            "clip(s) from their sources, bit-identical, then run this stage again."
+            f"Fix: re-run 01_segment (same parameters, clip_dir={self.clip_dir!r}) to rebuild the {total} "
+            "missing clip(s) from their sources, bit-identical; then run this stage again."
         )
 
 
-def read_jsonl_ok(run: Run) -> list[dict]:
-    from .runs import read_jsonl
-
+def _ok_rows(run: Run) -> list[dict]:
     return [r for r in read_jsonl(run.path(SEGMENT, "segments.jsonl")) if r.get("status") == "ok"]
 
 

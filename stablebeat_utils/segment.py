@@ -48,8 +48,17 @@ reproducibly:
    source in sorted path order wins, whatever the worker scheduling. Only sources that gave clips
    are compared against (a copy of an unreadable file keeps its own reason).
 
+7. **Where the clips go:** ``RUN_DIR/01_segment/clips``, or with ``clip_dir`` this run's own subfolder
+   of a folder outside the run folder (Colab: ``/content/stablebeat_clips``, the VM's local disk —
+   "latents only on Drive"; :mod:`stablebeat_utils.clipstore`). Rows are the same either way. Clips
+   gone from the clip folder (a disconnect wipes the local disk) are **rebuilt** by the next run from
+   their sources — the same bytes, the rows untouched, the count printed and returned — and a
+   source that no longer gives its recorded rows stops the stage by name instead. A changed
+   ``clip_dir`` moves the clips (nothing starts over).
+
 ``segments.jsonl`` holds one row per clip and one row per source that gave none; ``start`` is in
-seconds in the source, ``path`` relative to RUN_DIR. Work runs in ``workers`` processes (ordered,
+seconds in the source, ``path`` relative to RUN_DIR (the clip's name in the run; resolved by
+:func:`clip_path`). Work runs in ``workers`` processes (ordered,
 bounded window, so memory stays flat however many tracks there are); a source's rows are appended
 in one write after its clips are in place, so a run killed at any moment and run again ends with
 the same bytes. Changing a parameter that affects the output starts the stage over.
@@ -573,7 +582,7 @@ def _process_source(task: dict) -> dict:
     expect = task.get("expect")
     if expect is not None:  # a rebuild: the same rows, or nothing is written
         if rows != expect:
-            return _not_rebuilt(task, "the source no longer gives the recorded clips (was it changed or replaced?)")
+            return _not_rebuilt(task, "the source no longer gives the recorded clips (changed or replaced since?)")
         n = _write_clips(cuts, Path(task["clips_dir"]), cfg, only_missing=True)
         return {"source": rel, "rows": expect, "resumed": True, "rebuilt": n}
     _write_clips(cuts, Path(task["clips_dir"]), cfg, only_missing=False)
