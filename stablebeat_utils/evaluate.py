@@ -101,6 +101,7 @@ from typing import Any
 import numpy as np
 
 from .audio import is_audio_name
+from .clipstore import ClipFolder, clip_path
 from .evaluate_metrics import (
     CARD_METRICS,
     SAM_CLAP_MODEL,
@@ -125,7 +126,6 @@ from .evaluate_report import (
     compare,
     paper_comparison,
 )
-from .clipstore import ClipFolder, clip_path
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 from .stage import begin
 
