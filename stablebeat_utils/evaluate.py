@@ -102,6 +102,7 @@ from typing import Any
 import numpy as np
 
 from .audio import is_audio_name
+from .clipstore import ClipFolder, clip_path
 from .evaluate_metrics import (
     CARD_METRICS,
     SAM_CLAP_MODEL,
@@ -359,7 +360,8 @@ def read_generations(run_dir: str | os.PathLike, generations: str = "") -> list[
             )
         p = Path(str(r["path"])).expanduser()
         if not p.is_absolute():
-            p = run.path(str(r["path"])) if run.path(str(r["path"])).exists() else (src.parent / p)
+            in_run = clip_path(run.root, str(r["path"]))  # a clip's name resolves to the clip folder
+            p = in_run if in_run.exists() else (src.parent / p)
         seed = r.get("seed", 0)
         out.append(
             {
@@ -399,7 +401,9 @@ def reference_clips(run_dir: str | os.PathLike, reference: str = "") -> tuple[li
     if not seg.is_file():
         return [], f"none ({seg} not found)"
     rows = [r for r in read_jsonl(seg) if r.get("status") == "ok" and r.get("path")]
-    return sorted(str(run.path(r["path"])) for r in rows), run.rel(seg)
+    clips = ClipFolder(run.root)
+    clips.require(STAGE, [r["path"] for r in rows])  # clips gone from a wiped clip_dir: STOP, naming the fix
+    return sorted(str(clips.path(r["path"])) for r in rows), run.rel(seg)
 
 
 # ---------------------------------------------------------------------------------------------

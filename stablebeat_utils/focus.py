@@ -40,6 +40,7 @@ from typing import Any
 
 from . import plots
 from .clipfacts import FAMILIES
+from .clipstore import ClipFolder
 from .runs import Run, atomic_path, atomic_write_json, read_json, read_jsonl
 from .stage import begin
 
@@ -402,7 +403,7 @@ def plan(
         raise FocusError(f"batch_size must be >= 1 (got {batch_size})")
     if rare_percent < 0:
         raise FocusError(f"rare_percent must be >= 0 (got {rare_percent})")
-    clips = train.read_clips(run_dir)
+    clips = train.read_clips(run_dir, check_audio=False)  # train.run checks the clips it will read
     tags = clip_tags(run_dir, [c.clip_id for c in clips])
     chosen, never, why = _chosen_tags(run_dir, tags, focus_tags, rare_percent)
     exclude = resolve_tags(parse_tags(exclude_tags, "exclude_tags"), tags, "exclude_tags")
@@ -630,8 +631,9 @@ def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...], 
 
     info = read(run_dir)
     run = Run(run_dir)
+    clips = ClipFolder(run.root)
     seg = {
-        r.get("clip_id"): str(run.path(r["path"]).resolve())
+        r.get("clip_id"): str(clips.path(r["path"]).resolve())
         for r in read_jsonl(run.path("01_segment", "segments.jsonl"))
         if r.get("path")
     }

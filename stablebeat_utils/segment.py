@@ -48,8 +48,17 @@ reproducibly:
    source in sorted path order wins, whatever the worker scheduling. Only sources that gave clips
    are compared against (a copy of an unreadable file keeps its own reason).
 
+7. **Where the clips go:** ``RUN_DIR/01_segment/clips``, or with ``clip_dir`` this run's own subfolder
+   of a folder outside the run folder (Colab: ``/content/stablebeat_clips``, the VM's local disk —
+   "latents only on Drive"; :mod:`stablebeat_utils.clipstore`). Rows are the same either way. Clips
+   gone from the clip folder (a disconnect wipes the local disk) are **rebuilt** by the next run from
+   their sources — the same bytes, the rows untouched, the count printed and returned — and a
+   source that no longer gives its recorded rows stops the stage by name instead. A changed
+   ``clip_dir`` moves the clips (nothing starts over).
+
 ``segments.jsonl`` holds one row per clip and one row per source that gave none; ``start`` is in
-seconds in the source, ``path`` relative to RUN_DIR. Work runs in ``workers`` processes (ordered,
+seconds in the source, ``path`` relative to RUN_DIR (the clip's name in the run; resolved by
+:func:`clip_path`). Work runs in ``workers`` processes (ordered,
 bounded window, so memory stays flat however many tracks there are); a source's rows are appended
 in one write after its clips are in place, so a run killed at any moment and run again ends with
 the same bytes. Changing a parameter that affects the output starts the stage over.
@@ -71,6 +80,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import audio as audio_mod
+from . import clipstore
 from .audio import AUDIO_EXTS, is_audio_name
 from .pool import ordered_bounded as _ordered_bounded  # the one crash-isolating pool (moved to pool.py)
 from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
@@ -429,33 +439,121 @@ def _rejected(source: str, reason: str, **extra: Any) -> dict:
 def process_source(task: dict) -> dict:
     """Decode, analyse, cut, normalise and write the clips of one source; never raises.
 
-    Returns ``{"source", "rows", "fp", "sha256"}``; clips are already in place (atomically).
+    Returns ``{"source", "rows", "fp", "sha256"}``; clips are already in place (atomically). A
+    *rebuild* task (``task["expect"]``: the source's recorded rows, some of whose clips are gone)
+    writes the missing clips only when the source gives exactly those rows again, and returns the
+    recorded rows as resumed (``rebuilt``: how many clips, or ``rebuild_failed``: why not).
     """
     rel = task["rel"]
     try:
-        return _process_source(task)
+        result = _process_source(task)
     except audio_mod.AudioError as exc:
-        return _rejected(rel, str(exc))
+        result = _rejected(rel, str(exc))
     except RunFolderError:
         # reliability suite: a full disk (or unwritable run folder) while writing a clip is not a
         # verdict on the source — turned into a rejected row it was kept on re-run ("complete"),
         # so the source stayed rejected after the disk was freed. It stops the stage instead.
         raise
     except MemoryError:
-        return _rejected(rel, "too large to decode in memory")
+        result = _rejected(rel, "too large to decode in memory")
     except Exception as exc:  # one odd file must not stop the batch: report it
-        return _rejected(rel, f"could not be processed ({type(exc).__name__}: {exc})")
+        result = _rejected(rel, f"could not be processed ({type(exc).__name__}: {exc})")
+    if task.get("expect") is not None and not result.get("resumed"):
+        return _not_rebuilt(task, result["rows"][0]["reason"])
+    return result
 
 
-def _process_source(task: dict) -> dict:
-    rel, kind = task["rel"], task["kind"]
-    cfg = task["config"]
+def _not_rebuilt(task: dict, why: str) -> dict:
+    return {"source": task["rel"], "rows": task["expect"], "resumed": True, "rebuild_failed": why}
+
+
+def _kind_refused(rel: str, kind: str) -> dict | None:
     if kind == "folder":
         return _rejected(rel, "is a folder, not an audio file (its name ends like one)")
     if kind == "hidden":
         name = rel.rsplit("/", 1)[-1]
         what = "macOS AppleDouble metadata ('._' file)" if name.startswith("._") else "a hidden file"
         return _rejected(rel, f"{what}: not used")
+    return None
+
+
+def _unusable(dec: Any, mono: np.ndarray, min_s: float) -> str | None:
+    """Why a decoded source gives no clip before any analysis (truncated, corrupt, silent, short)."""
+    if dec.truncated:
+        return (
+            f"truncated: the header announces {dec.declared_seconds:.1f} s but the file holds "
+            f"{dec.seconds:.1f} s (a broken copy or download? re-export it)"
+        )
+    bad = audio_mod.non_finite_count(dec.audio)
+    if bad:
+        return f"{bad} NaN/infinite samples: the file is corrupt"
+    peak = audio_mod.peak_dbfs(mono)
+    if peak < SILENT_DBFS:
+        return f"silent (peak {peak:.0f} dBFS)"
+    if dec.seconds < min_s:
+        return f"too short: {dec.seconds:.1f} s long, a clip needs at least {min_s:g} s"
+    return None
+
+
+def _no_segments(a: Analysis, dec: Any, min_s: float) -> str | None:
+    """Why an analysed source gives no clip (silent, or no room for one segment)."""
+    if a.loud_db < SILENT_DBFS:
+        return f"silent (loudness {a.loud_db:.0f} dBFS)"
+    if not a.segments:
+        u0, u1 = a.usable
+        return (
+            f"too short: {u1 - u0:.1f} s of steady audio after trimming silence and fades "
+            f"({dec.seconds:.1f} s in all), a clip needs at least {min_s:g} s"
+        )
+    return None
+
+
+def _cut(dec: Any, a: Analysis, rel: str, cfg: dict, info: dict) -> list[tuple[dict, np.ndarray]]:
+    """The (row, 44.1 kHz stereo normalised audio) of each chosen segment; nothing written."""
+    out = []
+    ext = cfg.get("clip_format", "wav")
+    for i, (s, e) in enumerate(a.segments):
+        i0, i1 = int(round(s * dec.sr)), min(int(round(e * dec.sr)), dec.audio.shape[1])
+        clip = audio_mod.to_stereo(dec.audio[:, i0:i1])
+        clip = audio_mod.resample(clip, dec.sr, audio_mod.TARGET_SR)
+        clip, gain = audio_mod.normalize_loudness(
+            clip, audio_mod.TARGET_SR, cfg["target_lufs"], cfg["peak_ceiling_dbfs"]
+        )
+        row = _row(
+            rel,
+            i,
+            len(a.segments),
+            "ok",
+            start=round(i0 / dec.sr, 4),
+            duration=round(clip.shape[1] / audio_mod.TARGET_SR, 4),
+            path=f"{STAGE}/clips/{clip_id_for(rel, i)}.{ext}",
+            cut_on=a.cut_on,
+            tempo=round(a.tempo, 2) if a.tempo else None,
+            **info,
+            **gain,
+        )
+        out.append((row, clip))
+    return out
+
+
+def _write_clips(cuts: list[tuple[dict, np.ndarray]], clips_dir: Path, cfg: dict, only_missing: bool) -> int:
+    """Each clip into ``clips_dir`` atomically (``only_missing``: those not there); how many written."""
+    n = 0
+    for row, clip in cuts:
+        dest = clips_dir / Path(row["path"]).name
+        if only_missing and dest.exists():
+            continue
+        with atomic_path(dest) as tmp:
+            audio_mod.write_clip(tmp, clip, audio_mod.TARGET_SR, cfg.get("clip_format", "wav"))
+        n += 1
+    return n
+
+
+def _process_source(task: dict) -> dict:
+    rel, cfg = task["rel"], task["config"]
+    refused = _kind_refused(rel, task["kind"])
+    if refused is not None:
+        return refused
     path = Path(task["input_dir"]) / rel
     if not path.exists():
         return _rejected(rel, "file not found (a broken link?)")
@@ -468,67 +566,26 @@ def _process_source(task: dict) -> dict:
         "source_format": dec.format,
         "sha256": sha,
     }
-    if dec.truncated:
-        return _rejected(
-            rel,
-            f"truncated: the header announces {dec.declared_seconds:.1f} s but the file holds "
-            f"{dec.seconds:.1f} s (a broken copy or download? re-export it)",
-            **info,
-        )
-    bad = audio_mod.non_finite_count(dec.audio)
-    if bad:
-        return _rejected(rel, f"{bad} NaN/infinite samples: the file is corrupt", **info)
     mono = audio_mod.to_mono(dec.audio)
-    peak = audio_mod.peak_dbfs(mono)
-    if peak < SILENT_DBFS:
-        return _rejected(rel, f"silent (peak {peak:.0f} dBFS)", **info)
-    min_s, max_s = cfg["min_seconds"], cfg["max_seconds"]
-    if dec.seconds < min_s:
-        return _rejected(rel, f"too short: {dec.seconds:.1f} s long, a clip needs at least {min_s:g} s", **info)
+    why = _unusable(dec, mono, cfg["min_seconds"])
+    if why:
+        return _rejected(rel, why, **info)
     a = analyse(mono, dec.sr)
     fp = fingerprint(a)
-    if a.loud_db < SILENT_DBFS:
-        return {**_rejected(rel, f"silent (loudness {a.loud_db:.0f} dBFS)", **info), "fp": fp}
-    segs = choose_segments(a, cfg["segments_per_track"], min_s, max_s)
-    if not segs:
-        u0, u1 = a.usable
-        return {
-            **_rejected(
-                rel,
-                f"too short: {u1 - u0:.1f} s of steady audio after trimming silence and fades "
-                f"({dec.seconds:.1f} s in all), a clip needs at least {min_s:g} s",
-                **info,
-            ),
-            "fp": fp,
-        }
-    rows = []
-    clips_dir = Path(task["clips_dir"])
-    for i, (s, e) in enumerate(segs):
-        i0, i1 = int(round(s * dec.sr)), min(int(round(e * dec.sr)), dec.audio.shape[1])
-        clip = audio_mod.to_stereo(dec.audio[:, i0:i1])
-        clip = audio_mod.resample(clip, dec.sr, audio_mod.TARGET_SR)
-        clip, gain = audio_mod.normalize_loudness(
-            clip, audio_mod.TARGET_SR, cfg["target_lufs"], cfg["peak_ceiling_dbfs"]
-        )
-        cid = clip_id_for(rel, i)
-        ext = cfg.get("clip_format", "wav")
-        with atomic_path(clips_dir / f"{cid}.{ext}") as tmp:
-            audio_mod.write_clip(tmp, clip, audio_mod.TARGET_SR, ext)
-        rows.append(
-            _row(
-                rel,
-                i,
-                len(segs),
-                "ok",
-                start=round(i0 / dec.sr, 4),
-                duration=round(clip.shape[1] / audio_mod.TARGET_SR, 4),
-                path=f"{STAGE}/clips/{cid}.{ext}",
-                cut_on=a.cut_on,
-                tempo=round(a.tempo, 2) if a.tempo else None,
-                **info,
-                **gain,
-            )
-        )
+    if a.loud_db >= SILENT_DBFS:
+        choose_segments(a, cfg["segments_per_track"], cfg["min_seconds"], cfg["max_seconds"])
+    why = _no_segments(a, dec, cfg["min_seconds"])
+    if why:
+        return {**_rejected(rel, why, **info), "fp": fp}
+    cuts = _cut(dec, a, rel, cfg, info)
+    rows = [row for row, _ in cuts]
+    expect = task.get("expect")
+    if expect is not None:  # a rebuild: the same rows, or nothing is written
+        if rows != expect:
+            return _not_rebuilt(task, "the source no longer gives the recorded clips (changed or replaced since?)")
+        n = _write_clips(cuts, Path(task["clips_dir"]), cfg, only_missing=True)
+        return {"source": rel, "rows": expect, "resumed": True, "rebuilt": n}
+    _write_clips(cuts, Path(task["clips_dir"]), cfg, only_missing=False)
     return {"source": rel, "rows": rows, "fp": fp, "sha256": sha}
 
 
@@ -560,6 +617,8 @@ CRASHED = (
 
 
 def _crashed(task: dict) -> dict:
+    if task.get("expect") is not None:
+        return _not_rebuilt(task, CRASHED)
     return _rejected(task["rel"], CRASHED)
 
 
@@ -620,13 +679,93 @@ def _validate(
         raise SegmentError(f"workers={workers!r}: give a whole number ≥ 1")
 
 
-def _clean_stage(stage_dir: Path) -> None:
-    """Remove this stage's own outputs (never anything else)."""
-    for name in ("segments.jsonl", "stage.json"):
+def _clean_stage(stage_dir: Path, *clip_folders: Path) -> None:
+    """Remove this stage's own outputs (never anything else): its files, and this run's own clip
+    folders outside the run folder (``<clip_dir>/<run>-<hash>``, made by this stage)."""
+    for name in ("segments.jsonl", "stage.json", clipstore.RECORD):
         (stage_dir / name).unlink(missing_ok=True)
-    for sub in ("clips", ".work"):
-        if (stage_dir / sub).is_dir():
-            shutil.rmtree(stage_dir / sub)
+    for folder in (stage_dir / "clips", stage_dir / ".work", *clip_folders):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+
+
+def _clip_folder(clip_dir: str, run_obj: Run, in_dir: Path) -> Path:
+    """Where the clips go: ``RUN_DIR/01_segment/clips``, or this run's subfolder of ``clip_dir``
+    (never inside the folder of beats: the next run would take the clips for beats)."""
+    folder = clipstore.folder_for(clip_dir, run_obj.root)
+    if clip_dir and (folder == in_dir or in_dir in folder.parents):
+        raise SegmentError(
+            f"clip_dir {clip_dir!r} is inside input_dir {str(in_dir)!r}: put the clips elsewhere "
+            f"(on Colab: clip_dir={clipstore.COLAB_CLIP_DIR!r}, the VM's local disk)"
+        )
+    return folder
+
+
+def _start_over_if_changed(stage_dir: Path, config: dict, clips_dir: Path) -> None:
+    """Clean the stage when a parameter that shapes the clips changed (or outputs have no record)."""
+    old = read_json(stage_dir / ".work" / "config.json")
+    previous = clipstore.ClipFolder(stage_dir.parent).folder
+    outside = [f for f in {previous, clips_dir} if f != stage_dir / "clips"]
+    if old is not None and old != config:
+        print(f"{STAGE}: parameters changed since the last run in {stage_dir} — starting this stage over")
+        _clean_stage(stage_dir, *outside)
+    elif old is None and (stage_dir / "segments.jsonl").exists():
+        _clean_stage(stage_dir, *outside)  # outputs without a record of how they were made: not trusted
+
+
+def _missing_clips(rows: list[dict], clips_dir: Path) -> set[str]:
+    """The names of the ``ok`` rows' clips that are not in ``clips_dir`` (one listing)."""
+    have = set(os.listdir(clips_dir)) if clips_dir.is_dir() else set()
+    return {Path(r["path"]).name for r in rows if r["status"] == "ok"} - have
+
+
+def _move_clips(run_obj: Run, rows: list[dict], clips_dir: Path) -> int:
+    """A changed ``clip_dir``: the clips still in the previously recorded folder move to the new one
+    (each copied atomically, then removed); the rest are rebuilt. Returns how many moved."""
+    previous = clipstore.ClipFolder(run_obj.root).folder
+    if previous == clips_dir or not previous.is_dir():
+        return 0
+    moved = 0
+    for name in sorted(_missing_clips(rows, clips_dir)):
+        if (previous / name).is_file():
+            with atomic_path(clips_dir / name) as tmp:
+                shutil.copyfile(previous / name, tmp)
+            (previous / name).unlink()
+            moved += 1
+    if previous.is_dir() and not any(previous.iterdir()):
+        previous.rmdir()
+    return moved
+
+
+def _prepare(run_obj: Run, config: dict, clip_dir: str, clips_dir: Path, rows: list[dict]) -> int:
+    """The work folder, the config and the clip folder (recorded before any clip is written);
+    clips of a changed ``clip_dir`` moved over. Returns how many clips moved."""
+    work = run_obj.stage_dir(STAGE) / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "config.json", config)
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    moved = _move_clips(run_obj, rows, clips_dir)
+    clipstore.record_folder(run_obj.root, clip_dir, clips_dir)
+    return moved
+
+
+def _plan_storage(run_obj: Run, in_dir: Path, sources: list, config: dict, clip_dir: str, clips_dir: Path) -> None:
+    """The storage plan: printed, kept in RUN_DIR/storage_plan.json, a STOP before any clip when it won't fit."""
+    from . import storage
+
+    plan = storage.segment_plan(
+        run_obj.root,
+        [in_dir / s.rel for s in sources if s.kind == "file"],
+        config["segments_per_track"],
+        config["min_seconds"],
+        config["max_seconds"],
+        config.get("clip_format", "wav"),
+        clip_folder=clips_dir,
+        clip_dir=clip_dir,
+    )
+    print(plan.text())
+    storage.record(run_obj.root, plan)
+    storage.refuse(plan)
 
 
 def _source_complete(rows: list[dict]) -> bool:
@@ -653,7 +792,7 @@ def _sources(input_dir: str | os.PathLike, run_obj: Run) -> tuple[Path, list, li
     return in_dir, sources, ignored
 
 
-def _take(result: dict, log: JsonlLog, fps: JsonlLog, dups: "_DupIndex", run_root: Path) -> None:
+def _take(result: dict, log: JsonlLog, fps: JsonlLog, dups: "_DupIndex", clips_dir: Path) -> None:
     """One source's result into the log: a resumed source only re-enters the duplicate index; a new
     one is logged, or replaced by one ``duplicate of`` row (its clips deleted) when it repeats an
     earlier source."""
@@ -666,7 +805,7 @@ def _take(result: dict, log: JsonlLog, fps: JsonlLog, dups: "_DupIndex", run_roo
     original = dups.find(result["sha256"], result["fp"]) if ok else None
     if original is not None:
         for r in rows:
-            (run_root / r["path"]).unlink(missing_ok=True)
+            (clips_dir / Path(r["path"]).name).unlink(missing_ok=True)
         info = {k: rows[0][k] for k in ("source_duration", "source_sr", "source_channels", "source_format", "sha256")}
         rows = [_row(src, None, 1, "rejected", f"duplicate of {original}", **info)]
     elif ok:
@@ -693,6 +832,66 @@ def _summary(rows: list[dict], in_dir: Path, n_sources: int, n_ignored: int, seg
     }
 
 
+def _tasks(sources: list, by_source: dict, in_dir: Path, clips_dir: Path, config: dict, gone: set) -> Iterator[Any]:
+    """One task per source: a complete one passes through as resumed (or is rebuilt when clips of it
+    are gone from the clip folder), the others are segmented."""
+    for s in sources:
+        rows = by_source.get(s.rel, [])
+        task = {"rel": s.rel, "kind": s.kind, "input_dir": str(in_dir), "clips_dir": str(clips_dir), "config": config}
+        if not _source_complete(rows):
+            yield task
+        elif any(r["status"] == "ok" and Path(r["path"]).name in gone for r in rows):
+            yield {**task, "expect": rows}
+        else:
+            yield ("done", {"source": s.rel, "rows": rows, "resumed": True})
+
+
+def _segment_all(tasks: Iterator[Any], n: int, workers: int, progress: bool, log: JsonlLog, clips_dir: Path) -> dict:
+    """Run the tasks in the worker pool, in source order, into the log; rebuilt and failed counts."""
+    from tqdm.auto import tqdm
+
+    fps = JsonlLog(log.path.parent / ".work" / "fingerprints.jsonl", key="source")
+    dups = _DupIndex()
+    out: dict = {"rebuilt": 0, "failed": []}
+    with tqdm(total=n, desc="segment", unit="track", disable=not progress) as bar:
+        for result in _ordered_bounded(
+            process_source, tasks, workers, window=2 * workers + 2, on_crash=_crashed, initializer=_warm_worker
+        ):
+            _take(result, log, fps, dups, clips_dir)
+            out["rebuilt"] += result.get("rebuilt", 0)
+            if result.get("rebuild_failed"):
+                out["failed"].append(f"{result['source']}: {result['rebuild_failed']}")
+            bar.update(1)
+    return out
+
+
+def _remove_strays(clips_dir: Path, rows: list[dict]) -> None:
+    """Clips of duplicates and temp files of a killed run: everything in the clip folder but the rows' clips."""
+    keep = {Path(r["path"]).name for r in rows if r["status"] == "ok"}
+    for f in clips_dir.iterdir():
+        if f.name not in keep:
+            f.unlink() if f.is_file() or f.is_symlink() else shutil.rmtree(f)
+
+
+def _refuse_unrebuilt(failed: list[str], clips_dir: Path) -> None:
+    if failed:
+        raise SegmentError(
+            f"{len(failed)} source(s) could not rebuild their missing clips in {clips_dir} exactly as "
+            "recorded:\n  " + "\n  ".join(failed[:10]) + "\nPut those sources back as they were, or start "
+            "over in a new run_dir (their tags, prompts and latents describe the old clips)."
+        )
+
+
+def _warn_if_all_crashed(summary: dict) -> None:
+    if summary["crashed"] >= 2 and summary["crashed"] == summary["sources"]:
+        print(
+            f"{STAGE}: WARNING every file crashed its worker process. That points at this machine (a broken "
+            "library, or a corrupt numba cache: delete librosa/__pycache__/*.nb* in the venv), not at your "
+            "files. Run the stage again once fixed: those files are retried.",
+            file=sys.stderr,
+        )
+
+
 def run(
     run_dir: str | os.PathLike = "runs/demo",
     input_dir: str | os.PathLike = "demo",
@@ -704,120 +903,56 @@ def run(
     peak_ceiling_dbfs: float = -1.0,
     workers: int = 2,
     clip_format: str = "wav",
+    clip_dir: str = "",
     progress: bool = True,
 ) -> dict:
     """Segment every beat under ``input_dir`` into ``RUN_DIR/01_segment`` (see the module docstring).
 
-    Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths. Resumable and
-    deterministic (the same bytes whatever ``workers`` and wherever a previous run was killed).
+    ``clip_dir`` (default ``""``: ``RUN_DIR/01_segment/clips``): a folder outside the run folder for
+    the clip audio — on Colab ``/content/stablebeat_clips``, the VM's local disk, so only rows,
+    tags, prompts, latents and checkpoints go to Drive (:mod:`stablebeat_utils.clipstore`). Clips
+    gone from it (a disconnect wipes the local disk) are rebuilt by running the stage again.
+
+    Returns a summary: sources, clips, rejected, duplicates, hours of clips, paths, and how many
+    clips this call rebuilt or moved. Resumable and deterministic (the same bytes whatever
+    ``workers`` and wherever a previous run was killed).
     """
     run_obj, _ = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
-    _validate(
-        segments_per_track,
-        float(min_seconds),
-        float(max_seconds),
-        float(target_lufs),
-        float(peak_ceiling_dbfs),
-        workers,
-        clip_format,
-    )
+    numbers = (float(min_seconds), float(max_seconds), float(target_lufs), float(peak_ceiling_dbfs))
+    _validate(segments_per_track, *numbers, workers, clip_format)
     in_dir, sources, ignored = _sources(input_dir, run_obj)
-    config = _config(
-        in_dir,
-        segments_per_track,
-        float(min_seconds),
-        float(max_seconds),
-        float(target_lufs),
-        float(peak_ceiling_dbfs),
-        clip_format,
-    )
+    clips_dir = _clip_folder(clip_dir, run_obj, in_dir)
+    config = _config(in_dir, segments_per_track, *numbers, clip_format)
     params = {"input_dir": str(input_dir), "profile": profile, **{k: v for k, v in config.items() if k != "input_dir"}}
+    if clip_dir:  # absent when unset: run folders made before clip_dir resume as they were
+        params["clip_dir"] = clip_dir
     stage_dir = run_obj.stage_dir(STAGE)
-    work = stage_dir / ".work"
-    old = read_json(work / "config.json")
-    if old is not None and old != config:
-        print(f"{STAGE}: parameters changed since the last run in {stage_dir} — starting this stage over")
-        _clean_stage(stage_dir)
-    elif old is None and (stage_dir / "segments.jsonl").exists():
-        _clean_stage(stage_dir)  # outputs without a record of how they were made: not trusted
-    seg_path = stage_dir / "segments.jsonl"
-    had_rows = seg_path.exists()
-    log = JsonlLog(seg_path)
+    _start_over_if_changed(stage_dir, config, clips_dir)
+    log = JsonlLog(stage_dir / "segments.jsonl")
     # a file that killed its worker is not a final verdict (an out-of-memory kill, a broken library
     # on this machine): such rows are retried on every run; a truly corrupt file is rejected again
     crashed = {r["clip_id"] for r in log.rows() if r.get("reason") == CRASHED}
-    if run_obj.is_done(STAGE, params) and had_rows and not crashed:
-        return run_obj.stage_record(STAGE)["summary"]
-    # the storage plan: printed, kept in RUN_DIR/storage_plan.json, a STOP before any clip when it won't fit
-    from . import storage
-
-    plan = storage.segment_plan(
-        run_obj.root,
-        [in_dir / s.rel for s in sources if s.kind == "file"],
-        segments_per_track,
-        float(min_seconds),
-        float(max_seconds),
-        clip_format,
-    )
-    print(plan.text())
-    storage.record(run_obj.root, plan)
-    storage.refuse(plan)
+    if run_obj.is_done(STAGE, params) and len(log) and not crashed and not _missing_clips(log.rows(), clips_dir):
+        return dict(run_obj.stage_record(STAGE)["summary"], clips_rebuilt=0, clips_moved=0)
+    _plan_storage(run_obj, in_dir, sources, config, clip_dir, clips_dir)
     run_obj.clear_done(STAGE)
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(work / "config.json", config)
-    clips_dir = stage_dir / "clips"
-    clips_dir.mkdir(exist_ok=True)
-
+    moved = _prepare(run_obj, config, clip_dir, clips_dir, log.rows())
     log.discard(crashed)
-    fps = JsonlLog(work / "fingerprints.jsonl", key="source")
     by_source: dict[str, list[dict]] = {}
     for r in log.rows():
         by_source.setdefault(r["source"], []).append(r)
-    done = {s for s, rows in by_source.items() if _source_complete(rows)}
-
-    def tasks() -> Iterator[Any]:
-        for s in sources:
-            if s.rel in done:
-                yield ("done", {"source": s.rel, "rows": by_source[s.rel], "resumed": True})
-            else:
-                yield {
-                    "rel": s.rel,
-                    "kind": s.kind,
-                    "input_dir": str(in_dir),
-                    "clips_dir": str(clips_dir),
-                    "config": config,
-                }
-
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    bar = tqdm(total=len(sources), desc="segment", unit="track", disable=not progress) if tqdm else None
-    dups = _DupIndex()
-    for result in _ordered_bounded(
-        process_source, tasks(), workers, window=2 * workers + 2, on_crash=_crashed, initializer=_warm_worker
-    ):
-        _take(result, log, fps, dups, run_obj.root)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-
+    gone = _missing_clips(log.rows(), clips_dir)
+    tasks = _tasks(sources, by_source, in_dir, clips_dir, config, gone)
+    done = _segment_all(tasks, len(sources), workers, progress, log, clips_dir)
     rows = log.finalize(sort_key=lambda r: (r["source"], -1 if r["index"] is None else r["index"]))
-    keep = {Path(r["path"]).name for r in rows if r["status"] == "ok"}
-    for f in clips_dir.iterdir():  # clips of duplicates and temp files of a killed run
-        if f.name not in keep:
-            f.unlink() if f.is_file() or f.is_symlink() else shutil.rmtree(f)
-    summary = _summary(rows, in_dir, len(sources), len(ignored), seg_path, clips_dir)
-    if summary["crashed"] >= 2 and summary["crashed"] == summary["sources"]:
-        print(
-            f"{STAGE}: WARNING every file crashed its worker process. That points at this machine (a broken "
-            "library, or a corrupt numba cache: delete librosa/__pycache__/*.nb* in the venv), not at your "
-            "files. Run the stage again once fixed: those files are retried.",
-            file=sys.stderr,
-        )
+    _remove_strays(clips_dir, rows)
+    _refuse_unrebuilt(done["failed"], clips_dir)
+    summary = _summary(rows, in_dir, len(sources), len(ignored), log.path, clips_dir)
+    _warn_if_all_crashed(summary)
     run_obj.mark_done(STAGE, params=params, **summary)
-    return summary
+    if done["rebuilt"] or moved:
+        print(f"{STAGE}: {done['rebuilt']} missing clip(s) rebuilt from their sources, {moved} moved, in {clips_dir}")
+    return dict(summary, clips_rebuilt=done["rebuilt"], clips_moved=moved)
 
 
 def read_segments(run_dir: str | os.PathLike) -> list[dict]:
@@ -837,5 +972,5 @@ def source_path(run_dir: str | os.PathLike, source: str) -> Path:
 
 
 def clip_path(run_dir: str | os.PathLike, row: dict) -> Path:
-    """The absolute path of an ok row's clip."""
-    return Run(run_dir).path(row["path"])
+    """The absolute path of an ok row's clip (in the run folder, or in the clip folder of ``clip_dir``)."""
+    return clipstore.clip_path(run_dir, row["path"])

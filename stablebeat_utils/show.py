@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .clipstore import clip_path
 from .plots import plot_clip_scores, plot_tag_frequency, plot_tempo_key_results, spectrogram_axes  # noqa: F401 (the notebooks draw these inline)
 
 
@@ -81,7 +82,7 @@ def clips_with_tags(run_dir: str | os.PathLike, rows, n: int = 2):
             f"<i>{fam}</i>: {html.escape(', '.join(row.get(f'{fam}_tags', [])) or '—')}"
             for fam in ("instruments", "moods", "genres")
         )
-        player = embedded_audio(Path(run_dir) / row["path"])._repr_html_()
+        player = embedded_audio(clip_path(run_dir, row["path"]))._repr_html_()
         parts.append(f"<div style='margin-bottom:1em'><b>{html.escape(row['clip_id'])}</b><br>{tags}<br>{player}</div>")
     return HTML("".join(parts) or "<i>no tagged clip</i>")
 
@@ -295,7 +296,7 @@ def clip_players(run_dir, rows, n: int = 2):
     parts = []
     for r in [r for r in rows if r.get("status", "ok") == "ok"][:n]:
         label = f"{r['clip_id']} — {r.get('source', '')} from {float(r.get('start', 0)):.2f} s"
-        player = embedded_audio(Path(run_dir) / r["path"])._repr_html_()
+        player = embedded_audio(clip_path(run_dir, r["path"]))._repr_html_()
         parts.append(f"<div><b>{html.escape(label)}</b><br>{player}</div>")
     return HTML("".join(parts) or "<i>no clip</i>")
 
@@ -330,7 +331,7 @@ class CalibrationPanel:
                 with out:
                     from IPython.display import display
 
-                    display(embedded_audio(Path(run_dir) / row["path"]))
+                    display(embedded_audio(clip_path(run_dir, row["path"])))
             toggles = []
             for fam in ("instruments", "moods", "genres"):
                 for tag in row.get(f"{fam}_tags", []):

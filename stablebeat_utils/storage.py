@@ -2,7 +2,8 @@
 
 Used by ``segment.run`` and ``train.run`` before any work: they print the plan, keep it in
 ``RUN_DIR/storage_plan.json`` (one entry per stage), and STOP with the numbers when it does not fit,
-naming the option that would (FLAC clips, fewer kept checkpoints, 8-bit AdamW, LoRA).
+naming the option that would (FLAC clips, the clips on local disk with ``clip_dir`` — "latents only
+on Drive" —, fewer kept checkpoints, 8-bit AdamW, LoRA).
 
 The sizes are arithmetic, not guesses from a sample:
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .clipstore import COLAB_CLIP_DIR, run_subfolder
 from .runs import Run, atomic_write_json
 
 WAV_BYTES_PER_SECOND = 44100 * 2 * 2
@@ -278,19 +280,26 @@ def segment_plan(
     clip_format: str,
     disk_usage: Callable | None = None,
     device_of: Callable = _device,
+    clip_folder: Path | None = None,
+    clip_dir: str = "",
+    local_clip_dir: str = COLAB_CLIP_DIR,
 ) -> Plan:
-    """01_segment: the clips of every source, against the run folder's disk."""
+    """01_segment: the clips of every source, against the disk of their folder (``clip_folder``: the
+    run folder's ``01_segment/clips``, or this run's folder under ``clip_dir``).
+
+    With the clips in the run folder and a ``local_clip_dir`` whose parent exists (``/content`` on
+    Colab), putting them there — "latents only on Drive" — is an option when it fits."""
     paths = list(source_paths)
     seconds, unknown = source_seconds(paths)
     mean_clip = (min_seconds + max_seconds) / 2
     known = len(paths) - unknown
     per_known = min(segments_per_track * mean_clip, seconds / known) if known else segments_per_track * mean_clip
     clip_s = per_known * len(paths)  # unreadable headers (mp3, m4a): as many clips as a readable file gives
-    clips_dir = Run(run_dir).root / "01_segment" / "clips"
-    have = folder_bytes(clips_dir)
+    clips_dir = Path(clip_folder) if clip_folder else Run(run_dir).root / "01_segment" / "clips"
 
-    def needs(fmt):
-        return [Need(f"clips ({fmt}, ~{clip_s / 3600:.1f} h)", max(0, clip_bytes(clip_s, fmt) - have), clips_dir)]
+    def needs(fmt, folder=clips_dir):
+        have = folder_bytes(folder)
+        return [Need(f"clips ({fmt}, ~{clip_s / 3600:.1f} h)", max(0, clip_bytes(clip_s, fmt) - have), folder)]
 
     facts = {
         "sources": len(paths),
@@ -300,9 +309,24 @@ def segment_plan(
         "clips_wav_gb": round(clip_bytes(clip_s, "wav") / GB, 2),
         "clips_flac_gb": round(clip_bytes(clip_s, "flac") / GB, 2),
         "clip_format": clip_format,
+        "clip_folder": str(clips_dir),
     }
     plan = assess("01_segment", needs(clip_format), facts, disk_usage, device_of)
     alts = [("clip_format='flac' (lossless, about half the bytes)", needs("flac"))] if clip_format == "wav" else []
+    if not clip_dir and Path(local_clip_dir).expanduser().parent.is_dir():  # the machine's local disk
+        local = run_subfolder(local_clip_dir, Run(run_dir).root)
+        for fmt in dict.fromkeys((clip_format, "flac")):
+            disks = assess("01_segment", needs(fmt, local), disk_usage=disk_usage, device_of=device_of).disks
+            if not disks:
+                continue
+            disk = disks[0]
+            also = "clip_format='flac' and " if fmt != clip_format else ""
+            label = (
+                f"{also}clip_dir='{local_clip_dir}' (latents only on Drive: {disk['need'] / GB:.2f} GB of "
+                f"{fmt} clips on this machine's local disk, {disk['free'] / GB:.2f} GB free there; rows, tags, "
+                "latents and checkpoints stay in run_dir; re-run 01_segment after a disconnect to rebuild them)"
+            )
+            alts.append((label, needs(fmt, local)))
     return check(plan, alts, disk_usage, device_of)
 
 

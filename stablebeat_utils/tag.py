@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .clipfacts import FAMILIES, Entry, load_vocab
+from .clipstore import ClipFolder, clip_path
 from .runs import JsonlLog, Run, atomic_path, atomic_write_text, iter_jsonl, read_jsonl
 from .stage import begin
 from .tag_calibration import select_family, select_tags
@@ -329,7 +330,7 @@ def _load_windows(run: Run, seg: dict, sr: int, window_seconds: float) -> tuple[
     rel = seg.get("path")
     if not rel:
         raise TagError("the segments row has no `path`")
-    audio, _ = load(run.path(rel), sr=sr, mono=True)
+    audio, _ = load(clip_path(run.root, rel), sr=sr, mono=True)
     mono = audio[0]
     if not np.all(np.isfinite(mono)):
         raise TagError("the audio holds NaN or infinite samples")
@@ -575,6 +576,7 @@ def run(
     # batches as an uninterrupted one (bit-identical scores); a chunk is redone if any clip is missing.
     chunks = [c for c in _chunks(segments, batch_size) if any(r["clip_id"] not in log for r in c)]
     todo = sum(len(c) for c in chunks)
+    ClipFolder(run_dir).require(STAGE, [r.get("path") for c in chunks for r in c])  # a wiped clip_dir: STOP
     started = time.perf_counter()
     text_cached = None
     device_used = None

@@ -89,6 +89,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .clipstore import ClipFolder
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, file_sha256, iter_jsonl, read_json, read_jsonl
 from .stage import begin
 
@@ -566,7 +567,9 @@ def run(
     # this machine): its row is dropped here and the clip analysed again
     log.discard({r["clip_id"] for r in log.rows() if str(r.get("error") or "").endswith(CRASHED)})
 
-    jobs = [(c["clip_id"], str(run_.path(c["path"])), c["path"]) for c in clips if c["clip_id"] not in log]
+    folder = ClipFolder(run_.root)
+    jobs = [(c["clip_id"], str(folder.path(c["path"])), c["path"]) for c in clips if c["clip_id"] not in log]
+    folder.require(STAGE, [j[2] for j in jobs])  # clips gone from a wiped clip_dir: STOP, naming the fix
     from tqdm.auto import tqdm
 
     with tqdm(total=len(jobs), desc="tempo & key", unit="clip", disable=not jobs) as bar:

@@ -71,6 +71,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import audio as audio_io
+from .clipstore import ClipFolder
 from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the names 05b and the tests use)
     _CKPT_RE,
     RESUME_KEYS,
@@ -121,9 +122,15 @@ def _number(row: dict, key: str, where: str, required: bool = True) -> float | N
     return float(value)
 
 
-def read_clips(run_dir: str | os.PathLike) -> list[Clip]:
-    """The training clips of a run, sorted by ``clip_id``; every row checked, errors raised together."""
+def read_clips(run_dir: str | os.PathLike, check_audio: bool = True) -> list[Clip]:
+    """The training clips of a run, sorted by ``clip_id``; every row checked, errors raised together.
+
+    A row's ``filepath`` becomes a file through :class:`stablebeat_utils.clipstore.ClipFolder` (the
+    run folder, or 01_segment's ``clip_dir``). ``check_audio=False``: the files are not looked at
+    (:func:`run` checks only the clips it will read: none whose latents are already encoded).
+    """
     run = Run(run_dir)
+    folder = ClipFolder(run.root)
     prompts_path = run.path("04_prompts", "prompts.jsonl")
     if not prompts_path.is_file():
         raise TrainError(f"{prompts_path}: missing — run 04_prompts first (training reads its prompts.jsonl)")
@@ -144,8 +151,8 @@ def read_clips(run_dir: str | os.PathLike) -> list[Clip]:
             rel = row.get("filepath")
             if not isinstance(rel, str) or not rel:
                 raise TrainDataError(f"{where}: missing 'filepath'")
-            path = run.path(rel)
-            if not path.is_file():
+            path = folder.path(rel)
+            if check_audio and not folder.outside and not path.is_file():
                 raise TrainDataError(f"{where}: audio file {path} not found")
             seg = segments.get(cid) or {}
             src = _number(seg, "source_duration", f"{where} (segments.jsonl)", required=False)
@@ -161,7 +168,22 @@ def read_clips(run_dir: str | os.PathLike) -> list[Clip]:
         )
     if not clips:
         raise TrainError(f"{prompts_path}: no clips to train on")
+    if check_audio:
+        folder.require(STAGE, [c.path for c in clips])  # clips gone from a wiped clip_dir: STOP, naming the fix
     return sorted(clips, key=lambda c: c.clip_id)
+
+
+def require_audio(run_dir: str | os.PathLike, clips: list[Clip], stage: str = STAGE) -> None:
+    """Stop before any work when clips that will be read are gone: from a wiped ``clip_dir``
+    (:class:`~stablebeat_utils.clipstore.MissingClipsError`, naming the fix: re-run 01_segment), or
+    from the run folder (:class:`TrainDataError`, naming them)."""
+    ClipFolder(run_dir).require(stage, [c.path for c in clips])
+    gone = [c for c in clips if not c.path.is_file()]
+    if gone:
+        more = f" … and {len(gone) - 10} more" if len(gone) > 10 else ""
+        raise TrainDataError(
+            f"{len(gone)} training clip(s) not found: " + ", ".join(f"{c.clip_id} ({c.path})" for c in gone[:10]) + more
+        )
 
 
 def conditioning_for(clip: Clip, offset_s: float, window_s: float, real_s: float) -> dict:
@@ -668,8 +690,10 @@ def run(
     stage_dir = run_.stage_dir(stage)
     if run_.is_done(stage, params) and (stage_dir / "export" / "model.safetensors").is_file():
         return dict(run_.stage_record(stage)["summary"], skipped=True)
-    clips = read_clips(run_dir) if clips is None else clips
+    clips = read_clips(run_dir, check_audio=False) if clips is None else clips
     p = SimpleNamespace(**params)
+    if not p.pre_encode:
+        require_audio(run_dir, clips, stage)  # every clip is read; with pre_encode only those not yet encoded
 
     tl = _lightning_classes()
     folders = _checkpoint_folders(run_, stage_dir, local_checkpoint_dir)
@@ -678,7 +702,7 @@ def run(
     tl.pl.seed_everything(session_seed, workers=True, verbose=False)
     device, prec, gpu_estimate = _plans_and_preflight(run_, p, clips, folders.local)
     model, model_config, cfg, window = _load_for_training(p)
-    enc, loader = _training_data(p, model, model_config, clips, stage_dir, window, device, session_seed)
+    enc, loader = _training_data(p, model, model_config, clips, stage, window, device, session_seed)
     wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
     trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders)
     facts = {  # what the summary reports from before training
@@ -821,12 +845,14 @@ def _load_for_training(p):
     return model, model_config, cfg, window
 
 
-def _training_data(p, model, model_config, clips, stage_dir: Path, window: int, device: str, session_seed: int):
+def _training_data(p, model, model_config, clips, stage: str, window: int, device: str, session_seed: int):
     """``(pre-encoding summary or None, DataLoader)``: raw audio windows, or latents encoded once."""
+    stage_dir = Run(p.run_dir).stage_dir(stage)
     sr, ratio = int(model_config["sample_rate"]), _downsampling(model)
     if p.pre_encode:
         latents_dir = stage_dir / "latents"
         fingerprint = _vae_fingerprint(model_config, p.base_model)
+        require_audio(p.run_dir, latents_todo(clips, latents_dir, fingerprint), stage)  # fresh latents: no clip read
         if str(device).startswith("cuda") and p.devices != 1 and latents_todo(clips, latents_dir, fingerprint):
             # several GPUs: Lightning starts its processes by fork (in a notebook) and refuses a
             # parent whose CUDA is initialised, so the GPU encoding runs in a fresh process

@@ -196,6 +196,17 @@ def test_launcher_runs_a_profile_and_resumes(tmp_path):
     assert rows == first and '"status": "ok"' in rows
     assert (run_dir / "notebooks" / "01_segment.ipynb").exists()
     assert not (run_dir / "02_tag").exists()  # only the stages asked for
+    # clip_dir (latents only on Drive): the launcher passes it on; 01 moves the clips there, same rows
+    pm.execute_notebook(
+        str(ROOT / "colab" / "launcher.ipynb"),
+        str(tmp_path / "launcher2.ipynb"),
+        parameters=dict(args, clip_dir=str(tmp_path / "content" / "stablebeat_clips")),
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
+    assert (run_dir / "01_segment" / "segments.jsonl").read_text() == first
+    moved = list((tmp_path / "content" / "stablebeat_clips").glob("t-*/*.wav"))
+    assert moved and not (run_dir / "01_segment" / "clips").exists()
 
 
 def test_colab_links_rewrites_every_link_and_nothing_else(tmp_path, monkeypatch):

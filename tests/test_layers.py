@@ -18,6 +18,7 @@ BASE = {
     "params",
     "stage",
     "clipfacts",
+    "clipstore",
     "plots",
     "storage",
     "preflight",

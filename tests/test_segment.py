@@ -404,3 +404,63 @@ def test_a_run_folder_too_small_stops_before_any_clip_and_names_flac(beats_dir, 
     plan = json.loads((run_dir / "storage_plan.json").read_text())["01_segment"]
     assert plan["fits"] is False and plan["facts"]["sources"] >= 10
     assert "storage plan" in capsys.readouterr().out
+
+
+def test_clip_dir_keeps_clips_outside_the_run_folder_and_rebuilds_them_bit_identical(
+    reference, beats_dir, tmp_path, capsys
+):
+    """clip_dir (Colab: the VM's local disk): the same rows, the same clip bytes in this run's own
+    subfolder of clip_dir, nothing under RUN_DIR/01_segment/clips; after the folder is wiped (a
+    disconnect) a re-run rebuilds every clip bit-identical without touching the rows; a changed
+    clip_dir moves the clips."""
+    from stablebeat_utils import clipstore
+
+    ref_dir, _, ref_rows = reference
+    run_dir, local = tmp_path / "r", tmp_path / "local"
+    summary = segment.run(run_dir=run_dir, input_dir=beats_dir, workers=2, clip_dir=str(local), progress=False)
+    folder = clipstore.folder_for(str(local), run_dir)
+    assert folder.parent == local and folder.name.startswith("r-")
+    assert summary["clips_dir"] == str(folder) and summary["clips_rebuilt"] == 0
+    seg = run_dir / "01_segment" / "segments.jsonl"
+    assert seg.read_bytes() == (ref_dir / "01_segment" / "segments.jsonl").read_bytes()  # rows as ever
+    assert not (run_dir / "01_segment" / "clips").exists()
+    ref_clips = {k: v for k, v in outputs(ref_dir).items() if k != "segments.jsonl"}
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == ref_clips
+    ok = [r for r in ref_rows.values() if r["status"] == "ok"]
+    assert all(segment.clip_path(run_dir, r) == folder / Path(r["path"]).name for r in ok)
+
+    # a disconnect wipes the local disk: the re-run rebuilds every clip, the rows stay as they are
+    shutil.rmtree(local)
+    seg_state = seg.read_bytes()
+    again = segment.run(run_dir=run_dir, input_dir=beats_dir, workers=2, clip_dir=str(local), progress=False)
+    assert again["clips_rebuilt"] == len(ok) and f"{len(ok)} missing clip(s) rebuilt" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == ref_clips
+    assert seg.read_bytes() == seg_state  # the rows are not redone
+    (folder / Path(ok[0]["path"]).name).unlink()  # one clip gone: one rebuilt
+    assert segment.run(run_dir=run_dir, input_dir=beats_dir, clip_dir=str(local), progress=False)["clips_rebuilt"] == 1
+    assert segment.run(run_dir=run_dir, input_dir=beats_dir, clip_dir=str(local), progress=False)["clips_rebuilt"] == 0
+
+    # back to the run folder: the clips move (none rebuilt), the old folder is gone
+    moved = segment.run(run_dir=run_dir, input_dir=beats_dir, workers=2, progress=False)
+    assert moved["clips_moved"] == len(ok) and moved["clips_rebuilt"] == 0 and not folder.exists()
+    assert outputs(run_dir) == outputs(ref_dir)
+
+
+def test_a_clip_that_cannot_be_rebuilt_as_recorded_stops_the_stage_by_name(tmp_path):
+    """A source changed since its clips were cut: its clips are not rebuilt (they would not be the
+    clips that 02-05 describe); the others are, and the stage stops naming the source."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_sf(src / "one.wav", beat(120, 50, 1), SR)
+    write_sf(src / "two.wav", beat(100, 46, 2), SR)
+    run_dir, local = tmp_path / "r", tmp_path / "local"
+    kw = dict(run_dir=run_dir, input_dir=src, workers=1, clip_dir=str(local), progress=False)
+    segment.run(**kw)
+    shutil.rmtree(local)
+    write_sf(src / "two.wav", beat(100, 46, 3), SR)  # replaced by another beat
+    with pytest.raises(segment.SegmentError, match=r"two\.wav: the source no longer gives the recorded clips"):
+        segment.run(**kw)
+    from stablebeat_utils import clipstore
+
+    folder = clipstore.folder_for(str(local), run_dir)
+    assert sorted(p.name.split("-")[0] for p in folder.iterdir()) == ["one", "one"]  # one.wav's clips rebuilt

@@ -93,6 +93,54 @@ def test_segment_plan_counts_clips_already_written(tmp_path):
     assert plan.needs[0].bytes == storage.clip_bytes(220.0, "wav") - 1_000_000
 
 
+def test_segment_plan_names_latents_only_on_drive_when_clips_fit_the_local_disk_only(tmp_path):
+    """Issue 16 at small scale: the clips outgrow the run folder's disk (Drive) but fit the machine's
+    local disk: the STOP names clip_dir (the clips there, the rows and latents on Drive), with the
+    numbers; with clip_dir set the clips count against the local disk, not Drive's."""
+    from stablebeat_utils import clipstore
+
+    srcs = _sources(tmp_path / "in", 20, 120.0)
+    drive, content = tmp_path / "drive", tmp_path / "content"
+    content.mkdir(), drive.mkdir()
+    local_dir = str(content / "stablebeat_clips")
+    flac = storage.clip_bytes(1100.0, "flac")  # 20 tracks x 2 clips x 27.5 s: 126 MB
+    du, dev = fake_disks({tmp_path: 1e12, drive: 100e6, content: 1e9})
+    kw = dict(disk_usage=du, device_of=dev, local_clip_dir=local_dir)
+    plan = storage.segment_plan(drive / "run", srcs, 2, 20.0, 35.0, "flac", **kw)
+    assert not plan.fits and plan.needs[0].folder == drive / "run" / "01_segment" / "clips"
+    assert plan.options == [
+        f"clip_dir='{local_dir}' (latents only on Drive: {flac / GB:.2f} GB of flac clips on this machine's "
+        "local disk, 1.00 GB free there; rows, tags, latents and checkpoints stay in run_dir; re-run "
+        "01_segment after a disconnect to rebuild them)"
+    ]
+    with pytest.raises(storage.StorageError) as err:
+        storage.refuse(plan)
+    msg = str(err.value)
+    assert f"needs {flac / GB:.2f} GB but has 0.10 GB free" in msg and f"clip_dir='{local_dir}'" in msg
+    # as advised: the clips go to this run's folder on the local disk and fit there; Drive holds none
+    folder = clipstore.folder_for(local_dir, drive / "run")
+    ok = storage.segment_plan(drive / "run", srcs, 2, 20.0, 35.0, "flac", clip_folder=folder, clip_dir=local_dir, **kw)
+    assert ok.fits and [d["folders"] for d in ok.disks] == [[str(folder)]] and ok.disks[0]["free"] == 1e9
+    # WAV fits nowhere, FLAC on the local disk only: the option names both
+    du, dev = fake_disks({tmp_path: 1e12, drive: 100e6, content: 150e6})
+    plan = storage.segment_plan(
+        drive / "run", srcs, 2, 20.0, 35.0, "wav", disk_usage=du, device_of=dev, local_clip_dir=local_dir
+    )
+    assert [o.split(" (")[0] for o in plan.options] == [f"clip_format='flac' and clip_dir='{local_dir}'"]
+    # the local disk is too small as well: no option; no local folder (not Colab): not offered
+    du, dev = fake_disks({tmp_path: 1e12, drive: 100e6, content: 50e6})
+    plan = storage.segment_plan(
+        drive / "run", srcs, 2, 20.0, 35.0, "flac", disk_usage=du, device_of=dev, local_clip_dir=local_dir
+    )
+    assert plan.options == []
+    du, dev = fake_disks({tmp_path: 1e12, drive: 100e6})
+    gone = str(tmp_path / "no" / "stablebeat_clips")
+    plan = storage.segment_plan(
+        drive / "run", srcs, 2, 20.0, 35.0, "flac", disk_usage=du, device_of=dev, local_clip_dir=gone
+    )
+    assert plan.options == []
+
+
 def test_train_plan_sums_per_disk_and_names_what_fits(tmp_path):
     drive, local = tmp_path / "drive", tmp_path / "local"
     drive.mkdir(), local.mkdir()
