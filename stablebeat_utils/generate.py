@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from . import preflight_inference
 from .runs import JsonlLog, Run, read_jsonl
 from .stage import begin
 
@@ -513,6 +514,9 @@ def run(
 
     todo = {m: [c for c in chunks if any(_key(m, i, chunk_seed(c)) not in gens for i in c)] for m in models_todo}
     n_todo = sum(len(c) for m in models_todo for c in todo[m])
+    preflight_inference.check_generate(
+        device, dtype, base_model, min(batch_size, len(prompts), n_todo), seconds_total, error=GenerateError
+    )
     dev, torch_dtype = (None, None)
     generated = 0
     timings = []

@@ -37,6 +37,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import preflight_inference
 from .clipfacts import FAMILIES, Entry, load_vocab
 from .runs import JsonlLog, Run, atomic_path, atomic_write_text, read_jsonl
 from .stage import begin
@@ -521,6 +522,7 @@ def run(
         from . import models
 
         device_used = models.pick_device(device)
+        preflight_inference.check_tag(device_used, clap_model, batch_size, backend, error=TagError)  # before the load
         clap = make_backend(backend, clap_model, device_used)
         if window_seconds > clap.window_seconds + 1e-9:
             raise TagError(

@@ -21,6 +21,7 @@ BASE = {
     "plots",
     "storage",
     "preflight",
+    "preflight_inference",
     "demo",
 }
 STAGES = {
