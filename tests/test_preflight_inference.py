@@ -82,7 +82,8 @@ def test_estimates_reproduce_the_measurements():
         est = pi.estimate_prompts(model, "", batch, 96, t5_model="")
         assert (est.gb, est.basis) == (pytest.approx(peak, abs=0.01), "measured")
         formula = pi.estimate_prompts(model, "", batch, 96, t5_model="", prompt_tokens=pi.PROMPT_TOKENS + 1)
-        assert formula.basis == "estimated" and formula.gb == pytest.approx(peak, rel=0.05), (model, batch)
+        weights = pi.llm_weight_gb(pi.LLMS[model])  # KV cache + activations: within 10 % of the measured
+        assert formula.basis == "estimated" and formula.gb - weights == pytest.approx(peak - weights, rel=0.1)
     # 02: likewise for the CLAP audio tower
     for batch, peak in pi.MEASURED_CLAP.items():
         assert pi.estimate_tag(CLAP, batch).gb == pytest.approx(peak + pi.CLAP_TEXT_GB, abs=0.01)
