@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         vae = vae.to(getattr(torch, dtype_name))
         for batch in args.batch:
             for frames in args.frames:
-                z = torch.randn(batch, 64, frames, dtype=vae.model.decoder.layers[0].weight.dtype)
+                z = torch.randn(batch, 64, frames, dtype=next(vae.parameters()).dtype)
                 with torch.inference_mode():
                     vae.decode(z[:, :, :4])  # warm-up: lazy initialisations are not the decode's
                 Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS

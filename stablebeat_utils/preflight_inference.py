@@ -322,12 +322,14 @@ SAO_SAMPLE_RATE, SAO_DOWNSAMPLING, SAO_WINDOW_FRAMES = 44100, 2048, 1024  # data
 DECODE_CONTEXT_LATENTS = 32  # generate.decode: latent frames decoded past the cut
 #: measured on the CPU (benchmarks/bench_vae_decode_memory.py, MALLOC_MMAP_THRESHOLD_=65536 so the
 #: resident memory follows the live tensors): SAO's VAE decode peaks at 4.81 MB per latent frame
-#: per batch item in fp32 (4.92 / 4.84 / 4.81 MB at 32 / 64 / 128 frames: linear), i.e. ~4.6
-#: tensors of the decoder's last stage (2,048 samples x 128 channels per frame).
+#: per batch item in fp32 (4.92 / 4.84 / 4.81 / 4.80 MB at 32 / 64 / 128 / 256 frames: linear),
+#: i.e. ~4.6 tensors of the decoder's last stage (2,048 samples x 128 channels per frame). The CPU's
+#: bf16 run peaks at 3.5 MB per frame (its kernels keep fp32 temporaries), not used for CUDA.
+#: benchmarks/bench_gpu_memory_sao.py measures it on a GPU: replace these two figures with its.
 DECODE_BYTES_PER_FRAME_FP32 = 4.81e6
 #: estimated: 16-bit halves it (the decoder's tensors are all in the model's dtype); on CUDA the
 #: caching allocator's block rounding and cuDNN's convolution workspaces add to the CPU figure —
-#: 3-15 % in the measured CLAP/LLM runs (reserved over allocated); 25 % is budgeted
+#: 2-16 % in the measured CLAP/LLM runs (reserved over allocated); 25 % is budgeted
 DECODE_CUDA_MARGIN = 1.25
 #: estimated: one DiT block's tensors of the CFG pass (2 x batch sequences of ~1,100 tokens: 1,024
 #: latent frames + conditioning), ~27,600 values per token (QKV, attention out, the GLU feed-forward
