@@ -77,13 +77,14 @@ def test_llm_parameters_match_the_published_totals(tmp_path):
 
 
 def test_estimates_reproduce_the_measurements():
-    # 04: the measured H100 peaks (weights included), and the fitted formula close to them
-    for (model, batch), peak in pi.MEASURED_LLM.items():
-        est = pi.estimate_prompts(model, "", batch, 96, t5_model="")
+    # 04: the measured H100 peaks (weights included), and the formula close to them: never more
+    # than 1 % below a measured peak (the headroom covers that), at most 5 % above it
+    assert len(pi.MEASURED_LLM) == 11
+    for (model, batch, tokens), peak in pi.MEASURED_LLM.items():
+        est = pi.estimate_prompts(model, "", batch, 96, t5_model="", prompt_tokens=tokens)
         assert (est.gb, est.basis) == (pytest.approx(peak, abs=0.01), "measured")
-        formula = pi.estimate_prompts(model, "", batch, 96, t5_model="", prompt_tokens=pi.PROMPT_TOKENS + 1)
-        weights = pi.llm_weight_gb(pi.LLMS[model])  # KV cache + activations: within 10 % of the measured
-        assert formula.basis == "estimated" and formula.gb - weights == pytest.approx(peak - weights, rel=0.1)
+        formula = pi.estimate_prompts(model, "", batch, 96, "", prompt_tokens=tokens, use_measurements=False)
+        assert formula.basis == "estimated" and 0.99 * peak <= formula.gb <= 1.05 * peak, (model, batch, tokens)
     # 02: likewise for the CLAP audio tower
     for batch, peak in pi.MEASURED_CLAP.items():
         assert pi.estimate_tag(CLAP, batch).gb == pytest.approx(peak + pi.CLAP_TEXT_GB, abs=0.01)
