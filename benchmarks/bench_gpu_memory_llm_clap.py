@@ -1,10 +1,11 @@
 """04_prompts' and 02_tag's GPU memory, measured: the LLMs' generate and CLAP's audio tower on CUDA.
 
-Random weights with the published architectures (no hub): Llama-3.2-3B-Instruct and
-Llama-3.1-8B-Instruct (bf16) run ``generate`` on batches of 320 prompt tokens + 96 new tokens
-(greedy, no early stop); laion/larger_clap_music (bf16) embeds batches of 10-s mel inputs. Each
+Random weights with the published architectures (no hub), bf16: Llama-3.2-1B/3B-Instruct,
+Llama-3.1-8B-Instruct and Qwen2.5-3B/7B-Instruct run ``generate`` on batches of 192-512 prompt
+tokens + 96 new tokens (greedy, no early stop); laion/larger_clap_music embeds batches of 10-s
+mel inputs. Each
 phase's ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` goes to ``$OUT/gpu.json``.
-Needs only torch + transformers, so it was sent to the lent GPU as it stands (2026-11-26, an
+Needs only torch + transformers, so it was sent to the lent GPU as it stands (in two runs) (2026-11-26, an
 H100 80GB, torch 2.11.0+cu130, transformers 5.17.0); the figures are in
 ``stablebeat_utils/preflight_inference.py`` (MEASURED_LLM, MEASURED_CLAP) and docs/benchmarks.md.
 
@@ -106,4 +107,92 @@ for b in (16, 32, 64, 128):
             input_features=T.randn(b, 1, 1001, 64, device=d), is_longer=T.zeros(b, 1, dtype=T.bool, device=d)
         )
     rec(m="clap", ph="emb", b=b, w=w)
+del m
+# second run (a separate process then, the same day and machine): more LLMs, and the prompt length
+T.set_default_dtype(T.bfloat16)
+M = [
+    (
+        "q3b",
+        tf.Qwen2ForCausalLM,
+        tf.Qwen2Config,
+        dict(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        ),
+        ((8, 320), (16, 320)),
+    ),
+    (
+        "l1b",
+        tf.LlamaForCausalLM,
+        tf.LlamaConfig,
+        dict(
+            vocab_size=128256,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=64,
+            tie_word_embeddings=True,
+        ),
+        ((16, 320),),
+    ),
+    (
+        "l3b",
+        tf.LlamaForCausalLM,
+        tf.LlamaConfig,
+        dict(
+            vocab_size=128256,
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=28,
+            num_attention_heads=24,
+            num_key_value_heads=8,
+            head_dim=128,
+            tie_word_embeddings=True,
+        ),
+        ((16, 192), (16, 512)),
+    ),
+    (
+        "q7b",
+        tf.Qwen2ForCausalLM,
+        tf.Qwen2Config,
+        dict(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            tie_word_embeddings=False,
+        ),
+        ((16, 320),),
+    ),
+]
+for nm, K, Cf, kw, runs in M:
+    z()
+    with T.device(d):
+        m = K(Cf(**kw)).eval()
+    w = round(C.memory_allocated() / G, 3)
+    rec(m=nm, ph="w", n=n(m), w=w)
+    for b, p in runs:
+        z()
+        x = T.randint(5, 120000, (b, p), device=d)
+        with T.inference_mode():
+            m.generate(
+                input_ids=x,
+                attention_mask=T.ones_like(x),
+                max_new_tokens=96,
+                min_new_tokens=96,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+        rec(m=nm, ph="gen", b=b, p=p, w=w)
+    del m
 print(C.get_device_name(), tf.__version__, T.__version__)
