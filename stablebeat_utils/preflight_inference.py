@@ -24,7 +24,8 @@ Where the numbers come from (GB = 1e9 bytes; each constant below says which it i
   resident memory, ``benchmarks/bench_vae_decode_memory.py``) — no GPU could run
   stable-audio-tools in this session — and is scaled to CUDA with a margin.
 - **estimated** — everything else, each with its formula: the LLM's KV cache (exact arithmetic)
-  plus prefill activations fitted to the two measured models, 4-bit/8-bit dequantisation buffers,
+  plus prefill activations fitted to the measured runs (0.6 % below to 3 % above each), the
+  bitsandbytes weights and dequantisation buffer (4-bit/8-bit: bitsandbytes is not on the GPU we had),
   the DiT's sampling activations (per-layer tensors of a 2 × batch CFG pass), the prompt length.
 """
 
