@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from . import preflight_inference
 from .runs import JsonlLog, Run, read_jsonl
 from .stage import begin
 
@@ -685,6 +686,10 @@ def run(
     todo = {
         m: [c for c in chunks if any(_key(m, i, g.chunk_seed(c)) not in g.gens for i in c)] for m in g.models_todo()
     }
+    n_todo = sum(len(c) for chunks in todo.values() for c in chunks)
+    preflight_inference.check_generate(  # a GPU too small for SAO at this batch: STOP before any load
+        device, dtype, base_model, min(batch_size, len(prompts), n_todo), seconds_total, error=GenerateError
+    )
     generated, timings = _generate_all(g, todo, device, dtype)
 
     # 3. the table, sorted, and the stage record

@@ -57,7 +57,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import clipfacts
+from . import clipfacts, preflight_inference
 from .clipfacts import FAMILIES, T5_MAX_TOKENS, Lexicon, clip_tags, gather, load_lexicon
 from .runs import JsonlLog, Run, atomic_write_json, read_jsonl
 from .stage import begin
@@ -826,9 +826,19 @@ def run(
     out_path = out_dir / "prompts.jsonl"
     t0 = time.perf_counter()
 
-    t5_tok, t5_enc = models.load_t5_encoder(t5_model, device=models.pick_device(device))
     log = _prepare_log(out_path, fingerprint, records)
     todo = [r for r in records if r["clip_id"] not in log]
+    preflight_inference.check_prompts(  # before any model loads; a finished stage loads no LLM
+        device,
+        llm_model,
+        quantization,
+        batch_size,
+        generation_length,
+        t5_model,
+        use_llm and bool(todo),
+        error=PromptsError,
+    )
+    t5_tok, t5_enc = models.load_t5_encoder(t5_model, device=models.pick_device(device))
     device_used = models.pick_device(device)
     llm = None
     with tqdm(total=len(records), initial=len(records) - len(todo), desc="prompts", unit="clip") as bar:

@@ -37,6 +37,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import preflight_inference
 from .clipfacts import FAMILIES, Entry, load_vocab
 from .clipstore import ClipFolder, clip_path
 from .runs import JsonlLog, Run, atomic_path, atomic_write_text, iter_jsonl, read_jsonl
@@ -488,11 +489,13 @@ def _open_log(out_path: Path, key: str, ok_ids: set, top_k: dict, min_similarity
     return log
 
 
-def _load_clap(backend: str, clap_model: str, device: str, window_seconds: float):
-    """``(clap, device used)``; refuses windows longer than the model's input."""
+def _load_clap(backend: str, clap_model: str, device: str, window_seconds: float, batch_size: int):
+    """``(clap, device used)``; a GPU too small for the model and batch, or windows longer than
+    the model's input, are refused (the first before anything is loaded)."""
     from . import models
 
     device_used = models.pick_device(device)
+    preflight_inference.check_tag(device_used, clap_model, batch_size, backend, error=TagError)
     clap = make_backend(backend, clap_model, device_used)
     if window_seconds > clap.window_seconds + 1e-9:
         raise TagError(
@@ -582,7 +585,7 @@ def run(
     device_used = None
     audio_seconds = loop_seconds = 0.0
     if chunks:
-        clap, device_used = _load_clap(backend, clap_model, device, window_seconds)
+        clap, device_used = _load_clap(backend, clap_model, device, window_seconds, batch_size)
         text, text_cached = text_embeddings(clap, vocab, stage_dir / "text_embeddings")
         base = {"model": clap_model, "backend": backend, "embed_key": key}
         audio_seconds, loop_seconds = _tag_all(clap, run_, chunks, log, base, text, vocab, params, top_k)

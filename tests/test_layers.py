@@ -22,6 +22,7 @@ BASE = {
     "plots",
     "storage",
     "preflight",
+    "preflight_inference",
     "demo",
     "checkpoints",
 }
