@@ -49,6 +49,13 @@ _NOISE = (
         re.compile(r"[/\\](torch|stable_audio_tools)[/\\]"),
         re.compile(r"CUDA is not available or torch_xla is imported\. Disabling autocast"),
     ),
+    # Lightning 2.6 on every 05/05b run: the engine's wrapper defines a validation_step the course
+    # never feeds, and its frozen VAE and T5 are in eval mode on purpose
+    (
+        UserWarning,
+        re.compile(r"[/\\](pytorch_lightning|lightning)[/\\]"),
+        re.compile(r"but have no `val_dataloader`|module\(s\) in eval mode at the start of training"),
+    ),
 )
 # Engine modules that print at import time (stable-audio-tools 0.0.20: "flash_attn not installed,
 # disabling Flash Attention"); imported once here with their print sent to the log.

@@ -26,6 +26,24 @@ def test_library_noise_goes_to_the_log_and_other_warnings_still_show(monkeypatch
             527,
         )
         warnings.warn_explicit(
+            "You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.",
+            UserWarning,
+            "/venv/lib/python3.11/site-packages/pytorch_lightning/trainer/configuration_validator.py",
+            70,
+        )
+        warnings.warn_explicit(
+            "Found 303 module(s) in eval mode at the start of training. This may lead to unexpected behavior.",
+            UserWarning,
+            "/venv/lib/python3.11/site-packages/pytorch_lightning/loops/fit_loop.py",
+            538,
+        )
+        warnings.warn_explicit(
+            "a Lightning UserWarning that may matter",
+            UserWarning,
+            "/venv/lib/python3.11/site-packages/pytorch_lightning/trainer/connectors/data_connector.py",
+            1,
+        )
+        warnings.warn_explicit(
             "an engine's UserWarning that may matter",
             UserWarning,
             "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py",
@@ -34,8 +52,9 @@ def test_library_noise_goes_to_the_log_and_other_warnings_still_show(monkeypatch
         warnings.warn_explicit("02_tag: 2 calibration answers unused", UserWarning, "/course/tag.py", 5)
         warnings.warn_explicit("a FutureWarning of the course itself", FutureWarning, "/course/train.py", 7)
     assert shown == [
+        "a Lightning UserWarning that may matter",
         "an engine's UserWarning that may matter",
         "02_tag: 2 calibration answers unused",
         "a FutureWarning of the course itself",
     ]
-    assert "torch.cuda.amp" in caplog.text and "tb<=t1" in caplog.text
+    assert "torch.cuda.amp" in caplog.text and "tb<=t1" in caplog.text and "eval mode" in caplog.text
