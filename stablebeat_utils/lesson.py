@@ -78,6 +78,19 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
     _original_showwarning(message, category, filename, lineno, file, line)
 
 
+# Lightning 2.6's advertisement on every fit ("💡 Tip: … try installing litlogger …"), logged at INFO
+# by rank_zero_info on this logger (lightning-utilities' rank_zero module logs through it)
+_TIP_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("💡 Tip:"):
+            log.info("%s: %s", record.name, record.getMessage())
+            return False
+        return True
+
+
 def quiet_library_noise(stage: str = "") -> None:
     """Send the engines' FutureWarnings (torch, Lightning, torchsde, …) and import-time prints to the
     log instead of the lesson's output. Idempotent; every other warning still shows."""
@@ -85,6 +98,10 @@ def quiet_library_noise(stage: str = "") -> None:
     if _original_showwarning is None:
         _original_showwarning = warnings.showwarning
         warnings.showwarning = _showwarning
+    for name in _TIP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
     if stage not in _SAO_STAGES:
         return
     for name in _CHATTY_IMPORTS:

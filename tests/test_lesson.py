@@ -58,3 +58,16 @@ def test_library_noise_goes_to_the_log_and_other_warnings_still_show(monkeypatch
         "a FutureWarning of the course itself",
     ]
     assert "torch.cuda.amp" in caplog.text and "tb<=t1" in caplog.text and "eval mode" in caplog.text
+
+
+def test_lightnings_advert_goes_to_the_log_and_its_other_messages_still_show(caplog):
+    lesson.quiet_library_noise()
+    lesson.quiet_library_noise()
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    assert sum(isinstance(f, lesson._NoTips) for f in rank_zero.filters) == 1
+    with caplog.at_level(logging.INFO):
+        rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]")
+        rank_zero.info("GPU available: False, used: False")
+    shown = [r.getMessage() for r in caplog.records if r.name == "pytorch_lightning.utilities.rank_zero"]
+    assert shown == ["GPU available: False, used: False"]
+    assert "litlogger" in caplog.text  # kept in the log, out of the lesson
