@@ -5,7 +5,7 @@ Llama-3.1-8B-Instruct and Qwen2.5-3B/7B-Instruct run ``generate`` on batches of 
 tokens + 96 new tokens (greedy, no early stop); laion/larger_clap_music embeds batches of 10-s
 mel inputs. Each
 phase's ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` goes to ``$OUT/gpu.json``.
-Needs only torch + transformers, so it was sent to the lent GPU as it stands (in two runs) (2026-11-26, an
+Needs torch + transformers and this repo's models.py (no engine), so it was sent to the lent GPU as it stands (in two runs) (2026-11-26, an
 H100 80GB, torch 2.11.0+cu130, transformers 5.17.0); the figures are in
 ``stablebeat_utils/preflight_inference.py`` (MEASURED_LLM, MEASURED_CLAP) and docs/benchmarks.md.
 
@@ -14,8 +14,14 @@ H100 80GB, torch 2.11.0+cu130, transformers 5.17.0); the figures are in
 
 import json
 import os
+import sys
+from pathlib import Path
+
 import torch as T
 import transformers as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stablebeat_utils import models  # noqa: E402  (the repo travels with the run; models imports no torch)
 
 R = []
 G = 1e9
@@ -73,28 +79,7 @@ for nm, h, i, l, a, t, bs in (("l3b", 3072, 8192, 28, 24, 1, (8, 16, 32)), ("l8b
             )
         rec(m=nm, ph="gen", b=b, w=w)
     del m
-A = dict(
-    spec_size=256,
-    num_mel_bins=64,
-    window_size=8,
-    patch_size=4,
-    patch_stride=[4, 4],
-    patch_embeds_hidden_size=128,
-    hidden_size=1024,
-    depths=[2, 2, 12, 2],
-    num_attention_heads=[4, 8, 16, 32],
-    enable_fusion=False,
-    projection_dim=512,
-)
-X = dict(
-    vocab_size=50265,
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    max_position_embeddings=514,
-    projection_dim=512,
-)
+A, X = models.LARGER_CLAP_AUDIO, models.LARGER_CLAP_TEXT
 z()
 with T.device(d):
     m = tf.ClapModel(tf.ClapConfig(text_config=X, audio_config=A, projection_dim=512)).eval()

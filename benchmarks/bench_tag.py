@@ -77,29 +77,7 @@ def build_large(dest: Path) -> Path:
 
     tiny = Path(models.resolve("tiny:clap"))
     processor = ClapProcessor.from_pretrained(tiny)
-    audio = dict(
-        spec_size=256,
-        num_mel_bins=64,
-        window_size=8,
-        patch_size=4,
-        patch_stride=[4, 4],
-        patch_embeds_hidden_size=128,
-        hidden_size=1024,
-        depths=[2, 2, 12, 2],
-        num_attention_heads=[4, 8, 16, 32],
-        enable_fusion=False,
-        projection_dim=512,
-    )
-    text = dict(
-        vocab_size=50265,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        projection_dim=512,
-    )
-    config = ClapConfig(text_config=text, audio_config=audio, projection_dim=512)
+    config = ClapConfig(text_config=models.LARGER_CLAP_TEXT, audio_config=models.LARGER_CLAP_AUDIO, projection_dim=512)
     model = ClapModel(config).eval()
     n = sum(p.numel() for p in model.parameters())
     model.save_pretrained(dest)

@@ -49,6 +49,31 @@ from .runs import atomic_write_json, cache_home
 DATA = Path(__file__).resolve().parent / "data"
 TINY_DATA = DATA / "tiny"
 SAO_FULL_CONFIG = DATA / "sao-1.0-model_config.json"
+# laion/larger_clap_music's architecture (its published config.json; also ..._and_speech and
+# larger_clap_general): for random-weight builds that size memory and time without the hub
+# (benchmarks/bench_tag.py, bench_gpu_memory_llm_clap.py; preflight_inference.CLAP_PARAMS).
+LARGER_CLAP_AUDIO = dict(
+    spec_size=256,
+    num_mel_bins=64,
+    window_size=8,
+    patch_size=4,
+    patch_stride=[4, 4],
+    patch_embeds_hidden_size=128,
+    hidden_size=1024,
+    depths=[2, 2, 12, 2],
+    num_attention_heads=[4, 8, 16, 32],
+    enable_fusion=False,
+    projection_dim=512,
+)
+LARGER_CLAP_TEXT = dict(
+    vocab_size=50265,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=514,
+    projection_dim=512,
+)
 TINY_CORPUS = TINY_DATA / "corpus.txt"
 
 #: the real model each tiny one stands in for (also the loaders' defaults)

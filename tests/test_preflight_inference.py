@@ -48,9 +48,11 @@ def test_clap_parameters_are_computed_from_its_config():
     import torch
     from transformers import ClapConfig, ClapModel
 
-    audio = dict(patch_embeds_hidden_size=128, hidden_size=1024, depths=[2, 2, 12, 2], projection_dim=512)
+    from stablebeat_utils import models
+
+    config = ClapConfig(audio_config=models.LARGER_CLAP_AUDIO, text_config=models.LARGER_CLAP_TEXT, projection_dim=512)
     with torch.device("meta"):
-        model = ClapModel(ClapConfig(audio_config=audio, text_config={}, projection_dim=512))
+        model = ClapModel(config)
     assert sum(p.numel() for p in model.parameters()) == pi.CLAP_PARAMS[CLAP] == 193_913_882
 
 
