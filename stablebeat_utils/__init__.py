@@ -6,13 +6,4 @@ Stages talk to each other only through the run folder (see :mod:`stablebeat_util
 
 __version__ = "0.1.0"
 
-STAGES = (
-    "01_segment",
-    "02_tag",
-    "03_tempo_key",
-    "04_prompts",
-    "05_train",
-    "05b_focus",
-    "06_generate",
-    "07_evaluate",
-)
+from .layout import STAGES  # noqa: E402,F401  (the stage folders, in order: layout.py spells them)

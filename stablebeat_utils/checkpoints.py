@@ -21,9 +21,10 @@ import sys
 import threading
 from pathlib import Path
 
+from . import layout
 from .runs import RunFolderError, atomic_path
 
-STAGE = "05_train"  # the stage whose messages these are
+STAGE = layout.TRAIN  # the stage whose messages these are
 #: what a checkpoint must agree on to be resumed (changing anything else, e.g. lr or max_steps, is fine)
 RESUME_KEYS = ("base_model", "mode", "lora_rank", "lora_alpha", "lora_adapter", "pre_encode", "ema")
 _CKPT_RE = re.compile(r"^step=(\d+)\.ckpt$")

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import layout
 from .runs import Run, iter_jsonl
 
 PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
@@ -566,7 +567,7 @@ def _by_id(rows: Iterable[dict]) -> dict[str, dict]:
 
 def gather(run: Run) -> list[dict]:
     """One record per ``ok`` clip: its segment fields + the card's metadata + what was missing."""
-    seg_path = run.path("01_segment", "segments.jsonl")
+    seg_path = run.path(layout.SEGMENT, layout.SEGMENTS)
     if not seg_path.is_file():
         raise ClipFactsError(f"{seg_path}: missing — run notebook 01_segment first")
     # Only the fields a record needs are kept: 02's rows carry every tag's score (~15 KB each as
@@ -574,8 +575,8 @@ def gather(run: Run) -> list[dict]:
     tag_fields = {"clip_id", "error", *(f"{f}_tags" for f in FAMILIES)}
     tk_fields = {"clip_id", "error", "tempo", "key", "scale"}
     try:
-        tags = _by_id(_only(r, tag_fields) for r in iter_jsonl(run.path("02_tag", "tags.jsonl")))
-        tk = _by_id(_only(r, tk_fields) for r in iter_jsonl(run.path("03_tempo_key", "tempo_key.jsonl")))
+        tags = _by_id(_only(r, tag_fields) for r in iter_jsonl(run.path(layout.TAG, layout.TAGS)))
+        tk = _by_id(_only(r, tk_fields) for r in iter_jsonl(run.path(layout.TEMPO_KEY, layout.TEMPO_KEYS)))
         records = [_record(seg, tags, tk) for seg in iter_jsonl(seg_path) if _usable(seg)]
     except ValueError as exc:
         raise ClipFactsError(f"{run.root}: a JSONL input is not valid JSON ({exc})") from exc

@@ -25,11 +25,12 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from . import layout
 from .runs import Run, atomic_write_json, read_json, read_jsonl
 
-SEGMENT = "01_segment"
-CLIPS_PREFIX = f"{SEGMENT}/clips/"
-RECORD = "clip_folder.json"
+SEGMENT = layout.SEGMENT
+CLIPS_PREFIX = f"{SEGMENT}/{layout.CLIPS}/"
+RECORD = layout.CLIP_FOLDER_RECORD
 COLAB_CLIP_DIR = "/content/stablebeat_clips"  # the Colab VM's local disk (not Drive)
 
 
@@ -48,7 +49,7 @@ def run_subfolder(base: str | os.PathLike, run_root: str | os.PathLike) -> Path:
 def folder_for(clip_dir: str, run_root: str | os.PathLike) -> Path:
     """Where 01_segment writes the clips for ``clip_dir`` ("" = ``RUN_DIR/01_segment/clips``)."""
     if not clip_dir:
-        return Path(run_root).expanduser().resolve() / SEGMENT / "clips"
+        return Path(run_root).expanduser().resolve() / SEGMENT / layout.CLIPS
     return run_subfolder(clip_dir, run_root)
 
 
@@ -78,7 +79,7 @@ class ClipFolder:
         rec = recorded(self.run.root)
         self.clip_dir = rec["clip_dir"]
         self.outside = bool(rec["folder"])
-        self.folder = Path(rec["folder"]) if self.outside else self.run.path(SEGMENT, "clips")
+        self.folder = Path(rec["folder"]) if self.outside else self.run.path(SEGMENT, layout.CLIPS)
 
     def path(self, rel: str | os.PathLike) -> Path:
         """The file of a row's ``path`` (or a prompts row's ``filepath``): a clip's name in the run is
@@ -117,7 +118,7 @@ class ClipFolder:
 
 
 def _ok_rows(run: Run) -> list[dict]:
-    return [r for r in read_jsonl(run.path(SEGMENT, "segments.jsonl")) if r.get("status") == "ok"]
+    return [r for r in read_jsonl(run.path(SEGMENT, layout.SEGMENTS)) if r.get("status") == "ok"]
 
 
 def clip_path(run_dir: str | os.PathLike, rel: str | os.PathLike) -> Path:

@@ -101,6 +101,7 @@ from typing import Any
 
 import numpy as np
 
+from . import layout
 from .audio import is_audio_name
 from .clipstore import ClipFolder, clip_path
 from .evaluate_metrics import (
@@ -130,7 +131,7 @@ from .evaluate_report import (
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 from .stage import begin
 
-STAGE = "07_evaluate"
+STAGE = layout.EVALUATE
 METRICS_VERSION = 2  # bumped when a definition changes: cached rows of another version are recomputed
 CLAP_BACKENDS = ("transformers", "laion_clap")
 CLAP_SETTINGS = ("card", "stable-audio-metrics")
@@ -333,7 +334,7 @@ def read_generations(run_dir: str | os.PathLike, generations: str = "") -> list[
     looked up under RUN_DIR, then beside the list file.
     """
     run = Run(run_dir)
-    src = Path(generations).expanduser() if generations else run.path("06_generate", "generations.jsonl")
+    src = Path(generations).expanduser() if generations else run.path(layout.GENERATE, layout.GENERATIONS)
     if not src.is_file():
         hint = (
             " — run notebook 06_generate first, or set `generations` to a .jsonl/.csv of {path, prompt, model}"
@@ -397,7 +398,7 @@ def reference_clips(run_dir: str | os.PathLike, reference: str = "") -> tuple[li
             )
         files = sorted(str(p.resolve()) for p in folder.rglob("*") if is_audio_name(p.name))
         return files, str(folder)
-    seg = run.path("01_segment", "segments.jsonl")
+    seg = run.path(layout.SEGMENT, layout.SEGMENTS)
     if not seg.is_file():
         return [], f"none ({seg} not found)"
     rows = [r for r in read_jsonl(seg) if r.get("status") == "ok" and r.get("path")]
@@ -688,13 +689,13 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
     ``settings``: ``run_dir``, ``clap_setting``, ``clap_model``, ``spectrogram_pairs``. Returns what the
     summary reports: means, training means, comparison, focus tags, plots, errors, paper comparison.
     """
-    with atomic_path(out_dir / "metrics.csv") as tmp:
+    with atomic_path(out_dir / layout.METRICS_CSV) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
-    with atomic_path(out_dir / "training_metrics.csv") as tmp:
+    with atomic_path(out_dir / layout.TRAINING_METRICS_CSV) as tmp:
         ref_df.to_csv(tmp, index=False, float_format="%.6g")
     pair = [m for m in ("base", "finetune") if m in models_present]
     table_models = pair + [m for m in models_present if m not in pair]
-    atomic_write_text(out_dir / "card_table.md", card_table(df, table_models))
+    atomic_write_text(out_dir / layout.CARD_TABLE, card_table(df, table_models))
     comparison = compare(df) if len(pair) == 2 else []
     means = {m: {c: _mean(df[df["model"] == m], c) for c in _MEAN_COLUMNS} for m in models_present}
     training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
@@ -707,12 +708,12 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
         else []
     )
     summary_md += focus.tag_moves_md(focus_tags, SIGNAL_METRICS)
-    atomic_write_text(out_dir / "summary.md", summary_md)
+    atomic_write_text(out_dir / layout.SUMMARY_MD, summary_md)
     plots = _plots(df, ref_df, out_dir / "plots", pair, int(settings["spectrogram_pairs"]), run_)
     errors = df[df["error"].notna()]
     paper = paper_comparison(means, settings["clap_setting"], settings["clap_model"])
     report = _report_md(df, summary_md, out_dir, plots, ref_source, len(ref_df), params, errors, paper)
-    atomic_write_text(out_dir / "report.md", report)
+    atomic_write_text(out_dir / layout.REPORT, report)
     return {
         "means": means,
         "training_means": training_means,
@@ -726,7 +727,7 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
 
 def _finish(run_: Run, out_dir: Path, params: dict, summary: dict) -> None:
     """Write summary.json and record the stage as done."""
-    atomic_write_json(out_dir / "summary.json", _jsonable(summary))
+    atomic_write_json(out_dir / layout.SUMMARY_JSON, _jsonable(summary))
     run_.mark_done(
         STAGE,
         params=params,
@@ -809,7 +810,9 @@ def run(
         "frechet": frechet,
         "comparison": written["comparison"],
         "focus_tags": written["focus_tags"],
-        "outputs": {n: run_.rel(out_dir / n) for n in ("metrics.csv", "card_table.md", "summary.md", "report.md")},
+        "outputs": {
+            n: run_.rel(out_dir / n) for n in (layout.METRICS_CSV, layout.CARD_TABLE, layout.SUMMARY_MD, layout.REPORT)
+        },
         "plots": [run_.rel(p) for p in written["plots"]],
     }
     _finish(run_, out_dir, params, summary)

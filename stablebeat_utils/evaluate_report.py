@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import layout
 from .evaluate_metrics import CARD_METRICS, SAM_CLAP_MODEL, SIGNAL_METRICS
 from .runs import Run, atomic_path
 
@@ -268,9 +269,9 @@ def _plots(df, ref_df, folder: Path, pair: list[str], n_pairs: int, run_: Run) -
 
     models = pair or sorted(df["model"].unique())
     training = {m: ref_df[m].astype(float).median() for m in SIGNAL_METRICS} if len(ref_df) else {}
-    save(plots.plot_metric_bars(df, list(CARD_METRICS), models, CARD_LABELS, training), "metric_bars.png")
+    save(plots.plot_metric_bars(df, list(CARD_METRICS), models, CARD_LABELS, training), layout.METRIC_BARS_PNG)
     if df["bpm_requested"].notna().any():
-        save(plots.plot_bpm_scatter(df, models), "bpm_requested_vs_measured.png")
+        save(plots.plot_bpm_scatter(df, models), layout.BPM_SCATTER_PNG)
     if len(pair) == 2:
         ok = df[df["error"].isna()]
         n = 0
@@ -362,7 +363,7 @@ def _setting_md(params: dict, paper: dict | None) -> str:
 
 
 def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params, errors, paper=None) -> str:
-    card = (out_dir / "card_table.md").read_text(encoding="utf-8").split("\n", 1)[1]
+    card = (out_dir / layout.CARD_TABLE).read_text(encoding="utf-8").split("\n", 1)[1]
     defs = (
         "| Column | Definition | Better |\n|---|---|---|\n"
         "| BPM | TempoCNN deeptemp-k16-3 global tempo (03_tempo_key's estimator, no octave prior) | "

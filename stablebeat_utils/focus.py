@@ -38,14 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from . import plots
 from .clipfacts import FAMILIES
 from .clipstore import ClipFolder
 from .runs import Run, atomic_path, atomic_write_json, read_json, read_jsonl
 from .stage import begin
 
-STAGE = "05b_focus"
-FIRST = "05_train"
+STAGE = layout.FOCUS
+FIRST = layout.TRAIN
 #: 05's parameters this stage sets itself (everything else is inherited from 05's run)
 OWN = ("run_dir", "profile", "base_model", "lr", "epochs", "max_steps", "batch_size", "export_merged")
 
@@ -84,13 +85,13 @@ def parse_tags(text: str, what: str = "focus_tags") -> list[tuple[str | None, st
 def clip_tags(run_dir: str | os.PathLike, clip_ids: list[str]) -> dict[str, dict[str, list[str]]]:
     """Each training clip's tags per family, from ``04_prompts/metadata.json`` (keyed by file name)."""
     run = Run(run_dir)
-    meta_path = run.path("04_prompts", "metadata.json")
+    meta_path = run.path(layout.PROMPTS, layout.METADATA)
     metadata = read_json(meta_path)
     if not isinstance(metadata, dict):
         raise FocusError(f"{meta_path}: missing or unreadable — run 04_prompts first")
     by_id = {
         r.get("clip_id"): Path(str(r.get("filepath", ""))).name
-        for r in read_jsonl(run.path("04_prompts", "prompts.jsonl"))
+        for r in read_jsonl(run.path(layout.PROMPTS, layout.PROMPT_ROWS))
     }
     out = {}
     for cid in clip_ids:
@@ -131,7 +132,7 @@ def flagged_tags(
             if 100.0 * c / max(n, 1) < rare_percent
         ]
     else:
-        path = Run(run_dir).path("04_prompts", "tag_space.json")
+        path = Run(run_dir).path(layout.PROMPTS, layout.TAG_SPACE)
         space = read_json(path)
         if not isinstance(space, dict) or "under_represented" not in space:
             raise FocusError(
@@ -272,14 +273,14 @@ def model_config_of(source: str) -> tuple[dict, str]:
         return models.sao_full_config(), f"{source} (bundled {models.SAO_FULL_CONFIG.name})"
     resolved = models.resolve(source)
     if Path(resolved).is_dir():
-        path = Path(resolved) / "model_config.json"
+        path = Path(resolved) / layout.MODEL_CONFIG
         if not path.is_file():
             raise FocusError(f"{path}: missing — a model folder holds model_config.json and model.safetensors")
     else:
         from huggingface_hub import hf_hub_download
 
         with models._hub_errors(source, resolved, "sao"):
-            path = Path(hf_hub_download(resolved, filename="model_config.json", token=models.hub_token()))
+            path = Path(hf_hub_download(resolved, filename=layout.MODEL_CONFIG, token=models.hub_token()))
     try:
         return json.loads(path.read_text(encoding="utf-8")), str(path)
     except ValueError as exc:
@@ -310,9 +311,9 @@ def first_stage_settings(run_dir: str | os.PathLike, profile: str = "demo") -> t
     run = Run(run_dir)
     rec = run.stage_record(FIRST)
     if rec and rec.get("status") == "done" and rec.get("params"):
-        values, source = dict(rec["params"]), f"{run.path(FIRST, 'stage.json')}"
+        values, source = dict(rec["params"]), f"{run.path(FIRST, layout.STAGE_JSON)}"
     elif ((run.read_run_json() or {}).get("params") or {}).get(FIRST):
-        values, source = dict(run.read_run_json()["params"][FIRST]), f"{run.path('run.json')}"
+        values, source = dict(run.read_run_json()["params"][FIRST]), f"{run.path(layout.RUN_JSON)}"
     else:
         values, source = params.resolve(FIRST, profile=profile), f"profile {profile!r}"
     names = set(inspect.signature(train.run).parameters)
@@ -326,19 +327,19 @@ def first_stage_settings(run_dir: str | os.PathLike, profile: str = "demo") -> t
 
 
 def default_init(run_dir: str | os.PathLike) -> Path:
-    return Run(run_dir).path(FIRST, "export")
+    return layout.export_dir(Run(run_dir).path(FIRST))
 
 
 def export_dir(run_dir: str | os.PathLike) -> Path:
     """Where this stage exports the second-stage model (06 plays it as ``"focus"`` when it exists)."""
-    return Run(run_dir).path(STAGE, "export")
+    return layout.export_dir(Run(run_dir).path(STAGE))
 
 
 def _init_source(run_dir, init_model: str) -> str:
     if init_model:
         return init_model
     path = default_init(run_dir)
-    if not (path / "model.safetensors").is_file() or not (path / "model_config.json").is_file():
+    if not (path / layout.MODEL_WEIGHTS).is_file() or not (path / layout.MODEL_CONFIG).is_file():
         raise FocusError(
             f"{path}: no exported model (model.safetensors + model_config.json) — run 05_train first "
             "(with export_merged=True for LoRA), or set init_model to a fine-tune folder or hub id"
@@ -449,7 +450,7 @@ def plan(
 
 def _weights_id(source: str) -> str:
     """A local model folder's weights by size and mtime (a re-trained 05 export is another start); else the id."""
-    path = Path(source) / "model.safetensors"
+    path = Path(source) / layout.MODEL_WEIGHTS
     if path.is_file():
         st = path.stat()
         return f"{source}:{st.st_size}:{st.st_mtime_ns}"
@@ -490,10 +491,10 @@ _FOCUS_JSON_KEYS = (
 
 def _write_plan(out: Path, p: dict, fp: str, rebalance: bool, max_repeats: int, compare_prompts: int) -> None:
     """subset.jsonl, tag_counts.png (tag counts before / after) and focus.json."""
-    with atomic_path(out / "subset.jsonl") as tmp:
+    with atomic_path(out / layout.SUBSET) as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in p["subset"]), encoding="utf-8")
     fig = plots.plot_focus_tags(p["before"], p["after"], p["chosen"], p["n_clips_before"], p["samples_per_epoch"])
-    with atomic_path(out / "tag_counts.png") as tmp:
+    with atomic_path(out / layout.TAG_COUNTS_PNG) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     info = {k: p[k] for k in _FOCUS_JSON_KEYS}
     info.update(
@@ -502,7 +503,7 @@ def _write_plan(out: Path, p: dict, fp: str, rebalance: bool, max_repeats: int, 
         max_repeats=max_repeats,
         compare_prompts=compare_prompts,
     )
-    atomic_write_json(out / "focus.json", info)
+    atomic_write_json(out / layout.FOCUS_JSON, info)
 
 
 def _train_settings(p: dict, run_dir, profile: str, lr: float, epochs: int, max_steps: int, batch_size: int) -> dict:
@@ -553,16 +554,12 @@ def run(
     out = run_.stage_dir(STAGE)
     p = plan(run_dir, profile, init_model, focus_tags, exclude_tags, rare_percent, rebalance, max_repeats, batch_size)
     fp = _fingerprint(p)
-    old = read_json(out / "focus.json") or {}
-    if (
-        run_.is_done(STAGE, params)
-        and (out / "export" / "model.safetensors").is_file()
-        and old.get("fingerprint") == fp
-    ):
+    old = read_json(out / layout.FOCUS_JSON) or {}
+    if run_.is_done(STAGE, params) and layout.exported_weights(out).is_file() and old.get("fingerprint") == fp:
         return dict(run_.stage_record(STAGE)["summary"], skipped=True)
-    if train.newest_checkpoint(out / "checkpoints") is not None and old.get("fingerprint") not in (None, fp):
+    if train.newest_checkpoint(layout.checkpoint_dir(out)) is not None and old.get("fingerprint") not in (None, fp):
         raise FocusError(
-            f"{out / 'checkpoints'} holds checkpoints of another focus subset or init_model; use a new "
+            f"{layout.checkpoint_dir(out)} holds checkpoints of another focus subset or init_model; use a new "
             f"run_dir, put the tags back, or delete {out} to start the second stage over"
         )
     _write_plan(out, p, fp, rebalance, max_repeats, compare_prompts)
@@ -577,9 +574,9 @@ def run(
         "samples_per_epoch": p["samples_per_epoch"],
         "init_model": p["init_model"],
         "first_stage_settings_from": p["first_stage_source"],
-        "subset": run_.rel(out / "subset.jsonl"),
-        "focus_json": run_.rel(out / "focus.json"),
-        "plot": run_.rel(out / "tag_counts.png"),
+        "subset": run_.rel(out / layout.SUBSET),
+        "focus_json": run_.rel(out / layout.FOCUS_JSON),
+        "plot": run_.rel(out / layout.TAG_COUNTS_PNG),
         "train": trained,
     }
     run_.mark_done(STAGE, params=params, **summary)
@@ -588,14 +585,14 @@ def run(
 
 def read(run_dir: str | os.PathLike) -> dict:
     """``RUN_DIR/05b_focus/focus.json`` (for the lesson, 06 and 07); {} before the stage ran."""
-    return read_json(Run(run_dir).path(STAGE, "focus.json")) or {}
+    return read_json(Run(run_dir).path(STAGE, layout.FOCUS_JSON)) or {}
 
 
 def subset_table(run_dir: str | os.PathLike):
     """The subset as a pandas DataFrame (clip, why, repeats) for the lesson."""
     import pandas as pd
 
-    rows = read_jsonl(Run(run_dir).path(STAGE, "subset.jsonl"))
+    rows = read_jsonl(Run(run_dir).path(STAGE, layout.SUBSET))
     return pd.DataFrame([{"clip_id": r["clip_id"], "repeats": r["repeats"], "why": r["reason"]} for r in rows])
 
 
@@ -607,7 +604,7 @@ def for_generation(run_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
     """(the second stage's export, or None before it exists; the prompts 06 adds: one per chosen tag,
     rarest tag first, at most ``compare_prompts`` of them when that is > 0)."""
     exp = export_dir(run_dir)
-    if not (exp / "model.safetensors").is_file() or not (exp / "model_config.json").is_file():
+    if not (exp / layout.MODEL_WEIGHTS).is_file() or not (exp / layout.MODEL_CONFIG).is_file():
         return None, []
     info = read(run_dir)
     tags = sorted(info.get("prompts", []), key=lambda p: len(p.get("clips") or []))  # stable: 04's order
@@ -634,7 +631,7 @@ def tag_moves(run_dir: str | os.PathLike, df, ref_df, metrics: tuple[str, ...], 
     clips = ClipFolder(run.root)
     seg = {
         r.get("clip_id"): str(clips.path(r["path"]).resolve())
-        for r in read_jsonl(run.path("01_segment", "segments.jsonl"))
+        for r in read_jsonl(run.path(layout.SEGMENT, layout.SEGMENTS))
         if r.get("path")
     }
     ref = ref_df.assign(_p=[str(Path(p).resolve()) for p in ref_df["path"]]).set_index("_p") if len(ref_df) else None

@@ -39,13 +39,14 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from . import layout
 from . import preflight_inference
 from .runs import JsonlLog, Run, read_jsonl
 from .stage import begin
 
 log = logging.getLogger(__name__)
 
-STAGE = "06_generate"
+STAGE = layout.GENERATE
 HUB_ID = "stabilityai/stable-audio-open-1.0"
 CARD_PROMPTS_FILE = Path(__file__).parent / "data" / "card_prompts.yaml"
 MODELS = ("base", "finetune", "focus")  # focus: 05b_focus's second stage, when exported
@@ -195,7 +196,7 @@ class FinetuneSpec:
 
 
 def default_finetune_path(run_dir: str) -> Path:
-    return Run(run_dir).path("05_train", "export")
+    return layout.export_dir(Run(run_dir).path(layout.TRAIN))
 
 
 def find_finetune(
@@ -220,7 +221,7 @@ def find_finetune(
         )
     if path.is_dir():
         loras = sorted(p for p in path.glob("*.safetensors") if _lora_config_of(p) is not None)
-        full = (path / "model_config.json").is_file() and (path / "model.safetensors").is_file()
+        full = (path / layout.MODEL_CONFIG).is_file() and (path / layout.MODEL_WEIGHTS).is_file()
         if full and (float(lora_strength) == 1.0 or not loras):  # exactly what 05_train exported
             return FinetuneSpec("full", path), f"fine-tuned model {path}"
         if len(loras) == 1:  # a LoRA run at another strength: the adapters onto the base model
@@ -405,7 +406,7 @@ def _fingerprint(source) -> str:
     """Which weights a source means: a hub id or tiny name as is; a local file/folder by size and mtime."""
     path = Path(str(source)).expanduser()
     if path.is_dir():
-        path = path / "model.safetensors" if (path / "model.safetensors").exists() else path / "model.ckpt"
+        path = path / layout.MODEL_WEIGHTS if (path / layout.MODEL_WEIGHTS).exists() else path / layout.MODEL_CKPT
     if not path.is_file():
         return str(source)
     st = path.stat()
@@ -596,7 +597,7 @@ def _generate_all(g: _Generation, todo: dict[str, list[list[int]]], device: str,
     generated = 0
     timings = []
     fingerprints = g.fingerprints()
-    bar = tqdm(total=sum(len(c) for chunks in todo.values() for c in chunks), desc="06_generate", unit="clip")
+    bar = tqdm(total=sum(len(c) for chunks in todo.values() for c in chunks), desc=layout.GENERATE, unit="clip")
     try:
         for which, chunks in todo.items():
             if not chunks:
@@ -666,7 +667,7 @@ def run(
     ft_spec, ft_message = _finetune_or_base_only(run_dir, finetune_model, lora_strength, allow_missing_finetune)
     g = _Generation(
         run_=run_,
-        gens=JsonlLog(run_.stage_dir(STAGE) / "generations.jsonl", key="key"),
+        gens=JsonlLog(run_.stage_dir(STAGE) / layout.GENERATIONS, key="key"),
         prompts=prompts,
         settings=settings,
         seed=seed,
@@ -719,4 +720,4 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
 
 def load_generations(run_dir: str) -> list[dict]:
     """The rows of ``RUN_DIR/06_generate/generations.jsonl`` (for the notebook's table)."""
-    return read_jsonl(Run(run_dir).path(STAGE, "generations.jsonl"))
+    return read_jsonl(Run(run_dir).path(STAGE, layout.GENERATIONS))

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from . import colab, params
 from .runs import record_params
 
@@ -60,7 +61,7 @@ _NOISE = (
 # Engine modules that print at import time (stable-audio-tools 0.0.20: "flash_attn not installed,
 # disabling Flash Attention"); imported once here with their print sent to the log.
 _CHATTY_IMPORTS = ("stable_audio_tools.models.transformer",)
-_SAO_STAGES = ("05_train", "05b_focus", "06_generate", "07_evaluate")
+_SAO_STAGES = (layout.TRAIN, layout.FOCUS, layout.GENERATE, layout.EVALUATE)
 _original_showwarning = None
 
 

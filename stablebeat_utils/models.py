@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import layout
 from .runs import atomic_write_json, cache_home
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -496,9 +497,9 @@ def _build_sao(dest: Path) -> None:
     # raise and torch >= 2.12 silently attend to nothing. SAO 1.0 itself (24 heads, 12 kv) is fine.
     model = create_sao_model(config)
     _wake_zero_init(model.model)
-    save_file(_plain_state_dict(model), str(dest / "model.safetensors"))
+    save_file(_plain_state_dict(model), str(dest / layout.MODEL_WEIGHTS))
     # the hub layout: the config as written (portable "tiny:t5" model_path), beside the weights
-    (dest / "model_config.json").write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    (dest / layout.MODEL_CONFIG).write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
 
 
 #: std of the weights given to the engine's zero-initialised layers in a tiny build (see below)
@@ -589,12 +590,12 @@ def _sao_files(source: str, resolved: str) -> tuple[Path, Path]:
     """(model_config.json, weights) for a local folder or a hub repo."""
     if Path(resolved).is_dir():
         folder = Path(resolved)
-        cfg = folder / "model_config.json"
+        cfg = folder / layout.MODEL_CONFIG
         if not cfg.is_file():
             raise ModelSourceError(
                 f"{cfg}: missing (a Stable Audio model folder holds model_config.json and model.safetensors)"
             )
-        for name in ("model.safetensors", "model.ckpt"):
+        for name in (layout.MODEL_WEIGHTS, layout.MODEL_CKPT):
             if (folder / name).is_file():
                 return cfg, folder / name
         raise ModelSourceError(f"{folder}: no model.safetensors (or model.ckpt) beside model_config.json")
@@ -603,11 +604,11 @@ def _sao_files(source: str, resolved: str) -> tuple[Path, Path]:
 
     token = hub_token()
     with _hub_errors(source, resolved, "sao"):
-        cfg = Path(hf_hub_download(resolved, filename="model_config.json", token=token))
+        cfg = Path(hf_hub_download(resolved, filename=layout.MODEL_CONFIG, token=token))
         try:
-            weights = Path(hf_hub_download(resolved, filename="model.safetensors", token=token))
+            weights = Path(hf_hub_download(resolved, filename=layout.MODEL_WEIGHTS, token=token))
         except EntryNotFoundError:
-            weights = Path(hf_hub_download(resolved, filename="model.ckpt", token=token))
+            weights = Path(hf_hub_download(resolved, filename=layout.MODEL_CKPT, token=token))
     return cfg, weights
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import layout
 from . import generate as gen
 from .runs import JsonlLog, Run
 
@@ -387,7 +388,7 @@ class Playground:
             return None
         try:
             folder = self.run.stage_dir(gen.STAGE) / "takes"
-            takes_log = JsonlLog(self.run.stage_dir(gen.STAGE) / "takes.jsonl", key="take_id")
+            takes_log = JsonlLog(self.run.stage_dir(gen.STAGE) / layout.TAKES, key="take_id")
             rows = []
             for t in self.takes:
                 path = folder / f"{t.take_id}.wav"

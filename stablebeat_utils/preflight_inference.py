@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import layout
 from .preflight import GB, HEADROOM, Estimate, GPUMemoryError, gpu_free
 from .storage import SAO_TRAINED_PARAMS, SAO_VAE_PARAMS
 
@@ -91,13 +92,15 @@ def check_tag(
         return None
     est = estimate_tag(clap_model, batch_size, backend)
     if est is None:
-        return _unknown("02_tag", f"clap_model={clap_model!r}")
+        return _unknown(layout.TAG, f"clap_model={clap_model!r}")
     budget = free[0] / GB * HEADROOM
     if est.gb <= budget:
-        return _fits("02_tag", est, free)
+        return _fits(layout.TAG, est, free)
     fits = tag_alternatives(clap_model, batch_size, backend, budget)
     raise error(
-        _message("02_tag", est, f"clap_model={clap_model!r}, backend={backend!r}, batch_size={batch_size}", free, fits)
+        _message(
+            layout.TAG, est, f"clap_model={clap_model!r}, backend={backend!r}, batch_size={batch_size}", free, fits
+        )
     )
 
 
@@ -281,14 +284,14 @@ def check_prompts(
         return None
     est = estimate_prompts(llm_model, quantization, batch_size, generation_length, t5_model)
     if est is None:
-        return _unknown("04_prompts", f"llm_model={llm_model!r}")
+        return _unknown(layout.PROMPTS, f"llm_model={llm_model!r}")
     budget = free[0] / GB * HEADROOM
     if est.gb <= budget:
-        return _fits("04_prompts", est, free)
+        return _fits(layout.PROMPTS, est, free)
     fits = prompts_alternatives(llm_model, quantization, batch_size, generation_length, t5_model, budget)
     what = f"llm_model={llm_model!r}, quantization={quantization!r}, batch_size={batch_size}, "
     what += f"{PROMPT_TOKENS} + {generation_length} tokens"
-    raise error(_message("04_prompts", est, what, free, fits))
+    raise error(_message(layout.PROMPTS, est, what, free, fits))
 
 
 def prompts_alternatives(
@@ -404,10 +407,10 @@ def check_generate(
     est = estimate_generate(batch_size, seconds_total, name)
     budget = free[0] / GB * HEADROOM
     if est.gb <= budget:
-        return _fits("06_generate", est, free)
+        return _fits(layout.GENERATE, est, free)
     fits = generate_alternatives(batch_size, seconds_total, name, budget)
     what = f"base_model={base_model!r}, dtype={dtype!r}, batch_size={batch_size}, seconds_total={seconds_total:g}"
-    raise error(_message("06_generate", est, what, free, fits))
+    raise error(_message(layout.GENERATE, est, what, free, fits))
 
 
 def generate_alternatives(batch_size: int, seconds_total: float, dtype: str, budget_gb: float) -> list[dict]:
@@ -431,7 +434,7 @@ def generate_alternatives(batch_size: int, seconds_total: float, dtype: str, bud
 
 def _is_sao_1(source: str) -> bool:
     """The hub's SAO 1.0, or a local folder (an export of 05) with its DiT width (1536)."""
-    cfg = Path(str(source)).expanduser() / "model_config.json"
+    cfg = Path(str(source)).expanduser() / layout.MODEL_CONFIG
     if not cfg.is_file():
         return "stable-audio-open-1.0" in str(source)
     try:

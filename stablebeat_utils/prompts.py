@@ -57,12 +57,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import layout
 from . import clipfacts, preflight_inference
 from .clipfacts import FAMILIES, T5_MAX_TOKENS, Lexicon, clip_tags, gather, load_lexicon
 from .runs import JsonlLog, Run, atomic_write_json, read_jsonl
 from .stage import begin
 
-STAGE = "04_prompts"
+STAGE = layout.PROMPTS
 CARD_KEYS = ("instruments_tags", "genres_tags", "moods_tags", "key", "scale", "tempo", "start", "duration")
 PROMPTS_FORMAT = 2  # bumped when the rows change meaning; older rows are redone
 
@@ -760,7 +761,7 @@ def _write_metadata(out_dir: Path, records: list[dict], log: JsonlLog) -> list[d
     rows = [r for r in log.finalize() if r["clip_id"] in wanted]
     by_id = {r["clip_id"]: r for r in records}
     metadata = {Path(r["filepath"]).name: card_metadata(by_id[r["clip_id"]]["meta"]) for r in rows}
-    atomic_write_json(out_dir / "metadata.json", metadata)
+    atomic_write_json(out_dir / layout.METADATA, metadata)
     return rows
 
 
@@ -823,7 +824,7 @@ def run(
     matcher = Matcher(lexicon)
     fingerprint = _fingerprint(params, lexicon)
     out_dir = run_.stage_dir(STAGE)
-    out_path = out_dir / "prompts.jsonl"
+    out_path = out_dir / layout.PROMPT_ROWS
     t0 = time.perf_counter()
 
     log = _prepare_log(out_path, fingerprint, records)
@@ -875,7 +876,7 @@ def run(
         "device": device_used,
         "seconds": round(time.perf_counter() - t0, 2),
         "prompts": run_.rel(out_path),
-        "metadata": run_.rel(out_dir / "metadata.json"),
+        "metadata": run_.rel(out_dir / layout.METADATA),
         "tag_space": space,
     }
     run_.mark_done(STAGE, params=params, **summary)
@@ -884,4 +885,4 @@ def run(
 
 def read_prompts(run_dir: str | Path) -> list[dict]:
     """The rows of ``RUN_DIR/04_prompts/prompts.jsonl`` (for the notebook and 05_train)."""
-    return read_jsonl(Run(run_dir).path(STAGE, "prompts.jsonl"))
+    return read_jsonl(Run(run_dir).path(STAGE, layout.PROMPT_ROWS))

@@ -26,6 +26,7 @@ import os
 import re
 from pathlib import Path
 
+from . import layout
 from .runs import Run, atomic_write_json, atomic_write_text, file_sha256, read_json, read_jsonl
 
 BASE_MODEL = "stabilityai/stable-audio-open-1.0"
@@ -34,7 +35,7 @@ LICENSE_NAME = "Stability AI Community License"
 LICENSE_ID = "stabilityai-ai-community"
 LICENSE_LINK = f"https://huggingface.co/{BASE_MODEL}/blob/main/LICENSE.md"
 MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune"}
-STATE_FILE = "upload_state.json"
+STATE_FILE = layout.UPLOAD_STATE
 
 
 class PublishError(RuntimeError):
@@ -46,10 +47,10 @@ def _hours(seconds: float) -> str:
 
 
 def dataset_summary(run: Run) -> dict:
-    segs = [r for r in read_jsonl(run.path("01_segment", "segments.jsonl")) if r.get("status") == "ok"]
-    tags = read_jsonl(run.path("02_tag", "tags.jsonl"))
-    tk = read_jsonl(run.path("03_tempo_key", "tempo_key.jsonl"))
-    prompts = read_jsonl(run.path("04_prompts", "prompts.jsonl"))
+    segs = [r for r in read_jsonl(run.path(layout.SEGMENT, layout.SEGMENTS)) if r.get("status") == "ok"]
+    tags = read_jsonl(run.path(layout.TAG, layout.TAGS))
+    tk = read_jsonl(run.path(layout.TEMPO_KEY, layout.TEMPO_KEYS))
+    prompts = read_jsonl(run.path(layout.PROMPTS, layout.PROMPT_ROWS))
     freq = {}
     for fam in ("instruments_tags", "moods_tags", "genres_tags"):
         c = collections.Counter(t for r in tags for t in (r.get(fam) or []))
@@ -71,7 +72,7 @@ def dataset_summary(run: Run) -> dict:
 
 
 def _export_files(run: Run) -> list[Path]:
-    export = run.path("05_train", "export")
+    export = layout.export_dir(run.path(layout.TRAIN))
     if not export.is_dir():
         raise PublishError(f"{export}: no exported model — run 05_train first")
     files = sorted(p for p in export.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
@@ -86,7 +87,7 @@ def choose_samples(run: Run, max_samples: int = 6) -> list[dict]:
 
     Whole prompts are taken while the count stays within ``max_samples`` (at least one prompt).
     """
-    gens = [r for r in read_jsonl(run.path("06_generate", "generations.jsonl")) if r.get("path")]
+    gens = [r for r in read_jsonl(run.path(layout.GENERATE, layout.GENERATIONS)) if r.get("path")]
     order: dict[str, int] = {}
     for r in sorted(gens, key=lambda r: (r.get("prompt_idx") is None, int(r.get("prompt_idx") or 0))):
         order.setdefault(r.get("prompt", ""), len(order))
@@ -123,7 +124,7 @@ def _recipe(run: Run) -> list[str]:
         return (run.stage_record(stage) or {}).get("params") or {}
 
     seg, tag, tk, pr, tr, gen = (
-        p(s) for s in ("01_segment", "02_tag", "03_tempo_key", "04_prompts", "05_train", "06_generate")
+        p(s) for s in (layout.SEGMENT, layout.TAG, layout.TEMPO_KEY, layout.PROMPTS, layout.TRAIN, layout.GENERATE)
     )
     out = []
     if seg:
@@ -246,7 +247,7 @@ def _card_dataset(ds: dict) -> list[str]:
 
 def _card_evaluation(run: Run) -> list[str]:
     lines = ["", "## Evaluation (07_evaluate: base model vs fine-tune)", ""]
-    report = run.path("07_evaluate", "report.md")
+    report = run.path(layout.EVALUATE, layout.REPORT)
     if report.is_file():  # 07's report, headings one level down; its plot links are uploaded beside the card
         body = report.read_text(encoding="utf-8").strip()
         lines.append(re.sub(r"(?m)^(#+) ", lambda m: "#" * min(len(m.group(1)) + 2, 6) + " ", body))
@@ -274,7 +275,7 @@ def _card_samples(samples: list[dict]) -> list[str]:
 def model_card(run: Run, repo_id: str, samples: list[dict]) -> str:
     """The README.md of the hub repo: licence, use, dataset, recipe, evaluation, samples."""
     ds = dataset_summary(run)
-    export = run.path("05_train", "export")
+    export = layout.export_dir(run.path(layout.TRAIN))
     lines = _card_header(repo_id) + _card_use(repo_id) + _card_dataset(ds)
     lines += ["", "## Recipe", ""] + _recipe(run)
     lines += _card_evaluation(run)
@@ -304,7 +305,7 @@ def upload_list(run: Run, card_path: Path, card: str, samples: list[dict]) -> li
     A linked file is looked up beside 07's report (its ``plots/``); one that does not exist stops
     the publish with its name.
     """
-    uploads = [{"local": str(card_path), "path_in_repo": "README.md"}]
+    uploads = [{"local": str(card_path), "path_in_repo": layout.README}]
     uploads += [{"local": str(f), "path_in_repo": f.name} for f in _export_files(run)]
     uploads += [{"local": s["local"], "path_in_repo": s["path_in_repo"]} for s in samples]
     have = {u["path_in_repo"] for u in uploads}
@@ -312,7 +313,7 @@ def upload_list(run: Run, card_path: Path, card: str, samples: list[dict]) -> li
     for link in card_links(card):
         if link in have:
             continue
-        local = run.path("07_evaluate", link)
+        local = run.path(layout.EVALUATE, link)
         if local.is_file() and ".." not in Path(link).parts:
             uploads.append({"local": str(local), "path_in_repo": link})
             have.add(link)
@@ -321,7 +322,7 @@ def upload_list(run: Run, card_path: Path, card: str, samples: list[dict]) -> li
     if missing:
         raise PublishError(
             f"{card_path}: the card links {', '.join(missing)}, which the run folder does not hold "
-            f"(looked beside {run.path('07_evaluate')}); re-run 07_evaluate or remove the link"
+            f"(looked beside {run.path(layout.EVALUATE)}); re-run 07_evaluate or remove the link"
         )
     gone = [u["local"] for u in uploads[1:] if not Path(u["local"]).is_file()]  # [0]: the card, written next
     if gone:
@@ -332,7 +333,7 @@ def upload_list(run: Run, card_path: Path, card: str, samples: list[dict]) -> li
 def _batches(uploads: list[dict]) -> list[list[dict]]:
     """Commits in order: each weights file alone, then everything else but the card, the card last."""
     weights = [u for u in uploads if u["path_in_repo"].endswith((".safetensors", ".ckpt"))]
-    card = [u for u in uploads if u["path_in_repo"] == "README.md"]
+    card = [u for u in uploads if u["path_in_repo"] == layout.README]
     rest = [u for u in uploads if u not in weights and u not in card]
     return [[w] for w in weights] + ([rest] if rest else []) + [card]
 
@@ -395,11 +396,11 @@ def run(
     _export_files(run)
     samples = choose_samples(run, max_samples)
     out = run.stage_dir("publish")
-    card_path = out / "README.md"
+    card_path = out / layout.README
     card = model_card(run, repo_id, samples)
     uploads = upload_list(run, card_path, card, samples)
     atomic_write_text(card_path, card)
-    atomic_write_json(out / "upload_list.json", {"repo_id": repo_id, "private": private, "files": uploads})
+    atomic_write_json(out / layout.UPLOAD_LIST, {"repo_id": repo_id, "private": private, "files": uploads})
     summary = {"card": str(card_path), "files": len(uploads), "dry_run": dry_run, "repo_id": repo_id}
     if dry_run:
         return summary

@@ -28,7 +28,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Iterator
 
-from . import __version__
+from . import __version__, layout
 
 RUN_FORMAT = 1
 _UMASK = os.umask(0)
@@ -363,7 +363,7 @@ class Run:
 
     # -- stage records ---------------------------------------------------------------------
     def stage_record(self, stage: str) -> dict | None:
-        return read_json(self.root / stage / "stage.json")
+        return read_json(self.root / stage / layout.STAGE_JSON)
 
     def is_done(self, stage: str, params: dict | None = None) -> bool:
         """True when ``stage`` finished, and (if given) with the same parameters."""
@@ -383,15 +383,15 @@ class Run:
             "summary": summary,
         }
         remove_stale_temp_files(self.stage_dir(stage))
-        atomic_write_json(self.stage_dir(stage) / "stage.json", record)
+        atomic_write_json(self.stage_dir(stage) / layout.STAGE_JSON, record)
         return record
 
     def clear_done(self, stage: str) -> None:
-        (self.root / stage / "stage.json").unlink(missing_ok=True)
+        (self.root / stage / layout.STAGE_JSON).unlink(missing_ok=True)
 
     # -- run.json ---------------------------------------------------------------------------
     def read_run_json(self) -> dict | None:
-        return read_json(self.root / "run.json")
+        return read_json(self.root / layout.RUN_JSON)
 
     def check_compatible(self) -> None:
         """Refuse a run folder written by an incompatible layout version."""
@@ -449,4 +449,4 @@ def record_params(run_dir: str | os.PathLike, stage: str, values: dict) -> Path:
     info["versions"] = versions()
     info.setdefault("params", {})[stage] = values
     run.root.mkdir(parents=True, exist_ok=True)
-    return atomic_write_json(run.root / "run.json", info)
+    return atomic_write_json(run.root / layout.RUN_JSON, info)

@@ -79,6 +79,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from . import layout
 from . import audio as audio_mod
 from . import clipstore
 from .audio import AUDIO_EXTS, is_audio_name
@@ -86,7 +87,7 @@ from .pool import ordered_bounded as _ordered_bounded  # the one crash-isolating
 from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
 from .stage import begin
 
-STAGE = "01_segment"
+STAGE = layout.SEGMENT
 SKIP_DIRS = {"__MACOSX"}
 ANALYSIS_SR = 11025
 HOP = 256  # 23 ms frames at ANALYSIS_SR
@@ -682,9 +683,9 @@ def _validate(
 def _clean_stage(stage_dir: Path, *clip_folders: Path) -> None:
     """Remove this stage's own outputs (never anything else): its files, and this run's own clip
     folders outside the run folder (``<clip_dir>/<run>-<hash>``, made by this stage)."""
-    for name in ("segments.jsonl", "stage.json", clipstore.RECORD):
+    for name in (layout.SEGMENTS, layout.STAGE_JSON, clipstore.RECORD):
         (stage_dir / name).unlink(missing_ok=True)
-    for folder in (stage_dir / "clips", stage_dir / ".work", *clip_folders):
+    for folder in (stage_dir / layout.CLIPS, stage_dir / layout.WORK, *clip_folders):
         if folder.is_dir():
             shutil.rmtree(folder)
 
@@ -703,13 +704,13 @@ def _clip_folder(clip_dir: str, run_obj: Run, in_dir: Path) -> Path:
 
 def _start_over_if_changed(stage_dir: Path, config: dict, clips_dir: Path) -> None:
     """Clean the stage when a parameter that shapes the clips changed (or outputs have no record)."""
-    old = read_json(stage_dir / ".work" / "config.json")
+    old = read_json(stage_dir / layout.WORK / layout.WORK_CONFIG)
     previous = clipstore.ClipFolder(stage_dir.parent).folder
-    outside = [f for f in {previous, clips_dir} if f != stage_dir / "clips"]
+    outside = [f for f in {previous, clips_dir} if f != stage_dir / layout.CLIPS]
     if old is not None and old != config:
         print(f"{STAGE}: parameters changed since the last run in {stage_dir} — starting this stage over")
         _clean_stage(stage_dir, *outside)
-    elif old is None and (stage_dir / "segments.jsonl").exists():
+    elif old is None and (stage_dir / layout.SEGMENTS).exists():
         _clean_stage(stage_dir, *outside)  # outputs without a record of how they were made: not trusted
 
 
@@ -740,9 +741,9 @@ def _move_clips(run_obj: Run, rows: list[dict], clips_dir: Path) -> int:
 def _prepare(run_obj: Run, config: dict, clip_dir: str, clips_dir: Path, rows: list[dict]) -> int:
     """The work folder, the config and the clip folder (recorded before any clip is written);
     clips of a changed ``clip_dir`` moved over. Returns how many clips moved."""
-    work = run_obj.stage_dir(STAGE) / ".work"
+    work = run_obj.stage_dir(STAGE) / layout.WORK
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(work / "config.json", config)
+    atomic_write_json(work / layout.WORK_CONFIG, config)
     clips_dir.mkdir(parents=True, exist_ok=True)
     moved = _move_clips(run_obj, rows, clips_dir)
     clipstore.record_folder(run_obj.root, clip_dir, clips_dir)
@@ -850,7 +851,7 @@ def _segment_all(tasks: Iterator[Any], n: int, workers: int, progress: bool, log
     """Run the tasks in the worker pool, in source order, into the log; rebuilt and failed counts."""
     from tqdm.auto import tqdm
 
-    fps = JsonlLog(log.path.parent / ".work" / "fingerprints.jsonl", key="source")
+    fps = JsonlLog(log.path.parent / layout.WORK / layout.FINGERPRINTS, key="source")
     dups = _DupIndex()
     out: dict = {"rebuilt": 0, "failed": []}
     with tqdm(total=n, desc="segment", unit="track", disable=not progress) as bar:
@@ -928,7 +929,7 @@ def run(
         params["clip_dir"] = clip_dir
     stage_dir = run_obj.stage_dir(STAGE)
     _start_over_if_changed(stage_dir, config, clips_dir)
-    log = JsonlLog(stage_dir / "segments.jsonl")
+    log = JsonlLog(stage_dir / layout.SEGMENTS)
     # a file that killed its worker is not a final verdict (an out-of-memory kill, a broken library
     # on this machine): such rows are retried on every run; a truly corrupt file is rejected again
     crashed = {r["clip_id"] for r in log.rows() if r.get("reason") == CRASHED}
@@ -959,7 +960,7 @@ def read_segments(run_dir: str | os.PathLike) -> list[dict]:
     """The rows of ``RUN_DIR/01_segment/segments.jsonl`` (for the notebook and later stages)."""
     from .runs import read_jsonl
 
-    return read_jsonl(Run(run_dir).path(STAGE, "segments.jsonl"))
+    return read_jsonl(Run(run_dir).path(STAGE, layout.SEGMENTS))
 
 
 def source_path(run_dir: str | os.PathLike, source: str) -> Path:

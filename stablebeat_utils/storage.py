@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import layout
 from .clipstore import COLAB_CLIP_DIR, run_subfolder
 from .runs import Run, atomic_write_json
 
@@ -238,7 +239,7 @@ def refuse(plan: Plan) -> None:
 def record(run_dir, plan: Plan) -> Path:
     """Keep the plan in ``RUN_DIR/storage_plan.json`` (one entry per stage)."""
     run = Run(run_dir)
-    path = run.root / "storage_plan.json"
+    path = run.root / layout.STORAGE_PLAN
     try:
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError):
@@ -295,7 +296,7 @@ def segment_plan(
     known = len(paths) - unknown
     per_known = min(segments_per_track * mean_clip, seconds / known) if known else segments_per_track * mean_clip
     clip_s = per_known * len(paths)  # unreadable headers (mp3, m4a): as many clips as a readable file gives
-    clips_dir = Path(clip_folder) if clip_folder else Run(run_dir).root / "01_segment" / "clips"
+    clips_dir = Path(clip_folder) if clip_folder else Run(run_dir).root / layout.SEGMENT / layout.CLIPS
 
     def needs(fmt, folder=clips_dir):
         have = folder_bytes(folder)
@@ -311,12 +312,12 @@ def segment_plan(
         "clip_format": clip_format,
         "clip_folder": str(clips_dir),
     }
-    plan = assess("01_segment", needs(clip_format), facts, disk_usage, device_of)
+    plan = assess(layout.SEGMENT, needs(clip_format), facts, disk_usage, device_of)
     alts = [("clip_format='flac' (lossless, about half the bytes)", needs("flac"))] if clip_format == "wav" else []
     if not clip_dir and Path(local_clip_dir).expanduser().parent.is_dir():  # the machine's local disk
         local = run_subfolder(local_clip_dir, Run(run_dir).root)
         for fmt in dict.fromkeys((clip_format, "flac")):
-            disks = assess("01_segment", needs(fmt, local), disk_usage=disk_usage, device_of=device_of).disks
+            disks = assess(layout.SEGMENT, needs(fmt, local), disk_usage=disk_usage, device_of=device_of).disks
             if not disks:
                 continue
             disk = disks[0]
@@ -346,11 +347,12 @@ def train_plan(
     counts: dict | None = None,
     disk_usage: Callable | None = None,
     device_of: Callable = _device,
+    stage: str = layout.TRAIN,
 ) -> Plan:
-    """05_train: latents, checkpoints (local copy and run-folder copy) and the export."""
+    """05_train (or ``stage``, 05b's own folder): latents, checkpoints (local and run-folder copy), the export."""
     counts = counts or {"trained": SAO_TRAINED_PARAMS, "vae": SAO_VAE_PARAMS, "lora_per_rank": SAO_LORA_PARAMS_PER_RANK}
-    stage = Run(run_dir).root / "05_train"
-    ckpt_dir = stage / "checkpoints"
+    stage_dir = Run(run_dir).root / stage
+    ckpt_dir = layout.checkpoint_dir(stage_dir)
 
     def ckpt(m=mode, opt=optimizer):
         trained = counts["lora_per_rank"] * lora_rank if m == "lora" else counts["trained"]
@@ -362,8 +364,10 @@ def train_plan(
         out = [
             Need(
                 "latents (float16)",
-                max(0, latent_bytes(clip_seconds, n_clips) - folder_bytes(stage / "latents")) if pre_encode else 0,
-                stage / "latents",
+                max(0, latent_bytes(clip_seconds, n_clips) - folder_bytes(stage_dir / layout.LATENTS))
+                if pre_encode
+                else 0,
+                stage_dir / layout.LATENTS,
             )
         ]
         out.append(
@@ -382,7 +386,9 @@ def train_plan(
                 )
             )
         exp = export_bytes(m, export_merged, lora_rank, counts["trained"], counts["vae"])
-        out.append(Need("export", max(0, exp - folder_bytes(stage / "export")), stage / "export"))
+        out.append(
+            Need("export", max(0, exp - folder_bytes(layout.export_dir(stage_dir))), layout.export_dir(stage_dir))
+        )
         return out
 
     facts = {
@@ -396,7 +402,7 @@ def train_plan(
         "trained_params": counts["lora_per_rank"] * lora_rank if mode == "lora" else counts["trained"],
         "sizes": "computed from parameter counts (not measured files)",
     }
-    plan = assess("05_train", needs(), facts, disk_usage, device_of)
+    plan = assess(stage, needs(), facts, disk_usage, device_of)
     alts = []
     if keep_checkpoints > 1:
         alts.append(("keep_checkpoints=1", needs(keep=1)))

@@ -37,6 +37,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import layout
 from . import preflight_inference
 from .clipfacts import FAMILIES, Entry, load_vocab
 from .clipstore import ClipFolder, clip_path
@@ -44,7 +45,7 @@ from .runs import JsonlLog, Run, atomic_path, atomic_write_text, iter_jsonl, rea
 from .stage import begin
 from .tag_calibration import select_family, select_tags
 
-STAGE = "02_tag"
+STAGE = layout.TAG
 BACKENDS = ("transformers", "laion_clap")
 MIN_TAIL = 0.5  # a last partial window is kept when it holds at least this fraction of a window
 SCORE_DECIMALS = 6
@@ -362,7 +363,7 @@ def _validate(params: dict) -> None:
 
 def _ok_segments(run_: Run) -> list[dict]:
     """01's ``ok`` rows, one per ``clip_id``, sorted; a missing or broken ``segments.jsonl`` refused by name."""
-    seg_path = run_.path("01_segment", "segments.jsonl")
+    seg_path = run_.path(layout.SEGMENT, layout.SEGMENTS)
     if not seg_path.is_file():
         raise TagError(f"{seg_path}: not found — run 01_segment first (this stage tags its clips)")
     try:
@@ -445,7 +446,7 @@ def _calibrate(
     ]
     if new_rows != rows:
         atomic_write_text(
-            run_.path(STAGE, "tags.jsonl"),
+            run_.path(STAGE, layout.TAGS),
             "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in new_rows),
         )
     return new_rows, calibration, unused
@@ -571,7 +572,7 @@ def run(
     answers, answer_sources = _producer_answers(run_dir, calibration_file, tag_family, ok_ids)
 
     stage_dir = run_.stage_dir(STAGE)
-    out_path = stage_dir / "tags.jsonl"
+    out_path = stage_dir / layout.TAGS
     key = _embed_key(backend, clap_model, vocab, window_seconds)
     log = _open_log(out_path, key, ok_ids, top_k, min_similarity, max_margin)
 
@@ -620,7 +621,7 @@ def run(
 
 def read_tags(run_dir: str | Path) -> list[dict]:
     """The rows of ``RUN_DIR/02_tag/tags.jsonl`` (for the notebook and later stages)."""
-    return read_jsonl(Run(run_dir).path(STAGE, "tags.jsonl"))
+    return read_jsonl(Run(run_dir).path(STAGE, layout.TAGS))
 
 
 def tag_frequencies(rows: Iterable[dict]) -> dict[str, list[tuple[str, int]]]:

@@ -36,11 +36,12 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from . import layout
 from .runs import Run, atomic_write_json, atomic_write_text, read_jsonl
 
-STAGE = "02_tag"
-ANSWERS_FILE = "calibration_answers.jsonl"
-CALIBRATION_FILE = "calibration.json"
+STAGE = layout.TAG
+ANSWERS_FILE = layout.CALIBRATION_ANSWERS
+CALIBRATION_FILE = layout.CALIBRATION
 _TRUE = {"true", "yes", "y", "1", "right", "correct", "ok"}
 _FALSE = {"false", "no", "n", "0", "wrong", "incorrect"}
 

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from . import layout
 from . import clipfacts
 from .runs import Run, atomic_path, atomic_write_json, read_json, read_jsonl
 
-STAGE = "04_prompts"
+STAGE = layout.PROMPTS
 K_RANGE = (2, 8)  # KMeans k tried when n_clusters=0
 CLUSTER_FORMAT = 1  # bumped when the clustering changes: cached clusters are recomputed
 
@@ -120,7 +121,7 @@ def _clip_stats(records: list[dict], out_dir: Path):
     }
     bpms = [float(r["meta"]["tempo"]) for r in records if clipfacts.known_tempo(r["meta"]) is not None]
     keys = Counter(f"{r['meta']['key']} {r['meta']['scale']}" for r in records if clipfacts.known_key(r["meta"]))
-    prompt_rows = read_jsonl(out_dir / "prompts.jsonl")
+    prompt_rows = read_jsonl(out_dir / layout.PROMPT_ROWS)
     lengths = {
         src: [r["t5_tokens"] for r in prompt_rows if r.get("prompt_source") == src and r.get("t5_tokens")]
         for src in ("llm", "template")
@@ -135,7 +136,7 @@ def _previous_clusters(previous: dict):
     named = {c["id"]: {kk: c[kk] for kk in ("name", "size", "members")} for c in previous["clusters"]}
     labels = np.array([p["cluster"] for p in previous["points"]])
     xy = np.array([[p["x"], p["y"]] for p in previous["points"]])
-    return k, sil, sil_by_k, named, labels, xy, "tag_map.png"
+    return k, sil, sil_by_k, named, labels, xy, layout.TAG_MAP_PNG
 
 
 def _compute_clusters(tags: list[str], t5_model: str, n_clusters: int, seed: int, device: str, t5, out_dir: Path):
@@ -157,7 +158,7 @@ def _compute_clusters(tags: list[str], t5_model: str, n_clusters: int, seed: int
             {c: v["name"] for c, v in named.items()},
             f"{len(tags)} tags embedded with {t5_model}: {k} clusters, silhouette {sil:.3f}",
         ),
-        out_dir / "tag_map.png",
+        out_dir / layout.TAG_MAP_PNG,
     )
     return k, sil, sil_by_k, named, labels, xy, map_png
 
@@ -167,11 +168,11 @@ def _plot_stats(freq, n: int, bpms, keys, lengths, out_dir: Path, map_png: str) 
 
     return {
         "tag_frequency": _save(
-            plots.plot_tag_frequency({f: freq[f].most_common() for f in freq}, n), out_dir / "tag_frequency.png"
+            plots.plot_tag_frequency({f: freq[f].most_common() for f in freq}, n), out_dir / layout.TAG_FREQUENCY_PNG
         ),
-        "bpm_key": _save(plots.plot_bpm_key(bpms, dict(keys)), out_dir / "bpm_key.png"),
+        "bpm_key": _save(plots.plot_bpm_key(bpms, dict(keys)), out_dir / layout.BPM_KEY_PNG),
         "prompt_lengths": _save(
-            plots.plot_prompt_lengths(lengths, clipfacts.T5_MAX_TOKENS), out_dir / "prompt_lengths.png"
+            plots.plot_prompt_lengths(lengths, clipfacts.T5_MAX_TOKENS), out_dir / layout.PROMPT_LENGTHS_PNG
         ),
         "tag_map": map_png,
     }
@@ -204,8 +205,8 @@ def run(
     cluster_key = hashlib.sha256(
         json.dumps([CLUSTER_FORMAT, t5_model, tag_list, n_clusters, seed, K_RANGE]).encode()
     ).hexdigest()[:16]
-    previous = read_json(out_dir / "tag_space.json") or {}
-    if previous.get("cluster_key") == cluster_key and (out_dir / "tag_map.png").is_file():
+    previous = read_json(out_dir / layout.TAG_SPACE) or {}
+    if previous.get("cluster_key") == cluster_key and (out_dir / layout.TAG_MAP_PNG).is_file():
         k, sil, sil_by_k, named, labels, xy, map_png = _previous_clusters(previous)
     else:
         k, sil, sil_by_k, named, labels, xy, map_png = _compute_clusters(
@@ -238,7 +239,7 @@ def run(
         "under_represented": rare,
         "plots": pngs,
     }
-    atomic_write_json(out_dir / "tag_space.json", result)
+    atomic_write_json(out_dir / layout.TAG_SPACE, result)
     return {
         "n_clusters": k,
         "silhouette": result["silhouette"],
@@ -246,7 +247,7 @@ def run(
         "under_represented": len(rare),
         "never_chosen": sum(r["never_chosen"] for r in rare),
         "plots": {name: run_.rel(out_dir / f) for name, f in pngs.items()},
-        "json": run_.rel(out_dir / "tag_space.json"),
+        "json": run_.rel(out_dir / layout.TAG_SPACE),
     }
 
 
@@ -254,4 +255,4 @@ def read(run_dir: str | Path) -> dict:
     """``RUN_DIR/04_prompts/tag_space.json`` (for the notebook)."""
     from .runs import read_json
 
-    return read_json(Run(run_dir).path(STAGE, "tag_space.json")) or {}
+    return read_json(Run(run_dir).path(STAGE, layout.TAG_SPACE)) or {}

@@ -89,11 +89,12 @@ from typing import Sequence
 
 import numpy as np
 
+from . import layout
 from .clipstore import ClipFolder
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, file_sha256, iter_jsonl, read_json, read_jsonl
 from .stage import begin
 
-STAGE = "03_tempo_key"
+STAGE = layout.TEMPO_KEY
 TEMPO_SR = 11025
 TEMPO_MODEL_URL = "https://essentia.upf.edu/models/tempo/tempocnn/deeptemp-k16-3.pb"
 TEMPO_MODEL_SHA256 = "21c328332a221695dd6e8572728c617373064df882e8f81da6d88dc3a821e3b3"
@@ -460,7 +461,7 @@ def apply_threshold(row: dict, min_confidence: float) -> dict:
 
 
 def _ok_clips(run: Run) -> list[dict]:
-    seg = run.path("01_segment", "segments.jsonl")
+    seg = run.path(layout.SEGMENT, layout.SEGMENTS)
     if not seg.is_file():
         raise TempoKeyError(f"{seg} not found: run notebook 01_segment first (or check run_dir)")
     rows = []  # only what this stage uses of each row: at 40,000 clips the whole rows are ~90 MiB
@@ -548,7 +549,7 @@ def run(
     graph = resolve_tempo_model(tempo_model, model_cache_dir)
 
     out_dir = run_.stage_dir(STAGE)
-    out = out_dir / "tempo_key.jsonl"
+    out = out_dir / layout.TEMPO_KEYS
     # rows hold raw values that depend on the graph, the key profile and the prior: if those
     # changed since the rows were written, they are stale and the stage starts over.
     analysis = {
@@ -557,7 +558,7 @@ def run(
         "bpm_range": list(prior) if prior else None,
         "tempo_method": TEMPO_METHOD,
     }
-    settings = out_dir / "analysis.json"
+    settings = out_dir / layout.ANALYSIS
     if read_json(settings) != analysis:
         out.unlink(missing_ok=True)
         run_.clear_done(STAGE)
@@ -587,4 +588,4 @@ def run(
 
 def read_rows(run_dir: str) -> list[dict]:
     """The rows of ``RUN_DIR/03_tempo_key/tempo_key.jsonl`` (for notebooks and later stages)."""
-    return read_jsonl(Run(run_dir).path(STAGE, "tempo_key.jsonl"))
+    return read_jsonl(Run(run_dir).path(STAGE, layout.TEMPO_KEYS))

@@ -70,6 +70,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from . import layout
 from . import audio as audio_io
 from .clipstore import ClipFolder
 from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the names 05b and the tests use)
@@ -84,7 +85,7 @@ from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the na
 from .runs import Run, atomic_path, atomic_write_json, read_jsonl
 from .stage import begin
 
-STAGE = "05_train"
+STAGE = layout.TRAIN
 MODES = ("full", "lora")
 ADAPTERS = ("lora", "dora")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -131,10 +132,10 @@ def read_clips(run_dir: str | os.PathLike, check_audio: bool = True) -> list[Cli
     """
     run = Run(run_dir)
     folder = ClipFolder(run.root)
-    prompts_path = run.path("04_prompts", "prompts.jsonl")
+    prompts_path = run.path(layout.PROMPTS, layout.PROMPT_ROWS)
     if not prompts_path.is_file():
         raise TrainError(f"{prompts_path}: missing — run 04_prompts first (training reads its prompts.jsonl)")
-    segments = {r.get("clip_id"): r for r in read_jsonl(run.path("01_segment", "segments.jsonl"))}
+    segments = {r.get("clip_id"): r for r in read_jsonl(run.path(layout.SEGMENT, layout.SEGMENTS))}
     clips, problems, seen = [], [], set()
     for n, row in enumerate(read_jsonl(prompts_path), 1):
         cid = row.get("clip_id")
@@ -688,7 +689,7 @@ def run(
     _validate(params)
     t_start = time.perf_counter()
     stage_dir = run_.stage_dir(stage)
-    if run_.is_done(stage, params) and (stage_dir / "export" / "model.safetensors").is_file():
+    if run_.is_done(stage, params) and (layout.exported_weights(stage_dir)).is_file():
         return dict(run_.stage_record(stage)["summary"], skipped=True)
     clips = read_clips(run_dir, check_audio=False) if clips is None else clips
     p = SimpleNamespace(**params)
@@ -700,7 +701,7 @@ def run(
     # a resumed session draws new crops, noise and shuffles (not a replay of the first session's)
     session_seed = seed + (folders.resumed_step or 0)
     tl.pl.seed_everything(session_seed, workers=True, verbose=False)
-    device, prec, gpu_estimate = _plans_and_preflight(run_, p, clips, folders.local)
+    device, prec, gpu_estimate = _plans_and_preflight(run_, p, clips, folders.local, stage)
     model, model_config, cfg, window = _load_for_training(p)
     enc, loader = _training_data(p, model, model_config, clips, stage, window, device, session_seed)
     wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
@@ -746,7 +747,7 @@ class _CheckpointFolders:
 
 def _checkpoint_folders(run_, stage_dir: Path, local_checkpoint_dir: str) -> _CheckpointFolders:
     """The checkpoint folders (a write cut by a kill cleared away) and the checkpoint to resume from."""
-    ckpt_dir = stage_dir / "checkpoints"
+    ckpt_dir = layout.checkpoint_dir(stage_dir)
     local_dir = local_checkpoint_folder(local_checkpoint_dir, run_.root)
     ckpt_dirs = [d for d in (local_dir, ckpt_dir) if d is not None]
     for d in ckpt_dirs:
@@ -757,7 +758,9 @@ def _checkpoint_folders(run_, stage_dir: Path, local_checkpoint_dir: str) -> _Ch
     return _CheckpointFolders(ckpt_dir, local_dir, resume, resumed_step)
 
 
-def _plans_and_preflight(run_, p, clips: list[Clip], local_dir: Path | None) -> tuple[str, str, float | None]:
+def _plans_and_preflight(
+    run_, p, clips: list[Clip], local_dir: Path | None, stage: str = STAGE
+) -> tuple[str, str, float | None]:
     """``(device, precision, GPU estimate)`` — after the storage plan, the GPU-memory preflight and the
     optimizer's needs are checked: each STOPs here, before the model is loaded."""
     from . import models
@@ -776,6 +779,7 @@ def _plans_and_preflight(run_, p, clips: list[Clip], local_dir: Path | None) -> 
         keep_checkpoints=p.keep_checkpoints,
         local_dir=local_dir,
         export_merged=p.export_merged,
+        stage=stage,
     )
     prec = pick_precision(p.precision, device, p.devices)
     gpu_estimate = _preflight_gpu(
@@ -850,7 +854,7 @@ def _training_data(p, model, model_config, clips, stage: str, window: int, devic
     stage_dir = Run(p.run_dir).stage_dir(stage)
     sr, ratio = int(model_config["sample_rate"]), _downsampling(model)
     if p.pre_encode:
-        latents_dir = stage_dir / "latents"
+        latents_dir = stage_dir / layout.LATENTS
         fingerprint = _vae_fingerprint(model_config, p.base_model)
         require_audio(p.run_dir, latents_todo(clips, latents_dir, fingerprint), stage)  # fresh latents: no clip read
         if str(device).startswith("cuda") and p.devices != 1 and latents_todo(clips, latents_dir, fingerprint):
@@ -895,7 +899,7 @@ def _loggers(p, stage_dir: Path) -> list:
 
     from pytorch_lightning.loggers import CSVLogger
 
-    loggers = [CSVLogger(str(stage_dir), name="logs")]
+    loggers = [CSVLogger(str(stage_dir), name=layout.LOGS)]
     if importlib.util.find_spec("tensorboard") is not None:
         from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -925,7 +929,14 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
     callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
     prompts = card_prompts()[: max(0, p.num_demos)]
     demos = tl.DemoCallback(
-        p.demo_every, prompts, p.demo_steps, p.demo_cfg, p.demo_seconds, stage_dir / "demos", p.seed, p.demo_minutes
+        p.demo_every,
+        prompts,
+        p.demo_steps,
+        p.demo_cfg,
+        p.demo_seconds,
+        stage_dir / layout.DEMOS,
+        p.seed,
+        p.demo_minutes,
     )
     if _demos_on(p) and prompts:
         callbacks.append(demos)
@@ -977,11 +988,11 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
     import torch
 
     steps, epoch = _final_step_and_epoch(trainer, folders)
-    step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")  # the CSV's under DDP by fork
+    step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / layout.LOGS)  # the CSV's under DDP by fork
     if _demos_on(p) and demos.prompts and demos.last != steps and steps > 0:  # a demo of the final weights too
         demos.generate(trainer, wrapper, steps)
-    files = export(wrapper, export_cfg, stage_dir / "export", export_merged=p.export_merged)
-    csvs = sorted(str(q) for q in (stage_dir / "logs").glob("version_*/metrics.csv"))
+    files = export(wrapper, export_cfg, layout.export_dir(stage_dir), export_merged=p.export_merged)
+    csvs = sorted(str(q) for q in (stage_dir / layout.LOGS).glob(layout.LOG_CSVS))
     return {
         "mode": p.mode,
         "base_model": p.base_model,
@@ -1006,10 +1017,12 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
         ),
         "last_loss": _last_loss(csvs),
         "checkpoints": sorted(q.name for q in folders.drive.glob("step=*.ckpt")),
-        "export_dir": str(stage_dir / "export"),
+        "export_dir": str(layout.export_dir(stage_dir)),
         "export_files": files,
         "metrics_csv": csvs,
-        "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
+        "demos": [
+            str(stage_dir / layout.DEMOS / r["file"]) for r in read_jsonl(stage_dir / layout.DEMOS / layout.DEMOS_LOG)
+        ],
         "seconds": round(time.perf_counter() - t_start, 1),
     }
 
@@ -1019,9 +1032,7 @@ def _session_step_seconds(logs_dir: Path) -> list[float]:
     import csv
 
     versions = sorted(
-        (int(m.group(1)), p)
-        for p in Path(logs_dir).glob("version_*/metrics.csv")
-        if (m := re.search(r"version_(\d+)", str(p)))
+        (int(m.group(1)), p) for p in Path(logs_dir).glob(layout.LOG_CSVS) if (m := re.search(r"version_(\d+)", str(p)))
     )
     if not versions:
         return []
@@ -1035,9 +1046,9 @@ def _config_for_plan(base_model: str) -> dict | None:
 
     if base_model.startswith("tiny:"):
         name = base_model.split(":", 1)[1]
-        cfg_path = models.ensure_tiny_models([name])[name] / "model_config.json"
+        cfg_path = models.ensure_tiny_models([name])[name] / layout.MODEL_CONFIG
     else:
-        cfg_path = Path(base_model).expanduser() / "model_config.json"
+        cfg_path = Path(base_model).expanduser() / layout.MODEL_CONFIG
     return json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else None
 
 
@@ -1155,10 +1166,10 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     files = []
     diffusion = wrapper.diffusion
     if wrapper.lora_config is not None:
-        _export_adapters(diffusion, wrapper.lora_config, export_dir / "lora.safetensors")
-        files.append("lora.safetensors")
+        _export_adapters(diffusion, wrapper.lora_config, export_dir / layout.LORA_WEIGHTS)
+        files.append(layout.LORA_WEIGHTS)
         if not export_merged:
-            (export_dir / "model.safetensors").unlink(missing_ok=True)
+            (export_dir / layout.MODEL_WEIGHTS).unlink(missing_ok=True)
         else:
             _merge_adapters_in_place(diffusion)
             state = diffusion.state_dict()
@@ -1176,11 +1187,11 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
             ptr = v.untyped_storage().data_ptr()
             plain[k] = v.clone() if ptr in seen else v
             seen.add(ptr)
-        with atomic_path(export_dir / "model.safetensors") as tmp:
+        with atomic_path(export_dir / layout.MODEL_WEIGHTS) as tmp:
             save_file(plain, str(tmp), metadata={"format": "pt", "stablebeat": "05_train export"})
-        files.append("model.safetensors")
-    atomic_write_json(export_dir / "model_config.json", model_config)
-    files.append("model_config.json")
+        files.append(layout.MODEL_WEIGHTS)
+    atomic_write_json(export_dir / layout.MODEL_CONFIG, model_config)
+    files.append(layout.MODEL_CONFIG)
     return sorted(files)
 
 

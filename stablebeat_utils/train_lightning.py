@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import layout
 from . import audio as audio_io
 from . import compat
 from .checkpoints import RESUME_KEYS, CheckpointMirror, prune_checkpoints
@@ -194,7 +195,7 @@ class DemoCallback(pl.Callback):
     def generate(self, trainer, module, step):
         from stable_audio_tools.inference.generation import generate_diffusion_cond
 
-        self._demo_log = self._demo_log or JsonlLog(self.out_dir / "demos.jsonl", key="file")
+        self._demo_log = self._demo_log or JsonlLog(self.out_dir / layout.DEMOS_LOG, key="file")
         diffusion = module.diffusion
         online = diffusion.model
         was_training = module.training

@@ -201,6 +201,9 @@ def test_second_stage_trains_from_the_export_into_its_own_folder(tmp_path):
         "rimshot": ["s0_c0", "s2_c1"],
     }
     assert (stage / "tag_counts.png").stat().st_size > 1000
+    plans = runs.read_json(run / "storage_plan.json")  # 05b plans its own folder, beside 05's entry
+    assert {"05_train", "05b_focus"} <= set(plans)
+    assert all("05b_focus" in n["folder"] for n in plans["05b_focus"]["needs"])
     assert train.run.__defaults__ is not None and runs.read_json(run / "05_train" / "stage.json")["status"] == "done"
 
     again = focus.run(run_dir=str(run), max_steps=1, lr=1e-5, rare_percent=0.0)

@@ -10,6 +10,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "stablebeat_utils"
 BASE = {
+    "layout",
     "runs",
     "pool",
     "audio",
@@ -110,3 +111,42 @@ def test_no_function_is_too_long_to_read():
             if n > MAX_BODY_LINES and name not in LONG_FUNCTIONS_BEING_SPLIT:
                 long.append(f"{name} ({path.name}:{fn.lineno}): {n} lines")
     assert not long, f"functions over {MAX_BODY_LINES} lines: split them into named steps: {long}"
+
+
+# -- the run folder's layout, spelled once (issue 28) -------------------------------------------
+GENERIC_NAMES = {"config.json", "README.md"}  # also a Hugging Face model's / the repository's own files
+
+
+def _layout_names() -> set[str]:
+    from stablebeat_utils import layout
+
+    values = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
+    return {v for v in values if v in layout.STAGES or "." in v[1:]} - GENERIC_NAMES
+
+
+def _spelled(path: Path, names: set[str]) -> list[str]:
+    """String constants (docstrings aside) that name a stage folder or a run-folder file as a path: the
+    whole string, or a ``/``-separated part of it. Prose ("run 04_prompts first") names a notebook."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+            parts = {n.value} if " " in n.value else set(n.value.split("/"))
+            if parts & names:
+                out.append(f"{path.name}:{n.lineno}: {n.value!r}")
+    return out
+
+
+def test_the_run_folder_is_spelled_in_layout_only():
+    names = _layout_names()
+    assert {"01_segment", "05b_focus", "segments.jsonl", "model.safetensors", "storage_plan.json"} <= names
+    spelled = [s for p in sorted(PKG.glob("*.py")) if p.name != "layout.py" for s in _spelled(p, names)]
+    assert not spelled, f"name these through stablebeat_utils.layout: {spelled}"

@@ -175,3 +175,21 @@ def test_train_plan_sums_per_disk_and_names_what_fits(tmp_path):
     saved = json.loads(path.read_text())["05_train"]
     assert saved["fits"] is False and saved["facts"]["checkpoint_gb"] == pytest.approx(16.92, abs=0.01)
     assert saved["facts"]["checkpoint_gb_adamw8bit"] == pytest.approx(10.61, abs=0.01)
+
+
+def test_the_second_stage_plans_its_own_folder_and_keeps_the_first_stages_entry(tmp_path):
+    """05b trains like 05 into RUN_DIR/05b_focus: its plan names that folder, and storage_plan.json keeps
+    05's entry beside 05b's (it overwrote it, naming 05's checkpoint folder, before issue 28)."""
+    run = tmp_path / "run"
+    du, dev = fake_disks({tmp_path: 500e9})
+    kw = dict(clip_seconds=600.0, n_clips=20, mode="full", ema=True, optimizer="adamw", lora_rank=16)
+    kw |= dict(pre_encode=True, keep_checkpoints=2, local_dir=None, export_merged=True, disk_usage=du, device_of=dev)
+    first = storage.train_plan(run, **kw)
+    second = storage.train_plan(run, stage="05b_focus", **kw)
+    assert second.stage == "05b_focus" and first.stage == "05_train"
+    folders = [f for d in second.disks for f in d["folders"]]
+    assert folders and all("05b_focus" in f and "05_train" not in f for f in folders), folders
+    storage.record(run, first)
+    saved = json.loads(storage.record(run, second).read_text())
+    assert set(saved) == {"05_train", "05b_focus"}
+    assert all("05_train" in f for d in saved["05_train"]["disks"] for f in d["folders"])
