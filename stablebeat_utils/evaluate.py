@@ -10,7 +10,7 @@ the four signal metrics, resampled to 44.1 kHz; one magnitude STFT ``|X|`` with
 column                     definition
 =========================  ===================================================================
 ``bpm``                    Essentia TempoCNN *deeptemp-k16-3* global tempo, the very estimator of
-                           03_tempo_key (``tempo_key.analyse_clip``), **without** 03's optional
+                           03_tempo_key (``tempo.analyse_clip``), **without** 03's optional
                            ``bpm_range`` octave prior (a prior would hide the octave errors that
                            BPM adherence wants to see).
 ``spectral_centroid``      mean over *active* frames of ``librosa.feature.spectral_centroid(S=|X|)``
@@ -31,7 +31,7 @@ column                     definition
                            the same) and stops a longer, louder swell from outscoring a short click
                            of the same peak. Sums over the same frames: a silent tail changes nothing.
 ``clap_score``             cosine similarity of the clip's CLAP audio embedding and the CLAP text
-                           embedding of its prompt, with the CLAP path of 02_tag (``tag.make_backend``:
+                           embedding of its prompt, with the CLAP path of 02_tag (``clap.make_backend``:
                            mono, 48 kHz, non-overlapping 10-s windows, unit window embeddings
                            averaged weighted by seconds, renormalised) — ``clap_setting="card"``.
                            ``clap_setting="stable-audio-metrics"`` follows that tool's CLAP score
@@ -128,7 +128,7 @@ from .evaluate_report import (
     compare,
     paper_comparison,
 )
-from .runs import JsonlLog, Run, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
+from .runs import JsonlLog, Run, atomic_path, file_sha256, atomic_write_json, atomic_write_text, read_jsonl
 from .stage import begin
 
 STAGE = layout.EVALUATE
@@ -145,29 +145,30 @@ SAM_SEED = 0  # the fusion / rand_trunc crops are drawn at random upstream; here
 
 def make_clap(clap_model: str, clap_backend: str = "transformers", device: str = "cpu"):
     """02_tag's CLAP backend object (``embed_text``, ``embed_audio``, ``sampling_rate``, ``window_seconds``)."""
-    from . import tag
+    from . import clap as clap_scoring
 
     if clap_backend not in CLAP_BACKENDS:
         raise EvaluateError(f"clap_backend {clap_backend!r}: choose one of {', '.join(CLAP_BACKENDS)}")
     try:
-        return tag.make_backend(clap_backend, clap_model, device)
-    except tag.TagError as exc:
+        return clap_scoring.make_backend(clap_backend, clap_model, device)
+    except clap_scoring.TagError as exc:
         raise EvaluateError(f"clap_model {clap_model!r} (backend {clap_backend}): {exc}") from exc
 
 
 def clap_audio_embedding(clap, y: np.ndarray, sr: int) -> np.ndarray:
     """One unit vector for a clip, windowed and pooled exactly as 02_tag does."""
-    from . import audio, tag
+    from . import audio
+    from . import clap as clap_scoring
 
     mono = audio.to_mono(np.atleast_2d(np.asarray(y, dtype=np.float32)))
     if sr != clap.sampling_rate:
         mono = audio.resample(mono[None], sr, clap.sampling_rate)[0]
-    bounds = tag.window_bounds(len(mono), clap.sampling_rate, clap.window_seconds)
+    bounds = clap_scoring.window_bounds(len(mono), clap.sampling_rate, clap.window_seconds)
     if not bounds:
         raise EvaluateError("the clip is empty")
     windows = [mono[a:b] for a, b in bounds]
     emb = clap.embed_audio(windows)
-    return tag.pool_windows(emb, [(b - a) / clap.sampling_rate for a, b in bounds])
+    return clap_scoring.pool_windows(emb, [(b - a) / clap.sampling_rate for a, b in bounds])
 
 
 def clap_audio_embedding_sam(clap, y: np.ndarray, sr: int, seed: int = SAM_SEED) -> np.ndarray:
@@ -184,7 +185,7 @@ def clap_audio_embedding_sam(clap, y: np.ndarray, sr: int, seed: int = SAM_SEED)
     import torch
 
     from . import audio
-    from .tag import l2_normalize
+    from .clap import l2_normalize
 
     if not hasattr(clap, "processor"):
         raise EvaluateError(
@@ -223,7 +224,7 @@ def clap_audio_embedding_sam(clap, y: np.ndarray, sr: int, seed: int = SAM_SEED)
 
 def clap_scores(audio_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of paired audio and text embeddings, ``(n,)``."""
-    from .tag import l2_normalize
+    from .clap import l2_normalize
 
     a = l2_normalize(np.atleast_2d(audio_embeddings))
     t = l2_normalize(np.atleast_2d(text_embeddings))
@@ -244,9 +245,9 @@ def _init_worker(graph: str | None, key_profile: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     compat.warm_jit(signal_metrics, SR, seconds=3.0)  # librosa's jitted code, one process at a time
     if graph:
-        from . import tempo_key
+        from . import tempo
 
-        tempo_key.init_estimators(graph, key_profile)  # 03's own estimator, loaded once per process
+        tempo.init_estimators(graph, key_profile)  # 03's own estimator, loaded once per process
         _WORKER["tempo"] = True
 
 
@@ -260,11 +261,11 @@ def measure_clip(path: str, with_tempo: bool = True) -> dict:
         row["duration_s"] = round(y.shape[1] / sr, 3)
         row.update(signal_metrics(y, sr))
         if with_tempo:
-            from . import tempo_key
+            from . import tempo
 
-            raw = tempo_key.analyse_clip(Path(path).name, path)
+            raw = tempo.analyse_clip(Path(path).name, path)
             if raw.get("global_bpm") is not None:
-                bpm, conf, _ = tempo_key.tempo_estimate(raw["global_bpm"], raw["mean_probs"], None)
+                bpm, conf, _ = tempo.tempo_estimate(raw["global_bpm"], raw["mean_probs"], None)
                 row.update(bpm=round(bpm, 2), tempo_confidence=round(conf, 4))
             if raw.get("key") is not None:
                 row.update(key_est=f"{raw['key']} {raw['scale']}", key_strength=round(raw["strength"], 4))
@@ -416,7 +417,7 @@ def _settings_key(**kw) -> str:
 
 
 def _validate(generations: str, clap_backend: str, key_profile: str, workers: int, clap_setting: str) -> None:
-    from . import tempo_key
+    from . import tempo
 
     if clap_setting not in CLAP_SETTINGS:
         raise EvaluateError(f"clap_setting {clap_setting!r}: choose one of {', '.join(CLAP_SETTINGS)}")
@@ -428,8 +429,8 @@ def _validate(generations: str, clap_backend: str, key_profile: str, workers: in
 
     if clap_backend not in CLAP_BACKENDS:
         raise EvaluateError(f"clap_backend {clap_backend!r}: choose one of {', '.join(CLAP_BACKENDS)}")
-    if key_profile not in tempo_key.KEY_PROFILES:
-        raise EvaluateError(f"key_profile {key_profile!r}: choose one of {', '.join(tempo_key.KEY_PROFILES)}")
+    if key_profile not in tempo.KEY_PROFILES:
+        raise EvaluateError(f"key_profile {key_profile!r}: choose one of {', '.join(tempo.KEY_PROFILES)}")
     if int(workers) < 1:
         raise EvaluateError(f"workers {workers!r}: need at least 1")
     if generations and Path(generations).suffix.lower() not in (".jsonl", ".csv"):
@@ -507,11 +508,11 @@ class _Embedded:
 
 
 def _tempo_graph(tempo_model: str):
-    from . import tempo_key
+    from . import tempo
 
     try:
-        return tempo_key.resolve_tempo_model(tempo_model)
-    except tempo_key.TempoKeyError as exc:
+        return tempo.resolve_tempo_model(tempo_model)
+    except tempo.TempoKeyError as exc:
         raise EvaluateError(f"tempo_model: {exc}") from exc
 
 
@@ -534,9 +535,7 @@ def _measure_signals(clips: _ClipFiles, out_dir: Path, graph, key_profile: str, 
     """Signal metrics, tempo and key of every clip not cached yet, on the crash-isolating pool."""
     from tqdm.auto import tqdm
 
-    from . import tempo_key
-
-    skey = _settings_key(graph=tempo_key.file_sha256(graph), key_profile=key_profile)
+    skey = _settings_key(graph=file_sha256(graph), key_profile=key_profile)
     sig_log = JsonlLog(out_dir / "cache" / f"signal-{skey}.jsonl", key="key")
     files = clips.files
     jobs = [(k, p, t) for k, (p, t) in files.items() if k not in sig_log and not k.endswith("|missing")]
@@ -700,7 +699,9 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
     means = {m: {c: _mean(df[df["model"] == m], c) for c in _MEAN_COLUMNS} for m in models_present}
     training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
     summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
-    from . import focus  # per tag the second stage trained on: did it move toward the tag's training clips?
+    from . import (
+        focus_results as focus,
+    )  # per tag the second stage trained on: did it move toward the tag's training clips?
 
     focus_tags = (
         focus.tag_moves(settings["run_dir"], df, ref_df, SIGNAL_METRICS, TIE_TOLERANCE)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .clipfacts import parse_key  # noqa: F401  (the one key parser: 07 reads a prompt's key with 04's rules)
+
 
 class EvaluateError(ValueError):
     """Input or a parameter that cannot be evaluated; the message is meant for a person."""
@@ -150,17 +152,8 @@ def pitch_class(name: str) -> int:
     return pc % 12
 
 
-def parse_key(prompt: str) -> tuple[str, str] | None:
-    """The key a prompt names, as ``(tonic, "major"|"minor")`` with a canonical tonic, or None.
-
-    "in D major" → ("D", "major"); "G minor" / "Gm" / "in g minor" → ("G", "minor");
-    "F# minor" → ("F#", "minor"); "A-flat major" → ("Ab", "major"); "a minor chord progression" →
-    None. The reader of stage 04's validator: :func:`stablebeat_utils.clipfacts.parse_key` (its
-    docstring gives the rules for the ambiguous lower-case "a").
-    """
-    from .clipfacts import parse_key as _parse_key
-
-    return _parse_key(prompt)
+# parse_key: the one key parser, clipfacts.parse_key ("in D major" → ("D", "major"); its docstring gives the
+# rules for the ambiguous lower-case "a"), imported at the top
 
 
 def bpm_adherence(requested: float | None, measured: float | None) -> dict[str, Any]:

@@ -433,7 +433,9 @@ def _prompt_list(run_dir: str, prompts_file: str, n_prompts: int) -> tuple[list[
     """The prompts to generate, and 05b_focus's export (None when there is none)."""
     all_prompts = read_prompts(prompts_file)
     prompts = all_prompts[:n_prompts] if n_prompts else all_prompts
-    from . import focus  # the second stage (05b_focus), when exported: a third model and one prompt per chosen tag
+    from . import (
+        focus_results as focus,
+    )  # the second stage (05b_focus), when exported: a third model and one prompt per chosen tag
 
     focus_path, focus_prompts = focus.for_generation(run_dir)
     return prompts + [p for p in focus_prompts if p not in prompts], focus_path

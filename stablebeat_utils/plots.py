@@ -100,7 +100,7 @@ def plot_clip_scores(row: dict, top: int = 8):
     """
     from matplotlib.figure import Figure
 
-    families = [f for f in ("instruments", "moods", "genres") if f in row.get("scores", {})]
+    families = [f for f in FAMILIES if f in row.get("scores", {})]
     fig = Figure(figsize=(5 * max(len(families), 1), 0.3 * top + 1.5), layout="constrained")
     axes = fig.subplots(1, max(len(families), 1), squeeze=False)[0]
     fig.suptitle(row.get("clip_id", ""))

@@ -98,11 +98,6 @@ pitch_class = clipfacts.pitch_class
 find_keys = clipfacts.find_keys
 
 
-def parse_key(key: str | None) -> int | None:
-    """Essentia's key spelling ("G", "F#", "Eb", "Bb") → pitch class 0–11; None if absent/unreadable."""
-    return clipfacts.parse_key_name(key)
-
-
 # --------------------------------------------------------------------------------------------
 # vocabulary mentions
 # --------------------------------------------------------------------------------------------

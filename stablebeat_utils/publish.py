@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from . import layout
+from .clipfacts import FAMILIES
 from .runs import Run, atomic_write_json, atomic_write_text, file_sha256, read_json, read_jsonl
 
 BASE_MODEL = "stabilityai/stable-audio-open-1.0"
@@ -52,7 +53,7 @@ def dataset_summary(run: Run) -> dict:
     tk = read_jsonl(run.path(layout.TEMPO_KEY, layout.TEMPO_KEYS))
     prompts = read_jsonl(run.path(layout.PROMPTS, layout.PROMPT_ROWS))
     freq = {}
-    for fam in ("instruments_tags", "moods_tags", "genres_tags"):
+    for fam in (f"{f}_tags" for f in FAMILIES):
         c = collections.Counter(t for r in tags for t in (r.get(fam) or []))
         freq[fam] = c.most_common(10)
     tempos = sorted(r["tempo"] for r in tk if r.get("tempo") is not None)
@@ -233,7 +234,7 @@ def _card_dataset(ds: dict) -> list[str]:
         )
     if ds["keys"]:
         lines.append("- Most common keys: " + ", ".join(f"{k} ({n})" for k, n in ds["keys"]) + ".")
-    for fam, label in (("instruments_tags", "Instruments"), ("moods_tags", "Moods"), ("genres_tags", "Genres")):
+    for fam, label in ((f"{f}_tags", f.capitalize()) for f in FAMILIES):
         if ds["tag_frequencies"][fam]:
             lines.append(
                 f"- {label} (CLAP tags, most frequent): "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .clipfacts import FAMILIES
 from .clipstore import clip_path
 from .plots import plot_clip_scores, plot_tag_frequency, plot_tempo_key_results, spectrogram_axes  # noqa: F401 (the notebooks draw these inline)
 
@@ -79,8 +80,7 @@ def clips_with_tags(run_dir: str | os.PathLike, rows, n: int = 2):
     parts = []
     for row in [r for r in rows if "error" not in r][:n]:
         tags = "<br>".join(
-            f"<i>{fam}</i>: {html.escape(', '.join(row.get(f'{fam}_tags', [])) or '—')}"
-            for fam in ("instruments", "moods", "genres")
+            f"<i>{fam}</i>: {html.escape(', '.join(row.get(f'{fam}_tags', [])) or '—')}" for fam in FAMILIES
         )
         player = embedded_audio(clip_path(run_dir, row["path"]))._repr_html_()
         parts.append(f"<div style='margin-bottom:1em'><b>{html.escape(row['clip_id'])}</b><br>{tags}<br>{player}</div>")
@@ -333,7 +333,7 @@ class CalibrationPanel:
 
                     display(embedded_audio(clip_path(run_dir, row["path"])))
             toggles = []
-            for fam in ("instruments", "moods", "genres"):
+            for fam in FAMILIES:
                 for tag in row.get(f"{fam}_tags", []):
                     t = w.ToggleButtons(
                         options=["?", "right", "wrong"],

@@ -79,334 +79,50 @@ A clip that cannot be decoded gets a row of nulls with an ``error``; it never st
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
 
 from . import layout
 from .clipstore import ClipFolder
+from .tempo import (  # noqa: F401  (03's names for the shared estimator: tempo_key.analyse_clip & co.)
+    analyse_clip,
+    BEAT_SECONDS,
+    download_tempo_model,
+    _fold,
+    GRID_BAND_HZ,
+    GRID_HOP,
+    GRID_MAX_BPM,
+    GRID_MAX_LAG_S,
+    GRID_MIN_SCORE,
+    GRID_NFFT,
+    grid_score,
+    GRID_SR,
+    init_estimators,
+    _key_extractor,
+    KEY_PROFILES,
+    majority_tempo,
+    _mass_near,
+    _near,
+    octave_mass,
+    onset_autocorrelation,
+    parse_bpm_range,
+    reconcile,
+    resolve_tempo_model,
+    TEMPO_CLASSES_BPM,
+    tempo_estimate,
+    TEMPO_METHOD,
+    TEMPO_MODEL_SHA256,
+    TEMPO_MODEL_URL,
+    TEMPO_SR,
+    TempoKeyError,
+    TOLERANCE,
+    _WORKER,
+)
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, file_sha256, iter_jsonl, read_json, read_jsonl
 from .stage import begin
 
 STAGE = layout.TEMPO_KEY
-TEMPO_SR = 11025
-TEMPO_MODEL_URL = "https://essentia.upf.edu/models/tempo/tempocnn/deeptemp-k16-3.pb"
-TEMPO_MODEL_SHA256 = "21c328332a221695dd6e8572728c617373064df882e8f81da6d88dc3a821e3b3"
-TEMPO_CLASSES_BPM = np.arange(30, 286, dtype=np.float64)  # deeptemp: 256 classes, 30..285 BPM
-TOLERANCE = 0.04  # ±4 %: the confidence window and the accuracy tolerance
-KEY_PROFILES = (
-    "edma",
-    "edmm",
-    "bgate",
-    "braw",
-    "temperley",
-    "krumhansl",
-    "shaath",
-    "noland",
-    "diatonic",
-    "tonictriad",
-    "wei",
-    "faraldo",
-    "pentatonic",
-    "gomez",
-)
 FIELDS = ("clip_id", "tempo_raw", "tempo_confidence", "key_raw", "scale_raw", "key_confidence", "tempo", "key", "scale")
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # libtensorflow's start-up chatter
-
-
-class TempoKeyError(ValueError):
-    """A parameter or input that cannot be used; raised before any work."""
-
-
-# ---------------------------------------------------------------------------------------------
-# where the TempoCNN graph comes from
-
-
-def resolve_tempo_model(tempo_model: str = "", model_cache_dir: str = "") -> Path:
-    """The TempoCNN graph to load.
-
-    ``tempo_model`` = a local ``.pb`` path → that file (not checksummed: it may be another graph).
-    ``""`` → ``<model_cache_dir or cache_home()/"models">/deeptemp-k16-3.pb``, downloaded once from
-    Essentia's model site (atomically, SHA-256 verified) when not there yet — or from
-    ``$STABLEBEAT_MODEL_MIRROR`` (a folder or URL prefix holding a copy; the Makefile points it at
-    ``../shared/models/tempocnn`` when that exists, which is how offline CI gets the graph).
-    """
-    if tempo_model:
-        path = Path(tempo_model).expanduser()
-        if not path.is_file():
-            raise TempoKeyError(
-                f'tempo_model {str(path)!r}: no such file (give the path of deeptemp-k16-3.pb, or "" to download it)'
-            )
-        return path
-    from .runs import cache_home
-
-    folder = Path(model_cache_dir).expanduser() if model_cache_dir else cache_home() / "models"
-    path = folder / "deeptemp-k16-3.pb"
-    if path.is_file():
-        if file_sha256(path) == TEMPO_MODEL_SHA256:
-            return path
-        path.unlink()  # a file that is not the expected graph (we only ever rename verified ones)
-    mirror = os.environ.get("STABLEBEAT_MODEL_MIRROR", "")
-    if mirror:  # a local folder (or URL prefix) holding a copy: still SHA-256 verified
-        local = Path(mirror).expanduser() / path.name
-        url = local.resolve().as_uri() if local.is_file() else mirror.rstrip("/") + "/" + path.name
-        if local.is_file() or "://" in mirror:
-            return download_tempo_model(path, url=url)
-    return download_tempo_model(path)
-
-
-def download_tempo_model(
-    path: Path, url: str = TEMPO_MODEL_URL, sha256: str = TEMPO_MODEL_SHA256, timeout: float = 60.0
-) -> Path:
-    """Download ``url`` to ``path`` atomically and verify its SHA-256; clear errors offline."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:  # removed again on any error: nothing half-downloaded is kept
-        h = hashlib.sha256()
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-                for block in iter(lambda: resp.read(1 << 16), b""):
-                    h.update(block)
-                    out.write(block)
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise TempoKeyError(
-                f"cannot download the TempoCNN graph from {url} ({exc}). Offline? Download "
-                f"deeptemp-k16-3.pb by hand (SHA-256 {sha256}) and set tempo_model to its path, or put it "
-                f"at {path}."
-            ) from exc
-        if h.hexdigest() != sha256:
-            raise TempoKeyError(
-                f"{url}: downloaded file has SHA-256 {h.hexdigest()}, expected {sha256} "
-                "(a changed or corrupted model file; nothing was kept)"
-            )
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# analysis of one clip (runs in the worker processes)
-
-_WORKER: dict = {}
-
-
-def init_estimators(graph: str, key_profile: str) -> None:
-    """Load the models once per process."""
-    import essentia
-
-    essentia.log.infoActive = False
-    essentia.log.warningActive = False
-    import essentia.standard as es
-
-    # one network pass: the class probabilities of every patch; the global tempo is their majority
-    # vote (what es.TempoCNN computes from the same patches, with its default "majority" aggregation)
-    _WORKER["probs"] = es.TensorflowPredictTempoCNN(graphFilename=graph)
-    _WORKER["beats"] = es.RhythmExtractor2013(method="degara")  # the second, independent estimate
-    _WORKER["key_profile"] = key_profile
-    _WORKER["key"] = {}
-
-
-def _key_extractor(sr: int):
-    import essentia.standard as es
-
-    if sr not in _WORKER["key"]:
-        _WORKER["key"][sr] = es.KeyExtractor(profileType=_WORKER["key_profile"], sampleRate=float(sr))
-    return _WORKER["key"][sr]
-
-
-def majority_tempo(probs: np.ndarray) -> float:
-    """TempoCNN's global tempo: the class most patches put first (ties: the larger mean probability).
-
-    Checked equal to ``es.TempoCNN``'s global tempo (aggregation "majority") on 30 clips, synthetic
-    and real; computing it from the probabilities saves running the network a second time.
-    """
-    local = np.argmax(probs, axis=1)
-    counts = np.bincount(local, minlength=probs.shape[1])
-    best = np.flatnonzero(counts == counts.max())
-    return float(TEMPO_CLASSES_BPM[best[np.argmax(probs.mean(axis=0)[best])]])
-
-
-def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
-    """Raw analysis of one clip: tempo (global + mean class probabilities) and key. Never raises.
-
-    ``name`` is how messages call the file (its path relative to the run folder), so rows do not
-    depend on where the run folder lies.
-    """
-    from . import audio
-
-    name = name or path
-    try:
-        wav, sr = audio.load(path)
-        mono = wav.mean(axis=0)
-        if not np.any(mono):
-            raise audio.AudioError("the clip is digital silence")
-        key, scale, strength = _key_extractor(sr)(np.ascontiguousarray(mono, dtype=np.float32))
-        y = audio.resample(mono[None], sr, TEMPO_SR)[0]
-        probs = np.asarray(_WORKER["probs"](y), dtype=np.float64)
-        if probs.ndim != 2 or probs.shape[0] == 0:
-            seconds = len(y) / TEMPO_SR
-            return {
-                "clip_id": clip_id,
-                "key": key,
-                "scale": scale,
-                "strength": float(strength),
-                "error": f"{name}: {seconds:.1f} s is shorter than one TempoCNN patch (~12 s): no tempo",
-            }
-        global_bpm = majority_tempo(probs)
-        # the second estimate and the hi-hat grid read the clip at 44.1 kHz (RhythmExtractor2013's rate)
-        m44 = mono if sr == GRID_SR else audio.resample(mono[None], sr, GRID_SR)[0]
-        m44 = np.ascontiguousarray(m44, dtype=np.float32)
-        beat_bpm = float(_WORKER["beats"](m44[: int(BEAT_SECONDS * GRID_SR)])[0])  # enough beats to count
-        ac = onset_autocorrelation(m44)
-        g = float(global_bpm)
-        return {
-            "clip_id": clip_id,
-            "global_bpm": g,
-            "mean_probs": probs.mean(axis=0).tolist(),
-            "beat_bpm": beat_bpm,
-            "grid": [grid_score(ac, g * f) for f in (0.5, 1.0, 2.0)],
-            "key": key,
-            "scale": scale,
-            "strength": float(strength),
-            "error": None,
-        }
-    except Exception as exc:  # one bad clip must not stop the batch: report it in its row
-        return {"clip_id": clip_id, "error": f"{name}: {type(exc).__name__}: {exc}"}
-
-
-# ---------------------------------------------------------------------------------------------
-# the hi-hat grid: how regular the bright onsets are at a given note length
-
-GRID_SR = 44100  # the clip's own rate: the hats live above the 5.5 kHz TempoCNN's signal keeps
-GRID_NFFT = 512  # 11.6 ms windows
-GRID_HOP = 256  # 5.8 ms frames
-GRID_BAND_HZ = 2000.0  # hats, shakers, claps (and what a lo-fi low-pass leaves of the hats)
-GRID_MAX_LAG_S = 1.0  # an 8th note at 30 BPM
-BEAT_SECONDS = 15.0  # the beat tracker reads the first 15 s (its cost grows with the length)
-GRID_MIN_SCORE = 0.3  # an octave whose 8th notes repeat at least this strongly has hats on its grid
-GRID_MAX_BPM = 190.0  # the grid never moves a tempo above this (16th-note hats at 100 BPM stay 100)
-TEMPO_METHOD = 2  # bumped when the tempo rule changes: older rows are re-analysed
-
-
-def onset_autocorrelation(y: np.ndarray, sr: int = GRID_SR) -> np.ndarray:
-    """Autocorrelation (lag 0 = 1) of the bright-band onset envelope of ``y``, lags 0…1 s in frames.
-
-    The envelope is the half-wave rectified flux of the log-magnitude spectrum above
-    :data:`GRID_BAND_HZ`, clipped at its 99.5th percentile so that a few loud clicks (vinyl
-    crackle, a crash) cannot outweigh the grid of hats.
-    """
-    y = np.asarray(y, dtype=np.float32)
-    if len(y) < 4 * GRID_NFFT or sr != GRID_SR:
-        raise ValueError(f"onset_autocorrelation: need {GRID_SR} Hz audio longer than {4 * GRID_NFFT} samples")
-    n = 1 + (len(y) - GRID_NFFT) // GRID_HOP
-    frames = np.lib.stride_tricks.sliding_window_view(y, GRID_NFFT)[::GRID_HOP][:n]
-    spec = np.abs(np.fft.rfft(frames * np.hanning(GRID_NFFT).astype(np.float32), axis=1))
-    band = np.fft.rfftfreq(GRID_NFFT, 1.0 / sr) >= GRID_BAND_HZ
-    logmag = np.log1p(100.0 * spec[:, band])
-    env = np.maximum(np.diff(logmag, axis=0), 0.0).sum(axis=1)
-    env = np.minimum(env, np.percentile(env, 99.5))
-    env = env - env.mean()
-    power = np.abs(np.fft.rfft(env, 2 * len(env))) ** 2
-    ac = np.fft.irfft(power)[: int(GRID_MAX_LAG_S * sr / GRID_HOP) + 2]
-    return ac / ac[0] if ac[0] > 0 else np.zeros_like(ac)
-
-
-def grid_score(ac: np.ndarray, bpm: float, sr: int = GRID_SR) -> float:
-    """How strongly the bright onsets repeat every 8th note of ``bpm`` (the autocorrelation's
-    largest value within ±3 % of that lag; about 0.8–0.95 for 8th-note hats, ≈ 0 without)."""
-    lag = 30.0 / bpm * sr / GRID_HOP
-    lo, hi = int(np.floor(lag * 0.97)), int(np.ceil(lag * 1.03))
-    if bpm <= 0 or hi >= len(ac):
-        return 0.0
-    return float(np.max(ac[lo : hi + 1]))
-
-
-# ---------------------------------------------------------------------------------------------
-# from raw outputs to a row
-
-
-def parse_bpm_range(bpm_range: str) -> tuple[float, float] | None:
-    """``""`` → None; ``"70-160"`` → (70.0, 160.0). The range must span an octave (hi ≥ 2·lo)."""
-    if not bpm_range or not str(bpm_range).strip():
-        return None
-    try:
-        lo, hi = (float(v) for v in str(bpm_range).replace(" ", "").split("-"))
-    except ValueError:
-        raise TempoKeyError(f'bpm_range {bpm_range!r}: write it as "LOW-HIGH", e.g. "70-160", or ""') from None
-    if not (30 <= lo and hi <= 286 and hi >= 2 * lo):
-        raise TempoKeyError(
-            f"bpm_range {bpm_range!r}: need 30 <= LOW, HIGH <= 286 and HIGH >= 2*LOW "
-            "(the range must hold one whole octave so every tempo folds into it)"
-        )
-    return lo, hi
-
-
-def _mass_near(bpms: np.ndarray, mass: np.ndarray, tempo: float) -> float:
-    return float(mass[np.abs(bpms - tempo) <= TOLERANCE * tempo].sum())
-
-
-def _fold(mean_probs: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-    """Move each class's mass to its octave-equivalent inside [lo, hi]."""
-    bpms = TEMPO_CLASSES_BPM.copy()
-    while np.any(bpms < lo):
-        bpms = np.where(bpms < lo, bpms * 2, bpms)
-    while np.any(bpms > hi):
-        bpms = np.where(bpms > hi, bpms / 2, bpms)
-    return bpms, mean_probs
-
-
-def tempo_estimate(global_bpm: float, mean_probs, bpm_range: tuple[float, float] | None) -> tuple[float, float, bool]:
-    """(tempo, confidence, folded) from TempoCNN's outputs; see the module docstring."""
-    p = np.asarray(mean_probs, dtype=np.float64)
-    if bpm_range is None:
-        return float(global_bpm), _mass_near(TEMPO_CLASSES_BPM, p, global_bpm), False
-    lo, hi = bpm_range
-    bpms, mass = _fold(p, lo, hi)
-    if lo <= global_bpm <= hi:
-        return float(global_bpm), _mass_near(bpms, mass, global_bpm), False
-    # mass per distinct folded tempo (64 and 128 both land on 128), then the ±4 % window mass;
-    # among equal windows the tempo carrying the most mass itself wins
-    values, inverse = np.unique(bpms, return_inverse=True)
-    point = np.bincount(inverse, weights=mass)
-    scores = np.array([_mass_near(values, point, b) for b in values])
-    best = int(np.lexsort((-point, -np.round(scores, 9)))[0])
-    return float(values[best]), float(scores[best]), True
-
-
-def _near(a: float, b: float) -> bool:
-    return abs(a - b) <= TOLERANCE * b
-
-
-def reconcile(cnn_bpm: float, beat_bpm: float | None, grid: Sequence[float]) -> tuple[float | None, str]:
-    """(tempo, how) from TempoCNN's answer, the beat tracker's and the grid scores of
-    ``cnn_bpm`` × (½, 1, 2); tempo None when the estimates cannot be reconciled (module docstring)."""
-    s_half, s_one, s_two = (float(x) for x in grid)
-    c = float(cnn_bpm)
-    if beat_bpm is not None and _near(beat_bpm, c):
-        if 2 * c <= GRID_MAX_BPM and s_two >= GRID_MIN_SCORE:
-            return 2 * c, "agree, hats double"
-        return c, "agree"
-    if beat_bpm is not None and (_near(beat_bpm, 2 * c) or _near(beat_bpm, c / 2)):
-        (slow, s_slow), (fast, s_fast) = ((c, s_one), (2 * c, s_two)) if beat_bpm > c else ((c / 2, s_half), (c, s_one))
-        if fast <= GRID_MAX_BPM and s_fast >= GRID_MIN_SCORE:
-            return fast, "octave by hats"
-        if s_slow >= GRID_MIN_SCORE:
-            return slow, "octave by hats"
-        return None, "octave unresolved"
-    return None, "estimates disagree"
-
-
-def octave_mass(mean_probs, tempo: float) -> float:
-    """TempoCNN's probability mass within ±4 % of ``tempo`` and of its octaves (×¼ … ×4)."""
-    p = np.asarray(mean_probs, dtype=np.float64)
-    near = np.zeros(len(TEMPO_CLASSES_BPM), dtype=bool)
-    for f in (0.25, 0.5, 1.0, 2.0, 4.0):
-        near |= np.abs(TEMPO_CLASSES_BPM - tempo * f) <= TOLERANCE * tempo * f
-    return float(p[near].sum())
 
 
 def make_row(raw: dict, bpm_range: tuple[float, float] | None, min_confidence: float) -> dict:

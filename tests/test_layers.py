@@ -11,6 +11,9 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "stablebeat_utils"
 BASE = {
     "layout",
+    "clap",
+    "tempo",
+    "focus_results",
     "runs",
     "pool",
     "audio",
@@ -59,6 +62,56 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stablebeat_utils."):
             out.add(node.module.split(".")[1])
     return out
+
+
+# the notebook each stage module serves; a stage imports another notebook's module only when listed here
+NOTEBOOK = {
+    "segment": "01",
+    "tag": "02",
+    "tag_calibration": "02",
+    "tempo_key": "03",
+    "prompts": "04",
+    "tag_space": "04",
+    "train": "05",
+    "train_lightning": "05",
+    "focus": "05b",
+    "generate": "06",
+    "evaluate": "07",
+    "evaluate_metrics": "07",
+    "evaluate_report": "07",
+}
+STAGE_TO_STAGE = {("focus", "train")}  # 05b trains with 05's own code and settings; shared services live in base
+
+
+def test_a_stage_imports_another_stage_only_from_the_list():
+    assert set(NOTEBOOK) == STAGES
+    crossing = sorted(
+        (m, x)
+        for m in STAGES
+        for x in _imports(PKG / f"{m}.py")
+        if x in STAGES and NOTEBOOK[x] != NOTEBOOK[m] and (m, x) not in STAGE_TO_STAGE
+    )
+    assert not crossing, f"stage → stage imports outside STAGE_TO_STAGE (move what they share to base): {crossing}"
+
+
+def _family_words(node: ast.Tuple | ast.List | ast.Set) -> list[str]:
+    """The strings of a literal, or the first string of each of its pairs, without a ``_tags`` suffix."""
+    firsts = [e.elts[0] if isinstance(e, ast.Tuple) and e.elts else e for e in node.elts]
+    return [e.value.removesuffix("_tags") for e in firsts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+
+
+def test_one_key_parser_and_one_list_of_tag_families():
+    parsers = [p.name for p in PKG.glob("*.py") if "def parse_key(" in p.read_text(encoding="utf-8")]
+    assert parsers == ["clipfacts.py"], parsers
+    families = ["instruments", "moods", "genres"]  # clipfacts.FAMILIES; another order is a deliberate one (the card's)
+    spelled = [
+        f"{p.name}:{n.lineno}"
+        for p in sorted(PKG.glob("*.py"))
+        if p.name != "clipfacts.py"
+        for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+        if isinstance(n, (ast.Tuple, ast.List, ast.Set)) and [w for w in _family_words(n) if w in families] == families
+    ]
+    assert not spelled, f"the tag families are clipfacts.FAMILIES: {spelled}"
 
 
 def test_every_module_has_a_layer():
