@@ -93,26 +93,31 @@ def _t5_source() -> tuple[str, str]:
 # phases (each run as `python scripts/fullsize.py --phase NAME --workdir DIR`)
 
 
-def phase_build(work: Path, t5: str) -> None:
+def _build(cfg: dict, base: Path, t5: str) -> None:
+    """Build ``cfg``'s network (random weights) and save it in the hub's layout in ``base``."""
     import torch
     from safetensors.torch import save_file
 
-    from stablebeat_utils import models
+    from stablebeat_utils import layout, models
 
-    cfg = models.sao_full_config()
     with step("build from config") as info:
         torch.manual_seed(0)
         model = models.create_sao_model(cfg, t5_source=t5)
         info["parameters_m"] = round(sum(v.numel() for v in model.state_dict().values()) / 1e6, 1)
-    base = work / "base"
     base.mkdir(parents=True, exist_ok=True)
     with step("save checkpoint") as info:
         # the model's own tensors, no copies (safetensors 0.8 writes from their memory)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(base / "model.safetensors"), metadata={"format": "pt"})
-        (base / "model_config.json").write_text(json.dumps(cfg, indent=4) + "\n", encoding="utf-8")
-        info["checkpoint_gib"] = round((base / "model.safetensors").stat().st_size / GIB, 2)
+        save_file(state, str(base / layout.MODEL_WEIGHTS), metadata={"format": "pt"})
+        (base / layout.MODEL_CONFIG).write_text(json.dumps(cfg, indent=4) + "\n", encoding="utf-8")
+        info["checkpoint_gib"] = round((base / layout.MODEL_WEIGHTS).stat().st_size / GIB, 2)
         info["keys"] = len(state)
+
+
+def phase_build(work: Path, t5: str) -> None:
+    from stablebeat_utils import models
+
+    _build(models.sao_full_config(), work / "base", t5)
 
 
 def phase_load(work: Path, t5: str) -> None:
@@ -180,6 +185,28 @@ def _make_run(run_dir: Path) -> None:
     (run_dir / "04_prompts" / "prompts.jsonl").write_text(json.dumps(row) + "\n")
 
 
+# one LoRA step on the CPU (a 0.5-s clip in a 1-s window: half of it padding), exported merged (fp32)
+CPU_TRAIN = dict(
+    mode="lora",
+    lora_rank=16,
+    lora_alpha=16.0,
+    batch_size=1,
+    max_steps=1,
+    sample_seconds=1.0,
+    ema=False,
+    precision="32-true",
+    accelerator="cpu",
+    devices=1,
+    workers=0,
+    checkpoint_every=1,
+    keep_checkpoints=1,
+    demo_every=0,
+    log_every=1,
+    padding_loss_weight=1.0,
+    export_merged=True,
+)
+
+
 def phase_train(work: Path, t5: str) -> None:
     import csv
 
@@ -189,28 +216,7 @@ def phase_train(work: Path, t5: str) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     _make_run(run_dir)
     with step("train: load + 1 LoRA step (1-s window, half padding, batch 1) + export") as info:
-        summary = train.run(
-            run_dir=str(run_dir),
-            base_model=str(work / "base"),
-            t5_model=t5,
-            mode="lora",
-            lora_rank=16,
-            lora_alpha=16.0,
-            batch_size=1,
-            max_steps=1,
-            sample_seconds=1.0,
-            ema=False,
-            precision="32-true",
-            accelerator="cpu",
-            devices=1,
-            workers=0,
-            checkpoint_every=1,
-            keep_checkpoints=1,
-            demo_every=0,
-            log_every=1,
-            padding_loss_weight=1.0,
-            export_merged=True,
-        )
+        summary = train.run(run_dir=str(run_dir), base_model=str(work / "base"), t5_model=t5, **CPU_TRAIN)
         info.update(
             steps=summary["steps"],
             step_seconds=summary["median_step_seconds"],
@@ -286,12 +292,70 @@ def phase_reload(work: Path, t5: str) -> None:
         raise SystemExit("the sampler step gave non-finite audio")
 
 
+# -------------------------------------------------------------------------------------------------
+# a second base architecture through 05 -> 06: stable-audio-open-small's config (modelspec's registry)
+# and the sao_small profile, nothing else (random weights)
+
+SMALL = "stable-audio-open-small"
+
+
+def phase_small_build(work: Path, t5: str) -> None:
+    from stablebeat_utils import modelspec
+
+    _build(modelspec.bundled_config(SMALL), work / "small" / "base", t5)
+
+
+def phase_small_train(work: Path, t5: str) -> None:
+    from stablebeat_utils import params, train
+
+    run_dir = work / "small" / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    _make_run(run_dir)
+    settings = {**params.profile_values(params.load_profile("sao_small"), "05_train"), **CPU_TRAIN}
+    settings.update(run_dir=str(run_dir), base_model=str(work / "small" / "base"), t5_model=t5)
+    with step("small: 05 train.run (profile sao_small): 1 LoRA step (1-s window) + export") as info:
+        summary = train.run(**settings)
+        info.update(steps=summary["steps"], trainable_parameters_m=round(summary["trainable_parameters"] / 1e6, 2))
+        info["window_seconds"] = summary.get("window_seconds")
+
+
+def phase_small_generate(work: Path, t5: str) -> None:
+    import numpy as np
+
+    from stablebeat_utils import audio, generate, layout, params
+
+    run_dir = work / "small" / "run"
+    settings = params.profile_values(params.load_profile("sao_small"), "06_generate")
+    settings.update(
+        run_dir=str(run_dir),
+        base_model=str(work / "small" / "base"),
+        finetune_model=str(layout.export_dir(run_dir / layout.TRAIN)),
+        t5_model=t5,
+        n_prompts=1,
+        steps=2,
+        seconds_total=1.0,
+        device="cpu",
+        dtype="float32",
+    )
+    with step(f"small: 06 generate.run (profile sao_small: {settings['sampler_type']}, CFG {settings['cfg_scale']})"):
+        out = generate.run(**settings)
+    rows = generate.load_generations(str(run_dir))
+    waves = [audio.load(run_dir / r["path"])[0] for r in rows if r.get("path")]  # paths relative to the run
+    ok = out["models"] == ["base", "finetune"] and len(waves) == 2 and all(np.isfinite(w).all() for w in waves)
+    print(MARK + json.dumps({"step": "small: base and fine-tune generated, finite", "ok": ok}), flush=True)
+    if not ok:
+        raise SystemExit(f"the second architecture did not generate: {out}")
+
+
 PHASES = {
     "build": phase_build,
     "load": phase_load,
     "load-baseline": phase_load_baseline,
     "train": phase_train,
     "reload": phase_reload,
+    "small-build": phase_small_build,
+    "small-train": phase_small_train,
+    "small-generate": phase_small_generate,
 }
 
 
@@ -353,6 +417,7 @@ def main(argv=None) -> int:
     )
     t_all = time.perf_counter()
     phases = ["build", "load"] + (["load-baseline"] if args.baseline else []) + ["train", "reload"]
+    phases += ["small-build", "small-train", "small-generate"]
     report, peak_all = [], 0.0
     try:
         for name in phases:

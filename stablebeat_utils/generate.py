@@ -40,31 +40,19 @@ import numpy as np
 import yaml
 
 from . import layout
-from . import preflight_inference
+from . import modelspec, preflight_inference
 from .runs import JsonlLog, Run, read_jsonl
 from .stage import begin
 
 log = logging.getLogger(__name__)
 
 STAGE = layout.GENERATE
-HUB_ID = "stabilityai/stable-audio-open-1.0"
+HUB_ID = modelspec.SAO.known.hub_id
 CARD_PROMPTS_FILE = Path(__file__).parent / "data" / "card_prompts.yaml"
 MODELS = ("base", "finetune", "focus")  # focus: 05b_focus's second stage, when exported
 DTYPES = ("float32", "float16", "bfloat16")
-# samplers of stable-audio-tools 0.0.20 that suit SAO 1.0 (a "v"-objective model): k-diffusion's
-# and v-ddim (inference/sampling.py, sample_k).
-SAMPLERS = (
-    "dpmpp-3m-sde",
-    "dpmpp-2m-sde",
-    "dpmpp-2m",
-    "k-heun",
-    "k-lms",
-    "k-dpmpp-2s-ancestral",
-    "k-dpm-2",
-    "k-dpm-fast",
-    "k-dpm-adaptive",
-    "v-ddim",
-)
+# samplers per diffusion objective: modelspec (SAO 1.0, a "v" model: k-diffusion's and v-ddim)
+SAMPLERS = modelspec.V_SAMPLERS
 
 
 class GenerateError(ValueError):
@@ -156,8 +144,9 @@ def check_settings(settings: Settings, model_config: dict | None = None) -> None
         raise GenerateError(f"steps must be at least 1 (got {s.steps})")
     if s.cfg_scale < 0:
         raise GenerateError(f"cfg_scale must be 0 or more (got {s.cfg_scale}); the card uses 7")
-    if s.sampler_type not in SAMPLERS:
-        raise GenerateError(f"sampler_type {s.sampler_type!r} is not one of {', '.join(SAMPLERS)}")
+    samplers = modelspec.from_config(model_config).samplers if model_config is not None else modelspec.ALL_SAMPLERS
+    if s.sampler_type not in samplers:
+        raise GenerateError(f"sampler_type {s.sampler_type!r} is not one of {', '.join(samplers)}")
     if not 0 < s.sigma_min < s.sigma_max:
         raise GenerateError(f"need 0 < sigma_min < sigma_max (got {s.sigma_min}, {s.sigma_max}); SAO uses 0.3 and 500")
     if s.seconds_start < 0:
@@ -350,9 +339,12 @@ def generate_audio(
     if not 0 <= int(seed) < 2**32:
         raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
     s = settings
-    conditioning = [
-        {"prompt": p, "seconds_start": float(s.seconds_start), "seconds_total": float(s.seconds_total)} for p in prompts
-    ]
+    start = (
+        {"seconds_start": float(s.seconds_start)}
+        if modelspec.from_config(model_config).conditions("seconds_start")
+        else {}
+    )
+    conditioning = [{"prompt": p, **start, "seconds_total": float(s.seconds_total)} for p in prompts]
     sr = int(model_config["sample_rate"])
     with torch.inference_mode():
         # the whole window is sampled (as SAO does); only the part we keep is decoded — see decode()

@@ -44,12 +44,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import layout
+from . import layout, modelspec
 from .runs import atomic_write_json, cache_home
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY_DATA = DATA / "tiny"
-SAO_FULL_CONFIG = DATA / "sao-1.0-model_config.json"
+SAO_FULL_CONFIG = modelspec.REGISTRY[modelspec.SAO_NAME].config_path
 # laion/larger_clap_music's architecture (its published config.json; also ..._and_speech and
 # larger_clap_general): for random-weight builds that size memory and time without the hub
 # (benchmarks/bench_tag.py, bench_gpu_memory_llm_clap.py; preflight_inference.CLAP_PARAMS).
@@ -82,7 +82,7 @@ REAL_MODELS = {
     "t5": "t5-base",
     "clap": "laion/larger_clap_music",
     "llm": "meta-llama/Llama-3.2-3B-Instruct",
-    "sao": "stabilityai/stable-audio-open-1.0",
+    "sao": modelspec.REGISTRY[modelspec.SAO_NAME].hub_id,
 }
 TINY_NAMES = tuple(REAL_MODELS)
 #: hub ids that need an accepted licence and a token (SAO 1.0; Meta's Llama models)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .modelspec import SAO
 from .storage import SAO_LORA_PARAMS_PER_RANK, SAO_TRAINED_PARAMS
 
 GB = 1e9
@@ -51,7 +52,7 @@ def estimate(
     mode: str = "full",
     precision: str = "bf16-mixed",
     batch_size: int = 16,
-    window_seconds: float = 47.55,
+    window_seconds: float = round(SAO.window_seconds, 2),  # 47.55 s
     optimizer: str = "adamw",
     ema: bool = True,
     lora_rank: int = 16,

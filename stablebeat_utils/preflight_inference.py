@@ -38,6 +38,7 @@ from pathlib import Path
 
 from . import layout
 from .preflight import GB, HEADROOM, Estimate, GPUMemoryError, gpu_free
+from .modelspec import SAO
 from .storage import SAO_TRAINED_PARAMS, SAO_VAE_PARAMS
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def prompts_alternatives(
 # --------------------------------------------------------------------------------------------
 # 06_generate: Stable Audio Open 1.0 (DiT + T5 + VAE)
 
-SAO_SAMPLE_RATE, SAO_DOWNSAMPLING, SAO_WINDOW_FRAMES = 44100, 2048, 1024  # data/sao-1.0-model_config.json
+SAO_SAMPLE_RATE, SAO_DOWNSAMPLING, SAO_WINDOW_FRAMES = SAO.sample_rate, SAO.downsampling_ratio, SAO.window_frames
 DECODE_CONTEXT_LATENTS = 32  # generate.decode: latent frames decoded past the cut
 #: measured on the CPU (benchmarks/bench_vae_decode_memory.py, MALLOC_MMAP_THRESHOLD_=65536 so the
 #: resident memory follows the live tensors): SAO's VAE decode peaks at 4.81 MB per latent frame

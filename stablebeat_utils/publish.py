@@ -28,14 +28,15 @@ from pathlib import Path
 
 from . import layout
 from .clipfacts import FAMILIES
+from .modelspec import SAO
 from .runs import Run, atomic_write_json, atomic_write_text, file_sha256, read_json, read_jsonl
 
-BASE_MODEL = "stabilityai/stable-audio-open-1.0"
+BASE_MODEL = SAO.known.hub_id
 # SAO 1.0's weights are under the Stability AI Community License: a fine-tune is a derivative work
-LICENSE_NAME = "Stability AI Community License"
-LICENSE_ID = "stabilityai-ai-community"
+LICENSE_NAME = SAO.known.licence_name
+LICENSE_ID = SAO.known.licence_id
 LICENSE_LINK = f"https://huggingface.co/{BASE_MODEL}/blob/main/LICENSE.md"
-MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune"}
+MODEL_LABELS = {"base": SAO.known.label, "finetune": "fine-tune"}
 STATE_FILE = layout.UPLOAD_STATE
 
 

@@ -36,19 +36,21 @@ from typing import Callable
 
 from . import layout
 from .clipstore import COLAB_CLIP_DIR, run_subfolder
+from .modelspec import SAO
 from .runs import Run, atomic_write_json
 
 WAV_BYTES_PER_SECOND = 44100 * 2 * 2
 FLAC_RATIO = 0.65  # planning figure; measured 0.35-0.59 on real beats (module docstring)
-LATENT_CHANNELS, LATENT_DOWNSAMPLING, LATENT_BYTES = 64, 2048, 2  # SAO 1.0's VAE, float16 on disk
+LATENT_CHANNELS, LATENT_DOWNSAMPLING = SAO.latent_channels, SAO.downsampling_ratio  # SAO 1.0's VAE (modelspec)
+LATENT_BYTES = 2  # float16 on disk
 SAFETENSORS_HEADER = 1024  # metadata of one latent file (measured ~600-900 B)
 MARGIN = 0.05  # keep 5 % of the free space (logs, temp files of atomic writes)
 GB = 1e9
 
-#: computed from data/sao-1.0-model_config.json on the meta device (tests/test_storage.py checks it)
-SAO_TRAINED_PARAMS = 1_057_224_960  # DiT 1,056,828,416 + 2 number conditioners x 198,272
-SAO_VAE_PARAMS = 156_112_514
-SAO_LORA_PARAMS_PER_RANK = 957_568  # rank-1 adapters on the DiT's 176 Linear + 2 Conv1d layers
+#: SAO 1.0's counts (modelspec's registry; computed from its config on the meta device, tests/test_storage.py)
+SAO_TRAINED_PARAMS = SAO.known.trained_params
+SAO_VAE_PARAMS = SAO.known.vae_params
+SAO_LORA_PARAMS_PER_RANK = SAO.known.lora_params_per_rank
 
 
 class StorageError(RuntimeError):
@@ -59,7 +61,7 @@ def clip_bytes(seconds: float, clip_format: str = "wav") -> int:
     return int(seconds * WAV_BYTES_PER_SECOND * (FLAC_RATIO if clip_format == "flac" else 1.0))
 
 
-def latent_bytes(seconds: float, n_files: int = 0, sample_rate: int = 44100) -> int:
+def latent_bytes(seconds: float, n_files: int = 0, sample_rate: int = SAO.sample_rate) -> int:
     frames = seconds * sample_rate / LATENT_DOWNSAMPLING
     return int(frames * LATENT_CHANNELS * LATENT_BYTES + n_files * SAFETENSORS_HEADER)
 

@@ -64,13 +64,14 @@ import random
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from . import layout
+from . import layout, modelspec
 from . import audio as audio_io
 from .clipstore import ClipFolder
 from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the names 05b and the tests use)
@@ -187,11 +188,15 @@ def require_audio(run_dir: str | os.PathLike, clips: list[Clip], stage: str = ST
         )
 
 
-def conditioning_for(clip: Clip, offset_s: float, window_s: float, real_s: float) -> dict:
+def conditioning_for(
+    clip: Clip, offset_s: float, window_s: float, real_s: float, ids: Sequence[str] | None = None
+) -> dict:
     """The conditioning of one training window (see the module docstring for ``seconds_total``).
 
     ``offset_s``: where the window starts inside the clip; ``window_s``: the window's length;
     ``real_s``: how much of the window is the clip's audio (less than ``window_s`` when padded).
+    ``ids``: the model's conditioning ids (``modelspec``): a number it is not conditioned on is left
+    out (SAO small has no ``seconds_start``); None keeps all (SAO 1.0's).
     """
     seconds_start = clip.start + offset_s
     clip_end = clip.start + clip.duration
@@ -200,12 +205,13 @@ def conditioning_for(clip: Clip, offset_s: float, window_s: float, real_s: float
         seconds_total = clip_end
     else:
         seconds_total = max(clip.source_duration, clip_end)
-    return {
+    out = {
         "prompt": clip.prompt,
         "seconds_start": float(seconds_start),
         "seconds_total": float(seconds_total),
         "clip_id": clip.clip_id,
     }
+    return out if ids is None else {k: v for k, v in out.items() if k in ids or k == "clip_id"}
 
 
 def _crop(n_have: int, n_window: int, random_crop: bool, rng: random.Random) -> tuple[int, int]:
@@ -223,6 +229,8 @@ def _crop(n_have: int, n_window: int, random_crop: bool, rng: random.Random) -> 
 
 class ClipDataset:
     """Raw audio windows: ``(audio (2, sample_size) float32, metadata)`` — a ``torch`` map-style dataset."""
+
+    cond_ids: tuple[str, ...] | None = None  # the model's conditioning ids (None: all of conditioning_for's)
 
     def __init__(self, clips: list[Clip], sample_rate: int, sample_size: int, random_crop: bool = True, seed: int = 0):
         self.clips, self.sr, self.n, self.random_crop, self.seed = clips, sample_rate, sample_size, random_crop, seed
@@ -248,13 +256,15 @@ class ClipDataset:
         window[:, :real] = samples[:, offset : offset + real]
         mask = torch.zeros(self.n, dtype=torch.bool)
         mask[:real] = True
-        md = conditioning_for(clip, offset / self.sr, self.n / self.sr, real / self.sr)
+        md = conditioning_for(clip, offset / self.sr, self.n / self.sr, real / self.sr, self.cond_ids)
         md["padding_mask"] = [mask]
         return torch.from_numpy(np.clip(window, -1.0, 1.0)), md
 
 
 class LatentDataset:
     """Pre-encoded windows: ``(latents (C, frames), metadata)`` read from ``latents/<clip_id>.safetensors``."""
+
+    cond_ids: tuple[str, ...] | None = None  # as ClipDataset's
 
     def __init__(
         self,
@@ -298,6 +308,7 @@ class LatentDataset:
             offset * self.frame_s,
             self.frames * self.frame_s,
             min(real * self.frame_s, clip.duration - offset * self.frame_s),
+            self.cond_ids,
         )
         md["padding_mask"] = [mask]
         return window, md
@@ -868,6 +879,7 @@ def _training_data(p, model, model_config, clips, stage: str, window: int, devic
     else:
         enc = None
         dataset = ClipDataset(clips, sr, window, p.random_crop, p.seed)
+    dataset.cond_ids = modelspec.from_config(model_config).conditioning_ids
     return enc, make_loader(dataset, p.batch_size, p.workers, shuffle=True, seed=session_seed)
 
 

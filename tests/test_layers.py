@@ -11,6 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "stablebeat_utils"
 BASE = {
     "layout",
+    "modelspec",
     "clap",
     "tempo",
     "focus_results",
