@@ -789,6 +789,7 @@ def _plans_and_preflight(run_, p, clips: list[Clip], local_dir: Path | None) -> 
         optimizer=p.optimizer,
         ema=p.ema,
         lora_rank=p.lora_rank,
+        pre_encode=p.pre_encode,
     )
     _check_optimizer(p.optimizer, device)
     return device, prec, gpu_estimate
@@ -1061,6 +1062,7 @@ def _preflight_gpu(
     optimizer: str,
     ema: bool,
     lora_rank: int,
+    pre_encode: bool = True,
 ) -> float | None:
     """The GPU-memory preflight (:mod:`stablebeat_utils.preflight`) on CUDA; None elsewhere."""
     from . import models, preflight
@@ -1082,6 +1084,7 @@ def _preflight_gpu(
             lora_rank,
             free[0],
             free[1],
+            pre_encode=pre_encode,
         )
     except preflight.GPUMemoryError as exc:
         raise TrainError(str(exc)) from exc
