@@ -174,9 +174,9 @@ def measure(args) -> list[dict]:
     results = []
     for variant in args.variants:
         mode, data = variant.split("-")
-        run_dir = make_run(
-            scratch / f"run-{variant}-b{args.batch_size}-{args.precision}", args.clips, args.clip_seconds
-        )
+        run_dir = scratch / f"run-{variant}-b{args.batch_size}-{args.precision}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run stopped earlier (a fresh measurement every time)
+        run_dir = make_run(run_dir, args.clips, args.clip_seconds)
         if accelerator == "gpu":  # each variant's own peak (train.run's summary reads the process's peak)
             import torch
 

@@ -11,12 +11,12 @@ skipped when the time left (``--budget``) is shorter than its planned cost:
                bf16 and fp16: the course's ``generate.generate_audio`` beside the engine's own
                ``generate_diffusion_cond`` (the baseline), peak memory, the attention kernels the
                profiler sees; then the knobs at batch 1 (50 steps): each SDPA backend alone.
+- ``t4``       16-mixed LoRA at full size for 50 steps (a T4's numerics: finite losses?):
+               ``benchmarks/bench_t4_numerics.py``'s ``main`` where it exists, else ``bench_train``.
 - ``tag``      02 with laion/larger_clap_music's architecture: the stage (``bench_tag``) in clips/s
                at batch 16 and 32, and the audio tower's peak (``bench_gpu_memory_llm_clap``).
 - ``prompts``  04 with Llama-3.2-3B's architecture: prompts/min and peak at batch 8 and 16.
 - ``raw``      05 on raw audio (the VAE in every step) at batch 4, LoRA and full.
-- ``t4``       16-mixed LoRA at full size for 50 steps (a T4's numerics: finite losses?):
-               ``benchmarks/bench_t4_numerics.py``'s ``main`` where it exists, else ``bench_train``.
 - ``compile``  06 at batch 1 with ``torch.compile`` on the DiT (compile time apart), when time is left.
 
 Every measured point is appended to ``stablebeat_utils/data/gpu_measurements.csv`` (``--data``;
@@ -46,8 +46,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-#: planned seconds of each phase on an H100/H200 (model builds, loads and imports included)
-PLAN = {"env": 15, "train": 170, "generate": 150, "tag": 45, "prompts": 40, "raw": 75, "t4": 60, "compile": 120}
+#: planned seconds of each phase on an H100/H200 (model builds, loads and imports included), in the
+#: order they run: the preflight's refit first, then 06's targets, then the rest
+PLAN = {"env": 15, "train": 170, "generate": 150, "t4": 60, "tag": 45, "prompts": 40, "raw": 85, "compile": 120}
 SAO = "sao-1.0 architecture, random weights"
 
 
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny models, tiny sizes: the code path only")
     ap.add_argument("--report", action="store_true", help="print the 05 preflight against every measured point")
     ap.add_argument("--phases", nargs="+", default=list(PLAN), choices=list(PLAN))
-    ap.add_argument("--budget", type=float, default=540.0, help="seconds for all phases together")
+    ap.add_argument("--budget", type=float, default=0.0, help="seconds for all phases (default 540; smoke 3600)")
     ap.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for results (default $OUT)")
     ap.add_argument("--data", default="", help="measurements file to append to (default: the package's)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.child:
         return child(args.child, out, args.smoke)
+    args.budget = args.budget or (3600.0 if args.smoke else 540.0)
     return parent(args, out)
 
 
@@ -84,7 +86,7 @@ def parent(args, out: Path) -> int:
     if args.smoke and not data.exists():
         shutil.copy(preflight.DATA, data)
     results = out / "results.jsonl"
-    t0, done = time.perf_counter(), {}
+    t0, done, appended = time.perf_counter(), {}, len([r for r in read_results(results) if "row" in r])
     for phase in args.phases:
         left = args.budget - (time.perf_counter() - t0)
         if left < (PLAN[phase] if not args.smoke else 5):
@@ -101,10 +103,11 @@ def parent(args, out: Path) -> int:
         except subprocess.TimeoutExpired:
             done[phase] = f"stopped at the budget after {time.perf_counter() - t:.0f} s"
         print(f"== {phase}: {done[phase]}", flush=True)
-    rows = [r["row"] for r in read_results(results) if "row" in r]
-    append_rows(data, rows)
-    if data != out / "gpu_measurements.csv":
-        shutil.copy(data, out / "gpu_measurements.csv")
+        rows = [r["row"] for r in read_results(results) if "row" in r]
+        append_rows(data, rows[appended:])  # after every phase: a run stopped later keeps these
+        appended = len(rows)
+        if data != out / "gpu_measurements.csv":
+            shutil.copy(data, out / "gpu_measurements.csv")
     table = summary(read_results(results), done, time.perf_counter() - t0)
     (out / "summary.md").write_text(table + "\n")
     print(table)
@@ -145,7 +148,7 @@ def summary(results: list[dict], done: dict, wall: float) -> str:
             f"| {r.get('s_per_step', '')} | {rate} | {r.get('peak_gb', '')} {r.get('peak_kind', '')} | {r.get('source', '')[:90]} |"
         )
     for x in results:
-        if "info" in x:
+        if "info" in x and "modules" not in x["info"]:
             lines.append(f"- {x['phase']}: {json.dumps(x['info'])[:400]}")
     return "\n".join(lines)
 
@@ -200,7 +203,11 @@ def child(phase: str, out: Path, smoke: bool) -> int:
     ctx = Ctx(phase, out, smoke)
     import gpu_phases
 
-    getattr(gpu_phases, f"phase_{phase}")(ctx)
+    try:
+        getattr(gpu_phases, f"phase_{phase}")(ctx)
+    finally:  # what the phase imported: the packages a GPU machine must have (or be carried)
+        tops = sorted({m.split(".")[0] for m in sys.modules if not m.startswith("_")} - set(sys.stdlib_module_names))
+        ctx.emit(modules=tops)
     return 0
 
 
