@@ -35,7 +35,17 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .preflight import GB, HEADROOM, T5_BASE_ENCODER_PARAMS, Estimate, GPUMemoryError, gpu_free, load_measurements, num
+from .preflight import (
+    GB,
+    HEADROOM,
+    T5_BASE_ENCODER_PARAMS,
+    VAE_BYTES_PER_FRAME_FP32,
+    Estimate,
+    GPUMemoryError,
+    gpu_free,
+    load_measurements,
+    num,
+)
 from .storage import SAO_TRAINED_PARAMS, SAO_VAE_PARAMS
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +339,7 @@ DECODE_CONTEXT_LATENTS = 32  # generate.decode: latent frames decoded past the c
 #: i.e. ~4.6 tensors of the decoder's last stage (2,048 samples x 128 channels per frame). The CPU's
 #: bf16 run peaks at 3.5 MB per frame (its kernels keep fp32 temporaries), not used for CUDA.
 #: benchmarks/bench_gpu_memory_sao.py measures it on a GPU: replace these two figures with its.
-DECODE_BYTES_PER_FRAME_FP32 = 4.81e6
+DECODE_BYTES_PER_FRAME_FP32 = VAE_BYTES_PER_FRAME_FP32  # 4.81 MB (preflight: 05 takes it for the encoder)
 #: estimated: 16-bit halves it (the decoder's tensors are all in the model's dtype); on CUDA the
 #: caching allocator's block rounding and cuDNN's convolution workspaces add to the CPU figure:
 #: 25 % is budgeted, until MEASURED_GENERATE holds the GPU's own figure
