@@ -59,7 +59,9 @@ def phase_env(ctx) -> None:
 # 05_train
 
 
-def _train(ctx, variants: list[str], batches: list[int], precision: str = "auto", steps: int = 3, warmup: int = 1):
+def _train(
+    ctx, variants: list[str], batches: list[int], precision: str = "auto", steps: int = 3, warmup: int = 1, workers=0
+):
     import bench_train
 
     for batch in batches[:1] if ctx.smoke else batches:
@@ -69,7 +71,7 @@ def _train(ctx, variants: list[str], batches: list[int], precision: str = "auto"
         else:
             argv = ["--model", "full", "--device", "cuda", "--batch-size", str(batch), "--seconds", "0"]
             argv += ["--clips", str(2 * batch), "--clip-seconds", "30", "--steps", str(steps), "--warmup", str(warmup)]
-            argv += ["--workers", "4"]
+            argv += ["--workers", str(workers)]  # 0 for latents: the path the H200 ran on 2026-11-26
         argv += ["--variants", *variants, "--scratch", str(ctx.scratch / "train"), "--cleanup"]
         argv += ["--precision", precision if not ctx.smoke or precision != "16-mixed" else "32-true"]
         for r in bench_train.measure(bench_train.parser().parse_args(argv)):
@@ -104,7 +106,7 @@ def phase_train(ctx) -> None:
 
 
 def phase_raw(ctx) -> None:
-    _train(ctx, ["lora-raw", "full-raw"], [4])
+    _train(ctx, ["lora-raw", "full-raw"], [4], workers=4)  # decoding 30-s WAVs: loader processes
 
 
 def phase_t4(ctx) -> None:
