@@ -160,3 +160,14 @@ def test_eight_bit_adamw_is_refused_on_cpu_before_loading(tmp_path):
         optimizer="adamw8bit",
     )
     assert cfg["training"]["optimizer_configs"]["diffusion"]["optimizer"]["type"] == "AdamW8bit"
+
+
+def test_train_preflight_counts_raw_audio(monkeypatch):
+    """05 passes pre_encode to the preflight: on a simulated 11 GB GPU LoRA at batch 16 fits on
+    pre-encoded latents and STOPs on raw audio (the VAE encodes inside every step)."""
+    monkeypatch.setattr(preflight, "gpu_free", lambda device: (int(11 * GB), int(12 * GB)))
+    kw = dict(mode="lora", precision="bf16-mixed", batch_size=16, grad_accum=1, sample_seconds=0.0)
+    kw |= dict(optimizer="adamw", ema=False, lora_rank=16)
+    assert train._preflight_gpu("cuda", "tiny:sao", **kw, pre_encode=True) < 11 * preflight.HEADROOM
+    with pytest.raises(train.TrainError, match="raw audio"):
+        train._preflight_gpu("cuda", "tiny:sao", **kw, pre_encode=False)
