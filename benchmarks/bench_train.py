@@ -103,6 +103,8 @@ def full_size_model(folder: Path) -> str:
     import torch
     from safetensors.torch import save_file
 
+    if (folder / "model.safetensors").is_file() and (folder / "model_config.json").is_file():
+        return str(folder)  # built by an earlier call (benchmarks/gpu_all.py runs several)
     cfg = models.sao_full_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -117,19 +119,20 @@ def full_size_model(folder: Path) -> str:
     return str(folder)
 
 
-def step_times(csvs: list[str]) -> list[float]:
+def step_times(csvs: list[str], column: str = "step_seconds") -> list[float]:
+    """One value of ``column`` per step from the run's metrics.csv files (the loss with ``"loss"``)."""
     import csv
 
     out = {}
     for path in csvs:
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
-                if row.get("step_seconds"):
-                    out[int(float(row["step"]))] = float(row["step_seconds"])
+                if row.get(column) not in (None, ""):
+                    out[int(float(row["step"]))] = float(row[column])
     return [out[k] for k in sorted(out)]
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("tiny", "full"), default="tiny")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -142,7 +145,27 @@ def main(argv=None) -> int:
     ap.add_argument("--clip-seconds", type=float, default=6.0)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--scratch", default=None, help="folder for runs/model (default: a temporary one)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--precision", default="auto", help="05's precision (auto, bf16-mixed, 16-mixed, 32-true)")
+    ap.add_argument("--cleanup", action="store_true", help="delete each run folder once measured (disk)")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    results = measure(args)
+    print(
+        "\nvariant       median s/step  peak GPU GB  (model %s, batch %d, window %.2f s, %s)"
+        % (args.model, args.batch_size, results[0]["window_s"], args.device)
+    )
+    for r in results:
+        print(f"{r['variant']:<13} {r['median_step_s']!s:>13}  {r['peak_gpu_gb']!s:>11}")
+    return 0
+
+
+def measure(args) -> list[dict]:
+    """Run each variant through ``train.run`` and return one result dict per variant."""
+    import math
+    import shutil
 
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bench_train_"))
     base = "tiny:sao" if args.model == "tiny" else full_size_model(scratch / "sao-random")
@@ -151,7 +174,14 @@ def main(argv=None) -> int:
     results = []
     for variant in args.variants:
         mode, data = variant.split("-")
-        run_dir = make_run(scratch / f"run-{variant}", args.clips, args.clip_seconds)
+        run_dir = scratch / f"run-{variant}-b{args.batch_size}-{args.precision}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run stopped earlier (a fresh measurement every time)
+        run_dir = make_run(run_dir, args.clips, args.clip_seconds)
+        if accelerator == "gpu":  # each variant's own peak (train.run's summary reads the process's peak)
+            import torch
+
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         summary = train.run(
             run_dir=str(run_dir),
@@ -170,9 +200,11 @@ def main(argv=None) -> int:
             demo_every=0,
             log_every=10,
             export_merged=False,
+            precision=args.precision,
         )
         wall = time.perf_counter() - t0
         times = step_times(summary["metrics_csv"])[args.warmup :]
+        losses = step_times(summary["metrics_csv"], "loss")
         results.append(
             {
                 "variant": variant,
@@ -184,18 +216,17 @@ def main(argv=None) -> int:
                 "timed_steps": len(times),
                 "precision": summary["precision"],
                 "pre_encoded": summary["pre_encoded"],
-                "peak_gpu_gb": summary["peak_gpu_memory_gb"],
+                "peak_gpu_gb": summary["peak_gpu_memory_gb"],  # GiB (train.run's summary: 2**30 bytes)
                 "stage_wall_s": round(wall, 1),
+                "losses": len(losses),
+                "finite_losses": sum(math.isfinite(x) for x in losses),
+                "last_loss": losses[-1] if losses else None,
             }
         )
         print(json.dumps(results[-1]), flush=True)
-    print(
-        "\nvariant       median s/step  peak GPU GB  (model %s, batch %d, window %.2f s, %s)"
-        % (args.model, args.batch_size, results[0]["window_s"], args.device)
-    )
-    for r in results:
-        print(f"{r['variant']:<13} {r['median_step_s']!s:>13}  {r['peak_gpu_gb']!s:>11}")
-    return 0
+        if args.cleanup:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return results
 
 
 if __name__ == "__main__":

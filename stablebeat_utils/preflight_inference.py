@@ -16,13 +16,12 @@ Where the numbers come from (GB = 1e9 bytes; each constant below says which it i
   :meth:`LLMArch.params`; a test checks them against the published totals). Weights are
   parameters × bytes (2 for bf16/fp16, 4 for fp32; bitsandbytes: 1 B for 8-bit, 0.5 B + one fp32
   scale per 64 for 4-bit NF4, the embeddings staying 16-bit).
-- **measured** — on an NVIDIA H100 80GB (2026-11-26, torch 2.11 + transformers 5.17, random
-  weights in bf16, peak of ``torch.cuda.max_memory_reserved``; the script is
-  ``benchmarks/bench_gpu_memory_llm_clap.py``): the CLAP audio tower per 10-s window, the
-  ``generate`` of Llama-3.2-1B/3B, Llama-3.1-8B, Qwen2.5-3B/7B with 96 new tokens (:data:`MEASURED_LLM`,
-  :data:`CLAP_GB_PER_WINDOW`). SAO's VAE decode per latent frame was measured on the CPU (peak
-  resident memory, ``benchmarks/bench_vae_decode_memory.py``) — no GPU could run
-  stable-audio-tools in this session — and is scaled to CUDA with a margin.
+- **measured** — read from ``data/gpu_measurements.csv`` (:func:`stablebeat_utils.preflight.load_measurements`:
+  each row's GPU, date and command): CLAP's weights and its audio tower per batch of 10-s windows
+  (:data:`MEASURED_CLAP`, :data:`CLAP_GB_PER_WINDOW` fitted to them), the ``generate`` of the chat
+  LLMs (:data:`MEASURED_LLM`), and 06's peaks where ``benchmarks/gpu_all.py`` has measured them
+  (:data:`MEASURED_GENERATE`). SAO's VAE decode per latent frame was measured on the CPU (peak
+  resident memory, ``benchmarks/bench_vae_decode_memory.py``) and is scaled to CUDA with a margin.
 - **estimated** — everything else, each with its formula: the LLM's KV cache (exact arithmetic)
   plus prefill activations fitted to the measured runs (0.6 % below to 3 % above each), the
   bitsandbytes weights and dequantisation buffer (4-bit/8-bit: bitsandbytes is not on the GPU we had),
@@ -37,8 +36,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout
-from .preflight import GB, HEADROOM, Estimate, GPUMemoryError, gpu_free
 from .modelspec import SAO
+from .preflight import (
+    GB,
+    HEADROOM,
+    T5_BASE_ENCODER_PARAMS,
+    VAE_BYTES_PER_FRAME_FP32,
+    Estimate,
+    GPUMemoryError,
+    gpu_free,
+    load_measurements,
+    num,
+)
 from .storage import SAO_TRAINED_PARAMS, SAO_VAE_PARAMS
 
 # --------------------------------------------------------------------------------------------
@@ -52,12 +61,17 @@ CLAP_PARAMS = {
     "laion/larger_clap_music_and_speech": 193_913_882,  # same architecture (LAION-CLAP README)
     "laion/larger_clap_general": 193_913_882,
 }
-CLAP_BUFFERS_GB = 0.04  # measured: 0.43 GB allocated for 0.388 GB of bf16 parameters (mel filters, position ids)
-#: measured (H100, bf16): peak reserved over the weights per 10-s window, batches 16/32/64/128 →
-#: 0.34 / 0.70 / 1.39 / 2.76 GB, a straight line through zero. Every window is 10 s of input
-#: (shorter ones are repeat-padded), so the window length does not change it.
-CLAP_GB_PER_WINDOW = 0.0214
-MEASURED_CLAP = {16: 0.782, 32: 1.139, 64: 1.831, 128: 3.198}  # batch → peak reserved GB (weights included)
+_CLAP_ROWS = [r for r in load_measurements(layout.TAG) if r["model"] == "laion/larger_clap_music"]
+#: measured: CLAP's weights and buffers on the GPU (the ``weights`` row) less the bf16 parameters
+CLAP_WEIGHTS_GB = next(num(r["peak_gb"]) for r in _CLAP_ROWS if r["mode"] == "weights")
+CLAP_BUFFERS_GB = CLAP_WEIGHTS_GB - CLAP_PARAMS["laion/larger_clap_music"] * 2 / GB
+#: measured: batch → peak reserved GB, weights included (bf16; every window is 10 s of input,
+#: shorter ones are repeat-padded, so the window length does not change it)
+MEASURED_CLAP = {int(num(r["batch"])): num(r["peak_gb"]) for r in _CLAP_ROWS if r["mode"] == "audio"}
+#: fitted: the peak over the weights per 10-s window, a least-squares line through zero
+CLAP_GB_PER_WINDOW = sum(b * (p - CLAP_WEIGHTS_GB) for b, p in MEASURED_CLAP.items()) / sum(
+    b * b for b in MEASURED_CLAP
+)
 CLAP_TEXT_GB = 0.1  # estimated: the vocabulary's few hundred short texts through RoBERTa, once
 
 
@@ -173,27 +187,18 @@ DEFAULT_LLM = "meta-llama/Llama-3.2-3B-Instruct"
 #: 320 leaves room for long tag lists (the longest prompt of a batch sets the padded length)
 PROMPT_TOKENS = 320
 #: estimated, fitted to the measurements below: prefill activations per sequence ≈ 5 tensors of
-#: prompt_tokens × intermediate in 16 bit (the SwiGLU MLP of one layer), plus a fixed 0.1 GB. Over
-#: the 11 measured runs the estimated total is 0.6 % below to 3 % above the measured peak.
+#: prompt_tokens × intermediate in 16 bit (the SwiGLU MLP of one layer), plus a fixed 0.1 GB
+#: (tests/test_preflight_inference.py holds the total to 1 % below – 5 % above every measured run).
 ACT_TENSORS, ACT_FIXED_GB = 5, 0.1
-#: measured (H100, bf16, random weights, generate with 96 new tokens, greedy, no early stop):
+#: measured (random weights, generate with 96 new tokens, greedy, no early stop; data/gpu_measurements.csv):
 #: (model, batch, prompt tokens) → peak reserved GB, weights included
 MEASURED_LLM = {
-    ("meta-llama/Llama-3.2-3B-Instruct", 8, 320): 7.074,
-    ("meta-llama/Llama-3.2-3B-Instruct", 16, 320): 7.621,
-    ("meta-llama/Llama-3.2-3B-Instruct", 32, 320): 8.806,
-    ("meta-llama/Llama-3.2-3B-Instruct", 16, 192): 7.132,
-    ("meta-llama/Llama-3.2-3B-Instruct", 16, 512): 8.359,
-    ("meta-llama/Llama-3.1-8B-Instruct", 8, 320): 17.008,
-    ("meta-llama/Llama-3.1-8B-Instruct", 16, 320): 17.784,
-    ("meta-llama/Llama-3.2-1B-Instruct", 16, 320): 3.118,
-    ("Qwen/Qwen2.5-3B-Instruct", 8, 320): 6.707,
-    ("Qwen/Qwen2.5-3B-Instruct", 16, 320): 7.095,
-    ("Qwen/Qwen2.5-7B-Instruct", 16, 320): 16.526,
+    (r["model"], int(num(r["batch"])), int(num(r["tokens"]))): num(r["peak_gb"])
+    for r in load_measurements(layout.PROMPTS)
+    if r["mode"] == "generate" and num(r["peak_gb"]) and r["precision"] in ("bf16", "fp16") and num(r["steps"]) == 96
 }
-#: computed from t5-base's published config (d_model 768, d_ff 3072, 12 layers, vocab 32128);
-#: 04_prompts loads it in fp32 (models.load_t5_encoder) before the LLM and keeps it
-T5_BASE_ENCODER_PARAMS = 109_628_544
+#: T5_BASE_ENCODER_PARAMS (computed, preflight): 04_prompts loads it in fp32 (models.load_t5_encoder)
+#: before the LLM and keeps it
 T5_PARAMS = {"t5-base": T5_BASE_ENCODER_PARAMS, "google-t5/t5-base": T5_BASE_ENCODER_PARAMS}
 
 
@@ -338,16 +343,25 @@ DECODE_CONTEXT_LATENTS = 32  # generate.decode: latent frames decoded past the c
 #: i.e. ~4.6 tensors of the decoder's last stage (2,048 samples x 128 channels per frame). The CPU's
 #: bf16 run peaks at 3.5 MB per frame (its kernels keep fp32 temporaries), not used for CUDA.
 #: benchmarks/bench_gpu_memory_sao.py measures it on a GPU: replace these two figures with its.
-DECODE_BYTES_PER_FRAME_FP32 = 4.81e6
+DECODE_BYTES_PER_FRAME_FP32 = VAE_BYTES_PER_FRAME_FP32  # 4.81 MB (preflight: 05 takes it for the encoder)
 #: estimated: 16-bit halves it (the decoder's tensors are all in the model's dtype); on CUDA the
-#: caching allocator's block rounding and cuDNN's convolution workspaces add to the CPU figure —
-#: 2-16 % in the measured CLAP/LLM runs (reserved over allocated); 25 % is budgeted
+#: caching allocator's block rounding and cuDNN's convolution workspaces add to the CPU figure:
+#: 25 % is budgeted, until MEASURED_GENERATE holds the GPU's own figure
 DECODE_CUDA_MARGIN = 1.25
 #: estimated: one DiT block's tensors of the CFG pass (2 x batch sequences of ~1,100 tokens: 1,024
 #: latent frames + conditioning), ~27,600 values per token (QKV, attention out, the GLU feed-forward
 #: 1536 → 2 x 6144 → 1536, norms)
 DIT_VALUES_PER_TOKEN, DIT_TOKENS = 27_600, 1_100
 SAO_T5_FP16_GB = T5_BASE_ENCODER_PARAMS * 2 / GB  # the conditioner keeps T5-base in fp16 (computed)
+#: measured where benchmarks/gpu_all.py ran (data/gpu_measurements.csv, 06_generate rows of the
+#: course's own ``generate_audio`` + decode): (batch, seconds, "16-bit"/"float32") → peak reserved GB
+MEASURED_GENERATE = {
+    (int(num(r["batch"])), round(num(r["seconds"]), 1), "float32" if r["precision"] == "float32" else "16-bit"): num(
+        r["peak_gb"]
+    )
+    for r in load_measurements(layout.GENERATE)
+    if r["mode"] == "course" and num(r["peak_gb"]) and r["peak_kind"] == "reserved"
+}
 
 
 def decode_frames(seconds_total: float) -> int:
@@ -379,10 +393,16 @@ def estimate_generate(batch_size: int = 1, seconds_total: float = 47.0, dtype: s
     if sampling > decode:
         parts.pop(next(k for k in parts if k.startswith("VAE decode")))
         parts[f"DiT sampling, CFG pass of 2 x {batch_size}"] = sampling
+    measured = MEASURED_GENERATE.get((batch_size, round(seconds_total, 1), "float32" if b == 4 else "16-bit"))
+    if measured is not None:  # the measured peak in place of the sampling/decode arithmetic
+        parts = {k: v for k, v in parts.items() if not k.startswith(("VAE decode", "DiT sampling"))}
+        parts[f"sampling + decode, {batch_size} x {seconds_total:g} s (measured peak less the weights)"] = max(
+            measured - sum(parts.values()), 0.0
+        )
     total = sum(parts.values())
     if load_peak > total:  # loading is the peak (tiny batches in fp16/bf16 never are, but say so)
         parts = {"loading: the fp32 DiT + VAE before the cast": load_peak}
-    return _estimate(parts, False)
+    return _estimate(parts, measured is not None)
 
 
 def check_generate(

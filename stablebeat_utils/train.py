@@ -804,6 +804,7 @@ def _plans_and_preflight(
         optimizer=p.optimizer,
         ema=p.ema,
         lora_rank=p.lora_rank,
+        pre_encode=p.pre_encode,
     )
     _check_optimizer(p.optimizer, device)
     return device, prec, gpu_estimate
@@ -1084,6 +1085,7 @@ def _preflight_gpu(
     optimizer: str,
     ema: bool,
     lora_rank: int,
+    pre_encode: bool = True,
 ) -> float | None:
     """The GPU-memory preflight (:mod:`stablebeat_utils.preflight`) on CUDA; None elsewhere."""
     from . import models, preflight
@@ -1105,6 +1107,7 @@ def _preflight_gpu(
             lora_rank,
             free[0],
             free[1],
+            pre_encode=pre_encode,
         )
     except preflight.GPUMemoryError as exc:
         raise TrainError(str(exc)) from exc

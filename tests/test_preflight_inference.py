@@ -205,3 +205,19 @@ def test_stages_stop_before_loading(monkeypatch, tmp_path, shared_dir):
         generate.run(
             run_dir=str(tmp_path / "g"), base_model=SAO, n_prompts=4, batch_size=4, seconds_total=47.0, device="cuda"
         )
+
+
+def test_measured_constants_come_from_the_measurements_file(monkeypatch):
+    """02/04's measured peaks are the rows of data/gpu_measurements.csv; a measured 06 point replaces
+    the decode arithmetic (benchmarks/gpu_all.py appends such rows)."""
+    from stablebeat_utils import preflight
+
+    rows = preflight.load_measurements()
+    clap = {int(r["batch"]): float(r["peak_gb"]) for r in rows if r["stage"] == "02_tag" and r["mode"] == "audio"}
+    llm = {(r["model"], int(r["batch"]), int(r["tokens"])) for r in rows if r["stage"] == "04_prompts"}
+    assert pi.MEASURED_CLAP == clap and set(pi.MEASURED_LLM) == llm
+    assert all(r["gpu"] and r["date"] and r["command"] for r in rows if r["stage"] in ("02_tag", "04_prompts"))
+    assert pi.estimate_generate(1, 47.0).basis == "estimated"
+    monkeypatch.setitem(pi.MEASURED_GENERATE, (1, 47.0, "16-bit"), 7.5)
+    est = pi.estimate_generate(1, 47.0)
+    assert (est.gb, est.basis) == (7.5, "measured")
