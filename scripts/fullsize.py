@@ -15,6 +15,10 @@ fresh process (so each peak is its own):
 4. **reload** the export strictly with the engine's own functions (``create_model_from_config`` +
    ``load_ckpt_state_dict`` + ``load_state_dict(strict=True)``) and take one **sampler step** with
    the card's sampler (dpmpp-3m-sde, sigma 500 → 0.3, CFG 7; then the final step to sigma 0).
+5. **a second base architecture**, stable-audio-open-small's (``modelspec.REGISTRY``; its config in
+   ``data/sao-small-model_config.json``, random weights), through stage 05 (``train.run``: one LoRA step,
+   export) and stage 06 (``generate.run``: base and fine-tune, with its own flow sampler) with the
+   ``sao_small`` profile's values — the course's code reads every fact of the model from its config.
 
 The text encoder is ``t5-base`` when it is in the local Hugging Face cache, else the tiny T5
 (``tiny:t5``; said in the output) — the only part not at full size. Every step prints its wall time
