@@ -362,3 +362,65 @@ def test_a_clip_that_kills_its_worker_is_one_error_row_retried_next_run(
     again = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), workers=2)
     assert again["analysed_now"] == 1 and again["errors"] == summary["errors"] - 1  # no final verdict: retried
     assert read_jsonl(again["output"])[[*got].index(victim["clip_id"])]["error"] is None
+
+
+def test_supplied_facts_win_are_marked_and_listed(analysed, tempocnn_graph, tmp_path):
+    """Names and a facts file: a supplied value wins over the estimate and is marked; the estimate
+    stays; unsure names, bad facts lines and unknown files are each named; nothing is re-analysed."""
+    src, _, est = analysed["plain"]
+    dst = tmp_path / "named"
+    shutil.copytree(src, dst)
+    seg = dst / "01_segment" / "segments.jsonl"
+    names = {"b072_Am": "dusty 72bpm Am.wav", "b096_F": "Route 66 96.wav", "b128_Dm": "b128.wav"}
+    rows = [dict(r, source=names.get(r["clip_id"], r["source"])) for r in read_jsonl(seg)]
+    seg.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    facts = tmp_path / "facts.csv"
+    facts.write_text(
+        "file,bpm,key,tags\nb128.wav,64,F major,dark; drill\nb110_Bb.ogg,abc,,\nghost.wav,90,Am,\n"
+        "b140_Cm_half.ogg,400,C minor,\n",
+        encoding="utf-8",
+    )
+    summary = tempo_key.run(run_dir=str(dst), tempo_model=str(tempocnn_graph), workers=1, facts_file=str(facts))
+    assert summary["analysed_now"] == 0  # facts are applied when the file is written
+    rows = {r["clip_id"]: r for r in read_jsonl(summary["output"])}
+    a = rows["b072_Am"]
+    assert (a["tempo"], a["key"], a["scale"], a["tempo_source"], a["key_source"]) == (
+        72.0,
+        "A",
+        "minor",
+        "supplied",
+        "supplied",
+    )
+    assert a["supplied_from"] == {"bpm": "file name", "key": "file name"}
+    d = rows["b128_Dm"]  # the facts file says 64 F major: wins, the estimate (128, D minor) stays beside it
+    assert (d["tempo"], d["key"], d["scale"], d["tags_supplied"]) == (64.0, "F", "major", ["dark", "drill"])
+    assert d["tempo_estimated"] == est["b128_Dm"]["tempo"] and d["key_raw"] == est["b128_Dm"]["key_raw"]
+    c = rows["b140_Cm_half"]  # BPM 400 refused, the key taken; the tempo stays the estimate
+    assert (c["tempo_source"], c["tempo"], c["key_source"]) == ("estimated", est["b140_Cm_half"]["tempo"], "supplied")
+    assert rows["b096_F"]["tempo_source"] in ("estimated", None) and rows["b096_F"]["tempo_supplied"] is None
+    notes = "\n".join(summary["facts_notes"])
+    for needle in (
+        "Route 66 96.wav: name left alone",
+        "line 3 (b110_Bb.ogg): bpm 'abc'",
+        "'ghost.wav' matches no source",
+        "line 5 (b140_Cm_half.ogg): bpm 400",
+    ):
+        assert needle in notes, notes
+    table = {t["clip_id"]: t for t in tempo_key.supplied_vs_estimated(list(rows.values()))}
+    assert table["b128_Dm"]["tempo"] == "octave: estimate doubled" and table["b128_Dm"]["key"] == "relative minor"
+    assert "tempo 128" in table["b128_Dm"]["changed"] and "→ F major" in table["b128_Dm"]["changed"]
+    assert summary["tempo_supplied"] == 2 and summary["key_supplied"] == 3
+    assert json.loads(seg.read_text().splitlines()[0])["source"]  # inputs untouched: 01's rows as written
+
+
+def test_disagreements_are_named():
+    assert tempo_key.tempo_disagreement(72, 144) == "octave: estimate doubled"
+    assert tempo_key.tempo_disagreement(140, 70.5) == "octave: estimate halved"
+    assert tempo_key.tempo_disagreement(90, 91) == "agrees"
+    assert tempo_key.tempo_disagreement(90, 135) == "3:2"
+    assert tempo_key.tempo_disagreement(90, 100) == "off by +11 %"
+    assert tempo_key.key_disagreement(("F#", "minor"), ("A", "major")) == "relative major"
+    assert tempo_key.key_disagreement(("C", "major"), ("A", "minor")) == "relative minor"
+    assert tempo_key.key_disagreement(("C", "major"), ("C", "minor")) == "parallel"
+    assert tempo_key.key_disagreement(("C", "major"), ("G", "major")) == "a fifth away"
+    assert tempo_key.key_disagreement(("C", "major"), ("D", "minor")) == "another key"
