@@ -26,21 +26,29 @@ tempo three ways, in the same worker:
    envelope, read at the length of an 8th note of TempoCNN's tempo × ½, × 1 and × 2 (three
    scores in [-1, 1]; ~0.7–0.95 where hats play on that 8th-note grid, ~0 where they do not).
 
-**The convention** (what "the tempo" of a beat is): *trap is counted on its hi-hat grid* — the
-tempo is the one whose 8th notes the closed hats play. A half-time trap beat with hats on 8ths of
-140 and the snare on beat 3 is **140, not 70**; a lo-fi beat with 8th-note hats at 80 is 80. This
-is how producers label trap (a "140 BPM" beat that *feels* like 70) and how the StableBeaT card's
-prompts count.
+**The convention** (what "the tempo" of a beat is): the tempo its producers would write on it.
+*Trap and drill* (half-time feel: snare on beat 3, closed hats on 8th notes with rolls) are
+counted on their hi-hat grid: a half-time trap beat at 140 is **140, not 70**. *Lo-fi and
+boom-bap* (snare on 2 and 4, hats on 16th notes, often swung) are counted at their slow tempo: a
+boom-bap beat at 84 is **84, not 168**. With straight hats the two are the *same rhythm* (straight
+16ths at 80 = straight 8ths at 160, a snare every 1.5 s), so the hats' *style* decides: trap
+**rolls** (32nds, 16th/32nd triplets: :func:`roll_count`) → the fast reading; **swung** 16ths (the
+8ths of the fast reading smeared: grid score under :data:`GRID_STRAIGHT`) → the slow reading;
+neither → no stated tempo (your file name or facts file can state it). This only matters where
+the slow reading is a lo-fi/boom-bap tempo (:data:`SLOW_RANGE`, 60–100 BPM); a slow reading outside
+it with hats on the fast reading's 8ths is read fast, as before.
 
-**Reconciling** (``tempo_method``): if TempoCNN and the beat tracker agree within ±4 %
-(``"agree"``), that is the tempo — unless the hats play 8th notes of *twice* it (grid score at 2×
-≥ :data:`GRID_MIN_SCORE`, and 2× ≤ :data:`GRID_MAX_BPM`): then the two agreed on the half-time
-feel and the tempo is doubled (``"agree, hats double"``). If they are an octave apart, the hi-hat
-grid decides: the faster reading if the hats play its 8th notes, else the slower if they play
-its 8th notes (``"octave by hats"``); with no hats to tell, ``"octave unresolved"``. Any other
+**Reconciling** (``tempo_method``): if TempoCNN and the beat tracker agree within ±4 % (``"agree"``),
+that is the tempo unless the hats play 8ths of *twice* it (grid score at 2× ≥
+:data:`GRID_MIN_SCORE`, 2× ≤ :data:`GRID_MAX_BPM`): then the convention above picks the octave
+(``"agree, fast: hats and rolls"``, ``"agree, slow: swung 16th hats"``, ``"agree, octave
+unresolved"``). If they are an octave apart (``"octave apart, …"``), the same: the faster reading
+if the hats play its 8ths (and, at a lo-fi tempo, roll), the slower if its 8ths are swung or if
+only the slower's 8ths are played; with no hats to tell, ``octave unresolved``. Any other
 disagreement (3:2, unrelated) is ``"estimates disagree"``. Unresolved and disagreeing clips get
-``tempo_confidence`` 0 — so ``tempo`` is null — while ``tempo_raw`` keeps TempoCNN's answer
-and ``tempo_cnn``/``tempo_alt``/``tempo_grid`` keep the evidence.
+``tempo_confidence`` 0 — so ``tempo`` is null — while ``tempo_raw`` keeps TempoCNN's answer and
+``tempo_cnn``/``tempo_alt``/``tempo_grid`` keep the evidence. :func:`octave_safe_tempo` is this
+estimate for one clip; stage 07 measures generated clips with it (:func:`measured_tempo`).
 
 **Tempo confidence** (what ``tempo_confidence`` means now): for a reconciled tempo, TempoCNN's
 class-probability mass (averaged over the clip's patches) within ±4 % of the tempo *or one of

@@ -251,6 +251,7 @@ def test_confidence_definition_and_octave_folding():
         "mean_probs": p,
         "beat_bpm": 140.2,
         "grid": hats_at_140,
+        "rolls": [40, 12],  # trap rolls on the 8ths of 140
         "key": "C",
         "scale": "minor",
         "strength": 0.65,
@@ -262,7 +263,7 @@ def test_confidence_definition_and_octave_folding():
         140.0,
         70.0,
         140.2,
-        "octave by hats",
+        "octave apart, fast: hats and rolls",
     )
     assert row["tempo_confidence"] == pytest.approx(0.8) and (row["key_raw"], row["key"]) == ("C", None)
     # a prior moves a reconciled tempo into its range by octaves
@@ -279,21 +280,47 @@ def test_confidence_definition_and_octave_folding():
 
 
 @pytest.mark.parametrize(
-    "cnn,beat,grid,expected",
+    "cnn,beat,grid,rolls,expected",
     [
-        (140, 140.5, [0.8, 0.9, 0.0], (140, "agree")),  # both right, hats on 8ths of 140
-        (70, 70.3, [0.8, 0.85, 0.9], (140, "agree, hats double")),  # both half-time: hats play 8ths of 140
-        (100, 100, [0.8, 0.85, 0.9], (100, "agree")),  # 16th hats at 100: 200 is above the cap
-        (70, 140, [0.8, 0.85, 0.9], (140, "octave by hats")),  # octave apart: hats on 8ths of 140
-        (80, 160, [0.1, 0.8, 0.02], (80, "octave by hats")),  # lo-fi doubled by the tracker: hats at 80
-        (160, 80, [0.8, 0.02, 0.0], (80, "octave by hats")),  # TempoCNN doubled: hats at 80
-        (80, 160, [0.05, 0.1, 0.05], (None, "octave unresolved")),  # no hats to tell the octave
-        (90, 135, [0.8, 0.8, 0.0], (None, "estimates disagree")),  # 3:2 — not an octave
-        (90, None, [0.8, 0.8, 0.0], (None, "estimates disagree")),
+        (140, 140.5, [0.8, 0.9, 0.0], (0, 0), (140, "agree")),  # both right, hats on 8ths of 140
+        # half-time trap: both heard 70, the hats play 8ths of 140 and roll: 140
+        (70, 70.3, [0.8, 0.85, 0.9], (40, 25), (140, "agree, fast: hats and rolls")),
+        # boom-bap at 84, 16th hats swung: the 8ths of 168 are smeared (0.46), no rolls: 84
+        (84, 84, [0.95, 0.69, 0.46], (0, 0), (84, "agree, slow: swung 16th hats")),
+        # straight 16th hats at 80, no rolls = half-time 8ths at 160: the rhythm cannot tell
+        (80, 80, [0.8, 0.9, 0.85], (30, 0), (None, "agree, octave unresolved")),
+        (100, 100, [0.8, 0.85, 0.9], (0, 0), (100, "agree")),  # 16th hats at 100: 200 is above the cap
+        (70, 140, [0.8, 0.85, 0.9], (30, 20), (140, "octave apart, fast: hats and rolls")),
+        (72, 144, [0.74, 0.9, 0.44], (0, 0), (72, "octave apart, slow: swung 16th hats")),
+        (55, 110, [0.1, 0.3, 0.8], (0, 0), (110, "octave apart, fast: hats")),  # 55 is no lo-fi tempo
+        (80, 160, [0.1, 0.8, 0.02], (0, 0), (80, "octave apart, slow: hats")),  # lo-fi doubled by the tracker
+        (160, 80, [0.8, 0.02, 0.0], (0, 0), (80, "octave apart, slow: hats")),  # TempoCNN doubled: hats at 80
+        (80, 160, [0.05, 0.1, 0.05], (0, 0), (None, "octave apart, octave unresolved")),  # no hats to tell
+        (90, 135, [0.8, 0.8, 0.0], (0, 0), (None, "estimates disagree")),  # 3:2 — not an octave
+        (90, None, [0.8, 0.8, 0.0], (0, 0), (None, "estimates disagree")),
     ],
 )
-def test_reconcile_decides_the_octave_by_the_hat_grid(cnn, beat, grid, expected):
-    assert tempo_key.reconcile(cnn, beat, grid) == expected
+def test_reconcile_decides_the_octave_by_the_hats(cnn, beat, grid, rolls, expected):
+    assert tempo_key.reconcile(cnn, beat, grid, rolls) == expected
+
+
+def test_roll_count_sees_trap_rolls_not_swung_16ths():
+    """Bright onsets: 8th-note hats at 140 with a 32nd-note roll on the last beat of each bar → rolls;
+    swung 16th hats at 70 (the same grid, 58 % swing) and straight 8ths at 140 → none."""
+    hop_s = tempo_key.GRID_HOP / tempo_key.GRID_SR
+
+    def env(times):
+        e = np.zeros(int(12 / hop_s) + 4)
+        e[np.round(np.asarray(times) / hop_s).astype(int)] = 1.0
+        return e
+
+    e8 = 30 / 140
+    straight = np.arange(0, 11.5, e8)
+    bars = [t for b in range(6) for t in (b * 8 * e8 + 6 * e8 + k * e8 / 4 for k in (1, 2, 3, 5, 6, 7))]
+    assert tempo_key.roll_count(env(np.r_[straight, bars]), 140) >= 12
+    assert tempo_key.roll_count(env(straight), 140) == 0
+    swung = [t for i in range(26) for t in (i * 2 * e8, i * 2 * e8 + 1.16 * e8)]
+    assert tempo_key.roll_count(env(swung), 140) == 0
 
 
 def test_grid_score_on_a_known_click_grid():
