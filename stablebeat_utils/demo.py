@@ -12,7 +12,8 @@ What is in it (``ensure_demo_dataset()`` → ``cache_home()/"demo-beats"/DEMO_VE
   diatonic chords of the key (minor i–VI–III–VII-like or major I–V–vi–IV-like progressions)
   and, for some, a bell melody. Ogg Vorbis to keep the folder small.
 - the three real recordings of ``data/demo_audio/`` with their attribution ``.txt`` files;
-- ``truth.jsonl`` — ``{source, bpm, key, scale, half_time, synthetic}`` for each synthetic beat.
+- ``truth.jsonl`` — ``{source, bpm, key, scale, half_time, swing, synthetic}`` for each synthetic beat;
+- ``facts.csv`` — a producer's notes (file, bpm, key, tags) on three beats: stage 03 reads it first.
 
 ``half_time=True`` means the snare/clap falls on beat 3 of each bar: the beat *feels* like half of
 its nominal BPM, so a tempo estimator answering ``bpm/2`` is not wrong there (an octave error that
@@ -325,6 +326,13 @@ def render(spec: BeatSpec, sr: int = SR) -> np.ndarray:
     )
 
 
+# a producer's own notes on three of the demo beats, as they would drop them next to their beats
+# (stage 03 reads ``facts.csv`` from 01's input folder: the lesson compares them with its estimates)
+DEMO_FACTS = (
+    "file,bpm,key,tags\ndemo_beat_02.ogg,72,A minor,lo-fi\ndemo_beat_06.ogg,84,Em,\ndemo_beat_08.ogg,148,F#m,trap\n"
+)
+
+
 def truth_rows(specs=DEMO_SPECS) -> list[dict]:
     return [
         {
@@ -373,7 +381,7 @@ def ensure_demo_dataset(dest: str | os.PathLike | None = None) -> Path:
     dest = Path(dest) if dest is not None else cache_home() / "demo-beats" / DEMO_VERSION
     real = sorted(p for p in PACKAGE_AUDIO.iterdir() if p.suffix in (".ogg", ".txt"))
     expected = sorted(
-        [f"{s.name}.ogg" for s in DEMO_SPECS] + [p.name for p in real] + ["truth.jsonl", "ATTRIBUTION.md"]
+        [f"{s.name}.ogg" for s in DEMO_SPECS] + [p.name for p in real] + ["truth.jsonl", "ATTRIBUTION.md", "facts.csv"]
     )
     if _complete(dest, expected):
         return dest
@@ -394,6 +402,7 @@ def ensure_demo_dataset(dest: str | os.PathLike | None = None) -> Path:
             with atomic_path(target) as tmp:
                 shutil.copyfile(src, tmp)
     atomic_write_text(dest / "truth.jsonl", "".join(json.dumps(r) + "\n" for r in truth_rows()))
+    atomic_write_text(dest / "facts.csv", DEMO_FACTS)
     atomic_write_text(dest / ".complete", json.dumps(expected))
     return dest
 
