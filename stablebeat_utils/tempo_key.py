@@ -87,11 +87,11 @@ table (:func:`supplied_vs_estimated`) names each disagreement (octave, relative 
 applied when the file is written, so changing them re-runs in seconds.
 
 **Relative keys** — a key profile weighs all the notes of the scale, and a minor key and its
-relative major (A minor / C major) share them: on synthetic beats of five genres ``edma`` read
-28 % of the keys as their relative (every profile of Essentia did as well or worse). So the stage
-then asks the bass (:func:`relative_by_bass`): where the bass (30–250 Hz: 808, bass line, the pads'
-lowest notes) dwells more on the relative's tonic than on the key's, the relative is taken
-(``key_by_bass`` true; ``key_confidence`` stays KeyExtractor's strength, which the two share).
+relative major (A minor / C major) share them: on 120 synthetic beats of ten styles ``edma`` read
+18 % of the keys as their relative (``benchmarks/bench_tempo_octave.py``, docs/benchmarks_tempo.md);
+no other profile of Essentia did better without losing more keys, and weighting the bass's pitch
+classes (the chord roots) made it worse (27 %). Measured, not yet solved: see ``supplied_vs_estimated``
+for where your own keys disagree.
 
 **The card's rule** — a value is kept only when its confidence ≥ ``min_confidence`` (0.7):
 ``tempo`` is null when ``tempo_confidence < min_confidence``; ``key`` and ``scale`` together are
@@ -272,7 +272,6 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
             raise audio.AudioError("the clip is digital silence")
         key, scale, strength = _key_extractor(sr)(np.ascontiguousarray(mono, dtype=np.float32))
         y = audio.resample(mono[None], sr, TEMPO_SR)[0]
-        key, scale, by_bass = relative_by_bass(key, scale, bass_chroma(y, TEMPO_SR))
         probs = np.asarray(_WORKER["probs"](y), dtype=np.float64)
         if probs.ndim != 2 or probs.shape[0] == 0:
             seconds = len(y) / TEMPO_SR
@@ -281,7 +280,6 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
                 "key": key,
                 "scale": scale,
                 "strength": float(strength),
-                "key_by_bass": by_bass,
                 "error": f"{name}: {seconds:.1f} s is shorter than one TempoCNN patch (~12 s): no tempo",
             }
         global_bpm = majority_tempo(probs)
@@ -302,44 +300,10 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
             "key": key,
             "scale": scale,
             "strength": float(strength),
-            "key_by_bass": by_bass,
             "error": None,
         }
     except Exception as exc:  # one bad clip must not stop the batch: report it in its row
         return {"clip_id": clip_id, "error": f"{name}: {type(exc).__name__}: {exc}"}
-
-
-# ---------------------------------------------------------------------------------------------
-# relative keys: the bass names the tonic
-
-BASS_HZ = (30.0, 250.0)  # 808s, bass lines and the pads' lowest notes: the chord roots
-KEY_METHOD = 2  # 2: KeyExtractor, then major vs relative minor by the bass
-
-
-def bass_chroma(y: np.ndarray, sr: int) -> np.ndarray:
-    """Energy per pitch class (C = 0) of ``y`` between :data:`BASS_HZ`: one spectrum of the whole clip."""
-    y = np.asarray(y, dtype=np.float64)
-    spec = np.abs(np.fft.rfft(y * np.hanning(len(y)))) ** 2
-    f = np.fft.rfftfreq(len(y), 1.0 / sr)
-    sel = (f >= BASS_HZ[0]) & (f <= BASS_HZ[1])
-    pc = np.round(69 + 12 * np.log2(f[sel] / 440.0)).astype(int) % 12
-    return np.bincount(pc, weights=spec[sel], minlength=12)
-
-
-def relative_by_bass(key: str, scale: str, bass: np.ndarray) -> tuple[str, str, bool]:
-    """KeyExtractor's key, or its relative (C major ↔ A minor: the same notes) when the bass dwells
-    more on the relative's tonic than on the key's: ``(key, scale, switched)``. Key profiles weigh
-    all the scale's notes and mix up relatives (on synthetic beats ~28 % of the keys were a minor
-    read as its relative major); the bass plays the chord roots, and the tonic's is among them."""
-    from .clipfacts import PC_NAME, parse_key_name
-
-    pc = parse_key_name(key)
-    if pc is None or scale not in ("major", "minor") or not np.any(bass):
-        return key, scale, False
-    rel = (pc + 9) % 12 if scale == "major" else (pc + 3) % 12
-    if bass[rel] > bass[pc]:
-        return PC_NAME[rel], "minor" if scale == "major" else "major", True
-    return key, scale, False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,7 +529,6 @@ def make_row(raw: dict, bpm_range: tuple[float, float] | None, min_confidence: f
         )
     if raw.get("key") is not None:
         row.update(key_raw=raw["key"], scale_raw=raw["scale"], key_confidence=round(raw["strength"], 4))
-        row["key_by_bass"] = bool(raw.get("key_by_bass"))
     return apply_threshold(row, min_confidence)
 
 
@@ -854,7 +817,6 @@ def run(
         "key_profile": key_profile,
         "bpm_range": list(prior) if prior else None,
         "tempo_method": TEMPO_METHOD,
-        "key_method": KEY_METHOD,
     }
     settings = out_dir / "analysis.json"
     if read_json(settings) != analysis:

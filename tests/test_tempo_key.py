@@ -451,19 +451,3 @@ def test_disagreements_are_named():
     assert tempo_key.key_disagreement(("C", "major"), ("C", "minor")) == "parallel"
     assert tempo_key.key_disagreement(("C", "major"), ("G", "major")) == "a fifth away"
     assert tempo_key.key_disagreement(("C", "major"), ("D", "minor")) == "another key"
-
-
-def test_relative_key_by_the_bass():
-    """A bass on A (55 Hz) with a little C: C major (the profile's answer) becomes A minor; a bass on
-    C keeps C major; a non-relative key or no bass is left alone."""
-    sr = tempo_key.TEMPO_SR
-    t = np.arange(int(4 * sr)) / sr
-    a_bass = np.sin(2 * np.pi * 55.0 * t) + 0.4 * np.sin(2 * np.pi * 65.41 * t)
-    c_bass = np.sin(2 * np.pi * 65.41 * t) + 0.4 * np.sin(2 * np.pi * 55.0 * t)
-    chroma = tempo_key.bass_chroma(a_bass, sr)
-    assert int(np.argmax(chroma)) == 9 and chroma[0] > 0.05 * chroma[9]
-    assert tempo_key.relative_by_bass("C", "major", chroma) == ("A", "minor", True)
-    assert tempo_key.relative_by_bass("A", "minor", chroma) == ("A", "minor", False)
-    assert tempo_key.relative_by_bass("C", "major", tempo_key.bass_chroma(c_bass, sr)) == ("C", "major", False)
-    assert tempo_key.relative_by_bass("F#", "minor", np.eye(12)[9]) == ("A", "major", True)
-    assert tempo_key.relative_by_bass("G", "major", np.zeros(12)) == ("G", "major", False)
