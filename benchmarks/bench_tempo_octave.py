@@ -8,7 +8,9 @@
 
 Styles (:func:`stablebeat_utils.demo.make_style_beat`): plain, busy, sparse, half-time trap,
 lo-fi, with tempi drawn per style (plain 70–170, busy 80–160, sparse 60–160, half-time 120–165,
-lo-fi 68–96 BPM) and random keys; the tempo is counted on the hi-hat grid (hats on 8th notes).
+lo-fi 68–96 BPM) and random keys, hats on 8th notes; and (issue 25) the genre styles lofi16 and
+boombap (70–95, 16th-note hats: counted slow), trap (130–170) and drill (138–146) with a half-time
+feel (counted fast), house (118–130). ``--styles lofi16,boombap`` picks some.
 
 Throughput of 01 + 03 (the ≥ 60× real-time target on 2 cores), same tracks for both code versions:
 
