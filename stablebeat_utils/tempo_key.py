@@ -35,7 +35,7 @@ boom-bap beat at 84 is **84, not 168**. With straight hats the two are the *same
 **rolls** (32nds, 16th/32nd triplets: :func:`roll_count`) → the fast reading; **swung** 16ths (the
 8ths of the fast reading smeared: grid score under :data:`GRID_STRAIGHT`) → the slow reading;
 neither → no stated tempo (your file name or facts file can state it). This only matters where
-the slow reading is a lo-fi/boom-bap tempo (:data:`SLOW_RANGE`, 60–100 BPM); a slow reading outside
+the slow reading is a lo-fi/boom-bap tempo (:data:`SLOW_RANGE`, 68–100 BPM); a slow reading outside
 it with hats on the fast reading's 8ths is read fast, as before.
 
 **Reconciling** (``tempo_method``): if TempoCNN and the beat tracker agree within ±4 % (``"agree"``),
@@ -322,7 +322,7 @@ GRID_MAX_BPM = 190.0  # the grid never moves a tempo above this (16th-note hats 
 TEMPO_METHOD = 3  # bumped when the tempo rule changes: older rows are re-analysed
 GRID_STRAIGHT = 0.6  # hats this regular on the 8ths of 2x play straight 16ths of x (swing drops it to ~0.45)
 ROLLS_MIN = 3  # this many roll gaps at the fast reading: trap/drill hats
-SLOW_RANGE = (60.0, 100.0)  # a slow reading here may be lo-fi/boom-bap with 16th hats: rolls decide
+SLOW_RANGE = (68.0, 100.0)  # a slow reading here may be lo-fi/boom-bap with 16th hats: rolls decide
 
 
 def bright_onsets(y: np.ndarray, sr: int = GRID_SR) -> np.ndarray:

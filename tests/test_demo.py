@@ -84,6 +84,7 @@ def test_dataset_contents_truth_and_budget(demo_home):
             "key": s.key,
             "scale": s.scale,
             "half_time": s.half_time,
+            "swing": s.swing,
             "synthetic": True,
         }
     # variety the brief asks for
