@@ -20,7 +20,8 @@ Throughput of 01 + 03 (the ≥ 60× real-time target on 2 cores), same tracks fo
 
 Reports, overall and per style: the share of clips with a stated BPM (``tempo`` not null), the
 share of stated BPMs within 4 % of the truth, the share of clips whose raw key+scale is right (and
-of stated keys), and the stage's wall time and seconds per clip.
+of stated keys), and the stage's wall time and seconds per clip. ``keys FOLDER`` compares Essentia's
+key profiles on the set: keys right and relative-key confusions.
 """
 
 from __future__ import annotations
@@ -134,6 +135,36 @@ def score(folder: Path, out: Path, graph: str, workers: int) -> dict:
     return {"per": per, "misses": misses, "wall_s": wall, "clips": len(truth)}
 
 
+def key_profiles(folder: Path, profiles: list[str]) -> None:
+    """Raw key+scale right, and relative-key confusions (a minor read as its relative major or the
+    reverse), per Essentia KeyExtractor profile, on the set's clips (mono, 44.1 kHz, like stage 03)."""
+    import essentia
+
+    essentia.log.warningActive = False
+    import essentia.standard as es
+
+    from stablebeat_utils import audio
+    from stablebeat_utils.clipfacts import parse_key_name
+    from stablebeat_utils.runs import read_jsonl
+
+    extractors = {p: es.KeyExtractor(profileType=p, sampleRate=44100.0) for p in profiles}
+    counts = {p: [0, 0] for p in profiles}
+    truth = read_jsonl(folder / "truth.jsonl")
+    for t in truth:
+        y, _ = audio.load(folder / "01_segment" / "clips" / f"{t['clip_id']}.wav")
+        mono = np.ascontiguousarray(y.mean(axis=0), dtype=np.float32)
+        pc, scale = parse_key_name(t["key"]), t["scale"]
+        relative = ((pc + 3) % 12, "major") if scale == "minor" else ((pc + 9) % 12, "minor")
+        for p, ex in extractors.items():
+            key, sc, _ = ex(mono)
+            got = (parse_key_name(key), sc)
+            counts[p][0] += got == (pc, scale)
+            counts[p][1] += got == relative
+    n = len(truth)
+    for p, (right, rel) in counts.items():
+        print(f"| {p} | {right}/{n} | {rel} ({rel / n:.0%}) |")
+
+
 def make_tracks(folder: Path, tracks: int, seconds: float) -> None:
     sys.path.insert(0, str(HERE / "benchmarks"))
     sys.path.insert(0, str(HERE))
@@ -204,6 +235,9 @@ def main() -> None:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--label", default="stage 03")
     s.add_argument("--json", type=Path, default=None)
+    kp = sub.add_parser("keys")
+    kp.add_argument("folder", type=Path)
+    kp.add_argument("--profiles", default="edma,shaath,krumhansl,bgate,temperley2005,tonictriad,gomez")
     tr = sub.add_parser("tracks")
     tr.add_argument("folder", type=Path)
     tr.add_argument("--tracks", type=int, default=25)
@@ -215,6 +249,9 @@ def main() -> None:
     sp.add_argument("--repeats", type=int, default=3)
     sp.add_argument("--label", default="01+03")
     args = ap.parse_args()
+    if args.cmd == "keys":
+        key_profiles(args.folder, args.profiles.split(","))
+        return
     if args.cmd == "tracks":
         make_tracks(args.folder, args.tracks, args.seconds)
         return
