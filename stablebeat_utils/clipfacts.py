@@ -55,6 +55,7 @@ A Bb B``).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,21 +272,28 @@ def _article_a(text: str, m: re.Match) -> bool:
     return not (_A_CONTEXT_RE.search(before) and not _QUALIFIED_RE.match(after))
 
 
+def _full_keys(text: str) -> list[tuple[re.Match, int, str, bool]]:
+    """Every full key (rules 1–3): (match, pitch class, scale, written out), in finding order;
+    *written out*: the scale is a word ("minor", "maj"), not the shorthand "m"."""
+    out: list[tuple[re.Match, int, str, bool]] = []
+    for rx in (_KEY_UPPER_RE, _KEY_LOWER_RE):
+        for m in rx.finditer(text):
+            if any(o.start() <= m.start() < o.end() for o, *_ in out) or _article_a(text, m):
+                continue
+            word = (m.group(3) or "").lower()
+            scale = "minor" if (rx is _KEY_UPPER_RE and m.group(4)) or word.startswith("min") else "major"
+            out.append((m, pitch_class(m.group(1), m.group(2)), scale, bool(word)))
+    return out
+
+
 def find_keys(text: str) -> list[tuple[int | None, str | None, str]]:
     """Every key claim in ``text``: (pitch class or None, "major"/"minor" or None, matched text)."""
     text = text or ""
     found: list[tuple[int, tuple[int | None, str | None, str]]] = []
     spans: list[tuple[int, int]] = []
-    for rx in (_KEY_UPPER_RE, _KEY_LOWER_RE):
-        for m in rx.finditer(text):
-            if any(a <= m.start() < b for a, b in spans):
-                continue
-            if _article_a(text, m):
-                continue
-            word = (m.group(3) or "").lower()
-            scale = "minor" if (rx is _KEY_UPPER_RE and m.group(4)) or word.startswith("min") else "major"
-            found.append((m.start(), (pitch_class(m.group(1), m.group(2)), scale, m.group(0))))
-            spans.append(m.span())
+    for m, pc, scale, _ in _full_keys(text):
+        found.append((m.start(), (pc, scale, m.group(0))))
+        spans.append(m.span())
     for m in _KEY_OF_RE.finditer(text):
         if not any(a <= m.start(1) < b for a, b in spans):
             found.append((m.start(), (pitch_class(m.group(1), m.group(2)), None, m.group(0))))
@@ -609,3 +617,270 @@ def _record(seg: dict, tags: dict[str, dict], tk: dict[str, dict]) -> dict:
         meta.update(key=None, scale=None)
     meta.update(start=seg.get("start"), duration=seg.get("duration"))
     return {"clip_id": cid, "filepath": seg["path"], "meta": meta, "missing": missing}
+
+
+# ------------------------------------------------------------------------------------------------
+# facts a producer supplies: BPM and key in a file name, or in a sidecar file (stage 03 reads both)
+
+NAME_BPM_RANGE = (60.0, 200.0)  # a bare number in a file name is read as a tempo only in this range
+_NAME_TOKEN_RE = re.compile(r"[^\s\-_\[\](){},;+&]+")
+_BARE_NUMBER_RE = re.compile(r"(?<![\w.,#])(\d{2,3}(?:\.\d)?)(?![\w#%]|[.,]\d)")
+_DATE_RE = re.compile(r"\d{1,4}[-./]\d{1,2}[-./]\d{1,4}")
+# a number right after these words is a version, a take, a track…; right before these, a quantity
+_NOT_TEMPO_BEFORE = re.compile(
+    r"(?:\b(?:v|ver|version|take|tk|mix|part|pt|no|nr|track|trk|vol|volume|ep|episode|room|ch|chapter|"
+    r"bar|bars|day|days|session|demo|draft|beat|idea|loop|sample|batch|pack|round|level|x)|#)\s*[.:]?\s*$",
+    re.I,
+)
+_NOT_TEMPO_AFTER = re.compile(
+    r"^\s*(?:k|khz|hz|kbps|kb|bit|bits|ms|s|sec|secs|min|mins|db|bars?|x|st|nd|rd|th|%|degrees?|"
+    r"days?|hours?|years?)\b",
+    re.I,
+)
+_TEMPO_RANGE_BEFORE = re.compile(r"(?<![\w#.])(?:[3-9]\d|[12]\d\d)\s*(?:-|–|to|/)\s*$", re.I)
+_NOT_KEY_BEFORE = re.compile(
+    r"\b(?:side|plan|part|take|version|ver|mix|track|option|type|vol|variant|alt|vitamin)\s*$", re.I
+)
+_NAME_BPM_FIRST_RE = re.compile(r"(?<![\w])bpm\s*[:=\-]?\s*(\d{2,3}(?:\.\d)?)(?![\w.])", re.I)
+# a key written tight in a file name: "Ebmin", "f#m", "cmaj", "Abm" (whole token; "Cmaj7" is a chord)
+_NAME_KEY_RE = re.compile(r"([A-Ga-g])([#♯♭b]|-?sharp|-?flat)?(major|minor|maj|min|m)?", re.I)
+_TRACK_NUMBER_RE = re.compile(r"^\s*\d{1,3}\s*(?:[-.)]|_\s|\s-)")
+
+
+@dataclass(frozen=True)
+class NameFacts:
+    """What a file name states: tempo, key and scale (None where it states none, or nothing sure),
+    and ``refused``: what looked like a fact but was left alone, with the reason."""
+
+    bpm: float | None = None
+    key: str | None = None
+    scale: str | None = None
+    refused: tuple[str, ...] = ()
+
+
+def _name_text(name: str) -> str:
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = re.sub(r"\.(?=[A-Za-z0-9]{0,4}[A-Za-z])[A-Za-z0-9]{2,5}$", "", base)  # the extension
+    return re.sub(r"[_()\[\]{}]", " ", base)
+
+
+def _explicit_tempos(text: str) -> list[tuple[float, tuple[int, int]]]:
+    """Tempi stated with a unit: "145bpm", "140 BPM", "BPM 92"; ranges ("140-150 bpm") excluded."""
+    found = [(v, span) for v, _, span in find_tempos(text) if not _TEMPO_RANGE_BEFORE.search(text[: span[0]])]
+    found += [(float(m.group(1)), m.span()) for m in _NAME_BPM_FIRST_RE.finditer(text)]
+    return found
+
+
+def _bare_tempos(text: str) -> list[tuple[float, tuple[int, int]]]:
+    """Bare numbers that may be a tempo: 60–200, not in a date, not a version/take/track number,
+    not a quantity ("44 kHz", "16 bars"), not a leading track number ("03 - ", "84. ")."""
+    dates = [m.span() for m in _DATE_RE.finditer(text)]
+    out = []
+    for m in _BARE_NUMBER_RE.finditer(text):
+        a, b = m.span(1)
+        v = float(m.group(1))
+        if any(x <= a < y for x, y in dates) or not NAME_BPM_RANGE[0] <= v <= NAME_BPM_RANGE[1]:
+            continue
+        if _NOT_TEMPO_BEFORE.search(text[:a]) or _NOT_TEMPO_AFTER.match(text[b:]):
+            continue
+        if a == len(text) - len(text.lstrip()) and _TRACK_NUMBER_RE.match(text):
+            continue
+        out.append((v, (a, b)))
+    return out
+
+
+def _name_tempo(text: str) -> tuple[float | None, tuple[int, int] | None, list[str]]:
+    explicit = _explicit_tempos(text)
+    in_range = [(v, s) for v, s in explicit if BPM_RANGE[0] <= v <= BPM_RANGE[1]]
+    refused = [
+        f"tempo {v:g} is outside {BPM_RANGE[0]:g}–{BPM_RANGE[1]:g} BPM" for v, _ in explicit if (v, _) not in in_range
+    ]
+    if re.search(r"(?<![\w#.])(?:[3-9]\d|[12]\d\d)\s*(?:-|–|to|/)\s*\d+(?:\.\d)?\s*-?\s*bpm", text, re.I):
+        refused.append("a tempo range, not one tempo")
+    values = sorted({v for v, _ in in_range})
+    if len(values) > 1:
+        return None, None, refused + [f"several tempi: {', '.join(f'{v:g}' for v in values)}"]
+    if values:
+        return values[0], in_range[0][1], refused
+    if refused:
+        return None, None, refused
+    bare = _bare_tempos(text)
+    values = sorted({v for v, _ in bare})
+    if len(values) > 1:
+        return None, None, [f"several numbers could be the tempo: {', '.join(f'{v:g}' for v in values)}"]
+    return (values[0], bare[0][1], []) if values else (None, None, [])
+
+
+def _tokens(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(0), m.start(), m.end()) for m in _NAME_TOKEN_RE.finditer(text)]
+
+
+def _key_token(tok: str) -> tuple[int, str, bool] | None:
+    """A whole token that is a key: (pitch class, scale, strong). Strong: the scale is written
+    ("min", "maj", "minor", "major"); weak: shorthand "Cm"/"f#m" or a bare note "A"/"Bb" (major)."""
+    m = _NAME_KEY_RE.fullmatch(tok)
+    if not m or (m.group(1).islower() and not m.group(2) and not m.group(3)):
+        return None  # a lone lower-case letter is no key
+    word = (m.group(3) or "").lower()
+    if m.group(3) and word != "m" and m.group(3) != word and m.group(3) != m.group(3).capitalize():
+        return None  # "MAJ"-like shouting is fine, "mAj" is not a key
+    if m.group(3) == "M":
+        return None  # capital M: major or minor? left alone
+    if m.group(1).islower() and word == "m" and not m.group(2):
+        return None  # "am", "em", "dm": English words and initials first
+    scale = "minor" if word.startswith("min") or word == "m" else "major"
+    return pitch_class(m.group(1), m.group(2)), scale, word not in ("", "m")
+
+
+def _name_keys(text: str, bpm_span: tuple[int, int] | None, explicit_bpm: bool) -> tuple[list, list, list[str]]:
+    """(strong keys, weak keys in a facts position, refused) of a file name's text; keys are
+    ``(pitch class, scale)``. Weak keys count only next to the tempo ("84-Cm", "145bpm A") or, for the
+    shorthand "Cm", as the name's last word; a bare note only next to a tempo with its unit."""
+    toks = _tokens(text)
+    where = {i for i, (_, a, b) in enumerate(toks) if bpm_span and a < bpm_span[1] and b > bpm_span[0]}
+    near = {j for i in where for j in (i - 1, i + 1)}
+
+    def index(pos: int) -> int:
+        return next((i for i, (_, a, b) in enumerate(toks) if a <= pos < b), -1)
+
+    strong, weak, refused, covered = [], [], [], set()
+    # "key " in front: a name's "A minor …" is the key A minor unless a noun follows ("A minor thing")
+    for m, pc, scale, written in _full_keys("key " + text):
+        covered |= {index(p - 4) for p in range(m.start(), m.end())}
+        (strong if written else weak).append(((pc, scale), index(m.start() - 4), "m"))
+    for i, (tok, _, _) in enumerate(toks):
+        k = _key_token(tok) if i not in covered and i not in where else None
+        if k is not None:
+            (strong if k[2] else weak).append(((k[0], k[1]), i, "m" if k[1] == "minor" else "note"))
+    kept, rivals = [], []  # rivals: shorthand keys out of place, still enough to make a name unsure
+    for key, i, kind in weak:
+        ok = i in near if kind == "note" else (i in near or i == len(toks) - 1)
+        if (kind == "note" and not explicit_bpm) or _NOT_KEY_BEFORE.search(text[: toks[i][1]]):
+            ok = False
+        if ok:
+            kept.append(key)
+        else:
+            rivals += [key] if kind == "m" else []
+            refused.append(f"{toks[i][0]!r} may be a word, not a key (not next to the tempo)")
+    return [k for k, *_ in strong], kept, rivals, refused
+
+
+def facts_from_name(name: str) -> NameFacts:
+    """The BPM and key a producer wrote into a file name, or nothing where the name is not sure.
+
+    ``"night drive 145bpm A.wav"`` → 145, A major; ``"Velvet_72BPM_Ebmin.wav"`` → 72, Eb minor;
+    ``"cold_heart - B minor - 140 BPM.wav"``; ``"drill thing [78] Fmaj.wav"``; ``"late-84-Cm.wav"``.
+    A tempo is a number with a unit (``bpm``/``BPM``, before or after), else the one bare number in
+    60–200 that is no date, version, take, track number or quantity (``"44k"``, ``"24 bit"``). A key
+    is a note with an accidental (``#``, ``♯``, ``sharp``, ``b``, ``♭``, ``flat``) and a scale
+    (``m``, ``min``, ``minor``, ``maj``, ``major``); a bare note (``"A"``) is major, read only next to
+    a tempo with its unit. Two different tempi or keys → none of them, and the reason in ``refused``.
+    """
+    text = _name_text(name)
+    bpm, span, refused = _name_tempo(text)
+    explicit = bool(span) and any(s == span for _, s in _explicit_tempos(text))
+    strong, weak, rivals, key_refused = _name_keys(text, span, explicit)
+    refused = refused + key_refused
+    keys = sorted(set(strong)) or sorted(set(weak))
+    if len(set(keys) | set(rivals)) > 1:
+        names = ", ".join(f"{PC_NAME[pc]} {sc}" for pc, sc in sorted(set(keys) | set(rivals)))
+        return NameFacts(bpm, None, None, tuple(refused + [f"several keys: {names}"]))
+    key, scale = (PC_NAME[keys[0][0]], keys[0][1]) if keys else (None, None)
+    return NameFacts(bpm, key, scale, tuple(refused))
+
+
+FACTS_COLUMNS = ("file", "bpm", "key", "scale", "tags", "prompt")
+_FILE_COLUMNS = ("file", "filename", "file_name", "name", "source", "path")
+
+
+def parse_key_value(value: str) -> tuple[str, str] | None:
+    """A key as a producer writes it in a key column: ``"F# minor"``, ``"F#m"``, ``"Ebmin"``,
+    ``"Bb"`` (a bare note is major), ``"a minor"``, ``"C sharp major"`` → ``(tonic, scale)``; else None."""
+    text = " ".join(str(value).split())
+    m = re.fullmatch(r"([A-Ga-g])\s*([#♯♭b]|[\s-]?sharp|[\s-]?flat)?[\s-]*(major|minor|maj|min|m)?", text, re.I)
+    if m and m.group(3) != "M":
+        word = (m.group(3) or "").lower()
+        return PC_NAME[pitch_class(m.group(1), m.group(2))], "minor" if word in ("m", "min", "minor") else "major"
+    found = parse_key("key " + text)
+    return found if found else None
+
+
+def _facts_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) of a CSV (a header with ``file``) or JSON (a list of objects with ``file``,
+    or one object ``{file: {bpm, key, …}}``) facts file."""
+    import csv
+
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data = [{"file": k, **(v if isinstance(v, dict) else {"_value": v})} for k, v in data.items()]
+        if not isinstance(data, list):
+            raise ClipFactsError(f"{path}: a JSON facts file is a list of objects or an object of objects")
+        return [(f"entry {i + 1}", r if isinstance(r, dict) else {"_value": r}) for i, r in enumerate(data)]
+    rows = list(csv.DictReader(text.splitlines()))
+    return [
+        (f"line {i + 2}", {str(k).strip().lower(): v for k, v in r.items() if k is not None})
+        for i, r in enumerate(rows)
+    ]
+
+
+def _facts_record(rec: dict) -> tuple[str | None, dict, list[str]]:
+    """(file, facts, problems) of one record; the file None when it names none."""
+    rec = {str(k).strip().lower(): v for k, v in rec.items()}
+    file = next((str(rec[c]).strip() for c in _FILE_COLUMNS if str(rec.get(c) or "").strip()), None)
+    facts: dict = {}
+    problems = []
+    bpm = str(rec.get("bpm") or "").strip()
+    if bpm:
+        try:
+            value = float(bpm.lower().replace("bpm", "").replace(",", ".").strip())
+        except ValueError:
+            problems.append(f"bpm {bpm!r} is not a number")
+        else:
+            if BPM_RANGE[0] <= value <= BPM_RANGE[1]:
+                facts["bpm"] = value
+            else:
+                problems.append(f"bpm {bpm} is outside {BPM_RANGE[0]:g}–{BPM_RANGE[1]:g}")
+    key = " ".join(str(rec.get(c) or "").strip() for c in ("key", "scale")).strip()
+    if key:
+        parsed = parse_key_value(key)
+        if parsed is None:
+            problems.append(f"key {key!r} is not a key (write e.g. 'F# minor', 'F#m', 'Eb major')")
+        else:
+            facts["key"], facts["scale"] = parsed
+    tags = rec.get("tags")
+    if isinstance(tags, str) and tags.strip():
+        facts["tags"] = [t.strip() for t in re.split(r"[;|,]", tags) if t.strip()]
+    elif isinstance(tags, list) and tags:
+        facts["tags"] = [str(t).strip() for t in tags if str(t).strip()]
+    if str(rec.get("prompt") or "").strip():
+        facts["prompt"] = " ".join(str(rec["prompt"]).split())
+    return file, facts, problems
+
+
+def read_facts_file(path: str | Path) -> tuple[dict[str, dict], list[str]]:
+    """A producer's sidecar of facts: file → ``{bpm, key, scale, tags, prompt}`` (only what it
+    states), and one problem line per entry that could not be used whole (a missing file name, a BPM
+    that is no number or outside 30–300, a key that is no key, the same file twice). A bad entry
+    never stops the others. CSV: a header row with ``file`` (or ``filename``/``name``/``source``)
+    and any of ``bpm, key, scale, tags, prompt``; JSON: a list of such objects or
+    ``{"file name": {"bpm": …, "key": …}}``."""
+    path = Path(path).expanduser()
+    try:
+        records = _facts_records(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ClipFactsError(f"{path}: cannot read the facts file ({type(exc).__name__}: {exc})") from exc
+    facts: dict[str, dict] = {}
+    problems = []
+    for where, rec in records:
+        file, found, bad = _facts_record(rec)
+        if file is None:
+            problems.append(f"{path.name} {where}: no file name (a 'file' column): ignored")
+            continue
+        if file in facts:
+            problems.append(f"{path.name} {where}: {file!r} again: the first entry is used")
+            continue
+        problems += [f"{path.name} {where} ({file}): {p}: ignored" for p in bad]
+        facts[file] = found
+    return facts, problems

@@ -4,7 +4,7 @@ Used by the ``demo`` profile of every notebook (``input_dir = "demo"`` in 01_seg
 through :func:`resolve_input_dir`); notebook 03_tempo_key's tests use :func:`make_beat` as ground
 truth for tempo and key.
 
-What is in it (``ensure_demo_dataset()`` → ``cache_home()/"demo-beats"/"v1"``):
+What is in it (``ensure_demo_dataset()`` → ``cache_home()/"demo-beats"/DEMO_VERSION``):
 
 - ``demo_beat_NN.ogg`` — :data:`DEMO_SPECS` rendered by :func:`make_beat`: trap-style drums
   (kick, clap/snare on the backbeat — or on beat 3 for a *half-time* feel —, hi-hats with
@@ -12,7 +12,8 @@ What is in it (``ensure_demo_dataset()`` → ``cache_home()/"demo-beats"/"v1"``)
   diatonic chords of the key (minor i–VI–III–VII-like or major I–V–vi–IV-like progressions)
   and, for some, a bell melody. Ogg Vorbis to keep the folder small.
 - the three real recordings of ``data/demo_audio/`` with their attribution ``.txt`` files;
-- ``truth.jsonl`` — ``{source, bpm, key, scale, half_time, synthetic}`` for each synthetic beat.
+- ``truth.jsonl`` — ``{source, bpm, key, scale, half_time, swing, synthetic}`` for each synthetic beat;
+- ``facts.csv`` — a producer's notes (file, bpm, key, tags) on three beats: stage 03 reads it first.
 
 ``half_time=True`` means the snare/clap falls on beat 3 of each bar: the beat *feels* like half of
 its nominal BPM, so a tempo estimator answering ``bpm/2`` is not wrong there (an octave error that
@@ -38,7 +39,7 @@ from .audio import AUDIO_EXTS, is_audio_name
 from .runs import atomic_path, atomic_write_text, cache_home
 
 SR = 44100
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"  # v2: slow beats swung, trap rolls only from 110 BPM (issue 25's tempo convention)
 PACKAGE_AUDIO = Path(__file__).parent / "data" / "demo_audio"
 KEYS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
@@ -59,15 +60,16 @@ class BeatSpec:
     seed: int
     half_time: bool = False
     melody: bool = True
+    swing: float = 0.5
 
 
 DEMO_SPECS: tuple[BeatSpec, ...] = (
     BeatSpec("demo_beat_01", 140, "C", "minor", 64, 101, half_time=True),
-    BeatSpec("demo_beat_02", 72, "A", "minor", 56, 102),
+    BeatSpec("demo_beat_02", 72, "A", "minor", 56, 102, swing=0.56),  # lo-fi: swung 16th hats
     BeatSpec("demo_beat_03", 96, "F", "major", 60, 103),
     BeatSpec("demo_beat_04", 128, "D", "minor", 52, 104, melody=False),
     BeatSpec("demo_beat_05", 156, "G", "major", 50, 105, half_time=True),
-    BeatSpec("demo_beat_06", 84, "E", "minor", 60, 106),
+    BeatSpec("demo_beat_06", 84, "E", "minor", 60, 106, swing=0.57),
     BeatSpec("demo_beat_07", 110, "Bb", "major", 58, 107, melody=False),
     BeatSpec("demo_beat_08", 148, "F#", "minor", 54, 108, half_time=True),
 )
@@ -195,7 +197,9 @@ def _check_beat_args(bpm: float, key: str, scale: str, seconds: float) -> None:
         raise ValueError(f"bpm {bpm} / seconds {seconds}: need 30 <= bpm <= 300 and seconds > 0")
 
 
-def _drum_bar(buf, g: _Grid, t0: float, b: int, kit: tuple, kick_pat, snare_steps, hat_div: int, rng) -> None:
+def _drum_bar(
+    buf, g: _Grid, t0: float, b: int, kit: tuple, kick_pat, snare_steps, hat_div: int, rng, rolls: bool = True
+) -> None:
     """Kicks, claps and closed hats of bar ``b`` (a hat roll on most 4th bars), an open hat every 2nd bar."""
     kick, clap, hats = kit
     step = g.step
@@ -203,7 +207,7 @@ def _drum_bar(buf, g: _Grid, t0: float, b: int, kit: tuple, kick_pat, snare_step
         _add(buf, g.s(t0 + g.sw(k) * step), kick, 0.9)
     for k in snare_steps:
         _add(buf, g.s(t0 + k * step), clap, 0.55, pan=0.05)
-    roll = b % 4 == 3 and rng.random() < 0.8
+    roll = b % 4 == 3 and rng.random() < 0.8 and rolls
     last_beat_start = 12
     for k in range(0, 16, hat_div):
         if roll and k >= last_beat_start:
@@ -249,6 +253,7 @@ def make_beat(
     melody: bool = True,
     hat_div: int | None = None,
     swing: float = 0.5,
+    rolls: bool | None = None,
 ) -> np.ndarray:
     """Render a trap-like beat: ``(2, round(seconds*sr))`` float32, peak 0.89 (about -1 dBFS).
 
@@ -256,7 +261,10 @@ def make_beat(
     on beat 3 so the groove feels like ``bpm/2``. Chords, 808 and melody use the notes of ``key``
     ``scale``. ``hat_div`` sets the closed hats' grid in 16ths (2 = 8th notes, 1 = 16ths); the
     default plays 8ths from 110 BPM and 16ths below. ``swing`` > 0.5 delays every off-beat 16th
-    (0.58: the second 16th of each 8th starts at 58 % of it). Same arguments → the same samples.
+    (0.58: the second 16th of each 8th starts at 58 % of it); ``rolls``: trap hat rolls (32nds,
+    triplets) on most 4th bars — by default from 110 BPM, where the hats play 8ths (a slow beat with
+    16th-note hats *and* trap rolls is a half-time trap beat at twice its tempo: stage 03's convention).
+    Same arguments → the same samples.
     """
     _check_beat_args(bpm, key, scale, seconds)
     rng = np.random.default_rng(seed)
@@ -281,6 +289,7 @@ def make_beat(
     snare_steps = (8,) if half_time else (4, 12)
     if hat_div is None:
         hat_div = 2 if bpm >= 110 else 1  # 8ths at fast tempi, 16ths at slow
+    rolls = bpm >= 110 if rolls is None else rolls
     # an intro bar of drums alone would hide the key: everything plays from bar 0
 
     prev_root_hz = None
@@ -290,7 +299,7 @@ def make_beat(
         # diatonic triad on that degree
         triad = [degrees[(chord_deg + i) % 7] + 12 * ((chord_deg + i) // 7) for i in (0, 2, 4)]
         root_pc = (tonic + degrees[chord_deg]) % 12
-        _drum_bar(buf, g, t0, b, (kick, clap, hats), kick_pat, snare_steps, hat_div, rng)
+        _drum_bar(buf, g, t0, b, (kick, clap, hats), kick_pat, snare_steps, hat_div, rng, rolls)
         # 808 on the kicks, pitched to the chord root (octave 1-2: 33-62 Hz)
         root_hz = _midi_hz(24 + root_pc + (12 if root_pc < 1 else 0))
         _bass_bar(buf, g, t0, kick_pat, root_hz, prev_root_hz)
@@ -312,7 +321,16 @@ def make_beat(
 
 
 def render(spec: BeatSpec, sr: int = SR) -> np.ndarray:
-    return make_beat(spec.bpm, spec.key, spec.scale, spec.seconds, spec.seed, spec.half_time, sr, spec.melody)
+    return make_beat(
+        spec.bpm, spec.key, spec.scale, spec.seconds, spec.seed, spec.half_time, sr, spec.melody, swing=spec.swing
+    )
+
+
+# a producer's own notes on three of the demo beats, as they would drop them next to their beats
+# (stage 03 reads ``facts.csv`` from 01's input folder: the lesson compares them with its estimates)
+DEMO_FACTS = (
+    "file,bpm,key,tags\ndemo_beat_02.ogg,72,A minor,lo-fi\ndemo_beat_06.ogg,84,Em,\ndemo_beat_08.ogg,148,F#m,trap\n"
+)
 
 
 def truth_rows(specs=DEMO_SPECS) -> list[dict]:
@@ -323,6 +341,7 @@ def truth_rows(specs=DEMO_SPECS) -> list[dict]:
             "key": s.key,
             "scale": s.scale,
             "half_time": s.half_time,
+            "swing": s.swing,
             "synthetic": True,
         }
         for s in specs
@@ -353,7 +372,7 @@ def _complete(dest: Path, expected: list[str]) -> bool:
 
 
 def ensure_demo_dataset(dest: str | os.PathLike | None = None) -> Path:
-    """Write the demo dataset to ``dest`` (default ``cache_home()/"demo-beats"/"v1"``) once; return it.
+    """Write the demo dataset to ``dest`` (default ``cache_home()/"demo-beats"/DEMO_VERSION``) once; return it.
 
     Idempotent (a finished folder carries a ``.complete`` list and is returned at once),
     atomic per file (a kill leaves only whole files; the next call finishes the job) and
@@ -362,7 +381,7 @@ def ensure_demo_dataset(dest: str | os.PathLike | None = None) -> Path:
     dest = Path(dest) if dest is not None else cache_home() / "demo-beats" / DEMO_VERSION
     real = sorted(p for p in PACKAGE_AUDIO.iterdir() if p.suffix in (".ogg", ".txt"))
     expected = sorted(
-        [f"{s.name}.ogg" for s in DEMO_SPECS] + [p.name for p in real] + ["truth.jsonl", "ATTRIBUTION.md"]
+        [f"{s.name}.ogg" for s in DEMO_SPECS] + [p.name for p in real] + ["truth.jsonl", "ATTRIBUTION.md", "facts.csv"]
     )
     if _complete(dest, expected):
         return dest
@@ -383,6 +402,7 @@ def ensure_demo_dataset(dest: str | os.PathLike | None = None) -> Path:
             with atomic_path(target) as tmp:
                 shutil.copyfile(src, tmp)
     atomic_write_text(dest / "truth.jsonl", "".join(json.dumps(r) + "\n" for r in truth_rows()))
+    atomic_write_text(dest / "facts.csv", DEMO_FACTS)
     atomic_write_text(dest / ".complete", json.dumps(expected))
     return dest
 
@@ -411,7 +431,7 @@ def spec_dicts() -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # styles beyond the demo beats: an evaluation set for tempo (benchmarks/bench_tempo_octave.py)
 
-STYLES = ("plain", "busy", "sparse", "halftime", "lofi")
+STYLES = ("plain", "busy", "sparse", "halftime", "lofi", "lofi16", "boombap", "trap", "house", "drill")
 
 
 def make_style_beat(
@@ -432,11 +452,17 @@ def make_style_beat(
     - ``lofi``: :func:`make_beat` with 16ths swung to 58 %, low-passed at 3.2 kHz, tape hiss and
       vinyl crackle.
 
+    and the genre styles of :func:`_genre_beat` (``lofi16``, ``boombap``, ``trap``, ``house``,
+    ``drill``), each counted the way its producers count it: lo-fi and boom-bap at their slow
+    tempo with **16th-note** hats, trap and drill at their fast tempo with a half-time feel.
+
     Same arguments → the same samples; output ``(2, round(seconds*sr))`` float32 peaking at 0.89.
     """
     if style not in STYLES:
         raise ValueError(f"style {style!r}: use one of {', '.join(STYLES)}")
     rng = np.random.default_rng(seed + 7919)
+    if style in ("lofi16", "boombap", "trap", "house", "drill"):
+        return _normalised(_genre_beat(style, bpm, key, scale, seconds, seed, sr, rng))
     if style in ("plain", "halftime"):
         return make_beat(bpm, key, scale, seconds, seed, half_time=style == "halftime", sr=sr, hat_div=2)
     n = int(round(seconds * sr))
@@ -491,3 +517,82 @@ def make_style_beat(
     if peak > 0:
         buf *= 0.89 / peak
     return buf.astype(np.float32)
+
+
+def _normalised(buf: np.ndarray) -> np.ndarray:
+    peak = float(np.max(np.abs(buf)))
+    return (buf * (0.89 / peak) if peak > 0 else buf).astype(np.float32)
+
+
+def _dust(buf: np.ndarray, rng: np.random.Generator, sr: int, cutoff: float) -> np.ndarray:
+    """Lo-fi: low-pass at ``cutoff``, tape hiss, vinyl crackle (~6 clicks a second)."""
+    from scipy.signal import butter, sosfilt
+
+    n = buf.shape[1]
+    buf = sosfilt(butter(4, cutoff, btype="low", fs=sr, output="sos"), buf, axis=1).astype(np.float32)
+    crackle = (rng.random(n) < 6 / sr) * rng.standard_normal(n) * 0.05
+    hiss = sosfilt(butter(2, 2000, btype="high", fs=sr, output="sos"), rng.standard_normal(n)) * 0.004
+    return buf + (crackle + hiss).astype(np.float32)[None]
+
+
+def _house(bpm: float, key: str, scale: str, seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Four on the floor: kick on every beat, clap on 2 and 4, closed 16th hats, an open hat on
+    every off-beat 8th, an off-beat bass on the chord root and one chord stab per bar."""
+    n = int(round(seconds * sr))
+    buf = np.zeros((2, n), dtype=np.float32)
+    step = 60.0 / bpm / 4
+    kick, clap = _kick(sr), _clap(sr, rng)
+    closed, opened = _hat(sr, rng, 0.015), _hat(sr, rng, 0.09)
+    tonic, degrees = KEYS.index(key), SCALES[scale]
+    prog = PROGRESSIONS[scale][int(rng.integers(len(PROGRESSIONS[scale])))]
+    for b in range(int(np.ceil(seconds / (16 * step)))):
+        t0 = b * 16 * step
+        deg = prog[b % len(prog)]
+        triad = [degrees[(deg + i) % 7] + 12 * ((deg + i) // 7) for i in (0, 2, 4)]
+        root_hz = _midi_hz(36 + (tonic + degrees[deg]) % 12)
+        for k in range(16):
+            at = int(round((t0 + k * step) * sr))
+            if k % 4 == 0:
+                _add(buf, at, kick, 0.9)
+            if k in (4, 12):
+                _add(buf, at, clap, 0.45)
+            _add(buf, at, closed, 0.08 if k % 2 else 0.12, pan=0.3)
+            if k % 4 == 2:
+                _add(buf, at, opened, 0.14, pan=-0.3)
+                _add(buf, at, _808(sr, root_hz, None, step * 1.5), 0.4)
+        midis = [60 + tonic + iv - (12 if tonic + iv > 7 else 0) for iv in triad]
+        _add(buf, int(round(t0 * sr)), _pad(sr, midis + [midis[0] - 12], 16 * step), 0.3)
+    return buf
+
+
+def _genre_beat(
+    style: str, bpm: float, key: str, scale: str, seconds: float, seed: int, sr: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The genre styles of :func:`make_style_beat`, at ``bpm`` as their producers count it:
+
+    - ``lofi16``: 16th-note hats swung 54–62 %, no trap rolls, low-passed at 3–4.5 kHz, hiss, crackle;
+    - ``boombap``: 16th-note hats, straight or barely swung (50–54 %), no rolls, no low-pass;
+    - ``trap``: half-time (snare on beat 3), 8th-note hats with rolls, 808 glides;
+    - ``house``: :func:`_house`;
+    - ``drill``: half-time, 8th-note hats with 8th-note-triplet fills on beats 2 and 4, a second
+      snare on the last 16th of most bars, 808 glides.
+    """
+    if style == "lofi16":
+        buf = make_beat(bpm, key, scale, seconds, seed, sr=sr, hat_div=1, swing=0.54 + 0.08 * rng.random(), rolls=False)
+        return _dust(buf, rng, sr, 3000 + 1500 * rng.random())
+    if style == "boombap":
+        return make_beat(bpm, key, scale, seconds, seed, sr=sr, hat_div=1, swing=0.5 + 0.04 * rng.random(), rolls=False)
+    if style == "trap":
+        return make_beat(bpm, key, scale, seconds, seed, half_time=True, sr=sr, hat_div=2)
+    if style == "house":
+        return _house(bpm, key, scale, seconds, sr, rng)
+    buf = make_beat(bpm, key, scale, seconds, seed, half_time=True, sr=sr, hat_div=2, melody=False)
+    beat, hat, clap = 60.0 / bpm, _hat(sr, rng, 0.02), _clap(sr, rng)
+    for b in range(int(np.ceil(seconds / (4 * beat)))):
+        t0 = 4 * b * beat
+        for j in (1, 3):  # triplet 8ths over beats 2 and 4
+            for i in range(3):
+                _add(buf, int(round((t0 + (j + i / 3) * beat) * sr)), hat, 0.12, pan=0.3)
+        if rng.random() < 0.7:
+            _add(buf, int(round((t0 + 3.75 * beat) * sr)), clap, 0.35, pan=0.05)
+    return buf

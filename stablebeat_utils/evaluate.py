@@ -9,10 +9,12 @@ the four signal metrics, resampled to 44.1 kHz; one magnitude STFT ``|X|`` with
 =========================  ===================================================================
 column                     definition
 =========================  ===================================================================
-``bpm``                    Essentia TempoCNN *deeptemp-k16-3* global tempo, the very estimator of
-                           03_tempo_key (``tempo.analyse_clip``), **without** 03's optional
-                           ``bpm_range`` octave prior (a prior would hide the octave errors that
-                           BPM adherence wants to see).
+``bpm``                    03_tempo_key's octave-safe tempo, the very estimator of stage 03
+                           (``tempo.octave_safe_tempo``: TempoCNN *deeptemp-k16-3*, the beat
+                           tracker, the hi-hat grid and rolls reconciled; where they cannot be,
+                           ``tempo.measured_tempo``'s fallback and a ``tempo_confidence`` of 0), **without**
+                           03's optional ``bpm_range`` octave prior (a prior would hide the octave
+                           errors that BPM adherence wants to see).
 ``spectral_centroid``      mean over *active* frames of ``librosa.feature.spectral_centroid(S=|X|)``
                            = Σ f·|X(f)| / Σ |X(f)| per frame, in Hz.
 ``spectral_flatness``      mean over active frames of ``librosa.feature.spectral_flatness(S=|X|)``
@@ -264,8 +266,8 @@ def measure_clip(path: str, with_tempo: bool = True) -> dict:
             from . import tempo
 
             raw = tempo.analyse_clip(Path(path).name, path)
-            if raw.get("global_bpm") is not None:
-                bpm, conf, _ = tempo.tempo_estimate(raw["global_bpm"], raw["mean_probs"], None)
+            if raw.get("global_bpm") is not None:  # 03's octave-safe tempo (tempo.measured_tempo)
+                bpm, conf = tempo.measured_tempo(raw)
                 row.update(bpm=round(bpm, 2), tempo_confidence=round(conf, 4))
             if raw.get("key") is not None:
                 row.update(key_est=f"{raw['key']} {raw['scale']}", key_strength=round(raw["strength"], 4))

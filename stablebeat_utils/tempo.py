@@ -184,7 +184,8 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
         m44 = mono if sr == GRID_SR else audio.resample(mono[None], sr, GRID_SR)[0]
         m44 = np.ascontiguousarray(m44, dtype=np.float32)
         beat_bpm = float(_WORKER["beats"](m44[: int(BEAT_SECONDS * GRID_SR)])[0])  # enough beats to count
-        ac = onset_autocorrelation(m44)
+        env = bright_onsets(m44)
+        ac = onset_autocorrelation(m44, env=env)
         g = float(global_bpm)
         return {
             "clip_id": clip_id,
@@ -192,6 +193,7 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
             "mean_probs": probs.mean(axis=0).tolist(),
             "beat_bpm": beat_bpm,
             "grid": [grid_score(ac, g * f) for f in (0.5, 1.0, 2.0)],
+            "rolls": [roll_count(env, g * f) for f in (1.0, 2.0)],
             "key": key,
             "scale": scale,
             "strength": float(strength),
@@ -212,26 +214,32 @@ GRID_MAX_LAG_S = 1.0  # an 8th note at 30 BPM
 BEAT_SECONDS = 15.0  # the beat tracker reads the first 15 s (its cost grows with the length)
 GRID_MIN_SCORE = 0.3  # an octave whose 8th notes repeat at least this strongly has hats on its grid
 GRID_MAX_BPM = 190.0  # the grid never moves a tempo above this (16th-note hats at 100 BPM stay 100)
-TEMPO_METHOD = 2  # bumped when the tempo rule changes: older rows are re-analysed
+TEMPO_METHOD = 3  # bumped when the tempo rule changes: older rows are re-analysed
+GRID_STRAIGHT = 0.6  # hats this regular on the 8ths of 2x play straight 16ths of x (swing drops it to ~0.45)
+ROLLS_MIN = 3  # this many roll gaps at the fast reading: trap/drill hats
+SLOW_RANGE = (68.0, 100.0)  # a slow reading here may be lo-fi/boom-bap with 16th hats: rolls decide
 
 
-def onset_autocorrelation(y: np.ndarray, sr: int = GRID_SR) -> np.ndarray:
-    """Autocorrelation (lag 0 = 1) of the bright-band onset envelope of ``y``, lags 0…1 s in frames.
-
-    The envelope is the half-wave rectified flux of the log-magnitude spectrum above
-    :data:`GRID_BAND_HZ`, clipped at its 99.5th percentile so that a few loud clicks (vinyl
-    crackle, a crash) cannot outweigh the grid of hats.
-    """
+def bright_onsets(y: np.ndarray, sr: int = GRID_SR) -> np.ndarray:
+    """The bright-band onset envelope of ``y``, one value per :data:`GRID_HOP` frame: the half-wave
+    rectified flux of the log-magnitude spectrum above :data:`GRID_BAND_HZ`, clipped at its 99.5th
+    percentile so that a few loud clicks (vinyl crackle, a crash) cannot outweigh the grid of hats."""
     y = np.asarray(y, dtype=np.float32)
     if len(y) < 4 * GRID_NFFT or sr != GRID_SR:
-        raise ValueError(f"onset_autocorrelation: need {GRID_SR} Hz audio longer than {4 * GRID_NFFT} samples")
+        raise ValueError(f"bright_onsets: need {GRID_SR} Hz audio longer than {4 * GRID_NFFT} samples")
     n = 1 + (len(y) - GRID_NFFT) // GRID_HOP
     frames = np.lib.stride_tricks.sliding_window_view(y, GRID_NFFT)[::GRID_HOP][:n]
     spec = np.abs(np.fft.rfft(frames * np.hanning(GRID_NFFT).astype(np.float32), axis=1))
     band = np.fft.rfftfreq(GRID_NFFT, 1.0 / sr) >= GRID_BAND_HZ
     logmag = np.log1p(100.0 * spec[:, band])
     env = np.maximum(np.diff(logmag, axis=0), 0.0).sum(axis=1)
-    env = np.minimum(env, np.percentile(env, 99.5))
+    return np.minimum(env, np.percentile(env, 99.5))
+
+
+def onset_autocorrelation(y: np.ndarray, sr: int = GRID_SR, env: np.ndarray | None = None) -> np.ndarray:
+    """Autocorrelation (lag 0 = 1) of the bright-band onset envelope of ``y`` (:func:`bright_onsets`,
+    or ``env`` when given), lags 0…1 s in frames."""
+    env = bright_onsets(y, sr) if env is None else env
     env = env - env.mean()
     power = np.abs(np.fft.rfft(env, 2 * len(env))) ** 2
     ac = np.fft.irfft(power)[: int(GRID_MAX_LAG_S * sr / GRID_HOP) + 2]
@@ -246,6 +254,18 @@ def grid_score(ac: np.ndarray, bpm: float, sr: int = GRID_SR) -> float:
     if bpm <= 0 or hi >= len(ac):
         return 0.0
     return float(np.max(ac[lo : hi + 1]))
+
+
+def roll_count(env: np.ndarray, bpm: float, sr: int = GRID_SR) -> int:
+    """How many bright onsets follow the previous one by 0.2–0.75 of an 8th note of ``bpm``: hat
+    **rolls** (32nds, 16th and 32nd triplets of ``bpm``) and triplet fills, the hi-hat signature
+    of trap and drill. Straight or swung 8th-note hats of ``bpm`` (16ths of half of it) give none."""
+    if bpm <= 0 or len(env) < 3:
+        return 0
+    floor = 0.25 * float(np.percentile(env, 99))
+    peaks = np.flatnonzero((env[1:-1] > env[:-2]) & (env[1:-1] >= env[2:]) & (env[1:-1] > floor)) + 1
+    gaps = np.diff(peaks) * GRID_HOP / sr / (30.0 / bpm)
+    return int(np.count_nonzero((gaps >= 0.2) & (gaps <= 0.75)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,22 +324,39 @@ def _near(a: float, b: float) -> bool:
     return abs(a - b) <= TOLERANCE * b
 
 
-def reconcile(cnn_bpm: float, beat_bpm: float | None, grid: Sequence[float]) -> tuple[float | None, str]:
-    """(tempo, how) from TempoCNN's answer, the beat tracker's and the grid scores of
-    ``cnn_bpm`` × (½, 1, 2); tempo None when the estimates cannot be reconciled (module docstring)."""
+def _octave(slow: float, fast: float, s_slow: float, s_fast: float, rolls_fast: int) -> tuple[float | None, str]:
+    """Pick ``slow`` or ``fast`` (= 2 × slow) from the hats: see the module docstring's rule."""
+    if fast <= GRID_MAX_BPM and s_fast >= GRID_MIN_SCORE:  # bright onsets on the 8ths of `fast`
+        if not SLOW_RANGE[0] <= slow <= SLOW_RANGE[1] or rolls_fast >= ROLLS_MIN:
+            return fast, "fast: hats" if rolls_fast < ROLLS_MIN else "fast: hats and rolls"
+        if s_fast < GRID_STRAIGHT:  # swung 16ths of the slow tempo (lo-fi, boom-bap)
+            return slow, "slow: swung 16th hats"
+        return None, "octave unresolved"  # straight 16ths at `slow` = half-time 8ths at `fast`
+    if s_slow >= GRID_MIN_SCORE:
+        return slow, "slow: hats"
+    return None, "octave unresolved"
+
+
+def reconcile(
+    cnn_bpm: float, beat_bpm: float | None, grid: Sequence[float], rolls: Sequence[int] = (0, 0)
+) -> tuple[float | None, str]:
+    """(tempo, how) from TempoCNN's answer, the beat tracker's, the grid scores of ``cnn_bpm`` ×
+    (½, 1, 2) and the roll counts at ``cnn_bpm`` × (1, 2); tempo None when the estimates cannot be
+    reconciled (module docstring)."""
     s_half, s_one, s_two = (float(x) for x in grid)
+    r_one, r_two = (int(x) for x in rolls)
     c = float(cnn_bpm)
     if beat_bpm is not None and _near(beat_bpm, c):
-        if 2 * c <= GRID_MAX_BPM and s_two >= GRID_MIN_SCORE:
-            return 2 * c, "agree, hats double"
-        return c, "agree"
+        if s_two < GRID_MIN_SCORE or 2 * c > GRID_MAX_BPM:
+            return c, "agree"
+        tempo, how = _octave(c, 2 * c, s_one, s_two, r_two)
+        return tempo, "agree" if tempo == c and how == "slow: hats" else f"agree, {how}"
     if beat_bpm is not None and (_near(beat_bpm, 2 * c) or _near(beat_bpm, c / 2)):
-        (slow, s_slow), (fast, s_fast) = ((c, s_one), (2 * c, s_two)) if beat_bpm > c else ((c / 2, s_half), (c, s_one))
-        if fast <= GRID_MAX_BPM and s_fast >= GRID_MIN_SCORE:
-            return fast, "octave by hats"
-        if s_slow >= GRID_MIN_SCORE:
-            return slow, "octave by hats"
-        return None, "octave unresolved"
+        if beat_bpm > c:
+            tempo, how = _octave(c, 2 * c, s_one, s_two, r_two)
+        else:
+            tempo, how = _octave(c / 2, c, s_half, s_one, r_one)
+        return tempo, f"octave apart, {how}"
     return None, "estimates disagree"
 
 
@@ -330,3 +367,27 @@ def octave_mass(mean_probs, tempo: float) -> float:
     for f in (0.25, 0.5, 1.0, 2.0, 4.0):
         near |= np.abs(TEMPO_CLASSES_BPM - tempo * f) <= TOLERANCE * tempo * f
     return float(p[near].sum())
+
+
+def octave_safe_tempo(raw: dict) -> tuple[float | None, float, str]:
+    """03's tempo of one clip from :func:`analyse_clip`'s raw output: ``(tempo or None, confidence,
+    how)`` — TempoCNN, the beat tracker, the hi-hat grid and the rolls reconciled (:func:`reconcile`),
+    the confidence TempoCNN's mass on that pulse (:func:`octave_mass`; 0 when unreconciled). The one
+    tempo estimate of the course: stage 03 states it, stage 07 measures generated clips with it."""
+    if raw.get("global_bpm") is None:
+        return None, 0.0, "no estimate"
+    tempo, how = reconcile(float(raw["global_bpm"]), raw.get("beat_bpm"), raw["grid"], raw.get("rolls") or (0, 0))
+    return tempo, (octave_mass(raw["mean_probs"], tempo) if tempo is not None else 0.0), how
+
+
+def measured_tempo(raw: dict) -> tuple[float | None, float]:
+    """``(bpm, confidence)`` for *measuring* a clip (stage 07): :func:`octave_safe_tempo`, and where
+    it states nothing, the beat tracker's tempo when it is an octave from TempoCNN's (a plain click
+    track has no hats to decide by; TempoCNN doubles slow ones, the tracker reads them right), else
+    TempoCNN's own; the confidence is then 0."""
+    tempo, conf, how = octave_safe_tempo(raw)
+    if tempo is not None or raw.get("global_bpm") is None:
+        return tempo, conf
+    beat, cnn = raw.get("beat_bpm"), float(raw["global_bpm"])
+    octave = beat is not None and (_near(beat, 2 * cnn) or _near(beat, cnn / 2))
+    return float(beat) if octave else cnn, 0.0

@@ -67,7 +67,7 @@ def test_half_time_moves_the_backbeat():
 
 def test_dataset_contents_truth_and_budget(demo_home):
     home, path = demo_home
-    assert path == home / "demo-beats" / "v1"
+    assert path == home / "demo-beats" / demo.DEMO_VERSION
     names = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     synth = [f"{s.name}.ogg" for s in demo.DEMO_SPECS]
     real = ["Karissa_Hobbs_-_Lets_Go_Fishin", "Kevin_MacLeod_-_Vibe_Ace", "admiralbob77_-_Choice_-_Drum-bass"]
@@ -84,6 +84,7 @@ def test_dataset_contents_truth_and_budget(demo_home):
             "key": s.key,
             "scale": s.scale,
             "half_time": s.half_time,
+            "swing": s.swing,
             "synthetic": True,
         }
     # variety the brief asks for

@@ -138,6 +138,16 @@ def _click_track(bpm, seconds=20.0):
     return y
 
 
+@pytest.mark.parametrize("bpm", [70, 84, 96, 110, 128, 150, 180])
+def test_plain_click_tracks_are_read_at_their_tempo(tempo_worker, tmp_path, bpm):
+    """07 measures with 03's octave-safe estimate: a plain click track is read at its own tempo
+    (TempoCNN alone read a 96-BPM click as 192)."""
+    path = tmp_path / f"clicks{bpm}.wav"
+    audio.write_wav(path, _click_track(bpm)[None], SR)
+    row = ev.measure_clip(str(path))
+    assert row["error"] is None and row["bpm"] == pytest.approx(bpm, rel=0.04), row
+
+
 @pytest.mark.parametrize("kind,bpm", [("clicks", 120), ("beat", 90), ("beat", 128)])
 def test_bpm_of_a_click_track_and_a_drum_loop(tempo_worker, tmp_path, kind, bpm):
     x = _click_track(bpm)[None] if kind == "clicks" else demo.make_beat(bpm, "A", "minor", 20.0, seed=bpm)
