@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import colab, params
-from .runs import record_params
+from .runs import find_run_dir, record_params
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,25 @@ def settle(stage: str, namespace: dict) -> dict[str, Any]:
     values = params.settled_values(stage, namespace)
     colab.prepare(values)  # in Colab: GPU check, Drive mounted if a path points into it; elsewhere nothing
     if "run_dir" in values:
-        values["run_dir"] = str(Path(values["run_dir"]).expanduser().resolve())
+        given = values["run_dir"]
+        values["run_dir"] = str(Path(find_run_dir(given, creates=stage == "01_segment")).expanduser().resolve())
+        if not Path(given).expanduser().is_absolute() and not Path(given).expanduser().exists():
+            if Path(values["run_dir"]).is_dir():
+                print(f"run_dir {given!r} is not beside this notebook: using {values['run_dir']}")
         record_params(values["run_dir"], stage, values)
+    if namespace.get("_resolved_by_runner"):
+        saved_copy_settings(values.get("run_dir"))
     return values
+
+
+def saved_copy_settings(run_dir: str | None) -> None:
+    """Under the runner, whose executed copy is saved: text progress bars (a widget bar is saved
+    frozen at 0 %), and players that link their files relative to ``RUN_DIR/notebooks``."""
+    import tqdm.auto
+    import tqdm.std
+
+    tqdm.auto.tqdm, tqdm.auto.trange = tqdm.std.tqdm, tqdm.std.trange
+    if run_dir:
+        from . import show
+
+        show.NOTEBOOK_DIR = Path(run_dir) / "notebooks"
