@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import io
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -142,6 +143,7 @@ def saved_copy_settings(run_dir: str | None) -> None:
     import tqdm.std
 
     tqdm.auto.tqdm, tqdm.auto.trange = tqdm.std.tqdm, tqdm.std.trange
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars: noise in a lesson
     if run_dir:
         from . import show
 

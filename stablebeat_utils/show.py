@@ -104,7 +104,8 @@ class Table:
     def caption(self) -> str:
         where = f" — all of them in {self.source}" if self.source else ""
         if len(self.df) < self.total:
-            return f"{len(self.df)} of {self.total} rows shown, {self.total - len(self.df)} more rows{where}"
+            more = self.total - len(self.df)
+            return f"{len(self.df)} of {self.total} rows shown, {more} more row{'s' if more != 1 else ''}{where}"
         return f"{self.total} row{'s' if self.total != 1 else ''}" + (f" (from {self.source})" if self.source else "")
 
     def _repr_html_(self) -> str:
@@ -135,6 +136,20 @@ def table(rows, columns=None, max_rows: int = 20, source: str | os.PathLike | No
         df = df[[c for c in columns if c in df.columns]]
     shown = df.head(max_rows) if max_rows else df
     return Table(shown, len(df), str(source) if source else None, scroll)
+
+
+def whole_prompts(rows, n: int = 3):
+    """A sample of ``n`` training prompts, each whole (04_prompts), as a list."""
+    import html
+
+    from IPython.display import HTML
+
+    items = "".join(
+        f"<li><code>{html.escape(str(r['clip_id']))}</code> ({html.escape(str(r.get('prompt_source', '')))}): "
+        f"{html.escape(str(r['prompt']))}</li>"
+        for r in list(rows)[:n]
+    )
+    return HTML(f"<p>{min(n, len(rows))} of {len(rows)} training prompts, whole:</p><ul>{items}</ul>")
 
 
 # --------------------------------------------------------------------------------------------
