@@ -354,6 +354,18 @@ def training_curves(summary_or_csvs, title: str | None = None, smooth: int = 0):
             ax1.plot(steps[smooth - 1 :], avg, color="C3", lw=1.5, label=f"mean of {smooth}")
         ax2.plot(steps, [r["lr"] for r in rows], color="C1", lw=1.2)
         ax1.legend(fontsize=8)
+        if len(rows) < 30:  # a demo's handful of steps: say so rather than let 4 points pass for a trend
+            ax1.text(
+                0.5,
+                0.02,
+                f"only {len(rows)} logged step{'s' if len(rows) != 1 else ''}: too few for a trend "
+                "(a real run logs thousands)",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="0.35",
+                transform=ax1.transAxes,
+            )
     ax1.set(xlabel="step", ylabel="diffusion loss (MSE, v-objective)", title="training loss")
     ax2.set(xlabel="step", ylabel="learning rate", title="learning rate (InverseLR warm-up)")
     ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
