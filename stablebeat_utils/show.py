@@ -270,8 +270,8 @@ def audio_grid(
 # --- 03_tempo_key -------------------------------------------------------------------------------
 
 
-def tempo_key_kept_table(rows):
-    """03_tempo_key: per clip, raw value, confidence and whether the 0.7 rule kept it."""
+def tempo_key_kept_table(rows, source: str | None = None):
+    """03_tempo_key: per clip, raw value, confidence and whether the 0.7 rule kept it (a counted :class:`Table`)."""
     import pandas as pd
 
     out = []
@@ -288,7 +288,7 @@ def tempo_key_kept_table(rows):
                 "error": r.get("error"),
             }
         )
-    return pd.DataFrame(out)
+    return Table(pd.DataFrame(out), len(out), source)
 
 
 def segment_plot(analysis, rows=None, title: str | None = None):
