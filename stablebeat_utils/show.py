@@ -127,11 +127,11 @@ class Table:
 
 
 def table(rows, columns=None, max_rows: int = 20, source: str | os.PathLike | None = None, scroll: bool = False):
-    """The rows (dicts) as a :class:`Table` (optionally only ``columns``): the first ``max_rows``
+    """The rows (dicts, or a DataFrame) as a :class:`Table` (optionally only ``columns``): the first ``max_rows``
     (0: all), with a caption that counts them and names ``source``, the file that holds them all."""
     import pandas as pd
 
-    df = pd.DataFrame(list(rows))
+    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     if columns is not None:
         df = df[[c for c in columns if c in df.columns]]
     shown = df.head(max_rows) if max_rows else df
@@ -264,7 +264,10 @@ def audio_grid(
             f"<tr><td style='max-width:22em;text-align:left'><b>{rid}</b> "
             f"{html.escape(str(any_row.get(text_key, '')))}</td>{''.join(cells)}</tr>"
         )
-    return HTML(f"<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>")
+    n_prompts = len({r[row_key] for r in rows})
+    more = f", the first {len(row_ids)} of {n_prompts} prompts shown" if n_prompts > len(row_ids) else ""
+    count = f"<p><i>{len(row_ids)} rows: {n_prompts} prompts × {len(col_ids)} models{more}</i></p>"
+    return HTML(f"<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>{count}")
 
 
 # --- 03_tempo_key -------------------------------------------------------------------------------
