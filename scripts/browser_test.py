@@ -94,10 +94,12 @@ def start_lab(port: int, token: str, log: Path) -> subprocess.Popen:
         f"--ServerApp.root_dir={REPO}",
         f"--IdentityProvider.token={token}",
         "--ServerApp.disable_check_xsrf=True",
+        "--allow-root",  # CI runs as root
         "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(log.parent / "jupyter-runtime"))
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env=env)
     for _ in range(120):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):

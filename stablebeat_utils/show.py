@@ -31,9 +31,10 @@ def notebook_dir() -> Path:
 
 
 class Player:
-    """An HTML5 player with two sources: the audio embedded as MP3 (Colab, a trusted notebook, GitHub's
-    viewer) and a link to the file relative to the notebook (JupyterLab strips ``data:`` sources from
-    an untrusted — e.g. executed — notebook's HTML, and then plays the file through its server).
+    """An HTML5 player carrying its audio as MP3 in the ``<audio>`` element's own ``src`` — which
+    JupyterLab keeps in an untrusted (e.g. executed) notebook, where it strips ``<source src>``
+    (IPython's ``Audio`` puts its data there: silent players) — and a link to the file relative to
+    the notebook (JupyterLab opens it from its server).
 
     MP3 rather than Ogg: every browser plays it; ~10x smaller than WAV in an executed notebook.
     Encoded by libsndfile (soundfile), 1-s blocks (see ``compat.write_blocks``).
@@ -63,14 +64,13 @@ class Player:
         import base64
         import html
 
-        kind = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg"}.get(self.path.suffix.lower(), "")
         b64 = base64.b64encode(self.data).decode("ascii")
-        typed = f' type="{kind}"' if kind else ""
+        name = html.escape(self.path.name)
         return (
-            f'<audio controls preload="none" title="{html.escape(self.path.name)}">'
-            f'<source src="data:{self.mimetype};base64,{b64}" type="{self.mimetype}">'
-            f'<source src="{html.escape(self.link())}"{typed}>'
-            "Your browser does not support the audio element.</audio>"
+            f'<audio controls preload="metadata" title="{name}" src="data:{self.mimetype};base64,{b64}">'
+            "Your browser does not support the audio element.</audio> "
+            f'<a href="{html.escape(self.link())}" target="_blank" title="the file, from where the notebook lies">'
+            f"<small>{name}</small></a>"
         )
 
     def __repr__(self) -> str:

@@ -8,9 +8,9 @@ Checked in every output of every executed notebook:
   a piece of it), no table cell ending in an ellipsis;
 - **no table without its count**: every HTML table is followed by its caption ("21 rows", "20 of 57
   rows shown, 37 more rows — all of them in …");
-- **no player without audio**: every ``<audio>`` has a source that plays where the notebook lies —
-  a link relative to the notebook to a file that exists (JupyterLab strips ``data:`` sources from an
-  untrusted notebook) — and its embedded copy is not empty;
+- **no player without audio**: every ``<audio>`` carries its audio in its own ``src`` (JupyterLab
+  strips ``<source src>`` from an untrusted notebook: IPython's ``Audio`` is silent there), not empty,
+  and its link to the file resolves from where the notebook lies;
 - **labels true**: no "Stable Audio Open 1.0" in an output of a run whose base model is a tiny
   stand-in (``tiny:…``), unless marked "(published)";
 - **no frozen progress bar**: no widget progress bar saved as its text ("  0%|").
@@ -27,8 +27,9 @@ from pathlib import Path
 from urllib.parse import unquote
 
 TABLE_COUNT = re.compile(r"</table>\s*(?:</div>\s*)*<p><i>[^<]*\b\d+ rows?\b")
-AUDIO = re.compile(r"<audio\b.*?</audio>", re.S)
-SOURCE = re.compile(r'<source\b[^>]*\bsrc="([^"]*)"')
+AUDIO = re.compile(r"<audio\b.*?</audio>(?:\s*<a href=\"[^\"]*\")?", re.S)
+AUDIO_SRC = re.compile(r'<audio\b[^>]*\bsrc="([^"]*)"')
+LINK = re.compile(r'</audio>\s*<a href="([^"]*)"')
 CUT_CELL = re.compile(r"<td>[^<]*(?:\.\.\.|…)</td>")
 FROZEN_BAR = re.compile(r"^\s*[^|\n]*:?\s+0%\|\s+\|", re.M)
 
@@ -73,16 +74,21 @@ def _cut_prompts(text: str, prompts: list[str]) -> list[str]:
 
 
 def _players(text: str, nb_dir: Path) -> list[str]:
+    """A player plays in JupyterLab untrusted only from the ``<audio>`` element's own ``src``
+    (``<source src>`` is stripped); its link to the file, when it has one, must resolve."""
     problems = []
     for player in AUDIO.findall(text):
-        sources = SOURCE.findall(player)
-        links = [s for s in sources if not s.startswith("data:")]
-        datas = [s for s in sources if s.startswith("data:")]
-        for d in datas:
-            if len(base64.b64decode(d.split(",", 1)[1] or "", validate=False)) < 100:
-                problems.append("an embedded copy is empty")
-        if not any((nb_dir / unquote(html.unescape(s))).is_file() for s in links):
-            problems.append(f"no source that plays in JupyterLab untrusted (links: {links or 'none'})")
+        src = AUDIO_SRC.search(player)
+        if src is None:
+            problems.append("no src on the <audio> element (JupyterLab strips <source src> untrusted)")
+        elif src.group(1).startswith("data:"):
+            if len(base64.b64decode(src.group(1).split(",", 1)[1] or "", validate=False)) < 100:
+                problems.append("its embedded audio is empty")
+        elif not (nb_dir / unquote(html.unescape(src.group(1)))).is_file():
+            problems.append(f"its file does not resolve from the notebook: {src.group(1)}")
+        link = LINK.search(player)
+        if link and not (nb_dir / unquote(html.unescape(link.group(1)))).is_file():
+            problems.append(f"its link does not resolve from the notebook: {link.group(1)}")
     return problems
 
 
