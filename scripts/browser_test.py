@@ -143,8 +143,8 @@ def wait(driver, test, timeout: float, what: str, shots: Path | None = None):
 # JS: load every <audio> in the notebook's outputs and report what the browser could play
 AUDIO_STATE_JS = """
 const done = arguments[arguments.length - 1];
-const sel = arguments[0];
-const players = Array.from(document.querySelectorAll(sel));
+const sel = arguments[0], blobOnly = arguments[1];
+const players = Array.from(document.querySelectorAll(sel)).filter(a => !blobOnly || a.src.startsWith('blob:'));
 Promise.all(players.map(a => new Promise(res => {
   const report = () => res({duration: a.duration, src: a.currentSrc, error: a.error && a.error.code,
                             sources: Array.from(a.querySelectorAll('source')).map(s => s.getAttribute('src') || '')});
@@ -159,9 +159,11 @@ Promise.all(players.map(a => new Promise(res => {
 """
 
 
-def audio_states(driver, selector: str) -> list[dict]:
+def audio_states(driver, selector: str, blob_only: bool = False) -> list[dict]:
+    """What the browser could load of each player (``blob_only``: the widgets' players, whose audio
+    the kernel sent as bytes)."""
     driver.set_script_timeout(60)
-    return driver.execute_async_script(AUDIO_STATE_JS, selector)
+    return driver.execute_async_script(AUDIO_STATE_JS, selector, blob_only)
 
 
 def check_players(states: list[dict], what: str, expect: int | None = None) -> None:
@@ -229,6 +231,17 @@ def run(run_dir: Path, out: Path, timeout: float) -> dict:
         if text_repr:
             raise Failed("the playground shows as text (VBox(children=…)), not as a widget")
         driver.save_screenshot(str(shots / "2-playground.png"))
+        labels = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.widget-label')).filter(l => l.offsetParent !== null)"
+            ".map(l => ({text: l.textContent.trim(), cut: l.scrollWidth > l.clientWidth + 1}))"
+        )
+        shown = {lab["text"] for lab in labels}
+        missing = [t for t in ("Steps", "CFG", "Seed (-1: random)", "Duration (s)") if t not in shown]
+        if missing:
+            raise Failed(f"the playground does not show {missing} (shown: {sorted(shown)})")
+        cut = [lab["text"] for lab in labels if lab["cut"]]
+        if cut:
+            raise Failed(f"labels cut in the playground: {cut}")
 
         base = wait(
             driver,
@@ -253,10 +266,11 @@ def run(run_dir: Path, out: Path, timeout: float) -> dict:
         )[0].text
         if "Done in" not in status:
             raise Failed(f"the playground did not generate: {status}")
-        takes = audio_states(driver, ".widget-audio, .jupyter-widgets audio")
+        takes = audio_states(driver, "audio", blob_only=True)
         check_players(takes, "the playground's takes")
         played = driver.execute_async_script(
-            "const done = arguments[arguments.length - 1]; const a = document.querySelector('.widget-audio');"
+            "const done = arguments[arguments.length - 1];"
+            "const a = Array.from(document.querySelectorAll('audio')).find(x => x.src.startsWith('blob:'));"
             "a.muted = true; a.play().then(() => setTimeout(() => done(a.currentTime), 1500), e => done(String(e)));"
         )
         if not (isinstance(played, (int, float)) and played > 0):

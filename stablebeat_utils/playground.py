@@ -185,10 +185,13 @@ class Playground:
 
     def _setting_widgets(self, W, style: dict) -> None:
         """Steps, CFG, seed, duration, which model(s), LoRA strength: from the notebook's parameters."""
-        wide = W.Layout(width="36em")
+
+        def wide():  # one Layout each: a shared one would hide Steps and CFG with the strength slider
+            return W.Layout(width="36em")
+
         steps = int(self.P.get("steps", 200))
         self.steps = W.IntSlider(
-            value=steps, min=1, max=steps_range(steps), description="Steps", style=style, layout=wide
+            value=steps, min=1, max=steps_range(steps), description="Steps", style=style, layout=wide()
         )
         self.cfg = W.FloatSlider(
             value=float(self.P.get("cfg_scale", 7.0)),
@@ -197,7 +200,7 @@ class Playground:
             step=0.5,
             description="CFG",
             style=style,
-            layout=wide,
+            layout=wide(),
         )
         self.seed = W.IntText(value=int(self.P.get("seed", 42)), description="Seed (-1: random)", style=style)
         self.duration = W.BoundedFloatText(
@@ -233,7 +236,7 @@ class Playground:
             step=0.05,
             description="LoRA strength",
             style=style,
-            layout=wide,
+            layout=wide(),
         )
         for w, tip in (
             (self.steps, "Sampler steps: more is slower and cleaner (the card: 200; the demo profile: a few)"),

@@ -152,6 +152,8 @@ def test_cfg_is_recorded_as_typed(tmp_path):
 def test_lora_strength_only_for_a_lora_fine_tune(tmp_path, lora_run):
     full = pg.build({**FAST, "run_dir": str(tmp_path)})  # no fine-tune (or a full one): no slider
     assert full.strength.layout.display == "none"
+    shown = [full.steps, full.cfg, full.seed, full.duration, full.choice, full.button]
+    assert all(w.layout.display != "none" for w in shown)  # hiding the slider hides nothing else
     lora = pg.build({**FAST, "run_dir": str(lora_run)})
     assert lora.strength.layout.display is None
 
