@@ -10,13 +10,14 @@ ifneq ($(wildcard $(SHARED_TEMPOCNN)/deeptemp-k16-3.pb),)
 export STABLEBEAT_MODEL_MIRROR ?= $(SHARED_TEMPOCNN)
 endif
 
-.PHONY: setup demo test lint unit notebooks bench clean-runs fullsize colab-leg
+.PHONY: setup demo test lint unit notebooks bench clean-runs fullsize colab-leg browser-test
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	$(PY) -m stablebeat_utils run
+	$(PY) tests/reading.py runs/demo
 
 # lint, unit tests, then every notebook under nbval on the demo profile (a fresh run folder each time)
 test: setup lint
@@ -44,6 +45,12 @@ bench: setup
 # reload, a sampler step, the padding weight; wall time and peak RSS per step (CI: <= 12 min, 16 GB)
 fullsize: setup
 	$(PY) scripts/fullsize.py
+
+# 06 in JupyterLab with headless Chromium: an executed copy's players play, the playground renders,
+# generates, plays and saves a take; screenshots in runs/browser-test/screenshots (after make test or demo)
+browser-test: setup
+	bash scripts/browser_setup.sh
+	$(PY) scripts/browser_test.py
 
 clean-runs:
 	rm -rf runs notebooks/runs

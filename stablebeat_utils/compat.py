@@ -8,6 +8,7 @@ Call :func:`apply` before importing stable-audio-tools; it is idempotent and che
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -183,6 +184,27 @@ def t5_outside_autocast() -> bool:
     forward_without_autocast.__wrapped__ = forward
     cls.forward = forward_without_autocast
     return True
+
+
+@contextlib.contextmanager
+def quiet_sampler():
+    """stable-audio-tools 0.0.20: its k-diffusion samplers always draw a tqdm bar (``disable=False``
+    is hard-coded in ``inference/sampling.py``). The playground has its own bar; in JupyterLab the
+    sampler's, drawn from a widget callback, lands in the log console as a bar frozen at 0 %.
+    Within this block the vendored ``k_diffusion.sampling`` draws none."""
+    import functools
+
+    import tqdm.std
+
+    from stable_audio_tools.inference.k_diffusion import sampling as ks
+
+    saved = ks.trange, ks.tqdm
+    ks.trange = functools.partial(tqdm.std.trange, disable=True)
+    ks.tqdm = functools.partial(tqdm.std.tqdm, disable=True)
+    try:
+        yield
+    finally:
+        ks.trange, ks.tqdm = saved
 
 
 def apply() -> None:

@@ -128,6 +128,7 @@ from .evaluate_report import (
     _summary_md,
     card_table,
     compare,
+    labelled,
     paper_comparison,
 )
 from .runs import JsonlLog, Run, atomic_path, file_sha256, atomic_write_json, atomic_write_text, read_jsonl
@@ -372,6 +373,7 @@ def read_generations(run_dir: str | os.PathLike, generations: str = "") -> list[
                 "path": str(p.resolve()),
                 "prompt": r["prompt"],
                 "model": str(r.get("model") or "model"),
+                "model_source": r.get("model_source"),
                 "seed": int(seed) if str(seed).strip().lstrip("-").isdigit() else 0,
                 "prompt_idx": r.get("prompt_idx"),
             }
@@ -794,7 +796,8 @@ def run(
         "clap_model": clap_model,
         "spectrogram_pairs": spectrogram_pairs,
     }
-    written = _write_outputs(df, ref_df, models_present, frechet, out_dir, run_, params, ref_source, settings)
+    with labelled({g["model"]: g.get("model_source") for g in gens}):  # a tiny stand-in is called one
+        written = _write_outputs(df, ref_df, models_present, frechet, out_dir, run_, params, ref_source, settings)
     summary = {
         "clips": int(len(df)),
         "models": models_present,

@@ -8,6 +8,9 @@ From the per-clip measurements (a pandas ``DataFrame``, one row per clip) to wha
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import math
 import os
 from pathlib import Path
@@ -30,6 +33,38 @@ CARD_LABELS = {
 
 
 MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune", "focus": "second stage (05b_focus)"}
+SAO_HUB_ID = "stabilityai/stable-audio-open-1.0"
+_LABELS: contextvars.ContextVar[dict] = contextvars.ContextVar("model_labels", default=MODEL_LABELS)
+
+
+def model_labels(sources: dict) -> dict:
+    """What each model is called, true to what generated it (06's ``model_source`` per model): the base
+    is "Stable Audio Open 1.0" only when it is the hub's; a tiny stand-in is called one, everywhere."""
+    out = dict(MODEL_LABELS)
+    base = str(sources.get("base") or SAO_HUB_ID)
+    if base.startswith("tiny:"):
+        out["base"] = f"tiny stand-in ({base}, random weights)"
+        out["finetune"] = "fine-tune of the tiny stand-in"
+        out["focus"] = "second stage (05b_focus) of the tiny stand-in"
+    elif base != SAO_HUB_ID:
+        out["base"] = f"base model ({base})"
+    return out
+
+
+@contextlib.contextmanager
+def labelled(sources: dict):
+    """Within this block the report's tables and figures name the models by :func:`model_labels`."""
+    token = _LABELS.set(model_labels(sources))
+    try:
+        yield
+    finally:
+        _LABELS.reset(token)
+
+
+def label(model: str) -> str:
+    return _LABELS.get().get(model, model)
+
+
 # SAO 1.0's published figures (Evans et al. 2024, "Stable Audio Open", Song Describer, no-singing subset),
 # measured with stable-audio-metrics: shown beside ours only at clap_setting="stable-audio-metrics"
 SAO_PUBLISHED = {"benchmark": "Song Describer (no singing)", "FD_openl3": 96.51, "KL_passt": 0.55, "CLAP": 0.41}
@@ -94,7 +129,7 @@ def card_table(df, models: list[str]) -> str:
         for m in models:
             if (idx, m) in g.index:
                 vals = g.loc[(idx, m)]
-                rows.append([MODEL_LABELS.get(m, m)] + [_fmt(vals.get(c), c) for c in CARD_METRICS])
+                rows.append([label(m)] + [_fmt(vals.get(c), c) for c in CARD_METRICS])
         parts.append(_md_table(header, rows))
     return "".join(parts)
 
@@ -196,7 +231,7 @@ def _summary_md(means, training_means, comparison, frechet, models, n_train) -> 
     parts = ["# Summary\n\n## Means per model\n\n"]
     cols = [*CARD_METRICS, "bpm_abs_error", "bpm_octave_error", "bpm_acc2", "key_score"]
     header = ["Model"] + [CARD_LABELS.get(c, c) for c in cols]
-    rows = [[MODEL_LABELS.get(m, m)] + [_fmt(means[m][c], c) for c in cols] for m in models]
+    rows = [[label(m)] + [_fmt(means[m][c], c) for c in cols] for m in models]
     if n_train:
         rows.append(
             [f"training clips (n={n_train})", "—"]
@@ -243,7 +278,7 @@ def _summary_md(means, training_means, comparison, frechet, models, n_train) -> 
     parts.append("\n## Fréchet CLAP distance to the training clips (lower = closer)\n\n")
     rows = [
         [
-            MODEL_LABELS.get(m, m),
+            label(m),
             _fmt(f["value"], "frechet"),
             str(f["n_generated"]),
             str(f["n_training"]),
@@ -287,7 +322,7 @@ def _plots(df, ref_df, folder: Path, pair: list[str], n_pairs: int, run_: Run) -
             pa, pb = (p if os.path.isabs(p) else str(run_.path(p)) for p in (pa, pb))
             title = f"Prompt {idx + 1} (seed {seed}): {sub['prompt'].iloc[0]}"
             save(
-                plots.plot_spectrogram_pair(pa, pb, [MODEL_LABELS.get(m, m) for m in pair], title),
+                plots.plot_spectrogram_pair(pa, pb, [label(m) for m in pair], title),
                 f"spectrograms_prompt{idx + 1:02d}.png",
             )
             n += 1
@@ -314,7 +349,7 @@ def paper_comparison(means: dict, clap_setting: str, clap_model: str) -> dict | 
     for m, vals in means.items():
         rows.append(
             {
-                "model": f"{MODEL_LABELS.get(m, m)} (this run)",
+                "model": f"{label(m)} (this run)",
                 "benchmark": "this run's prompts",
                 "FD_openl3": None,
                 "KL_passt": None,

@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import io
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 from . import layout
 from . import colab, params
-from .runs import record_params
+from .runs import find_run_dir, record_params
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,26 @@ def settle(stage: str, namespace: dict) -> dict[str, Any]:
     values = params.settled_values(stage, namespace)
     colab.prepare(values)  # in Colab: GPU check, Drive mounted if a path points into it; elsewhere nothing
     if "run_dir" in values:
-        values["run_dir"] = str(Path(values["run_dir"]).expanduser().resolve())
+        given = values["run_dir"]
+        values["run_dir"] = str(Path(find_run_dir(given, creates=stage == layout.SEGMENT)).expanduser().resolve())
+        if not Path(given).expanduser().is_absolute() and not Path(given).expanduser().exists():
+            if Path(values["run_dir"]).is_dir():
+                print(f"run_dir {given!r} is not beside this notebook: using {values['run_dir']}")
         record_params(values["run_dir"], stage, values)
+    if namespace.get("_resolved_by_runner"):
+        saved_copy_settings(values.get("run_dir"))
     return values
+
+
+def saved_copy_settings(run_dir: str | None) -> None:
+    """Under the runner, whose executed copy is saved: text progress bars (a widget bar is saved
+    frozen at 0 %), and players that link their files relative to ``RUN_DIR/notebooks``."""
+    import tqdm.auto
+    import tqdm.std
+
+    tqdm.auto.tqdm, tqdm.auto.trange = tqdm.std.tqdm, tqdm.std.trange
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars: noise in a lesson
+    if run_dir:
+        from . import show
+
+        show.NOTEBOOK_DIR = Path(run_dir) / "notebooks"

@@ -34,6 +34,39 @@ log = logging.getLogger(__name__)
 KEYS = ("", "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 SCALES = ("minor", "major")
 CHOICES = ("base", "fine-tune", "A/B")
+FOCUS_CHOICES = ("05b focus", "all three")  # when 05b_focus exported a second stage
+_WHICH = {
+    "base": ["base"],
+    "fine-tune": ["finetune"],
+    "A/B": ["base", "finetune"],
+    "05b focus": ["focus"],
+    "all three": ["base", "finetune", "focus"],
+}
+LABELS = {"base": "base", "finetune": "fine-tune", "focus": "05b focus"}
+LABEL_WIDTH = "11em"  # the longest label, "Seed (-1: random)", whole
+
+
+def _tip(widget, text: str):
+    """A tooltip (hover text): ``tooltip`` on ipywidgets 8, ``description_tooltip`` on Colab's 7.7."""
+    if "tooltip" in widget.trait_names():
+        widget.tooltip = text
+    else:
+        widget.description_tooltip = text
+    return widget
+
+
+def as_typed(value: float, step: float) -> float:
+    """A slider's float as the producer set it: 3.5, not 3.5000000000000004 (the slider's step arithmetic)."""
+    decimals = max(0, -int(np.floor(np.log10(step)))) if 0 < step < 1 else 0
+    return round(float(value), decimals + 2)
+
+
+def steps_range(steps: int) -> int:
+    """The Steps slider's maximum: room above the profile's steps (the demo's 8 is not at the far left of
+    1–500), the card's 200 up to 500."""
+    return int(max(50, min(500, 2.5 * max(1, steps))))
+
+
 _CACHE: dict[tuple, tuple] = {}  # (kind, source, lora, device, dtype) -> (model, config)
 
 
@@ -81,7 +114,7 @@ def vocabulary() -> dict[str, list[str]]:
 class Take:
     """One generated clip, kept in memory until saved."""
 
-    model: str  # "base" or "finetune"
+    model: str  # "base", "finetune" or "focus" (05b_focus's second stage)
     audio: np.ndarray
     sr: int
     prompt: str
@@ -106,7 +139,7 @@ class Playground:
         self.P = dict(P)
         self.run = Run(self.P.get("run_dir", "runs/demo"))
         self.takes: list[Take] = []
-        style = {"description_width": "8em"}
+        style = {"description_width": LABEL_WIDTH}
         self._prompt_widgets(W, style)
         self._setting_widgets(W, style)
         self._output_widgets(W)
@@ -117,11 +150,17 @@ class Playground:
         """Free text, or the builder (genre, moods, instruments, BPM, key) with its preview."""
         vocab = vocabulary()
         self.mode = W.ToggleButtons(
-            options=["free text", "builder"], value="free text", description="Prompt", style=style
+            options=["free text", "builder"],
+            value="free text",
+            description="Prompt",
+            style=style,
+            tooltips=["Type the prompt yourself", "Build it from the tags the course trains on"],
         )
         self.prompt = W.Textarea(
             value=gen.card_prompts()[0], placeholder="Describe the beat…", layout=W.Layout(width="44em", height="4.5em")
         )
+        _tip(self.mode, "How to write the prompt: free text, or picked from the tagging vocabularies")
+        _tip(self.prompt, "The prompt, in the card's style: mood, genre, tempo, key, instruments")
         self.genre = W.Dropdown(options=[""] + vocab["genres"], value="", description="Genre", style=style)
         self.moods = W.SelectMultiple(options=vocab["moods"], rows=5, description="Moods", style=style)
         self.instruments = W.SelectMultiple(
@@ -131,6 +170,15 @@ class Playground:
         self.key = W.Dropdown(options=list(KEYS), value="", description="Key", style=style)
         self.scale = W.Dropdown(options=list(SCALES), value="minor", description="Scale", style=style)
         self.preview = W.HTML()
+        for w, tip in (
+            (self.genre, "One genre (02_tag's genre vocabulary); empty: none"),
+            (self.moods, "Moods: Ctrl/Cmd-click to pick several"),
+            (self.instruments, "Instruments: Ctrl/Cmd-click to pick several"),
+            (self.bpm, "Tempo in beats per minute, written into the prompt"),
+            (self.key, "Key, written into the prompt; empty: none"),
+            (self.scale, "Minor or major (with a key)"),
+        ):
+            _tip(w, tip)
         self.builder = W.VBox(
             [self.genre, self.moods, self.instruments, self.bpm, W.HBox([self.key, self.scale]), self.preview]
         )
@@ -138,9 +186,13 @@ class Playground:
 
     def _setting_widgets(self, W, style: dict) -> None:
         """Steps, CFG, seed, duration, which model(s), LoRA strength: from the notebook's parameters."""
-        wide = W.Layout(width="36em")
+
+        def wide():  # one Layout each: a shared one would hide Steps and CFG with the strength slider
+            return W.Layout(width="36em")
+
+        steps = int(self.P.get("steps", 200))
         self.steps = W.IntSlider(
-            value=int(self.P.get("steps", 200)), min=1, max=500, description="Steps", style=style, layout=wide
+            value=steps, min=1, max=steps_range(steps), description="Steps", style=style, layout=wide()
         )
         self.cfg = W.FloatSlider(
             value=float(self.P.get("cfg_scale", 7.0)),
@@ -149,7 +201,7 @@ class Playground:
             step=0.5,
             description="CFG",
             style=style,
-            layout=wide,
+            layout=wide(),
         )
         self.seed = W.IntText(value=int(self.P.get("seed", 42)), description="Seed (-1: random)", style=style)
         self.duration = W.BoundedFloatText(
@@ -160,7 +212,24 @@ class Playground:
             description="Duration (s)",
             style=style,
         )
-        self.choice = W.ToggleButtons(options=list(CHOICES), value="A/B", description="Model", style=style)
+        self.focus_path = self._focus_path()
+        choices = list(CHOICES) + (list(FOCUS_CHOICES) if self.focus_path else [])
+        self.choice = W.ToggleButtons(
+            options=choices,
+            value="A/B",
+            description="Model",
+            style=style,
+            tooltips=[
+                {
+                    "base": "Stable Audio Open as published (or the profile's base model)",
+                    "fine-tune": "Your fine-tune (05_train's export)",
+                    "A/B": "Base and fine-tune, same seed: any difference comes from the training",
+                    "05b focus": "The second stage on rare tags (05b_focus's export)",
+                    "all three": "Base, fine-tune and 05b focus, same seed",
+                }[c]
+                for c in choices
+            ],
+        )
         self.strength = W.FloatSlider(
             value=float(self.P.get("lora_strength", 1.0)),
             min=0.0,
@@ -168,16 +237,35 @@ class Playground:
             step=0.05,
             description="LoRA strength",
             style=style,
-            layout=wide,
+            layout=wide(),
         )
+        for w, tip in (
+            (self.steps, "Sampler steps: more is slower and cleaner (the card: 200; the demo profile: a few)"),
+            (self.cfg, "Guidance (CFG): how closely to follow the prompt; 1 = not at all, the card's 7 = closely"),
+            (self.seed, "The starting noise: the same seed gives the same beat; -1 draws a new one"),
+            (self.duration, "Seconds of music (at most the model's 47.5-s window); the rest is trimmed"),
+            (self.choice, "Which model(s) to generate with"),
+            (self.strength, "LoRA only: 0 = the base model, 1 = the fine-tune as trained, above 1 = exaggerated"),
+        ):
+            _tip(w, tip)
+        # the strength slider only where it does something: a LoRA fine-tune
+        self.strength.layout.display = None if self._is_lora() else "none"
 
     def _output_widgets(self, W) -> None:
         """The Generate button and its progress, the status line, the players, the Save button."""
-        self.button = W.Button(description="Generate", button_style="primary", icon="music")
+        self.button = W.Button(
+            description="Generate", button_style="primary", icon="music", tooltip="Generate with these settings"
+        )
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="36em"))
         self.status = W.HTML()
         self.results = W.HBox()
-        self.save_button = W.Button(description="Save take", icon="save", disabled=True)
+        self.save_button = W.Button(
+            description="Save take",
+            icon="save",
+            disabled=True,
+            tooltip="Keep these takes in 06_generate/takes/ with a row in takes.jsonl",
+        )
+        _tip(self.progress, "Sampler steps done")
         self.saved = W.HTML()
 
     def _connect(self) -> None:
@@ -243,14 +331,24 @@ class Playground:
         return gen._device_and_dtype(self.P.get("device", "auto"), self.P.get("dtype", "auto"))
 
     def _finetune(self):
-        return gen.find_finetune(str(self.run.root), self.P.get("finetune_model", ""))
+        # a strength other than 1 prefers the LoRA file beside a merged export: the slider then acts
+        return gen.find_finetune(str(self.run.root), self.P.get("finetune_model", ""), lora_strength=0.5)
+
+    def _is_lora(self) -> bool:
+        spec, _ = self._finetune()
+        return spec is not None and spec.kind == "lora"
+
+    def _focus_path(self):
+        from . import focus
+
+        return focus.for_generation(self.run.root)[0]
 
     def _load(self, which: str, spec) -> tuple:
         """``(model, config, source, lora_strength or None)`` for "base" or "finetune" (cached)."""
         dev, dtype = self._device()
         base = self.P.get("base_model") or "tiny:sao"
         t5 = self.P.get("t5_model", "")
-        if spec is not None and spec.kind == "lora":  # one network: base = strength 0
+        if spec is not None and spec.kind == "lora" and which != "focus":  # one network: base = strength 0
             key = ("lora", base, str(spec.path), dev, str(dtype), t5)
             if key not in _CACHE:
                 model, config = gen.load_model(base, dev, dtype, t5)
@@ -260,9 +358,10 @@ class Playground:
             if which == "base":
                 gen.set_lora_strength(model, 0.0)
                 return model, config, base, None
-            gen.set_lora_strength(model, self.strength.value)
-            return model, config, f"{base} + LoRA {spec.path}", float(self.strength.value)
-        source = base if which == "base" else str(spec.path)
+            strength = as_typed(self.strength.value, self.strength.step)
+            gen.set_lora_strength(model, strength)
+            return model, config, f"{base} + LoRA {spec.path}", strength
+        source = {"base": base, "focus": str(self.focus_path)}.get(which) or str(spec.path)
         key = ("full", source, None, dev, str(dtype), t5)
         if key not in _CACHE:
             _CACHE[key] = gen.load_model(source, dev, dtype, t5)
@@ -288,12 +387,12 @@ class Playground:
         """The sampling settings: the widgets' values, the rest from the notebook's parameters."""
         return gen.Settings(
             steps=int(self.steps.value),
-            cfg_scale=float(self.cfg.value),
+            cfg_scale=as_typed(self.cfg.value, self.cfg.step),
             sampler_type=self.P.get("sampler_type", gen.CARD_SETTINGS.sampler_type),
             sigma_min=float(self.P.get("sigma_min", gen.CARD_SETTINGS.sigma_min)),
             sigma_max=float(self.P.get("sigma_max", gen.CARD_SETTINGS.sigma_max)),
             seconds_start=float(self.P.get("seconds_start", 0.0)),
-            seconds_total=float(self.duration.value),
+            seconds_total=as_typed(self.duration.value, self.duration.step),
             apg_scale=float(self.P.get("apg_scale", 0.0)),
         )
 
@@ -314,8 +413,11 @@ class Playground:
         settings = self._settings()
         gen.check_settings(settings)
         seed = self._seed()
-        which = {"base": ["base"], "fine-tune": ["finetune"], "A/B": ["base", "finetune"]}[self.choice.value]
+        which = _WHICH[self.choice.value]
         spec, message = self._finetune()  # also for "base": a LoRA fine-tune shares the base network
+        if "focus" in which and not self.focus_path:
+            self._say("No 05b focus model: run 05b_focus first.", "error")
+            return None
         if spec is None and "finetune" in which:
             self._say(f"No fine-tuned model to use: {message}", "error")
             return None
@@ -331,22 +433,25 @@ class Playground:
         for n, w in enumerate(which):
             model, config, source, strength = self._load(w, spec)
             gen.check_settings(settings, config)  # the duration against this model's window
-            self._say(f"Generating with the {w} model (seed {seed})…")
+            self._say(f"Generating with the {LABELS[w]} model (seed {seed})…")
             dev, _ = self._device()
 
             def step(info, _n=n):
                 self.progress.value = min(self.progress.max, _n * settings.steps + int(info.get("i", 0)) + 1)
 
-            ((audio, info),) = gen.generate_audio(
-                model,
-                config,
-                [prompt],
-                seed,
-                settings,
-                dev,
-                callback=step,
-                silence_db=float(self.P.get("silence_db", 60.0)),
-            )
+            from .compat import quiet_sampler
+
+            with quiet_sampler():  # the bar above shows the steps; the engine's own would go to the log
+                ((audio, info),) = gen.generate_audio(
+                    model,
+                    config,
+                    [prompt],
+                    seed,
+                    settings,
+                    dev,
+                    callback=step,
+                    silence_db=float(self.P.get("silence_db", 60.0)),
+                )
             takes.append(
                 Take(w, audio, int(config["sample_rate"]), prompt, seed, settings.as_dict(), source, strength, info)
             )
@@ -364,10 +469,8 @@ class Playground:
 
         boxes = []
         for t in takes:
-            label = (
-                f"<b>{'fine-tune' if t.model == 'finetune' else 'base'}</b> · seed {t.seed} · "
-                f"{t.audio.shape[1] / t.sr:.1f} s"
-                + (f" · LoRA ×{t.lora_strength:g}" if t.lora_strength is not None else "")
+            label = f"<b>{LABELS[t.model]}</b> · seed {t.seed} · {t.audio.shape[1] / t.sr:.1f} s" + (
+                f" · LoRA ×{t.lora_strength:g}" if t.lora_strength is not None else ""
             )
             wav = Audio(np.clip(t.audio, -1, 1), rate=t.sr, normalize=False).data  # IPython encodes the WAV
             boxes.append(

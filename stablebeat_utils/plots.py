@@ -16,6 +16,7 @@ def plot_tag_frequency(freq: dict, n_clips: int, top: int = 25):
     ``freq``: family → list of (tag, count), most frequent first.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     families = list(freq)
     rows = max([min(len(v), top) for v in freq.values()] + [1])
@@ -24,8 +25,10 @@ def plot_tag_frequency(freq: dict, n_clips: int, top: int = 25):
     for ax, fam in zip(axes, families):
         items = list(freq[fam])[:top][::-1]
         ax.barh([t for t, _ in items], [c for _, c in items], color="tab:blue")
-        ax.set_title(f"{fam} ({n_clips} clips)")
-        ax.set_xlabel("clips")
+        shown = f"top {len(items)} of {len(freq[fam])} tags" if len(freq[fam]) > len(items) else f"{len(items)} tags"
+        ax.set_title(f"{fam}: {shown} ({n_clips} clips)")
+        ax.set_xlabel("clips carrying the tag")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(axis="y", labelsize=8)
     return fig
 
@@ -116,10 +119,19 @@ def plot_clip_scores(row: dict, top: int = 8):
             left=base,
             color=["tab:red" if t in chosen else "tab:gray" for t, _ in best],
         )
-        ax.set_title(fam)
+        ax.set_title(f"{fam}: best {len(best)} of {len(row['scores'][fam])} tags")
         ax.set_xlabel("cosine similarity (red: chosen)")
         ax.tick_params(axis="y", labelsize=8)
+        _few_ticks(ax.xaxis)
     return fig
+
+
+def _few_ticks(axis, n: int = 3) -> None:
+    """At most ``n`` + 1 ticks with short labels: close scores otherwise print overlapping 6-digit labels."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=n))
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:.4g}"))
 
 
 def plot_metric_bars(df, metrics, models, labels: dict | None = None, training: dict | None = None):
@@ -194,9 +206,11 @@ def plot_spectrogram_pair(path_a, path_b, names, title: str = "", sr: int = 2205
         S = librosa.amplitude_to_db(np.abs(librosa.stft(y[0], n_fft=2048, hop_length=512)), ref=np.max, top_db=80)
         img = librosa.display.specshow(S, sr=sr, hop_length=512, x_axis="time", y_axis="log", ax=ax, cmap="magma")
         ax.set_title(name)
-    fig.colorbar(img, ax=axes, format="%+2.0f dB")
+    fig.colorbar(img, ax=axes, format="%+2.0f dB", label="level (dB below the loudest bin)")
     if title:
-        fig.suptitle(title if len(title) < 110 else title[:107] + "…", fontsize=9)
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(title, 140)), fontsize=9)  # whole, never cut
     return fig
 
 
@@ -222,7 +236,13 @@ def spectrogram_axes(ax, audio, sr: int, title: str = "", n_fft: int = 2048, hop
         db, sr=sr, hop_length=hop_length, x_axis="time", y_axis="log", ax=ax, vmin=-100, vmax=0, cmap="magma"
     )
     ax.set_title(title, fontsize=9)
+    ax.set(xlabel="time (s)", ylabel="frequency (Hz)")
     return img
+
+
+def spectrogram_colorbar(fig, img, axes) -> None:
+    """The colour bar of :func:`spectrogram_axes`' images (0 dB = a full-scale sine)."""
+    fig.colorbar(img, ax=axes, format="%+.0f dB", label="level (dB re full scale)")
 
 
 def spectrogram_png(audio, sr: int, title: str = "", width: float = 5.0, height: float = 2.6) -> bytes:
@@ -236,7 +256,7 @@ def spectrogram_png(audio, sr: int, title: str = "", width: float = 5.0, height:
 
     fig = Figure(figsize=(width, height), dpi=90)
     ax = fig.add_subplot(1, 1, 1)
-    spectrogram_axes(ax, audio, sr, title)
+    spectrogram_colorbar(fig, spectrogram_axes(ax, audio, sr, title), ax)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

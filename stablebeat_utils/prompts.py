@@ -768,7 +768,7 @@ def _llm_counts(rows: list[dict]) -> dict:
     for r in rows:
         if r["prompt_source"] == "template" and r["llm_output"] is not None:
             for part in (r["reject_reason"] or "").split("; "):
-                reasons[re.sub(r"\(.*?\)|'.*?'", "(…)", part)] += 1
+                reasons[re.sub(r"\(.*?\)|'.*?'", "(value)", part)] += 1
     return {
         "llm_asked": asked_n,
         "llm_accepted": accepted,

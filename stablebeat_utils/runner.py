@@ -34,6 +34,25 @@ def notebooks_dir() -> Path:
     return Path(os.environ.get("STABLEBEAT_NOTEBOOKS") or REPO_ROOT / "notebooks")
 
 
+def relink(notebook: Path, source_dir: Path) -> None:
+    """Markdown links relative to the course's notebooks (``../docs/glossary.md``) made relative to where
+    the executed copy lies (``RUN_DIR/notebooks``), so they resolve there too."""
+    import json
+    import re
+
+    text = Path(notebook).read_text(encoding="utf-8")
+    nb = json.loads(text)
+    up = Path(os.path.relpath(Path(source_dir).resolve().parent, Path(notebook).resolve().parent)).as_posix()
+    pattern = re.compile(r"\]\(\.\./(?!\.\./)")
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            src = "".join(cell["source"])
+            cell["source"] = pattern.sub(f"]({up}/", src).splitlines(keepends=True)
+    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    if new != text:
+        Path(notebook).write_text(new, encoding="utf-8")
+
+
 def available_stages() -> list[str]:
     nb = notebooks_dir()
     return [s for s in STAGES if (nb / f"{s}.ipynb").is_file()]
@@ -148,7 +167,9 @@ def run(
                 report_mode=False,
             )
         except pm.PapermillExecutionError as exc:
+            relink(out, notebooks_dir())
             raise StageFailed(stage, out, exc) from None
+        relink(out, notebooks_dir())
         print(f"✔ {stage}  {time.monotonic() - started:.1f} s", flush=True)
         outputs.append(out)
     return outputs

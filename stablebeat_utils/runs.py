@@ -35,6 +35,21 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)  # bumped when the run-folder layout changes incompatibly
 
 
+def find_run_dir(run_dir: str | os.PathLike, creates: bool = False, cwd=None, root=None) -> str:
+    """Where a lesson's ``run_dir`` is: a relative one that does not exist here (a lesson opened from
+    ``notebooks/``) but exists at the course's root (``make demo``'s ``runs/demo``) is that one.
+
+    A stage that ``creates`` the run (01_segment) keeps the path as given."""
+    path = Path(run_dir).expanduser()
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    if creates or path.is_absolute() or (here / path).exists():
+        return str(path)
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    if (root / "notebooks").is_dir() and (root / path).is_dir():
+        return str((root / path).resolve())
+    return str(path)
+
+
 class RunFolderError(RuntimeError):
     """A run folder that cannot be used (incompatible version, unwritable, disk full)."""
 

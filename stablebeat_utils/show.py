@@ -12,28 +12,75 @@ from pathlib import Path
 
 from .clipfacts import FAMILIES
 from .clipstore import clip_path
-from .plots import plot_clip_scores, plot_tag_frequency, plot_tempo_key_results, spectrogram_axes  # noqa: F401 (the notebooks draw these inline)
+from .plots import (  # noqa: F401 (the notebooks draw these inline)
+    plot_clip_scores,
+    plot_tag_frequency,
+    plot_tempo_key_results,
+    spectrogram_axes,
+    spectrogram_colorbar,
+)
 
 
-def embedded_audio(path: str | os.PathLike):
-    """An audio player that embeds the file as MP3 (~10x smaller than WAV in an executed notebook).
+#: where the notebook that displays lies (players link their file relative to it); None: the kernel's
+#: working folder, which is the notebook's own in JupyterLab, Colab and nbval. ``lesson.settle`` sets
+#: it under the runner, whose kernels work in the run folder while the notebook lies in RUN_DIR/notebooks.
+NOTEBOOK_DIR: Path | None = None
 
-    MP3 rather than Ogg: every browser plays it. Encoded by libsndfile (soundfile), 1-s blocks
-    (see ``compat.write_blocks``).
+
+def notebook_dir() -> Path:
+    return Path(NOTEBOOK_DIR) if NOTEBOOK_DIR is not None else Path.cwd()
+
+
+class Player:
+    """An HTML5 player carrying its audio as MP3 in the ``<audio>`` element's own ``src`` — which
+    JupyterLab keeps in an untrusted (e.g. executed) notebook, where it strips ``<source src>``
+    (IPython's ``Audio`` puts its data there: silent players) — and a link to the file relative to
+    the notebook (JupyterLab opens it from its server).
+
+    MP3 rather than Ogg: every browser plays it; ~10x smaller than WAV in an executed notebook.
+    Encoded by libsndfile (soundfile), 1-s blocks (see ``compat.write_blocks``).
     """
-    import io
 
-    from IPython.display import Audio
+    mimetype = "audio/mpeg"
 
-    from . import audio as _audio
-    from .compat import write_blocks
+    def __init__(self, path: str | os.PathLike):
+        import io
 
-    data, sr = _audio.load(path)
-    buf = io.BytesIO()
-    write_blocks(buf, data, sr, format="MP3", subtype="MPEG_LAYER_III")
-    player = Audio(data=buf.getvalue())
-    player.mimetype = "audio/mpeg"
-    return player
+        from . import audio as _audio
+        from .compat import write_blocks
+
+        self.path = Path(path).absolute()
+        data, sr = _audio.load(path)
+        buf = io.BytesIO()
+        write_blocks(buf, data, sr, format="MP3", subtype="MPEG_LAYER_III")
+        self.data = buf.getvalue()
+
+    def link(self) -> str:
+        """The file's path relative to the notebook (URL-quoted, ``/`` separators)."""
+        from urllib.parse import quote
+
+        return quote(Path(os.path.relpath(self.path, notebook_dir().absolute())).as_posix())
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        b64 = base64.b64encode(self.data).decode("ascii")
+        name = html.escape(self.path.name)
+        return (
+            f'<audio controls preload="metadata" title="{name}" src="data:{self.mimetype};base64,{b64}">'
+            "Your browser does not support the audio element.</audio> "
+            f'<a href="{html.escape(self.link())}" target="_blank" title="the file, from where the notebook lies">'
+            f"<small>{name}</small></a>"
+        )
+
+    def __repr__(self) -> str:
+        return f"<audio player: {self.path.name}>"
+
+
+def embedded_audio(path: str | os.PathLike) -> Player:
+    """An audio player for a file: embedded as MP3, and linked relative to the notebook (:class:`Player`)."""
+    return Player(path)
 
 
 def audio_player(path: str | os.PathLike, label: str | None = None):
@@ -45,14 +92,65 @@ def audio_player(path: str | os.PathLike, label: str | None = None):
     return embedded_audio(path)
 
 
-def table(rows, columns=None, max_rows: int = 20):
-    """A pandas DataFrame of dict rows (optionally only ``columns``), for display."""
+class Table:
+    """A table that says how many rows it has, how many it shows and where all of them are.
+
+    Cells are never cut (no "…"); ``scroll`` puts the rows in a box with its own scroll bar. ``df`` is
+    the pandas DataFrame of the rows shown.
+    """
+
+    def __init__(self, df, total: int, source: str | None = None, scroll: bool = False):
+        self.df, self.total, self.source, self.scroll = df, total, source, scroll
+
+    def caption(self) -> str:
+        where = f" — all of them in {self.source}" if self.source else ""
+        if len(self.df) < self.total:
+            more = self.total - len(self.df)
+            return f"{len(self.df)} of {self.total} rows shown, {more} more row{'s' if more != 1 else ''}{where}"
+        return f"{self.total} row{'s' if self.total != 1 else ''}" + (f" (from {self.source})" if self.source else "")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        body = self.df.to_html(index=False, escape=True, na_rep="")
+        if self.scroll:
+            body = f'<div style="max-height:26em;overflow:auto;border:1px solid #ddd">{body}</div>'
+        return f"{body}<p><i>{html.escape(self.caption())}</i></p>"
+
+    def __repr__(self) -> str:
+        import pandas as pd
+
+        with pd.option_context("display.max_colwidth", None, "display.width", 200):
+            return f"{self.df.to_string(index=False)}\n{self.caption()}"
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+
+def table(rows, columns=None, max_rows: int = 20, source: str | os.PathLike | None = None, scroll: bool = False):
+    """The rows (dicts, or a DataFrame) as a :class:`Table` (optionally only ``columns``): the first ``max_rows``
+    (0: all), with a caption that counts them and names ``source``, the file that holds them all."""
     import pandas as pd
 
-    df = pd.DataFrame(list(rows))
+    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     if columns is not None:
         df = df[[c for c in columns if c in df.columns]]
-    return df.head(max_rows) if max_rows else df
+    shown = df.head(max_rows) if max_rows else df
+    return Table(shown, len(df), str(source) if source else None, scroll)
+
+
+def whole_prompts(rows, n: int = 3):
+    """A sample of ``n`` training prompts, each whole (04_prompts), as a list."""
+    import html
+
+    from IPython.display import HTML
+
+    items = "".join(
+        f"<li><code>{html.escape(str(r['clip_id']))}</code> ({html.escape(str(r.get('prompt_source', '')))}): "
+        f"{html.escape(str(r['prompt']))}</li>"
+        for r in list(rows)[:n]
+    )
+    return HTML(f"<p>{min(n, len(rows))} of {len(rows)} training prompts, whole:</p><ul>{items}</ul>")
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,8 +205,15 @@ def spectrogram_grid(rows, run_dir, row_key: str = "prompt_idx", col_key: str = 
     rows = list(rows)
     row_ids = sorted({r[row_key] for r in rows})[:max_rows]
     col_ids = sorted({r[col_key] for r in rows})
-    fig, axes = plt.subplots(len(row_ids), len(col_ids), figsize=(5 * len(col_ids), 2.4 * len(row_ids)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(row_ids),
+        len(col_ids),
+        figsize=(5 * len(col_ids) + 1, 2.4 * len(row_ids)),
+        squeeze=False,
+        layout="constrained",
+    )
     by = {(r[row_key], r[col_key]): r for r in rows}
+    img = None
     for i, rid in enumerate(row_ids):
         for j, cid in enumerate(col_ids):
             ax = axes[i][j]
@@ -117,8 +222,12 @@ def spectrogram_grid(rows, run_dir, row_key: str = "prompt_idx", col_key: str = 
                 ax.axis("off")
                 continue
             audio, sr = _load_any(load, Path(run_dir) / r["path"])
-            spectrogram_axes(ax, audio, sr, f"{cid} · prompt {rid} · seed {r.get('seed')}")
-    fig.tight_layout()
+            img = spectrogram_axes(ax, audio, sr, f"{cid} · prompt {rid} · seed {r.get('seed')}")
+    if img is not None:
+        spectrogram_colorbar(fig, img, axes)
+    n_prompts = len({r[row_key] for r in rows})
+    if n_prompts > len(row_ids):
+        fig.suptitle(f"the first {len(row_ids)} of {n_prompts} prompts")
     return fig
 
 
@@ -155,14 +264,17 @@ def audio_grid(
             f"<tr><td style='max-width:22em;text-align:left'><b>{rid}</b> "
             f"{html.escape(str(any_row.get(text_key, '')))}</td>{''.join(cells)}</tr>"
         )
-    return HTML(f"<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>")
+    n_prompts = len({r[row_key] for r in rows})
+    more = f", the first {len(row_ids)} of {n_prompts} prompts shown" if n_prompts > len(row_ids) else ""
+    count = f"<p><i>{len(row_ids)} rows: {n_prompts} prompts × {len(col_ids)} models{more}</i></p>"
+    return HTML(f"<table><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>{count}")
 
 
 # --- 03_tempo_key -------------------------------------------------------------------------------
 
 
-def tempo_key_kept_table(rows):
-    """03_tempo_key: per clip, raw value, confidence and whether the 0.7 rule kept it."""
+def tempo_key_kept_table(rows, source: str | None = None):
+    """03_tempo_key: per clip, raw value, confidence and whether the 0.7 rule kept it (a counted :class:`Table`)."""
     import pandas as pd
 
     out = []
@@ -179,7 +291,7 @@ def tempo_key_kept_table(rows):
                 "error": r.get("error"),
             }
         )
-    return pd.DataFrame(out)
+    return Table(pd.DataFrame(out), len(out), source)
 
 
 def segment_plot(analysis, rows=None, title: str | None = None):
@@ -245,6 +357,18 @@ def training_curves(summary_or_csvs, title: str | None = None, smooth: int = 0):
             ax1.plot(steps[smooth - 1 :], avg, color="C3", lw=1.5, label=f"mean of {smooth}")
         ax2.plot(steps, [r["lr"] for r in rows], color="C1", lw=1.2)
         ax1.legend(fontsize=8)
+        if len(rows) < 30:  # a demo's handful of steps: say so rather than let 4 points pass for a trend
+            ax1.text(
+                0.5,
+                0.02,
+                f"only {len(rows)} logged step{'s' if len(rows) != 1 else ''}: too few for a trend "
+                "(a real run logs thousands)",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="0.35",
+                transform=ax1.transAxes,
+            )
     ax1.set(xlabel="step", ylabel="diffusion loss (MSE, v-objective)", title="training loss")
     ax2.set(xlabel="step", ylabel="learning rate", title="learning rate (InverseLR warm-up)")
     ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

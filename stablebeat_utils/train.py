@@ -718,7 +718,8 @@ def run(
     wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
     trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders)
     facts = {  # what the summary reports from before training
-        "clips": len(clips),
+        "clips": len({c.clip_id for c in clips}),  # distinct clips; 05b repeats some (samples_per_epoch)
+        "samples_per_epoch": len(clips),
         "trainable_parameters": int(sum(q.numel() for q in wrapper.diffusion.parameters() if q.requires_grad)),
         "gpu_estimate_gb": gpu_estimate,
         "resumed_from_step": folders.resumed_step,
@@ -782,6 +783,7 @@ def _plans_and_preflight(
         run_,
         p.base_model,
         clips,
+        stage=stage,
         mode=p.mode,
         ema=p.ema,
         optimizer=p.optimizer,
@@ -790,12 +792,12 @@ def _plans_and_preflight(
         keep_checkpoints=p.keep_checkpoints,
         local_dir=local_dir,
         export_merged=p.export_merged,
-        stage=stage,
     )
     prec = pick_precision(p.precision, device, p.devices)
     gpu_estimate = _preflight_gpu(
         device,
         p.base_model,
+        stage=stage,
         mode=p.mode,
         precision=prec,
         batch_size=p.batch_size,
@@ -1010,6 +1012,7 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
         "mode": p.mode,
         "base_model": p.base_model,
         "clips": facts["clips"],
+        "samples_per_epoch": facts["samples_per_epoch"],
         "steps": steps,
         "trainable_parameters": facts["trainable_parameters"],
         "effective_batch": p.batch_size * p.grad_accum * max(1, int(p.devices)),
@@ -1086,6 +1089,7 @@ def _preflight_gpu(
     ema: bool,
     lora_rank: int,
     pre_encode: bool = True,
+    stage: str = STAGE,
 ) -> float | None:
     """The GPU-memory preflight (:mod:`stablebeat_utils.preflight`) on CUDA; None elsewhere."""
     from . import models, preflight
@@ -1111,17 +1115,21 @@ def _preflight_gpu(
         )
     except preflight.GPUMemoryError as exc:
         raise TrainError(str(exc)) from exc
-    print(f"{STAGE}: GPU preflight: ~{est.gb:.1f} GB ({est.basis}) of {free[0] / 1e9:.1f} GB free")
+    print(f"{stage}: GPU preflight: ~{est.gb:.1f} GB ({est.basis}) of {free[0] / 1e9:.1f} GB free")
     return est.gb
 
 
-def _plan_storage(run_, base_model: str, clips: list, **kw) -> None:
-    """Print the storage plan, keep it in RUN_DIR/storage_plan.json, STOP when it won't fit."""
+def _plan_storage(run_, base_model: str, clips: list, stage: str = STAGE, **kw) -> None:
+    """Print the storage plan, keep it in RUN_DIR/storage_plan.json (``stage``'s entry), STOP when it won't fit."""
     from . import storage
 
+    distinct = {c.clip_id: c for c in clips}  # 05b repeats clips: one latent file each all the same
     plan = storage.train_plan(
-        run_.root, sum(c.duration for c in clips), len(clips), counts=_plan_counts(base_model), **kw
+        run_.root, sum(c.duration for c in distinct.values()), len(distinct), counts=_plan_counts(base_model), **kw
     )
+    if len(distinct) != len(clips):
+        plan.facts["clips"] = f"{len(distinct)} ({len(clips)} samples an epoch, repeats counted)"
+    plan.stage = stage  # 05b_focus trains with this code: its plan says 05b (the folders: storage.train_plan's)
     print(plan.text())
     storage.record(run_.root, plan)
     storage.refuse(plan)

@@ -30,6 +30,7 @@ BASE = {
     "preflight_inference",
     "demo",
     "checkpoints",
+    "planner",
 }
 STAGES = {
     "segment",

@@ -107,3 +107,71 @@ def test_ab_same_seed_players_spectrograms_and_saved_takes(lora_run):
     assert all(r["path"].startswith("06_generate/takes/") for r in saved)
     p.save_take()  # saving the same takes again adds no rows
     assert len(read_jsonl(lora_run / "06_generate" / "takes.jsonl")) == 2
+
+
+# -- the playground as a producer meets it (issue 30) --------------------------------------------
+
+
+def _controls(p):
+    return [p.mode, p.prompt, p.genre, p.moods, p.instruments, p.bpm, p.key, p.scale, p.steps, p.cfg, p.seed]
+
+
+def test_every_control_has_a_tooltip_and_a_whole_label(tmp_path):
+    p = pg.build({**FAST, "run_dir": str(tmp_path)})
+    controls = _controls(p) + [p.duration, p.choice, p.strength, p.button, p.save_button]
+    for w in controls:
+        assert (getattr(w, "tooltip", None) or "").strip(), f"{type(w).__name__} {w.description!r}: no tooltip"
+    assert len(p.choice.tooltips) == len(p.choice.options) and all(p.choice.tooltips)
+    width = float(pg.LABEL_WIDTH.removesuffix("em"))
+    for w in controls:
+        # ~0.6 em a character in JupyterLab's 13 px UI font: the label fits its box, not "Seed (-1: ran…"
+        assert len(w.description) * 0.6 <= width, w.description
+        if w.description and hasattr(w, "style") and "description_width" in w.style.keys:
+            assert w.style.description_width == pg.LABEL_WIDTH
+
+
+def test_steps_range_fits_the_profile(tmp_path):
+    demo = pg.build({**FAST, "steps": 8, "run_dir": str(tmp_path)})
+    assert demo.steps.max == 50 and demo.steps.value == 8
+    card = pg.build({**FAST, "steps": 200, "run_dir": str(tmp_path)})
+    assert card.steps.max == 500 and card.steps.value == 200
+
+
+def test_values_recorded_as_typed():
+    assert pg.as_typed(3.5000000000000004, 0.5) == 3.5
+    assert pg.as_typed(0.7000000000000001, 0.05) == 0.7
+    assert pg.as_typed(12.0, 1.0) == 12.0
+
+
+def test_cfg_is_recorded_as_typed(tmp_path):
+    p = pg.build({**FAST, "run_dir": str(tmp_path)})
+    p.cfg.value = 3.5000000000000004  # what the slider's step arithmetic sends
+    assert p._settings().cfg_scale == 3.5 and repr(p._settings().as_dict()["cfg_scale"]) == "3.5"
+
+
+def test_lora_strength_only_for_a_lora_fine_tune(tmp_path, lora_run):
+    full = pg.build({**FAST, "run_dir": str(tmp_path)})  # no fine-tune (or a full one): no slider
+    assert full.strength.layout.display == "none"
+    shown = [full.steps, full.cfg, full.seed, full.duration, full.choice, full.button]
+    assert all(w.layout.display != "none" for w in shown)  # hiding the slider hides nothing else
+    lora = pg.build({**FAST, "run_dir": str(lora_run)})
+    assert lora.strength.layout.display is None
+
+
+def test_05b_focus_model_is_selectable(tmp_path):
+    from test_generate import _export_finetune
+
+    run_dir = tmp_path / "run"
+    before = pg.build({**FAST, "run_dir": str(run_dir)})
+    assert "05b focus" not in before.choice.options
+    _export_finetune(run_dir / "05b_focus" / "export")
+    p = pg.build({**FAST, "run_dir": str(run_dir)})
+    assert list(p.choice.options) == ["base", "fine-tune", "A/B", "05b focus", "all three"]
+    p.choice.value = "05b focus"
+    takes = p.generate()
+    assert takes is not None, p.status.value
+    assert [t.model for t in takes] == ["focus"] and takes[0].source == str(run_dir / "05b_focus" / "export")
+    assert "05b focus" in p.results.children[0].children[0].value
+    base = pg.build({**FAST, "run_dir": str(run_dir)})
+    base.choice.value = "base"
+    assert not np.allclose(base.generate()[0].audio, takes[0].audio)  # another model, same seed
