@@ -65,11 +65,14 @@ _NOISE = (
 _CHATTY_IMPORTS = ("stable_audio_tools.models.transformer",)
 _SAO_STAGES = ("05_train", "05b_focus", "06_generate", "07_evaluate")
 # Libraries whose native (C++) code writes to file descriptor 2 when loaded: TensorFlow 2.20, which
-# Colab ships and something in the SAO stages' import chain loads ("oneDNN custom operations are
-# on…", "Could not find cuda drivers on your machine…", absl's "All log messages before
-# absl::InitializeLog()…"). Jupyter's kernel copies fd 2 into the cell's output and Python's logging
-# never sees it, so each is imported once with fd 2 pointed at a file whose lines go to the log.
+# Colab ships ("oneDNN custom operations are on…", "Could not find cuda drivers on your machine…",
+# absl's "All log messages before absl::InitializeLog()…"). 05/05b load it: train.run adds
+# Lightning's TensorBoard logger when tensorboard is installed (TensorFlow brings it), and
+# torch.utils.tensorboard's writer imports tensorboard.compat.tf, i.e. TensorFlow when present.
+# Jupyter's kernel copies fd 2 into the cell's output and Python's logging never sees it, so in those
+# stages it is imported once, up front, with fd 1/2 pointed at a file whose lines go to the log.
 _NATIVE_CHATTY_IMPORTS = ("tensorflow",)
+_TENSORBOARD_STAGES = ("05_train", "05b_focus")
 _original_showwarning = None
 
 
@@ -156,7 +159,7 @@ def quiet_library_noise(stage: str = "") -> None:
             logger.addFilter(_NoTips())
     if stage not in _SAO_STAGES:
         return
-    for name in _NATIVE_CHATTY_IMPORTS:
+    for name in _NATIVE_CHATTY_IMPORTS if stage in _TENSORBOARD_STAGES else ():
         _import_quietly(name, native=True)
     for name in _CHATTY_IMPORTS:
         _import_quietly(name, native=False)
