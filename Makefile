@@ -33,10 +33,12 @@ lint: setup
 unit: setup
 	$(PY) -m pytest -q tests
 
-# CI's second leg: Colab reproduced (Python 3.12, torch 2.9.1, the launcher's set-up cell from a
-# local clone, the launcher on demo end to end) in its own venv under .colab-leg/
+# CI's Colab legs: `make colab-leg RUNTIME=2026.01` (default: Python 3.12, torch 2.9.0) or RUNTIME=latest
+# (Python 3.13, torch 2.11, TensorFlow): the launcher's set-up cell from a
+# local clone, the launcher on demo end to end, in its own venv under .colab-leg/RUNTIME/ (colab/runtimes/)
+RUNTIME ?= 2026.01
 colab-leg:
-	bash scripts/colab_leg.sh
+	bash scripts/colab_leg.sh $(RUNTIME)
 
 bench: setup
 	$(PY) benchmarks/run_all.py

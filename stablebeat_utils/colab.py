@@ -85,10 +85,10 @@ def mount_drive(mount_point: str) -> Path:
     return Path(mount_point) / "MyDrive"
 
 
-#: Python versions the course is tested on (CI: 3.11; the Colab leg: 3.12). Older ones stop in the
+#: Python versions the course is tested on (CI: 3.11; the Colab legs: 3.12 and 3.13). Older ones stop in the
 #: set-up cell; newer ones get a warning (Colab moves first; see README "Supported stack").
 PYTHON_REQUIRES = ">=3.11"
-PYTHON_TESTED = ("3.11", "3.12")
+PYTHON_TESTED = ("3.11", "3.12", "3.13")
 #: kept as the runtime ships them (Colab's CUDA build): never installed or upgraded by the course;
 #: below its bound, a STOP says what to do.
 KEEP = ("torch", "torchaudio")
@@ -155,7 +155,7 @@ def plan_install(
     elif ".".join(python.split(".")[:2]) not in PYTHON_TESTED:
         warnings.append(
             f"Python {python} is not among the tested versions ({', '.join(PYTHON_TESTED)}); "
-            "if a stage fails, pick a Colab runtime version with Python 3.12"
+            "if a stage fails, pick a Colab runtime version with Python 3.12 or 3.13"
         )
     for req in read_requirements(requirements, extras):
         found = version_of(req.name)
@@ -199,7 +199,7 @@ def install_missing(
         raise Stop(
             "STOP: this runtime cannot run the course: " + "; ".join(stops) + ". In Colab: Runtime → "
             f"Change runtime type → the latest runtime version (tested: Python {', '.join(PYTHON_TESTED)}, "
-            "torch 2.9.1–2.13). The course never replaces the runtime's own torch; elsewhere, use a "
+            "torch 2.9.0–2.13). The course never replaces the runtime's own torch; elsewhere, use a "
             "Python and a torch/torchaudio within these bounds. Nothing was installed."
         )
     for w in warnings:

@@ -9,6 +9,7 @@ Call :func:`apply` before importing stable-audio-tools; it is idempotent and che
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -250,6 +251,12 @@ def stub_training_only_imports() -> list[str]:
     that is *not installed*, an empty placeholder module is registered so that
     ``stable_audio_tools.training`` imports; a real installation is always used when present.
     Touching the placeholder (``wandb.Audio``) raises a clear error. Returns the names stubbed.
+
+    Each placeholder carries a ``__spec__`` (a loader-less ``ModuleSpec``): accelerate 1.x (which
+    transformers 5 imports for its 4/8-bit paths) probes ``importlib.util.find_spec("wandb")``,
+    and ``find_spec`` raises ``ValueError: wandb.__spec__ is None`` for a module in
+    ``sys.modules`` without one. With the spec, such probes see a module but no installed
+    distribution (``importlib.metadata`` still answers "not found"), so they report W&B absent.
     """
     stubbed = []
     for name, why in (
@@ -259,6 +266,7 @@ def stub_training_only_imports() -> list[str]:
         if name in sys.modules or importlib.util.find_spec(name) is not None:
             continue
         mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None, origin="stablebeat_utils.compat placeholder")
         mod.__stablebeat_stub__ = True
 
         def _missing(attr, _name=name, _why=why):

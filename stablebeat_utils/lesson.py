@@ -23,6 +23,8 @@ import io
 import logging
 import os
 import re
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,15 @@ _NOISE = (
 # disabling Flash Attention"); imported once here with their print sent to the log.
 _CHATTY_IMPORTS = ("stable_audio_tools.models.transformer",)
 _SAO_STAGES = (layout.TRAIN, layout.FOCUS, layout.GENERATE, layout.EVALUATE)
+# Libraries whose native (C++) code writes to file descriptor 2 when loaded: TensorFlow 2.20, which
+# Colab ships ("oneDNN custom operations are on…", "Could not find cuda drivers on your machine…",
+# absl's "All log messages before absl::InitializeLog()…"). 05/05b load it: train.run adds
+# Lightning's TensorBoard logger when tensorboard is installed (TensorFlow brings it), and
+# torch.utils.tensorboard's writer imports tensorboard.compat.tf, i.e. TensorFlow when present.
+# Jupyter's kernel copies fd 2 into the cell's output and Python's logging never sees it, so in those
+# stages it is imported once, up front, with fd 1/2 pointed at a file whose lines go to the log.
+_NATIVE_CHATTY_IMPORTS = ("tensorflow",)
+_TENSORBOARD_STAGES = (layout.TRAIN, layout.FOCUS)
 _original_showwarning = None
 
 
@@ -93,6 +104,49 @@ class _NoTips(logging.Filter):
         return True
 
 
+@contextlib.contextmanager
+def native_output_to_log(name: str):
+    """Point file descriptors 1 and 2 (and ``sys.stdout``/``sys.stderr``) at a temporary file for the
+    block; its lines go to this module's logger at INFO, tagged with ``name``."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    py_out = io.StringIO()
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            for fd in saved:
+                os.dup2(tmp.fileno(), fd)
+            with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_out):
+                yield
+        finally:
+            for fd, keep in saved.items():
+                os.dup2(keep, fd)
+                os.close(keep)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", errors="replace") + py_out.getvalue()
+    for line in text.splitlines():
+        if line.strip():
+            log.info("%s (native output): %s", name, line)
+
+
+def _import_quietly(name: str, native: bool) -> None:
+    try:
+        if importlib.util.find_spec(name.split(".")[0]) is None or name in sys.modules:
+            return
+        if native:
+            with native_output_to_log(name):
+                importlib.import_module(name)
+            return
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            importlib.import_module(name)
+    except ImportError:  # the stage itself will say what is missing
+        return
+    for text in out.getvalue().splitlines():
+        log.info("%s: %s", name, text)
+
+
 def quiet_library_noise(stage: str = "") -> None:
     """Send the engines' FutureWarnings (torch, Lightning, torchsde, …) and import-time prints to the
     log instead of the lesson's output. Idempotent; every other warning still shows."""
@@ -106,17 +160,10 @@ def quiet_library_noise(stage: str = "") -> None:
             logger.addFilter(_NoTips())
     if stage not in _SAO_STAGES:
         return
+    for name in _NATIVE_CHATTY_IMPORTS if stage in _TENSORBOARD_STAGES else ():
+        _import_quietly(name, native=True)
     for name in _CHATTY_IMPORTS:
-        try:
-            if importlib.util.find_spec(name.split(".")[0]) is None:
-                continue
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                importlib.import_module(name)
-        except ImportError:  # the stage itself will say what is missing
-            continue
-        for text in out.getvalue().splitlines():
-            log.info("%s: %s", name, text)
+        _import_quietly(name, native=False)
 
 
 def settle(stage: str, namespace: dict) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class FakeRuntime:
                 self.versions[r.name] = "9.9" if r.name != "transformers" else "5.24.0"
 
 
-COLAB_2026_01 = dict(torch="2.9.1", torchaudio="2.9.1", transformers="4.57.6")
+COLAB_2026_01 = dict(torch="2.9.0+cu126", torchaudio="2.9.0+cu126", transformers="4.57.6")
 
 
 def _all_met(**over):
@@ -84,8 +84,8 @@ def test_colab_torch_is_never_touched_and_too_old_a_torch_stops():
     rt = FakeRuntime(**_all_met(torch="2.13.0+cu130", torchaudio="2.13.0+cu130"))
     assert colab.install_missing(version_of=rt.version_of, pip=rt.pip, python="3.12.1", verbose=False) == []
     assert rt.calls == []  # newer than the minimum: kept
-    rt = FakeRuntime(**_all_met(torch="2.9.0+cu126", transformers="4.57.6"))
-    with pytest.raises(colab.Stop, match=r"torch 2\.9\.0\+cu126 found, torch>=2\.9\.1 needed.*runtime version"):
+    rt = FakeRuntime(**_all_met(torch="2.8.0+cu126", transformers="4.57.6"))
+    with pytest.raises(colab.Stop, match=r"torch 2\.8\.0\+cu126 found, torch>=2\.9\.0 needed.*runtime version"):
         colab.install_missing(version_of=rt.version_of, pip=rt.pip, python="3.12.12")
     assert rt.calls == []  # nothing installed before the STOP
 

@@ -71,3 +71,43 @@ def test_lightnings_advert_goes_to_the_log_and_its_other_messages_still_show(cap
     shown = [r.getMessage() for r in caplog.records if r.name == "pytorch_lightning.utilities.rank_zero"]
     assert shown == ["GPU available: False, used: False"]
     assert "litlogger" in caplog.text  # kept in the log, out of the lesson
+
+
+_FAKE_TF = '''"""Stands in for TensorFlow 2.20: its native code writes to fd 2 when loaded."""
+import ctypes, os
+os.write(2, b"2026-12-02 12:00:00.000000: I tensorflow/core/util/port.cc:153] oneDNN custom operations are on.\\n")
+ctypes.CDLL(None).dprintf(2, b"I external/local_xla/xla/stream_executor/cuda/cuda_executor.cc] Could not find cuda drivers on your machine, GPU will not be used.\\n")
+print("a print at import")
+'''
+
+
+def test_native_library_output_stays_out_of_the_lesson_and_goes_to_the_log(tmp_path, monkeypatch):
+    """A kernel (as Jupyter/Colab runs the lesson) copies whatever reaches fd 2 into the cell's output;
+    the SAO lessons load TensorFlow (when installed) with fd 2 pointed at the log."""
+    # ipykernel leaves fd 2 alone in a kernel that inherits PYTEST_CURRENT_TEST; Colab's does not
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    import nbformat
+    from nbclient import NotebookClient
+
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text(_FAKE_TF)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import logging, sys\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})\n"
+            "logging.basicConfig(filename=" + repr(str(tmp_path / "lesson.log")) + ", level=logging.INFO)\n"
+            "from stablebeat_utils import lesson\n"
+            "lesson.quiet_library_noise('05_train')\n"
+            "import tensorflow, time\n"
+            "time.sleep(1.5)  # the kernel copies fd 2 into the output from a thread\n"
+            "print('lesson goes on')"
+        )
+    ]
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    shown = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert "lesson goes on" in shown
+    assert "oneDNN" not in shown and "cuda drivers" not in shown and "a print at import" not in shown, shown
+    logged = (tmp_path / "lesson.log").read_text()
+    assert "oneDNN custom operations are on" in logged and "Could not find cuda drivers" in logged, logged
+    assert "a print at import" in logged
