@@ -14,6 +14,11 @@ What :func:`run` writes, under ``RUN_DIR/06_generate/``:
 - ``generations.jsonl`` — one row per output, keyed ``f"{model}-{prompt_idx}-{seed}"`` (model is
   ``base``, ``finetune`` or ``focus``), with the prompt, seed, settings, duration and ``path`` relative to
   RUN_DIR;
+- ``loops/<model>/<prompt_idx>-seed<seed>-loop-<n>bars-<bpm>bpm-<key>.wav`` (``loops`` on, the
+  default) — a bar-aligned, click-free 24-bit loop of each generation at its prompted tempo, on the
+  beat grid found in the audio (``loops.py`` says how); a tempo the audio does not have is
+  flagged (``bpm-unsure`` in the name), a clip too short for one bar gets none and the reason;
+  ``loops.jsonl`` holds one row per generation (its loop, or why there is none);
 - ``stage.json`` — the stage record.
 
 When ``05b_focus`` exported a second stage (``RUN_DIR/05b_focus/export``), it is a third model,
@@ -428,6 +433,15 @@ def _check_run_args(settings: Settings, batch_size: int, n_prompts: int, seed: i
         raise GenerateError(f"base_model is empty: use {HUB_ID!r}, a local model folder, or 'tiny:sao'")
 
 
+def _check_loop_args(loop_bars: int, loop_lufs: float) -> None:
+    from .loops import BAR_CHOICES
+
+    if loop_bars not in BAR_CHOICES:
+        raise GenerateError(f"loop_bars must be one of {', '.join(map(str, BAR_CHOICES))} (got {loop_bars})")
+    if not (loop_lufs == 0 or -60 <= loop_lufs <= -5):
+        raise GenerateError(f"loop_lufs must be 0 (loudness as generated) or between -60 and -5 LUFS (got {loop_lufs})")
+
+
 def _prompt_list(run_dir: str, prompts_file: str, n_prompts: int) -> tuple[list[str], Path | None]:
     """The prompts to generate, and 05b_focus's export (None when there is none)."""
     all_prompts = read_prompts(prompts_file)
@@ -641,6 +655,9 @@ def run(
     seed: int = 42,
     batch_size: int = 1,
     silence_db: float = 60.0,
+    loops: bool = True,
+    loop_bars: int = 4,
+    loop_lufs: float = 0.0,
     device: str = "auto",
     dtype: str = "auto",
 ) -> dict:
@@ -662,6 +679,7 @@ def run(
     )
     # 1. validate everything before any work
     _check_run_args(settings, batch_size, n_prompts, seed, base_model)
+    _check_loop_args(loop_bars, loop_lufs)
     prompts, focus_path = _prompt_list(run_dir, prompts_file, n_prompts)
     ft_spec, ft_message = _finetune_or_base_only(run_dir, finetune_model, lora_strength, allow_missing_finetune)
     g = _Generation(
@@ -705,6 +723,8 @@ def run(
         "seconds_per_clip": round(float(np.median(timings)), 3) if timings else None,
         "generations_jsonl": run_.rel(g.gens.path),
     }
+    if loops:
+        summary.update(make_loops(run_, list(rows), int(loop_bars), float(loop_lufs)))
     run_.mark_done(STAGE, params=params, **summary)
     return summary
 
@@ -715,6 +735,61 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
 
     with atomic_path(path) as tmp:
         write_wav(tmp, audio, sr)
+
+
+def _loop_of(run_: Run, row: dict, bars: int, lufs: float) -> dict:
+    """Cut and write the loop of one generation row; the loops table's row (with ``reason`` when none)."""
+    from . import audio as audio_mod
+    from . import clipfacts, loops
+
+    out = {"key": row["key"], "model": row["model"], "prompt_idx": row["prompt_idx"], "generation": row["path"]}
+    try:
+        y, sr = audio_mod.load(run_.root / row["path"])
+        loop = loops.cut_loop(y, sr, clipfacts.parse_bpm(row["prompt"]), bars, lufs or None)
+    except (audio_mod.AudioError, loops.LoopError, OSError, ValueError) as exc:
+        return {**out, "path": None, "reason": f"{row['path']}: {exc}"}
+    out.update(loops.loop_row(loop))
+    if loop.audio is None:
+        return {**out, "path": None}
+    stem = Path(row["path"]).stem
+    path = (
+        run_.stage_dir(STAGE) / "loops" / row["model"] / loops.loop_name(stem, loop, clipfacts.parse_key(row["prompt"]))
+    )
+    loops.write_loop(path, loop)
+    return {**out, "path": run_.rel(path)}
+
+
+def make_loops(run_: Run, rows: list[dict], bars: int = 4, lufs: float = 0.0) -> dict:
+    """A loop of every generation (``RUN_DIR/06_generate/loops/``, ``loops.jsonl``); resumable.
+
+    ``lufs`` 0 leaves the loudness as generated; otherwise the loops' integrated loudness target.
+    """
+    from tqdm.auto import tqdm
+
+    table = JsonlLog(run_.stage_dir(STAGE) / "loops.jsonl", key="key")
+    recipe = {"loop_bars": int(bars), "loop_lufs": float(lufs)}
+    for old in table.rows():  # one folder, one recipe
+        if {k: old.get(k) for k in recipe} != recipe:
+            raise GenerateError(
+                f"{table.path} holds loops cut with other settings ({ {k: old.get(k) for k in recipe} }); delete it "
+                f"and {run_.stage_dir(STAGE) / 'loops'} to cut them again with loop_bars={bars}, loop_lufs={lufs}"
+            )
+    todo = [r for r in rows if r["key"] not in table]
+    for row in tqdm(todo, desc="06_generate loops", unit="loop", disable=not todo):
+        table.append({**_loop_of(run_, row, bars, lufs), **recipe})
+    done = table.finalize(sort_key=lambda r: (r["prompt_idx"], MODELS.index(r["model"]), r["key"]))
+    return {
+        "loops": sum(1 for r in done if r.get("path")),
+        "loops_flagged": sum(1 for r in done if r.get("path") and r.get("tempo_flagged")),
+        "loops_none": sum(1 for r in done if not r.get("path")),
+        "loops_jsonl": run_.rel(table.path),
+    }
+
+
+def load_loops(run_dir: str) -> list[dict]:
+    """The rows of ``RUN_DIR/06_generate/loops.jsonl``."""
+    path = Run(run_dir).path(STAGE, "loops.jsonl")
+    return read_jsonl(path) if path.exists() else []
 
 
 def load_generations(run_dir: str) -> list[dict]:
