@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 STAGE = "06_generate"
 HUB_ID = "stabilityai/stable-audio-open-1.0"
 CARD_PROMPTS_FILE = Path(__file__).parent / "data" / "card_prompts.yaml"
+BLIND_FILE = "blind.jsonl"  # the playground's blind rounds, one line each (07 reports them)
 MODELS = ("base", "finetune", "focus")  # focus: 05b_focus's second stage, when exported
 DTYPES = ("float32", "float16", "bfloat16")
 # samplers of stable-audio-tools 0.0.20 that suit SAO 1.0 (a "v"-objective model): k-diffusion's
@@ -381,6 +382,132 @@ def generate_audio(
     return [trim_audio(a, sr, s.seconds_total, silence_db) for a in audio]
 
 
+# -- variations of the producer's own beat (audio-to-audio) -------------------------------------
+
+VARIATION_MIN_SECONDS = 1.0  # shorter init audio is refused: too little for the model to vary
+SILENT_DBFS = -60.0  # init audio whose sample peak is below this is refused as silent
+K_SAMPLERS = tuple(s for s in SAMPLERS if s != "v-ddim")
+
+
+def strength_to_noise(strength: float, settings: Settings) -> float:
+    """The engine's ``init_noise_level`` for a variation ``strength`` in (0, 1].
+
+    k-diffusion samplers start from ``init + noise × sigma``: the strength walks sigma from
+    ``sigma_min`` (0: the input back) to ``sigma_max`` (1: pure noise, the input forgotten) on a
+    log scale, as the sampler's own schedule spaces its steps — 0.25 is sigma ≈ 2 for SAO (clearly
+    the input, re-played), 0.5 ≈ 12 (its groove, new sounds), 0.75 ≈ 76. ``v-ddim`` takes a noise
+    level in 0–1 directly: the strength itself.
+    """
+    if not 0 < float(strength) <= 1:
+        raise GenerateError(f"the variation strength must be more than 0 and at most 1 (got {strength})")
+    if settings.sampler_type not in K_SAMPLERS:
+        return float(strength)
+    lo, hi = float(settings.sigma_min), float(settings.sigma_max)
+    return float(lo * (hi / lo) ** float(strength))
+
+
+def load_init_audio(path: str | Path, sr: int, max_seconds: float | None = None) -> tuple[np.ndarray, list[str]]:
+    """The producer's clip as init audio: ``((2, n) float32 at ``sr``, what was converted)``.
+
+    Mono is made stereo and another sample rate resampled (both said in the notes); unreadable,
+    silent (peak under -60 dBFS) or shorter than 1 s is refused with a :class:`GenerateError`
+    naming the file. Longer than ``max_seconds`` (the model's window) is cut, and said so.
+    """
+    from . import audio as audio_mod
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise GenerateError(f"{path}: the init audio was not found")
+    try:
+        y, file_sr = audio_mod.load(path)
+    except (audio_mod.AudioError, OSError, ValueError) as exc:
+        raise GenerateError(f"{path}: the init audio cannot be read ({exc})") from exc
+    notes = []
+    if y.shape[1] / file_sr < VARIATION_MIN_SECONDS:
+        raise GenerateError(
+            f"{path}: the init audio is too short ({y.shape[1] / file_sr:.2f} s; a variation needs "
+            f"at least {VARIATION_MIN_SECONDS:g} s)"
+        )
+    if audio_mod.non_finite_count(y) or audio_mod.peak_dbfs(y) < SILENT_DBFS:
+        raise GenerateError(f"{path}: the init audio is silent (or holds NaN): nothing to make a variation of")
+    if y.shape[0] != 2:
+        notes.append(f"{y.shape[0]} channel(s) made stereo")
+        y = audio_mod.to_stereo(y)
+    if file_sr != sr:
+        notes.append(f"resampled {file_sr} → {sr} Hz")
+        y = audio_mod.resample(y, file_sr, sr)
+    if max_seconds is not None and y.shape[1] > int(max_seconds * sr):
+        notes.append(f"cut to the model's {max_seconds:.2f} s")
+        y = y[:, : int(max_seconds * sr)]
+    return np.ascontiguousarray(y, dtype=np.float32), notes
+
+
+def generate_variation(
+    model,
+    model_config: dict,
+    init_audio: np.ndarray,
+    prompt: str,
+    seed: int,
+    settings: Settings,
+    strength: float,
+    device: str,
+    callback: Callable[[dict], None] | None = None,
+    silence_db: float = 60.0,
+) -> tuple[np.ndarray, dict]:
+    """A variation of ``init_audio`` ((2, n) at the model's rate): the engine's init audio + noise level.
+
+    ``seconds_total`` is the shorter of the settings' and the init audio's length; the info has
+    ``init_noise_level`` besides :func:`trim_audio`'s.
+    """
+    from . import compat
+
+    compat.apply()
+    import torch
+    from stable_audio_tools.inference.generation import generate_diffusion_cond
+
+    prompt = check_prompt(prompt)
+    sr = int(model_config["sample_rate"])
+    seconds = min(float(settings.seconds_total), init_audio.shape[1] / sr, max_seconds(model_config))
+    s = Settings(**{**settings.as_dict(), "seconds_total": round(seconds, 3)})
+    check_settings(s, model_config)
+    noise_level = strength_to_noise(strength, s)
+    conditioning = [
+        {"prompt": prompt, "seconds_start": float(s.seconds_start), "seconds_total": float(s.seconds_total)}
+    ]
+    with torch.inference_mode():
+        latents = generate_diffusion_cond(
+            model,
+            steps=int(s.steps),
+            cfg_scale=float(s.cfg_scale),
+            conditioning=conditioning,
+            batch_size=1,
+            sample_size=int(model_config["sample_size"]),
+            seed=int(seed),
+            device=device,
+            sampler_type=s.sampler_type,
+            sigma_min=float(s.sigma_min),
+            sigma_max=float(s.sigma_max),
+            apg_scale=float(s.apg_scale),
+            init_audio=(sr, torch.from_numpy(init_audio)),
+            init_noise_level=noise_level,
+            callback=callback,
+            return_latents=True,
+        )
+        out = decode(model, latents, int(round(s.seconds_total * sr)))
+    audio, info = trim_audio(out[0].float().cpu().numpy(), sr, s.seconds_total, silence_db)
+    return audio, {**info, "init_noise_level": round(noise_level, 4), "seconds_total": s.seconds_total}
+
+
+def variation_distance(reference: np.ndarray, output: np.ndarray, sr: int) -> dict:
+    """How far ``output`` is from ``reference`` on 07's signal metrics: each metric's relative change,
+    and their mean (``distance``: 0 = the same on every metric)."""
+    from .evaluate_metrics import SIGNAL_METRICS, signal_metrics
+
+    a, b = signal_metrics(reference, sr), signal_metrics(output, sr)
+    rel = {m: abs(b[m] - a[m]) / max(abs(a[m]), 1e-9) for m in SIGNAL_METRICS}
+    return {"distance": round(float(np.mean(list(rel.values()))), 4), **{m: round(v, 4) for m, v in rel.items()}}
+
+
 def _device_and_dtype(device: str, dtype: str):
     from . import models
 
@@ -658,6 +785,8 @@ def run(
     loops: bool = True,
     loop_bars: int = 4,
     loop_lufs: float = 0.0,
+    variation_of: str = "auto",
+    variation_strengths: str = "0.1, 0.9",
     device: str = "auto",
     dtype: str = "auto",
 ) -> dict:
@@ -680,7 +809,9 @@ def run(
     # 1. validate everything before any work
     _check_run_args(settings, batch_size, n_prompts, seed, base_model)
     _check_loop_args(loop_bars, loop_lufs)
+    strengths = parse_strengths(variation_strengths)
     prompts, focus_path = _prompt_list(run_dir, prompts_file, n_prompts)
+    var_source, var_message = find_variation_source(run_dir, variation_of, prompts)
     ft_spec, ft_message = _finetune_or_base_only(run_dir, finetune_model, lora_strength, allow_missing_finetune)
     g = _Generation(
         run_=run_,
@@ -725,6 +856,9 @@ def run(
     }
     if loops:
         summary.update(make_loops(run_, list(rows), int(loop_bars), float(loop_lufs)))
+    summary["variations_message"] = var_message
+    if var_source is not None:
+        summary.update(make_variations(g, var_source, strengths, device, dtype))
     run_.mark_done(STAGE, params=params, **summary)
     return summary
 
@@ -789,6 +923,115 @@ def make_loops(run_: Run, rows: list[dict], bars: int = 4, lufs: float = 0.0) ->
 def load_loops(run_dir: str) -> list[dict]:
     """The rows of ``RUN_DIR/06_generate/loops.jsonl``."""
     path = Run(run_dir).path(STAGE, "loops.jsonl")
+    return read_jsonl(path) if path.exists() else []
+
+
+def parse_strengths(text: str) -> list[float]:
+    """``"0.1, 0.9"`` → ``[0.1, 0.9]``; each in (0, 1], else a :class:`GenerateError`."""
+    try:
+        values = [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
+    except ValueError as exc:
+        raise GenerateError(
+            f"variation_strengths {text!r}: expected numbers separated by commas, e.g. '0.1, 0.9'"
+        ) from exc
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise GenerateError(f"variation_strengths {text!r}: give one or more strengths, each more than 0 and at most 1")
+    return values
+
+
+def find_variation_source(run_dir: str, variation_of: str, prompts: list[str]) -> tuple[dict | None, str]:
+    """Which clip to vary, and with which prompt: ``({"path", "prompt", "clip_id"} or None, message)``.
+
+    ``"auto"``: the first clip of 04_prompts (with its own training prompt); a ``clip_id`` of
+    04_prompts; or an audio file (with the first prompt of the list).
+    """
+    from .clipstore import ClipFolder
+
+    if not variation_of:
+        return None, "no variations (variation_of is empty)"
+    path = Path(variation_of).expanduser()
+    if path.suffix and (path.is_file() or "/" in variation_of or "\\" in variation_of):
+        return {"path": path, "prompt": prompts[0], "clip_id": None}, f"a variation of {path}"
+    table = Run(run_dir).path("04_prompts", "prompts.jsonl")
+    rows = read_jsonl(table) if table.exists() else []
+    if variation_of != "auto":
+        rows = [r for r in rows if r.get("clip_id") == variation_of]
+    if not rows:
+        where = (
+            "04_prompts has no clips yet (run 01-04)"
+            if variation_of == "auto"
+            else f"no clip {variation_of!r} in {table}"
+        )
+        return None, f"no variations: {where}; set variation_of to an audio file or a clip_id"
+    row = rows[0]
+    clip = ClipFolder(run_dir).path(row.get("filepath") or row.get("path"))
+    return {
+        "path": clip,
+        "prompt": row["prompt"],
+        "clip_id": row.get("clip_id"),
+    }, f"a variation of clip {row.get('clip_id')}"
+
+
+def _variation_rows(g: _Generation, source: dict, strengths: list[float], which: str, model_source: str) -> list[dict]:
+    """Variations of ``source`` with the model in memory, at each strength; their WAVs and rows."""
+    sr = int(g.config["sample_rate"])
+    init, notes = load_init_audio(source["path"], sr, max_seconds(g.config))
+    rows = []
+    for k, strength in enumerate(strengths):
+        key = f"{which}-{strength:g}-{g.seed}"
+        out, info = generate_variation(
+            g.model, g.config, init, source["prompt"], g.seed, g.settings, strength, g.dev, silence_db=g.silence_db
+        )
+        path = g.stage_dir / "variations" / which / f"{Path(source['path']).stem}-strength{strength:g}-seed{g.seed}.wav"
+        _write_wav(path, out, sr)
+        n = min(out.shape[1], init.shape[1])
+        rows.append(
+            {
+                "key": key,
+                "model": which,
+                "strength": strength,
+                "init_noise_level": info["init_noise_level"],
+                "init_audio": str(source["path"]),
+                "clip_id": source["clip_id"],
+                "converted": notes,
+                "prompt": source["prompt"],
+                "seed": int(g.seed),
+                "settings": {**g.settings.as_dict(), "seconds_total": info["seconds_total"]},
+                "model_source": model_source,
+                "sample_rate": sr,
+                "duration": round(out.shape[1] / sr, 3),
+                **variation_distance(init[:, :n], out[:, :n], sr),
+                "path": g.run_.rel(path),
+            }
+        )
+    return rows
+
+
+def make_variations(g: _Generation, source: dict, strengths: list[float], device: str, dtype: str) -> dict:
+    """Variations of one of the producer's clips with every model, at each strength (``variations.jsonl``).
+
+    Resumable (a row per model and strength); an init audio that cannot be used is refused
+    before any model loads, with a message naming the file.
+    """
+    load_init_audio(source["path"], 44100)  # refuse a bad file before loading anything
+    table = JsonlLog(g.stage_dir / "variations.jsonl", key="key")
+    todo = [m for m in g.models_todo() if any(f"{m}-{s:g}-{g.seed}" not in table for s in strengths)]
+    for which in todo:
+        if g.dev is None:
+            g.dev, g.torch_dtype = _device_and_dtype(device, dtype)
+        model_source = _load_model_for(g, which)
+        left = [s for s in strengths if f"{which}-{s:g}-{g.seed}" not in table]
+        table.append(*_variation_rows(g, source, left, which, model_source))
+    if g.model is not None:
+        _free(g.model)
+        g.model = None
+    done = table.finalize(sort_key=lambda r: (MODELS.index(r["model"]), r["strength"]))
+    return {"variations": len(done), "variations_jsonl": g.run_.rel(table.path)}
+
+
+def load_variations(run_dir: str) -> list[dict]:
+    """The rows of ``RUN_DIR/06_generate/variations.jsonl``."""
+    path = Run(run_dir).path(STAGE, "variations.jsonl")
     return read_jsonl(path) if path.exists() else []
 
 
