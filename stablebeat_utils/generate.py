@@ -1035,6 +1035,67 @@ def load_variations(run_dir: str) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
+# -- using what was made (06's last section) ---------------------------------------------------
+
+RUN_FOLDER_GUIDE = {  # what each folder of a run holds, for a producer looking for a file
+    "01_segment": "your beats cut into clips (clips/), segments.jsonl",
+    "02_tag": "the tags of each clip (tags.jsonl)",
+    "03_tempo_key": "tempo and key of each clip (tempo_key.jsonl)",
+    "04_prompts": "the training prompts (prompts.jsonl, metadata.json)",
+    "05_train": "checkpoints; export/ = your fine-tune (model.safetensors + model_config.json, or lora.safetensors)",
+    "05b_focus": "the second stage's subset and its export/",
+    "06_generate": "audio/ generations, loops/ for your DAW, variations/, takes/ from the playground, blind.jsonl",
+    "07_evaluate": "report.md, metrics.csv, plots/",
+    "publish": "the model card and upload list (python -m stablebeat_utils publish)",
+}
+
+
+def where_files_are(run_dir: str) -> list[dict]:
+    """Every folder of the run with what it holds, its file count and size (MB)."""
+    run_ = Run(run_dir)
+    rows = []
+    for name, what in RUN_FOLDER_GUIDE.items():
+        folder = run_.root / name
+        files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
+        rows.append(
+            {
+                "folder": str(folder),
+                "holds": what,
+                "files": len(files),
+                "MB": round(sum(f.stat().st_size for f in files) / 1e6, 1),
+            }
+        )
+    return rows
+
+
+def loudness_table(run_dir: str) -> list[dict]:
+    """Integrated loudness (LUFS) and sample peak (dBFS) of every generation and loop of 06."""
+    from . import audio as audio_mod
+
+    run_ = Run(run_dir)
+    rows = []
+    for kind, table in (("generation", load_generations(run_dir)), ("loop", load_loops(run_dir))):
+        for r in table:
+            if not r.get("path"):
+                continue
+            try:
+                y, sr = audio_mod.load(run_.root / r["path"])
+            except (audio_mod.AudioError, OSError) as exc:
+                rows.append({"kind": kind, "path": r["path"], "error": str(exc)})
+                continue
+            lufs = audio_mod.integrated_loudness(y, sr)
+            rows.append(
+                {
+                    "kind": kind,
+                    "model": r.get("model"),
+                    "lufs": round(lufs, 1) if np.isfinite(lufs) else None,
+                    "peak_dbfs": round(audio_mod.peak_dbfs(y), 1) if np.any(y) else None,
+                    "path": r["path"],
+                }
+            )
+    return rows
+
+
 def load_generations(run_dir: str) -> list[dict]:
     """The rows of ``RUN_DIR/06_generate/generations.jsonl`` (for the notebook's table)."""
     return read_jsonl(Run(run_dir).path(STAGE, "generations.jsonl"))

@@ -182,3 +182,20 @@ def test_make_loops_names_flags_and_reasons(tmp_path):
     assert (run_.root / "06_generate" / "loops.jsonl").read_bytes() == before
     with pytest.raises(gen.GenerateError, match="other settings"):
         gen.make_loops(run_, rows, bars=2)
+
+
+def test_loudness_table_and_where_files_are(tmp_path):
+    from stablebeat_utils import audio, generate as gen
+
+    run_, rows = _fake_generations(tmp_path / "run", [("A trap beat at 140 BPM in F minor.", 140, 8)])
+    (run_.stage_dir("06_generate") / "generations.jsonl").write_text(
+        "".join(__import__("json").dumps(r) + "\n" for r in rows)
+    )
+    gen.make_loops(run_, rows, bars=1, lufs=-20.0)
+    table = gen.loudness_table(str(run_.root))
+    assert [r["kind"] for r in table] == ["generation", "loop"]
+    y, sr = audio.load(run_.root / table[0]["path"])
+    assert table[0]["lufs"] == round(audio.integrated_loudness(y, sr), 1)
+    assert table[1]["lufs"] == pytest.approx(-20.0, abs=0.15) or table[1]["peak_dbfs"] >= -1.05
+    where = {r["folder"].rsplit("/", 1)[-1]: r for r in gen.where_files_are(str(run_.root))}
+    assert where["06_generate"]["files"] == 4 and where["05_train"]["files"] == 0  # 1 wav, 1 loop, 2 jsonl
