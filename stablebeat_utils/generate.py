@@ -493,19 +493,47 @@ def generate_variation(
             callback=callback,
             return_latents=True,
         )
-        out = decode(model, latents, int(round(s.seconds_total * sr)))
+        n = int(round(s.seconds_total * sr))
+        out = decode(model, latents, n)
+        moved = _latent_distance(model, model_config, init_audio, latents, n, device)
     audio, info = trim_audio(out[0].float().cpu().numpy(), sr, s.seconds_total, silence_db)
-    return audio, {**info, "init_noise_level": round(noise_level, 4), "seconds_total": s.seconds_total}
+    return audio, {
+        **info,
+        "init_noise_level": round(noise_level, 4),
+        "seconds_total": s.seconds_total,
+        "latent_distance": round(moved, 4),
+    }
+
+
+def _latent_distance(model, model_config: dict, init_audio: np.ndarray, latents, n_samples: int, device) -> float:
+    """``‖z_out − z_in‖ / ‖z_in‖`` over the latent frames kept: how far the sampler moved from the
+    init audio *as the model encodes it* (independent of how well its decoder plays it back)."""
+    import torch
+    from stable_audio_tools.inference.utils import prepare_audio
+
+    pre = model.pretransform
+    io = pre.io_channels if pre is not None else model.io_channels
+    sr = int(model_config["sample_rate"])
+    x = prepare_audio(
+        torch.from_numpy(init_audio), in_sr=sr, target_sr=sr, target_length=int(model_config["sample_size"]),
+        target_channels=io, device=device,
+    )  # fmt: skip
+    ratio = pre.downsampling_ratio if pre is not None else 1
+    z_in = pre.encode(x.to(next(pre.parameters()).dtype)) if pre is not None else x
+    k = -(-n_samples // ratio)
+    a, b = z_in[0, :, :k].float(), latents[0, :, :k].float()
+    return float(torch.linalg.vector_norm(b - a) / torch.linalg.vector_norm(a).clamp_min(1e-9))
 
 
 def variation_distance(reference: np.ndarray, output: np.ndarray, sr: int) -> dict:
-    """How far ``output`` is from ``reference`` on 07's signal metrics: each metric's relative change,
-    and their mean (``distance``: 0 = the same on every metric)."""
+    """How far ``output`` is from ``reference`` on 07's signal metrics: per metric ``|ln(output / reference)|``
+    (0 = the same, 0.69 = a factor 2 either way), and their mean, ``distance``."""
     from .evaluate_metrics import SIGNAL_METRICS, signal_metrics
 
     a, b = signal_metrics(reference, sr), signal_metrics(output, sr)
-    rel = {m: abs(b[m] - a[m]) / max(abs(a[m]), 1e-9) for m in SIGNAL_METRICS}
-    return {"distance": round(float(np.mean(list(rel.values()))), 4), **{m: round(v, 4) for m, v in rel.items()}}
+    tiny = 1e-12
+    logs = {m: abs(float(np.log(max(b[m], tiny) / max(a[m], tiny)))) for m in SIGNAL_METRICS}
+    return {"distance": round(float(np.mean(list(logs.values()))), 4), **{m: round(v, 4) for m, v in logs.items()}}
 
 
 def _device_and_dtype(device: str, dtype: str):
@@ -1000,6 +1028,7 @@ def _variation_rows(g: _Generation, source: dict, strengths: list[float], which:
                 "model_source": model_source,
                 "sample_rate": sr,
                 "duration": round(out.shape[1] / sr, 3),
+                "latent_distance": info["latent_distance"],
                 **variation_distance(init[:, :n], out[:, :n], sr),
                 "path": g.run_.rel(path),
             }
