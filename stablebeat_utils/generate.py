@@ -840,6 +840,8 @@ def run(
     strengths = parse_strengths(variation_strengths)
     prompts, focus_path = _prompt_list(run_dir, prompts_file, n_prompts)
     var_source, var_message = find_variation_source(run_dir, variation_of, prompts)
+    if var_source is not None:
+        load_init_audio(var_source["path"], 44100)  # a bad init audio is refused before any work
     ft_spec, ft_message = _finetune_or_base_only(run_dir, finetune_model, lora_strength, allow_missing_finetune)
     g = _Generation(
         run_=run_,
@@ -1042,7 +1044,6 @@ def make_variations(g: _Generation, source: dict, strengths: list[float], device
     Resumable (a row per model and strength); an init audio that cannot be used is refused
     before any model loads, with a message naming the file.
     """
-    load_init_audio(source["path"], 44100)  # refuse a bad file before loading anything
     table = JsonlLog(g.stage_dir / "variations.jsonl", key="key")
     todo = [m for m in g.models_todo() if any(f"{m}-{s:g}-{g.seed}" not in table for s in strengths)]
     for which in todo:

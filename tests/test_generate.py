@@ -427,3 +427,34 @@ def test_variation_follows_the_input_at_low_strength_and_forgets_it_at_high(tiny
     print(f"07-metric distance between the two inputs' variations: {apart_low} at 0.05, {apart_high} at 1.0")
     assert wave_high < 0.1 * wave_low
     assert apart_high < apart_low
+
+
+def test_run_makes_loops_and_variations_of_a_clip_resumably(tmp_path):
+    """06 end to end with loops and variations: 04's first clip ("auto"), its own prompt, base model only."""
+    from test_loops import click_beat
+
+    run_dir = tmp_path / "run"
+    clip = run_dir / "01_segment" / "clips" / "beat-000.wav"
+    clip.parent.mkdir(parents=True)
+    audio, _ = click_beat(140, 4.0)
+    sf.write(str(clip), audio.T, 44100)
+    (run_dir / "04_prompts").mkdir()
+    row = {"clip_id": "beat-000", "filepath": "01_segment/clips/beat-000.wav", "prompt": "A trap beat at 140 BPM."}
+    (run_dir / "04_prompts" / "prompts.jsonl").write_text(json.dumps(row) + "\n")
+    P = dict(run_dir=str(run_dir), n_prompts=1, variation_strengths="0.2, 1.0", loop_bars=1, **FAST)
+    summary = gen.run(**P)
+    assert summary["variations"] == 2 and "beat-000" in summary["variations_message"]
+    assert summary["loops"] + summary["loops_none"] == 1
+    rows = gen.load_variations(str(run_dir))
+    assert [(r["model"], r["strength"]) for r in rows] == [("base", 0.2), ("base", 1.0)]
+    assert rows[0]["prompt"] == "A trap beat at 140 BPM." and rows[0]["clip_id"] == "beat-000"
+    assert rows[0]["init_noise_level"] < rows[1]["init_noise_level"] == 500.0
+    for r in rows:
+        y, sr = sf.read(str(run_dir / r["path"]), always_2d=True)
+        assert sr == 44100 and y.shape[1] == 2 and r["distance"] >= 0 and r["latent_distance"] >= 0
+    before = (run_dir / "06_generate" / "variations.jsonl").read_bytes()
+    again = gen.run(**P)
+    assert again["generated_now"] == 0 and (run_dir / "06_generate" / "variations.jsonl").read_bytes() == before
+    with pytest.raises(gen.GenerateError, match="silent.wav: the init audio is silent"):
+        sf.write(str(tmp_path / "silent.wav"), np.zeros((44100 * 2, 2)), 44100)
+        gen.run(**{**P, "variation_of": str(tmp_path / "silent.wav")})
