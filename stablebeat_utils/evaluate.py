@@ -125,6 +125,8 @@ from .evaluate_report import (
     _mean,
     _plots,
     _report_md,
+    blind_md,
+    blind_preference,
     _summary_md,
     card_table,
     compare,
@@ -713,6 +715,8 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
         else []
     )
     summary_md += focus.tag_moves_md(focus_tags, SIGNAL_METRICS)
+    blind = blind_preference(settings["run_dir"])  # the producer's ears: 06's playground's blind rounds
+    summary_md += blind_md(blind)
     atomic_write_text(out_dir / layout.SUMMARY_MD, summary_md)
     plots = _plots(df, ref_df, out_dir / "plots", pair, int(settings["spectrogram_pairs"]), run_)
     errors = df[df["error"].notna()]
@@ -724,6 +728,7 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
         "training_means": training_means,
         "comparison": comparison,
         "focus_tags": focus_tags,
+        "blind": blind,
         "plots": plots,
         "errors": int(len(errors)),
         "paper": paper,
@@ -816,6 +821,7 @@ def run(
         "frechet": frechet,
         "comparison": written["comparison"],
         "focus_tags": written["focus_tags"],
+        "blind": written["blind"],
         "outputs": {
             n: run_.rel(out_dir / n) for n in (layout.METRICS_CSV, layout.CARD_TABLE, layout.SUMMARY_MD, layout.REPORT)
         },

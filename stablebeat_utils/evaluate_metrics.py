@@ -1,4 +1,5 @@
-"""The card's metrics for stage 07 (notebook ``07_evaluate``): pure functions, unit-tested on known signals.
+"""The card's metrics of notebook ``07_evaluate``: pure functions, unit-tested on known signals (base layer:
+06's variations and 05's demo scores measure with them too).
 
 Signal metrics of one clip (:func:`signal_metrics`: spectral centroid, spectral flatness,
 harmonic/percussive ratio, transient sharpness — each defined in its docstring), what a prompt

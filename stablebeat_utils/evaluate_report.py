@@ -446,3 +446,73 @@ def _report_md(df, summary_md, out_dir: Path, plots, ref_source, n_train, params
         "but still depends on compression and density of hits.\n"
         "- The Fréchet distance with fewer clips than CLAP's 512 dimensions is biased upward.\n"
     )
+
+
+# -- blind listening (06's playground records, 07 reports) ---------------------------------------
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of ``k`` successes in ``n`` trials (scipy's ``binomtest``)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def blind_preference(run_dir: str) -> dict | None:
+    """What the producer chose in the playground's blind test (``06_generate/blind.jsonl``).
+
+    Per model: how often it was chosen out of the rounds it played in, with a 95 % Wilson
+    interval, and chance (1 / models per round). None when no round was recorded.
+    """
+    from .runs import Run, read_jsonl
+
+    path = Run(run_dir).path(layout.GENERATE, layout.BLIND)
+    rows = [r for r in (read_jsonl(path) if path.exists() else []) if r.get("choice") in (r.get("order") or [])]
+    if not rows:
+        return None
+    out = {"rounds": len(rows), "file": f"{layout.GENERATE}/{layout.BLIND}", "models": {}}
+    for m in sorted({m for r in rows for m in r["order"]}, key=lambda m: ("base", "finetune", "focus").index(m)):
+        played = [r for r in rows if m in r["order"]]
+        k = sum(r["choice"] == m for r in played)
+        low, high = wilson_interval(k, len(played))
+        chance = float(np.mean([1 / len(r["order"]) for r in played]))
+        out["models"][m] = {
+            "chosen": k,
+            "rounds": len(played),
+            "rate": k / len(played),
+            "ci95": [low, high],
+            "chance": chance,
+        }
+    return out
+
+
+def blind_md(pref: dict | None) -> str:
+    """The blind test as a Markdown section (empty when none was recorded)."""
+    if not pref:
+        return ""
+    rows = []
+    for m, v in pref["models"].items():
+        verdict = (
+            "above chance"
+            if v["ci95"][0] > v["chance"]
+            else "below chance"
+            if v["ci95"][1] < v["chance"]
+            else "not distinguishable from chance"
+        )
+        rows.append(
+            [
+                m,
+                f"{v['chosen']} / {v['rounds']}",
+                f"{100 * v['rate']:.0f} %",
+                f"{100 * v['ci95'][0]:.0f}–{100 * v['ci95'][1]:.0f} %",
+                f"{100 * v['chance']:.0f} %",
+                verdict,
+            ]
+        )
+    return (
+        f"\n## Blind listening\n\n{pref['rounds']} blind rounds in 06's playground (`{pref['file']}`): the same prompt "
+        "and seed from each model, played in random order, the producer's pick recorded before the names were shown.\n\n"
+        + _md_table(["Model", "Chosen", "Preference rate", "95 % interval (Wilson)", "Chance", "Verdict"], rows)
+        + "\n"
+    )

@@ -14,6 +14,11 @@ What :func:`run` writes, under ``RUN_DIR/06_generate/``:
 - ``generations.jsonl`` — one row per output, keyed ``f"{model}-{prompt_idx}-{seed}"`` (model is
   ``base``, ``finetune`` or ``focus``), with the prompt, seed, settings, duration and ``path`` relative to
   RUN_DIR;
+- ``loops/<model>/<prompt_idx>-seed<seed>-loop-<n>bars-<bpm>bpm-<key>.wav`` (``loops`` on, the
+  default) — a bar-aligned, click-free 24-bit loop of each generation at its prompted tempo, on the
+  beat grid found in the audio (``loops.py`` says how); a tempo the audio does not have is
+  flagged (``bpm-unsure`` in the name), a clip too short for one bar gets none and the reason;
+  ``loops.jsonl`` holds one row per generation (its loop, or why there is none);
 - ``stage.json`` — the stage record.
 
 When ``05b_focus`` exported a second stage (``RUN_DIR/05b_focus/export``), it is a third model,
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 STAGE = layout.GENERATE
 HUB_ID = modelspec.SAO.known.hub_id
 CARD_PROMPTS_FILE = Path(__file__).parent / "data" / "card_prompts.yaml"
+BLIND_FILE = layout.BLIND
 MODELS = ("base", "finetune", "focus")  # focus: 05b_focus's second stage, when exported
 DTYPES = ("float32", "float16", "bfloat16")
 # samplers per diffusion objective: modelspec (SAO 1.0, a "v" model: k-diffusion's and v-ddim)
@@ -369,6 +375,160 @@ def generate_audio(
     return [trim_audio(a, sr, s.seconds_total, silence_db) for a in audio]
 
 
+# -- variations of the producer's own beat (audio-to-audio) -------------------------------------
+
+VARIATION_MIN_SECONDS = 1.0  # shorter init audio is refused: too little for the model to vary
+SILENT_DBFS = -60.0  # init audio whose sample peak is below this is refused as silent
+K_SAMPLERS = tuple(s for s in SAMPLERS if s != "v-ddim")
+
+
+def strength_to_noise(strength: float, settings: Settings) -> float:
+    """The engine's ``init_noise_level`` for a variation ``strength`` in (0, 1].
+
+    k-diffusion samplers start from ``init + noise × sigma``: the strength walks sigma from
+    ``sigma_min`` (0: the input back) to ``sigma_max`` (1: pure noise, the input forgotten) on a
+    log scale, as the sampler's own schedule spaces its steps — 0.25 is sigma ≈ 2 for SAO (clearly
+    the input, re-played), 0.5 ≈ 12 (its groove, new sounds), 0.75 ≈ 76. ``v-ddim`` takes a noise
+    level in 0–1 directly: the strength itself.
+    """
+    if not 0 < float(strength) <= 1:
+        raise GenerateError(f"the variation strength must be more than 0 and at most 1 (got {strength})")
+    if settings.sampler_type not in K_SAMPLERS:
+        return float(strength)
+    lo, hi = float(settings.sigma_min), float(settings.sigma_max)
+    return float(lo * (hi / lo) ** float(strength))
+
+
+def load_init_audio(path: str | Path, sr: int, max_seconds: float | None = None) -> tuple[np.ndarray, list[str]]:
+    """The producer's clip as init audio: ``((2, n) float32 at ``sr``, what was converted)``.
+
+    Mono is made stereo and another sample rate resampled (both said in the notes); unreadable,
+    silent (peak under -60 dBFS) or shorter than 1 s is refused with a :class:`GenerateError`
+    naming the file. Longer than ``max_seconds`` (the model's window) is cut, and said so.
+    """
+    from . import audio as audio_mod
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise GenerateError(f"{path}: the init audio was not found")
+    try:
+        y, file_sr = audio_mod.load(path)
+    except (audio_mod.AudioError, OSError, ValueError) as exc:
+        raise GenerateError(f"{path}: the init audio cannot be read ({exc})") from exc
+    notes = []
+    if y.shape[1] / file_sr < VARIATION_MIN_SECONDS:
+        raise GenerateError(
+            f"{path}: the init audio is too short ({y.shape[1] / file_sr:.2f} s; a variation needs "
+            f"at least {VARIATION_MIN_SECONDS:g} s)"
+        )
+    if audio_mod.non_finite_count(y) or audio_mod.peak_dbfs(y) < SILENT_DBFS:
+        raise GenerateError(f"{path}: the init audio is silent (or holds NaN): nothing to make a variation of")
+    if y.shape[0] != 2:
+        notes.append(f"{y.shape[0]} channel(s) made stereo")
+        y = audio_mod.to_stereo(y)
+    if file_sr != sr:
+        notes.append(f"resampled {file_sr} → {sr} Hz")
+        y = audio_mod.resample(y, file_sr, sr)
+    if max_seconds is not None and y.shape[1] > int(max_seconds * sr):
+        notes.append(f"cut to the model's {max_seconds:.2f} s")
+        y = y[:, : int(max_seconds * sr)]
+    return np.ascontiguousarray(y, dtype=np.float32), notes
+
+
+def generate_variation(
+    model,
+    model_config: dict,
+    init_audio: np.ndarray,
+    prompt: str,
+    seed: int,
+    settings: Settings,
+    strength: float,
+    device: str,
+    callback: Callable[[dict], None] | None = None,
+    silence_db: float = 60.0,
+) -> tuple[np.ndarray, dict]:
+    """A variation of ``init_audio`` ((2, n) at the model's rate): the engine's init audio + noise level.
+
+    ``seconds_total`` is the shorter of the settings' and the init audio's length; the info has
+    ``init_noise_level`` besides :func:`trim_audio`'s.
+    """
+    from . import compat
+
+    compat.apply()
+    import torch
+    from stable_audio_tools.inference.generation import generate_diffusion_cond
+
+    prompt = check_prompt(prompt)
+    sr = int(model_config["sample_rate"])
+    seconds = min(float(settings.seconds_total), init_audio.shape[1] / sr, max_seconds(model_config))
+    s = Settings(**{**settings.as_dict(), "seconds_total": round(seconds, 3)})
+    check_settings(s, model_config)
+    noise_level = strength_to_noise(strength, s)
+    conditioning = [
+        {"prompt": prompt, "seconds_start": float(s.seconds_start), "seconds_total": float(s.seconds_total)}
+    ]
+    with torch.inference_mode():
+        latents = generate_diffusion_cond(
+            model,
+            steps=int(s.steps),
+            cfg_scale=float(s.cfg_scale),
+            conditioning=conditioning,
+            batch_size=1,
+            sample_size=int(model_config["sample_size"]),
+            seed=int(seed),
+            device=device,
+            sampler_type=s.sampler_type,
+            sigma_min=float(s.sigma_min),
+            sigma_max=float(s.sigma_max),
+            apg_scale=float(s.apg_scale),
+            init_audio=(sr, torch.from_numpy(init_audio)),
+            init_noise_level=noise_level,
+            callback=callback,
+            return_latents=True,
+        )
+        n = int(round(s.seconds_total * sr))
+        out = decode(model, latents, n)
+        moved = _latent_distance(model, model_config, init_audio, latents, n, device)
+    audio, info = trim_audio(out[0].float().cpu().numpy(), sr, s.seconds_total, silence_db)
+    return audio, {
+        **info,
+        "init_noise_level": round(noise_level, 4),
+        "seconds_total": s.seconds_total,
+        "latent_distance": round(moved, 4),
+    }
+
+
+def _latent_distance(model, model_config: dict, init_audio: np.ndarray, latents, n_samples: int, device) -> float:
+    """``‖z_out − z_in‖ / ‖z_in‖`` over the latent frames kept: how far the sampler moved from the
+    init audio *as the model encodes it* (independent of how well its decoder plays it back)."""
+    import torch
+    from stable_audio_tools.inference.utils import prepare_audio
+
+    pre = model.pretransform
+    io = pre.io_channels if pre is not None else model.io_channels
+    sr = int(model_config["sample_rate"])
+    x = prepare_audio(
+        torch.from_numpy(init_audio), in_sr=sr, target_sr=sr, target_length=int(model_config["sample_size"]),
+        target_channels=io, device=device,
+    )  # fmt: skip
+    ratio = pre.downsampling_ratio if pre is not None else 1
+    z_in = pre.encode(x.to(next(pre.parameters()).dtype)) if pre is not None else x
+    k = -(-n_samples // ratio)
+    a, b = z_in[0, :, :k].float(), latents[0, :, :k].float()
+    return float(torch.linalg.vector_norm(b - a) / torch.linalg.vector_norm(a).clamp_min(1e-9))
+
+
+def variation_distance(reference: np.ndarray, output: np.ndarray, sr: int) -> dict:
+    """How far ``output`` is from ``reference`` on 07's signal metrics: per metric ``|ln(output / reference)|``
+    (0 = the same, 0.69 = a factor 2 either way), and their mean, ``distance``."""
+    from .evaluate_metrics import SIGNAL_METRICS, signal_metrics
+
+    a, b = signal_metrics(reference, sr), signal_metrics(output, sr)
+    tiny = 1e-12
+    logs = {m: abs(float(np.log(max(b[m], tiny) / max(a[m], tiny)))) for m in SIGNAL_METRICS}
+    return {"distance": round(float(np.mean(list(logs.values()))), 4), **{m: round(v, 4) for m, v in logs.items()}}
+
+
 def _device_and_dtype(device: str, dtype: str):
     from . import models
 
@@ -419,6 +579,15 @@ def _check_run_args(settings: Settings, batch_size: int, n_prompts: int, seed: i
         raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
     if not base_model:
         raise GenerateError(f"base_model is empty: use {HUB_ID!r}, a local model folder, or 'tiny:sao'")
+
+
+def _check_loop_args(loop_bars: int, loop_lufs: float) -> None:
+    from .loops import BAR_CHOICES
+
+    if loop_bars not in BAR_CHOICES:
+        raise GenerateError(f"loop_bars must be one of {', '.join(map(str, BAR_CHOICES))} (got {loop_bars})")
+    if not (loop_lufs == 0 or -60 <= loop_lufs <= -5):
+        raise GenerateError(f"loop_lufs must be 0 (loudness as generated) or between -60 and -5 LUFS (got {loop_lufs})")
 
 
 def _prompt_list(run_dir: str, prompts_file: str, n_prompts: int) -> tuple[list[str], Path | None]:
@@ -636,6 +805,11 @@ def run(
     seed: int = 42,
     batch_size: int = 1,
     silence_db: float = 60.0,
+    loops: bool = True,
+    loop_bars: int = 4,
+    loop_lufs: float = 0.0,
+    variation_of: str = "auto",
+    variation_strengths: str = "0.1, 0.9",
     device: str = "auto",
     dtype: str = "auto",
 ) -> dict:
@@ -657,7 +831,12 @@ def run(
     )
     # 1. validate everything before any work
     _check_run_args(settings, batch_size, n_prompts, seed, base_model)
+    _check_loop_args(loop_bars, loop_lufs)
+    strengths = parse_strengths(variation_strengths)
     prompts, focus_path = _prompt_list(run_dir, prompts_file, n_prompts)
+    var_source, var_message = find_variation_source(run_dir, variation_of, prompts)
+    if var_source is not None:
+        load_init_audio(var_source["path"], 44100)  # a bad init audio is refused before any work
     ft_spec, ft_message = _finetune_or_base_only(run_dir, finetune_model, lora_strength, allow_missing_finetune)
     g = _Generation(
         run_=run_,
@@ -700,6 +879,11 @@ def run(
         "seconds_per_clip": round(float(np.median(timings)), 3) if timings else None,
         "generations_jsonl": run_.rel(g.gens.path),
     }
+    if loops:
+        summary.update(make_loops(run_, list(rows), int(loop_bars), float(loop_lufs)))
+    summary["variations_message"] = var_message
+    if var_source is not None:
+        summary.update(make_variations(g, var_source, strengths, device, dtype))
     run_.mark_done(STAGE, params=params, **summary)
     return summary
 
@@ -710,6 +894,234 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
 
     with atomic_path(path) as tmp:
         write_wav(tmp, audio, sr)
+
+
+def _loop_of(run_: Run, row: dict, bars: int, lufs: float) -> dict:
+    """Cut and write the loop of one generation row; the loops table's row (with ``reason`` when none)."""
+    from . import audio as audio_mod
+    from . import clipfacts, loops
+
+    out = {"key": row["key"], "model": row["model"], "prompt_idx": row["prompt_idx"], "generation": row["path"]}
+    try:
+        y, sr = audio_mod.load(run_.root / row["path"])
+        loop = loops.cut_loop(y, sr, clipfacts.parse_bpm(row["prompt"]), bars, lufs or None)
+    except (audio_mod.AudioError, loops.LoopError, OSError, ValueError) as exc:
+        return {**out, "path": None, "reason": f"{row['path']}: {exc}"}
+    out.update(loops.loop_row(loop))
+    if loop.audio is None:
+        return {**out, "path": None}
+    stem = Path(row["path"]).stem
+    path = (
+        run_.stage_dir(STAGE)
+        / layout.LOOPS
+        / row["model"]
+        / loops.loop_name(stem, loop, clipfacts.parse_key(row["prompt"]))
+    )
+    loops.write_loop(path, loop)
+    return {**out, "path": run_.rel(path)}
+
+
+def make_loops(run_: Run, rows: list[dict], bars: int = 4, lufs: float = 0.0) -> dict:
+    """A loop of every generation (``RUN_DIR/06_generate/loops/``, ``loops.jsonl``); resumable.
+
+    ``lufs`` 0 leaves the loudness as generated; otherwise the loops' integrated loudness target.
+    """
+    from tqdm.auto import tqdm
+
+    table = JsonlLog(run_.stage_dir(STAGE) / layout.LOOPS_TABLE, key="key")
+    recipe = {"loop_bars": int(bars), "loop_lufs": float(lufs)}
+    for old in table.rows():  # one folder, one recipe
+        if {k: old.get(k) for k in recipe} != recipe:
+            raise GenerateError(
+                f"{table.path} holds loops cut with other settings ({ {k: old.get(k) for k in recipe} }); delete it "
+                f"and {run_.stage_dir(STAGE) / 'loops'} to cut them again with loop_bars={bars}, loop_lufs={lufs}"
+            )
+    todo = [r for r in rows if r["key"] not in table]
+    for row in tqdm(todo, desc="06_generate loops", unit="loop", disable=not todo):
+        table.append({**_loop_of(run_, row, bars, lufs), **recipe})
+    done = table.finalize(sort_key=lambda r: (r["prompt_idx"], MODELS.index(r["model"]), r["key"]))
+    return {
+        "loops": sum(1 for r in done if r.get("path")),
+        "loops_flagged": sum(1 for r in done if r.get("path") and r.get("tempo_flagged")),
+        "loops_none": sum(1 for r in done if not r.get("path")),
+        "loops_jsonl": run_.rel(table.path),
+    }
+
+
+def load_loops(run_dir: str) -> list[dict]:
+    """The rows of ``RUN_DIR/06_generate/loops.jsonl``."""
+    path = Run(run_dir).path(STAGE, layout.LOOPS_TABLE)
+    return read_jsonl(path) if path.exists() else []
+
+
+def parse_strengths(text: str) -> list[float]:
+    """``"0.1, 0.9"`` → ``[0.1, 0.9]``; each in (0, 1], else a :class:`GenerateError`."""
+    try:
+        values = [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
+    except ValueError as exc:
+        raise GenerateError(
+            f"variation_strengths {text!r}: expected numbers separated by commas, e.g. '0.1, 0.9'"
+        ) from exc
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise GenerateError(f"variation_strengths {text!r}: give one or more strengths, each more than 0 and at most 1")
+    return values
+
+
+def find_variation_source(run_dir: str, variation_of: str, prompts: list[str]) -> tuple[dict | None, str]:
+    """Which clip to vary, and with which prompt: ``({"path", "prompt", "clip_id"} or None, message)``.
+
+    ``"auto"``: the first clip of 04_prompts (with its own training prompt); a ``clip_id`` of
+    04_prompts; or an audio file (with the first prompt of the list).
+    """
+    from .clipstore import ClipFolder
+
+    if not variation_of:
+        return None, "no variations (variation_of is empty)"
+    path = Path(variation_of).expanduser()
+    if path.suffix and (path.is_file() or "/" in variation_of or "\\" in variation_of):
+        return {"path": path, "prompt": prompts[0], "clip_id": None}, f"a variation of {path}"
+    table = Run(run_dir).path(layout.PROMPTS, layout.PROMPT_ROWS)
+    rows = read_jsonl(table) if table.exists() else []
+    if variation_of != "auto":
+        rows = [r for r in rows if r.get("clip_id") == variation_of]
+    if not rows:
+        where = (
+            "04_prompts has no clips yet (run 01-04)"
+            if variation_of == "auto"
+            else f"no clip {variation_of!r} in {table}"
+        )
+        return None, f"no variations: {where}; set variation_of to an audio file or a clip_id"
+    row = rows[0]
+    clip = ClipFolder(run_dir).path(row.get("filepath") or row.get("path"))
+    return {
+        "path": clip,
+        "prompt": row["prompt"],
+        "clip_id": row.get("clip_id"),
+    }, f"a variation of clip {row.get('clip_id')}"
+
+
+def _variation_rows(g: _Generation, source: dict, strengths: list[float], which: str, model_source: str) -> list[dict]:
+    """Variations of ``source`` with the model in memory, at each strength; their WAVs and rows."""
+    sr = int(g.config["sample_rate"])
+    init, notes = load_init_audio(source["path"], sr, max_seconds(g.config))
+    rows = []
+    for k, strength in enumerate(strengths):
+        key = f"{which}-{strength:g}-{g.seed}"
+        out, info = generate_variation(
+            g.model, g.config, init, source["prompt"], g.seed, g.settings, strength, g.dev, silence_db=g.silence_db
+        )
+        path = g.stage_dir / "variations" / which / f"{Path(source['path']).stem}-strength{strength:g}-seed{g.seed}.wav"
+        _write_wav(path, out, sr)
+        n = min(out.shape[1], init.shape[1])
+        rows.append(
+            {
+                "key": key,
+                "model": which,
+                "strength": strength,
+                "init_noise_level": info["init_noise_level"],
+                "init_audio": str(source["path"]),
+                "clip_id": source["clip_id"],
+                "converted": notes,
+                "prompt": source["prompt"],
+                "seed": int(g.seed),
+                "settings": {**g.settings.as_dict(), "seconds_total": info["seconds_total"]},
+                "model_source": model_source,
+                "sample_rate": sr,
+                "duration": round(out.shape[1] / sr, 3),
+                "latent_distance": info["latent_distance"],
+                **variation_distance(init[:, :n], out[:, :n], sr),
+                "path": g.run_.rel(path),
+            }
+        )
+    return rows
+
+
+def make_variations(g: _Generation, source: dict, strengths: list[float], device: str, dtype: str) -> dict:
+    """Variations of one of the producer's clips with every model, at each strength (``variations.jsonl``).
+
+    Resumable (a row per model and strength); an init audio that cannot be used is refused
+    before any model loads, with a message naming the file.
+    """
+    table = JsonlLog(g.stage_dir / layout.VARIATIONS_TABLE, key="key")
+    todo = [m for m in g.models_todo() if any(f"{m}-{s:g}-{g.seed}" not in table for s in strengths)]
+    for which in todo:
+        if g.dev is None:
+            g.dev, g.torch_dtype = _device_and_dtype(device, dtype)
+        model_source = _load_model_for(g, which)
+        left = [s for s in strengths if f"{which}-{s:g}-{g.seed}" not in table]
+        table.append(*_variation_rows(g, source, left, which, model_source))
+    if g.model is not None:
+        _free(g.model)
+        g.model = None
+    done = table.finalize(sort_key=lambda r: (MODELS.index(r["model"]), r["strength"]))
+    return {"variations": len(done), "variations_jsonl": g.run_.rel(table.path)}
+
+
+def load_variations(run_dir: str) -> list[dict]:
+    """The rows of ``RUN_DIR/06_generate/variations.jsonl``."""
+    path = Run(run_dir).path(STAGE, layout.VARIATIONS_TABLE)
+    return read_jsonl(path) if path.exists() else []
+
+
+# -- using what was made (06's last section) ---------------------------------------------------
+
+RUN_FOLDER_GUIDE = {  # what each folder of a run holds, for a producer looking for a file
+    layout.SEGMENT: "your beats cut into clips (clips/), segments.jsonl",
+    layout.TAG: "the tags of each clip (tags.jsonl)",
+    layout.TEMPO_KEY: "tempo and key of each clip (tempo_key.jsonl)",
+    layout.PROMPTS: "the training prompts (prompts.jsonl, metadata.json)",
+    layout.TRAIN: "checkpoints; export/ = your fine-tune (model.safetensors + model_config.json, or lora.safetensors)",
+    layout.FOCUS: "the second stage's subset and its export/",
+    layout.GENERATE: "audio/ generations, loops/ for your DAW, variations/, takes/ from the playground, blind.jsonl",
+    layout.EVALUATE: "report.md, metrics.csv, plots/",
+    "publish": "the model card and upload list (python -m stablebeat_utils publish)",
+}
+
+
+def where_files_are(run_dir: str) -> list[dict]:
+    """Every folder of the run with what it holds, its file count and size (MB)."""
+    run_ = Run(run_dir)
+    rows = []
+    for name, what in RUN_FOLDER_GUIDE.items():
+        folder = run_.root / name
+        files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
+        rows.append(
+            {
+                "folder": str(folder),
+                "holds": what,
+                "files": len(files),
+                "MB": round(sum(f.stat().st_size for f in files) / 1e6, 1),
+            }
+        )
+    return rows
+
+
+def loudness_table(run_dir: str) -> list[dict]:
+    """Integrated loudness (LUFS) and sample peak (dBFS) of every generation and loop of 06."""
+    from . import audio as audio_mod
+
+    run_ = Run(run_dir)
+    rows = []
+    for kind, table in (("generation", load_generations(run_dir)), ("loop", load_loops(run_dir))):
+        for r in table:
+            if not r.get("path"):
+                continue
+            try:
+                y, sr = audio_mod.load(run_.root / r["path"])
+            except (audio_mod.AudioError, OSError) as exc:
+                rows.append({"kind": kind, "path": r["path"], "error": str(exc)})
+                continue
+            lufs = audio_mod.integrated_loudness(y, sr)
+            rows.append(
+                {
+                    "kind": kind,
+                    "model": r.get("model"),
+                    "lufs": round(lufs, 1) if np.isfinite(lufs) else None,
+                    "peak_dbfs": round(audio_mod.peak_dbfs(y), 1) if np.any(y) else None,
+                    "path": r["path"],
+                }
+            )
+    return rows
 
 
 def load_generations(run_dir: str) -> list[dict]:

@@ -92,6 +92,10 @@ TAG_COUNTS_PNG = "tag_counts.png"
 # -- 06_generate ------------------------------------------------------------------------------------
 GENERATIONS = "generations.jsonl"
 TAKES = "takes.jsonl"
+LOOPS = "loops"  # bar-aligned loops of the generations
+LOOPS_TABLE = "loops.jsonl"
+VARIATIONS_TABLE = "variations.jsonl"
+BLIND = "blind.jsonl"  # the playground's blind rounds, one line each (07 reports them)
 
 # -- 07_evaluate ------------------------------------------------------------------------------------
 METRICS_CSV = "metrics.csv"

@@ -130,7 +130,239 @@ class Take:
         return f"{self.model}-seed{self.seed}-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}"
 
 
-class Playground:
+class _FromModelToMusic:
+    """The playground's tools for a producer (issue 29), kept apart from its core controls.
+
+    - **Loops**: *Cut loops* cuts a bar-aligned, click-free loop from each take at the prompt's
+      BPM (:mod:`stablebeat_utils.loops`) into ``06_generate/takes/loops/``.
+    - **Variations of your beat**: *Vary my beat* starts the sampler from one of your clips (a
+      ``clip_id`` of 04_prompts, an audio file, or ``auto`` = 04's first clip) with noise set by
+      the strength slider, with the model(s) chosen above; the result is a take like any other.
+    - **Blind test**: *Blind round* generates the prompt with every model (base, fine-tune, and
+      05b's second stage when exported) from the same seed and plays them as A, B (, C) in random
+      order; the pick is appended to ``06_generate/blind.jsonl`` (one fsynced line per round, so
+      it survives a kernel restart) before the names are shown. 07's report counts it.
+    """
+
+    def _music_widgets(self, W, style: dict) -> None:
+        wide = W.Layout(width="36em")
+        self.loop_bars = W.Dropdown(options=[1, 2, 4, 8], value=4, description="Loop bars", style=style)
+        self.loop_button = W.Button(description="Cut loops", icon="repeat", disabled=True)
+        self.loop_out = W.VBox()
+        self.init_clip = W.Text(value="auto", description="Your clip", style=style, layout=wide)
+        self.var_strength = W.FloatSlider(
+            value=0.3, min=0.05, max=1.0, step=0.05, description="Variation strength", style=style, layout=wide
+        )
+        self.var_button = W.Button(description="Vary my beat", icon="random")
+        self.blind_button = W.Button(description="Blind round", icon="eye-slash")
+        self.blind_players = W.HBox()
+        self.blind_picks = W.HBox()
+        self.blind_status = W.HTML()
+        self._blind: dict | None = None
+        self._rng = random.Random()
+        self.loop_button.on_click(self.cut_loops)
+        self.var_button.on_click(self.vary)
+        self.blind_button.on_click(self.blind_round)
+
+    def _music_layout(self, W):
+        return W.VBox(
+            [
+                W.HTML("<b>Loops</b> — bar-aligned, click-free, at the prompt's BPM"),
+                W.HBox([self.loop_bars, self.loop_button]),
+                self.loop_out,
+                W.HTML("<b>Variations of your own beat</b>"),
+                self.init_clip,
+                self.var_strength,
+                self.var_button,
+                W.HTML("<b>Blind test</b> — which model do your ears prefer?"),
+                self.blind_button,
+                self.blind_players,
+                self.blind_picks,
+                self.blind_status,
+            ]
+        )
+
+    # -- loops --------------------------------------------------------------------------------
+    def cut_loops(self, _button=None) -> list[dict] | None:
+        """Loops of the current takes into ``06_generate/takes/loops/``; their rows (or None and a message)."""
+        import ipywidgets as W
+
+        from . import clipfacts, loops
+
+        if not self.takes:
+            self.loop_out.children = (W.HTML("Nothing to loop yet: generate first."),)
+            return None
+        rows, boxes = [], []
+        for t in self.takes:
+            loop = loops.cut_loop(t.audio, t.sr, clipfacts.parse_bpm(t.prompt), int(self.loop_bars.value))
+            row = {"take_id": t.take_id, **loops.loop_row(loop), "path": None}
+            if loop.audio is not None:
+                name = loops.loop_name(t.take_id, loop, clipfacts.parse_key(t.prompt))
+                path = self.run.stage_dir(gen.STAGE) / "takes" / layout.LOOPS / name
+                loops.write_loop(path, loop)
+                row["path"] = self.run.rel(path)
+            rows.append(row)
+            what = row["path"] or f"no loop: {row['reason']}"
+            flag = f" — ⚠ tempo: {row['tempo_note']}" if row.get("tempo_flagged") and row["path"] else ""
+            boxes.append(W.HTML(f"{html.escape(t.model)}: {html.escape(what)}{html.escape(flag)}"))
+        self.loop_out.children = tuple(boxes)
+        return rows
+
+    # -- variations ---------------------------------------------------------------------------
+    def vary(self, _button=None) -> list[Take] | None:
+        """A variation of the producer's clip with the chosen model(s); the takes (or None and a message)."""
+        try:
+            return self._vary()
+        except (gen.GenerateError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+            log.debug("playground variation failed", exc_info=True)
+            self._say(f"Could not make a variation: {exc}", "error")
+        except Exception as exc:  # noqa: BLE001 — a playground never shows a traceback
+            log.debug("playground variation failed", exc_info=True)
+            self._say(f"Could not make a variation ({type(exc).__name__}): {exc}", "error")
+        return None
+
+    def _vary(self) -> list[Take] | None:
+        prompt = self.prompt_text()
+        if not prompt:
+            self._say("The prompt is empty: describe what the variation should become.", "error")
+            return None
+        source, message = gen.find_variation_source(str(self.run.root), self.init_clip.value.strip(), [prompt])
+        if source is None:
+            self._say(message, "error")
+            return None
+        settings, seed = self._settings(), self._seed()
+        gen.check_settings(settings)
+        which = {"base": ["base"], "fine-tune": ["finetune"], "A/B": ["base", "finetune"]}[self.choice.value]
+        spec, ft_message = self._finetune()
+        if spec is None and "finetune" in which:
+            self._say(f"No fine-tuned model to use: {ft_message}", "error")
+            return None
+        takes, notes = [], []
+        for w in which:
+            model, config, src, strength = self._load(w, spec)
+            init, notes = gen.load_init_audio(source["path"], int(config["sample_rate"]), gen.max_seconds(config))
+            self._say(f"Varying {source['path']} with the {w} model (strength {self.var_strength.value:g})…")
+            audio, info = gen.generate_variation(
+                model, config, init, prompt, seed, settings, float(self.var_strength.value), self._device()[0]
+            )
+            n = min(audio.shape[1], init.shape[1])
+            info.update(gen.variation_distance(init[:, :n], audio[:, :n], int(config["sample_rate"])))
+            info.update(init_audio=str(source["path"]), strength=float(self.var_strength.value))
+            s = {**settings.as_dict(), "seconds_total": info["seconds_total"], "variation_of": str(source["path"])}
+            takes.append(Take(w, audio, int(config["sample_rate"]), prompt, seed, s, src, strength, info))
+        self.takes = takes
+        self._show(takes)
+        self.save_button.disabled = False
+        self.loop_button.disabled = False
+        dist = ", ".join(f"{t.model} {t.info['distance']:.2f}" for t in takes)
+        conv = f" ({'; '.join(notes)})" if notes else ""
+        self._say(f"Variation of {source['path']}{conv} — distance from it on 07's metrics: {dist}.", "ok")
+        return takes
+
+    # -- blind test ---------------------------------------------------------------------------
+    def _blind_models(self) -> list[str]:
+        from . import focus
+
+        spec, _ = self._finetune()
+        return ["base"] + (["finetune"] if spec else []) + (["focus"] if focus.for_generation(self.run.root)[0] else [])
+
+    def _load_any(self, which: str, spec) -> tuple:
+        """``_load`` for base and fine-tune; 05b's second stage (a whole model) cached the same way."""
+        if which != "focus":
+            return self._load(which, spec)
+        from . import focus
+
+        path = str(focus.for_generation(self.run.root)[0])
+        dev, dtype = self._device()
+        key = ("full", path, None, dev, str(dtype), self.P.get("t5_model", ""))
+        if key not in _CACHE:
+            _CACHE[key] = gen.load_model(path, dev, dtype, self.P.get("t5_model", ""))
+        model, config = _CACHE[key]
+        return model, config, path, None
+
+    def blind_round(self, _button=None) -> list[str] | None:
+        """Generate with every model, same prompt and seed, and play them as A, B (, C) in random order."""
+        try:
+            return self._blind_round()
+        except Exception as exc:  # noqa: BLE001 — a message, never a traceback
+            log.debug("blind round failed", exc_info=True)
+            self.blind_status.value = (
+                f"<span style='color:#b00020'>Could not play a blind round: {html.escape(str(exc))}</span>"
+            )
+        return None
+
+    def _blind_round(self) -> list[str] | None:
+        import ipywidgets as W
+        from IPython.display import Audio
+
+        models = self._blind_models()
+        prompt = self.prompt_text()
+        if len(models) < 2 or not prompt:
+            why = "the prompt is empty" if not prompt else "there is no fine-tune to compare with (run 05_train)"
+            self.blind_status.value = f"<span style='color:#b00020'>No blind round: {why}.</span>"
+            return None
+        settings, seed = self._settings(), self._seed()
+        gen.check_settings(settings)
+        spec, _ = self._finetune()
+        order = self._rng.sample(models, len(models))
+        labels = [chr(ord("A") + i) for i in range(len(order))]
+        players = []
+        for label, which in zip(labels, order):
+            model, config, _src, _ = self._load_any(which, spec)
+            ((audio, _info),) = gen.generate_audio(model, config, [prompt], seed, settings, self._device()[0])
+            wav = Audio(np.clip(audio, -1, 1), rate=int(config["sample_rate"]), normalize=False).data
+            players.append(W.VBox([W.HTML(f"<b>{label}</b>"), W.Audio(value=wav, format="wav", autoplay=False)]))
+        self._blind = {"prompt": prompt, "seed": seed, "settings": settings.as_dict(), "order": order, "labels": labels}
+        self.blind_players.children = tuple(players)
+        buttons = []
+        for label in labels:
+            b = W.Button(description=f"{label} sounds best")
+            b.on_click(lambda _b, _l=label: self.blind_choose(_l))
+            buttons.append(b)
+        self.blind_picks.children = tuple(buttons)
+        self.blind_status.value = "Listen to each, then pick the one you prefer. The names are shown after your pick."
+        return labels
+
+    def blind_choose(self, label: str) -> dict | None:
+        """Record the pick of ``label`` (appended to ``06_generate/blind.jsonl``), then reveal the names."""
+        import uuid
+
+        if not self._blind or label not in self._blind["labels"]:
+            self.blind_status.value = "Play a blind round first."
+            return None
+        b, self._blind = self._blind, None
+        row = {
+            "round_id": uuid.uuid4().hex,
+            **b,
+            "choice_label": label,
+            "choice": b["order"][b["labels"].index(label)],
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        JsonlLog(self.run.stage_dir(gen.STAGE) / gen.BLIND_FILE, key="round_id").append(row)
+        for btn in self.blind_picks.children:
+            btn.disabled = True
+        names = ", ".join(f"{lab} = {m}" for lab, m in zip(b["labels"], b["order"]))
+        tally = self.blind_tally()
+        counts = ", ".join(f"{m} {k}" for m, k in tally["chosen"].items())
+        self.blind_status.value = html.escape(
+            f"You picked {label}: {row['choice']} ({names}). All {tally['rounds']} rounds so far: {counts}. "
+            "07's report gives the preference rate with its 95 % interval."
+        )
+        return row
+
+    def blind_tally(self) -> dict:
+        """Rounds recorded so far in the run folder (any session): ``{"rounds", "chosen": {model: n}}``."""
+        from .runs import read_jsonl
+
+        path = self.run.path(gen.STAGE, gen.BLIND_FILE)
+        rows = read_jsonl(path) if path.exists() else []
+        chosen: dict[str, int] = {}
+        for r in rows:
+            chosen[r["choice"]] = chosen.get(r["choice"], 0) + 1
+        return {"rounds": len(rows), "chosen": chosen}
+
+
+class Playground(_FromModelToMusic):
     """The widgets, and the two callbacks. ``Playground(P)`` with the notebook's parameters."""
 
     def __init__(self, P: dict):
@@ -143,6 +375,7 @@ class Playground:
         self._prompt_widgets(W, style)
         self._setting_widgets(W, style)
         self._output_widgets(W)
+        self._music_widgets(W, style)
         self._connect()
         self.widget = self._layout(W)
 
@@ -293,6 +526,7 @@ class Playground:
                 self.status,
                 self.results,
                 W.HBox([self.save_button, self.saved]),
+                self._music_layout(W),
             ]
         )
 
@@ -458,6 +692,7 @@ class Playground:
         self.takes = takes
         self._show(takes)
         self.save_button.disabled = False
+        self.loop_button.disabled = False
         self._say(f"Done in {time.perf_counter() - t0:.1f} s — seed {seed}.", "ok")
         return takes
 

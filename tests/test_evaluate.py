@@ -537,3 +537,31 @@ def test_clap_setting_is_reported_and_paper_figures_shown_only_for_stable_audio_
     with pytest.raises(ev.EvaluateError, match="transformers"):
         ev.run(run_dir=str(root), clap_setting="stable-audio-metrics", clap_backend="laion_clap")
     ev.run(run_dir=str(root), tempo_model=str(tempocnn_graph), clap_model="tiny:clap", device="cpu", workers=1)
+
+
+def test_blind_preference_wilson_interval(tmp_path):
+    """07 reports the playground's blind rounds: the rate and a 95 % Wilson interval (known values)."""
+    import math
+
+    from stablebeat_utils import evaluate_report as er
+    from stablebeat_utils.runs import JsonlLog, Run
+
+    assert er.blind_preference(str(tmp_path)) is None and er.blind_md(None) == ""
+    k, n = 7, 10
+    z = 1.959963984540054
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z / (n + z * z) * math.sqrt(k * (n - k) / n + z * z / 4)
+    assert er.wilson_interval(k, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
+    assert er.wilson_interval(7, 10) == pytest.approx((0.3968, 0.8922), abs=1e-4)  # the textbook figure
+    log = JsonlLog(Run(str(tmp_path)).stage_dir("06_generate") / "blind.jsonl", key="round_id")
+    for i in range(n):
+        order = ["base", "finetune"] if i % 2 else ["finetune", "base"]
+        log.append({"round_id": str(i), "order": order, "choice": "finetune" if i < k else "base"})
+    log.append({"round_id": "bad", "order": ["base", "finetune"], "choice": "focus"})  # not a model it played: ignored
+    pref = er.blind_preference(str(tmp_path))
+    assert pref["rounds"] == n
+    ft, base = pref["models"]["finetune"], pref["models"]["base"]
+    assert (ft["chosen"], ft["rounds"], ft["rate"]) == (7, 10, 0.7) and base["chosen"] == 3
+    assert ft["ci95"] == pytest.approx([0.3968, 0.8922], abs=1e-4)
+    md = er.blind_md(pref)
+    assert "| finetune | 7 / 10 | 70 % | 40–89 % | 50 % | not distinguishable from chance |" in md

@@ -31,6 +31,8 @@ BASE = {
     "demo",
     "checkpoints",
     "planner",
+    "loops",
+    "evaluate_metrics",  # 07's metrics, shared: 05's demo scores, 06's variations
 }
 STAGES = {
     "segment",
@@ -44,7 +46,6 @@ STAGES = {
     "focus",
     "generate",
     "evaluate",
-    "evaluate_metrics",
     "evaluate_report",
 }
 FACE = {"show", "playground", "lesson", "colab", "runner", "__main__", "publish"}
@@ -79,7 +80,6 @@ NOTEBOOK = {
     "focus": "05b",
     "generate": "06",
     "evaluate": "07",
-    "evaluate_metrics": "07",
     "evaluate_report": "07",
 }
 STAGE_TO_STAGE = {("focus", "train")}  # 05b trains with 05's own code and settings; shared services live in base

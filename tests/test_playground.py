@@ -175,3 +175,99 @@ def test_05b_focus_model_is_selectable(tmp_path):
     base = pg.build({**FAST, "run_dir": str(run_dir)})
     base.choice.value = "base"
     assert not np.allclose(base.generate()[0].audio, takes[0].audio)  # another model, same seed
+
+
+# -- from model to music (issue 29): loops, variations, blind listening -------------------------
+
+
+def _beat_wav(path, bpm=140, seconds=8.0, sr=44100, mono=False, silent=False):
+    import soundfile as sf
+
+    from test_loops import click_beat
+
+    audio, _ = click_beat(bpm, seconds, sr=sr)
+    audio = audio[:1] if mono else audio
+    sf.write(str(path), (0 * audio if silent else audio).T, sr)
+    return path
+
+
+def test_cut_loops_from_takes(tmp_path):
+    from test_loops import click_beat
+
+    p = pg.build({**FAST, "run_dir": str(tmp_path)})
+    assert p.cut_loops() is None and "generate first" in p.loop_out.children[0].value
+    audio, _ = click_beat(140, 12)
+    p.takes = [pg.Take("base", audio, 44100, "A dark trap beat at 140 BPM in F minor.", 1, {}, "synthetic")]
+    p.loop_bars.value = 2
+    (row,) = p.cut_loops()
+    assert row["path"].endswith("-loop-2bars-140bpm-Fm.wav") and (tmp_path / row["path"]).is_file()
+    assert row["click_free"] and not row["tempo_flagged"]
+    p.takes = [pg.Take("base", audio[:, :44100], 44100, "A trap beat at 140 BPM.", 1, {}, "synthetic")]
+    (row,) = p.cut_loops()
+    assert row["path"] is None and "too short for one bar" in p.loop_out.children[0].value
+
+
+def test_variation_of_a_file_converted_or_refused(tmp_path):
+    p = pg.build({**FAST, "run_dir": str(tmp_path)})
+    p.choice.value = "base"
+    p.prompt.value = "a dark trap beat at 140 BPM"
+    for bad, why in [
+        (_beat_wav(tmp_path / "silent.wav", silent=True), "silent"),
+        (_beat_wav(tmp_path / "short.wav", seconds=0.5), "too short"),
+        (tmp_path / "missing.wav", "not found"),
+    ]:
+        p.init_clip.value = str(bad)
+        assert p.vary() is None
+        assert why in p.status.value and bad.name in p.status.value and "Traceback" not in p.status.value
+    p.init_clip.value = "auto"  # no 04_prompts in this run folder
+    assert p.vary() is None and "04_prompts" in p.status.value
+    mono = _beat_wav(tmp_path / "mono22k.wav", mono=True, sr=22050, seconds=4.0)
+    p.init_clip.value = str(mono)
+    p.var_strength.value = 0.2
+    (take,) = p.vary()
+    assert take.audio.shape[0] == 2 and take.sr == 44100 and take.info["strength"] == 0.2
+    assert "made stereo" in p.status.value and "22050 → 44100" in p.status.value and "mono22k.wav" in p.status.value
+    assert take.settings["variation_of"] == str(mono) and take.info["distance"] >= 0
+    assert not p.loop_button.disabled and not p.save_button.disabled
+
+
+def test_blind_rounds_recorded_across_restarts_and_reported(lora_run):
+    import random
+
+    from stablebeat_utils import evaluate_report
+
+    blind_file = lora_run / "06_generate" / gen.BLIND_FILE
+    blind_file.unlink(missing_ok=True)
+    p = pg.build({**FAST, "run_dir": str(lora_run)})
+    p.prompt.value = "a dark trap beat at 140 BPM"
+    assert p.blind_choose("A") is None and "first" in p.blind_status.value
+    p._rng = random.Random(3)
+    labels = p.blind_round()
+    assert labels == ["A", "B"], p.blind_status.value
+    order = list(p._blind["order"])
+    assert sorted(order) == ["base", "finetune"]
+    shown = " ".join(box.children[0].value for box in p.blind_players.children)
+    assert "base" not in shown and "fine" not in shown  # no names before the pick
+    row = p.blind_choose("B")
+    assert row["choice"] == order[1] and row["order"] == order and row["seed"] == 9
+    assert f"B: {order[1]}" in p.blind_status.value.replace("&#x27;", "'") or order[1] in p.blind_status.value
+    assert p.blind_choose("A") is None  # one pick per round
+    # a new kernel: a new playground reads the same record and adds to it
+    q = pg.build({**FAST, "run_dir": str(lora_run)})
+    assert q.blind_tally()["rounds"] == 1
+    q.prompt.value = "a dark trap beat at 140 BPM"
+    q.blind_round()
+    q.blind_choose(q._blind["labels"][q._blind["order"].index("finetune")])
+    rows = read_jsonl(blind_file)
+    assert len(rows) == 2 and rows[1]["choice"] == "finetune"
+    pref = evaluate_report.blind_preference(str(lora_run))
+    ft = pref["models"]["finetune"]
+    assert pref["rounds"] == 2 and ft["rounds"] == 2 and ft["chance"] == 0.5
+    assert ft["chosen"] == (order[1] == "finetune") + 1
+    assert ft["ci95"][0] < ft["rate"] < ft["ci95"][1] or ft["rate"] == 1.0
+    assert "Blind listening" in evaluate_report.blind_md(pref)
+
+
+def test_blind_round_needs_a_finetune(tmp_path):
+    p = pg.build({**FAST, "run_dir": str(tmp_path)})
+    assert p.blind_round() is None and "no fine-tune" in p.blind_status.value
