@@ -131,7 +131,7 @@ def _known_architectures() -> dict[str, Known]:
 
 def from_config(cfg: dict) -> ModelSpec:
     """The facts of the model a ``model_config.json`` dict describes (a registry entry when it is a known one)."""
-    m = cfg["model"]
+    m = cfg.get("model") or {}  # a partial config (sample_size, sample_rate) has the rest's defaults
     pt = (m.get("pretransform") or {}).get("config") or {}
     diffusion = m.get("diffusion") or {}
     return ModelSpec(
