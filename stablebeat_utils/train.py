@@ -75,6 +75,8 @@ from .clipstore import ClipFolder
 from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the names 05b and the tests use)
     _CKPT_RE,
     RESUME_KEYS,
+    DivergedError as _Diverged,
+    nonfinite_tensors,
     checkpoint_problem,
     local_checkpoint_folder,
     mirror_checkpoint,
@@ -93,6 +95,11 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 
 class TrainError(RuntimeError):
     """A training run that cannot start or continue; the message says what to change."""
+
+
+class DivergedError(TrainError, _Diverged):
+    """Training diverged: a NaN/inf loss or weight. The message names the step, the last good
+    checkpoint and what to try; nothing is exported."""
 
 
 class TrainDataError(TrainError):
@@ -875,6 +882,8 @@ def _training_wrapper(p, tl, cfg: dict, model, ckpt_dir: Path):
     wrapper.__class__ = tl.Wrapper  # same object, our checkpoint hooks (see Wrapper)
     wrapper.parent_pid = os.getpid()
     wrapper.settings_error = TrainError
+    wrapper.diverged_error = DivergedError
+    wrapper.stage = Path(ckpt_dir).parent.name
     lora = p.mode == "lora"
     wrapper.stablebeat_info = {
         "base_model": p.base_model,
@@ -884,6 +893,7 @@ def _training_wrapper(p, tl, cfg: dict, model, ckpt_dir: Path):
         "lora_adapter": p.lora_adapter if lora else None,
         "pre_encode": p.pre_encode,
         "ema": bool(p.ema) and p.mode == "full",
+        "lr": float(p.lr),  # not a resume key: a re-run with another lr resumes with it (Wrapper._apply_new_lr)
         "checkpoint_dir": str(ckpt_dir),
     }
     return wrapper
@@ -922,7 +932,10 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
         save_on_train_epoch_end=False,
     )
     curves = tl.CurveLogger()
-    callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
+    guard = tl.FiniteGuard(
+        stage_dir.name, p.lr, folders.both, patience=8 if prec == "16-mixed" else 1, error=DivergedError
+    )
+    callbacks = [checkpointer, curves, guard, TQDMProgressBar(refresh_rate=1)]
     prompts = card_prompts()[: max(0, p.num_demos)]
     demos = tl.DemoCallback(
         p.demo_every, prompts, p.demo_steps, p.demo_cfg, p.demo_seconds, stage_dir / "demos", p.seed, p.demo_minutes
@@ -1168,6 +1181,7 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
             for k, v in wrapper.diffusion_ema.ema_model.state_dict().items():
                 state[f"model.{k}"] = v
     if wrapper.lora_config is None or export_merged:
+        _refuse_nonfinite(state, export_dir)
         # fp32 CPU tensors as they are (safetensors writes from their memory: no second copy of a
         # 4.85 GB model); a copy only where a tensor is converted or shares memory with another
         plain, seen = {}, set()
@@ -1184,6 +1198,18 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     return sorted(files)
 
 
+def _refuse_nonfinite(state: dict, export_dir: Path) -> None:
+    """No export ever holds a NaN/inf weight: refuse, naming the tensors, before a file is written."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        more = f" … and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DivergedError(
+            f"{export_dir.parent.name}: refusing to export to {export_dir}: {len(bad)} of {len(state)} weight "
+            f"tensors hold NaN/inf ({', '.join(bad[:3])}{more}). The training diverged: run the stage again "
+            "with a lower lr (it resumes from the last good checkpoint with it), or start over in a new run_dir."
+        )
+
+
 def _export_adapters(diffusion, lora_config: dict, path: Path) -> None:
     """The LoRA/DoRA adapters alone, in the engine's format (its ``get_lora_state_dict``; ``lora_config``
     in the metadata, what its ``load_and_apply_loras`` reads) but in fp32: its
@@ -1198,6 +1224,7 @@ def _export_adapters(diffusion, lora_config: dict, path: Path) -> None:
         k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
         for k, v in adapters.items()
     }
+    _refuse_nonfinite(adapters, path.parent)
     with atomic_path(path) as tmp:
         save_file(
             adapters,

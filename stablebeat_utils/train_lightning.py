@@ -9,6 +9,7 @@ It imports nothing of ``train``'s (one way: ``train`` → here → ``checkpoints
   mirrored from fast local disk to the run folder;
 - :class:`Wrapper`: the engine's training wrapper with smaller, resumable checkpoints;
 - :class:`CurveLogger`: loss, learning rate and seconds per step to every logger;
+- :class:`FiniteGuard`: a NaN/inf loss stops training, naming the step and the last good checkpoint;
 - :class:`DemoCallback`: demo WAVs of the card's prompts during training;
 - :class:`KeepNewest`: checkpoints by steps, minutes and epochs, the newest ``keep`` kept.
 """
@@ -23,7 +24,15 @@ import numpy as np
 
 from . import audio as audio_io
 from . import compat
-from .checkpoints import RESUME_KEYS, CheckpointMirror, prune_checkpoints
+from .checkpoints import (
+    RESUME_KEYS,
+    CheckpointMirror,
+    divergence_message,
+    drop_checkpoints_from,
+    newest_checkpoint,
+    nonfinite_tensors,
+    prune_checkpoints,
+)
 from .runs import JsonlLog, atomic_path
 
 compat.apply()  # before the engine is imported: its modules import what these shims stand in for
@@ -79,6 +88,8 @@ class Wrapper(DiffusionCondTrainingWrapper):
     stablebeat_info: dict = {}
     parent_pid: int = -1  # the process that called fit (set in run): ranks forked from it differ
     settings_error: type[Exception] = RuntimeError  # train.run sets its TrainError (no import of train here)
+    diverged_error: type[Exception] = RuntimeError  # train.run sets its DivergedError
+    stage: str = "05_train"
 
     def setup(self, stage):
         # before Lightning restores a checkpoint into this rank: see compat.single_thread_if_forked
@@ -97,6 +108,20 @@ class Wrapper(DiffusionCondTrainingWrapper):
         state = checkpoint["state_dict"]
         keep = self._kept_keys(state)
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+        bad = nonfinite_tensors(checkpoint["state_dict"])
+        if bad:  # never a checkpoint that can only resume into NaN: the last good one stays the newest
+            info = self.stablebeat_info
+            ckpt_dir = Path(info.get("checkpoint_dir", "."))
+            raise self.diverged_error(
+                divergence_message(
+                    self.stage,
+                    int(checkpoint.get("global_step", 0)),
+                    f"{len(bad)} weight tensor(s) hold NaN/inf (e.g. {bad[0]}); not checkpointed",
+                    float(info.get("lr", 0.0)),
+                    newest_checkpoint(ckpt_dir, quiet=True),
+                    ckpt_dir,
+                )
+            )
         checkpoint["stablebeat"] = dict(self.stablebeat_info)
 
     def on_load_checkpoint(self, checkpoint):
@@ -113,12 +138,37 @@ class Wrapper(DiffusionCondTrainingWrapper):
                 f"other settings ({what}). Use a new run_dir, put the settings back, or delete "
                 "that folder to start over."
             )
+        self._apply_new_lr(checkpoint, saved.get("lr"))
         state = checkpoint["state_dict"]
         current = self.state_dict()
         kept = self._kept_keys(current)
         for k, v in current.items():
             if k not in kept:
                 state.setdefault(k, v)
+
+
+    def _apply_new_lr(self, checkpoint: dict, saved_lr) -> None:
+        """A re-run with another ``lr`` (typically lower, after a divergence) resumes with it: the
+        checkpoint's optimizer learning rate and the schedule's base are scaled to the new ``lr``; the
+        schedule goes on from the checkpoint's step, Adam's moments and the EMA are kept."""
+        new = self.stablebeat_info.get("lr")
+        if saved_lr is None or new is None or float(saved_lr) == float(new) or float(saved_lr) <= 0:
+            return
+        factor = float(new) / float(saved_lr)
+        for opt in checkpoint.get("optimizer_states", []):
+            for group in opt.get("param_groups", []):
+                group["lr"] = group["lr"] * factor
+                if "initial_lr" in group:
+                    group["initial_lr"] = float(new)
+        for sched in checkpoint.get("lr_schedulers", []):
+            if "base_lrs" in sched:
+                sched["base_lrs"] = [float(new) for _ in sched["base_lrs"]]
+            if "_last_lr" in sched:
+                sched["_last_lr"] = [v * factor for v in sched["_last_lr"]]
+        print(
+            f"{self.stage}: resuming from step {checkpoint.get('global_step')} with lr={float(new):g} "
+            f"(the checkpoint trained with lr={float(saved_lr):g})"
+        )
 
 
 class CurveLogger(pl.Callback):
@@ -143,6 +193,45 @@ class CurveLogger(pl.Callback):
         }
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=trainer.global_step)
+
+
+class FiniteGuard(pl.Callback):
+    """Stop training at a non-finite (NaN/inf) loss, with a message naming the step and what to try.
+
+    With ``precision="16-mixed"`` the GradScaler skips a step whose loss overflowed and lowers its
+    scale (the weights stay finite), so there it takes ``patience`` non-finite losses in a row;
+    in 32-bit and bf16 the first one has already put NaN into the gradients, so ``patience`` is 1.
+    The checkpoints whose weights gave the non-finite loss (the step before it, and later) are
+    removed; the last good one stays, and a re-run with a lower ``lr`` resumes from it
+    (:meth:`Wrapper._apply_new_lr`). Runs after :class:`CurveLogger`, before the checkpoint callback
+    (Lightning runs those last): the non-finite step is logged, never checkpointed.
+    """
+
+    def __init__(self, stage: str, lr: float, ckpt_dirs: list[Path], patience: int = 1, error=RuntimeError):
+        self.stage, self.lr, self.ckpt_dirs = stage, float(lr), [Path(d) for d in ckpt_dirs]
+        self.patience, self.error, self.bad = max(1, int(patience)), error, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach().float().cpu())
+        if math.isfinite(value):
+            self.bad = 0
+            return
+        self.bad += 1
+        if self.bad < self.patience:
+            return
+        step = int(trainer.global_step)
+        io = trainer.strategy.checkpoint_io
+        if getattr(io, "mirror", None) is not None:
+            io.mirror.wait()  # a copy in flight lands before the bad checkpoints are removed
+        dropped = drop_checkpoints_from(step - self.bad, *self.ckpt_dirs)
+        what = f"the loss is {value} ({self.bad} step(s) in a row)" if self.bad > 1 else f"the loss is {value}"
+        if dropped:
+            what += f"; removed {', '.join(dropped)} (its weights gave that loss)"
+        good = newest_checkpoint(*self.ckpt_dirs, quiet=True)
+        raise self.error(divergence_message(self.stage, step, what, self.lr, good, self.ckpt_dirs[-1]))
 
 
 class DemoCallback(pl.Callback):

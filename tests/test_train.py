@@ -864,3 +864,76 @@ def test_read_only_run_folder_stops_before_training(tmp_path, monkeypatch):
     with pytest.raises(RunFolderError, match="storage_plan.json: cannot write \\(Read-only file system\\)"):
         train.run(run_dir=str(run), max_steps=1, **FAST)
     assert not (run / "05_train" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# divergence: a NaN/inf loss stops training, nothing non-finite is checkpointed or exported
+
+
+def _finite(state: dict) -> bool:
+    import torch
+
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def test_divergence_stops_naming_the_step_and_a_lower_lr_resumes_cleanly(tmp_path):
+    """3 good steps at lr 5e-5, then the same run extended with lr=1e8 (it resumes with the new lr):
+    the loss turns NaN within a few steps; the stage raises DivergedError naming the step and the last
+    good checkpoint (step 3), writes no export and keeps only finite checkpoints, none from the weights
+    that gave the NaN. The same call with lr 5e-5 resumes from step 3 with that lr and exports finite
+    weights."""
+    run = make_run(tmp_path / "run")
+    ckpt_dir = run / "05_train" / "checkpoints"
+    kw = dict(FAST, checkpoint_every=1, keep_checkpoints=50)
+    train.run(run_dir=str(run), lr=5e-5, max_steps=3, **kw)
+    (run / "05_train" / "export" / "model.safetensors").unlink()  # so that "no export" below is this run's doing
+    with pytest.raises(train.DivergedError, match=r"05_train: training diverged at step \d+: the loss is nan") as err:
+        train.run(run_dir=str(run), lr=1e8, max_steps=12, **kw)
+    msg = str(err.value)
+    diverged_at = int(msg.split("diverged at step ")[1].split(":")[0])
+    assert 3 < diverged_at < 12, msg
+    assert "lower lr (e.g. lr=1e+07)" in msg and "nothing was exported" in msg
+    assert not (run / "05_train" / "export" / "model.safetensors").exists()
+    kept = sorted(ckpt_dir.glob("step=*.ckpt"), key=lambda q: int(q.stem.split("=")[1]))
+    assert kept and all(_finite(_checkpoint(ck)["state_dict"]) for ck in kept)  # every one left is finite
+    assert all(int(q.stem.split("=")[1]) < diverged_at - 1 for q in kept)  # none from the weights that gave NaN
+    assert f"resumes from {kept[-1].name} with the new learning rate" in msg
+
+    summary = train.run(run_dir=str(run), lr=5e-5, max_steps=diverged_at + 1, **kw)
+    assert summary["resumed_from_step"] == int(kept[-1].stem.split("=")[1])
+    assert summary["steps"] == diverged_at + 1
+    last = _checkpoint(ckpt_dir / f"step={diverged_at + 1}.ckpt")
+    assert last["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 5e-5
+    assert last["lr_schedulers"][0]["base_lrs"] == [5e-5]
+    from safetensors.torch import load_file
+
+    assert _finite(load_file(str(run / "05_train" / "export" / "model.safetensors")))
+    curves = train.read_curves(summary["metrics_csv"])
+    assert np.isfinite(curves[-1]["loss"]) and curves[-1]["lr"] < 1e-4
+
+
+def test_a_nonfinite_start_without_good_checkpoint_says_it_starts_over(tmp_path):
+    run = make_run(tmp_path / "run")
+    with pytest.raises(train.DivergedError, match="starts over from the base model"):
+        train.run(run_dir=str(run), lr=1e8, max_steps=12, **dict(FAST, checkpoint_every=1))
+    assert not list((run / "05_train" / "checkpoints").glob("step=*.ckpt"))
+    assert not (run / "05_train" / "export" / "model.safetensors").exists()
+
+
+def test_export_refuses_nonfinite_weights(tmp_path):
+    """export() itself refuses a NaN weight (whatever produced it), writing nothing."""
+    import torch
+    from types import SimpleNamespace
+
+    class Diffusion(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Linear(2, 2)
+
+    d = Diffusion()
+    with torch.no_grad():
+        d.model.weight[0, 0] = float("nan")
+    wrapper = SimpleNamespace(diffusion=d, lora_config=None, diffusion_ema=None)
+    with pytest.raises(train.DivergedError, match="1 of 2 weight tensors hold NaN/inf"):
+        train.export(wrapper, {}, tmp_path / "05_train" / "export")
+    assert not list((tmp_path / "05_train" / "export").glob("*"))
