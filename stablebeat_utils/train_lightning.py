@@ -146,7 +146,6 @@ class Wrapper(DiffusionCondTrainingWrapper):
             if k not in kept:
                 state.setdefault(k, v)
 
-
     def _apply_new_lr(self, checkpoint: dict, saved_lr) -> None:
         """A re-run with another ``lr`` (typically lower, after a divergence) resumes with it: the
         checkpoint's optimizer learning rate and the schedule's base are scaled to the new ``lr``; the

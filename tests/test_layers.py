@@ -25,6 +25,7 @@ BASE = {
     "preflight_inference",
     "demo",
     "checkpoints",
+    "audio_checks",
 }
 STAGES = {
     "segment",
