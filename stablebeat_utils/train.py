@@ -91,6 +91,8 @@ MODES = ("full", "lora")
 ADAPTERS = ("lora", "dora")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("adamw", "adamw8bit")
+EXPORT_FROM = ("last", "best")
+MIN_HOLDOUT_CLIPS = 10  # a catalogue under this trains on every clip, without a held-out split
 
 
 class TrainError(RuntimeError):
@@ -191,6 +193,34 @@ def require_audio(run_dir: str | os.PathLike, clips: list[Clip], stage: str = ST
         raise TrainDataError(
             f"{len(gone)} training clip(s) not found: " + ", ".join(f"{c.clip_id} ({c.path})" for c in gone[:10]) + more
         )
+
+
+def holdout_unit(clip_id: str) -> float:
+    """Where a clip falls in [0, 1): a hash of its id, so the split never depends on the order, the
+    run or the stage (05 and 05b hold out the same clips)."""
+    return int(hashlib.sha256(f"holdout:{clip_id}".encode()).hexdigest()[:12], 16) / 16**12
+
+
+def split_holdout(clips: list[Clip], fraction: float, stage: str = STAGE) -> tuple[list[Clip], list[Clip]]:
+    """``(training clips, held-out clips)``: the clips whose :func:`holdout_unit` is under ``fraction``
+    are never trained on (repeats of a clip go together); their loss is logged beside the training
+    loss. A catalogue under :data:`MIN_HOLDOUT_CLIPS` distinct clips, or a split that would leave
+    one side empty, says so and trains on every clip without a held-out split."""
+    if fraction <= 0:
+        return clips, []
+    ids = {c.clip_id for c in clips}
+    held_ids = {i for i in ids if holdout_unit(i) < fraction}
+    if len(ids) < MIN_HOLDOUT_CLIPS or not held_ids or held_ids == ids:
+        print(
+            f"{stage}: the catalogue is too small for a held-out split ({len(ids)} clips, holdout_fraction="
+            f"{fraction:g}: {len(held_ids)} would be held out; it takes {MIN_HOLDOUT_CLIPS} clips or more). "
+            "Training on every clip, without a held-out loss."
+        )
+        return clips, []
+    print(
+        f"{stage}: {len(held_ids)} of {len(ids)} clips held out (never trained on): their loss is logged as val/avg_loss"
+    )
+    return [c for c in clips if c.clip_id not in held_ids], [c for c in clips if c.clip_id in held_ids]
 
 
 def conditioning_for(clip: Clip, offset_s: float, window_s: float, real_s: float) -> dict:
@@ -612,6 +642,11 @@ def _validate(p: dict) -> None:
         math.isfinite(p["demo_minutes"]) and p["demo_minutes"] >= 0,
         "demo_minutes must be >= 0 (0 = demos by demo_every steps only)",
     )
+    need(p["export_from"] in EXPORT_FROM, f"export_from={p['export_from']!r}: choose one of {EXPORT_FROM}")
+    need(
+        math.isfinite(p["holdout_fraction"]) and 0 <= p["holdout_fraction"] < 0.5,
+        "holdout_fraction must be >= 0 and < 0.5 (0 = no held-out clips)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,6 +692,8 @@ def run(
     local_checkpoint_dir: str = "",
     optimizer: str = "adamw",
     demo_minutes: float = 0.0,
+    export_from: str = "last",
+    holdout_fraction: float = 0.15,
     *,
     stage: str = STAGE,
     clips: list[Clip] | None = None,
@@ -698,9 +735,12 @@ def run(
     if run_.is_done(stage, params) and (stage_dir / "export" / "model.safetensors").is_file():
         return dict(run_.stage_record(stage)["summary"], skipped=True)
     clips = read_clips(run_dir, check_audio=False) if clips is None else clips
+    clips, held_out = split_holdout(clips, holdout_fraction, stage)
     p = SimpleNamespace(**params)
     if not p.pre_encode:
-        require_audio(run_dir, clips, stage)  # every clip is read; with pre_encode only those not yet encoded
+        require_audio(
+            run_dir, clips + held_out, stage
+        )  # every clip is read; with pre_encode only those not yet encoded
 
     tl = _lightning_classes()
     folders = _checkpoint_folders(run_, stage_dir, local_checkpoint_dir)
@@ -710,8 +750,11 @@ def run(
     device, prec, gpu_estimate = _plans_and_preflight(run_, p, clips, folders.local)
     model, model_config, cfg, window = _load_for_training(p)
     enc, loader = _training_data(p, model, model_config, clips, stage, window, device, session_seed)
+    val_loader = (
+        _training_data(p, model, model_config, held_out, stage, window, device, p.seed, False)[1] if held_out else None
+    )
     wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
-    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders)
+    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders, clips, bool(held_out))
     facts = {  # what the summary reports from before training
         "clips": len(clips),
         "trainable_parameters": int(sum(q.numel() for q in wrapper.diffusion.parameters() if q.requires_grad)),
@@ -719,8 +762,11 @@ def run(
         "resumed_from_step": folders.resumed_step,
         "window_seconds": round(window / int(model_config["sample_rate"]), 3),
         "pre_encoded": enc,
+        "held_out_clips": sorted({c.clip_id for c in held_out}),
     }
-    trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=folders.resume_path, weights_only=True)
+    trainer.fit(
+        wrapper, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=folders.resume_path, weights_only=True
+    )
     if not trainer.is_global_zero:
         return {}
     export_cfg = export_config(model_config, t5_model)
@@ -852,8 +898,11 @@ def _load_for_training(p):
     return model, model_config, cfg, window
 
 
-def _training_data(p, model, model_config, clips, stage: str, window: int, device: str, session_seed: int):
-    """``(pre-encoding summary or None, DataLoader)``: raw audio windows, or latents encoded once."""
+def _training_data(
+    p, model, model_config, clips, stage: str, window: int, device: str, session_seed: int, shuffle: bool = True
+):
+    """``(pre-encoding summary or None, DataLoader)``: raw audio windows, or latents encoded once
+    (``shuffle=False``: the held-out clips, read in order, each from its start)."""
     stage_dir = Run(p.run_dir).stage_dir(stage)
     sr, ratio = int(model_config["sample_rate"]), _downsampling(model)
     if p.pre_encode:
@@ -867,11 +916,11 @@ def _training_data(p, model, model_config, clips, stage: str, window: int, devic
         else:
             enc = pre_encode_clips(model, clips, latents_dir, fingerprint, device=device, seed=p.seed)
         model.pretransform.to("cpu")
-        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, p.random_crop, p.seed)
+        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, p.random_crop and shuffle, p.seed)
     else:
         enc = None
-        dataset = ClipDataset(clips, sr, window, p.random_crop, p.seed)
-    return enc, make_loader(dataset, p.batch_size, p.workers, shuffle=True, seed=session_seed)
+        dataset = ClipDataset(clips, sr, window, p.random_crop and shuffle, p.seed)
+    return enc, make_loader(dataset, p.batch_size, p.workers, shuffle=shuffle, seed=session_seed)
 
 
 def _training_wrapper(p, tl, cfg: dict, model, ckpt_dir: Path):
@@ -917,9 +966,12 @@ def _loggers(p, stage_dir: Path) -> list:
     return loggers
 
 
-def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
-    """``(Trainer, CurveLogger, DemoCallback)``: checkpoints, curves, demos and loggers wired in."""
+def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders, clips: list, validate: bool = False):
+    """``(Trainer, CurveLogger, DemoCallback)``: checkpoints, curves, demos (each scored against the
+    training ``clips``), the held-out loss (``validate``, every ``checkpoint_every`` steps) and loggers wired in."""
     from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from .train_watch import DemoWatch
 
     checkpointer = tl.KeepNewest(
         p.keep_checkpoints,
@@ -937,8 +989,19 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
     )
     callbacks = [checkpointer, curves, guard, TQDMProgressBar(refresh_rate=1)]
     prompts = card_prompts()[: max(0, p.num_demos)]
+    watch = DemoWatch(stage_dir, sorted({c.path for c in clips}), stage=stage_dir.name)
+    best = tl.BestWeights(stage_dir / "best") if p.export_from == "best" else None
     demos = tl.DemoCallback(
-        p.demo_every, prompts, p.demo_steps, p.demo_cfg, p.demo_seconds, stage_dir / "demos", p.seed, p.demo_minutes
+        p.demo_every,
+        prompts,
+        p.demo_steps,
+        p.demo_cfg,
+        p.demo_seconds,
+        stage_dir / "demos",
+        p.seed,
+        p.demo_minutes,
+        watch=watch,
+        best=best,
     )
     if _demos_on(p) and prompts:
         callbacks.append(demos)
@@ -957,6 +1020,8 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
         enable_checkpointing=True,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        check_val_every_n_epoch=None if validate else 1,
+        val_check_interval=max(1, p.checkpoint_every * p.grad_accum) if validate else None,
         default_root_dir=str(stage_dir),
         gradient_clip_val=None,
         deterministic=False,
@@ -993,7 +1058,22 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
     step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / "logs")  # the CSV's under DDP by fork
     if _demos_on(p) and demos.prompts and demos.last != steps and steps > 0:  # a demo of the final weights too
         demos.generate(trainer, wrapper, steps)
+    exported_step = steps
+    if p.export_from == "best":
+        best = demos.best.restore(wrapper) if demos.best is not None else None
+        if best is None:
+            print(
+                f"{stage_dir.name}: export_from='best': no demo step scored cleanly, so the last weights are exported"
+            )
+        else:
+            exported_step = best
+            print(
+                f"{stage_dir.name}: exporting the best demo step's weights (step {best}, score {demos.best.score:.4f})"
+            )
     files = export(wrapper, export_cfg, stage_dir / "export", export_merged=p.export_merged)
+    from .train_watch import CSV_NAME, read_scores, warnings_of
+
+    scores = read_scores(stage_dir / CSV_NAME)
     csvs = sorted(str(q) for q in (stage_dir / "logs").glob("version_*/metrics.csv"))
     return {
         "mode": p.mode,
@@ -1023,6 +1103,11 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
         "export_files": files,
         "metrics_csv": csvs,
         "demos": [str(stage_dir / "demos" / r["file"]) for r in read_jsonl(stage_dir / "demos" / "demos.jsonl")],
+        "export_from": p.export_from,
+        "exported_step": exported_step,
+        "held_out_clips": facts["held_out_clips"],
+        "demo_scores_csv": str(stage_dir / CSV_NAME) if scores else None,
+        "demo_warnings": warnings_of(scores),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
 
@@ -1134,6 +1219,19 @@ def read_curves(csvs) -> list[dict]:
                     step = int(float(row["step"]))
                     by_step[step] = {"step": step, "loss": float(row["loss"]), "lr": float(row["lr"])}
     return [by_step[k] for k in sorted(by_step)]
+
+
+def read_val_curve(csvs) -> list[dict]:
+    """``{step, val_loss}`` of the held-out clips (the engine's ``val/avg_loss``) from the run's CSV logs."""
+    import csv
+
+    by_step: dict[int, float] = {}
+    for path in sorted(csvs, key=lambda q: int(m.group(1)) if (m := re.search(r"version_(\d+)", str(q))) else 0):
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("val/avg_loss") not in (None, ""):
+                    by_step[int(float(row["step"]))] = float(row["val/avg_loss"])
+    return [{"step": k, "val_loss": by_step[k]} for k in sorted(by_step)]
 
 
 def export_config(model_config: dict, t5_model: str = "") -> dict:

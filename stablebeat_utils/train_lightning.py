@@ -10,7 +10,9 @@ It imports nothing of ``train``'s (one way: ``train`` → here → ``checkpoints
 - :class:`Wrapper`: the engine's training wrapper with smaller, resumable checkpoints;
 - :class:`CurveLogger`: loss, learning rate and seconds per step to every logger;
 - :class:`FiniteGuard`: a NaN/inf loss stops training, naming the step and the last good checkpoint;
-- :class:`DemoCallback`: demo WAVs of the card's prompts during training;
+- :class:`DemoCallback`: demo WAVs of the card's prompts during training, each scored as it is made
+  (:mod:`stablebeat_utils.train_watch`);
+- :class:`BestWeights`: the weights of the best demo step (``export_from="best"``);
 - :class:`KeepNewest`: checkpoints by steps, minutes and epochs, the newest ``keep`` kept.
 """
 
@@ -146,6 +148,18 @@ class Wrapper(DiffusionCondTrainingWrapper):
             if k not in kept:
                 state.setdefault(k, v)
 
+    def on_validation_epoch_end(self):
+        """The held-out clips' loss (the engine's ``val/avg_loss``: the mean over its five fixed noise
+        levels) to every logger — the engine's own hook logs it to W&B and Comet only, not the CSV."""
+        outs = self.validation_step_outputs
+        values = [v for vs in outs.values() for v in vs]
+        if values:
+            mean = float(self.all_gather(torch.tensor(float(np.mean(values)))).mean())
+            for lg in self.trainer.loggers:
+                lg.log_metrics({"val/avg_loss": mean}, step=self.global_step)
+        for k in outs:
+            outs[k] = []
+
     def _apply_new_lr(self, checkpoint: dict, saved_lr) -> None:
         """A re-run with another ``lr`` (typically lower, after a divergence) resumes with it: the
         checkpoint's optimizer learning rate and the schedule's base are scaled to the new ``lr``; the
@@ -243,9 +257,12 @@ class DemoCallback(pl.Callback):
     Our own callback: the engine's demo callback saves with ``torchaudio.save``.
     """
 
-    def __init__(self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0, minutes: float = 0.0):
+    def __init__(
+        self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0, minutes: float = 0.0, watch=None, best=None
+    ):
         self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
         self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
+        self.watch, self.best = watch, best  # train_watch.DemoWatch; BestWeights (export_from="best") or None
         self._demo_log = None
         self.last_epoch = -1
         self.minutes, self.demo_at = float(minutes), time.monotonic()
@@ -308,10 +325,13 @@ class DemoCallback(pl.Callback):
                         **CARD_SAMPLER,
                     )
                 wav = out[0].float().cpu().numpy()
+                name = f"step{step:08d}_{i}.wav"
+                if self.watch is not None:  # scored raw: normalising would hide clipping and DC offset
+                    self.watch.add(step, name, prompt, wav, sr)
+                wav = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0)
                 peak = float(np.max(np.abs(wav))) if wav.size else 0.0
                 if peak > 0:
                     wav = wav / peak * 0.9  # a demo is for listening: normalise the level
-                name = f"step{step:08d}_{i}.wav"
                 with atomic_path(self.out_dir / name) as tmp:
                     audio_io.write_wav(tmp, wav, sr)
                 self._demo_log.append(
@@ -325,9 +345,78 @@ class DemoCallback(pl.Callback):
                         "ema": module.diffusion_ema is not None,
                     }
                 )
+            if self.watch is not None:
+                score = self.watch.end_step(step)
+                if self.best is not None:
+                    self.best.offer(module, step, score)
         finally:
             diffusion.model = online
             module.train(was_training)
+
+
+class BestWeights:
+    """The weights of the best demo step so far (``export_from="best"``), on disk in
+    ``RUN_DIR/<stage>/best/weights.safetensors`` (its step and score in the metadata, so a resumed
+    session keeps comparing with it).
+
+    What is kept is what the export needs: for a full fine-tune the EMA weights of the DiT (the
+    online ones without EMA) and the trainable conditioner weights; for LoRA the adapters.
+    :meth:`restore` puts them back into the wrapper before :func:`stablebeat_utils.train.export`.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / "weights.safetensors"
+        self.step, self.score = None, math.inf
+        if self.path.is_file():
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(self.path), "pt") as fh:
+                    meta = fh.metadata() or {}
+                self.step, self.score = int(meta["step"]), float(meta["score"])
+            except Exception:  # unreadable: the next best demo replaces it
+                self.step, self.score = None, math.inf
+
+    @staticmethod
+    def _state(module) -> dict:
+        diffusion = module.diffusion
+        if module.lora_config is not None:
+            out = {f"model.{k}": v for k, v in get_lora_state_dict(diffusion.model).items()}
+            out.update({f"conditioner.{k}": v for k, v in get_lora_state_dict(diffusion.conditioner).items()})
+            return out
+        trainable = {n for n, q in diffusion.named_parameters() if q.requires_grad}
+        out = {k: v for k, v in diffusion.state_dict().items() if k in trainable or k.startswith("model.")}
+        if module.diffusion_ema is not None:
+            out.update({f"model.{k}": v for k, v in module.diffusion_ema.ema_model.state_dict().items()})
+        return out
+
+    def offer(self, module, step: int, score: float) -> bool:
+        """Keep ``module``'s weights when ``score`` beats the best so far (lower is better)."""
+        if not math.isfinite(score) or score >= self.score:
+            return False
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self._state(module).items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            save_file(state, str(tmp), metadata={"step": str(int(step)), "score": repr(float(score))})
+        self.step, self.score = int(step), float(score)
+        return True
+
+    def restore(self, module) -> int | None:
+        """Load the best weights into ``module`` (and its EMA); their step, or None when there are none."""
+        if self.step is None or not self.path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        state = load_file(str(self.path))
+        diffusion = module.diffusion
+        with torch.no_grad():
+            diffusion.load_state_dict(state, strict=False)
+            if module.diffusion_ema is not None:
+                model_part = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+                module.diffusion_ema.ema_model.load_state_dict(model_part, strict=False)
+        return self.step
 
 
 class KeepNewest(pl.callbacks.ModelCheckpoint):

@@ -36,6 +36,7 @@ STAGES = {
     "tag_space",
     "train",
     "train_lightning",
+    "train_watch",
     "focus",
     "generate",
     "evaluate",

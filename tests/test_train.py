@@ -937,3 +937,53 @@ def test_export_refuses_nonfinite_weights(tmp_path):
     with pytest.raises(train.DivergedError, match="1 of 2 weight tensors hold NaN/inf"):
         train.export(wrapper, {}, tmp_path / "05_train" / "export")
     assert not list((tmp_path / "05_train" / "export").glob("*"))
+
+
+# ------------------------------------------------------------------------------------------
+# training that watches its own sound; keep the best; a held-out split
+
+
+def test_demos_scored_held_out_loss_and_best_export(tmp_path, capsys):
+    """12 clips, holdout_fraction 0.25: the clips whose id hash falls under 0.25 are held out (never
+    in training), their loss logged as val/avg_loss; every demo gets a row in demo_scores.csv; with
+    export_from="best" the export holds the weights of the demo step with the lowest score."""
+    import torch
+    from safetensors.torch import load_file
+
+    from stablebeat_utils import train_watch as tw
+
+    run = make_run(tmp_path / "run", n_sources=3, starts=(1.0, 4.0, 7.0, 10.0), seconds=(0.6,) * 4)
+    ids = sorted(c.clip_id for c in train.read_clips(run))
+    held = sorted(i for i in ids if train.holdout_unit(i) < 0.25)
+    assert 0 < len(held) < len(ids)
+    kw = dict(FAST, demo_every=2, num_demos=2, demo_steps=2, demo_seconds=0.5, checkpoint_every=2)
+    summary = train.run(run_dir=str(run), max_steps=6, holdout_fraction=0.25, export_from="best", **kw)
+    assert summary["held_out_clips"] == held and summary["clips"] == len(ids) - len(held)
+    val = train.read_val_curve(summary["metrics_csv"])
+    assert [v["step"] for v in val] == [2, 4, 6] and all(np.isfinite(v["val_loss"]) for v in val)
+    rows = tw.read_scores(run / "05_train" / tw.CSV_NAME)
+    files = sorted(Path(d).name for d in summary["demos"])
+    assert sorted(r["file"] for r in rows) == files and len(files) == 6  # steps 2, 4, 6 x 2 prompts
+    assert all(r["status"] == "scored" or r["status"].startswith("not scored") for r in rows)
+    by_step = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    scores = {s: tw.step_score(v) for s, v in by_step.items()}
+    finite = {s: v for s, v in scores.items() if np.isfinite(v)}
+    if finite:
+        best = min(finite, key=finite.get)
+        assert summary["exported_step"] == best
+        kept = load_file(str(run / "05_train" / "best" / "weights.safetensors"))
+        exported = load_file(str(run / "05_train" / "export" / "model.safetensors"))
+        key = next(k for k in kept if k.startswith("model."))
+        assert torch.equal(kept[key], exported[key])
+    else:
+        assert summary["exported_step"] == 6 and "no demo step scored cleanly" in capsys.readouterr().out
+    assert summary["demo_warnings"] == tw.warnings_of(rows)
+
+
+def test_too_small_a_catalogue_trains_without_a_held_out_split(tmp_path, capsys):
+    clips = train.read_clips(make_run(tmp_path / "run"))
+    kept, held = train.split_holdout(clips, 0.3)
+    assert kept == clips and held == []
+    assert "too small for a held-out split (4 clips" in capsys.readouterr().out
