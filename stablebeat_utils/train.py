@@ -705,8 +705,19 @@ def run(
     own ``sample_size``, 47.55 s for SAO 1.0). ``t5_model`` overrides the T5 weights ("" = the
     model config's own). Running again with the same parameters after it finished only reports;
     after a kill (or with a larger ``max_steps``/``epochs``) it resumes from the newest checkpoint.
-    A resumed run continues the checkpoint's optimizer and schedule, so a changed ``lr`` only
-    applies to a new ``run_dir`` (changed model/mode settings are refused).
+    A resumed run continues the checkpoint's optimizer, EMA and schedule; a changed ``lr`` applies
+    from the resumed step (the schedule's base is replaced: how a run that diverged goes on with a
+    lower ``lr`` from its last good checkpoint); changed model/mode settings are refused.
+
+    **Divergence**: a NaN/inf loss stops training (:class:`DivergedError`, naming the step, the last
+    good checkpoint and what to try); the checkpoints whose weights gave it are removed, no
+    checkpoint and no export ever holds a NaN/inf weight. **Watching the sound**: every demo is
+    scored as it is made (:mod:`stablebeat_utils.train_watch`: ``demo_scores.csv``, warnings).
+    ``export_from``: ``"last"`` (the final EMA weights, the card's recipe) or ``"best"`` (the demo
+    step with the lowest :func:`~stablebeat_utils.train_watch.step_score`: mean distance of its
+    demos to the training clips, none unscored, no detector fired). ``holdout_fraction``: clips held
+    out by a hash of their id (:func:`split_holdout`), never trained on; their loss is logged as
+    ``val/avg_loss`` every ``checkpoint_every`` steps (:func:`read_val_curve`).
     ``padding_loss_weight``: how much the padded frames of a window (after a short clip's end) count
     in the loss — 1.0 trains them as SAO 1.0 was trained, 0.0 ignores them (see :func:`training_config`).
 

@@ -87,3 +87,46 @@ def test_clicks_collapse_and_growing_distance_warn(tmp_path, capsys):
     again.add(14, "e.wav", "prompt one", y, SR)
     assert math.isfinite(again.end_step(14))
     assert len(tw.read_scores(tmp_path / "05_train" / tw.CSV_NAME)) == 9
+
+
+def test_the_watch_figure_draws_what_the_scores_say():
+    from stablebeat_utils import plots
+
+    curves = [{"step": s, "loss": 1.0 / s, "lr": 1e-5} for s in range(1, 9)]
+    val = [{"step": 4, "val_loss": 0.5}, {"step": 8, "val_loss": 0.6}]
+    base = dict.fromkeys(tw.DETECTORS, 0.0) | {"silence": -20.0, "collapse": None}
+    scores = [
+        {**base, "step": 4, "file": "a", "prompt": "p1", "status": "scored", "distance": 0.4, "fired": ""},
+        {
+            **base,
+            "step": 8,
+            "file": "b",
+            "prompt": "p1",
+            "status": "scored",
+            "distance": 0.9,
+            "fired": "clicks",
+            "clicks": 3.0,
+        },
+        {
+            **base,
+            "step": 8,
+            "file": "c",
+            "prompt": "p2",
+            "status": "not scored: silent",
+            "distance": None,
+            "fired": "silence",
+            "silence": -math.inf,
+        },
+    ]
+    thresholds = {"non_finite": 0.0, "silence": ac.SILENCE_DBFS, "clicks": ac.CLICK_RATE}
+    fig = plots.plot_training_watch(curves, val, scores, thresholds, exported_step=4)
+    ax1, ax2, ax3 = fig.axes
+    assert {ln.get_label() for ln in ax1.lines} == {"training loss", "held-out loss"}
+    labels = {ln.get_label() for ln in ax2.lines}
+    assert {"detector fired", "exported (step 4)", "mean"} <= labels
+    fired = next(ln for ln in ax2.lines if ln.get_label() == "detector fired")
+    assert list(fired.get_xdata()) == [8] and list(fired.get_ydata()) == [0.9]
+    clicks = next(ln for ln in ax3.lines if ln.get_label() == "clicks")
+    assert list(clicks.get_ydata())[1] == 3.0 / ac.CLICK_RATE  # over the threshold line at 1
+    silence = next(ln for ln in ax3.lines if ln.get_label() == "silence")
+    assert list(silence.get_ydata())[2] > 1 > list(silence.get_ydata())[0]
