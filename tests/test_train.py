@@ -954,11 +954,13 @@ def test_demos_scored_held_out_loss_and_best_export(tmp_path, monkeypatch):
 
     from stablebeat_utils import audio_checks
 
-    # the tiny random model's demos are mostly DC with a little noise: its DC offset and clicks
-    # detectors would fire on every demo (they are tested in test_audio_checks); lifted here so that
-    # the scores are finite and the best step is chosen by distance
+    # the tiny random model's demos are mostly DC with a little noise, alike for every prompt: its DC
+    # offset, clicks, clipping and collapse detectors would fire on every demo (they are tested in
+    # test_audio_checks); lifted here so that the scores are finite and the best step is chosen by distance
     monkeypatch.setattr(audio_checks, "DC_RATIO", 100.0)
     monkeypatch.setattr(audio_checks, "CLICK_RATE", 1e6)
+    monkeypatch.setattr(audio_checks, "CLIP_FRACTION", 1.0)
+    monkeypatch.setattr(audio_checks, "COLLAPSE_DB", 0.0)
     run = make_run(tmp_path / "run", n_sources=3, starts=(1.0, 4.0, 7.0, 10.0), seconds=(0.6,) * 4)
     ids = sorted(c.clip_id for c in train.read_clips(run))
     held = sorted(i for i in ids if train.holdout_unit(i) < 0.25)
