@@ -196,3 +196,54 @@ class CheckpointMirror:
                 file=sys.stderr,
             )
         return done
+
+
+# --------------------------------------------------------------------------------------------
+# divergence: a non-finite loss or weight stops training; nothing non-finite is kept or exported
+
+
+class DivergedError(RuntimeError):
+    """Training diverged (a NaN/inf loss or weight); the message names the step and what to try.
+
+    :mod:`stablebeat_utils.train` raises its own subclass (a ``TrainError`` too)."""
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """The names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+
+
+def drop_checkpoints_from(step: int, *ckpt_dirs: Path) -> list[str]:
+    """Remove the ``step=N.ckpt`` files with N >= ``step`` (their weights gave the non-finite loss)."""
+    gone = []
+    for ckpt_dir in ckpt_dirs:
+        if Path(ckpt_dir).is_dir():
+            for p in sorted(Path(ckpt_dir).iterdir()):
+                m = _CKPT_RE.match(p.name)
+                if m and int(m.group(1)) >= step:
+                    p.unlink(missing_ok=True)
+                    gone.append(p.name)
+    return sorted(set(gone))
+
+
+def divergence_message(stage: str, step: int, what: str, lr: float, good: Path | None, ckpt_dir: Path) -> str:
+    """What a producer reads when training diverges: where, why it matters, what to try.
+
+    The re-run **resumes** from the last good checkpoint with the new (lower) learning rate: the
+    optimizer's learning rate and the schedule's base are replaced by the new ``lr``, the schedule
+    goes on from the checkpoint's step (see ``train_lightning.Wrapper.on_load_checkpoint``).
+    """
+    lower = f"{lr / 10:.0e}" if lr > 0 else "a lower value"
+    where = (
+        f"The last good checkpoint, {good.name}, is kept: run the stage again with a lower lr (e.g. lr={lower}) "
+        f"and it resumes from {good.name} with the new learning rate. To start over from the base model "
+        f"instead, delete {ckpt_dir} (or use a new run_dir)."
+        if good is not None
+        else f"No checkpoint was saved before it: run the stage again with a lower lr (e.g. lr={lower}) and it "
+        "starts over from the base model."
+    )
+    return (
+        f"{stage}: training diverged at step {step}: {what} (lr={lr:g}). Training stopped; nothing was "
+        f"exported (an export never holds NaN/inf weights). {where} If it diverges again, also try a "
+        "smaller lr still, a larger batch_size/grad_accum, or precision='32-true'."
+    )

@@ -126,6 +126,14 @@ def signal_metrics(y: np.ndarray, sr: int) -> dict[str, float]:
     }
 
 
+def log_distance(value: float | None, median_log: float | None) -> float | None:
+    """How far a signal metric is from the training clips, as 07 compares them:
+    ``|log(value) − median log(training clips)|``; None when either is missing or not positive."""
+    if value is None or median_log is None or not math.isfinite(value) or value <= 0:
+        return None
+    return abs(math.log(value) - median_log)
+
+
 NOTE_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 PC_NAME = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 

@@ -79,6 +79,7 @@ MODEL_CKPT = "model.ckpt"  # a stable-audio-tools checkpoint (hub folders may ho
 LORA_WEIGHTS = "lora.safetensors"
 DEMOS = "demos"
 DEMOS_LOG = "demos.jsonl"
+DEMO_SCORES = "demo_scores.csv"  # each demo scored as it is made (train_watch)
 LATENTS = "latents"
 PRE_ENCODED = "pre_encoded"
 LOGS = "logs"

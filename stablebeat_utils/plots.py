@@ -337,3 +337,66 @@ def plot_focus_tags(before: dict, after: dict, chosen: list[dict], n_before: int
 
 # --------------------------------------------------------------------------------------------
 # the stage
+
+
+def plot_training_watch(curves, val, scores, detectors, exported_step=None):
+    """05's "is my training going well?" figure: three panels against the training step.
+
+    1. the training loss (``curves``: ``{step, loss}``) and the held-out clips' loss (``val``:
+       ``{step, val_loss}``; never trained on): both falling is learning; the held-out one rising
+       while the training one falls is overfitting;
+    2. each demo's distance to the training clips (``scores``: the rows of ``demo_scores.csv``; 07's
+       signal metrics, lower = closer), their mean per step, red crosses where a detector fired,
+       grey marks for demos that could not be scored, a dashed line at the exported step;
+    3. each detector as a multiple of its threshold (``detectors``: ``{name: threshold}``; over 1 =
+       fired; silence as dB under its threshold), log scale.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 3.8))
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    if curves:
+        ax1.plot([r["step"] for r in curves], [r["loss"] for r in curves], lw=0.8, color="C0", label="training loss")
+    if val:
+        ax1.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", ms=4, color="C3", label="held-out loss")
+    ax1.set(xlabel="step", ylabel="diffusion loss", title="loss: training vs held-out clips")
+    if curves or val:
+        ax1.legend(fontsize=8)
+    scored = [r for r in scores if r.get("distance") is not None]
+    for prompt in sorted({r["prompt"] for r in scored}):
+        rows = [r for r in scored if r["prompt"] == prompt]
+        ax2.plot([r["step"] for r in rows], [r["distance"] for r in rows], ".-", lw=0.7, alpha=0.6, label=prompt[:32])
+    steps = sorted({r["step"] for r in scored})
+    if steps:
+        mean = [np.mean([r["distance"] for r in scored if r["step"] == s]) for s in steps]
+        ax2.plot(steps, mean, color="k", lw=2, label="mean")
+    fired = [r for r in scored if r.get("fired")]
+    if fired:
+        ax2.plot(
+            [r["step"] for r in fired], [r["distance"] for r in fired], "x", color="red", ms=9, label="detector fired"
+        )
+    unscored = [r for r in scores if r.get("distance") is None]
+    for r in unscored:
+        ax2.axvline(r["step"], color="0.6", lw=3, alpha=0.4)
+    if exported_step is not None:
+        ax2.axvline(exported_step, color="C2", ls="--", lw=1, label=f"exported (step {exported_step})")
+    ax2.set(xlabel="step", ylabel="mean |log metric − training median|", title="demos: distance to your clips")
+    if scored or unscored:
+        ax2.legend(fontsize=7)
+    else:
+        ax2.text(0.5, 0.5, "no demos scored", ha="center", va="center", transform=ax2.transAxes)
+    for k, (name, threshold) in enumerate(detectors.items()):
+        rows = [r for r in scores if r.get(name) is not None]
+        if name == "silence":  # dBFS: how far under the silence floor; the ratio of levels
+            ys = [10 ** ((threshold - r[name]) / 20) if np.isfinite(r[name]) else 1e3 for r in rows]
+        else:
+            ys = [max(float(r[name]) / threshold, 1e-3) if threshold > 0 else (1e3 if r[name] else 1e-3) for r in rows]
+        ax3.plot([r["step"] for r in rows], ys, "o", ms=4, color=f"C{k}", label=name, alpha=0.8)
+    ax3.axhline(1.0, color="red", lw=1, ls="--")
+    ax3.set_yscale("log")
+    ax3.set(xlabel="step", ylabel="value / threshold (over 1 = fired)", title="defect detectors")
+    if scores:
+        ax3.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig

@@ -7,6 +7,7 @@ objects a notebook displays, and never compute stage results.
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 
@@ -376,6 +377,39 @@ def training_curves(summary_or_csvs, title: str | None = None, smooth: int = 0):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def training_watch(summary: dict):
+    """05's (and 05b's) "is my training going well?": the warnings of the run's demo scores, then
+    the figure of :func:`stablebeat_utils.plots.plot_training_watch` (training vs held-out loss, the
+    demos' distance to the training clips, the defect detectors against their thresholds)."""
+    from IPython.display import HTML, display
+
+    from . import audio_checks as ac
+    from .plots import plot_training_watch
+    from .train import read_curves, read_val_curve
+    from .train_watch import read_scores
+
+    csvs = summary.get("metrics_csv", [])
+    scores = read_scores(summary["demo_scores_csv"]) if summary.get("demo_scores_csv") else []
+    warnings = summary.get("demo_warnings") or []
+    if not scores:
+        display(HTML("<i>no demos were scored (demo_every = 0, or fewer steps than demo_every)</i>"))
+    elif warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        display(HTML(f"<b>⚠ {len(warnings)} demo(s) need a listen:</b><ul>{items}</ul>"))
+    else:
+        display(HTML(f"<b>✔ no detector fired</b> on {len(scores)} demo(s); every one was scored."))
+    thresholds = {
+        "non_finite": 0.0,
+        "silence": ac.SILENCE_DBFS,
+        "clipping": ac.CLIP_FRACTION,
+        "dc_offset": ac.DC_RATIO,
+        "clicks": ac.CLICK_RATE,
+    }
+    return plot_training_watch(
+        read_curves(csvs), read_val_curve(csvs), scores, thresholds, exported_step=summary.get("exported_step")
+    )
 
 
 def training_demos(summary: dict, last: int = 4):

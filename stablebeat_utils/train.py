@@ -77,6 +77,8 @@ from .clipstore import ClipFolder
 from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the names 05b and the tests use)
     _CKPT_RE,
     RESUME_KEYS,
+    DivergedError as _Diverged,
+    nonfinite_tensors,
     checkpoint_problem,
     local_checkpoint_folder,
     mirror_checkpoint,
@@ -91,10 +93,17 @@ MODES = ("full", "lora")
 ADAPTERS = ("lora", "dora")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("adamw", "adamw8bit")
+EXPORT_FROM = ("last", "best")
+MIN_HOLDOUT_CLIPS = 10  # a catalogue under this trains on every clip, without a held-out split
 
 
 class TrainError(RuntimeError):
     """A training run that cannot start or continue; the message says what to change."""
+
+
+class DivergedError(TrainError, _Diverged):
+    """Training diverged: a NaN/inf loss or weight. The message names the step, the last good
+    checkpoint and what to try; nothing is exported."""
 
 
 class TrainDataError(TrainError):
@@ -186,6 +195,34 @@ def require_audio(run_dir: str | os.PathLike, clips: list[Clip], stage: str = ST
         raise TrainDataError(
             f"{len(gone)} training clip(s) not found: " + ", ".join(f"{c.clip_id} ({c.path})" for c in gone[:10]) + more
         )
+
+
+def holdout_unit(clip_id: str) -> float:
+    """Where a clip falls in [0, 1): a hash of its id, so the split never depends on the order, the
+    run or the stage (05 and 05b hold out the same clips)."""
+    return int(hashlib.sha256(f"holdout:{clip_id}".encode()).hexdigest()[:12], 16) / 16**12
+
+
+def split_holdout(clips: list[Clip], fraction: float, stage: str = STAGE) -> tuple[list[Clip], list[Clip]]:
+    """``(training clips, held-out clips)``: the clips whose :func:`holdout_unit` is under ``fraction``
+    are never trained on (repeats of a clip go together); their loss is logged beside the training
+    loss. A catalogue under :data:`MIN_HOLDOUT_CLIPS` distinct clips, or a split that would leave
+    one side empty, says so and trains on every clip without a held-out split."""
+    if fraction <= 0:
+        return clips, []
+    ids = {c.clip_id for c in clips}
+    held_ids = {i for i in ids if holdout_unit(i) < fraction}
+    if len(ids) < MIN_HOLDOUT_CLIPS or not held_ids or held_ids == ids:
+        print(
+            f"{stage}: the catalogue is too small for a held-out split ({len(ids)} clips, holdout_fraction="
+            f"{fraction:g}: {len(held_ids)} would be held out; it takes {MIN_HOLDOUT_CLIPS} clips or more). "
+            "Training on every clip, without a held-out loss."
+        )
+        return clips, []
+    print(
+        f"{stage}: {len(held_ids)} of {len(ids)} clips held out (never trained on): their loss is logged as val/avg_loss"
+    )
+    return [c for c in clips if c.clip_id not in held_ids], [c for c in clips if c.clip_id in held_ids]
 
 
 def conditioning_for(
@@ -617,6 +654,11 @@ def _validate(p: dict) -> None:
         math.isfinite(p["demo_minutes"]) and p["demo_minutes"] >= 0,
         "demo_minutes must be >= 0 (0 = demos by demo_every steps only)",
     )
+    need(p["export_from"] in EXPORT_FROM, f"export_from={p['export_from']!r}: choose one of {EXPORT_FROM}")
+    need(
+        math.isfinite(p["holdout_fraction"]) and 0 <= p["holdout_fraction"] < 0.5,
+        "holdout_fraction must be >= 0 and < 0.5 (0 = no held-out clips)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -662,6 +704,8 @@ def run(
     local_checkpoint_dir: str = "",
     optimizer: str = "adamw",
     demo_minutes: float = 0.0,
+    export_from: str = "last",
+    holdout_fraction: float = 0.15,
     *,
     stage: str = STAGE,
     clips: list[Clip] | None = None,
@@ -673,8 +717,19 @@ def run(
     own ``sample_size``, 47.55 s for SAO 1.0). ``t5_model`` overrides the T5 weights ("" = the
     model config's own). Running again with the same parameters after it finished only reports;
     after a kill (or with a larger ``max_steps``/``epochs``) it resumes from the newest checkpoint.
-    A resumed run continues the checkpoint's optimizer and schedule, so a changed ``lr`` only
-    applies to a new ``run_dir`` (changed model/mode settings are refused).
+    A resumed run continues the checkpoint's optimizer, EMA and schedule; a changed ``lr`` applies
+    from the resumed step (the schedule's base is replaced: how a run that diverged goes on with a
+    lower ``lr`` from its last good checkpoint); changed model/mode settings are refused.
+
+    **Divergence**: a NaN/inf loss stops training (:class:`DivergedError`, naming the step, the last
+    good checkpoint and what to try); the checkpoints whose weights gave it are removed, no
+    checkpoint and no export ever holds a NaN/inf weight. **Watching the sound**: every demo is
+    scored as it is made (:mod:`stablebeat_utils.train_watch`: ``demo_scores.csv``, warnings).
+    ``export_from``: ``"last"`` (the final EMA weights, the card's recipe) or ``"best"`` (the demo
+    step with the lowest :func:`~stablebeat_utils.train_watch.step_score`: mean distance of its
+    demos to the training clips, none unscored, no detector fired). ``holdout_fraction``: clips held
+    out by a hash of their id (:func:`split_holdout`), never trained on; their loss is logged as
+    ``val/avg_loss`` every ``checkpoint_every`` steps (:func:`read_val_curve`).
     ``padding_loss_weight``: how much the padded frames of a window (after a short clip's end) count
     in the loss — 1.0 trains them as SAO 1.0 was trained, 0.0 ignores them (see :func:`training_config`).
 
@@ -703,9 +758,12 @@ def run(
     if run_.is_done(stage, params) and (layout.exported_weights(stage_dir)).is_file():
         return dict(run_.stage_record(stage)["summary"], skipped=True)
     clips = read_clips(run_dir, check_audio=False) if clips is None else clips
+    clips, held_out = split_holdout(clips, holdout_fraction, stage)
     p = SimpleNamespace(**params)
     if not p.pre_encode:
-        require_audio(run_dir, clips, stage)  # every clip is read; with pre_encode only those not yet encoded
+        require_audio(
+            run_dir, clips + held_out, stage
+        )  # every clip is read; with pre_encode only those not yet encoded
 
     tl = _lightning_classes()
     folders = _checkpoint_folders(run_, stage_dir, local_checkpoint_dir)
@@ -715,8 +773,11 @@ def run(
     device, prec, gpu_estimate = _plans_and_preflight(run_, p, clips, folders.local, stage)
     model, model_config, cfg, window = _load_for_training(p)
     enc, loader = _training_data(p, model, model_config, clips, stage, window, device, session_seed)
+    val_loader = (
+        _training_data(p, model, model_config, held_out, stage, window, device, p.seed, False)[1] if held_out else None
+    )
     wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
-    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders)
+    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders, clips, bool(held_out))
     facts = {  # what the summary reports from before training
         "clips": len({c.clip_id for c in clips}),  # distinct clips; 05b repeats some (samples_per_epoch)
         "samples_per_epoch": len(clips),
@@ -725,8 +786,11 @@ def run(
         "resumed_from_step": folders.resumed_step,
         "window_seconds": round(window / int(model_config["sample_rate"]), 3),
         "pre_encoded": enc,
+        "held_out_clips": sorted({c.clip_id for c in held_out}),
     }
-    trainer.fit(wrapper, train_dataloaders=loader, ckpt_path=folders.resume_path, weights_only=True)
+    trainer.fit(
+        wrapper, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=folders.resume_path, weights_only=True
+    )
     if not trainer.is_global_zero:
         return {}
     export_cfg = export_config(model_config, t5_model)
@@ -863,8 +927,11 @@ def _load_for_training(p):
     return model, model_config, cfg, window
 
 
-def _training_data(p, model, model_config, clips, stage: str, window: int, device: str, session_seed: int):
-    """``(pre-encoding summary or None, DataLoader)``: raw audio windows, or latents encoded once."""
+def _training_data(
+    p, model, model_config, clips, stage: str, window: int, device: str, session_seed: int, shuffle: bool = True
+):
+    """``(pre-encoding summary or None, DataLoader)``: raw audio windows, or latents encoded once
+    (``shuffle=False``: the held-out clips, read in order, each from its start)."""
     stage_dir = Run(p.run_dir).stage_dir(stage)
     sr, ratio = int(model_config["sample_rate"]), _downsampling(model)
     if p.pre_encode:
@@ -878,12 +945,12 @@ def _training_data(p, model, model_config, clips, stage: str, window: int, devic
         else:
             enc = pre_encode_clips(model, clips, latents_dir, fingerprint, device=device, seed=p.seed)
         model.pretransform.to("cpu")
-        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, p.random_crop, p.seed)
+        dataset = LatentDataset(clips, latents_dir, window // ratio, ratio / sr, p.random_crop and shuffle, p.seed)
     else:
         enc = None
-        dataset = ClipDataset(clips, sr, window, p.random_crop, p.seed)
+        dataset = ClipDataset(clips, sr, window, p.random_crop and shuffle, p.seed)
     dataset.cond_ids = modelspec.from_config(model_config).conditioning_ids
-    return enc, make_loader(dataset, p.batch_size, p.workers, shuffle=True, seed=session_seed)
+    return enc, make_loader(dataset, p.batch_size, p.workers, shuffle=shuffle, seed=session_seed)
 
 
 def _training_wrapper(p, tl, cfg: dict, model, ckpt_dir: Path):
@@ -894,6 +961,8 @@ def _training_wrapper(p, tl, cfg: dict, model, ckpt_dir: Path):
     wrapper.__class__ = tl.Wrapper  # same object, our checkpoint hooks (see Wrapper)
     wrapper.parent_pid = os.getpid()
     wrapper.settings_error = TrainError
+    wrapper.diverged_error = DivergedError
+    wrapper.stage = Path(ckpt_dir).parent.name
     lora = p.mode == "lora"
     wrapper.stablebeat_info = {
         "base_model": p.base_model,
@@ -903,6 +972,7 @@ def _training_wrapper(p, tl, cfg: dict, model, ckpt_dir: Path):
         "lora_adapter": p.lora_adapter if lora else None,
         "pre_encode": p.pre_encode,
         "ema": bool(p.ema) and p.mode == "full",
+        "lr": float(p.lr),  # not a resume key: a re-run with another lr resumes with it (Wrapper._apply_new_lr)
         "checkpoint_dir": str(ckpt_dir),
     }
     return wrapper
@@ -926,9 +996,12 @@ def _loggers(p, stage_dir: Path) -> list:
     return loggers
 
 
-def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
-    """``(Trainer, CurveLogger, DemoCallback)``: checkpoints, curves, demos and loggers wired in."""
+def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders, clips: list, validate: bool = False):
+    """``(Trainer, CurveLogger, DemoCallback)``: checkpoints, curves, demos (each scored against the
+    training ``clips``), the held-out loss (``validate``, every ``checkpoint_every`` steps) and loggers wired in."""
     from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from .train_watch import DemoWatch
 
     checkpointer = tl.KeepNewest(
         p.keep_checkpoints,
@@ -941,8 +1014,13 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
         save_on_train_epoch_end=False,
     )
     curves = tl.CurveLogger()
-    callbacks = [checkpointer, curves, TQDMProgressBar(refresh_rate=1)]
+    guard = tl.FiniteGuard(
+        stage_dir.name, p.lr, folders.both, patience=8 if prec == "16-mixed" else 1, error=DivergedError
+    )
+    callbacks = [checkpointer, curves, guard, TQDMProgressBar(refresh_rate=1)]
     prompts = card_prompts()[: max(0, p.num_demos)]
+    watch = DemoWatch(stage_dir, sorted({c.path for c in clips}), stage=stage_dir.name)
+    best = tl.BestWeights(stage_dir / "best") if p.export_from == "best" else None
     demos = tl.DemoCallback(
         p.demo_every,
         prompts,
@@ -952,6 +1030,8 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
         stage_dir / layout.DEMOS,
         p.seed,
         p.demo_minutes,
+        watch=watch,
+        best=best,
     )
     if _demos_on(p) and prompts:
         callbacks.append(demos)
@@ -970,6 +1050,8 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders):
         enable_checkpointing=True,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        check_val_every_n_epoch=None if validate else 1,
+        val_check_interval=max(1, p.checkpoint_every * p.grad_accum) if validate else None,
         default_root_dir=str(stage_dir),
         gradient_clip_val=None,
         deterministic=False,
@@ -1006,7 +1088,22 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
     step_seconds = curves.step_seconds or _session_step_seconds(stage_dir / layout.LOGS)  # the CSV's under DDP by fork
     if _demos_on(p) and demos.prompts and demos.last != steps and steps > 0:  # a demo of the final weights too
         demos.generate(trainer, wrapper, steps)
+    exported_step = steps
+    if p.export_from == "best":
+        best = demos.best.restore(wrapper) if demos.best is not None else None
+        if best is None:
+            print(
+                f"{stage_dir.name}: export_from='best': no demo step scored cleanly, so the last weights are exported"
+            )
+        else:
+            exported_step = best
+            print(
+                f"{stage_dir.name}: exporting the best demo step's weights (step {best}, score {demos.best.score:.4f})"
+            )
     files = export(wrapper, export_cfg, layout.export_dir(stage_dir), export_merged=p.export_merged)
+    from .train_watch import CSV_NAME, read_scores, warnings_of
+
+    scores = read_scores(stage_dir / CSV_NAME)
     csvs = sorted(str(q) for q in (stage_dir / layout.LOGS).glob(layout.LOG_CSVS))
     return {
         "mode": p.mode,
@@ -1039,6 +1136,11 @@ def _finish(p, trainer, wrapper, curves, demos, export_cfg, stage_dir: Path, fol
         "demos": [
             str(stage_dir / layout.DEMOS / r["file"]) for r in read_jsonl(stage_dir / layout.DEMOS / layout.DEMOS_LOG)
         ],
+        "export_from": p.export_from,
+        "exported_step": exported_step,
+        "held_out_clips": facts["held_out_clips"],
+        "demo_scores_csv": str(stage_dir / CSV_NAME) if scores else None,
+        "demo_warnings": warnings_of(scores),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
 
@@ -1157,6 +1259,19 @@ def read_curves(csvs) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
+def read_val_curve(csvs) -> list[dict]:
+    """``{step, val_loss}`` of the held-out clips (the engine's ``val/avg_loss``) from the run's CSV logs."""
+    import csv
+
+    by_step: dict[int, float] = {}
+    for path in sorted(csvs, key=lambda q: int(m.group(1)) if (m := re.search(r"version_(\d+)", str(q))) else 0):
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("val/avg_loss") not in (None, ""):
+                    by_step[int(float(row["step"]))] = float(row["val/avg_loss"])
+    return [{"step": k, "val_loss": by_step[k]} for k in sorted(by_step)]
+
+
 def export_config(model_config: dict, t5_model: str = "") -> dict:
     """The ``model_config.json`` of an export: the base's, with a custom ``t5_model`` kept.
 
@@ -1202,6 +1317,7 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
             for k, v in wrapper.diffusion_ema.ema_model.state_dict().items():
                 state[f"model.{k}"] = v
     if wrapper.lora_config is None or export_merged:
+        _refuse_nonfinite(state, export_dir)
         # fp32 CPU tensors as they are (safetensors writes from their memory: no second copy of a
         # 4.85 GB model); a copy only where a tensor is converted or shares memory with another
         plain, seen = {}, set()
@@ -1218,6 +1334,18 @@ def export(wrapper, model_config: dict, export_dir: Path, export_merged: bool = 
     return sorted(files)
 
 
+def _refuse_nonfinite(state: dict, export_dir: Path) -> None:
+    """No export ever holds a NaN/inf weight: refuse, naming the tensors, before a file is written."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        more = f" … and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DivergedError(
+            f"{export_dir.parent.name}: refusing to export to {export_dir}: {len(bad)} of {len(state)} weight "
+            f"tensors hold NaN/inf ({', '.join(bad[:3])}{more}). The training diverged: run the stage again "
+            "with a lower lr (it resumes from the last good checkpoint with it), or start over in a new run_dir."
+        )
+
+
 def _export_adapters(diffusion, lora_config: dict, path: Path) -> None:
     """The LoRA/DoRA adapters alone, in the engine's format (its ``get_lora_state_dict``; ``lora_config``
     in the metadata, what its ``load_and_apply_loras`` reads) but in fp32: its
@@ -1232,6 +1360,7 @@ def _export_adapters(diffusion, lora_config: dict, path: Path) -> None:
         k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
         for k, v in adapters.items()
     }
+    _refuse_nonfinite(adapters, path.parent)
     with atomic_path(path) as tmp:
         save_file(
             adapters,

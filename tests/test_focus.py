@@ -292,3 +292,17 @@ def test_tag_moves_says_whether_the_second_stage_moved_toward_the_tag(tmp_path):
     assert "boom bap (genres)" in md and "moved toward the tag" in md
     same = focus.tag_moves(run, _tables(4000.0 * (1 + 1e-5), 0.2 * (1 - 1e-5)), ref, ("spectral_centroid",))
     assert same[0]["clap_moved"] == "same" and same[0]["verdict"] == "no change"  # under 0.1 %: a tie
+
+
+def test_a_diverging_second_stage_stops_naming_itself_and_exports_nothing(tmp_path):
+    """05b trains with 05's code: lr=1e8 blows up within a few steps; the stage stops naming
+    05b_focus and the step, exports nothing, and the first stage's export is left as it was."""
+    run = tagged_run(tmp_path)
+    first = train.run(run_dir=str(run), max_steps=1, checkpoint_every=1, **FAST)
+    before = _sha(Path(first["export_dir"]))
+    with pytest.raises(train.DivergedError, match=r"05b_focus: training diverged at step \d+: the loss is nan"):
+        focus.run(run_dir=str(run), max_steps=8, lr=1e8, rare_percent=0.0)
+    assert not (run / "05b_focus" / "export" / "model.safetensors").exists()
+    assert _sha(Path(first["export_dir"])) == before
+    out = focus.run(run_dir=str(run), max_steps=2, lr=1e-5, rare_percent=0.0)  # a sane lr: trains cleanly
+    assert out["train"]["steps"] == 2 and (run / "05b_focus" / "export" / "model.safetensors").is_file()

@@ -33,6 +33,7 @@ BASE = {
     "planner",
     "loops",
     "evaluate_metrics",  # 07's metrics, shared: 05's demo scores, 06's variations
+    "audio_checks",
 }
 STAGES = {
     "segment",
@@ -43,6 +44,8 @@ STAGES = {
     "tag_space",
     "train",
     "train_lightning",
+    "train_watch",
+    "train_watch",
     "focus",
     "generate",
     "evaluate",
@@ -77,6 +80,7 @@ NOTEBOOK = {
     "tag_space": "04",
     "train": "05",
     "train_lightning": "05",
+    "train_watch": "05",
     "focus": "05b",
     "generate": "06",
     "evaluate": "07",

@@ -864,3 +864,136 @@ def test_read_only_run_folder_stops_before_training(tmp_path, monkeypatch):
     with pytest.raises(RunFolderError, match="storage_plan.json: cannot write \\(Read-only file system\\)"):
         train.run(run_dir=str(run), max_steps=1, **FAST)
     assert not (run / "05_train" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# divergence: a NaN/inf loss stops training, nothing non-finite is checkpointed or exported
+
+
+def _finite(state: dict) -> bool:
+    import torch
+
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def test_divergence_stops_naming_the_step_and_a_lower_lr_resumes_cleanly(tmp_path):
+    """3 good steps at lr 5e-5, then the same run extended with lr=1e8 (it resumes with the new lr):
+    the loss turns NaN within a few steps; the stage raises DivergedError naming the step and the last
+    good checkpoint (step 3), writes no export and keeps only finite checkpoints, none from the weights
+    that gave the NaN. The same call with lr 5e-5 resumes from step 3 with that lr and exports finite
+    weights."""
+    run = make_run(tmp_path / "run")
+    ckpt_dir = run / "05_train" / "checkpoints"
+    kw = dict(FAST, checkpoint_every=1, keep_checkpoints=50)
+    train.run(run_dir=str(run), lr=5e-5, max_steps=3, **kw)
+    (run / "05_train" / "export" / "model.safetensors").unlink()  # so that "no export" below is this run's doing
+    with pytest.raises(train.DivergedError, match=r"05_train: training diverged at step \d+: the loss is nan") as err:
+        train.run(run_dir=str(run), lr=1e8, max_steps=12, **kw)
+    msg = str(err.value)
+    diverged_at = int(msg.split("diverged at step ")[1].split(":")[0])
+    assert 3 < diverged_at < 12, msg
+    assert "lower lr (e.g. lr=1e+07)" in msg and "nothing was exported" in msg
+    assert not (run / "05_train" / "export" / "model.safetensors").exists()
+    kept = sorted(ckpt_dir.glob("step=*.ckpt"), key=lambda q: int(q.stem.split("=")[1]))
+    assert kept and all(_finite(_checkpoint(ck)["state_dict"]) for ck in kept)  # every one left is finite
+    assert all(int(q.stem.split("=")[1]) < diverged_at - 1 for q in kept)  # none from the weights that gave NaN
+    assert f"resumes from {kept[-1].name} with the new learning rate" in msg
+
+    summary = train.run(run_dir=str(run), lr=5e-5, max_steps=diverged_at + 1, **kw)
+    assert summary["resumed_from_step"] == int(kept[-1].stem.split("=")[1])
+    assert summary["steps"] == diverged_at + 1
+    last = _checkpoint(ckpt_dir / f"step={diverged_at + 1}.ckpt")
+    assert last["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 5e-5
+    assert last["lr_schedulers"][0]["base_lrs"] == [5e-5]
+    from safetensors.torch import load_file
+
+    assert _finite(load_file(str(run / "05_train" / "export" / "model.safetensors")))
+    curves = train.read_curves(summary["metrics_csv"])
+    assert np.isfinite(curves[-1]["loss"]) and curves[-1]["lr"] < 1e-4
+
+
+def test_a_nonfinite_start_without_good_checkpoint_says_it_starts_over(tmp_path):
+    run = make_run(tmp_path / "run")
+    with pytest.raises(train.DivergedError, match="starts over from the base model"):
+        train.run(run_dir=str(run), lr=1e8, max_steps=12, **dict(FAST, checkpoint_every=1))
+    assert not list((run / "05_train" / "checkpoints").glob("step=*.ckpt"))
+    assert not (run / "05_train" / "export" / "model.safetensors").exists()
+
+
+def test_export_refuses_nonfinite_weights(tmp_path):
+    """export() itself refuses a NaN weight (whatever produced it), writing nothing."""
+    import torch
+    from types import SimpleNamespace
+
+    class Diffusion(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Linear(2, 2)
+
+    d = Diffusion()
+    with torch.no_grad():
+        d.model.weight[0, 0] = float("nan")
+    wrapper = SimpleNamespace(diffusion=d, lora_config=None, diffusion_ema=None)
+    with pytest.raises(train.DivergedError, match="1 of 2 weight tensors hold NaN/inf"):
+        train.export(wrapper, {}, tmp_path / "05_train" / "export")
+    assert not list((tmp_path / "05_train" / "export").glob("*"))
+
+
+# ------------------------------------------------------------------------------------------
+# training that watches its own sound; keep the best; a held-out split
+
+
+def test_demos_scored_held_out_loss_and_best_export(tmp_path, monkeypatch):
+    """12 clips, holdout_fraction 0.25: the clips whose id hash falls under 0.25 are held out (never
+    in training), their loss logged as val/avg_loss; every demo gets a row in demo_scores.csv; with
+    export_from="best" the export holds the weights of the demo step with the lowest score."""
+    import torch
+    from safetensors.torch import load_file
+
+    from stablebeat_utils import train_watch as tw
+
+    from stablebeat_utils import audio_checks
+
+    # the tiny random model's demos are mostly DC with a little noise, alike for every prompt: its DC
+    # offset, clicks, clipping and collapse detectors would fire on every demo (they are tested in
+    # test_audio_checks); lifted here so that the scores are finite and the best step is chosen by distance
+    monkeypatch.setattr(audio_checks, "DC_RATIO", 100.0)
+    monkeypatch.setattr(audio_checks, "CLICK_RATE", 1e6)
+    monkeypatch.setattr(audio_checks, "CLIP_FRACTION", 1.0)
+    monkeypatch.setattr(audio_checks, "COLLAPSE_DB", 0.0)
+    run = make_run(tmp_path / "run", n_sources=3, starts=(1.0, 4.0, 7.0, 10.0), seconds=(0.6,) * 4)
+    ids = sorted(c.clip_id for c in train.read_clips(run))
+    held = sorted(i for i in ids if train.holdout_unit(i) < 0.25)
+    assert 0 < len(held) < len(ids)
+    kw = dict(FAST, demo_every=2, num_demos=2, demo_steps=2, demo_seconds=0.5, checkpoint_every=2)
+    summary = train.run(run_dir=str(run), max_steps=6, holdout_fraction=0.25, export_from="best", **kw)
+    assert summary["held_out_clips"] == held and summary["clips"] == len(ids) - len(held)
+    val = train.read_val_curve(summary["metrics_csv"])
+    assert [v["step"] for v in val] == [2, 4, 6] and all(np.isfinite(v["val_loss"]) for v in val)
+    rows = tw.read_scores(run / "05_train" / tw.CSV_NAME)
+    files = sorted(Path(d).name for d in summary["demos"])
+    assert sorted(r["file"] for r in rows) == files and len(files) == 6  # steps 2, 4, 6 x 2 prompts
+    assert all(r["status"] == "scored" or r["status"].startswith("not scored") for r in rows)
+    by_step = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    scores = {s: tw.step_score(v) for s, v in by_step.items()}
+    assert all(np.isfinite(v) for v in scores.values()), scores
+    best = min(scores, key=scores.get)
+    assert summary["exported_step"] == best
+    kept = load_file(str(run / "05_train" / "best" / "weights.safetensors"))
+    exported = load_file(str(run / "05_train" / "export" / "model.safetensors"))
+    assert set(kept) <= set(exported)
+    assert all(torch.equal(kept[k], exported[k]) for k in kept)  # the export is the best step's weights
+    if best != 6:  # and not the last step's (the final checkpoint's EMA weights)
+        last = _checkpoint(run / "05_train" / "checkpoints" / "step=6.ckpt")["state_dict"]
+        k = next(k for k in kept if k.startswith("model.") and kept[k].is_floating_point())
+        assert not torch.equal(exported[k], last["diffusion_ema.ema_model." + k[len("model.") :]])
+    assert summary["demo_warnings"] == tw.warnings_of(rows)
+
+
+def test_too_small_a_catalogue_trains_without_a_held_out_split(tmp_path, capsys):
+    clips = train.read_clips(make_run(tmp_path / "run"))
+    kept, held = train.split_holdout(clips, 0.3)
+    assert kept == clips and held == []
+    assert "too small for a held-out split (4 clips" in capsys.readouterr().out
