@@ -967,10 +967,14 @@ def parse_strengths(text: str) -> list[float]:
     return values
 
 
+AUTO_VARIATION_TRIES = 10  # "auto" tries this many of 04's clips for one usable as init audio
+
+
 def find_variation_source(run_dir: str, variation_of: str, prompts: list[str]) -> tuple[dict | None, str]:
     """Which clip to vary, and with which prompt: ``({"path", "prompt", "clip_id"} or None, message)``.
 
-    ``"auto"``: the first clip of 04_prompts (with its own training prompt); a ``clip_id`` of
+    ``"auto"``: the first usable clip of 04_prompts (with its own training prompt; a clip too short
+    or silent is passed over, and with none usable there are no variations, said why); a ``clip_id`` of
     04_prompts; or an audio file (with the first prompt of the list).
     """
     from .clipstore import ClipFolder
@@ -991,13 +995,19 @@ def find_variation_source(run_dir: str, variation_of: str, prompts: list[str]) -
             else f"no clip {variation_of!r} in {table}"
         )
         return None, f"no variations: {where}; set variation_of to an audio file or a clip_id"
-    row = rows[0]
-    clip = ClipFolder(run_dir).path(row.get("filepath") or row.get("path"))
-    return {
-        "path": clip,
-        "prompt": row["prompt"],
-        "clip_id": row.get("clip_id"),
-    }, f"a variation of clip {row.get('clip_id')}"
+    refused = []
+    for row in rows[:AUTO_VARIATION_TRIES] if variation_of == "auto" else rows[:1]:
+        clip = ClipFolder(run_dir).path(row.get("filepath") or row.get("path"))
+        if variation_of == "auto":  # the first clip that makes a usable init audio; a named one is refused in run
+            try:
+                load_init_audio(clip, 44100)
+            except GenerateError as exc:
+                refused.append(str(exc))
+                continue
+        return {"path": clip, "prompt": row["prompt"], "clip_id": row.get("clip_id")}, (
+            f"a variation of clip {row.get('clip_id')}"
+        )
+    return None, f"no variations: none of the first {len(refused)} clips of 04_prompts is usable ({refused[0]})"
 
 
 def _variation_rows(g: _Generation, source: dict, strengths: list[float], which: str, model_source: str) -> list[dict]:

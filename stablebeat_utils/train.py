@@ -1227,11 +1227,15 @@ def _plan_storage(run_, base_model: str, clips: list, stage: str = STAGE, **kw) 
 
     distinct = {c.clip_id: c for c in clips}  # 05b repeats clips: one latent file each all the same
     plan = storage.train_plan(
-        run_.root, sum(c.duration for c in distinct.values()), len(distinct), counts=_plan_counts(base_model), **kw
+        run_.root,
+        sum(c.duration for c in distinct.values()),
+        len(distinct),
+        counts=_plan_counts(base_model),
+        stage=stage,
+        **kw,
     )
     if len(distinct) != len(clips):
         plan.facts["clips"] = f"{len(distinct)} ({len(clips)} samples an epoch, repeats counted)"
-    plan.stage = stage  # 05b_focus trains with this code: its plan says 05b (the folders: storage.train_plan's)
     print(plan.text())
     storage.record(run_.root, plan)
     storage.refuse(plan)
