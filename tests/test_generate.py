@@ -458,3 +458,27 @@ def test_run_makes_loops_and_variations_of_a_clip_resumably(tmp_path):
     with pytest.raises(gen.GenerateError, match="silent.wav: the init audio is silent"):
         sf.write(str(tmp_path / "silent.wav"), np.zeros((44100 * 2, 2)), 44100)
         gen.run(**{**P, "variation_of": str(tmp_path / "silent.wav")})
+
+
+def test_auto_variation_passes_over_an_unusable_clip_and_says_why_when_none_is(tmp_path):
+    """ "auto" takes 04's first clip that makes a usable init audio; a short or silent one never stops 06."""
+    run = tmp_path / "run"
+    clips = run / "01_segment" / "clips"
+    clips.mkdir(parents=True)
+    sr = 44100
+    t = np.arange(int(2.0 * sr)) / sr
+    sf.write(clips / "short.wav", np.zeros((int(0.5 * sr), 2)) + 0.1, sr)  # 0.5 s: too short
+    sf.write(clips / "silent.wav", np.zeros((2 * sr, 2)), sr)  # silent
+    sf.write(clips / "good.wav", np.stack([0.3 * np.sin(2 * np.pi * 110 * t)] * 2, axis=1), sr)
+    rows = [{"clip_id": c, "filepath": f"01_segment/clips/{c}.wav", "prompt": f"p {c}"} for c in ("short", "silent")]
+    (run / "04_prompts").mkdir()
+    table = run / "04_prompts" / "prompts.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source, message = gen.find_variation_source(str(run), "auto", ["a prompt"])
+    assert source is None and "no variations" in message and "short.wav" in message
+    with pytest.raises(gen.GenerateError, match="too short"):  # a clip the producer names is refused, not passed over
+        gen.load_init_audio(clips / "short.wav", sr)
+    rows.append({"clip_id": "good", "filepath": "01_segment/clips/good.wav", "prompt": "p good"})
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source, message = gen.find_variation_source(str(run), "auto", ["a prompt"])
+    assert source["clip_id"] == "good" and source["prompt"] == "p good", message
