@@ -318,6 +318,40 @@ def decode(model, latents, n_samples: int):
     return pretransform.decode(latents)[..., :n_samples]
 
 
+def conditioning_of(prompts: list[str], s: Settings, model_config: dict) -> list[dict]:
+    """One conditioning dict per prompt: ``seconds_start`` only where the model is conditioned on it."""
+    start = (
+        {"seconds_start": float(s.seconds_start)}
+        if modelspec.from_config(model_config).conditions("seconds_start")
+        else {}
+    )
+    return [{"prompt": p, **start, "seconds_total": float(s.seconds_total)} for p in prompts]
+
+
+def _sample(model, model_config: dict, s: Settings, conditioning: list[dict], seed, device, callback, **init):
+    """The engine's sampler over the model's whole window with the course's settings; latents back.
+    ``init``: ``init_audio`` and ``init_noise_level`` for a variation."""
+    from stable_audio_tools.inference.generation import generate_diffusion_cond
+
+    return generate_diffusion_cond(
+        model,
+        steps=int(s.steps),
+        cfg_scale=float(s.cfg_scale),
+        conditioning=conditioning,
+        batch_size=len(conditioning),
+        sample_size=int(model_config["sample_size"]),
+        seed=int(seed),
+        device=device,
+        sampler_type=s.sampler_type,
+        sigma_min=float(s.sigma_min),
+        sigma_max=float(s.sigma_max),
+        apg_scale=float(s.apg_scale),
+        callback=callback,
+        return_latents=True,
+        **init,
+    )
+
+
 def generate_audio(
     model,
     model_config: dict,
@@ -338,38 +372,16 @@ def generate_audio(
 
     compat.apply()
     import torch
-    from stable_audio_tools.inference.generation import generate_diffusion_cond
 
     prompts = [check_prompt(p) for p in prompts]
     check_settings(settings, model_config)
     if not 0 <= int(seed) < 2**32:
         raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
     s = settings
-    start = (
-        {"seconds_start": float(s.seconds_start)}
-        if modelspec.from_config(model_config).conditions("seconds_start")
-        else {}
-    )
-    conditioning = [{"prompt": p, **start, "seconds_total": float(s.seconds_total)} for p in prompts]
     sr = int(model_config["sample_rate"])
     with torch.inference_mode():
         # the whole window is sampled (as SAO does); only the part we keep is decoded — see decode()
-        latents = generate_diffusion_cond(
-            model,
-            steps=int(s.steps),
-            cfg_scale=float(s.cfg_scale),
-            conditioning=conditioning,
-            batch_size=len(prompts),
-            sample_size=int(model_config["sample_size"]),
-            seed=int(seed),
-            device=device,
-            sampler_type=s.sampler_type,
-            sigma_min=float(s.sigma_min),
-            sigma_max=float(s.sigma_max),
-            apg_scale=float(s.apg_scale),
-            callback=callback,
-            return_latents=True,
-        )
+        latents = _sample(model, model_config, s, conditioning_of(prompts, s, model_config), seed, device, callback)
         out = decode(model, latents, int(round(s.seconds_total * sr)))
     audio = out.float().cpu().numpy()
     return [trim_audio(a, sr, s.seconds_total, silence_db) for a in audio]
@@ -456,7 +468,6 @@ def generate_variation(
 
     compat.apply()
     import torch
-    from stable_audio_tools.inference.generation import generate_diffusion_cond
 
     prompt = check_prompt(prompt)
     sr = int(model_config["sample_rate"])
@@ -464,27 +475,17 @@ def generate_variation(
     s = Settings(**{**settings.as_dict(), "seconds_total": round(seconds, 3)})
     check_settings(s, model_config)
     noise_level = strength_to_noise(strength, s)
-    conditioning = [
-        {"prompt": prompt, "seconds_start": float(s.seconds_start), "seconds_total": float(s.seconds_total)}
-    ]
     with torch.inference_mode():
-        latents = generate_diffusion_cond(
+        latents = _sample(
             model,
-            steps=int(s.steps),
-            cfg_scale=float(s.cfg_scale),
-            conditioning=conditioning,
-            batch_size=1,
-            sample_size=int(model_config["sample_size"]),
-            seed=int(seed),
-            device=device,
-            sampler_type=s.sampler_type,
-            sigma_min=float(s.sigma_min),
-            sigma_max=float(s.sigma_max),
-            apg_scale=float(s.apg_scale),
+            model_config,
+            s,
+            conditioning_of([prompt], s, model_config),
+            seed,
+            device,
+            callback,
             init_audio=(sr, torch.from_numpy(init_audio)),
             init_noise_level=noise_level,
-            callback=callback,
-            return_latents=True,
         )
         n = int(round(s.seconds_total * sr))
         out = decode(model, latents, n)
