@@ -35,6 +35,7 @@ def test_player_embeds_the_audio_and_links_the_file_from_the_notebook(tmp_path, 
     sf.write(wav, 0.1 * np.sin(np.linspace(0, 2000, 44100))[:, None].repeat(2, 1), 44100)
     (tmp_path / "notebooks").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")  # JupyterLab: the kernel works where the notebook lies
+    monkeypatch.setattr(show, "NOTEBOOK_DIR", None)  # a lesson opened by hand (an earlier settle may have set it)
     html = show.embedded_audio(wav)._repr_html_()
     # the audio in the <audio> element's own src: JupyterLab keeps it untrusted (it strips <source src>)
     data = re.search(r'<audio [^>]*src="data:audio/mpeg;base64,([^"]+)"', html).group(1)
