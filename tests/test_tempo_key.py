@@ -455,3 +455,29 @@ def test_disagreements_are_named():
     assert tempo_key.key_disagreement(("C", "major"), ("C", "minor")) == "parallel"
     assert tempo_key.key_disagreement(("C", "major"), ("G", "major")) == "a fifth away"
     assert tempo_key.key_disagreement(("C", "major"), ("D", "minor")) == "another key"
+
+
+def test_every_listed_key_profile_runs_in_this_essentia():
+    """KEY_PROFILES is what run() accepts: each name must configure Essentia's KeyExtractor and
+    read a major and a minor triad (a profile Essentia rejects, or one that fails on minor keys
+    like "weichai", must not be offered)."""
+    import essentia
+
+    essentia.log.warningActive = False
+    import essentia.standard as es
+
+    sr = 44100
+    t = np.arange(2 * sr) / sr
+    triads = {"major": (261.63, 329.63, 392.0), "minor": (220.0, 261.63, 329.63)}  # C major, A minor
+    failed = []
+    for profile in tempo_key.KEY_PROFILES:
+        for name, freqs in triads.items():
+            y = (0.2 * sum(np.sin(2 * np.pi * f * t) for f in freqs)).astype(np.float32)
+            try:
+                key, scale, strength = es.KeyExtractor(profileType=profile, sampleRate=float(sr))(y)
+            except RuntimeError as exc:
+                failed.append(f"{profile} on a {name} triad: {str(exc)[:120]}")
+                continue
+            assert key in demo.KEYS + ("A#", "C#", "D#", "F#", "G#") and scale in ("major", "minor")
+            assert 0.0 < strength <= 1.0
+    assert not failed, failed
