@@ -573,15 +573,20 @@ def _by_id(rows: Iterable[dict]) -> dict[str, dict]:
     return out
 
 
-def gather(run: Run) -> list[dict]:
-    """One record per ``ok`` clip: its segment fields + the card's metadata + what was missing."""
+def gather(run: Run, lexicon: Lexicon | None = None) -> list[dict]:
+    """One record per ``ok`` clip: its segment fields + the card's metadata + what was missing.
+
+    A producer's supplied tags and prompt (03's ``tags_supplied``/``prompt_supplied``, from a facts
+    file) ride along in ``record["supplied"]``; supplied tags the vocabulary knows join the clip's
+    tags in ``meta`` (:func:`place_supplied_tags`; ``lexicon`` is loaded when needed and not given).
+    """
     seg_path = run.path(layout.SEGMENT, layout.SEGMENTS)
     if not seg_path.is_file():
         raise ClipFactsError(f"{seg_path}: missing — run notebook 01_segment first")
     # Only the fields a record needs are kept: 02's rows carry every tag's score (~15 KB each as
     # Python objects, ~600 MiB at 40,000 clips), of which a prompt uses the chosen tags.
     tag_fields = {"clip_id", "error", *(f"{f}_tags" for f in FAMILIES)}
-    tk_fields = {"clip_id", "error", "tempo", "key", "scale"}
+    tk_fields = {"clip_id", "error", "tempo", "key", "scale", "tags_supplied", "prompt_supplied"}
     try:
         tags = _by_id(_only(r, tag_fields) for r in iter_jsonl(run.path(layout.TAG, layout.TAGS)))
         tk = _by_id(_only(r, tk_fields) for r in iter_jsonl(run.path(layout.TEMPO_KEY, layout.TEMPO_KEYS)))
@@ -589,7 +594,45 @@ def gather(run: Run) -> list[dict]:
     except ValueError as exc:
         raise ClipFactsError(f"{run.root}: a JSONL input is not valid JSON ({exc})") from exc
     records.sort(key=lambda r: r["clip_id"])
+    if any(r["supplied"]["tags"] for r in records):
+        lexicon = lexicon or load_lexicon()
+        for r in records:
+            place_supplied_tags(r, lexicon)
     return records
+
+
+def _tag_index(lexicon: Lexicon) -> dict[str, tuple[str, str]]:
+    """Normalised wording (tag or synonym) → (family, tag); general instrument words → instruments."""
+    norm = lambda w: " ".join(re.sub(r"[-/_]", " ", str(w).casefold()).split())  # noqa: E731
+    index = {norm(w): ("instruments", w) for w in lexicon.instrument_words}
+    for fam in FAMILIES:
+        for tag in lexicon.tags[fam]:
+            for w in lexicon.wordings(tag):
+                index[norm(w)] = (fam, tag)
+    return index
+
+
+def place_supplied_tags(record: dict, lexicon: Lexicon) -> dict:
+    """Add the record's supplied tags to its ``meta`` tags, in place: a vocabulary tag or one of its
+    synonyms joins its family as the tag ("lofi" → genre "lo-fi"), a general instrument word joins
+    the instruments; any other word has no family in the card's metadata and is listed in
+    ``supplied["unplaced"]`` (it can go into a supplied prompt). ``supplied["placed"]`` lists the
+    ``(family, tag)`` pairs added or already there."""
+    sup = record["supplied"]
+    index = _tag_index(lexicon)
+    placed, unplaced = [], []
+    for t in sup["tags"]:
+        hit = index.get(" ".join(re.sub(r"[-/_]", " ", t.casefold()).split()))
+        if hit is None:
+            unplaced.append(t)
+            continue
+        fam, tag = hit
+        tags = record["meta"][f"{fam}_tags"]
+        if tag not in tags:
+            tags.append(tag)
+        placed.append([fam, tag])
+    sup.update(placed=placed, unplaced=unplaced)
+    return record
 
 
 def _only(row: dict, fields: set[str]) -> dict:
@@ -616,7 +659,15 @@ def _record(seg: dict, tags: dict[str, dict], tk: dict[str, dict]) -> dict:
     if known_key(meta) is None:
         meta.update(key=None, scale=None)
     meta.update(start=seg.get("start"), duration=seg.get("duration"))
-    return {"clip_id": cid, "filepath": seg["path"], "meta": meta, "missing": missing}
+    sup_tags = k.get("tags_supplied") if isinstance(k.get("tags_supplied"), list) else []
+    prompt = k.get("prompt_supplied")
+    supplied = {
+        "tags": [str(t).strip() for t in sup_tags if str(t).strip()],
+        "prompt": " ".join(prompt.split()) if isinstance(prompt, str) and prompt.strip() else None,
+        "placed": [],
+        "unplaced": [],
+    }
+    return {"clip_id": cid, "filepath": seg["path"], "meta": meta, "missing": missing, "supplied": supplied}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,6 +28,14 @@ and key of ``03_tempo_key``) becomes a prompt in the StableBeaT card's style::
    which path produced it (``prompt_source``: ``"llm"`` or ``"template"``) and why the LLM's was
    rejected (``reject_reason``).
 
+5. **The producer's own words first.** A facts file (read by 03, carried in its rows as
+   ``tags_supplied``/``prompt_supplied``) may give a clip's tags and a whole prompt. A supplied prompt
+   **wins**: it is the clip's prompt (``prompt_source`` = ``"supplied"``), the LLM is not asked, and
+   what :func:`validate` would object to is kept in ``supplied_notes``. Supplied tags join the clip's
+   tags (and so the prompt and ``metadata.json``) when the vocabulary knows them or a synonym of them
+   (:func:`stablebeat_utils.clipfacts.place_supplied_tags`); the others are listed
+   (``tags_unplaced``, the summary's ``tags_unplaced``). :func:`supplied_table` is the lesson's list.
+
 Limits of the validator (deliberate, documented in the notebook): it knows the words of the
 vocabulary and synonyms, not every instrument word of English ("tuba" passes); numbers written
 as words ("one hundred") are not read; a lower-case "a minor" is read as an article, not a key;
@@ -42,7 +50,7 @@ was absent), never an LLM prompt (the LLM would have nothing to describe and inv
 
 Outputs (``RUN_DIR/04_prompts/``): ``prompts.jsonl`` — the card's ``{"filepath", "start",
 "duration", "prompt"}`` + ``clip_id``, ``prompt_source``, ``reject_reason``, ``llm_output``,
-``t5_tokens``, ``missing``; ``metadata.json`` — the card's per-clip dict keyed by the clip's file
+``t5_tokens``, ``missing``, ``tags_supplied``, ``tags_unplaced``, ``supplied_notes``; ``metadata.json`` — the card's per-clip dict keyed by the clip's file
 name; then :func:`tag_space.run` adds its plots and ``tag_space.json``.
 """
 
@@ -65,7 +73,7 @@ from .stage import begin
 
 STAGE = layout.PROMPTS
 CARD_KEYS = ("instruments_tags", "genres_tags", "moods_tags", "key", "scale", "tempo", "start", "duration")
-PROMPTS_FORMAT = 2  # bumped when the rows change meaning; older rows are redone
+PROMPTS_FORMAT = 3  # bumped when the rows change meaning; older rows are redone (3: supplied tags/prompt)
 
 
 class PromptsError(ValueError):
@@ -600,8 +608,14 @@ def card_metadata(meta: dict) -> dict:
     return {k: meta.get(k) for k in CARD_KEYS}
 
 
-def _meta_hash(meta: dict) -> str:
-    return hashlib.sha256(json.dumps(card_metadata(meta), sort_keys=True).encode()).hexdigest()[:12]
+def _meta_hash(meta: dict, supplied_prompt: str | None = None) -> str:
+    payload = card_metadata(meta) if supplied_prompt is None else [card_metadata(meta), supplied_prompt]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _rec_hash(rec: dict) -> str:
+    """What a row was made from: the card's metadata (supplied tags placed) and a supplied prompt."""
+    return _meta_hash(rec["meta"], (rec.get("supplied") or {}).get("prompt"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,7 +667,7 @@ def _fingerprint(p: dict, lexicon: Lexicon) -> str:
 
 def _prepare_log(out: Path, fingerprint: str, records: list[dict]) -> JsonlLog:
     """Open prompts.jsonl keeping only rows made with these parameters from today's metadata."""
-    want = {r["clip_id"]: _meta_hash(r["meta"]) for r in records}
+    want = {r["clip_id"]: _rec_hash(r) for r in records}
     rows = read_jsonl(out) if out.exists() else []
     keep = [r for r in rows if r.get("fingerprint") == fingerprint and want.get(r.get("clip_id")) == r.get("meta_hash")]
     if len(keep) != len(rows):
@@ -673,6 +687,7 @@ def _row(
     fingerprint: str,
 ) -> dict:
     m = rec["meta"]
+    sup = rec.get("supplied") or {}
     return {
         "filepath": rec["filepath"],
         "start": m.get("start"),
@@ -684,7 +699,10 @@ def _row(
         "llm_output": llm_output,
         "t5_tokens": t5_tokens,
         "missing": rec["missing"],
-        "meta_hash": _meta_hash(m),
+        "tags_supplied": sup.get("tags") or None,
+        "tags_unplaced": sup.get("unplaced") or None,
+        "supplied_notes": None,
+        "meta_hash": _rec_hash(rec),
         "fingerprint": fingerprint,
     }
 
@@ -734,6 +752,12 @@ def _batch_rows(
     rows = []
     for rec, rng, words in prepared:
         cid = rec["clip_id"]
+        supplied = (rec.get("supplied") or {}).get("prompt")
+        if supplied:  # the producer's own prompt wins; what the validator says of it is kept as notes
+            row = _row(rec, supplied, "supplied", None, None, count_t5_tokens(t5_tok, supplied), fingerprint)
+            notes = validate(supplied, rec["meta"], lexicon, matcher, t5_tok, t5_max_length)
+            rows.append({**row, "supplied_notes": "; ".join(notes) or None})
+            continue
         if cid in answers:
             cand, why = clean_llm_answer(answers[cid])
             problems = [why] if why else validate(cand, rec["meta"], lexicon, matcher, t5_tok, t5_max_length)
@@ -782,6 +806,9 @@ def _llm_counts(rows: list[dict]) -> dict:
         ),
         "llm_unwrapped": sum(1 for r in rows if r["prompt_source"] == "llm" and r["prompt"] != r["llm_output"].strip()),
         "template": sum(1 for r in rows if r["prompt_source"] == "template"),
+        "prompt_supplied": sum(1 for r in rows if r["prompt_source"] == "supplied"),
+        "tags_supplied": sum(1 for r in rows if r.get("tags_supplied")),
+        "tags_unplaced": sorted({t for r in rows for t in r.get("tags_unplaced") or []}),
         "missing_inputs": sum(1 for r in rows if r["missing"]),
         "top_reject_reasons": dict(reasons.most_common(5)),
     }
@@ -840,7 +867,7 @@ def run(
     with tqdm(total=len(records), initial=len(records) - len(todo), desc="prompts", unit="clip") as bar:
         for batch in _batches(todo, batch_size):
             prepared = _wordings(batch, seed, lexicon)
-            asked = [p for p in prepared if use_llm and not p[0]["missing"]]
+            asked = [p for p in prepared if use_llm and not p[0]["missing"] and not p[0]["supplied"]["prompt"]]
             answers: dict[str, str] = {}
             if asked:
                 if llm is None:
@@ -876,6 +903,24 @@ def run(
     }
     run_.mark_done(STAGE, params=params, **summary)
     return summary
+
+
+def supplied_table(rows: Sequence[dict]) -> list[dict]:
+    """What the producer supplied (a facts file's ``tags``/``prompt``, carried by 03) and what 04 did
+    with it, one row per clip that had any: the supplied tags, those without a family in the
+    vocabulary (left out of the metadata), whether the prompt is the supplied one, and the
+    validator's notes on a supplied prompt (it is used anyway: the producer's word wins)."""
+    return [
+        {
+            "clip_id": r["clip_id"],
+            "tags_supplied": ", ".join(r.get("tags_supplied") or []),
+            "not in the vocabulary": ", ".join(r.get("tags_unplaced") or []),
+            "prompt": "supplied" if r["prompt_source"] == "supplied" else r["prompt_source"],
+            "notes": r.get("supplied_notes") or "",
+        }
+        for r in rows
+        if r.get("tags_supplied") or r["prompt_source"] == "supplied"
+    ]
 
 
 def read_prompts(run_dir: str | Path) -> list[dict]:

@@ -406,3 +406,39 @@ def test_missing_input_and_bad_parameters_fail_early(tmp_path):
     with pytest.raises(prompts.PromptsError, match="quantization"):
         prompts.run(str(tmp_path), quantization="3bit")
     assert not (tmp_path / "04_prompts" / "prompts.jsonl").exists()
+
+
+def test_supplied_prompt_wins_and_supplied_tags_join(tmp_path, lex):
+    """A facts file's prompt (carried by 03) is the clip's prompt, marked supplied, the LLM not asked;
+    its tags join the clip's tags by the vocabulary (a synonym as its tag, a general instrument word
+    as an instrument), unknown ones are listed; changing the supplied prompt redoes that clip only."""
+    root = make_run(tmp_path)
+    tk = [dict(r) for r in TEMPO_KEY]
+    own = "A smooth neo-soul beat at 92 BPM with Rhodes and live bass."  # the producer's tempo, not 03's
+    tk[0]["tags_supplied"] = ["Boom-Bap", "sorrowful", "sitar", "night drive"]
+    tk[2]["prompt_supplied"] = own
+    (root / "03_tempo_key/tempo_key.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tk))
+    summary = prompts.run(str(root), batch_size=2, **FAST)  # the tiny LLM is asked for the others
+    rows = {r["clip_id"]: r for r in read_jsonl(root / "04_prompts/prompts.jsonl")}
+    assert rows["b_00"]["prompt"] == own and rows["b_00"]["prompt_source"] == "supplied"
+    assert rows["b_00"]["llm_output"] is None and rows["b_00"]["reject_reason"] is None
+    assert "does not state the tempo (90 BPM)" in rows["b_00"]["supplied_notes"]  # noted, still used
+    assert rows["a_01"]["llm_output"] is not None  # the LLM was asked for clips without a supplied prompt
+    meta = read_json(root / "04_prompts/metadata.json")["a_00.wav"]
+    assert meta["genres_tags"] == ["rap with soul", "boom bap"]
+    assert meta["moods_tags"] == ["trap melancholic", "love", "sad"]
+    assert meta["instruments_tags"] == ["plucked guitar", "synth bells", "movie sample", "sitar"]
+    assert rows["a_00"]["tags_unplaced"] == ["night drive"] and rows["a_00"]["tags_supplied"][0] == "Boom-Bap"
+    assert any(w in rows["a_00"]["prompt"].casefold() for w in lex.wordings("boom bap"))  # written from them
+    assert summary["prompt_supplied"] == 1 and summary["tags_supplied"] == 1
+    assert summary["tags_unplaced"] == ["night drive"]
+    table = {r["clip_id"]: r for r in prompts.supplied_table(list(rows.values()))}
+    assert set(table) == {"a_00", "b_00"} and table["b_00"]["prompt"] == "supplied"
+    assert table["a_00"]["not in the vocabulary"] == "night drive"
+
+    tk[2]["prompt_supplied"] = "A smooth neo-soul beat at 90 BPM with Rhodes and live bass."
+    (root / "03_tempo_key/tempo_key.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tk))
+    prompts.run(str(root), batch_size=2, **FAST)
+    again = {r["clip_id"]: r for r in read_jsonl(root / "04_prompts/prompts.jsonl")}
+    assert again["b_00"]["prompt"] == tk[2]["prompt_supplied"] and again["b_00"]["supplied_notes"] is None
+    assert {c: again[c] for c in ("a_00", "a_01", "c_00")} == {c: rows[c] for c in ("a_00", "a_01", "c_00")}
