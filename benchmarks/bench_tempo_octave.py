@@ -101,6 +101,7 @@ def make_set(folder: Path, per_style: int, seed: int, styles: list[str] | None =
 
 def score(folder: Path, out: Path, graph: str, workers: int) -> dict:
     from stablebeat_utils import tempo_key
+    from stablebeat_utils.clipfacts import parse_key_name
     from stablebeat_utils.runs import read_jsonl
 
     if out.exists():
@@ -119,7 +120,19 @@ def score(folder: Path, out: Path, graph: str, workers: int) -> dict:
     for cid, t_ in truth.items():
         r = rows[cid]
         for name in (t_["style"], "all"):
-            p = per.setdefault(name, dict(clips=0, stated=0, right=0, key_right=0, key_stated=0, key_stated_right=0))
+            p = per.setdefault(
+                name,
+                dict(
+                    clips=0,
+                    stated=0,
+                    right=0,
+                    key_right=0,
+                    key_stated=0,
+                    key_stated_right=0,
+                    key_rel=0,
+                    key_stated_rel=0,
+                ),
+            )
             p["clips"] += 1
             if r["tempo"] is not None:
                 p["stated"] += 1
@@ -127,11 +140,15 @@ def score(folder: Path, out: Path, graph: str, workers: int) -> dict:
                 p["right"] += ok
                 if not ok and name == "all":
                     misses.append(f"{cid} truth {t_['bpm']:g} stated {r['tempo']:g}")
-            key_ok = (r["key_raw"], r["scale_raw"]) == (t_["key"], t_["scale"])
+            got, pc = (parse_key_name(r["key_raw"]), r["scale_raw"]), parse_key_name(t_["key"])
+            key_ok = got == (pc, t_["scale"])
+            rel = got == (((pc + 3) % 12, "major") if t_["scale"] == "minor" else ((pc + 9) % 12, "minor"))
             p["key_right"] += key_ok
+            p["key_rel"] += rel
             if r["key"] is not None:
                 p["key_stated"] += 1
                 p["key_stated_right"] += key_ok
+                p["key_stated_rel"] += rel
     return {"per": per, "misses": misses, "wall_s": wall, "clips": len(truth)}
 
 
@@ -208,14 +225,18 @@ def report(res: dict, label: str) -> None:
         f"## {label}: {res['clips']} clips, stage wall {res['wall_s']:.1f} s "
         f"({res['wall_s'] / res['clips']:.2f} s per clip, {res['clips'] * SECONDS / res['wall_s']:.0f}x real time)"
     )
-    print("| style | clips | BPM stated | stated BPM right (±4 %) | key+scale right (raw) | stated keys right |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| style | clips | BPM stated | stated BPM right (±4 %) | key+scale right (raw) | keys stated "
+        "| stated keys right | stated keys relative |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, p in res["per"].items():
         st = p["stated"]
         print(
             f"| {name} | {p['clips']} | {st} ({st / p['clips']:.0%}) | {p['right']}/{st} "
             f"({p['right'] / st if st else 0:.1%}) | {p['key_right']}/{p['clips']} ({p['key_right'] / p['clips']:.0%}) | "
-            f"{p['key_stated_right']}/{p['key_stated']} |"
+            f"{p['key_stated']} ({p['key_stated'] / p['clips']:.0%}) | {p['key_stated_right']}/{p['key_stated']} | "
+            f"{p['key_stated_rel']} ({p['key_stated_rel'] / max(p['key_stated'], 1):.0%}) |"
         )
     print("misses:", "; ".join(res["misses"]) or "none")
 

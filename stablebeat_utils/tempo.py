@@ -135,12 +135,13 @@ def init_estimators(graph: str, key_profile: str) -> None:
     _WORKER["key"] = {}
 
 
-def _key_extractor(sr: int):
+def _key_extractor(sr: int, profile: str = ""):
     import essentia.standard as es
 
-    if sr not in _WORKER["key"]:
-        _WORKER["key"][sr] = es.KeyExtractor(profileType=_WORKER["key_profile"], sampleRate=float(sr))
-    return _WORKER["key"][sr]
+    profile = profile or _WORKER["key_profile"]
+    if (sr, profile) not in _WORKER["key"]:
+        _WORKER["key"][sr, profile] = es.KeyExtractor(profileType=profile, sampleRate=float(sr))
+    return _WORKER["key"][sr, profile]
 
 
 def majority_tempo(probs: np.ndarray) -> float:
@@ -169,7 +170,9 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
         mono = wav.mean(axis=0)
         if not np.any(mono):
             raise audio.AudioError("the clip is digital silence")
-        key, scale, strength = _key_extractor(sr)(np.ascontiguousarray(mono, dtype=np.float32))
+        mono32 = np.ascontiguousarray(mono, dtype=np.float32)
+        key, scale, strength = _key_extractor(sr)(mono32)
+        alt = _key_extractor(sr, KEY_ALT)(mono32) if _WORKER["key_profile"] == "edma" else None
         y = audio.resample(mono[None], sr, TEMPO_SR)[0]
         probs = np.asarray(_WORKER["probs"](y), dtype=np.float64)
         if probs.ndim != 2 or probs.shape[0] == 0:
@@ -179,6 +182,7 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
                 "key": key,
                 "scale": scale,
                 "strength": float(strength),
+                "key_alt": [alt[0], alt[1], float(alt[2])] if alt is not None else None,
                 "error": f"{name}: {seconds:.1f} s is shorter than one TempoCNN patch (~12 s): no tempo",
             }
         global_bpm = majority_tempo(probs)
@@ -186,8 +190,9 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
         m44 = mono if sr == GRID_SR else audio.resample(mono[None], sr, GRID_SR)[0]
         m44 = np.ascontiguousarray(m44, dtype=np.float32)
         beat_bpm = float(_WORKER["beats"](m44[: int(BEAT_SECONDS * GRID_SR)])[0])  # enough beats to count
-        env = bright_onsets(m44)
+        env, mid = onset_envelopes(m44)
         ac = onset_autocorrelation(m44, env=env)
+        mid_ac = onset_autocorrelation(m44, env=mid, max_lag_s=MID_MAX_LAG_S)
         g = float(global_bpm)
         return {
             "clip_id": clip_id,
@@ -196,9 +201,11 @@ def analyse_clip(clip_id: str, path: str, name: str | None = None) -> dict:
             "beat_bpm": beat_bpm,
             "grid": [grid_score(ac, g * f) for f in (0.5, 1.0, 2.0)],
             "rolls": [roll_count(env, g * f) for f in (1.0, 2.0)],
+            "snare": [round(x, 4) for x in snare_scores(mid_ac, g)],
             "key": key,
             "scale": scale,
             "strength": float(strength),
+            "key_alt": [alt[0], alt[1], float(alt[2])] if alt is not None else None,
             "error": None,
         }
     except Exception as exc:  # one bad clip must not stop the batch: report it in its row
@@ -216,36 +223,59 @@ GRID_MAX_LAG_S = 1.0  # an 8th note at 30 BPM
 BEAT_SECONDS = 15.0  # the beat tracker reads the first 15 s (its cost grows with the length)
 GRID_MIN_SCORE = 0.3  # an octave whose 8th notes repeat at least this strongly has hats on its grid
 GRID_MAX_BPM = 190.0  # the grid never moves a tempo above this (16th-note hats at 100 BPM stay 100)
-TEMPO_METHOD = 3  # bumped when the tempo rule changes: older rows are re-analysed
+TEMPO_METHOD = 4  # bumped when the tempo or key rule changes: older rows are re-analysed (4: snare, triplets, keys)
 GRID_STRAIGHT = 0.6  # hats this regular on the 8ths of 2x play straight 16ths of x (swing drops it to ~0.45)
 ROLLS_MIN = 3  # this many roll gaps at the fast reading: trap/drill hats
 SLOW_RANGE = (68.0, 100.0)  # a slow reading here may be lo-fi/boom-bap with 16th hats: rolls decide
+MID_BAND_HZ = (1000.0, 4000.0)  # claps and snares (and what else sounds there): the backbeat's band
+MID_MAX_LAG_S = 2.0  # two beats at 60 BPM
+SNARE_MIN = 0.7  # the mid band repeats this strongly every beat of the slow reading …
+SNARE_RATIO = 0.8  # … and about as strongly as every two beats: a snare on every slow beat
+# TempoCNN's mass that counts for a tempo: its octaves and its triplet levels (×3/4, ×3/2 and their octaves)
+PULSE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, 0.375, 0.75, 1.5, 3.0)
 
 
-def bright_onsets(y: np.ndarray, sr: int = GRID_SR) -> np.ndarray:
-    """The bright-band onset envelope of ``y``, one value per :data:`GRID_HOP` frame: the half-wave
-    rectified flux of the log-magnitude spectrum above :data:`GRID_BAND_HZ`, clipped at its 99.5th
-    percentile so that a few loud clicks (vinyl crackle, a crash) cannot outweigh the grid of hats."""
+def onset_envelopes(y: np.ndarray, sr: int = GRID_SR) -> tuple[np.ndarray, np.ndarray]:
+    """Two onset envelopes of ``y`` from one spectrogram, one value per :data:`GRID_HOP` frame: the
+    half-wave rectified flux of the log-magnitude spectrum above :data:`GRID_BAND_HZ` (hats) and in
+    :data:`MID_BAND_HZ` (claps, snares), each clipped at its 99.5th percentile so that a few loud
+    clicks (vinyl crackle, a crash) cannot outweigh the grid."""
     y = np.asarray(y, dtype=np.float32)
     if len(y) < 4 * GRID_NFFT or sr != GRID_SR:
         raise ValueError(f"bright_onsets: need {GRID_SR} Hz audio longer than {4 * GRID_NFFT} samples")
     n = 1 + (len(y) - GRID_NFFT) // GRID_HOP
     frames = np.lib.stride_tricks.sliding_window_view(y, GRID_NFFT)[::GRID_HOP][:n]
-    spec = np.abs(np.fft.rfft(frames * np.hanning(GRID_NFFT).astype(np.float32), axis=1))
-    band = np.fft.rfftfreq(GRID_NFFT, 1.0 / sr) >= GRID_BAND_HZ
-    logmag = np.log1p(100.0 * spec[:, band])
-    env = np.maximum(np.diff(logmag, axis=0), 0.0).sum(axis=1)
-    return np.minimum(env, np.percentile(env, 99.5))
+    logmag = np.log1p(100.0 * np.abs(np.fft.rfft(frames * np.hanning(GRID_NFFT).astype(np.float32), axis=1)))
+    flux = np.maximum(np.diff(logmag, axis=0), 0.0)
+    freqs = np.fft.rfftfreq(GRID_NFFT, 1.0 / sr)
+    out = []
+    for band in (freqs >= GRID_BAND_HZ, (freqs >= MID_BAND_HZ[0]) & (freqs < MID_BAND_HZ[1])):
+        env = flux[:, band].sum(axis=1)
+        out.append(np.minimum(env, np.percentile(env, 99.5)))
+    return out[0], out[1]
 
 
-def onset_autocorrelation(y: np.ndarray, sr: int = GRID_SR, env: np.ndarray | None = None) -> np.ndarray:
+def bright_onsets(y: np.ndarray, sr: int = GRID_SR) -> np.ndarray:
+    """The bright-band (hi-hat) onset envelope of ``y`` (:func:`onset_envelopes`)."""
+    return onset_envelopes(y, sr)[0]
+
+
+def onset_autocorrelation(
+    y: np.ndarray, sr: int = GRID_SR, env: np.ndarray | None = None, max_lag_s: float = GRID_MAX_LAG_S
+) -> np.ndarray:
     """Autocorrelation (lag 0 = 1) of the bright-band onset envelope of ``y`` (:func:`bright_onsets`,
-    or ``env`` when given), lags 0…1 s in frames."""
+    or ``env`` when given), lags 0…``max_lag_s`` (1 s) in frames."""
     env = bright_onsets(y, sr) if env is None else env
     env = env - env.mean()
     power = np.abs(np.fft.rfft(env, 2 * len(env))) ** 2
-    ac = np.fft.irfft(power)[: int(GRID_MAX_LAG_S * sr / GRID_HOP) + 2]
+    ac = np.fft.irfft(power)[: int(max_lag_s * sr / GRID_HOP) + 2]
     return ac / ac[0] if ac[0] > 0 else np.zeros_like(ac)
+
+
+def snare_scores(mid_ac: np.ndarray, bpm: float, sr: int = GRID_SR) -> list[float]:
+    """How strongly the mid band (claps, snares) repeats every 1, 2 and 4 beats of ``bpm`` (the
+    autocorrelation of its onsets at those lags, ±3 %; 0 beyond :data:`MID_MAX_LAG_S`)."""
+    return [grid_score(mid_ac, bpm / (2 * k), sr) for k in (1, 2, 4)]  # grid_score reads 8th notes
 
 
 def grid_score(ac: np.ndarray, bpm: float, sr: int = GRID_SR) -> float:
@@ -326,13 +356,19 @@ def _near(a: float, b: float) -> bool:
     return abs(a - b) <= TOLERANCE * b
 
 
-def _octave(slow: float, fast: float, s_slow: float, s_fast: float, rolls_fast: int) -> tuple[float | None, str]:
-    """Pick ``slow`` or ``fast`` (= 2 × slow) from the hats: see the module docstring's rule."""
+def _octave(
+    slow: float, fast: float, s_slow: float, s_fast: float, rolls_fast: int, snare: Sequence[float] = (0.0, 0.0)
+) -> tuple[float | None, str]:
+    """Pick ``slow`` or ``fast`` (= 2 × slow) from the hats, then the snare (``snare``: the mid band's
+    repetition every 1 and 2 beats of ``slow``): see the module docstring's rule."""
     if fast <= GRID_MAX_BPM and s_fast >= GRID_MIN_SCORE:  # bright onsets on the 8ths of `fast`
         if not SLOW_RANGE[0] <= slow <= SLOW_RANGE[1] or rolls_fast >= ROLLS_MIN:
             return fast, "fast: hats" if rolls_fast < ROLLS_MIN else "fast: hats and rolls"
         if s_fast < GRID_STRAIGHT:  # swung 16ths of the slow tempo (lo-fi, boom-bap)
             return slow, "slow: swung 16th hats"
+        one, two = (float(x) for x in snare)
+        if one >= SNARE_MIN and one >= SNARE_RATIO * two:  # a backbeat every slow beat: 2 and 4 of `fast`
+            return fast, "fast: snare on every slow beat"
         return None, "octave unresolved"  # straight 16ths at `slow` = half-time 8ths at `fast`
     if s_slow >= GRID_MIN_SCORE:
         return slow, "slow: hats"
@@ -340,24 +376,29 @@ def _octave(slow: float, fast: float, s_slow: float, s_fast: float, rolls_fast: 
 
 
 def reconcile(
-    cnn_bpm: float, beat_bpm: float | None, grid: Sequence[float], rolls: Sequence[int] = (0, 0)
+    cnn_bpm: float,
+    beat_bpm: float | None,
+    grid: Sequence[float],
+    rolls: Sequence[int] = (0, 0),
+    snare: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> tuple[float | None, str]:
     """(tempo, how) from TempoCNN's answer, the beat tracker's, the grid scores of ``cnn_bpm`` ×
-    (½, 1, 2) and the roll counts at ``cnn_bpm`` × (1, 2); tempo None when the estimates cannot be
-    reconciled (module docstring)."""
+    (½, 1, 2), the roll counts at ``cnn_bpm`` × (1, 2) and the snare scores every 1, 2 and 4 beats of
+    ``cnn_bpm`` (:func:`snare_scores`); tempo None when the estimates cannot be reconciled (module docstring)."""
     s_half, s_one, s_two = (float(x) for x in grid)
     r_one, r_two = (int(x) for x in rolls)
+    n1, n2, n4 = (float(x) for x in snare)
     c = float(cnn_bpm)
     if beat_bpm is not None and _near(beat_bpm, c):
         if s_two < GRID_MIN_SCORE or 2 * c > GRID_MAX_BPM:
             return c, "agree"
-        tempo, how = _octave(c, 2 * c, s_one, s_two, r_two)
+        tempo, how = _octave(c, 2 * c, s_one, s_two, r_two, (n1, n2))
         return tempo, "agree" if tempo == c and how == "slow: hats" else f"agree, {how}"
     if beat_bpm is not None and (_near(beat_bpm, 2 * c) or _near(beat_bpm, c / 2)):
         if beat_bpm > c:
-            tempo, how = _octave(c, 2 * c, s_one, s_two, r_two)
+            tempo, how = _octave(c, 2 * c, s_one, s_two, r_two, (n1, n2))
         else:
-            tempo, how = _octave(c / 2, c, s_half, s_one, r_one)
+            tempo, how = _octave(c / 2, c, s_half, s_one, r_one, (n2, n4))
         return tempo, f"octave apart, {how}"
     return None, "estimates disagree"
 
@@ -371,6 +412,17 @@ def octave_mass(mean_probs, tempo: float) -> float:
     return float(p[near].sum())
 
 
+def pulse_mass(mean_probs, tempo: float) -> float:
+    """TempoCNN's probability mass on ``tempo``'s pulse: within ±4 % of the tempo, its octaves and its
+    triplet levels (× :data:`PULSE_FACTORS`: ¾ and 3/2 of it and their octaves — where a drill beat's
+    triplet fills put part of the network's mass). The stage's ``tempo_confidence``."""
+    p = np.asarray(mean_probs, dtype=np.float64)
+    near = np.zeros(len(TEMPO_CLASSES_BPM), dtype=bool)
+    for f in PULSE_FACTORS:
+        near |= np.abs(TEMPO_CLASSES_BPM - tempo * f) <= TOLERANCE * tempo * f
+    return float(p[near].sum())
+
+
 def octave_safe_tempo(raw: dict) -> tuple[float | None, float, str]:
     """03's tempo of one clip from :func:`analyse_clip`'s raw output: ``(tempo or None, confidence,
     how)`` — TempoCNN, the beat tracker, the hi-hat grid and the rolls reconciled (:func:`reconcile`),
@@ -378,8 +430,44 @@ def octave_safe_tempo(raw: dict) -> tuple[float | None, float, str]:
     tempo estimate of the course: stage 03 states it, stage 07 measures generated clips with it."""
     if raw.get("global_bpm") is None:
         return None, 0.0, "no estimate"
-    tempo, how = reconcile(float(raw["global_bpm"]), raw.get("beat_bpm"), raw["grid"], raw.get("rolls") or (0, 0))
-    return tempo, (octave_mass(raw["mean_probs"], tempo) if tempo is not None else 0.0), how
+    tempo, how = reconcile(
+        float(raw["global_bpm"]),
+        raw.get("beat_bpm"),
+        raw["grid"],
+        raw.get("rolls") or (0, 0),
+        raw.get("snare") or (0.0, 0.0, 0.0),
+    )
+    return tempo, (pulse_mass(raw["mean_probs"], tempo) if tempo is not None else 0.0), how
+
+
+KEY_ALT = "edmm"  # the second opinion on edma's keys: Faraldo's EDM profile for minor keys
+KEY_RELATIVE_MARGIN = 0.08  # edma's major must beat edmm's relative minor by this much to be stated
+
+
+def resolve_key(raw: dict) -> tuple[str | None, str | None, float, str]:
+    """``(key, scale, confidence, how)`` of one clip from :func:`analyse_clip`'s raw output.
+
+    A minor key and its relative major share their notes; ``edma`` leans major (on synthetic beats it
+    read 18 % of the keys as their relative, nearly all minor keys as major). Where ``edma`` says
+    major and :data:`KEY_ALT` (``edmm``, which leans minor) says its relative minor, the two
+    strengths decide: ``edmm`` stronger → the minor (``"relative minor: edmm stronger"``); ``edma``
+    ahead by less than :data:`KEY_RELATIVE_MARGIN` → not stated (``"relative unresolved"``,
+    confidence 0, the raw key stays ``edma``'s); else ``edma``'s. Other profiles: their own answer."""
+    key, scale, strength = raw.get("key"), raw.get("scale"), float(raw.get("strength") or 0.0)
+    alt = raw.get("key_alt")
+    if key is None or not alt or scale != "major" or alt[1] != "minor":
+        return key, scale, strength, "profile"
+    from .clipfacts import parse_key_name
+
+    pc, pc_alt = parse_key_name(key), parse_key_name(alt[0])
+    if pc is None or pc_alt != (pc + 9) % 12:
+        return key, scale, strength, "profile"
+    lead = strength - float(alt[2])
+    if lead < 0:
+        return alt[0], "minor", float(alt[2]), "relative minor: edmm stronger"
+    if lead < KEY_RELATIVE_MARGIN:
+        return key, scale, 0.0, "relative unresolved"
+    return key, scale, strength, "profile"
 
 
 def measured_tempo(raw: dict) -> tuple[float | None, float]:

@@ -136,9 +136,19 @@ from .tempo import (  # noqa: F401  (03's names for the shared estimator: tempo_
     GRID_SR,
     GRID_STRAIGHT,
     init_estimators,
+    KEY_ALT,
     KEY_PROFILES,
+    KEY_RELATIVE_MARGIN,
     majority_tempo,
     measured_tempo,
+    MID_BAND_HZ,
+    onset_envelopes,
+    pulse_mass,
+    PULSE_FACTORS,
+    resolve_key,
+    snare_scores,
+    SNARE_MIN,
+    SNARE_RATIO,
     octave_mass,
     octave_safe_tempo,
     onset_autocorrelation,
@@ -173,6 +183,8 @@ def make_row(raw: dict, bpm_range: tuple[float, float] | None, min_confidence: f
         tempo_grid=None,
         tempo_method=None,
         tempo_folded=None,
+        key_method=None,
+        key_alt=None,
         error=raw.get("error"),
     )
     if raw.get("global_bpm") is not None:
@@ -185,7 +197,7 @@ def make_row(raw: dict, bpm_range: tuple[float, float] | None, min_confidence: f
                 tempo, folded = tempo * 2, True
             while tempo > hi:
                 tempo, folded = tempo / 2, True
-        conf = octave_mass(raw["mean_probs"], tempo) if tempo is not None else 0.0
+        conf = pulse_mass(raw["mean_probs"], tempo) if tempo is not None else 0.0
         row.update(
             tempo_raw=round(tempo if tempo is not None else cnn, 1),
             tempo_confidence=round(conf, 4),
@@ -196,7 +208,10 @@ def make_row(raw: dict, bpm_range: tuple[float, float] | None, min_confidence: f
             tempo_folded=folded,
         )
     if raw.get("key") is not None:
-        row.update(key_raw=raw["key"], scale_raw=raw["scale"], key_confidence=round(raw["strength"], 4))
+        key, scale, strength, how = resolve_key(raw)
+        alt = raw.get("key_alt")
+        row.update(key_raw=key, scale_raw=scale, key_confidence=round(strength, 4), key_method=how)
+        row.update(key_alt=[alt[0], alt[1], round(float(alt[2]), 4)] if alt else None)
     return apply_threshold(row, min_confidence)
 
 
@@ -433,7 +448,16 @@ def _write_final(out: Path, log: JsonlLog, clips: list[dict], min_confidence: fl
     """Write the rows of ``clips`` (threshold re-applied, producer-supplied facts applied, in this
     order) atomically, one at a time (never all in memory); return the summary's counts."""
     counts = dict.fromkeys(
-        ("errors", "tempo_kept", "tempo_unreconciled", "key_kept", "tempo_supplied", "key_supplied"), 0
+        (
+            "errors",
+            "tempo_kept",
+            "tempo_unreconciled",
+            "key_kept",
+            "key_relative_unresolved",
+            "tempo_supplied",
+            "key_supplied",
+        ),
+        0,
     )
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for clip in clips:
@@ -446,6 +470,7 @@ def _write_final(out: Path, log: JsonlLog, clips: list[dict], min_confidence: fl
             counts["tempo_unreconciled"] += (
                 "unresolved" in str(r.get("tempo_method")) or r.get("tempo_method") == "estimates disagree"
             )
+            counts["key_relative_unresolved"] += r.get("key_method") == "relative unresolved"
             counts["key_kept"] += r["key"] is not None
     return counts
 
