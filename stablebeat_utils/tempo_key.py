@@ -6,7 +6,8 @@ Notebook: ``notebooks/03_tempo_key.ipynb``. Reads ``RUN_DIR/01_segment/segments.
     clip_id, tempo_raw, tempo_confidence, key_raw, scale_raw, key_confidence,
     tempo, key, scale,                       # = the raw value, or null under min_confidence
     tempo_cnn, tempo_alt, tempo_grid,        # extras: the three tempo estimates (see below),
-    tempo_method, tempo_folded, error        #   how they were reconciled, prior used, failure
+    tempo_method, tempo_folded,              #   how they were reconciled, prior used,
+    key_method, key_alt, error               #   how the key was decided, edmm's opinion, failure
 
 **Tempo — three estimates, one octave convention.** TempoCNN alone makes octave errors on trap: a
 half-time beat at 140 (snare on beat 3) is read as 70, and fast straight beats (150–170) are read
@@ -34,7 +35,11 @@ boom-bap beat at 84 is **84, not 168**. With straight hats the two are the *same
 16ths at 80 = straight 8ths at 160, a snare every 1.5 s), so the hats' *style* decides: trap
 **rolls** (32nds, 16th/32nd triplets: :func:`roll_count`) → the fast reading; **swung** 16ths (the
 8ths of the fast reading smeared: grid score under :data:`GRID_STRAIGHT`) → the slow reading;
-neither → no stated tempo (your file name or facts file can state it). This only matters where
+neither → the **snare**: claps/snares (the 1–4 kHz onsets, :func:`snare_scores`) repeating every
+beat of the slow reading as strongly as every two (≥ :data:`SNARE_MIN`, ≥ :data:`SNARE_RATIO` ×) are
+the backbeat (2 and 4) of the fast reading → fast (``"fast: snare on every slow beat"``); a snare every
+two slow beats is boom-bap *or* half-time trap → no stated tempo (your file name or facts file can
+state it). This only matters where
 the slow reading is a lo-fi/boom-bap tempo (:data:`SLOW_RANGE`, 68–100 BPM); a slow reading outside
 it with hats on the fast reading's 8ths is read fast, as before.
 
@@ -51,8 +56,9 @@ disagreement (3:2, unrelated) is ``"estimates disagree"``. Unresolved and disagr
 estimate for one clip; stage 07 measures generated clips with it (:func:`measured_tempo`).
 
 **Tempo confidence** (what ``tempo_confidence`` means now): for a reconciled tempo, TempoCNN's
-class-probability mass (averaged over the clip's patches) within ±4 % of the tempo *or one of
-its octaves* (×¼ … ×4). The octave is decided by the agreement of the estimates and the hi-hat
+class-probability mass (averaged over the clip's patches) within ±4 % of the tempo, *one of
+its octaves* (×¼ … ×4) *or one of its triplet levels* (×¾, ×3/2 and their octaves: drill's triplet
+fills move part of the network's mass from 70 to 105; :func:`pulse_mass`, issue 25). The octave is decided by the agreement of the estimates and the hi-hat
 grid, so the confidence only says how sure the network is of the *pulse*: a clip whose patches
 disagree, or whose mass is spread over unrelated tempi, gets a low value. 0 when the estimates
 cannot be reconciled. In [0, 1] and compared with the card's 0.7 like before.
@@ -89,11 +95,16 @@ table (:func:`supplied_vs_estimated`) names each disagreement (octave, relative 
 applied when the file is written, so changing them re-runs in seconds.
 
 **Relative keys** — a key profile weighs all the notes of the scale, and a minor key and its
-relative major (A minor / C major) share them: on 120 synthetic beats of ten styles ``edma`` read
-18 % of the keys as their relative (``benchmarks/bench_tempo_octave.py``, docs/benchmarks_tempo.md);
-no other profile of Essentia did better without losing more keys, and weighting the bass's pitch
-classes (the chord roots) made it worse (27 %). Measured, not yet solved: see ``supplied_vs_estimated``
-for where your own keys disagree.
+relative major (A minor / C major) share them; a looped Am–F–C–G and C–G–Am–F are the same chords
+in the same cycle. On 120 synthetic beats of ten styles ``edma`` read 18 % of the keys as their
+relative — nearly all of them minor keys read as their relative major (``edma`` leans major). So
+with ``edma`` (the default) a second profile is asked, ``edmm`` (Faraldo's EDM profile for minor
+keys, which leans minor): where ``edma`` says major and ``edmm`` says its relative minor, the minor is
+taken when ``edmm`` is the stronger, and the key is **not stated** (``key_confidence`` 0, ``key_method``
+``"relative unresolved"``) when ``edma`` leads by less than :data:`KEY_RELATIVE_MARGIN` (0.08):
+:func:`resolve_key`. ``key_alt`` keeps ``edmm``'s answer. Measured on held-out synthetic beats
+(docs/benchmarks_tempo.md); weighting the bass's pitch classes (the chord roots) made it worse.
+Other profiles are used alone.
 
 **The card's rule** — a value is kept only when its confidence ≥ ``min_confidence`` (0.7):
 ``tempo`` is null when ``tempo_confidence < min_confidence``; ``key`` and ``scale`` together are

@@ -308,6 +308,56 @@ def test_reconcile_decides_the_octave_by_the_hats(cnn, beat, grid, rolls, expect
     assert tempo_key.reconcile(cnn, beat, grid, rolls) == expected
 
 
+@pytest.mark.parametrize(
+    "cnn,beat,snare,expected",
+    [
+        # straight 8th hats at 144, no rolls, snare on 2 and 4 of 144 = on every beat of 72: 144
+        (72, 144, [0.8, 0.9, 0.5], (144, "octave apart, fast: snare on every slow beat")),
+        (144, 72, [0.5, 0.8, 0.9], (144, "octave apart, fast: snare on every slow beat")),  # TempoCNN fast
+        (80, 80, [0.78, 0.8, 0.4], (160, "agree, fast: snare on every slow beat")),
+        # boom-bap at 80 with straight 16ths (or half-time at 160): the snare every 2 slow beats: unresolved
+        (80, 80, [0.55, 0.75, 0.5], (None, "agree, octave unresolved")),
+        (80, 80, [0.72, 0.95, 0.5], (None, "agree, octave unresolved")),  # every 2 beats much stronger
+    ],
+)
+def test_reconcile_reads_a_snare_on_every_slow_beat_as_fast(cnn, beat, snare, expected):
+    """Straight hats, no rolls, slow reading in the lo-fi range: the mid band (claps, snares) repeating
+    every beat of the slow reading as strongly as every two is a backbeat of the fast reading."""
+    grid = [0.85, 0.9, 0.88] if cnn < 100 else [0.9, 0.88, 0.0]
+    assert tempo_key.reconcile(cnn, beat, grid, (0, 0), snare) == expected
+
+
+def test_pulse_mass_counts_octaves_and_triplet_levels():
+    """Drill's triplet fills put TempoCNN's mass at 3/2 of the pulse: it counts for the tempo."""
+    p = np.zeros(256)
+    p[70 - 30], p[105 - 30], p[88 - 30], p[140 - 30] = 0.3, 0.35, 0.15, 0.2
+    assert tempo_key.octave_mass(p, 140) == pytest.approx(0.5)
+    assert tempo_key.pulse_mass(p, 140) == pytest.approx(0.85)  # 70, 140 and 105 = 3/4 of 140
+    assert tempo_key.pulse_mass(p, 88) == pytest.approx(0.15)  # 88 has none of them as a level
+
+
+@pytest.mark.parametrize(
+    "key,alt,expected",
+    [
+        # edma's major, edmm's relative minor stronger: the minor
+        (("C", "major", 0.84), ["A", "minor", 0.86], ("A", "minor", 0.86, "relative minor: edmm stronger")),
+        # edma ahead by less than the margin: not stated (confidence 0), the raw key stays edma's
+        (("C", "major", 0.86), ["A", "minor", 0.80], ("C", "major", 0.0, "relative unresolved")),
+        (("C", "major", 0.92), ["A", "minor", 0.80], ("C", "major", 0.92, "profile")),  # clearly major
+        (("C", "major", 0.85), ["E", "minor", 0.90], ("C", "major", 0.85, "profile")),  # not the relative
+        (("A", "minor", 0.85), ["A", "minor", 0.90], ("A", "minor", 0.85, "profile")),  # edma said minor
+        (("Eb", "major", 0.84), ["C", "minor", 0.86], ("C", "minor", 0.86, "relative minor: edmm stronger")),
+        (("C", "major", 0.8), None, ("C", "major", 0.8, "profile")),  # another profile: no second opinion
+    ],
+)
+def test_relative_keys_are_decided_or_not_stated(key, alt, expected):
+    raw = {"key": key[0], "scale": key[1], "strength": key[2], "key_alt": alt}
+    assert tempo_key.resolve_key(raw) == pytest.approx(expected)
+    row = tempo_key.make_row({"clip_id": "c", "error": None, **raw}, None, 0.7)
+    assert (row["key_raw"], row["scale_raw"], row["key_method"]) == (expected[0], expected[1], expected[3])
+    assert (row["key"] is None) == (expected[2] < 0.7)
+
+
 def test_roll_count_sees_trap_rolls_not_swung_16ths():
     """Bright onsets: 8th-note hats at 140 with a 32nd-note roll on the last beat of each bar → rolls;
     swung 16th hats at 70 (the same grid, 58 % swing) and straight 8ths at 140 → none."""
