@@ -231,6 +231,9 @@ MID_BAND_HZ = (1000.0, 4000.0)  # claps and snares (and what else sounds there):
 MID_MAX_LAG_S = 2.0  # two beats at 60 BPM
 SNARE_MIN = 0.7  # the mid band repeats this strongly every beat of the slow reading …
 SNARE_RATIO = 0.8  # … and about as strongly as every two beats: a snare on every slow beat
+HALF_TIME_MAX_BPM = (
+    170.0  # trap/drill's half-time tempi end here: straight 16ths at a slow tempo above its half are boom-bap
+)
 # TempoCNN's mass that counts for a tempo: its octaves and its triplet levels (×3/4, ×3/2 and their octaves)
 PULSE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, 0.375, 0.75, 1.5, 3.0)
 
@@ -369,6 +372,8 @@ def _octave(
         one, two = (float(x) for x in snare)
         if one >= SNARE_MIN and one >= SNARE_RATIO * two:  # a backbeat every slow beat: 2 and 4 of `fast`
             return fast, "fast: snare on every slow beat"
+        if fast > HALF_TIME_MAX_BPM:  # no half-time trap this fast: boom-bap's straight 16ths
+            return slow, "slow: 16th hats above half-time tempi"
         return None, "octave unresolved"  # straight 16ths at `slow` = half-time 8ths at `fast`
     if s_slow >= GRID_MIN_SCORE:
         return slow, "slow: hats"

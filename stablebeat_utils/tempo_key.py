@@ -38,8 +38,9 @@ boom-bap beat at 84 is **84, not 168**. With straight hats the two are the *same
 neither → the **snare**: claps/snares (the 1–4 kHz onsets, :func:`snare_scores`) repeating every
 beat of the slow reading as strongly as every two (≥ :data:`SNARE_MIN`, ≥ :data:`SNARE_RATIO` ×) are
 the backbeat (2 and 4) of the fast reading → fast (``"fast: snare on every slow beat"``); a snare every
-two slow beats is boom-bap *or* half-time trap → no stated tempo (your file name or facts file can
-state it). This only matters where
+two slow beats is boom-bap *or* half-time trap → the slow reading if the fast one is above
+:data:`HALF_TIME_MAX_BPM` (170: no half-time trap that fast), else no stated tempo (your file name
+or facts file can state it). This only matters where
 the slow reading is a lo-fi/boom-bap tempo (:data:`SLOW_RANGE`, 68–100 BPM); a slow reading outside
 it with hats on the fast reading's 8ths is read fast, as before.
 
@@ -146,6 +147,7 @@ from .tempo import (  # noqa: F401  (03's names for the shared estimator: tempo_
     grid_score,
     GRID_SR,
     GRID_STRAIGHT,
+    HALF_TIME_MAX_BPM,
     init_estimators,
     KEY_ALT,
     KEY_PROFILES,

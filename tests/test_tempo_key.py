@@ -124,6 +124,8 @@ def test_bpm_accuracy_on_known_beats(analysed):
             "fast: hats and rolls",
             "slow: hats",
             "slow: swung 16th hats",
+            "fast: snare on every slow beat",
+            "slow: 16th hats above half-time tempi",
             "octave unresolved",
         ), r
         assert any(_within(r["tempo_cnn"], bpm * f) for f in (1, 0.5, 2)), (cid, r)
@@ -318,6 +320,8 @@ def test_reconcile_decides_the_octave_by_the_hats(cnn, beat, grid, rolls, expect
         # boom-bap at 80 with straight 16ths (or half-time at 160): the snare every 2 slow beats: unresolved
         (80, 80, [0.55, 0.75, 0.5], (None, "agree, octave unresolved")),
         (80, 80, [0.72, 0.95, 0.5], (None, "agree, octave unresolved")),  # every 2 beats much stronger
+        # the same at 90: 180 is above half-time trap's tempi, so straight 16ths of a boom-bap beat at 90
+        (90, 90, [0.55, 0.75, 0.5], (90, "agree, slow: 16th hats above half-time tempi")),
     ],
 )
 def test_reconcile_reads_a_snare_on_every_slow_beat_as_fast(cnn, beat, snare, expected):
