@@ -70,6 +70,8 @@ and 61 % of those were right within 4 %; with the three estimates a BPM is state
 all stated BPMs were right. Issue 25 (120 fresh beats of ten styles incl. lo-fi/boom-bap with
 16th-note hats, trap, house, drill): issue 17's rule stated 91.8 % right (boom-bap doubled: 3/12
 right); this rule states 100 % right, on 85 % of the clips (drill 58 %, sparse 67 %: see the doc).
+With the snare cue and the pulse confidence (second session of issue 25), on two fresh sets of 160
+and 120 clips: 100 % of the stated right, stated on 89 % and 92 %, every style on ≥ 75 %.
 
 **Prior** — the optional ``bpm_range`` (e.g. ``"70-160"``, which must span at least an octave)
 overrides the convention: a reconciled tempo outside the range is moved into it by octaves
