@@ -180,6 +180,13 @@ def test_make_loops_names_flags_and_reasons(tmp_path):
     before = (run_.root / "06_generate" / "loops.jsonl").read_bytes()
     gen.make_loops(run_, rows, bars=4)
     assert (run_.root / "06_generate" / "loops.jsonl").read_bytes() == before
+    # a loop file gone missing is cut again on the next run (its row is not left pointing at nothing)
+    lost = run_.root / table[0]["path"]
+    lost_bytes = lost.read_bytes()
+    lost.unlink()
+    again = gen.make_loops(run_, rows, bars=4)
+    assert again["loops"] == 2 and lost.is_file() and lost.read_bytes() == lost_bytes  # the same loop, to the byte
+    assert [r["key"] for r in gen.load_loops(str(run_.root))] == ["base-0-42", "base-1-43", "base-2-44"]
     with pytest.raises(gen.GenerateError, match="other settings"):
         gen.make_loops(run_, rows, bars=2)
 
