@@ -170,7 +170,10 @@ class _FromModelToMusic:
         """The running tally of earlier sessions' blind rounds (read only), for when the playground opens."""
         from . import evaluate_report
 
-        pref = evaluate_report.blind_preference(str(self.run.root))
+        try:
+            pref = evaluate_report.blind_preference(str(self.run.root))
+        except (OSError, ValueError) as exc:  # a damaged record: said, never a traceback
+            return html.escape(f"The blind-test record cannot be read: {exc}")
         return html.escape(evaluate_report.tally_line(pref)) if pref else ""
 
     def _music_layout(self, W):
@@ -365,14 +368,19 @@ class _FromModelToMusic:
         """
         from . import evaluate_report
 
-        pref = evaluate_report.refresh_blind(str(self.run.root))  # 07's section rewritten from the record
+        updated = True
+        try:
+            pref = evaluate_report.refresh_blind(str(self.run.root))  # 07's section rewritten from the record
+        except (OSError, ValueError) as exc:  # 07's files unreadable: the tally still counts, the report waits
+            log.warning("07's report not updated with the blind rounds: %s", exc)
+            pref, updated = evaluate_report.blind_preference(str(self.run.root)), False
         report = self.run.path(layout.EVALUATE, layout.REPORT)
         return {
             "rounds": pref["rounds"] if pref else 0,
             "chosen": {m: v["chosen"] for m, v in (pref or {"models": {}})["models"].items()},
             "preference": pref,
             "line": evaluate_report.tally_line(pref),
-            "report_updated": bool(pref) and report.is_file(),
+            "report_updated": updated and bool(pref) and report.is_file(),
         }
 
 

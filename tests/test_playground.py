@@ -284,3 +284,8 @@ def test_blind_rounds_recorded_across_restarts_and_reported(lora_run):
 def test_blind_round_needs_a_finetune(tmp_path):
     p = pg.build({**FAST, "run_dir": str(tmp_path)})
     assert p.blind_round() is None and "no fine-tune" in p.blind_status.value
+    # a damaged record: the playground still opens, and says so
+    (tmp_path / "06_generate").mkdir(exist_ok=True)
+    (tmp_path / "06_generate" / gen.BLIND_FILE).write_text("not json\n")
+    q = pg.build({**FAST, "run_dir": str(tmp_path)})
+    assert "blind-test record cannot be read" in q.blind_status.value
