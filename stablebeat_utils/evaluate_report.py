@@ -511,7 +511,7 @@ def blind_md(pref: dict | None) -> str:
             ]
         )
     return (
-        f"\n## Blind listening\n\n{pref['rounds']} blind rounds in 06's playground (`{pref['file']}`): the same prompt "
+        f"\n## Blind listening\n\n{pref['rounds']} blind round{'s' if pref['rounds'] != 1 else ''} in 06's playground (`{pref['file']}`): the same prompt "
         "and seed from each model, played in random order, the producer's pick recorded before the names were shown.\n\n"
         + _md_table(["Model", "Chosen", "Preference rate", "95 % interval (Wilson)", "Chance", "Verdict"], rows)
         + "\n"
