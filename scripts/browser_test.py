@@ -8,7 +8,10 @@ What a producer does, checked the way they would see it:
    ``duration`` read by the browser, after the link relative to the notebook was followed);
 3. *Run All Cells*: the playground widget must render (not the text ``VBox(children=…``);
 4. *Generate* (base model): players must appear with audio; one is played;
-5. *Save take*: the status says where, and ``takes.jsonl`` has the rows and the WAVs exist.
+5. *Save take*: the status says where, and ``takes.jsonl`` has the rows and the WAVs exist;
+6. *Cut loops*: the loop's file exists (or the reason there is none is shown); *Blind round*: the
+   players come without names, *A sounds best* records a line in ``blind.jsonl`` and the status
+   shows the running tally with its 95 % interval (needs the run's fine-tune, as ``make test`` makes).
 
 A screenshot of each step is kept in ``--out`` (CI keeps them as artefacts). Exit 1 with the reason
 when the widget does not render or a player has no audio. Needs Debian's ``chromium`` and
@@ -197,6 +200,49 @@ def button(driver, text: str):
     return None
 
 
+def music_tools(driver, run_dir: Path, timeout: float, shots: Path) -> dict:
+    """After a take: *Cut loops* (a loop file, or the reason there is none), then one *Blind round*
+    played and picked (a new line in blind.jsonl, and the running tally with its 95 % interval)."""
+    from selenium.webdriver.common.by import By
+
+    def html_with(*needles):
+        return lambda d: [
+            e for e in d.find_elements(By.CSS_SELECTOR, ".widget-html-content") if any(n in e.text for n in needles)
+        ]
+
+    def press(text: str) -> None:
+        b = wait(driver, lambda d: button(d, text), 30, f"the {text!r} button", shots)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", b)
+        b.click()
+
+    press("Cut loops")
+    loop = wait(driver, html_with("06_generate/takes/loops/", "no loop:"), timeout, "the take's loop", shots)[0].text
+    if "06_generate/takes/loops/" in loop:
+        path = run_dir / loop.split(": ", 1)[1].split(" — ")[0].strip()
+        if not path.is_file():
+            raise Failed(f"Cut loops showed {loop!r} but {path} is not there")
+    blind_file = run_dir / "06_generate" / "blind.jsonl"
+    before = len(blind_file.read_text().splitlines()) if blind_file.is_file() else 0
+    press("Blind round")
+    wait(
+        driver,
+        lambda d: button(d, "A sounds best") or html_with("No blind round", "Could not play")(d),
+        timeout,
+        "a blind round",
+        shots,
+    )
+    if button(driver, "A sounds best") is None:
+        raise Failed(f"no blind round: {html_with('No blind round', 'Could not play')(driver)[0].text}")
+    driver.save_screenshot(str(shots / "5-blind-round.png"))
+    press("A sounds best")
+    tally = wait(driver, html_with("so far:"), 60, "the blind tally", shots)[0].text
+    rows = blind_file.read_text().splitlines() if blind_file.is_file() else []
+    if "95 % interval" not in tally or len(rows) != before + 1:
+        raise Failed(f"the pick was not recorded and counted: {tally!r}, {len(rows) - before} new rows")
+    driver.save_screenshot(str(shots / "6-blind-picked.png"))
+    return {"loop": loop, "blind_tally": tally, "blind_rounds": len(rows)}
+
+
 def run(run_dir: Path, out: Path, timeout: float) -> dict:
     from selenium.webdriver.common.by import By
 
@@ -292,7 +338,9 @@ def run(run_dir: Path, out: Path, timeout: float) -> dict:
         new = rows[takes_before:] or [r for r in rows if r["path"] in saved]
         if not new or not all((run_dir / r["path"]).is_file() for r in new):
             raise Failed(f"Save take said {saved!r} but takes.jsonl has no new row with its WAV")
+        music = music_tools(driver, run_dir, timeout, shots)
         return {
+            **music,
             "executed_copy_players": len(grid),
             "take_players": len(takes),
             "played_seconds": played,

@@ -127,6 +127,7 @@ from .evaluate_report import (
     _report_md,
     blind_md,
     blind_preference,
+    refresh_blind,  # noqa: F401 — the notebook calls evaluate.refresh_blind (07 without re-measuring)
     _summary_md,
     card_table,
     compare,

@@ -511,8 +511,79 @@ def blind_md(pref: dict | None) -> str:
             ]
         )
     return (
-        f"\n## Blind listening\n\n{pref['rounds']} blind rounds in 06's playground (`{pref['file']}`): the same prompt "
+        f"\n## Blind listening\n\n{pref['rounds']} blind round{'s' if pref['rounds'] != 1 else ''} in 06's playground (`{pref['file']}`): the same prompt "
         "and seed from each model, played in random order, the producer's pick recorded before the names were shown.\n\n"
         + _md_table(["Model", "Chosen", "Preference rate", "95 % interval (Wilson)", "Chance", "Verdict"], rows)
         + "\n"
     )
+
+
+def tally_line(pref: dict | None) -> str:
+    """One line for the playground: each model's preference rate with its 95 % interval so far."""
+    if not pref:
+        return "No blind round recorded yet."
+    parts = [
+        f"{m} chosen {v['chosen']}/{v['rounds']} = {100 * v['rate']:.0f} % "
+        f"(95 % interval {100 * v['ci95'][0]:.0f}–{100 * v['ci95'][1]:.0f} %, chance {100 * v['chance']:.0f} %)"
+        for m, v in pref["models"].items()
+    ]
+    return f"{pref['rounds']} blind round{'s' if pref['rounds'] != 1 else ''} so far: " + "; ".join(parts) + "."
+
+
+BLIND_HEADING = "Blind listening"
+
+
+def _is_heading(line: str, level: int) -> bool:
+    """A Markdown heading of ``level`` or above (``#`` … ``#``×level, then a space)."""
+    hashes = len(line) - len(line.lstrip("#"))
+    return 0 < hashes <= level and line[hashes : hashes + 1] == " "
+
+
+def replace_section(text: str, level: int, heading: str, section: str, before: str = "") -> str:
+    """``text`` with its ``#``×level ``heading`` section replaced by ``section`` (Markdown, "" removes it).
+
+    A section runs to the next heading of its level or above. With no such section, ``section`` goes
+    just before the line ``before`` (or at the end)."""
+    lines = text.rstrip("\n").split("\n")
+    mark = "#" * level + " " + heading
+    if mark in lines:
+        i = lines.index(mark)
+        j = next((k for k in range(i + 1, len(lines)) if _is_heading(lines[k], level)), len(lines))
+    else:
+        i = j = lines.index(before) if before and before in lines else len(lines)
+    head, tail = "\n".join(lines[:i]).rstrip("\n"), "\n".join(lines[j:])
+    parts = [head] + ([section.strip("\n")] if section.strip() else []) + ([tail] if tail else [])
+    return "\n\n".join(parts) + "\n"
+
+
+def refresh_blind(run_dir: str) -> dict | None:
+    """Re-read the blind record and rewrite 07's blind-listening section in place (no re-measuring).
+
+    The playground appends rounds to ``06_generate/blind.jsonl`` at any time, also after 07 ran:
+    this rewrites the section of ``summary.md`` and ``report.md`` and the ``blind`` entry of
+    ``summary.json`` from the record as it is now (files 07 has not written are left alone).
+    Returns :func:`blind_preference`'s dict (None with no round recorded).
+    """
+    import json
+
+    from .runs import Run, atomic_write_json, atomic_write_text
+
+    pref = blind_preference(run_dir)
+    out = Run(run_dir).stage_dir(layout.EVALUATE, create=False)
+    section = blind_md(pref)
+    summary = out / layout.SUMMARY_MD
+    if summary.is_file():
+        text = summary.read_text(encoding="utf-8")
+        atomic_write_text(summary, replace_section(text, 2, BLIND_HEADING, section))
+    report = out / layout.REPORT
+    if report.is_file():
+        text = report.read_text(encoding="utf-8")
+        atomic_write_text(
+            report, replace_section(text, 3, BLIND_HEADING, section.replace("\n## ", "\n### "), "## Per prompt")
+        )
+    js = out / layout.SUMMARY_JSON
+    if js.is_file():
+        data = json.loads(js.read_text(encoding="utf-8"))
+        data["blind"] = pref
+        atomic_write_json(js, data)
+    return pref

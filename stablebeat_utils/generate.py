@@ -923,7 +923,8 @@ def _loop_of(run_: Run, row: dict, bars: int, lufs: float) -> dict:
 
 
 def make_loops(run_: Run, rows: list[dict], bars: int = 4, lufs: float = 0.0) -> dict:
-    """A loop of every generation (``RUN_DIR/06_generate/loops/``, ``loops.jsonl``); resumable.
+    """A loop of every generation (``RUN_DIR/06_generate/loops/``, ``loops.jsonl``); resumable: a re-run
+    cuts the generations with no row yet, and again those whose loop file is missing.
 
     ``lufs`` 0 leaves the loudness as generated; otherwise the loops' integrated loudness target.
     """
@@ -937,6 +938,8 @@ def make_loops(run_: Run, rows: list[dict], bars: int = 4, lufs: float = 0.0) ->
                 f"{table.path} holds loops cut with other settings ({ {k: old.get(k) for k in recipe} }); delete it "
                 f"and {run_.stage_dir(STAGE) / 'loops'} to cut them again with loop_bars={bars}, loop_lufs={lufs}"
             )
+    # a loop whose file went missing (deleted, a copy that lost it) is cut again, not left as a dead row
+    table.discard({r["key"] for r in table.rows() if r.get("path") and not (run_.root / r["path"]).is_file()})
     todo = [r for r in rows if r["key"] not in table]
     for row in tqdm(todo, desc="06_generate loops", unit="loop", disable=not todo):
         table.append({**_loop_of(run_, row, bars, lufs), **recipe})

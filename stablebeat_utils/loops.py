@@ -10,11 +10,16 @@ click. :func:`cut_loop` makes one from a generated clip:
    than :data:`TEMPO_TOLERANCE` (4 %) apart, the loop is **flagged**: it is cut on the detected
    grid at the detected tempo and named ``…-bpm-unsure-…``, never with a BPM the audio does not
    have.
-2. **Bars.** 4/4 is assumed (:data:`BEATS_PER_BAR`). The loop starts on a detected beat — the
-   one of the first bar's beats with the strongest onset (the kick, usually the downbeat) — and
-   is exactly ``bars × 4 × 60 / bpm`` seconds long (rounded to the sample: a whole number of bars
-   within far less than :data:`BAR_TOLERANCE`). ``bars`` is 1, 2, 4 or 8; when the clip is too
-   short for it, the longest of those that fits; too short for one bar, no loop and the reason.
+2. **Bars.** 4/4 is assumed (:data:`BEATS_PER_BAR`). The loop starts on a **downbeat found in
+   the audio** (:func:`bar_phase`): the grid's beats are counted 0–3 and three cues are averaged
+   over every bar of the clip for each of the 4 phases — kick-band onsets (kick and 808 land on
+   beat 1), snare-band onsets (the snare/clap is on 2 and 4, or 3 in half-time: never on 1) and
+   harmonic change (chords change on bar lines); the phase with the most kick, least snare and
+   most change is beat 1. The loop starts on the first such beat that sits on a regular stretch of
+   the grid, snapped to its attack, and is exactly ``bars × 4 × 60 / bpm`` seconds long (rounded to
+   the sample: a whole number of bars within far less than :data:`BAR_TOLERANCE`). ``bars`` is 1,
+   2, 4 or 8; when the clip is too short for it, the longest of those that fits; too short for one
+   bar, no loop and the reason. Measured on beats with a known bar 1: docs/benchmarks.md.
 3. **Seam: a crossfade**, not a zero-crossing search. The last :data:`CROSSFADE_S` (10 ms) of
    the loop are faded (equal-gain, linear) into the audio *just before* the loop's start, so the
    loop's last sample is the sample that precedes its first one in the generation: looping it
@@ -148,14 +153,90 @@ def beat_grid(audio: np.ndarray, sr: int, prompted_bpm: float | None) -> Grid:
     return Grid(detected, float(prompted_bpm), beats, prompted_bpm, deviation, False, note)
 
 
-def _downbeat(y: np.ndarray, sr: int, beats: np.ndarray, first: int) -> int:
-    """Of the beats ``first … first+3``, the index of the one with the strongest onset."""
+# -- the downbeat: which of the grid's 4 beats starts a bar ---------------------------------------
+# No library: madmom's downbeat tracker (the reference DBN) was last released in 2018 (0.16.1) and
+# does not build on Python >= 3.10 / NumPy 2 without patches; BeatNet and allin1 depend on it;
+# beat_this (CPJKU, maintained) downloads its checkpoint on first use, and the course runs offline
+# with no model download; Essentia (installed for 03) tracks beats, not downbeats. So: three cues
+# every 4/4 beat producer relies on, folded over the grid's 4 phases (Davies & Plumbley 2006 and
+# Papadopoulos & Peeters 2011 use the same cues), validated on beats with a known bar 1
+# (benchmarks/bench_downbeat.py; docs/benchmarks.md).
+KICK_BAND = (0.0, 150.0)  # Hz: kick and 808 — on beat 1 (and often 3)
+SNARE_BAND = (800.0, 5000.0)  # Hz: snare/clap — on 2 and 4 (3 in half-time): never on 1
+HOP = 512
+REGULAR = 0.1  # a beat starts a loop only when both its neighbours are this close to one period
+
+
+def _band_envelope(logmel: np.ndarray, freqs: np.ndarray, band: tuple[float, float], sr: int) -> np.ndarray:
     import librosa
 
-    env = librosa.onset.onset_strength(y=y, sr=sr)
-    frames = librosa.time_to_frames(beats[first : first + BEATS_PER_BAR], sr=sr)
-    frames = np.clip(frames, 0, len(env) - 1)
-    return first + int(np.argmax(env[frames]))
+    rows = np.where((freqs >= band[0]) & (freqs < band[1]))[0]
+    return librosa.onset.onset_strength(S=logmel[rows], sr=sr, hop_length=HOP)
+
+
+def beat_cues(y: np.ndarray, sr: int, beats: np.ndarray) -> dict[str, np.ndarray]:
+    """Per beat: kick-band and snare-band onset strength, and how much the harmony changes there.
+
+    Onset strengths are the largest within ±2 frames (±23 ms at 44.1 kHz) of the beat; the harmonic
+    change at beat k is 1 − cos between the median chroma of the beat before it and the beat after it.
+    """
+    import librosa
+
+    n_mels = 64
+    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=HOP, n_mels=n_mels, fmax=min(11000, sr / 2))
+    logmel = librosa.power_to_db(mel)
+    freqs = librosa.mel_frequencies(n_mels=n_mels, fmax=min(11000, sr / 2))
+    frames = librosa.time_to_frames(beats, sr=sr, hop_length=HOP)
+
+    def at(env: np.ndarray) -> np.ndarray:
+        return np.array([env[max(0, f - 2) : f + 3].max() if 0 <= f < len(env) else 0.0 for f in frames])
+
+    chroma = librosa.feature.chroma_stft(y=y, sr=sr, hop_length=HOP)
+    f = np.clip(frames, 0, chroma.shape[1] - 1)
+    segs = [np.median(chroma[:, f[k] : max(f[k] + 1, f[k + 1])], axis=1) for k in range(len(f) - 1)]
+    segs = [v / (np.linalg.norm(v) + 1e-9) for v in segs]
+    change = np.zeros(len(frames))
+    for k in range(1, len(segs)):
+        change[k] = 1.0 - float(segs[k - 1] @ segs[k])
+    return {
+        "kick": at(_band_envelope(logmel, freqs, KICK_BAND, sr)),
+        "snare": at(_band_envelope(logmel, freqs, SNARE_BAND, sr)),
+        "harmony": change,
+    }
+
+
+def beat_numbers(beats: np.ndarray, bpm: float) -> np.ndarray:
+    """Each beat's position in a 4-beat cycle (0–3), counted in periods from the middle of the grid —
+    by time, so a missing or extra beat early in the clip does not shift the count."""
+    ref = beats[len(beats) // 2]
+    return np.round((beats - ref) / (60.0 / bpm)).astype(int) % BEATS_PER_BAR
+
+
+def bar_phase(cues: dict[str, np.ndarray], numbers: np.ndarray) -> tuple[int, np.ndarray]:
+    """The phase (0–3) of :func:`beat_numbers` that starts a bar, and the 4 phases' scores.
+
+    Each cue is averaged over every beat of a phase (all the clip's bars), then standardised across
+    the 4 phases; score = kick − snare + harmonic change. The highest score is the downbeat.
+    """
+
+    def z(v: np.ndarray) -> np.ndarray:
+        m = np.array([v[numbers == p].mean() if np.any(numbers == p) else 0.0 for p in range(BEATS_PER_BAR)])
+        return (m - m.mean()) / (m.std() + 1e-9)
+
+    scores = z(cues["kick"]) - z(cues["snare"]) + z(cues["harmony"])
+    return int(np.argmax(scores)), scores
+
+
+def _downbeat(y: np.ndarray, sr: int, beats: np.ndarray, bpm: float, earliest: float) -> int | None:
+    """The index of the first beat at or after ``earliest`` s that starts a bar and sits on a regular grid."""
+    phase, _ = bar_phase(beat_cues(y, sr, beats), numbers := beat_numbers(beats, bpm))
+    period = 60.0 / bpm
+    for i, t in enumerate(beats):
+        if numbers[i] != phase or t < earliest or i == 0 or i + 1 >= len(beats):
+            continue
+        if abs(t - beats[i - 1] - period) <= REGULAR * period and abs(beats[i + 1] - t - period) <= REGULAR * period:
+            return i
+    return None
 
 
 SNAP_S = 0.03  # a beat is moved onto the attack it marks when one starts this close
@@ -231,10 +312,9 @@ def cut_loop(
         return Loop(None, sr, grid=grid, reason=grid.note)
     bar_s = BEATS_PER_BAR * 60.0 / grid.bpm
     fade = int(round(CROSSFADE_S * sr))
-    usable = [i for i, t in enumerate(grid.beats) if t * sr >= fade]
-    if not usable:
-        return Loop(None, sr, grid=grid, reason="no beat late enough for the seam's crossfade")
-    first = _downbeat(_mono(audio), sr, grid.beats, usable[0])
+    first = _downbeat(_mono(audio), sr, grid.beats, grid.bpm, fade / sr)
+    if first is None:
+        return Loop(None, sr, grid=grid, reason="no downbeat on a regular beat grid (and late enough for the seam)")
     start = max(fade, _snap_to_attack(_mono(audio), sr, grid.beats[first]))
     n_bars = _fit_bars(bars, (audio.shape[1] - start) / sr, bar_s)
     if n_bars == 0:

@@ -141,7 +141,9 @@ class _FromModelToMusic:
     - **Blind test**: *Blind round* generates the prompt with every model (base, fine-tune, and
       05b's second stage when exported) from the same seed and plays them as A, B (, C) in random
       order; the pick is appended to ``06_generate/blind.jsonl`` (one fsynced line per round, so
-      it survives a kernel restart) before the names are shown. 07's report counts it.
+      it survives a kernel restart) before the names are shown. After each pick the status shows
+      every model's preference rate so far with its 95 % interval, and 07's report (when 07 has
+      run) has its blind-listening section rewritten from the record: no need to run 07 again.
     """
 
     def _music_widgets(self, W, style: dict) -> None:
@@ -157,12 +159,22 @@ class _FromModelToMusic:
         self.blind_button = W.Button(description="Blind round", icon="eye-slash")
         self.blind_players = W.HBox()
         self.blind_picks = W.HBox()
-        self.blind_status = W.HTML()
+        self.blind_status = W.HTML(self._tally_so_far())
         self._blind: dict | None = None
         self._rng = random.Random()
         self.loop_button.on_click(self.cut_loops)
         self.var_button.on_click(self.vary)
         self.blind_button.on_click(self.blind_round)
+
+    def _tally_so_far(self) -> str:
+        """The running tally of earlier sessions' blind rounds (read only), for when the playground opens."""
+        from . import evaluate_report
+
+        try:
+            pref = evaluate_report.blind_preference(str(self.run.root))
+        except (OSError, ValueError) as exc:  # a damaged record: said, never a traceback
+            return html.escape(f"The blind-test record cannot be read: {exc}")
+        return html.escape(evaluate_report.tally_line(pref)) if pref else ""
 
     def _music_layout(self, W):
         return W.VBox(
@@ -343,23 +355,33 @@ class _FromModelToMusic:
             btn.disabled = True
         names = ", ".join(f"{lab} = {m}" for lab, m in zip(b["labels"], b["order"]))
         tally = self.blind_tally()
-        counts = ", ".join(f"{m} {k}" for m, k in tally["chosen"].items())
-        self.blind_status.value = html.escape(
-            f"You picked {label}: {row['choice']} ({names}). All {tally['rounds']} rounds so far: {counts}. "
-            "07's report gives the preference rate with its 95 % interval."
+        self.blind_status.value = html.escape(f"You picked {label}: {row['choice']} ({names}). {tally['line']}") + (
+            " 07's report is updated." if tally["report_updated"] else " 07's report will count them."
         )
         return row
 
     def blind_tally(self) -> dict:
-        """Rounds recorded so far in the run folder (any session): ``{"rounds", "chosen": {model: n}}``."""
-        from .runs import read_jsonl
+        """The rounds recorded so far in the run folder (any session), each model's preference rate with
+        its 95 % interval, and 07's report brought up to date when 07 has run.
 
-        path = self.run.path(gen.STAGE, gen.BLIND_FILE)
-        rows = read_jsonl(path) if path.exists() else []
-        chosen: dict[str, int] = {}
-        for r in rows:
-            chosen[r["choice"]] = chosen.get(r["choice"], 0) + 1
-        return {"rounds": len(rows), "chosen": chosen}
+        ``{"rounds", "chosen": {model: n}, "preference": blind_preference's dict, "line", "report_updated"}``.
+        """
+        from . import evaluate_report
+
+        updated = True
+        try:
+            pref = evaluate_report.refresh_blind(str(self.run.root))  # 07's section rewritten from the record
+        except (OSError, ValueError) as exc:  # 07's files unreadable: the tally still counts, the report waits
+            log.warning("07's report not updated with the blind rounds: %s", exc)
+            pref, updated = evaluate_report.blind_preference(str(self.run.root)), False
+        report = self.run.path(layout.EVALUATE, layout.REPORT)
+        return {
+            "rounds": pref["rounds"] if pref else 0,
+            "chosen": {m: v["chosen"] for m, v in (pref or {"models": {}})["models"].items()},
+            "preference": pref,
+            "line": evaluate_report.tally_line(pref),
+            "report_updated": updated and bool(pref) and report.is_file(),
+        }
 
 
 class Playground(_FromModelToMusic):

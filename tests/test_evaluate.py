@@ -565,3 +565,49 @@ def test_blind_preference_wilson_interval(tmp_path):
     assert ft["ci95"] == pytest.approx([0.3968, 0.8922], abs=1e-4)
     md = er.blind_md(pref)
     assert "| finetune | 7 / 10 | 70 % | 40–89 % | 50 % | not distinguishable from chance |" in md
+
+
+def test_blind_rounds_recorded_after_07_ran_reach_its_report(evaluated, tmp_path):
+    """Rounds picked in the playground after 07 ran: refresh_blind rewrites 07's section in place."""
+    import shutil
+
+    from stablebeat_utils import evaluate_report as er
+    from stablebeat_utils.runs import JsonlLog
+
+    root, _ = evaluated
+    run = tmp_path / "run"
+    shutil.copytree(root / "07_evaluate", run / "07_evaluate")  # 07's real outputs, no blind round in them
+    out = run / "07_evaluate"
+    before = {n: (out / n).read_text() for n in ("summary.md", "report.md")}
+    assert all("Blind listening" not in t for t in before.values())
+    log = JsonlLog(Run(str(run)).stage_dir("06_generate") / "blind.jsonl", key="round_id")
+
+    def pick(i, choice):
+        log.append({"round_id": str(i), "order": ["base", "finetune"][:: 1 - 2 * (i % 2)], "choice": choice})
+
+    for i, choice in enumerate(["finetune", "base", "finetune"]):
+        pick(i, choice)
+    pref = ev.refresh_blind(str(run))
+    assert pref["models"]["finetune"]["chosen"] == 2 and pref["rounds"] == 3
+    summary, report = (out / "summary.md").read_text(), (out / "report.md").read_text()
+    assert "| finetune | 2 / 3 | 67 % | 21–94 % | 50 % | not distinguishable from chance |" in summary
+    assert "| finetune | 2 / 3 | 67 % | 21–94 % |" in report and "\n### Blind listening\n" in report
+    assert report.index("### Blind listening") < report.index("## Per prompt")
+    assert summary.startswith(before["summary.md"].rstrip() + "\n\n## Blind listening")  # the summary's last section
+    assert json.loads((out / "summary.json").read_text())["blind"]["models"]["base"]["chosen"] == 1
+    for i in range(3, 10):  # seven more rounds, all for the fine-tune: 9 of 10
+        pick(i, "finetune")
+    ev.refresh_blind(str(run))
+    summary, report = (out / "summary.md").read_text(), (out / "report.md").read_text()
+    low, high = er.wilson_interval(9, 10)
+    assert (round(100 * low), round(100 * high)) == (60, 98)
+    assert "| finetune | 9 / 10 | 90 % | 60–98 % | 50 % | above chance |" in summary
+    assert "| base | 1 / 10 | 10 % | 2–40 % | 50 % | below chance |" in report
+    assert summary.count("Blind listening") == 1 and report.count("Blind listening") == 1 and "2 / 3" not in report
+    # every other line of 07's report is as 07 wrote it
+    strip = lambda t: er.replace_section(t, 3, er.BLIND_HEADING, "").strip()  # noqa: E731
+    assert strip(report) == before["report.md"].strip()
+    (run / "06_generate" / "blind.jsonl").unlink()  # no record: no section
+    assert ev.refresh_blind(str(run)) is None
+    assert (out / "report.md").read_text().strip() == before["report.md"].strip()
+    assert (out / "summary.md").read_text().strip() == before["summary.md"].strip()

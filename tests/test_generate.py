@@ -387,11 +387,20 @@ def test_init_audio_converted_or_refused_by_name(tmp_path):
     assert notes == ["1 channel(s) made stereo", "resampled 22050 → 44100 Hz"]
     y, notes = gen.load_init_audio(tmp_path / "mono.wav", 22050, max_seconds=1.5)
     assert y.shape[1] == int(1.5 * 22050) and "cut to the model's 1.50 s" in notes
+    t48 = np.arange(2 * 48000) / 48000
+    six = np.stack([0.2 * np.sin(2 * np.pi * f * t48) for f in (110, 220, 330, 40, 440, 550)], 1)
+    sf.write(str(tmp_path / "five_one_48k.wav"), six.astype(np.float32), 48000)  # 5.1 at 48 kHz
+    y, notes = gen.load_init_audio(tmp_path / "five_one_48k.wav", 44100)
+    assert y.shape == (2, 2 * 44100) and notes == ["6 channel(s) made stereo", "resampled 48000 → 44100 Hz"]
     sf.write(str(tmp_path / "silent.wav"), np.zeros((44100 * 2, 2)), 44100)
     sf.write(str(tmp_path / "short.wav"), np.stack([mono[:8000]] * 2, 1), 22050)
+    nan = np.stack([mono] * 2, 1).astype(np.float32)
+    nan[100] = np.nan
+    sf.write(str(tmp_path / "nan.wav"), nan, 22050, subtype="FLOAT")
     (tmp_path / "junk.wav").write_bytes(b"not audio")
     for name, why in [
         ("silent.wav", "silent"),
+        ("nan.wav", "NaN"),
         ("short.wav", "too short"),
         ("junk.wav", "cannot be read"),
         ("nope.wav", "not found"),

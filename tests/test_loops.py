@@ -180,6 +180,13 @@ def test_make_loops_names_flags_and_reasons(tmp_path):
     before = (run_.root / "06_generate" / "loops.jsonl").read_bytes()
     gen.make_loops(run_, rows, bars=4)
     assert (run_.root / "06_generate" / "loops.jsonl").read_bytes() == before
+    # a loop file gone missing is cut again on the next run (its row is not left pointing at nothing)
+    lost = run_.root / table[0]["path"]
+    lost_bytes = lost.read_bytes()
+    lost.unlink()
+    again = gen.make_loops(run_, rows, bars=4)
+    assert again["loops"] == 2 and lost.is_file() and lost.read_bytes() == lost_bytes  # the same loop, to the byte
+    assert [r["key"] for r in gen.load_loops(str(run_.root))] == ["base-0-42", "base-1-43", "base-2-44"]
     with pytest.raises(gen.GenerateError, match="other settings"):
         gen.make_loops(run_, rows, bars=2)
 
@@ -199,3 +206,60 @@ def test_loudness_table_and_where_files_are(tmp_path):
     assert table[1]["lufs"] == pytest.approx(-20.0, abs=0.15) or table[1]["peak_dbfs"] >= -1.05
     where = {r["folder"].rsplit("/", 1)[-1]: r for r in gen.where_files_are(str(run_.root))}
     assert where["06_generate"]["files"] == 4 and where["05_train"]["files"] == 0  # 1 wav, 1 loop, 2 jsonl
+
+
+# -- the downbeat: loops start on bar 1, found in the audio ---------------------------------------
+
+
+def test_bar_phase_from_known_cues():
+    """Kick on 1 (and 3), snare on 2 and 4 (or 3 in half-time), chords changing on 1: phase 1 wins."""
+    numbers = np.arange(32) % 4
+    rng = np.random.default_rng(1)
+    for downbeat in range(4):
+        pos = (numbers - downbeat) % 4  # 0 = beat 1 of the bar
+        kick = np.where(pos == 0, 10.0, np.where(pos == 2, 8.0, 1.0)) + rng.random(32)
+        snare = np.where(pos % 2 == 1, 9.0, 1.0) + rng.random(32)
+        harmony = np.where((pos == 0) & (np.arange(32) % 8 < 4), 0.3, 0.02)
+        phase, scores = loops.bar_phase({"kick": kick, "snare": snare, "harmony": harmony}, numbers)
+        assert phase == downbeat, scores
+        # each cue decides a case alone: kicks on 1 and 2 alike (only the snare on 2 tells them apart) ...
+        flat = np.ones(32)
+        kick12 = np.where(pos < 2, 10.0, 1.0)
+        snare24 = np.where(pos % 2 == 1, 9.0, 1.0)
+        assert loops.bar_phase({"kick": kick12, "snare": snare24, "harmony": 0 * flat}, numbers)[0] == downbeat
+        # ... kicks on 1 and 3 alike, snare on 2 and 4 (only the chord change on 1 tells 1 from 3)
+        kick13 = np.where(pos % 2 == 0, 10.0, 1.0)
+        change1 = np.where(pos == 0, 0.3, 0.02)
+        assert loops.bar_phase({"kick": kick13, "snare": snare24, "harmony": change1}, numbers)[0] == downbeat
+        # ... four on the floor, no snare, no chords: kick accents on 1
+        kick1 = np.where(pos == 0, 10.0, 6.0)
+        assert loops.bar_phase({"kick": kick1, "snare": flat, "harmony": 0 * flat}, numbers)[0] == downbeat
+        # half-time: snare on 3 only, kick on 1 — still beat 1
+        snare = np.where(pos == 2, 9.0, 1.0)
+        kick = np.where(pos == 0, 10.0, 1.0)
+        phase, _ = loops.bar_phase({"kick": kick, "snare": snare, "harmony": 0 * harmony}, numbers)
+        assert phase == downbeat
+
+
+def test_beat_numbers_count_by_time_not_by_index():
+    beats = np.r_[0.0, 0.21, np.arange(0.5, 10, 0.5)]  # a spurious beat early in the grid
+    numbers = loops.beat_numbers(beats, 120)
+    assert list(numbers[2:10]) == list((np.arange(8) + numbers[2]) % 4)
+
+
+@pytest.mark.parametrize(
+    "style, bpm, offset",
+    [("plain", 90, 1.3), ("trap", 140, 2.6), ("house", 124, 3.0), ("boombap", 88, 0.0)],
+)
+def test_loop_starts_on_a_true_downbeat(style, bpm, offset):
+    """demo's beat maker starts bar 1 at 0 s: cut ``offset`` beats off, bar lines move to known times."""
+    from stablebeat_utils import demo
+
+    beat = 60.0 / bpm
+    audio = demo.make_style_beat(style, bpm, "F", "minor", 14 + offset * beat, seed=5)
+    audio = audio[:, int(round(offset * beat * SR)) :]
+    bar_lines = np.arange(16) * 4 * beat - offset * beat
+    loop = loops.cut_loop(audio, SR, bpm, bars=2)
+    assert loop.audio is not None and not loop.grid.flagged, (loop.reason, loop.grid.note)  # the tempo is right
+    assert np.min(np.abs(bar_lines - loop.start_s)) < min(0.05, beat / 8), (loop.start_s, bar_lines[:4])
+    assert loop.bars == 2 and abs(loop.bar_count - 2) < loops.BAR_TOLERANCE

@@ -251,13 +251,26 @@ def test_blind_rounds_recorded_across_restarts_and_reported(lora_run):
     row = p.blind_choose("B")
     assert row["choice"] == order[1] and row["order"] == order and row["seed"] == 9
     assert f"B: {order[1]}" in p.blind_status.value.replace("&#x27;", "'") or order[1] in p.blind_status.value
+    assert "1 blind round so far" in p.blind_status.value and "95 % interval" in p.blind_status.value
+    assert "07's report will count them" in p.blind_status.value  # 07 has not run in this folder
     assert p.blind_choose("A") is None  # one pick per round
-    # a new kernel: a new playground reads the same record and adds to it
+    # 07 ran since (its report, as 07 lays it out): the next pick rewrites its blind-listening section
+    out = lora_run / "07_evaluate"
+    out.mkdir(exist_ok=True)
+    (out / "summary.md").write_text("# Summary\n\nmeans\n")
+    (out / "report.md").write_text("# 07_evaluate\n\n## Summary\n\nmeans\n\n## Per prompt\n\ntables\n")
+    # a new kernel: a new playground reads the same record, shows the tally, and adds to it
     q = pg.build({**FAST, "run_dir": str(lora_run)})
+    assert "1 blind round so far" in q.blind_status.value
     assert q.blind_tally()["rounds"] == 1
     q.prompt.value = "a dark trap beat at 140 BPM"
     q.blind_round()
     q.blind_choose(q._blind["labels"][q._blind["order"].index("finetune")])
+    assert "2 blind rounds so far" in q.blind_status.value and "07's report is updated" in q.blind_status.value
+    report = (out / "report.md").read_text()
+    assert "### Blind listening" in report and "2 blind rounds" in report
+    assert report.index("### Blind listening") < report.index("## Per prompt") and "tables" in report
+    assert "## Blind listening" in (out / "summary.md").read_text()
     rows = read_jsonl(blind_file)
     assert len(rows) == 2 and rows[1]["choice"] == "finetune"
     pref = evaluate_report.blind_preference(str(lora_run))
@@ -271,3 +284,8 @@ def test_blind_rounds_recorded_across_restarts_and_reported(lora_run):
 def test_blind_round_needs_a_finetune(tmp_path):
     p = pg.build({**FAST, "run_dir": str(tmp_path)})
     assert p.blind_round() is None and "no fine-tune" in p.blind_status.value
+    # a damaged record: the playground still opens, and says so
+    (tmp_path / "06_generate").mkdir(exist_ok=True)
+    (tmp_path / "06_generate" / gen.BLIND_FILE).write_text("not json\n")
+    q = pg.build({**FAST, "run_dir": str(tmp_path)})
+    assert "blind-test record cannot be read" in q.blind_status.value
