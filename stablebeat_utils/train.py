@@ -743,7 +743,8 @@ def run(
         _training_data(p, model, model_config, held_out, stage, window, device, p.seed, False)[1] if held_out else None
     )
     wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
-    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders, clips, bool(held_out))
+    cond_ids = modelspec.from_config(model_config).conditioning_ids  # SAO small has no seconds_start
+    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders, clips, bool(held_out), cond_ids)
     facts = {  # what the summary reports from before training
         "clips": len({c.clip_id for c in clips}),  # distinct clips; 05b repeats some (samples_per_epoch)
         "samples_per_epoch": len(clips),
@@ -962,9 +963,12 @@ def _loggers(p, stage_dir: Path) -> list:
     return loggers
 
 
-def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders, clips: list, validate: bool = False):
+def _trainer(
+    p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders, clips: list, validate: bool = False, cond_ids=None
+):
     """``(Trainer, CurveLogger, DemoCallback)``: checkpoints, curves, demos (each scored against the
-    training ``clips``), the held-out loss (``validate``, every ``checkpoint_every`` steps) and loggers wired in."""
+    training ``clips``; conditioned on ``cond_ids``, the model's conditioning ids — None: all), the
+    held-out loss (``validate``, every ``checkpoint_every`` steps) and loggers wired in."""
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     from .train_watch import DemoWatch
@@ -998,6 +1002,7 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders, cli
         p.demo_minutes,
         watch=watch,
         best=best,
+        cond_ids=cond_ids,
     )
     if _demos_on(p) and prompts:
         callbacks.append(demos)
