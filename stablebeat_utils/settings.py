@@ -228,7 +228,7 @@ class GenerateSettings(Common):
     sampler_type: str = setting(
         "dpmpp-3m-sde",
         "sampler; the model's objective decides which exist",
-        suggest=V_SAMPLERS[:3] + ("k-dpm-2", "k-heun", "v-ddim"),
+        suggest=V_SAMPLERS[:2] + ("k-dpm-2", "k-heun", "v-ddim"),
     )
     sigma_min: float = setting(0.3, "lowest noise level (SAO: 0.3)", gt=0)
     sigma_max: float = setting(500.0, "highest noise level (SAO: 500)", gt=0)
