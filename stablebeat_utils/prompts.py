@@ -65,7 +65,11 @@ from . import stage
 from .stage import begin
 
 STAGE = layout.PROMPTS
-CARD_KEYS = ("instruments_tags", "genres_tags", "moods_tags", "key", "scale", "tempo", "start", "duration")
+CARD_FAMILIES = ("instruments", "genres", "moods")  # the card's metadata order; any other family follows
+CARD_KEYS = (
+    *(f"{f}_tags" for f in CARD_FAMILIES + tuple(f for f in FAMILIES if f not in CARD_FAMILIES)),
+    *("key", "scale", "tempo", "start", "duration"),
+)
 PROMPTS_FORMAT = 2  # bumped when the rows change meaning; older rows are redone
 
 

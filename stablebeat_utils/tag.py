@@ -207,9 +207,7 @@ def _tag_chunk(
             **head,
             "duration": round(dur, 3),
             "n_windows": len(windows),
-            "instruments_tags": [],
-            "moods_tags": [],
-            "genres_tags": [],
+            **{f"{f}_tags": [] for f in FAMILIES},
             "scores": _score_row(pooled, text, vocab),
         }
         rows.append(_apply_selection(row, top_k, params["min_similarity"], params["max_margin"]))
@@ -371,7 +369,7 @@ def run(
     _validate(params)
     vocab = load_vocab(vocab_dir)
     tag_family = {e.tag: f for f in FAMILIES for e in vocab[f]}
-    top_k = {"instruments": top_k_instruments, "moods": top_k_moods, "genres": top_k_genres}
+    top_k = {f: params[f"top_k_{f}"] for f in FAMILIES}  # one top_k_<family> setting per family
     segments = _ok_segments(run_)
     ok_ids = {r["clip_id"] for r in segments}
     answers, answer_sources = _producer_answers(run_dir, calibration_file, tag_family, ok_ids)
