@@ -95,6 +95,11 @@ def profile_resolved(stage: str, profile: str) -> dict[str, Any]:
     return _overlaid(stage, load_profile(profile), profile)
 
 
+def every_stage(profile: str) -> dict[str, dict[str, Any]]:
+    """``{stage: its settings}`` under ``profile`` (the defaults with the profile over them)."""
+    return {stage: profile_resolved(stage, profile) for stage in STAGES}
+
+
 @lru_cache(maxsize=64)
 def _bundled_resolved(stage: str, profile: str) -> dict[str, Any]:
     return _overlaid(stage, load_profile(profile), profile)
