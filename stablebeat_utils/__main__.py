@@ -14,21 +14,25 @@ import sys
 
 import yaml
 
-from . import STAGES, params, runner
+from . import STAGES, params, runner, settings
 from .params import ParameterError
 from .publish import PublishError
 from .runs import RunFolderError
 
 
 def _stages_text() -> str:
-    lines = ["stages and their parameters (demo defaults):"]
+    lines = [
+        "stages and their settings: name = default (the card's recipe)  (type, allowed)  [what the demo "
+        "profile sets, where it differs]  help"
+    ]
     have = set(runner.available_stages())
     for stage in STAGES:
         mark = "" if stage in have else "  (notebook not written yet)"
         lines.append(f"  {stage}{mark}")
-        for name, default in params.schema(stage).items():
-            lines.append(f"      {name} = {default!r}  ({type(default).__name__})")
-    lines.append("profiles: " + ", ".join(params.list_profiles()))
+        lines += settings.describe(stage, params.schema(stage))
+    lines.append(
+        "profiles: " + ", ".join(params.list_profiles()) + "  (each lists only what differs from the defaults)"
+    )
     return "\n".join(lines)
 
 

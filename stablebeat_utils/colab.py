@@ -233,7 +233,7 @@ def profile_extras(profile: str) -> set[str]:
                     extras.add("quantization")
                 walk(v)
 
-    walk(params.load_profile(profile))
+    walk(params.every_stage(profile))  # what it resolves to: a profile lists only what differs from the defaults
     return extras
 
 
@@ -257,7 +257,7 @@ def gated_models(profile: str) -> list[str]:
         elif isinstance(x, str) and x.startswith(models.GATED_PREFIXES) and x not in found:
             found.append(x)
 
-    walk(params.load_profile(profile))
+    walk(params.every_stage(profile))  # the defaults name the card's gated models; a profile may leave them
     return found
 
 

@@ -135,12 +135,13 @@ from .evaluate_report import (
     paper_comparison,
 )
 from .runs import JsonlLog, Run, atomic_path, file_sha256, atomic_write_json, atomic_write_text, read_jsonl
+from . import stage
+from .clap import BACKENDS
 from .stage import begin
 
 STAGE = layout.EVALUATE
 METRICS_VERSION = 2  # bumped when a definition changes: cached rows of another version are recomputed
-CLAP_BACKENDS = ("transformers", "laion_clap")
-CLAP_SETTINGS = ("card", "stable-audio-metrics")
+CLAP_BACKENDS = BACKENDS  # 02's and 07's CLAP backends (clap.py)
 SAM_PEAK_DBFS = -1.0
 SAM_SEED = 0  # the fusion / rand_trunc crops are drawn at random upstream; here from a fixed seed
 
@@ -423,23 +424,13 @@ def _settings_key(**kw) -> str:
     return hashlib.sha256(json.dumps({**kw, "v": METRICS_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _validate(generations: str, clap_backend: str, key_profile: str, workers: int, clap_setting: str) -> None:
-    from . import tempo
-
-    if clap_setting not in CLAP_SETTINGS:
-        raise EvaluateError(f"clap_setting {clap_setting!r}: choose one of {', '.join(CLAP_SETTINGS)}")
+def _validate(generations: str, clap_backend: str, clap_setting: str) -> None:
+    """What the settings' own choices and bounds (checked before ``run``'s body) cannot say."""
     if clap_setting == "stable-audio-metrics" and clap_backend != "transformers":
         raise EvaluateError(
             "clap_setting='stable-audio-metrics' runs on clap_backend='transformers' (with clap_model="
             f"{SAM_CLAP_MODEL!r}: LAION's 630k-audioset-fusion weights, as stable-audio-metrics uses)"
         )
-
-    if clap_backend not in CLAP_BACKENDS:
-        raise EvaluateError(f"clap_backend {clap_backend!r}: choose one of {', '.join(CLAP_BACKENDS)}")
-    if key_profile not in tempo.KEY_PROFILES:
-        raise EvaluateError(f"key_profile {key_profile!r}: choose one of {', '.join(tempo.KEY_PROFILES)}")
-    if int(workers) < 1:
-        raise EvaluateError(f"workers {workers!r}: need at least 1")
     if generations and Path(generations).suffix.lower() not in (".jsonl", ".csv"):
         raise EvaluateError(f'generations {generations!r}: give a .jsonl or .csv file, or "" for 06\'s list')
 
@@ -748,19 +739,20 @@ def _finish(run_: Run, out_dir: Path, params: dict, summary: dict) -> None:
     )
 
 
+@stage.entry(STAGE, EvaluateError)
 def run(
-    run_dir: str = "runs/demo",
-    profile: str = "demo",
-    generations: str = "",
-    clap_model: str = "tiny:clap",
-    clap_backend: str = "transformers",
-    clap_setting: str = "card",
-    tempo_model: str = "",
-    key_profile: str = "edma",
-    reference: str = "",
-    device: str = "auto",
-    workers: int = 2,
-    spectrogram_pairs: int = 8,
+    run_dir: str,
+    profile: str,
+    generations: str,
+    clap_model: str,
+    clap_backend: str,
+    clap_setting: str,
+    tempo_model: str,
+    key_profile: str,
+    reference: str,
+    device: str,
+    workers: int,
+    spectrogram_pairs: int,
 ) -> dict:
     """Measure every generated clip, compare base vs fine-tune, write ``RUN_DIR/07_evaluate/``.
 
@@ -770,7 +762,7 @@ def run(
     from . import models
 
     # 1. validate before any work
-    _validate(generations, clap_backend, key_profile, workers, clap_setting)
+    _validate(generations, clap_backend, clap_setting)
     gens = read_generations(run_dir, generations)
     refs, ref_source = reference_clips(run_dir, reference)
     graph = _tempo_graph(tempo_model)

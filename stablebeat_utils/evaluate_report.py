@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import layout
+from . import layout, modelspec
 from .evaluate_metrics import CARD_METRICS, SAM_CLAP_MODEL, SIGNAL_METRICS
 from .runs import Run, atomic_path
 
@@ -32,21 +32,24 @@ CARD_LABELS = {
 }
 
 
-MODEL_LABELS = {"base": "Stable Audio Open 1.0", "finetune": "fine-tune", "focus": "second stage (05b_focus)"}
-SAO_HUB_ID = "stabilityai/stable-audio-open-1.0"
+MODEL_LABELS = {"base": modelspec.SAO.known.label, "finetune": "fine-tune", "focus": "second stage (05b_focus)"}
+SAO_HUB_ID = modelspec.SAO.known.hub_id
 _LABELS: contextvars.ContextVar[dict] = contextvars.ContextVar("model_labels", default=MODEL_LABELS)
 
 
 def model_labels(sources: dict) -> dict:
     """What each model is called, true to what generated it (06's ``model_source`` per model): the base
-    is "Stable Audio Open 1.0" only when it is the hub's; a tiny stand-in is called one, everywhere."""
+    is called by the model spec's name ("Stable Audio Open 1.0", "… Small") only when it is the hub's
+    (:func:`modelspec.by_hub_id`); a tiny stand-in is called one, everywhere."""
     out = dict(MODEL_LABELS)
     base = str(sources.get("base") or SAO_HUB_ID)
     if base.startswith("tiny:"):
         out["base"] = f"tiny stand-in ({base}, random weights)"
         out["finetune"] = "fine-tune of the tiny stand-in"
         out["focus"] = "second stage (05b_focus) of the tiny stand-in"
-    elif base != SAO_HUB_ID:
+    elif modelspec.by_hub_id(base) is not None:
+        out["base"] = modelspec.by_hub_id(base).label
+    else:
         out["base"] = f"base model ({base})"
     return out
 

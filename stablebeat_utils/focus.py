@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -49,6 +48,7 @@ from .focus_results import (  # noqa: F401  (05b's names for what 06 and 07 read
     tag_moves_md,
 )
 from .runs import Run, atomic_path, atomic_write_json, read_json, read_jsonl
+from . import settings, stage
 from .stage import begin
 
 STAGE = layout.FOCUS
@@ -311,8 +311,9 @@ def check_architecture(init_model: str, run_model: str) -> None:
 
 
 def first_stage_settings(run_dir: str | os.PathLike, profile: str = "demo") -> tuple[dict, str]:
-    """05's parameters for this run: its stage record, else run.json, else the profile's values."""
-    from . import params, train
+    """05's settings for this run: its stage record, else run.json, else the profile's values. Every
+    field of :class:`settings.TrainSettings`; one an older record lacks takes its demo value."""
+    from . import params
 
     run = Run(run_dir)
     rec = run.stage_record(FIRST)
@@ -322,14 +323,8 @@ def first_stage_settings(run_dir: str | os.PathLike, profile: str = "demo") -> t
         values, source = dict(run.read_run_json()["params"][FIRST]), f"{run.path(layout.RUN_JSON)}"
     else:
         values, source = params.resolve(FIRST, profile=profile), f"profile {profile!r}"
-    names = set(inspect.signature(train.run).parameters)
-    defaults = {
-        k: v.default
-        for k, v in inspect.signature(train.run).parameters.items()
-        if v.default is not inspect.Parameter.empty
-    }
-    out = {k: values.get(k, defaults.get(k)) for k in names if k in values or k in defaults}
-    return {k: v for k, v in out.items() if k not in ("stage", "clips")}, source
+    defaults = params.schema(FIRST)  # what train.run takes when not given a value: the demo's
+    return {k: values.get(k, defaults[k]) for k in settings.spec(FIRST)}, source
 
 
 def default_init(run_dir: str | os.PathLike) -> Path:
@@ -399,12 +394,9 @@ def plan(
     """Every check of the stage, no model loaded: the subset, its counts, the settings to train with."""
     from . import train
 
-    if max_repeats < 1:
-        raise FocusError(f"max_repeats must be >= 1 (got {max_repeats})")
-    if batch_size < 1:
-        raise FocusError(f"batch_size must be >= 1 (got {batch_size})")
-    if rare_percent < 0:
-        raise FocusError(f"rare_percent must be >= 0 (got {rare_percent})")
+    settings.check(
+        STAGE, {"max_repeats": max_repeats, "batch_size": batch_size, "rare_percent": rare_percent}, FocusError
+    )
     clips = train.read_clips(run_dir, check_audio=False)  # train.run checks the clips it will read
     tags = clip_tags(run_dir, [c.clip_id for c in clips])
     chosen, never, why = _chosen_tags(run_dir, tags, focus_tags, rare_percent)
@@ -463,11 +455,8 @@ def _fingerprint(p: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _check_run_args(lr: float, compare_prompts: int, epochs: int, max_steps: int) -> None:
-    if lr <= 0:
-        raise FocusError(f"lr must be > 0 (got {lr})")
-    if compare_prompts < 0:
-        raise FocusError(f"compare_prompts must be >= 0 (0 = every chosen tag), got {compare_prompts}")
+def _check_run_args(epochs: int, max_steps: int) -> None:
+    """What the settings' own bounds (checked before ``run``'s body) cannot say."""
     if epochs < 1 and max_steps < 1:
         raise FocusError("set epochs >= 1 or max_steps >= 1")
 
@@ -525,20 +514,21 @@ def _train_settings(p: dict, run_dir, profile: str, lr: float, epochs: int, max_
     return settings
 
 
+@stage.entry(STAGE, FocusError)
 def run(
-    run_dir: str = "runs/demo",
-    profile: str = "demo",
-    init_model: str = "",
-    focus_tags: str = "",
-    exclude_tags: str = "",
-    rare_percent: float = 20.0,
-    rebalance: bool = True,
-    max_repeats: int = 4,
-    lr: float = 1e-5,
-    epochs: int = 3,
-    max_steps: int = 2,
-    batch_size: int = 2,
-    compare_prompts: int = 1,
+    run_dir: str,
+    profile: str,
+    init_model: str,
+    focus_tags: str,
+    exclude_tags: str,
+    rare_percent: float,
+    rebalance: bool,
+    max_repeats: int,
+    lr: float,
+    epochs: int,
+    max_steps: int,
+    batch_size: int,
+    compare_prompts: int,
 ) -> dict:
     """Choose the focus subset, write it, and fine-tune from ``init_model`` on it; return a summary.
 
@@ -551,7 +541,7 @@ def run(
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     from . import train
 
-    _check_run_args(lr, compare_prompts, epochs, max_steps)
+    _check_run_args(epochs, max_steps)
     out = run_.stage_dir(STAGE)
     p = plan(run_dir, profile, init_model, focus_tags, exclude_tags, rare_percent, rebalance, max_repeats, batch_size)
     fp = _fingerprint(p)

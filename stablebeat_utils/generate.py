@@ -47,6 +47,8 @@ import yaml
 from . import layout
 from . import modelspec, preflight_inference
 from .runs import JsonlLog, Run, read_jsonl
+from . import stage
+from .settings import DTYPES
 from .stage import begin
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,6 @@ HUB_ID = modelspec.SAO.known.hub_id
 CARD_PROMPTS_FILE = Path(__file__).parent / "data" / "card_prompts.yaml"
 BLIND_FILE = layout.BLIND
 MODELS = ("base", "finetune", "focus")  # focus: 05b_focus's second stage, when exported
-DTYPES = ("float32", "float16", "bfloat16")
 # samplers per diffusion objective: modelspec (SAO 1.0, a "v" model: k-diffusion's and v-ddim)
 SAMPLERS = modelspec.V_SAMPLERS
 
@@ -570,23 +571,14 @@ def _key(model: str, prompt_idx: int, seed: int) -> str:
     return f"{model}-{prompt_idx}-{seed}"
 
 
-def _check_run_args(settings: Settings, batch_size: int, n_prompts: int, seed: int, base_model: str) -> None:
-    check_settings(settings)
-    if batch_size < 1:
-        raise GenerateError(f"batch_size must be at least 1 (got {batch_size})")
-    if n_prompts < 0:
-        raise GenerateError(f"n_prompts must be 0 (all) or more (got {n_prompts})")
-    if not 0 <= seed < 2**32:
-        raise GenerateError(f"seed must be between 0 and 2**32 - 1 (got {seed})")
+def _check_run_args(settings: Settings, base_model: str) -> None:
+    """What the settings' own choices and bounds (checked before ``run``'s body) cannot say."""
+    check_settings(settings)  # the sampler's settings together (also the playground's check)
     if not base_model:
         raise GenerateError(f"base_model is empty: use {HUB_ID!r}, a local model folder, or 'tiny:sao'")
 
 
-def _check_loop_args(loop_bars: int, loop_lufs: float) -> None:
-    from .loops import BAR_CHOICES
-
-    if loop_bars not in BAR_CHOICES:
-        raise GenerateError(f"loop_bars must be one of {', '.join(map(str, BAR_CHOICES))} (got {loop_bars})")
+def _check_loop_args(loop_lufs: float) -> None:
     if not (loop_lufs == 0 or -60 <= loop_lufs <= -5):
         raise GenerateError(f"loop_lufs must be 0 (loudness as generated) or between -60 and -5 LUFS (got {loop_lufs})")
 
@@ -785,34 +777,35 @@ def _generate_all(g: _Generation, todo: dict[str, list[list[int]]], device: str,
     return generated, timings
 
 
+@stage.entry(STAGE, GenerateError)
 def run(
-    run_dir: str = "runs/demo",
-    profile: str = "demo",
-    base_model: str = "tiny:sao",
-    finetune_model: str = "",
-    allow_missing_finetune: bool = True,
-    lora_strength: float = 1.0,
-    t5_model: str = "",
-    prompts_file: str = "",
-    n_prompts: int = 2,
-    steps: int = 8,
-    cfg_scale: float = 7.0,
-    sampler_type: str = "dpmpp-3m-sde",
-    sigma_min: float = 0.3,
-    sigma_max: float = 500.0,
-    seconds_start: float = 0.0,
-    seconds_total: float = 13.0,
-    apg_scale: float = 0.0,
-    seed: int = 42,
-    batch_size: int = 1,
-    silence_db: float = 60.0,
-    loops: bool = True,
-    loop_bars: int = 4,
-    loop_lufs: float = 0.0,
-    variation_of: str = "auto",
-    variation_strengths: str = "0.1, 0.9",
-    device: str = "auto",
-    dtype: str = "auto",
+    run_dir: str,
+    profile: str,
+    base_model: str,
+    finetune_model: str,
+    allow_missing_finetune: bool,
+    lora_strength: float,
+    t5_model: str,
+    prompts_file: str,
+    n_prompts: int,
+    steps: int,
+    cfg_scale: float,
+    sampler_type: str,
+    sigma_min: float,
+    sigma_max: float,
+    seconds_start: float,
+    seconds_total: float,
+    apg_scale: float,
+    seed: int,
+    batch_size: int,
+    silence_db: float,
+    loops: bool,
+    loop_bars: int,
+    loop_lufs: float,
+    variation_of: str,
+    variation_strengths: str,
+    device: str,
+    dtype: str,
 ) -> dict:
     """Generate every prompt with the base model and the fine-tune, same seeds; see the module doc.
 
@@ -831,8 +824,8 @@ def run(
         apg_scale=float(apg_scale),
     )
     # 1. validate everything before any work
-    _check_run_args(settings, batch_size, n_prompts, seed, base_model)
-    _check_loop_args(loop_bars, loop_lufs)
+    _check_run_args(settings, base_model)
+    _check_loop_args(loop_lufs)
     strengths = parse_strengths(variation_strengths)
     prompts, focus_path = _prompt_list(run_dir, prompts_file, n_prompts)
     var_source, var_message = find_variation_source(run_dir, variation_of, prompts)

@@ -146,6 +146,11 @@ def from_config(cfg: dict) -> ModelSpec:
     )
 
 
+def by_hub_id(hub_id: str) -> Known | None:
+    """The registry's entry of a hub id ("stabilityai/stable-audio-open-1.0"), else None."""
+    return next((k for k in REGISTRY.values() if k.hub_id == hub_id), None)
+
+
 def bundled_config(name: str) -> dict:
     """A registry model's ``model_config.json`` (bundled in data/)."""
     return json.loads(REGISTRY[name].config_path.read_text(encoding="utf-8"))

@@ -1,19 +1,19 @@
-"""Parameters and profiles: one schema and validation before any work.
+"""Parameters and profiles: the stages' settings resolved and validated before any work.
 
-Used by every stage (:func:`check_call`), by the notebooks through :func:`stablebeat_utils.lesson.settle`
-and by the runner.
+Used by every stage (:func:`check_call`, through :mod:`stablebeat_utils.stage`), by the notebooks
+through :func:`stablebeat_utils.lesson.settle` and by the runner.
 
-The schema is ``data/profiles/demo.yaml``: it lists every parameter of every notebook with its
-demo value, which is also the default in the notebook's ``parameters`` cell (a test checks that
-they agree). Its type is the parameter's type.
-
-A profile is a small YAML file of values (``data/profiles/<name>.yaml``, or any path): top-level
-keys apply to every notebook that has that parameter, ``stages: {NN_stage: {...}}`` to one.
-Precedence, lowest first: demo defaults < profile < ``-f params.yaml`` < ``-p NAME VALUE``.
+What a stage's settings are — name, type, default (the card's recipe), choices, bounds, help — is
+:mod:`stablebeat_utils.settings`, once. A profile is a small YAML file of what differs from those
+defaults (``data/profiles/<name>.yaml``, or any path): top-level keys apply to every notebook that
+has that setting, ``stages: {NN_stage: {...}}`` to one; a key no stage (or not that stage) has is an
+error. ``demo`` is the default profile: its values are the notebooks' ``parameters`` cells and what a
+stage's ``run()`` uses when called with no profile (:func:`schema`).
+Precedence, lowest first: defaults < profile < ``-f params.yaml`` < ``-p NAME VALUE``.
 
 When a learner opens a notebook on its own and sets ``profile = "colab_a100"`` in the form,
-:func:`settled_values` applies the profile to every parameter still at its demo value; parameters the
-learner changed are kept. Under the runner the values arrive already resolved
+:func:`settled_values` gives every parameter still at its demo value the profile's value; parameters
+the learner changed are kept. Under the runner the values arrive already resolved
 (``_resolved_by_runner``) and are only validated.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from . import STAGES
+from . import STAGES, settings
 from .runs import Run
 
 PROFILES_DIR = Path(__file__).parent / "data" / "profiles"
@@ -67,11 +67,6 @@ def load_profile(name_or_path: str) -> dict:
     return _read_yaml(bundled)
 
 
-@lru_cache(maxsize=1)
-def _demo() -> dict:
-    return _read_yaml(PROFILES_DIR / "demo.yaml")
-
-
 def canonical_stage(name: str) -> str:
     """'01', '01_segment', 'segment' → '01_segment' ('05b', '5b', 'focus' → '05b_focus'); else ParameterError."""
     for stage in STAGES:
@@ -81,31 +76,70 @@ def canonical_stage(name: str) -> str:
     raise ParameterError(f"unknown stage {name!r}: the stages are {', '.join(STAGES)}")
 
 
+def defaults(stage: str) -> dict[str, Any]:
+    """``stage``'s settings at their defaults (the card's recipe)."""
+    return settings.defaults(canonical_stage(stage))
+
+
 def schema(stage: str) -> dict[str, Any]:
-    """The parameters of ``stage`` with their demo values (which fix their types)."""
+    """``stage``'s settings with the default profile's values (demo): the notebooks' ``parameters`` cells,
+    and what ``run()`` uses for what it is not given."""
+    return profile_resolved(stage, "demo")
+
+
+def profile_resolved(stage: str, profile: str) -> dict[str, Any]:
+    """``stage``'s settings: the defaults with ``profile``'s values over them (a bundled one is read once)."""
     stage = canonical_stage(stage)
-    demo = _demo()
-    out = dict(demo.get("common") or {})
-    out.update((demo.get("stages") or {}).get(stage) or {})
-    return out
+    if profile in list_profiles():
+        return copy.deepcopy(_bundled_resolved(stage, profile))
+    return _overlaid(stage, load_profile(profile), profile)
+
+
+def every_stage(profile: str) -> dict[str, dict[str, Any]]:
+    """``{stage: its settings}`` under ``profile`` (the defaults with the profile over them)."""
+    return {stage: profile_resolved(stage, profile) for stage in STAGES}
+
+
+@lru_cache(maxsize=64)
+def _bundled_resolved(stage: str, profile: str) -> dict[str, Any]:
+    return _overlaid(stage, load_profile(profile), profile)
+
+
+def _overlaid(stage: str, overlay: dict, profile: str) -> dict[str, Any]:
+    values = defaults(stage)
+    for k, v in profile_values(overlay, stage).items():
+        values[k] = coerce(stage, k, v)
+    values["profile"] = profile
+    return values
 
 
 def profile_values(profile: dict, stage: str) -> dict[str, Any]:
-    """What ``profile`` sets for ``stage``'s parameters (unknown names are reported)."""
-    names = schema(stage)
-    flat = {k: v for k, v in profile.items() if k not in ("stages", "common")}
+    """What ``profile`` sets for ``stage``'s settings; a key no stage has (at the top level) or that
+    ``stage`` does not have (under ``stages: {stage: …}``) is an error naming it."""
+    stage = canonical_stage(stage)
+    names = settings.spec(stage)
+    flat = {k: v for k, v in profile.items() if k not in ("stages", "common", "requires")}
     flat.update(profile.get("common") or {})
+    unknown = sorted(set(flat) - all_parameter_names())
+    if unknown:
+        raise ParameterError(f"profile sets unknown parameter(s): {', '.join(unknown)} (no stage has them)")
+    stages = profile.get("stages") or {}
+    odd = sorted(set(stages) - set(STAGES))
+    if odd:
+        raise ParameterError(f"profile names unknown stage(s): {', '.join(odd)}; the stages are {', '.join(STAGES)}")
     out = {k: v for k, v in flat.items() if k in names}
-    per_stage = (profile.get("stages") or {}).get(stage) or {}
+    per_stage = stages.get(stage) or {}
     unknown = sorted(set(per_stage) - set(names))
     if unknown:
-        raise ParameterError(f"profile sets unknown parameter(s) for {stage}: {', '.join(unknown)}")
+        raise ParameterError(
+            f"profile sets unknown parameter(s) for {stage}: {', '.join(unknown)}; its settings are: {', '.join(names)}"
+        )
     out.update(per_stage)
     return out
 
 
 def all_parameter_names() -> set[str]:
-    return {n for s in STAGES for n in schema(s)}
+    return {n for s in STAGES for n in settings.spec(s)}
 
 
 def refuse_secret(name: str) -> None:
@@ -118,14 +152,14 @@ def refuse_secret(name: str) -> None:
 
 def coerce(stage: str, name: str, value: Any) -> Any:
     """``value`` checked (and gently converted) against the type of ``name``'s demo value."""
-    names = schema(stage)
+    names = settings.spec(canonical_stage(stage))
     refuse_secret(name)
     if name not in names:
         raise ParameterError(f"{stage} has no parameter {name!r}; its parameters are: {', '.join(sorted(names))}")
-    default = names[name]
-    if default is None or value is None:
+    default = names[name].default
+    if value is None:
         return value
-    kind = type(default)
+    kind = names[name].type
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -170,11 +204,11 @@ def check_call(stage: str, args: dict) -> None:
     run folder of another run format. Types are checked strictly (no conversion): a path
     parameter may be a ``str`` or an ``os.PathLike``; an int is accepted for a float.
     """
-    names = schema(stage)
+    names = settings.spec(canonical_stage(stage))
     for name, value in args.items():
-        if name not in names or value is None or names[name] is None:
+        if name not in names or value is None:
             continue
-        kind = type(names[name])
+        kind = names[name].type
         if kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         elif kind is int:
@@ -186,7 +220,7 @@ def check_call(stage: str, args: dict) -> None:
         if not ok:
             raise ParameterError(
                 f"{stage}: parameter {name!r} must be {kind.__name__} (like its default "
-                f"{names[name]!r}), got {type(value).__name__} {value!r}"
+                f"{names[name].default!r}), got {type(value).__name__} {value!r}"
             )
     if args.get("run_dir") is not None:
         Run(args["run_dir"]).check_compatible()
@@ -195,10 +229,10 @@ def check_call(stage: str, args: dict) -> None:
 def resolve(
     stage: str, profile: str = "demo", files: list[dict] | None = None, overrides: dict | None = None
 ) -> dict[str, Any]:
-    """Final values for ``stage``: demo < profile < files < overrides, validated."""
+    """Final values for ``stage``: defaults < profile < files < overrides, validated (types, choices, bounds)."""
     stage = canonical_stage(stage)
-    values = copy.deepcopy(schema(stage))
-    layers = [profile_values(load_profile(profile), stage)]
+    values = profile_resolved(stage, profile)
+    layers = []
     for f in files or []:
         layers.append({k: v for k, v in profile_values(f, stage).items()})
     layers.append({k: v for k, v in (overrides or {}).items() if k in values})
@@ -206,6 +240,7 @@ def resolve(
         for k, v in layer.items():
             values[k] = coerce(stage, k, v)
     values["profile"] = profile if "profile" in values else values.get("profile")
+    settings.check(stage, values, ParameterError)
     return values
 
 
@@ -219,7 +254,9 @@ def settled_values(stage: str, namespace: dict) -> dict[str, Any]:
     if not namespace.get("_resolved_by_runner"):
         profile = values.get("profile", "demo")
         if profile != "demo":
-            for k, v in profile_values(load_profile(profile), stage).items():
-                if values.get(k) == names[k]:
+            for k, v in profile_resolved(stage, profile).items():
+                if k != "profile" and values.get(k) == names[k]:
                     values[k] = v
-    return {k: coerce(stage, k, v) for k, v in values.items()}
+    values = {k: coerce(stage, k, v) for k, v in values.items()}
+    settings.check(stage, values, ParameterError)
+    return values

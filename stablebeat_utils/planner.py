@@ -109,13 +109,10 @@ def scaled_epochs(
 
 
 def train_settings(profile: str = "colab_a100") -> dict:
-    """05_train's and 01_segment's values in ``profile`` (the demo schema fills what it leaves out)."""
+    """05_train's and 01_segment's values in ``profile`` (the settings' defaults fill what it leaves out)."""
     from . import params
 
-    prof = params.load_profile(profile)
-    out = params.schema(layout.SEGMENT) | params.profile_values(prof, layout.SEGMENT)
-    out |= params.schema(layout.TRAIN) | params.profile_values(prof, layout.TRAIN)
-    return out
+    return params.profile_resolved(layout.SEGMENT, profile) | params.profile_resolved(layout.TRAIN, profile)
 
 
 def from_run(run_dir: str | os.PathLike) -> dict:

@@ -69,10 +69,15 @@ from . import layout
 from . import clipfacts, preflight_inference
 from .clipfacts import FAMILIES, T5_MAX_TOKENS, Lexicon, clip_tags, gather, load_lexicon
 from .runs import JsonlLog, Run, atomic_write_json, read_jsonl
+from . import stage
 from .stage import begin
 
 STAGE = layout.PROMPTS
-CARD_KEYS = ("instruments_tags", "genres_tags", "moods_tags", "key", "scale", "tempo", "start", "duration")
+CARD_FAMILIES = ("instruments", "genres", "moods")  # the card's metadata order; any other family follows
+CARD_KEYS = (
+    *(f"{f}_tags" for f in CARD_FAMILIES + tuple(f for f in FAMILIES if f not in CARD_FAMILIES)),
+    *("key", "scale", "tempo", "start", "duration"),
+)
 PROMPTS_FORMAT = 3  # bumped when the rows change meaning; older rows are redone (3: supplied tags/prompt)
 
 
@@ -624,20 +629,9 @@ def _rec_hash(rec: dict) -> str:
 
 
 def _validate_params(p: dict) -> None:
-    if p["batch_size"] < 1:
-        raise PromptsError(f"batch_size={p['batch_size']}: must be at least 1")
-    if p["generation_length"] < 8:
-        raise PromptsError(f"generation_length={p['generation_length']}: too few for a sentence (use 64–128)")
-    if p["temperature"] < 0:
-        raise PromptsError(f"temperature={p['temperature']}: must be ≥ 0 (0 = greedy decoding)")
-    if p["quantization"] not in ("", "4bit", "8bit"):
-        raise PromptsError(f"quantization={p['quantization']!r}: expected '', '4bit' or '8bit'")
-    if not 1 <= p["t5_max_length"] <= 512:
-        raise PromptsError(f"t5_max_length={p['t5_max_length']}: expected 1–512 (SAO's T5 reads 128)")
-    if p["n_clusters"] < 0 or p["n_clusters"] == 1:
+    """What the settings' own choices and bounds (checked before ``run``'s body) cannot say."""
+    if p["n_clusters"] == 1:
         raise PromptsError(f"n_clusters={p['n_clusters']}: 0 (choose by silhouette) or at least 2")
-    if not 0 <= p["rare_tag_percent"] <= 100:
-        raise PromptsError(f"rare_tag_percent={p['rare_tag_percent']}: a percentage, 0–100")
 
 
 def _fingerprint(p: dict, lexicon: Lexicon) -> str:
@@ -814,21 +808,22 @@ def _llm_counts(rows: list[dict]) -> dict:
     }
 
 
+@stage.entry(STAGE, PromptsError)
 def run(
-    run_dir: str = "runs/demo",
-    profile: str = "demo",
-    llm_model: str = "tiny:llm",
-    t5_model: str = "tiny:t5",
-    use_llm: bool = True,
-    quantization: str = "",
-    batch_size: int = 8,
-    generation_length: int = 96,
-    temperature: float = 0.6,
-    seed: int = 0,
-    device: str = "auto",
-    t5_max_length: int = T5_MAX_TOKENS,
-    n_clusters: int = 0,
-    rare_tag_percent: float = 5.0,
+    run_dir: str,
+    profile: str,
+    llm_model: str,
+    t5_model: str,
+    use_llm: bool,
+    quantization: str,
+    batch_size: int,
+    generation_length: int,
+    temperature: float,
+    seed: int,
+    device: str,
+    t5_max_length: int,
+    n_clusters: int,
+    rare_tag_percent: float,
 ) -> dict:
     """Write ``04_prompts/prompts.jsonl`` + ``metadata.json``, then the tag-space analysis.
 

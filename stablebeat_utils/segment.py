@@ -85,6 +85,7 @@ from . import clipstore
 from .audio import AUDIO_EXTS, is_audio_name
 from .pool import ordered_bounded as _ordered_bounded  # the one crash-isolating pool (moved to pool.py)
 from .runs import JsonlLog, Run, RunFolderError, atomic_path, atomic_write_json, file_sha256, read_json
+from . import stage
 from .stage import begin
 
 STAGE = layout.SEGMENT
@@ -649,35 +650,15 @@ def _config(
     return cfg
 
 
-def _validate(
-    segments_per_track: int,
-    min_seconds: float,
-    max_seconds: float,
-    target_lufs: float,
-    peak_ceiling_dbfs: float,
-    workers: int,
-    clip_format: str = "wav",
-) -> None:
-    if clip_format not in audio_mod.CLIP_FORMATS:
-        raise SegmentError(
-            f"clip_format={clip_format!r}: choose one of {', '.join(audio_mod.CLIP_FORMATS)} "
-            "(flac: the same samples in about half the bytes)"
-        )
-    if not isinstance(segments_per_track, int) or segments_per_track < 1:
-        raise SegmentError(f"segments_per_track={segments_per_track!r}: give a whole number ≥ 1")
-    if not (0 < min_seconds <= max_seconds):
+def _validate(min_seconds: float, max_seconds: float) -> None:
+    """What the settings' own choices and bounds (checked before ``run``'s body) cannot say."""
+    if not min_seconds <= max_seconds:
         raise SegmentError(f"min_seconds={min_seconds!r}, max_seconds={max_seconds!r}: need 0 < min ≤ max")
     if max_seconds - min_seconds < 0.5:
         raise SegmentError(
             f"max_seconds - min_seconds = {max_seconds - min_seconds:g} s: leave at least 0.5 s "
             "so segments can end on a bar or beat"
         )
-    if not (-70 <= target_lufs <= 0):
-        raise SegmentError(f"target_lufs={target_lufs!r}: give a loudness in LUFS between -70 and 0 (e.g. -14)")
-    if not (-20 <= peak_ceiling_dbfs <= 0):
-        raise SegmentError(f"peak_ceiling_dbfs={peak_ceiling_dbfs!r}: give a ceiling between -20 and 0 dBFS")
-    if not isinstance(workers, int) or workers < 1:
-        raise SegmentError(f"workers={workers!r}: give a whole number ≥ 1")
 
 
 def _clean_stage(stage_dir: Path, *clip_folders: Path) -> None:
@@ -893,18 +874,20 @@ def _warn_if_all_crashed(summary: dict) -> None:
         )
 
 
+@stage.entry(STAGE, SegmentError)
 def run(
-    run_dir: str | os.PathLike = "runs/demo",
-    input_dir: str | os.PathLike = "demo",
-    profile: str = "demo",
-    segments_per_track: int = 2,
-    min_seconds: float = 20.0,
-    max_seconds: float = 35.0,
-    target_lufs: float = -14.0,
-    peak_ceiling_dbfs: float = -1.0,
-    workers: int = 2,
-    clip_format: str = "wav",
-    clip_dir: str = "",
+    run_dir: str | os.PathLike,
+    input_dir: str | os.PathLike,
+    profile: str,
+    segments_per_track: int,
+    min_seconds: float,
+    max_seconds: float,
+    target_lufs: float,
+    peak_ceiling_dbfs: float,
+    workers: int,
+    clip_format: str,
+    clip_dir: str,
+    *,
     progress: bool = True,
 ) -> dict:
     """Segment every beat under ``input_dir`` into ``RUN_DIR/01_segment`` (see the module docstring).
@@ -920,7 +903,7 @@ def run(
     """
     run_obj, _ = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
     numbers = (float(min_seconds), float(max_seconds), float(target_lufs), float(peak_ceiling_dbfs))
-    _validate(segments_per_track, *numbers, workers, clip_format)
+    _validate(*numbers[:2])
     in_dir, sources, ignored = _sources(input_dir, run_obj)
     clips_dir = _clip_folder(clip_dir, run_obj, in_dir)
     config = _config(in_dir, segments_per_track, *numbers, clip_format)

@@ -55,6 +55,7 @@ from .clap import (  # noqa: F401  (02's names for the shared CLAP scoring: tag.
 from .clipfacts import FAMILIES, Entry, load_vocab
 from .clipstore import ClipFolder, clip_path
 from .runs import JsonlLog, Run, atomic_path, atomic_write_text, iter_jsonl, read_jsonl
+from . import stage
 from .stage import begin
 from .tag_calibration import select_family, select_tags
 
@@ -159,20 +160,7 @@ def _load_windows(run: Run, seg: dict, sr: int, window_seconds: float) -> tuple[
 
 def _validate(params: dict) -> None:
     p = params
-    if p["backend"] not in BACKENDS:
-        raise TagError(f"backend {p['backend']!r} is unknown: choose one of {', '.join(BACKENDS)}")
-    if not isinstance(p["batch_size"], int) or p["batch_size"] < 1:
-        raise TagError(f"batch_size must be a positive integer, got {p['batch_size']!r}")
-    for f in FAMILIES:
-        k = p[f"top_k_{f}"]
-        if not isinstance(k, int) or k < 0:
-            raise TagError(f"top_k_{f} must be an integer >= 0, got {k!r}")
-    if not -1.0 <= float(p["min_similarity"]) <= 1.0:
-        raise TagError(f"min_similarity is a cosine similarity in [-1, 1], got {p['min_similarity']!r}")
-    if float(p["max_margin"]) < 0:
-        raise TagError(f"max_margin must be >= 0 (2.0 turns it off), got {p['max_margin']!r}")
-    if not float(p["window_seconds"]) > 0:
-        raise TagError(f"window_seconds must be > 0, got {p['window_seconds']!r}")
+    """What the settings' own choices and bounds (checked before ``run``'s body) cannot say."""
     if not p["clap_model"]:
         raise TagError("clap_model is empty: give a hub id (laion/larger_clap_music), a local folder or tiny:clap")
 
@@ -219,9 +207,7 @@ def _tag_chunk(
             **head,
             "duration": round(dur, 3),
             "n_windows": len(windows),
-            "instruments_tags": [],
-            "moods_tags": [],
-            "genres_tags": [],
+            **{f"{f}_tags": [] for f in FAMILIES},
             "scores": _score_row(pooled, text, vocab),
         }
         rows.append(_apply_selection(row, top_k, params["min_similarity"], params["max_margin"]))
@@ -350,21 +336,22 @@ def _calibration_summary(calibration: dict | None, answers: list, unused: list[s
     }
 
 
+@stage.entry(STAGE, TagError)
 def run(
-    run_dir: str = "runs/demo",
-    profile: str = "demo",
-    clap_model: str = "tiny:clap",
-    backend: str = "transformers",
-    batch_size: int = 8,
-    top_k_instruments: int = 3,
-    top_k_moods: int = 2,
-    top_k_genres: int = 1,
-    min_similarity: float = -1.0,
-    max_margin: float = 2.0,
-    window_seconds: float = 10.0,
-    device: str = "auto",
-    vocab_dir: str = "",
-    calibration_file: str = "",
+    run_dir: str,
+    profile: str,
+    clap_model: str,
+    backend: str,
+    batch_size: int,
+    top_k_instruments: int,
+    top_k_moods: int,
+    top_k_genres: int,
+    min_similarity: float,
+    max_margin: float,
+    window_seconds: float,
+    device: str,
+    vocab_dir: str,
+    calibration_file: str,
 ) -> dict:
     """Tag every ``ok`` clip of ``RUN_DIR/01_segment/segments.jsonl``; write ``02_tag/tags.jsonl``.
 
@@ -382,7 +369,7 @@ def run(
     _validate(params)
     vocab = load_vocab(vocab_dir)
     tag_family = {e.tag: f for f in FAMILIES for e in vocab[f]}
-    top_k = {"instruments": top_k_instruments, "moods": top_k_moods, "genres": top_k_genres}
+    top_k = {f: params[f"top_k_{f}"] for f in FAMILIES}  # one top_k_<family> setting per family
     segments = _ok_segments(run_)
     ok_ids = {r["clip_id"] for r in segments}
     answers, answer_sources = _producer_answers(run_dir, calibration_file, tag_family, ok_ids)

@@ -183,6 +183,7 @@ from .tempo import (  # noqa: F401  (03's names for the shared estimator: tempo_
     TOLERANCE,
 )
 from .runs import JsonlLog, Run, atomic_path, atomic_write_json, file_sha256, iter_jsonl, read_json, read_jsonl
+from . import stage
 from .stage import begin
 
 STAGE = layout.TEMPO_KEY
@@ -490,27 +491,22 @@ def _write_final(out: Path, log: JsonlLog, clips: list[dict], min_confidence: fl
     return counts
 
 
+@stage.entry(STAGE, TempoKeyError)
 def run(
-    run_dir: str = "runs/demo",
-    profile: str = "demo",
-    tempo_model: str = "",
-    model_cache_dir: str = "",
-    min_confidence: float = 0.7,
-    bpm_range: str = "",
-    key_profile: str = "edma",
-    workers: int = 2,
-    facts_from_names: bool = True,
-    facts_file: str = "",
+    run_dir: str,
+    profile: str,
+    tempo_model: str,
+    model_cache_dir: str,
+    min_confidence: float,
+    bpm_range: str,
+    key_profile: str,
+    workers: int,
+    facts_from_names: bool,
+    facts_file: str,
 ) -> dict:
     """Analyse every ``ok`` clip of ``RUN_DIR/01_segment``; write ``RUN_DIR/03_tempo_key/tempo_key.jsonl``."""
     run_, params = begin(STAGE, locals())  # a wrong type or an incompatible run folder: refused by name
-    # 1. validate everything before any work
-    if not 0.0 <= float(min_confidence) <= 1.0:
-        raise TempoKeyError(f"min_confidence {min_confidence!r}: a confidence is between 0 and 1 (the card uses 0.7)")
-    if key_profile not in KEY_PROFILES:
-        raise TempoKeyError(f"key_profile {key_profile!r}: choose one of {', '.join(KEY_PROFILES)}")
-    if int(workers) < 1:
-        raise TempoKeyError(f"workers {workers!r}: need at least 1")
+    # 1. validate everything before any work (choices and bounds: the settings', checked before this body)
     prior = parse_bpm_range(bpm_range)
     clips = _ok_clips(run_)
     supplied = supplied_facts(run_, clips, bool(facts_from_names), facts_file)

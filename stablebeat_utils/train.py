@@ -67,7 +67,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -86,14 +85,11 @@ from .checkpoints import (  # noqa: F401  (train.newest_checkpoint & co.: the na
     prune_checkpoints,
 )
 from .runs import Run, atomic_path, atomic_write_json, read_jsonl
+from .settings import TrainSettings
+from . import stage
 from .stage import begin
 
 STAGE = layout.TRAIN
-MODES = ("full", "lora")
-ADAPTERS = ("lora", "dora")
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
-OPTIMIZERS = ("adamw", "adamw8bit")
-EXPORT_FROM = ("last", "best")
 MIN_HOLDOUT_CLIPS = 10  # a catalogue under this trains on every clip, without a held-out split
 
 
@@ -625,87 +621,57 @@ def card_prompts() -> list[str]:
 
 
 def _validate(p: dict) -> None:
-    def need(cond, msg):
-        if not cond:
-            raise TrainError(f"05_train: {msg}")
-
-    need(p["mode"] in MODES, f"mode={p['mode']!r}: choose one of {MODES}")
-    need(p["lora_adapter"] in ADAPTERS, f"lora_adapter={p['lora_adapter']!r}: choose one of {ADAPTERS}")
-    need(p["precision"] in PRECISIONS, f"precision={p['precision']!r}: choose one of {PRECISIONS}")
-    need(p["batch_size"] >= 1, "batch_size must be >= 1")
-    need(p["lr"] > 0, "lr must be > 0")
-    need(p["epochs"] >= 1 or p["max_steps"] >= 1, "set epochs >= 1 or max_steps >= 1")
-    need(p["checkpoint_every"] >= 1, "checkpoint_every must be >= 1 (steps)")
-    need(p["keep_checkpoints"] >= 1, "keep_checkpoints must be >= 1")
-    need(p["sample_seconds"] >= 0, "sample_seconds must be >= 0 (0 = the model's own window)")
-    need(p["lora_rank"] >= 1, "lora_rank must be >= 1")
-    need(p["workers"] >= 0, "workers must be >= 0")
-    need(
-        math.isfinite(p["padding_loss_weight"]) and p["padding_loss_weight"] >= 0,
-        "padding_loss_weight must be >= 0 (1.0 = train padded frames as SAO did)",
-    )
-    need(
-        isinstance(p["grad_accum"], int) and p["grad_accum"] >= 1,
-        "grad_accum must be a whole number >= 1 (batches per optimizer step)",
-    )
-    need(p["optimizer"] in OPTIMIZERS, f"optimizer={p['optimizer']!r}: choose one of {OPTIMIZERS}")
-    need(p["checkpoint_minutes"] >= 0, "checkpoint_minutes must be >= 0 (0 = by steps and epochs only)")
-    need(
-        math.isfinite(p["demo_minutes"]) and p["demo_minutes"] >= 0,
-        "demo_minutes must be >= 0 (0 = demos by demo_every steps only)",
-    )
-    need(p["export_from"] in EXPORT_FROM, f"export_from={p['export_from']!r}: choose one of {EXPORT_FROM}")
-    need(
-        math.isfinite(p["holdout_fraction"]) and 0 <= p["holdout_fraction"] < 0.5,
-        "holdout_fraction must be >= 0 and < 0.5 (0 = no held-out clips)",
-    )
+    """What the settings' own choices and bounds (checked before ``run``'s body) cannot say."""
+    if not (p["epochs"] >= 1 or p["max_steps"] >= 1):
+        raise TrainError("05_train: set epochs >= 1 or max_steps >= 1")
 
 
 # --------------------------------------------------------------------------------------------
 # the stage
 
 
+@stage.entry(STAGE, TrainError)
 def run(
-    run_dir: str = "runs/demo",
-    profile: str = "demo",
-    base_model: str = "tiny:sao",
-    t5_model: str = "",
-    mode: str = "full",
-    lora_rank: int = 16,
-    lora_alpha: float = 16.0,
-    lora_adapter: str = "lora",
-    batch_size: int = 2,
-    lr: float = 5e-5,
-    epochs: int = 1,
-    max_steps: int = 4,
-    sample_seconds: float = 1.0,
-    random_crop: bool = True,
-    ema: bool = True,
-    precision: str = "auto",
-    accelerator: str = "auto",
-    devices: int = 1,
-    strategy: str = "auto",
-    workers: int = 0,
-    checkpoint_every: int = 2,
-    keep_checkpoints: int = 2,
-    demo_every: int = 4,
-    num_demos: int = 1,
-    demo_steps: int = 4,
-    demo_cfg: float = 7.0,
-    demo_seconds: float = 2.0,
-    pre_encode: bool = False,
-    log_every: int = 1,
-    wandb_project: str = "",
-    seed: int = 0,
-    export_merged: bool = True,
-    padding_loss_weight: float = 1.0,
-    grad_accum: int = 1,
-    checkpoint_minutes: float = 0.0,
-    local_checkpoint_dir: str = "",
-    optimizer: str = "adamw",
-    demo_minutes: float = 0.0,
-    export_from: str = "last",
-    holdout_fraction: float = 0.15,
+    run_dir: str,
+    profile: str,
+    base_model: str,
+    t5_model: str,
+    mode: str,
+    lora_rank: int,
+    lora_alpha: float,
+    lora_adapter: str,
+    batch_size: int,
+    lr: float,
+    epochs: int,
+    max_steps: int,
+    sample_seconds: float,
+    random_crop: bool,
+    ema: bool,
+    precision: str,
+    accelerator: str,
+    devices: int,
+    strategy: str,
+    workers: int,
+    checkpoint_every: int,
+    keep_checkpoints: int,
+    demo_every: int,
+    num_demos: int,
+    demo_steps: int,
+    demo_cfg: float,
+    demo_seconds: float,
+    pre_encode: bool,
+    log_every: int,
+    wandb_project: str,
+    seed: int,
+    export_merged: bool,
+    padding_loss_weight: float,
+    grad_accum: int,
+    checkpoint_minutes: float,
+    local_checkpoint_dir: str,
+    optimizer: str,
+    demo_minutes: float,
+    export_from: str,
+    holdout_fraction: float,
     *,
     stage: str = STAGE,
     clips: list[Clip] | None = None,
@@ -759,7 +725,7 @@ def run(
         return dict(run_.stage_record(stage)["summary"], skipped=True)
     clips = read_clips(run_dir, check_audio=False) if clips is None else clips
     clips, held_out = split_holdout(clips, holdout_fraction, stage)
-    p = SimpleNamespace(**params)
+    p = TrainSettings(**params)  # the settings by name, as recorded (a path as str)
     if not p.pre_encode:
         require_audio(
             run_dir, clips + held_out, stage
@@ -777,7 +743,8 @@ def run(
         _training_data(p, model, model_config, held_out, stage, window, device, p.seed, False)[1] if held_out else None
     )
     wrapper = _training_wrapper(p, tl, cfg, model, folders.drive)
-    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders, clips, bool(held_out))
+    cond_ids = modelspec.from_config(model_config).conditioning_ids  # SAO small has no seconds_start
+    trainer, curves, demos = _trainer(p, tl, prec, stage_dir, folders, clips, bool(held_out), cond_ids)
     facts = {  # what the summary reports from before training
         "clips": len({c.clip_id for c in clips}),  # distinct clips; 05b repeats some (samples_per_epoch)
         "samples_per_epoch": len(clips),
@@ -996,9 +963,12 @@ def _loggers(p, stage_dir: Path) -> list:
     return loggers
 
 
-def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders, clips: list, validate: bool = False):
+def _trainer(
+    p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders, clips: list, validate: bool = False, cond_ids=None
+):
     """``(Trainer, CurveLogger, DemoCallback)``: checkpoints, curves, demos (each scored against the
-    training ``clips``), the held-out loss (``validate``, every ``checkpoint_every`` steps) and loggers wired in."""
+    training ``clips``; conditioned on ``cond_ids``, the model's conditioning ids — None: all), the
+    held-out loss (``validate``, every ``checkpoint_every`` steps) and loggers wired in."""
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     from .train_watch import DemoWatch
@@ -1032,6 +1002,7 @@ def _trainer(p, tl, prec: str, stage_dir: Path, folders: _CheckpointFolders, cli
         p.demo_minutes,
         watch=watch,
         best=best,
+        cond_ids=cond_ids,
     )
     if _demos_on(p) and prompts:
         callbacks.append(demos)

@@ -259,7 +259,18 @@ class DemoCallback(pl.Callback):
     """
 
     def __init__(
-        self, every, prompts, steps, cfg, seconds, out_dir: Path, seed=0, minutes: float = 0.0, watch=None, best=None
+        self,
+        every,
+        prompts,
+        steps,
+        cfg,
+        seconds,
+        out_dir: Path,
+        seed=0,
+        minutes: float = 0.0,
+        watch=None,
+        best=None,
+        cond_ids=None,
     ):
         self.every, self.prompts, self.steps, self.cfg, self.seconds = every, prompts, steps, cfg, seconds
         self.out_dir, self.seed, self.last = Path(out_dir), seed, -1
@@ -267,6 +278,13 @@ class DemoCallback(pl.Callback):
         self._demo_log = None
         self.last_epoch = -1
         self.minutes, self.demo_at = float(minutes), time.monotonic()
+        self.cond_ids = cond_ids  # the model's conditioning ids (modelspec); None: SAO 1.0's three
+
+    def conditioning(self, prompt: str) -> dict:
+        """A demo's conditioning: the card's (prompt, start 0, this length), less what the model is not
+        conditioned on (stable-audio-open-small has no ``seconds_start``)."""
+        cond = {"prompt": prompt, "seconds_start": 0, "seconds_total": self.seconds}
+        return cond if self.cond_ids is None else {k: v for k, v in cond.items() if k in self.cond_ids}
 
     def on_train_start(self, trainer, module):
         self.demo_at = time.monotonic()
@@ -317,7 +335,7 @@ class DemoCallback(pl.Callback):
                         diffusion,
                         steps=self.steps,
                         cfg_scale=self.cfg,
-                        conditioning=[{"prompt": prompt, "seconds_start": 0, "seconds_total": self.seconds}],
+                        conditioning=[self.conditioning(prompt)],
                         sample_size=n,
                         seed=self.seed + i,
                         device=module.device,

@@ -6,7 +6,6 @@ Real code paths: clips cut from the bundled demo beats (test_train.make_run), th
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -59,9 +58,21 @@ def tiny_config() -> dict:
 # choosing the subset
 
 
-def test_run_parameters_are_the_notebooks():
-    sig = inspect.signature(focus.run)
-    assert {k: v.default for k, v in sig.parameters.items()} == params.schema("05b_focus")
+def test_settings_derive_from_05s_and_the_first_stage_settings_are_05s_fields(tmp_path):
+    """05b's lr, epochs, max_steps and batch_size are 05's settings (type, bounds, help) with 05b's own
+    defaults; what 05b trains with is every field of 05's settings (no signature read)."""
+    from stablebeat_utils import settings
+
+    mine, first = settings.spec("05b_focus"), settings.spec("05_train")
+    for name in ("lr", "epochs", "max_steps", "batch_size"):
+        assert mine[name].type is first[name].type
+        assert {k: v for k, v in mine[name].metadata.items() if k != "help"} == {
+            k: v for k, v in first[name].metadata.items() if k != "help"
+        }
+    assert (mine["lr"].default, first["lr"].default) == (1e-5, 5e-5)
+    values, source = focus.first_stage_settings(tmp_path / "run")
+    assert list(values) == list(first) and source == "profile 'demo'"
+    assert values == params.schema("05_train")
     assert params.canonical_stage("5b") == params.canonical_stage("focus") == "05b_focus"
 
 

@@ -75,12 +75,9 @@ def lora_file(tmp_path_factory):
 
 
 def test_run_parameters_are_the_notebooks():
-    import inspect
+    from stablebeat_utils import settings
 
-    from stablebeat_utils import params
-
-    sig = inspect.signature(gen.run)
-    assert {k: v.default for k, v in sig.parameters.items()} == params.schema("06_generate")
+    assert gen.run.settings_class is settings.GenerateSettings  # tests/test_params.py checks every stage
 
 
 # -- prompts ----------------------------------------------------------------------------------

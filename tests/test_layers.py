@@ -12,6 +12,7 @@ PKG = Path(__file__).resolve().parent.parent / "stablebeat_utils"
 BASE = {
     "layout",
     "modelspec",
+    "settings",
     "clap",
     "tempo",
     "focus_results",

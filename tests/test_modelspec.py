@@ -58,3 +58,26 @@ def test_samplers_follow_the_models_objective():
         generate.check_settings(flow, sao)
     with pytest.raises(generate.GenerateError, match="'dpmpp-3m-sde' is not one of pingpong"):
         generate.check_settings(generate.Settings(seconds_total=11.0), small)
+
+
+def test_demos_during_training_send_only_the_models_conditioners():
+    """05's demo conditioning follows the model spec: SAO small has no seconds_start (it was always sent)."""
+    from stablebeat_utils import train_lightning as tl
+
+    small = modelspec.of("stable-audio-open-small").conditioning_ids
+    demo = tl.DemoCallback(4, ["a beat"], 4, 7.0, 2.0, "/tmp/unused", cond_ids=small)
+    assert demo.conditioning("a beat") == {"prompt": "a beat", "seconds_total": 2.0}
+    sao = tl.DemoCallback(4, ["a beat"], 4, 7.0, 2.0, "/tmp/unused", cond_ids=modelspec.SAO.conditioning_ids)
+    assert sao.conditioning("a beat") == {"prompt": "a beat", "seconds_start": 0, "seconds_total": 2.0}
+
+
+def test_the_report_names_the_base_model_by_the_spec():
+    from stablebeat_utils import evaluate_report
+
+    assert (
+        evaluate_report.model_labels({"base": "stabilityai/stable-audio-open-1.0"})["base"] == "Stable Audio Open 1.0"
+    )
+    small = evaluate_report.model_labels({"base": "stabilityai/stable-audio-open-small"})["base"]
+    assert small == "Stable Audio Open Small"
+    assert evaluate_report.model_labels({"base": "me/my-model"})["base"] == "base model (me/my-model)"
+    assert evaluate_report.model_labels({"base": "tiny:sao"})["base"].startswith("tiny stand-in")

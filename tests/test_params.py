@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -156,28 +157,25 @@ def test_every_bundled_profile_resolves_for_every_stage(profile):
         assert set(values) == set(params.schema(stage))
 
 
-# parameters a stage's run() takes that are no notebook parameter (a caller's convenience, not a setting)
+# parameters a stage's run() takes that are no setting (a caller's convenience): keyword-only hooks
 CALL_ONLY = {"01_segment": {"progress"}, "05_train": {"stage", "clips"}}  # 05b_focus runs 05 on a subset
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_run_signature_matches_the_notebook_and_every_profile(stage):
-    """One source of truth, three places: the stage's ``run()`` signature (names and defaults), the
-    notebook's parameters cell (tests/test_notebooks_static.py holds it to the same schema) and the
-    profiles (every value they set for this stage is a parameter of ``run()``)."""
+def test_run_takes_the_stages_settings_and_their_demo_values(stage):
+    """One source of truth: ``run()`` takes the settings of settings.py (its body receives every field
+    by name, plus its keyword-only hooks); called with nothing, it runs on the demo profile's values —
+    the notebook's parameters cell (tests/test_notebooks_static.py holds the cell to the same values)."""
     import importlib
     import inspect
 
+    from stablebeat_utils import settings, stage as stage_mod
+
     module = importlib.import_module(f"stablebeat_utils.{stage.split('_', 1)[1]}")
-    sig = {
-        n: p.default
-        for n, p in inspect.signature(module.run).parameters.items()
-        if n not in CALL_ONLY.get(stage, set())
-    }
-    demo = params.schema(stage)
-    assert set(sig) == set(demo), f"{stage}: run() and the schema differ: {sorted(set(sig) ^ set(demo))}"
-    wrong = {n: (sig[n], demo[n]) for n in demo if sig[n] != demo[n]}
-    assert not wrong, f"{stage}: run() defaults differ from the notebook's (run(), demo.yaml): {wrong}"
-    for name in params.list_profiles():
-        profile = params.load_profile(name)
-        assert set(params.profile_values(profile, stage)) <= set(sig), (stage, name)
+    assert module.run.settings_class is settings.of(stage)
+    sig = inspect.signature(module.run.__wrapped__).parameters
+    hooks = {n for n, p in sig.items() if p.kind is p.KEYWORD_ONLY}
+    assert hooks == CALL_ONLY.get(stage, set())
+    assert set(sig) - hooks == set(settings.spec(stage))
+    built = stage_mod.settings_for(stage)
+    assert dataclasses.asdict(built) == params.schema(stage)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stablebeat_utils import preflight, train
+from stablebeat_utils import params, preflight, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -91,7 +91,7 @@ def test_profiles_fit_the_gpus_they_name():
     prof = {p.stem: yaml.safe_load(p.read_text()) for p in PROFILES.glob("colab_*.yaml")}
 
     def fits_on(name, gpu):
-        t = prof[name]["stages"]["05_train"]
+        t = params.profile_resolved("05_train", name)  # an overlay over the settings' defaults
         free, _total, precision = preflight.COLAB_GPUS[gpu]
         est = preflight.estimate(
             t["mode"], precision, t["batch_size"], ema=t.get("ema", True), pre_encode=t["pre_encode"]
@@ -144,7 +144,7 @@ def test_eight_bit_adamw_is_refused_on_cpu_before_loading(tmp_path):
     run = make_run(tmp_path / "run")
     with pytest.raises(train.TrainError, match="adamw8bit.*CUDA"):
         train.run(run_dir=str(run), optimizer="adamw8bit", accelerator="cpu", batch_size=2, sample_seconds=0.1)
-    with pytest.raises(train.TrainError, match="optimizer="):
+    with pytest.raises(train.TrainError, match="optimizer 'sgd' is unknown: choose one of adamw, adamw8bit"):
         train.run(run_dir=str(run), optimizer="sgd")
     cfg = train.training_config(
         {"model": {}},

@@ -397,7 +397,7 @@ def test_lora_pre_encoded_run_exports_adapters(tmp_path, monkeypatch):
 
 
 def test_bad_parameters_fail_before_work(tmp_path):
-    with pytest.raises(train.TrainError, match="mode="):
+    with pytest.raises(train.TrainError, match="mode 'half' is unknown: choose one of full, lora"):
         train.run(run_dir=str(tmp_path), mode="half")
     with pytest.raises(train.TrainError, match="04_prompts"):
         train.run(run_dir=str(tmp_path))
