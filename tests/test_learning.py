@@ -94,7 +94,7 @@ def synth_clip(kind: str, i: int, seconds: float = CLIP_S) -> np.ndarray:
     return np.stack([y, y]).astype(np.float32)
 
 
-def make_run(root: Path, n_clips: int = 0, seconds: float = CLIP_S) -> Path:
+def make_run(root: Path, n_clips: int = 0, seconds: float | dict = CLIP_S) -> Path:
     """A run folder as 01 + 04 leave it: both sets' clips (``n_clips`` each, 0 = N_CLIPS), each with its set's prompt."""
     n_clips = n_clips or N_CLIPS
     clips = root / "01_segment" / "clips"
@@ -102,22 +102,23 @@ def make_run(root: Path, n_clips: int = 0, seconds: float = CLIP_S) -> Path:
     (root / "04_prompts").mkdir(parents=True)
     segs, rows = [], []
     for kind in PROMPTS:
+        dur = seconds[kind] if isinstance(seconds, dict) else seconds
         for i in range(n_clips):
             cid = f"{kind}{i}"
             path = f"01_segment/clips/{cid}.wav"
-            audio.write_wav(root / path, synth_clip(kind, i, seconds), SR, subtype="FLOAT")
+            audio.write_wav(root / path, synth_clip(kind, i, dur), SR, subtype="FLOAT")
             segs.append(
                 dict(
                     clip_id=cid,
                     source=f"{cid}.wav",
                     start=0.0,
-                    duration=seconds,
-                    source_duration=seconds,
+                    duration=dur,
+                    source_duration=dur,
                     path=path,
                     status="ok",
                 )
             )
-            rows.append(dict(filepath=path, start=0.0, duration=seconds, prompt=PROMPTS[kind], clip_id=cid))
+            rows.append(dict(filepath=path, start=0.0, duration=dur, prompt=PROMPTS[kind], clip_id=cid))
     (root / "01_segment" / "segments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in segs))
     (root / "04_prompts" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
@@ -301,3 +302,49 @@ def test_fine_tune_moves_each_prompt_toward_its_own_clips(tmp_path, small_base, 
         export = tmp_path / "run" / "05_train" / "export"
         assert (export / "lora.safetensors").is_file() and not (export / "model.safetensors").exists()
     check_learned(measure(out), **MARGINS[mode])
+
+
+def test_padded_frames_count_in_the_loss_with_padding_loss_weight(tmp_path, small_base, monkeypatch):
+    """Two clips shorter than the 1-s window (0.5 s and 0.3 s: 11 and 7 of 22 latent frames real).
+    The engine's loss, seen at its ``compute_masked_loss``, must be what ``padding_loss_weight`` says
+    from the clips' own lengths (known truth, not the mask the engine was handed):
+    ``(sum over real frames + w * sum over padded frames) / (n_real + w * n_padded)`` per sample,
+    averaged over the batch. 0.5 is neither the engine's default (0.0) nor SAO's whole-window mean
+    (1.0), so a weight that does not reach the loss shows."""
+    import torch
+
+    train._lightning_classes()  # the engine's training modules, importable with the course's shims
+    import stable_audio_tools.training.diffusion as engine
+
+    w, seconds = 0.5, {"dark": 0.5, "bright": 0.3}
+    real = {k: -(-int(round(s * SR)) // 2048) for k, s in seconds.items()}  # 11 and 7 frames
+    seen, real_loss = [], engine.compute_masked_loss
+
+    def spy(loss_full, loss_mask, mask_padding_attention, mask_loss_weight=0.0):
+        out = real_loss(loss_full, loss_mask, mask_padding_attention, mask_loss_weight)
+        seen.append((loss_full.detach().clone(), loss_mask.clone(), out[0].detach().clone()))
+        return out
+
+    monkeypatch.setattr(engine, "compute_masked_loss", spy)
+    root = make_run(tmp_path / "run", n_clips=1, seconds=seconds)
+    kw = dict(TRAIN, max_steps=2, batch_size=2, random_crop=False, ema=False)
+    train.run(run_dir=str(root), base_model=str(small_base), lr=5e-3, padding_loss_weight=w, **kw)
+    assert len(seen) == 2
+    for loss_full, loss_mask, loss in seen:
+        frames = loss_full.shape[-1]
+        assert frames == 22 and sorted(int(n) for n in loss_mask.sum(dim=1)) == sorted(real.values())
+        truth = torch.zeros_like(loss_mask)
+        for b, n in enumerate(int(n) for n in loss_mask.sum(dim=1)):
+            truth[b, :n] = True  # the real frames are the first ones: a short clip is padded at its end
+        assert torch.equal(loss_mask, truth), "the padded frames are not the ones after each clip's end"
+        sig = (loss_full * truth[:, None]).sum(dim=(1, 2))
+        pad = (loss_full * ~truth[:, None]).sum(dim=(1, 2))
+        n_sig, n_pad = truth.sum(dim=1) * loss_full.shape[1], (~truth).sum(dim=1) * loss_full.shape[1]
+        expected = ((sig + w * pad) / (n_sig + w * n_pad)).mean()
+        plain = loss_full.mean()
+        assert abs(float(expected) - float(plain)) > 1e-3 * float(plain)  # the weight changes the loss here
+        assert float(loss) == pytest.approx(float(expected), rel=1e-5), (
+            f"the engine's loss {float(loss):.6f} is not the loss with padding weight {w} "
+            f"({float(expected):.6f}; padded frames ignored: "
+            f"{float((sig / n_sig).mean()):.6f}, whole window: {float(plain):.6f})"
+        )
