@@ -215,6 +215,7 @@ def train_vae(
     losses_fn = vae_losses(**loss_args)
     opt = torch.optim.AdamW(ae.parameters(), lr=lr, betas=(0.8, 0.99))
     rng = np.random.default_rng(SEED + 1)
+    torch.manual_seed(SEED + 1)  # the bottleneck samples its latent: torch's own seed differs per process
     curve = []
     for step in tqdm(range(steps), desc="VAE", unit="step"):
         reals = torch.from_numpy(crops(pool, batch, length, rng))
