@@ -132,6 +132,8 @@ from .evaluate_report import (
     card_table,
     compare,
     labelled,
+    learning,
+    learning_md,
     paper_comparison,
 )
 from .runs import JsonlLog, Run, atomic_path, file_sha256, atomic_write_json, atomic_write_text, read_jsonl
@@ -697,6 +699,8 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
     means = {m: {c: _mean(df[df["model"] == m], c) for c in _MEAN_COLUMNS} for m in models_present}
     training_means = {m: _mean(ref_df, m) for m in SIGNAL_METRICS}
     summary_md = _summary_md(means, training_means, comparison, frechet, models_present, len(ref_df))
+    learned = learning(df, frechet)  # did the fine-tune move toward the training clips? (in words, from the run)
+    summary_md += learning_md(learned)
     from . import (
         focus_results as focus,
     )  # per tag the second stage trained on: did it move toward the tag's training clips?
@@ -724,6 +728,7 @@ def _write_outputs(df, ref_df, models_present, frechet, out_dir: Path, run_: Run
         "plots": plots,
         "errors": int(len(errors)),
         "paper": paper,
+        "learning": learned,
     }
 
 
@@ -815,6 +820,8 @@ def run(
         "comparison": written["comparison"],
         "focus_tags": written["focus_tags"],
         "blind": written["blind"],
+        "learning": written["learning"],
+        "learning_md": learning_md(written["learning"]),
         "outputs": {
             n: run_.rel(out_dir / n) for n in (layout.METRICS_CSV, layout.CARD_TABLE, layout.SUMMARY_MD, layout.REPORT)
         },

@@ -590,3 +590,81 @@ def refresh_blind(run_dir: str) -> dict | None:
         data["blind"] = pref
         atomic_write_json(js, data)
     return pref
+
+
+# -- did the fine-tune move toward the training clips? (issue 24: the lesson states it from the run) ---
+
+#: "measurably closer": the relative drop of a distance that counts as a move (issue 24: ≥ 10 %)
+LEARNING_MIN_DROP = 0.10
+#: on how many of the four signal distances the fine-tune must be that much closer (issue 24: 3 of 4)
+LEARNING_MIN_METRICS = 3
+
+
+def learning(df, frechet: dict, base: str = "base", cand: str = "finetune") -> dict | None:
+    """How far the fine-tune moved toward the training clips, from 07's own numbers.
+
+    Per signal metric: the mean over the candidate's and the base's clips of ``<metric>_dist`` (07's
+    ``|ln v − median ln v(training clips)|``) and the relative drop ``1 − cand / base`` (positive =
+    closer); the Fréchet CLAP distances of both. ``shows_learning``: at least
+    :data:`LEARNING_MIN_METRICS` drops of at least :data:`LEARNING_MIN_DROP` and a lower Fréchet
+    distance. None when the run has no base/candidate pair.
+    """
+    if df is None or not {base, cand} <= set(df["model"].unique()):
+        return None
+    metrics = {}
+    for m in SIGNAL_METRICS:
+        b, c = _mean(df[df["model"] == base], f"{m}_dist"), _mean(df[df["model"] == cand], f"{m}_dist")
+        drop = None if b is None or c is None or b <= 0 else 1.0 - c / b
+        metrics[m] = {"base": b, "finetune": c, "drop": drop}
+    fb, fc = ((frechet.get(k) or {}).get("value") for k in (base, cand))
+    fb, fc = (v if v is not None and math.isfinite(v) else None for v in (fb, fc))
+    closer = [m for m, r in metrics.items() if r["drop"] is not None and r["drop"] >= LEARNING_MIN_DROP]
+    frechet_lower = fb is not None and fc is not None and fc < fb
+    return {
+        "metrics": metrics,
+        "frechet": {"base": fb, "finetune": fc, "drop": None if not fb or fc is None else 1.0 - fc / fb},
+        "closer": closer,
+        "frechet_lower": frechet_lower,
+        "shows_learning": len(closer) >= LEARNING_MIN_METRICS and frechet_lower,
+        "base": base,
+        "candidate": cand,
+    }
+
+
+def _move(name: str, r: dict, digits: str = ".3g") -> str:
+    if r["drop"] is None:
+        return f"{name}: not measured"
+    word = "closer" if r["drop"] >= 0 else "further"
+    return f"{name} {r['base']:{digits}} → {r['finetune']:{digits}} ({abs(100 * r['drop']):.0f} % {word})"
+
+
+def learning_md(rec: dict | None) -> str:
+    """The section that says, in words and the run's own figures, whether the fine-tune moved toward the clips."""
+    if not rec:
+        return ""
+    names = {m: CARD_LABELS[m].lower() for m in SIGNAL_METRICS}
+    moves = [_move(names[m], r) for m, r in rec["metrics"].items()]
+    f = rec["frechet"]
+    if f["base"] is None or f["finetune"] is None:
+        fr = "the Fréchet CLAP distance could not be computed for both models"
+    else:
+        verb = "fell" if f["finetune"] < f["base"] else "did not fall" if f["finetune"] == f["base"] else "rose"
+        fr = f"the Fréchet CLAP distance {verb} from {_fmt(f['base'], 'frechet')} to {_fmt(f['finetune'], 'frechet')}"
+    n, total = len(rec["closer"]), len(rec["metrics"])
+    closer = ", ".join(names[m] for m in rec["closer"]) or "none of them"
+    if rec["shows_learning"]:
+        verdict = (
+            f"**The fine-tune moved toward your beats**: it is at least {100 * LEARNING_MIN_DROP:.0f} % closer to "
+            f"the training clips on {n} of {total} distances ({closer}), and {fr}."
+        )
+    else:
+        verdict = (
+            f"**The fine-tune did not measurably move toward your beats**: at least {100 * LEARNING_MIN_DROP:.0f} % "
+            f"closer on {n} of {total} distances ({closer}; {LEARNING_MIN_METRICS} needed), and {fr}. "
+            "Train longer (more steps or epochs), or check the learning rate and 05's loss and demo plots."
+        )
+    return (
+        "\n## Did the fine-tune move toward your beats?\n\n"
+        "Distance of each model's clips to the training clips (07's log distance to their median, mean over "
+        "prompts and seeds; lower = closer), base → fine-tune: " + "; ".join(moves) + ".\n\n" + verdict + "\n"
+    )

@@ -385,6 +385,14 @@ def test_stage_writes_every_output(evaluated):
     for plot in summary["plots"]:
         assert f"]({plot.split('07_evaluate/', 1)[1]})" in report  # the report links every plot
     assert "## Prompt 1" in (out / "card_table.md").read_text() and "Stable Audio Open 1.0" in report
+    # what moved, in words, from this run's own figures (issue 24): the means of metrics.csv's distances
+    learned = summary["learning"]
+    for m in em.SIGNAL_METRICS:
+        for model in ("base", "finetune"):
+            mean = df[df["model"] == model][f"{m}_dist"].mean()
+            assert learned["metrics"][m][model] == pytest.approx(mean, rel=1e-4), (m, model)
+    assert learned["frechet"]["base"] == summary["frechet"]["base"]["value"]
+    assert summary["learning_md"].strip() in (out / "summary.md").read_text()
 
 
 def test_adherence_and_comparison_favour_the_model_that_follows_the_prompt(evaluated):
