@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from . import params
+# params is imported where it is used: the set-up cell imports this module on a bare Python (only
+# PyYAML) to run install_missing's Python check, and params -> settings -> audio needs numpy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COLAB_REQUIREMENTS = REPO_ROOT / "colab" / "requirements-colab.txt"
@@ -49,6 +50,8 @@ def gpu_report() -> dict:
 
 def profile_requirements(profile: str) -> dict:
     """The ``requires:`` block of a profile (e.g. ``{gpu_memory_gb: 38}``); empty for demo."""
+    from . import params
+
     return dict(params.load_profile(profile).get("requires") or {})
 
 
@@ -233,6 +236,8 @@ def profile_extras(profile: str) -> set[str]:
                     extras.add("quantization")
                 walk(v)
 
+    from . import params
+
     walk(params.every_stage(profile))  # what it resolves to: a profile lists only what differs from the defaults
     return extras
 
@@ -256,6 +261,8 @@ def gated_models(profile: str) -> list[str]:
                 walk(v)
         elif isinstance(x, str) and x.startswith(models.GATED_PREFIXES) and x not in found:
             found.append(x)
+
+    from . import params
 
     walk(params.every_stage(profile))  # the defaults name the card's gated models; a profile may leave them
     return found

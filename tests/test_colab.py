@@ -398,3 +398,17 @@ def test_a_profile_with_the_gated_model_needs_a_token(monkeypatch):
     with pytest.raises(colab.Stop, match="colab_lora.*gated.*stabilityai/stable-audio-open-1.0.*secrets.*HF_TOKEN"):
         colab.check_token("colab_lora", token="")
     assert colab.gated_models("demo") == []
+
+
+def test_the_setup_cells_import_needs_only_pyyaml():
+    """The set-up cell imports colab on a bare Python (PyYAML only) so that install_missing can STOP
+    naming an old Python: colab must not pull numpy/torch in at import (params -> settings -> audio did)."""
+    blocked = ["numpy", "torch", "scipy", "soundfile", "librosa", "essentia", "transformers"]
+    code = (
+        "import sys\n"
+        f"for m in {blocked!r}: sys.modules[m] = None\n"  # an import of any of them raises ImportError
+        "from stablebeat_utils import colab\n"
+        "assert callable(colab.install_missing)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-800:]
