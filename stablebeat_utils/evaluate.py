@@ -138,7 +138,7 @@ from .runs import JsonlLog, Run, atomic_path, file_sha256, atomic_write_json, at
 from .stage import begin
 
 STAGE = layout.EVALUATE
-METRICS_VERSION = 2  # bumped when a definition changes: cached rows of another version are recomputed
+METRICS_VERSION = 3  # bumped when a definition changes: cached rows of another version are recomputed
 CLAP_BACKENDS = ("transformers", "laion_clap")
 CLAP_SETTINGS = ("card", "stable-audio-metrics")
 SAM_PEAK_DBFS = -1.0
@@ -273,8 +273,11 @@ def measure_clip(path: str, with_tempo: bool = True) -> dict:
             if raw.get("global_bpm") is not None:  # 03's octave-safe tempo (tempo.measured_tempo)
                 bpm, conf = tempo.measured_tempo(raw)
                 row.update(bpm=round(bpm, 2), tempo_confidence=round(conf, 4))
-            if raw.get("key") is not None:
-                row.update(key_est=f"{raw['key']} {raw['scale']}", key_strength=round(raw["strength"], 4))
+            if raw.get("key") is not None:  # 03's rule (tempo.resolve_key): edma + edmm on relative keys
+                key, scale, strength, how = tempo.resolve_key(raw)
+                row["key_method"] = how
+                if how != "relative unresolved":  # 03 states no key there: neither does 07
+                    row.update(key_est=f"{key} {scale}", key_strength=round(strength, 4))
             if raw.get("error"):
                 row["error"] = raw["error"]
     except Exception as exc:  # one bad clip never stops the batch

@@ -611,3 +611,27 @@ def test_blind_rounds_recorded_after_07_ran_reach_its_report(evaluated, tmp_path
     assert ev.refresh_blind(str(run)) is None
     assert (out / "report.md").read_text().strip() == before["report.md"].strip()
     assert (out / "summary.md").read_text().strip() == before["summary.md"].strip()
+
+
+@pytest.mark.parametrize(
+    "key,alt,est",
+    [
+        (("C", "major", 0.84), ["A", "minor", 0.86], "A minor"),  # edmm's relative minor stronger
+        (("C", "major", 0.86), ["A", "minor", 0.80], None),  # within the margin: 03 states no key
+        (("C", "major", 0.92), ["A", "minor", 0.80], "C major"),  # clearly major
+    ],
+)
+def test_07_reads_keys_by_03s_rule(tmp_path, monkeypatch, key, alt, est):
+    """07 measures a generation's key as 03 states a clip's: edma, edmm's second opinion on relatives."""
+    import soundfile as sf
+
+    from stablebeat_utils import tempo, tempo_key
+
+    raw = {"clip_id": "g", "error": None, "key": key[0], "scale": key[1], "strength": key[2], "key_alt": alt}
+    monkeypatch.setattr(tempo, "analyse_clip", lambda *a, **k: dict(raw))
+    wav = tmp_path / "g.wav"
+    sf.write(wav, 0.1 * np.sin(np.linspace(0, 2000, 44100 * 2))[:, None].repeat(2, 1), 44100)
+    row = ev.measure_clip(str(wav))
+    assert row.get("key_est") == est
+    said = tempo_key.make_row(raw, None, 0.5)  # 03's row for the same analysis
+    assert (f"{said['key']} {said['scale']}" if said["key"] else None) == est
