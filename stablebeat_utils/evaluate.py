@@ -66,7 +66,8 @@ Beyond the card:
   absolute error ``min_f |measured − f·requested|``, f ∈ {½, 1, 2}.
 - **Key adherence** where the prompt names a key (:func:`parse_key`: "in D major", "G minor",
   "Gm", "F#m", "Bb min"): key estimated with 03's method (Essentia ``KeyExtractor``, profile
-  ``key_profile``); exact match (pitch class and mode, enharmonics equal) and the MIREX weighted
+  ``key_profile``; with ``edma``, 03's second opinion on relative keys, :func:`tempo.resolve_key`:
+  a key 03 would not state is not stated here either); exact match (pitch class and mode, enharmonics equal) and the MIREX weighted
   score (1 same, 0.5 fifth above, 0.3 relative, 0.2 parallel, 0 otherwise).
 - **Fréchet CLAP distance** between the CLAP embeddings of each model's clips and those of the
   training clips (``RUN_DIR/01_segment``): ``‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^½ Σ₂ Σ₁^½)^½``

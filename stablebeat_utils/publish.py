@@ -29,6 +29,7 @@ from pathlib import Path
 from . import layout
 from .clipfacts import FAMILIES
 from .modelspec import SAO
+from .tempo import KEY_ALT
 from .runs import Run, atomic_write_json, atomic_write_text, file_sha256, read_json, read_jsonl
 
 BASE_MODEL = SAO.known.hub_id
@@ -179,6 +180,12 @@ def _recipe(run: Run) -> list[str]:
         out.append(
             f"3. **Tempo and key** (03): Essentia TempoCNN deeptemp-k16-3 and KeyExtractor "
             f"(`{tk.get('key_profile', 'edma')}`), kept at confidence ≥ {tk.get('min_confidence', 0.7):g}."
+            + (
+                f" Where `edma` reads a major key, a second KeyExtractor (`{KEY_ALT}`) decides between it and "
+                "its relative minor; too close to call, no key is stated."
+                if tk.get("key_profile", "edma") == "edma"
+                else ""
+            )
         )
     if pr:
         out.append(

@@ -242,6 +242,7 @@ NOTICE_SENTENCE = (  # the licence's words, IV a (ii), spelled here independentl
 
 def test_publish_ships_the_notice_file_and_a_copy_of_the_licence(tmp_path):
     run = _fake_run(tmp_path)
+    run.mark_done("03_tempo_key", params={"key_profile": "edma", "min_confidence": 0.7})
     publish.run(run.root, "someone/my-beats", dry_run=True)
     files = json.loads((run.root / "publish" / "upload_list.json").read_text())["files"]
     by_repo = {u["path_in_repo"]: Path(u["local"]) for u in files}
@@ -251,6 +252,7 @@ def test_publish_ships_the_notice_file_and_a_copy_of_the_licence(tmp_path):
     assert by_repo["LICENSE.md"].read_text().startswith("STABILITY AI COMMUNITY LICENSE AGREEMENT")
     card = (run.root / "publish" / "README.md").read_text()
     assert "license_name: stable-audio-community" in card
+    assert "second KeyExtractor (`edmm`)" in card  # how 03 found the keys: edma + its second opinion
 
 
 def test_no_licence_copy_stops_an_upload_and_a_base_without_a_notice_gets_none(tmp_path, monkeypatch):
