@@ -66,7 +66,8 @@ Beyond the card:
   absolute error ``min_f |measured − f·requested|``, f ∈ {½, 1, 2}.
 - **Key adherence** where the prompt names a key (:func:`parse_key`: "in D major", "G minor",
   "Gm", "F#m", "Bb min"): key estimated with 03's method (Essentia ``KeyExtractor``, profile
-  ``key_profile``); exact match (pitch class and mode, enharmonics equal) and the MIREX weighted
+  ``key_profile``; with ``edma``, 03's second opinion on relative keys, :func:`tempo.resolve_key`:
+  a key 03 would not state is not stated here either); exact match (pitch class and mode, enharmonics equal) and the MIREX weighted
   score (1 same, 0.5 fifth above, 0.3 relative, 0.2 parallel, 0 otherwise).
 - **Fréchet CLAP distance** between the CLAP embeddings of each model's clips and those of the
   training clips (``RUN_DIR/01_segment``): ``‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^½ Σ₂ Σ₁^½)^½``
@@ -142,7 +143,7 @@ from .clap import BACKENDS
 from .stage import begin
 
 STAGE = layout.EVALUATE
-METRICS_VERSION = 2  # bumped when a definition changes: cached rows of another version are recomputed
+METRICS_VERSION = 3  # bumped when a definition changes: cached rows of another version are recomputed
 CLAP_BACKENDS = BACKENDS  # 02's and 07's CLAP backends (clap.py)
 SAM_PEAK_DBFS = -1.0
 SAM_SEED = 0  # the fusion / rand_trunc crops are drawn at random upstream; here from a fixed seed
@@ -276,8 +277,11 @@ def measure_clip(path: str, with_tempo: bool = True) -> dict:
             if raw.get("global_bpm") is not None:  # 03's octave-safe tempo (tempo.measured_tempo)
                 bpm, conf = tempo.measured_tempo(raw)
                 row.update(bpm=round(bpm, 2), tempo_confidence=round(conf, 4))
-            if raw.get("key") is not None:
-                row.update(key_est=f"{raw['key']} {raw['scale']}", key_strength=round(raw["strength"], 4))
+            if raw.get("key") is not None:  # 03's rule (tempo.resolve_key): edma + edmm on relative keys
+                key, scale, strength, how = tempo.resolve_key(raw)
+                row["key_method"] = how
+                if how != "relative unresolved":  # 03 states no key there: neither does 07
+                    row.update(key_est=f"{key} {scale}", key_strength=round(strength, 4))
             if raw.get("error"):
                 row["error"] = raw["error"]
     except Exception as exc:  # one bad clip never stops the batch

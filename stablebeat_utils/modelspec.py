@@ -47,6 +47,8 @@ class Known:
     config_file: str  # its config, bundled in data/ (the hub's, T5 from the hub's "t5-base")
     licence_name: str
     licence_id: str  # the hub's license_name for a derivative work
+    notice: str | None = None  # the sentence the licence wants in a "Notice" file of a derivative work
+    licence_file: str | None = None  # the licence's file in the base model's hub repo (a copy must ship)
     trained_params: int | None = None  # DiT + number conditioners (None: counted from the config)
     vae_params: int | None = None
     lora_params_per_rank: int | None = None  # rank-1 adapters on the DiT's Linear and Conv1d layers
@@ -55,6 +57,12 @@ class Known:
     def config_path(self) -> Path:
         return DATA / self.config_file
 
+
+# Stability AI Community License (July 5, 2024), IV a (ii): quoted in docs/licence.md
+COMMUNITY_NOTICE = (
+    "This Stability AI Model is licensed under the Stability AI Community License, "
+    "Copyright \u00a9 Stability AI Ltd. All Rights Reserved"
+)
 
 REGISTRY = {
     k.name: k
@@ -65,7 +73,12 @@ REGISTRY = {
             hub_id="stabilityai/stable-audio-open-1.0",
             config_file="sao-1.0-model_config.json",
             licence_name="Stability AI Community License",
-            licence_id="stabilityai-ai-community",
+            # SAO 1.0's card front matter: license_name stable-audio-community (card copy in
+            # github.com/dlwowlb/non-monotonous-music README.md; the release-time card said
+            # stable-audio-nc-community: https://code.bitahub.com/stabilityai/stable-audio-open-1.0/src/branch/main/README.md)
+            licence_id="stable-audio-community",
+            notice=COMMUNITY_NOTICE,
+            licence_file="LICENSE.md",
             trained_params=1_057_224_960,  # DiT 1,056,828,416 + 2 number conditioners x 198,272
             vae_params=156_112_514,
             lora_params_per_rank=957_568,  # rank-1 adapters on the DiT's 176 Linear + 2 Conv1d layers
@@ -76,7 +89,9 @@ REGISTRY = {
             hub_id="stabilityai/stable-audio-open-small",
             config_file="sao-small-model_config.json",  # written from the public description (see its notes)
             licence_name="Stability AI Community License",
-            licence_id="stabilityai-ai-community",
+            licence_id="stabilityai-ai-community",  # not checked against its card
+            notice=COMMUNITY_NOTICE,
+            licence_file="LICENSE.md",
         ),
     )
 }

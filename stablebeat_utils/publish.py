@@ -29,6 +29,7 @@ from pathlib import Path
 from . import layout
 from .clipfacts import FAMILIES
 from .modelspec import SAO
+from .tempo import KEY_ALT
 from .runs import Run, atomic_write_json, atomic_write_text, file_sha256, read_json, read_jsonl
 
 BASE_MODEL = SAO.known.hub_id
@@ -40,8 +41,44 @@ MODEL_LABELS = {"base": SAO.known.label, "finetune": "fine-tune"}
 STATE_FILE = layout.UPLOAD_STATE
 
 
+NOTICE_FILE = "NOTICE"
+
+
 class PublishError(RuntimeError):
     pass
+
+
+def notice_text(known=None) -> str | None:
+    """The "Notice" text file a derivative work ships with (its licence's sentence, then what changed).
+
+    None when the base model's licence asks for none (``modelspec`` holds the sentence).
+    """
+    known = known or SAO.known
+    if not known or not known.notice:
+        return None
+    return (
+        f"{known.notice}\n\n"
+        f"Attributions above apply to the Stability AI Materials ({known.label}, https://huggingface.co/{known.hub_id}).\n"
+        f"Changed: this model is {known.label} fine-tuned (the DiT's weights or LoRA adapters trained) on the "
+        "publisher's own beats with the StableBeaT course; the recipe is in README.md.\n"
+    )
+
+
+def licence_copy(run: Run, known=None) -> Path | None:
+    """A copy of the base model's licence to ship: one placed in the export folder, else the hub cache's."""
+    known = known or SAO.known
+    if not known or not known.licence_file:
+        return None
+    local = layout.export_dir(run.path(layout.TRAIN)) / known.licence_file
+    if local.is_file():
+        return local
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(known.hub_id, known.licence_file)
+    except Exception:
+        return None
+    return Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
 
 
 def _hours(seconds: float) -> str:
@@ -143,6 +180,12 @@ def _recipe(run: Run) -> list[str]:
         out.append(
             f"3. **Tempo and key** (03): Essentia TempoCNN deeptemp-k16-3 and KeyExtractor "
             f"(`{tk.get('key_profile', 'edma')}`), kept at confidence ≥ {tk.get('min_confidence', 0.7):g}."
+            + (
+                f" Where `edma` reads a major key, a second KeyExtractor (`{KEY_ALT}`) decides between it and "
+                "its relative minor; too close to call, no key is stated."
+                if tk.get("key_profile", "edma") == "edma"
+                else ""
+            )
         )
     if pr:
         out.append(
@@ -384,6 +427,27 @@ def push(uploads: list[dict], repo_id: str, api, state_path: Path, private: bool
     return {"uploaded": done, "already_there": skipped}
 
 
+def _licence_files(run: Run, out: Path, dry_run: bool) -> list[dict]:
+    """The Notice file (written to ``out``) and the licence copy, when the base model's licence asks."""
+    files = []
+    notice = notice_text()
+    if notice:
+        atomic_write_text(out / NOTICE_FILE, notice)
+        files.append({"local": str(out / NOTICE_FILE), "path_in_repo": NOTICE_FILE})
+    else:
+        (out / NOTICE_FILE).unlink(missing_ok=True)  # left by a publish of another base model
+    if SAO.known.licence_file:
+        copy = licence_copy(run)
+        if copy is None and not dry_run:
+            raise PublishError(
+                f"no copy of {SAO.known.licence_name} to ship ({SAO.known.licence_file}): download it from "
+                f"{LICENSE_LINK} into {layout.export_dir(run.path(layout.TRAIN))}, then run publish again"
+            )
+        if copy is not None:
+            files.append({"local": str(copy), "path_in_repo": SAO.known.licence_file})
+    return files
+
+
 def run(
     run_dir: str | os.PathLike, repo_id: str, dry_run: bool = True, private: bool = True, max_samples: int = 6, api=None
 ) -> dict:
@@ -401,6 +465,7 @@ def run(
     card_path = out / layout.README
     card = model_card(run, repo_id, samples)
     uploads = upload_list(run, card_path, card, samples)
+    uploads += _licence_files(run, out, dry_run)
     atomic_write_text(card_path, card)
     atomic_write_json(out / layout.UPLOAD_LIST, {"repo_id": repo_id, "private": private, "files": uploads})
     summary = {"card": str(card_path), "files": len(uploads), "dry_run": dry_run, "repo_id": repo_id}

@@ -619,3 +619,52 @@ def test_blind_rounds_recorded_after_07_ran_reach_its_report(evaluated, tmp_path
     assert ev.refresh_blind(str(run)) is None
     assert (out / "report.md").read_text().strip() == before["report.md"].strip()
     assert (out / "summary.md").read_text().strip() == before["summary.md"].strip()
+
+
+@pytest.mark.parametrize(
+    "key,alt,est",
+    [
+        (("C", "major", 0.84), ["A", "minor", 0.86], "A minor"),  # edmm's relative minor stronger
+        (("C", "major", 0.86), ["A", "minor", 0.80], None),  # within the margin: 03 states no key
+        (("C", "major", 0.92), ["A", "minor", 0.80], "C major"),  # clearly major
+    ],
+)
+def test_07_reads_keys_by_03s_rule(tmp_path, monkeypatch, key, alt, est):
+    """07 measures a generation's key as 03 states a clip's: edma, edmm's second opinion on relatives."""
+    import soundfile as sf
+
+    from stablebeat_utils import tempo, tempo_key
+
+    raw = {"clip_id": "g", "error": None, "key": key[0], "scale": key[1], "strength": key[2], "key_alt": alt}
+    monkeypatch.setattr(tempo, "analyse_clip", lambda *a, **k: dict(raw))
+    wav = tmp_path / "g.wav"
+    sf.write(wav, 0.1 * np.sin(np.linspace(0, 2000, 44100 * 2))[:, None].repeat(2, 1), 44100)
+    row = ev.measure_clip(str(wav))
+    assert row.get("key_est") == est
+    said = tempo_key.make_row(raw, None, 0.5)  # 03's row for the same analysis
+    assert (f"{said['key']} {said['scale']}" if said["key"] else None) == est
+
+
+def test_07_and_03_read_a_synthetic_minor_progression_alike(tempocnn_graph, tmp_path):
+    """Known truth: A minor. i-iv-V-i (E major's G#) is read A minor by both; i-iv-VII-III (Am Dm G C,
+    the notes of C major too) edma reads C major, edmm A minor, too close: 03 states no key, nor does 07."""
+    import soundfile as sf
+
+    from stablebeat_utils import tempo
+
+    tempo.init_estimators(str(tempocnn_graph), "edma")
+    sr = 44100
+    t = np.arange(sr) / sr
+
+    def chord(midis):
+        return sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) * np.exp(-t) for m in midis)
+
+    am, dm, e, g, c = [57, 60, 64, 45], [50, 53, 57, 38], [52, 56, 59, 40], [55, 59, 62, 43], [48, 52, 55, 36]
+    for name, prog, truth in (("i-iv-V-i", [am, dm, e, am], "A minor"), ("i-iv-VII-III", [am, dm, g, c], None)):
+        y = np.concatenate([chord(ch) for ch in prog] * 4)
+        wav = tmp_path / f"{name}.wav"
+        sf.write(wav, 0.2 * np.stack([y, y], 1) / np.abs(y).max(), sr)
+        key, scale, _, how = tempo.resolve_key(tempo.analyse_clip(name, str(wav)))
+        said_03 = f"{key} {scale}" if how != "relative unresolved" else None
+        assert said_03 == truth, (name, how)
+        assert ev.measure_clip(str(wav)).get("key_est") == truth, name

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ def _fake_run(tmp_path):
     export.mkdir()
     (export / "model.safetensors").write_bytes(b"weights")
     (export / "model_config.json").write_text("{}")
+    (export / "LICENSE.md").write_text("STABILITY AI COMMUNITY LICENSE AGREEMENT (a stand-in copy)\n")
     run.mark_done("05_train", params={"mode": "lora", "lr": 5e-5, "batch_size": 16})
     gen = run.stage_dir("06_generate")
     rows = []
@@ -117,8 +119,10 @@ def test_dry_run_writes_card_and_upload_list_and_never_the_token(tmp_path, monke
         "samples/finetune/00-seed42.wav",
         "samples/base/01-seed43.wav",
         "samples/finetune/01-seed43.wav",
+        "NOTICE",
+        "LICENSE.md",
     }
-    assert summary["dry_run"] and summary["files"] == 7
+    assert summary["dry_run"] and summary["files"] == 9
     for f in run.root.rglob("*"):
         if f.is_file():
             assert secret not in f.read_text(errors="ignore")
@@ -156,7 +160,7 @@ def test_two_models_two_prompts_every_sample_has_its_own_path_and_every_link_is_
     # the card: evaluation, dataset, recipe, licence, loading lines
     assert "| fine-tune | 0.412 |" in card and "4 clips from 2 tracks" in card
     assert "## Recipe" in card and "200 steps, CFG 7.0" in card and "`mode` = lora" in card
-    assert "license_name: stabilityai-ai-community" in card and "Stability AI Community License" in card
+    assert "license_name: stable-audio-community" in card and "Stability AI Community License" in card
     assert "get_pretrained_model('someone/my-beats')" in card and "generate_diffusion_cond" in card
     assert "| A jazzy chillhop beat \\| at 85 BPM | [01-seed43.wav](samples/base/01-seed43.wav) |" in card
 
@@ -202,13 +206,13 @@ def test_push_to_a_stand_in_hub_fails_clearly_and_resumes_what_is_left(tmp_path,
         publish.run(run.root, "someone/my-beats", dry_run=False, api=hub)
     msg = str(err.value)
     assert "someone/my-beats" in msg and "502 Bad Gateway" in msg and "run publish again" in msg
-    assert "1 of 9 files are on the hub" in msg and "8 left" in msg
+    assert "1 of 11 files are on the hub" in msg and "10 left" in msg
     assert hub.list_repo_files("someone/my-beats") == ["model.safetensors"]  # the weights commit went through
     assert "README.md" not in hub.repos["someone/my-beats"]  # the card only once all it links is there
     hub.fail_on = None
     hub.commits.clear()
     summary = publish.run(run.root, "someone/my-beats", dry_run=False, api=hub)
-    assert summary["already_there"] == 1 and summary["uploaded"] == 8
+    assert summary["already_there"] == 1 and summary["uploaded"] == 10
     assert all("model.safetensors" not in c for c in hub.commits)  # resumed: not sent again
     assert hub.commits[-1] == ["README.md"]
     files = hub.repos["someone/my-beats"]
@@ -228,3 +232,42 @@ def test_push_to_a_stand_in_hub_fails_clearly_and_resumes_what_is_left(tmp_path,
     for f in run.root.rglob("*"):
         if f.is_file():
             assert secret not in f.read_text(errors="ignore")
+
+
+NOTICE_SENTENCE = (  # the licence's words, IV a (ii), spelled here independently of modelspec
+    "This Stability AI Model is licensed under the Stability AI Community License, "
+    "Copyright © Stability AI Ltd. All Rights Reserved"
+)
+
+
+def test_publish_ships_the_notice_file_and_a_copy_of_the_licence(tmp_path):
+    run = _fake_run(tmp_path)
+    run.mark_done("03_tempo_key", params={"key_profile": "edma", "min_confidence": 0.7})
+    publish.run(run.root, "someone/my-beats", dry_run=True)
+    files = json.loads((run.root / "publish" / "upload_list.json").read_text())["files"]
+    by_repo = {u["path_in_repo"]: Path(u["local"]) for u in files}
+    notice = by_repo["NOTICE"].read_text()
+    assert notice.startswith(NOTICE_SENTENCE + "\n")
+    assert "Changed:" in notice and "fine-tuned" in notice  # a derivative work says what changed
+    assert by_repo["LICENSE.md"].read_text().startswith("STABILITY AI COMMUNITY LICENSE AGREEMENT")
+    card = (run.root / "publish" / "README.md").read_text()
+    assert "license_name: stable-audio-community" in card
+    assert "second KeyExtractor (`edmm`)" in card  # how 03 found the keys: edma + its second opinion
+
+
+def test_no_licence_copy_stops_an_upload_and_a_base_without_a_notice_gets_none(tmp_path, monkeypatch):
+    import dataclasses
+
+    run = _fake_run(tmp_path)
+    (run.root / "05_train" / "export" / "LICENSE.md").unlink()
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(publish.PublishError, match="LICENSE.md"):
+        publish.run(run.root, "someone/x", dry_run=False, api=FakeHub())
+    plain = dataclasses.replace(publish.SAO.known, notice=None, licence_file=None)
+    monkeypatch.setattr(publish, "SAO", dataclasses.replace(publish.SAO, known=plain))
+    assert publish.notice_text(plain) is None
+    publish.run(run.root, "someone/x", dry_run=True)
+    files = json.loads((run.root / "publish" / "upload_list.json").read_text())["files"]
+    assert not {"NOTICE", "LICENSE.md"} & {u["path_in_repo"] for u in files}
+    assert not (run.root / "publish" / "NOTICE").exists()
