@@ -44,7 +44,7 @@ def model_labels(sources: dict) -> dict:
     out = dict(MODEL_LABELS)
     base = str(sources.get("base") or SAO_HUB_ID)
     if base.startswith("tiny:"):
-        out["base"] = f"tiny stand-in ({base}, random weights)"
+        out["base"] = f"tiny stand-in ({base}, trained on CPU)"
         out["finetune"] = "fine-tune of the tiny stand-in"
         out["focus"] = "second stage (05b_focus) of the tiny stand-in"
     elif modelspec.by_hub_id(base) is not None:
@@ -656,6 +656,12 @@ def learning_md(rec: dict | None) -> str:
         verdict = (
             f"**The fine-tune moved toward your beats**: it is at least {100 * LEARNING_MIN_DROP:.0f} % closer to "
             f"the training clips on {n} of {total} distances ({closer}), and {fr}."
+        )
+    elif n >= LEARNING_MIN_METRICS:  # the sound moved, CLAP's view of it did not
+        verdict = (
+            f"**The fine-tune moved part of the way**: at least {100 * LEARNING_MIN_DROP:.0f} % closer to the "
+            f"training clips on {n} of {total} distances ({closer}), but {fr}, so CLAP does not yet hear its "
+            "clips as more like yours. Train longer, then listen to both models' clips side by side in 06."
         )
     else:
         verdict = (
