@@ -1137,7 +1137,7 @@ def closeness_sentence(table) -> str:
 def closeness_of_run(run_dir: str):
     """:func:`closeness_table` of the variations 06 already made (``variations.jsonl``; nothing is re-rendered),
     also written to ``06_generate/variation_closeness.csv``."""
-    table = closeness_table(load_variations(run_dir))
+    table = closeness_table(load_variations(run_dir)).reindex(columns=["model", "strength", "metric", "distance"])
     path = Run(run_dir).path(STAGE, layout.VARIATION_CLOSENESS_CSV)
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)

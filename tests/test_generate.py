@@ -444,7 +444,7 @@ def _closeness_rows(means: dict[float, float]) -> list[dict]:
     return [{"model": "base", "strength": k, **{m: v + d for m, d in spread.items()}} for k, v in means.items()]
 
 
-def test_closeness_table_and_sentence_from_known_figures():
+def test_closeness_table_and_sentence_from_known_figures(tmp_path):
     table = gen.closeness_table(_closeness_rows({0.1: 0.1, 1.0: 0.6}))
     assert list(table.columns) == ["model", "strength", "metric", "distance"] and len(table) == 8
     assert table.groupby("strength")["distance"].mean().round(6).to_dict() == {0.1: 0.1, 1.0: 0.6}
@@ -457,6 +457,11 @@ def test_closeness_table_and_sentence_from_known_figures():
     no_model = gen.closeness_table([{k: v for k, v in r.items() if k != "model"} for r in _closeness_rows({0.3: 1})])
     assert list(no_model.columns) == ["strength", "metric", "distance"]
     assert gen.closeness_sentence(gen.closeness_table([])) == "No variations to measure yet."
+    empty = gen.closeness_of_run(str(tmp_path / "run"))  # 06 made no variations: a header-only CSV
+    assert gen.closeness_sentence(empty) == "No variations to measure yet."
+    assert (
+        tmp_path / "run" / "06_generate" / "variation_closeness.csv"
+    ).read_text().strip() == "model,strength,metric,distance"
 
 
 def test_variation_closeness_grows_with_strength_through_06s_path(tiny_base):
