@@ -1070,6 +1070,80 @@ def load_variations(run_dir: str) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
+# -- does a variation stay closer to your beat at a low strength? (issue 29) ------------------
+
+
+def variation_closeness(
+    model,
+    config: dict,
+    init_audio: np.ndarray,
+    prompt: str,
+    seed: int,
+    settings: Settings,
+    strengths=(0.1, 0.3, 0.6, 1.0),
+    device: str = "cpu",
+):
+    """Variations of ``init_audio`` at each strength (06's :func:`generate_variation`, the same seed), each
+    measured against it with :func:`variation_distance` (07's signal metrics): :func:`closeness_table`."""
+    sr = int(config["sample_rate"])
+    rows = []
+    for strength in strengths:
+        out, _ = generate_variation(model, config, init_audio, prompt, seed, settings, strength, device)
+        n = min(out.shape[1], init_audio.shape[1])
+        rows.append({"strength": float(strength), **variation_distance(init_audio[:, :n], out[:, :n], sr)})
+    return closeness_table(rows)
+
+
+def closeness_table(rows: list[dict]):
+    """Rows with a ``strength`` and 07's signal metrics (:func:`variation_closeness`'s, or ``variations.jsonl``'s)
+    as a tidy DataFrame: ``[model,] strength, metric, distance`` (``|ln(variation / beat)|`` per metric)."""
+    import pandas as pd
+
+    from .evaluate_metrics import SIGNAL_METRICS
+
+    rows = list(rows)
+    columns = (["model"] if any("model" in r for r in rows) else []) + ["strength", "metric", "distance"]
+    tidy = [
+        {**({"model": r.get("model")} if columns[0] == "model" else {}), "strength": float(r["strength"]),
+         "metric": m, "distance": float(r[m])}
+        for r in rows
+        for m in SIGNAL_METRICS
+        if m in r
+    ]  # fmt: skip
+    return pd.DataFrame(tidy, columns=columns)
+
+
+def closeness_sentence(table) -> str:
+    """What :func:`closeness_table` says in one sentence (one per model): the mean distance from the beat at
+    the lowest and the highest strength, and whether the low strength stays closer."""
+    if table is None or len(table) == 0:
+        return "No variations to measure yet."
+    groups = table.groupby("model", sort=False) if "model" in table.columns else [(None, table)]
+    sentences = []
+    for which, t in groups:
+        means = t.groupby("strength")["distance"].mean().sort_index()
+        lo, hi = means.index[0], means.index[-1]
+        text = (
+            f"At strength {lo:g} the variation is on average {means[lo]:.2f} from your beat on 07's metrics "
+            "(|ln(variation / beat)|, 0.69 = a factor of 2)"
+        )
+        if lo != hi:
+            closer = "stays closer" if means[lo] < means[hi] else "does not stay closer"
+            text += f"; at {hi:g}, {means[hi]:.2f}: the low strength {closer} to your beat"
+        sentences.append((f"{which}: " if which is not None and len(groups) > 1 else "") + text + ".")
+    return "\n".join(sentences)
+
+
+def closeness_of_run(run_dir: str):
+    """:func:`closeness_table` of the variations 06 already made (``variations.jsonl``; nothing is re-rendered),
+    also written to ``06_generate/variation_closeness.csv``."""
+    table = closeness_table(load_variations(run_dir)).reindex(columns=["model", "strength", "metric", "distance"])
+    path = Run(run_dir).path(STAGE, layout.VARIATION_CLOSENESS_CSV)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return table
+
+
 # -- using what was made (06's last section) ---------------------------------------------------
 
 RUN_FOLDER_GUIDE = {  # what each folder of a run holds, for a producer looking for a file

@@ -96,6 +96,7 @@ TAKES = "takes.jsonl"
 LOOPS = "loops"  # bar-aligned loops of the generations
 LOOPS_TABLE = "loops.jsonl"
 VARIATIONS_TABLE = "variations.jsonl"
+VARIATION_CLOSENESS_CSV = "variation_closeness.csv"  # variations.jsonl per strength and metric (issue 29)
 BLIND = "blind.jsonl"  # the playground's blind rounds, one line each (07 reports them)
 
 # -- 07_evaluate ------------------------------------------------------------------------------------
