@@ -5,8 +5,9 @@ Used by notebooks 02_tag (CLAP), 04_prompts (chat LLM, T5 encoder), 05_train / 0
 
 One loading path for real and tiny models. A *source* is one of
 
-- ``"tiny:<name>"`` — a tiny model with random weights and a locally trained tokenizer, built once
-  from the configs in ``stablebeat_utils/data/tiny/`` into ``cache_home()/"tiny-models"/<name>``,
+- ``"tiny:<name>"`` — a tiny model (random weights, except ``tiny:sao``'s, trained by
+  ``scripts/train_tiny.py`` and shipped in ``data/tiny/sao_weights.safetensors``) with a locally
+  trained tokenizer, built once from the configs in ``stablebeat_utils/data/tiny/`` into ``cache_home()/"tiny-models"/<name>``,
   saved in exactly the layout of the real model (``save_pretrained`` folders; for SAO the hub
   repo's ``model_config.json`` + ``model.safetensors``);
 - an existing local folder (a downloaded or exported model);
@@ -22,7 +23,7 @@ name      stands in for                       built from
 ``t5``    ``t5-base`` (encoder)               ``data/tiny/t5.json`` + SentencePiece Unigram
 ``clap``  ``laion/larger_clap_music``         ``data/tiny/clap.json`` + byte-level BPE
 ``llm``   ``meta-llama/Llama-3.2-3B-Instruct`` ``data/tiny/llm.json`` + byte-level BPE
-``sao``   ``stabilityai/stable-audio-open-1.0`` ``data/tiny/sao_model_config.json``
+``sao``   ``stabilityai/stable-audio-open-1.0`` ``data/tiny/sao_model_config.json`` + trained weights
 ========  ==================================  =========================================
 
 ``data/sao-1.0-model_config.json`` is the full-size SAO 1.0 architecture (read from the hub repo's
@@ -76,6 +77,8 @@ LARGER_CLAP_TEXT = dict(
     projection_dim=512,
 )
 TINY_CORPUS = TINY_DATA / "corpus.txt"
+#: tiny:sao's trained weights (VAE + DiT, 3.9 MB): written by scripts/train_tiny.py, read by _build_sao
+TINY_SAO_WEIGHTS = TINY_DATA / "sao_weights.safetensors"
 
 #: the real model each tiny one stands in for (also the loaders' defaults)
 REAL_MODELS = {
@@ -89,7 +92,7 @@ TINY_NAMES = tuple(REAL_MODELS)
 GATED_PREFIXES = ("stabilityai/stable-audio-open-", "meta-llama/")
 TINY_SEED = 0
 #: bumped whenever a builder changes what it writes; a cached build of another format is rebuilt
-TINY_FORMAT = 3
+TINY_FORMAT = 4
 _MARKER = "stablebeat-tiny.json"  # written last into a build: its presence means "complete"
 
 
@@ -258,7 +261,7 @@ def _inputs_digest(name: str) -> str:
         "t5": ["t5.json"],
         "clap": ["clap.json"],
         "llm": ["llm.json"],
-        "sao": ["sao_model_config.json", "t5.json"],
+        "sao": ["sao_model_config.json", "t5.json", TINY_SAO_WEIGHTS.name],
     }[name]
     h = hashlib.sha256()
     for f in files + ["corpus.txt"]:
@@ -488,6 +491,14 @@ def _build_llm(dest: Path) -> None:
 
 
 def _build_sao(dest: Path) -> None:
+    """tiny:sao: the config's network holding the trained weights of :data:`TINY_SAO_WEIGHTS`.
+
+    Trained, not random: a random VAE's decoder does not invert its encoder, so whatever the DiT
+    learns in the demo's fine-tune would be lost in decoding, and 07 could not show it (issue 24).
+    The weights go in through :func:`load_weights_into`, the path real checkpoints take, strictly:
+    a file that no longer fits the config (missing, unexpected or reshaped tensors) stops here with
+    the file's name, never a half-random model.
+    """
     from safetensors.torch import save_file
 
     config = json.loads((TINY_DATA / "sao_model_config.json").read_text(encoding="utf-8"))
@@ -496,39 +507,15 @@ def _build_sao(dest: Path) -> None:
     # num_heads // kv_heads times, so unprojected (24 kv heads for 2 query heads) torch 2.9-2.11
     # raise and torch >= 2.12 silently attend to nothing. SAO 1.0 itself (24 heads, 12 kv) is fine.
     model = create_sao_model(config)
-    _wake_zero_init(model.model)
+    if not TINY_SAO_WEIGHTS.is_file():
+        raise ModelSourceError(
+            f"{TINY_SAO_WEIGHTS}: tiny:sao's trained weights are missing; restore the file from git "
+            "or rebuild it with `.venv/bin/python scripts/train_tiny.py` (about 30 min on one CPU core)"
+        )
+    load_weights_into(model, TINY_SAO_WEIGHTS, strict=True)
     save_file(_plain_state_dict(model), str(dest / layout.MODEL_WEIGHTS))
     # the hub layout: the config as written (portable "tiny:t5" model_path), beside the weights
     (dest / layout.MODEL_CONFIG).write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
-
-
-#: std of the weights given to the engine's zero-initialised layers in a tiny build (see below)
-_WAKE_STD = 0.05
-
-
-def _wake_zero_init(module) -> int:
-    """Give every all-zero Linear/Conv weight under ``module`` small random weights; return how many.
-
-    stable-audio-tools zero-initialises each transformer block's output projections (self- and
-    cross-attention ``to_out``, feed-forward ``linear_out``) and the DiT's pre/post 1x1 convs, so
-    a *freshly built* DiT is the identity on its noisy input: its output ignores the prompt,
-    ``seconds_start`` and ``seconds_total`` (same seed, different prompt -> bit-identical audio).
-    That start is right for pre-training and harmless for the real SAO (its trained weights replace
-    it), but a tiny model is never trained: left zero, every conditioning test, the demo's
-    base-vs-fine-tune comparison and the playground would run on a model that cannot hear its
-    conditioning. Small random weights make the tiny DiT a real, if untrained, network whose output
-    depends on every input. Only weights that are exactly zero are touched (biases stay zero).
-    """
-    import torch
-
-    woken = 0
-    for m in module.modules():
-        w = getattr(m, "weight", None)
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)) and w is not None and not torch.any(w):
-            with torch.no_grad():
-                torch.nn.init.normal_(w, std=_WAKE_STD)
-            woken += 1
-    return woken
 
 
 def _plain_state_dict(model) -> dict:

@@ -12,6 +12,8 @@ import torch
 from stablebeat_utils import models
 from stablebeat_utils.models import ModelSourceError
 
+#: the shipped VAE's round trip of an unseen beat, mean |ln ratio| over 07's 4 signal metrics (see the test)
+ROUND_TRIP_MAX = 1.5
 PROMPT = "A dark and melancholic cloud trap beat, with nostalgic piano, plucked bass and synth bells, at 110 BPM."
 
 
@@ -112,6 +114,53 @@ def test_reuse_and_determinism(tiny, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), f"tiny {name}: weights differ between builds"
         if name != "sao":
             assert (tiny[name] / "tokenizer.json").read_bytes() == (other / "tokenizer.json").read_bytes()
+
+
+def test_tiny_sao_holds_the_shipped_trained_weights_and_its_vae_inverts(tiny):
+    """tiny:sao is the config's network filled with data/tiny/sao_weights.safetensors, tensor for
+    tensor, and its VAE gives a beat back: decode(encode(beat)) near the beat on 07's signal metrics
+    (mean |ln ratio| over the 4: shipped weights 1.05, the config's random weights 3.30, measured)."""
+    from safetensors.torch import load_file
+
+    from stablebeat_utils import demo
+    from stablebeat_utils.evaluate_metrics import signal_metrics
+
+    shipped = load_file(str(models.TINY_SAO_WEIGHTS))
+    built = load_file(str(tiny["sao"] / "model.safetensors"))
+    assert shipped.keys() == built.keys() and all(torch.equal(shipped[k], built[k]) for k in shipped)
+    model, config = models.load_sao("tiny:sao")
+    sr = config["sample_rate"]
+    beat = demo.make_style_beat("boombap", 90.0, "D", "minor", 6.0, 4321)  # a beat of seeds never trained on
+    beat = np.asarray(beat, dtype=np.float32).reshape(-1, beat.shape[-1])
+    beat = np.repeat(beat, 2, axis=0) if beat.shape[0] == 1 else beat[:2]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        back = model.pretransform.decode(model.pretransform.encode(torch.from_numpy(beat)[None]))[0].numpy()
+    a, b = signal_metrics(beat, sr), signal_metrics(back, sr)
+    ratios = {k: abs(np.log(b[k] / a[k])) for k in a if a[k] > 0 and b[k] > 0}
+    assert len(ratios) == 4, (a, b)
+    assert np.mean(list(ratios.values())) < ROUND_TRIP_MAX, ratios
+
+
+def test_tiny_sao_weights_that_do_not_fit_stop_naming_the_file(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    missing = tmp_path / "gone.safetensors"
+    monkeypatch.setattr(models, "TINY_SAO_WEIGHTS", missing)
+    with pytest.raises(ModelSourceError, match=r"gone\.safetensors.*missing.*train_tiny\.py"):
+        models.build_tiny("sao", tmp_path / "a")
+    state = load_file(str(models.DATA / "tiny" / "sao_weights.safetensors"))
+    first = sorted(state)[0]
+    short = tmp_path / "short.safetensors"
+    save_file({k: v for k, v in state.items() if k != first}, str(short))
+    monkeypatch.setattr(models, "TINY_SAO_WEIGHTS", short)
+    with pytest.raises(ModelSourceError, match=r"short\.safetensors: weights do not fit the model \(1 missing"):
+        models.build_tiny("sao", tmp_path / "b")
+    reshaped = tmp_path / "reshaped.safetensors"
+    save_file({**state, first: torch.zeros(3, 1)}, str(reshaped))
+    monkeypatch.setattr(models, "TINY_SAO_WEIGHTS", reshaped)
+    with pytest.raises(ModelSourceError, match=r"reshaped\.safetensors: 1 tensor\(s\) of another shape"):
+        models.build_tiny("sao", tmp_path / "c")
 
 
 def test_incomplete_build_is_replaced(tiny, home):

@@ -84,7 +84,7 @@ def test_settle_finds_the_demo_run_from_notebooks(tmp_path, monkeypatch, capsys)
 @pytest.mark.parametrize(
     ("source", "base", "finetune"),
     [
-        ("tiny:sao", "tiny stand-in (tiny:sao, random weights)", "fine-tune of the tiny stand-in"),
+        ("tiny:sao", "tiny stand-in (tiny:sao, trained on CPU)", "fine-tune of the tiny stand-in"),
         ("stabilityai/stable-audio-open-1.0", "Stable Audio Open 1.0", "fine-tune"),
         ("/models/sao-copy", "base model (/models/sao-copy)", "fine-tune"),
     ],
