@@ -9,31 +9,22 @@ export with the base model and the fine-tune, same seeds. Two ways to fine-tune,
 adapters alone, ``export_merged=False``; 06 applies ``lora.safetensors`` to the base itself).
 
 The distance is measured in the VAE's latent space, at the VAE's door: the test watches the latents
-06 hands to its decoder (a spy on ``generate.decode`` that calls the real one). Why not on the
-audio: with the random tiny VAE the decoder does not invert the encoder, and both sets come out of
-an encode -> decode round trip nearly alike (measured once, 100 steps at lr 1e-3: the mean of 07's
-four log distances from the fine-tune's "dark" generations to the two round-tripped sets was 0.19
-and 0.21). What the DiT learns is latents, and 05 keeps the very latents it trained on
-(``pre_encode``): those are the sets. Nothing here needs the base to be random: a trained base VAE
-only sets the sets further apart.
+06 hands to its decoder (a spy on ``generate.decode`` that calls the real one). What the DiT learns
+is latents, and 05 keeps the very latents it trained on (``pre_encode``): those are the sets.
 
-Feature of a clip: per latent channel, the mean and standard deviation over its frames (128
-numbers). Distance of generations G to a set S: the Euclidean distance between G's mean feature
-and S's mean feature (the mean term of a Frechet distance). Where G lies between the sets: ``t``,
-the projection of G's mean feature on the line from the dark set's mean (t = 0) to the bright
-set's (t = 1). Why ``t`` and not a ratio of distances: the random tiny VAE samples its latents
-with a large posterior noise, so the two sets' means are only ~0.7 apart while a generation's
-feature sits ~1.3-1.9 from either, mostly in directions that have nothing to do with the sets;
-the ratio own/other was 12-17 % (h24b's 10 % threshold was thin), the separation along the line
-between the sets is 1.1-1.8 set-distances (a prompt-blind model: within +-0.25 of 0).
+Feature of a clip: per latent channel, the mean and standard deviation over its frames. Distance of
+generations G to a set S: the Euclidean distance between G's mean feature and S's mean feature (the
+mean term of a Frechet distance). Where G lies between the sets: ``t``, the projection of G's mean
+feature on the line from the dark set's mean (t = 0) to the bright set's (t = 1).
 
-Pass, for each prompt: the fine-tune's generations are closer to their own set than the base
-model's generations by ``margin_base``; for the full fine-tune also closer to their own set than
-to the other, and the two prompts' generations at least ``apart`` of the sets' distance apart
-along the line between the sets (``MARGINS``). The LoRA case asks only the first: at this budget
-(120 steps, rank 16) the adapters move both prompts toward the sets (28-49 % closer than the base)
-but do not tell the prompts apart (separation 0.03-0.30, the base's -0.24-0.22) -- what it guards is that
-06 applies the adapters at all (without them its generations are the base's, 0 % closer).
+Pass, for each way to fine-tune: along that line the fine-tune's two prompts lie at least ``apart``
+further apart than the base's (in the right order), and each prompt's generations are closer to
+their own set than to the other. Why not "closer to its own set than the base": tiny:sao's trained
+base (pads, bells, drones) already sits near the dark set (t 0.33 for the dark prompt, 0.56 for the
+bright one: separation 0.23), and CFG 7 carries the fine-tune's bright prompt past its set (t 1.3
+full, 2.2 LoRA), so a per-prompt distance to the base can rise while the model learned exactly what
+it should. Measured (2026-12-03, seeds 0/42): separation 0.23 (base) -> 1.00 (full), 1.91 (LoRA);
+with learning rate ~0 or LoRA adapters not applied in 06, 0.23 -> 0.23 (the test fails).
 Besides: the full export's DiT is the checkpoint's EMA weights (not the online ones), and the
 padded frames of a short clip count in the engine's loss with ``padding_loss_weight``.
 """
@@ -53,13 +44,9 @@ SR = 44100
 CLIP_S = 1.2
 N_CLIPS = 8  # per set
 SEEDS = 8  # generations per prompt (each prompt appears SEEDS times in 06's prompt list)
-# see check_learned. Measured over 3 train/06 seed pairs (0/42 as here, 1/7, 2/1234): full 61.9-68.5 %
-# closer than the base, prompts 1.06-1.78 set-distances apart (a prompt-blind model: within +-0.25);
-# LoRA 27.8-48.9 % closer than the base (0.0 % when 06 does not apply the adapters)
-MARGINS = {
-    "full": dict(margin_base=0.25, apart=0.5),
-    "lora": dict(margin_base=0.10, apart=None),
-}
+# see check_learned and the module doc: separation gained over the base's, in set-distances (measured
+# +0.78 full, +1.68 LoRA; 0.00 with lr ~0 or the adapters not applied)
+MARGINS = {"full": dict(apart=0.5), "lora": dict(apart=0.5)}
 PROMPTS = {"dark": "a slow dark sub bass beat", "bright": "a fast bright hi-hat beat"}
 WINDOW = 65536  # the small model's sample_size: 32 latent frames (1.49 s)
 WARMUP = 0.9  # the InverseLR warm-up of the small model's own training config (SAO's 0.99 ramps over ~300 steps)
@@ -260,32 +247,25 @@ def measure(out: dict) -> dict:
     return table
 
 
-def check_learned(table: dict, margin_base: float, apart: float | None) -> None:
-    """Each prompt's generations closer to their own set than the base's by ``margin_base``; with
-    ``apart``, also closer to their own set than to the other, the two prompts' generations at least
-    ``apart`` of the sets' distance apart along the line between the sets."""
+def check_learned(table: dict, apart: float) -> None:
+    """The fine-tune tells the prompts apart toward their own sets: along the line from the dark set
+    (t = 0) to the bright set (t = 1) its two prompts' generations lie at least ``apart`` further
+    apart than the base's, in the right order, and each prompt's generations are closer to their own
+    set than to the other."""
     print("distances of generations to each set, and t along dark (0) -> bright (1):")
     for k, v in table.items():
         print(f"  {k}: {v:.3f}")
-    for kind in PROMPTS:
-        own, base = table[("finetune", kind, kind)], table[("base", kind, kind)]
-        assert own < (1 - margin_base) * base, (
-            f"{kind}: the fine-tune is not {margin_base:.0%} closer to its own set than the base: "
-            f"{own:.3f} vs base {base:.3f} ({1 - own / base:.1%} closer)"
-        )
-    if apart is None:
-        return
+    sep = {m: table[(m, "bright", "t")] - table[(m, "dark", "t")] for m in ("base", "finetune")}
+    assert sep["finetune"] - sep["base"] >= apart, (
+        f"the fine-tune does not tell the prompts apart toward their sets: separation along dark -> bright "
+        f"{sep['finetune']:.3f} vs the base's {sep['base']:.3f} (needs {apart} more)"
+    )
     for kind in PROMPTS:
         other = next(k for k in PROMPTS if k != kind)
         own, to_other = table[("finetune", kind, kind)], table[("finetune", kind, other)]
         assert own < to_other, (
             f"{kind}: the fine-tune's generations are closer to {other} ({to_other:.3f}) than to their own set ({own:.3f})"
         )
-    t_dark, t_bright = table[("finetune", "dark", "t")], table[("finetune", "bright", "t")]
-    assert t_bright - t_dark >= apart, (
-        f"the prompts' generations are not {apart:.0%} of the sets' distance apart: t dark {t_dark:.3f}, "
-        f"t bright {t_bright:.3f} (base: {table[('base', 'dark', 't')]:.3f}, {table[('base', 'bright', 't')]:.3f})"
-    )
 
 
 def check_ema_exported(run: Path) -> None:
