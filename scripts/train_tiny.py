@@ -446,8 +446,8 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vae-a-steps", type=int, default=2000, help="VAE stage a: spectra and samples")
-    ap.add_argument("--vae-a-lr", type=float, default=2e-3)
-    ap.add_argument("--vae-b-steps", type=int, default=3000, help="VAE stage b: + envelopes and CLAP's mel bands")
+    ap.add_argument("--vae-a-lr", type=float, default=1e-3, help="2e-3 drifted toward a collapsed posterior (measured)")
+    ap.add_argument("--vae-b-steps", type=int, default=1500, help="VAE stage b: + envelopes and CLAP's mel bands")
     ap.add_argument("--vae-b-lr", type=float, default=7e-4)
     ap.add_argument("--vae-a-kl", type=float, default=1e-6, help="KL weight, stage a")
     ap.add_argument("--vae-b-kl", type=float, default=1e-6, help="KL weight, stage b")
