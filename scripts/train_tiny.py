@@ -343,18 +343,14 @@ def train_dit(model, latents: list[tuple], steps: int, batch: int, frames: int, 
 
 def recon_distance(model, clips: list[np.ndarray]) -> dict[str, float]:
     """07's four signal metrics of decode(encode(x)) vs x: mean |log ratio| per metric over ``clips``."""
-    import torch
     from stablebeat_utils.evaluate_metrics import signal_metrics
 
-    torch.manual_seed(SEED + 4)
     per = {}
-    with torch.no_grad():
-        for y in clips:
-            rt = model.pretransform.model.decode(model.pretransform.model.encode(torch.from_numpy(y)[None]))[0].numpy()
-            a, b = signal_metrics(y, SR), signal_metrics(rt, SR)
-            for k in a:
-                if a[k] > 0 and b[k] > 0:
-                    per.setdefault(k, []).append(abs(math.log(b[k] / a[k])))
+    for y, rt in zip(clips, round_trip(model, clips)):
+        a, b = signal_metrics(y, SR), signal_metrics(rt, SR)
+        for k in a:
+            if a[k] > 0 and b[k] > 0:
+                per.setdefault(k, []).append(abs(math.log(b[k] / a[k])))
     return {k: round(float(np.mean(v)), 4) for k, v in per.items()}
 
 
