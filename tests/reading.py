@@ -13,7 +13,11 @@ Checked in every output of every executed notebook:
   and its link to the file resolves from where the notebook lies;
 - **labels true**: no "Stable Audio Open 1.0" in an output of a run whose base model is a tiny
   stand-in (``tiny:…``), unless marked "(published)";
-- **no frozen progress bar**: no widget progress bar saved as its text ("  0%|").
+- **no frozen progress bar**: no widget progress bar saved as its text ("  0%|");
+- **the demo learns** (issue 24): a run on the tiny stand-in whose 07 compared base and fine-tune must
+  say the fine-tune moved toward the training clips (``07_evaluate/summary.json``'s ``learning``:
+  at least 3 of 4 distances 10 % closer and a lower Fréchet CLAP distance) — the demo's central
+  promise, which a lesson cannot keep by wording alone.
 """
 
 from __future__ import annotations
@@ -116,13 +120,33 @@ def read_notebook(path: Path, run_dir: Path, prompts: list[str] | None = None, t
     return found
 
 
+def read_learning(run_dir: Path) -> list[str]:
+    """A finding when a demo run's 07 compared base and fine-tune and did not see the fine-tune learn."""
+    from stablebeat_utils import layout
+
+    path = Path(run_dir) / layout.EVALUATE / layout.SUMMARY_JSON
+    if not _tiny_base(Path(run_dir)) or not path.is_file():
+        return []
+    rec = json.loads(path.read_text(encoding="utf-8")).get("learning")
+    if not rec or rec.get("shows_learning"):
+        return []
+    from stablebeat_utils.evaluate_report import LEARNING_MIN_DROP, LEARNING_MIN_METRICS
+
+    f = rec.get("frechet") or {}
+    return [
+        f"{path}: the demo's fine-tune did not move toward the demo beats: {len(rec.get('closer') or [])} of "
+        f"{len(rec.get('metrics') or {})} distances {100 * LEARNING_MIN_DROP:.0f} % closer ({LEARNING_MIN_METRICS} "
+        f"needed), Fréchet CLAP {f.get('base')} -> {f.get('finetune')} (must fall)"
+    ]
+
+
 def read_run(run_dir: Path) -> list[str]:
     run_dir = Path(run_dir)
     notebooks = sorted((run_dir / "notebooks").glob("*.ipynb"))
     if not notebooks:
         return [f"{run_dir}/notebooks: no executed lesson to read"]
     prompts, tiny = _prompts(run_dir), _tiny_base(run_dir)
-    return [f for nb in notebooks for f in read_notebook(nb, run_dir, prompts, tiny)]
+    return [f for nb in notebooks for f in read_notebook(nb, run_dir, prompts, tiny)] + read_learning(run_dir)
 
 
 def main(argv: list[str]) -> int:

@@ -75,3 +75,28 @@ def test_sao_label_is_fine_with_the_real_model(tmp_path):
     run, _ = _run(tmp_path, tiny=False)
     _nb(run, _html("<p>Stable Audio Open 1.0</p>"))
     assert reading.read_run(run) == []
+
+
+def _learning(run, closer, frechet):
+    rec = {
+        "metrics": {m: {} for m in ("spectral_centroid", "spectral_flatness", "hp_ratio", "transient_sharpness")},
+        "closer": closer,
+        "frechet": {"base": frechet[0], "finetune": frechet[1]},
+        "shows_learning": len(closer) >= 3 and frechet[1] < frechet[0],
+    }
+    (run / "07_evaluate").mkdir(exist_ok=True)
+    (run / "07_evaluate" / "summary.json").write_text(json.dumps({"learning": rec}))
+
+
+def test_a_demo_whose_fine_tune_did_not_learn_is_a_finding(tmp_path):
+    run, _ = _run(tmp_path)
+    _nb(run)
+    _learning(run, ["spectral_centroid", "hp_ratio", "transient_sharpness"], (0.041, 0.046))
+    (found,) = reading.read_run(run)
+    assert "did not move toward the demo beats: 3 of 4" in found and "0.041 -> 0.046" in found
+    _learning(run, ["spectral_centroid", "hp_ratio", "transient_sharpness"], (0.041, 0.035))
+    assert reading.read_run(run) == []
+    real, _ = _run(tmp_path / "real", tiny=False)  # a producer's own run: their result, not a lesson's flaw
+    _nb(real)
+    _learning(real, [], (0.041, 0.046))
+    assert reading.read_run(real) == []
