@@ -20,7 +20,7 @@ whatever the source. Tiny names and the real models they stand in for:
 ========  ==================================  =========================================
 name      stands in for                       built from
 ========  ==================================  =========================================
-``t5``    ``t5-base`` (encoder)               ``data/tiny/t5.json`` + SentencePiece Unigram
+``t5``    ``t5-base`` (encoder)               ``data/tiny/t5.json`` + shipped weights/vocab
 ``clap``  ``laion/larger_clap_music``         ``data/tiny/clap.json`` + byte-level BPE
 ``llm``   ``meta-llama/Llama-3.2-3B-Instruct`` ``data/tiny/llm.json`` + byte-level BPE
 ``sao``   ``stabilityai/stable-audio-open-1.0`` ``data/tiny/sao_model_config.json`` + trained weights
