@@ -20,7 +20,7 @@ whatever the source. Tiny names and the real models they stand in for:
 ========  ==================================  =========================================
 name      stands in for                       built from
 ========  ==================================  =========================================
-``t5``    ``t5-base`` (encoder)               ``data/tiny/t5.json`` + SentencePiece Unigram
+``t5``    ``t5-base`` (encoder)               ``data/tiny/t5.json`` + shipped weights/vocab
 ``clap``  ``laion/larger_clap_music``         ``data/tiny/clap.json`` + byte-level BPE
 ``llm``   ``meta-llama/Llama-3.2-3B-Instruct`` ``data/tiny/llm.json`` + byte-level BPE
 ``sao``   ``stabilityai/stable-audio-open-1.0`` ``data/tiny/sao_model_config.json`` + trained weights
@@ -79,6 +79,13 @@ LARGER_CLAP_TEXT = dict(
 TINY_CORPUS = TINY_DATA / "corpus.txt"
 #: tiny:sao's trained weights (VAE + DiT, 3.9 MB): written by scripts/train_tiny.py, read by _build_sao
 TINY_SAO_WEIGHTS = TINY_DATA / "sao_weights.safetensors"
+#: tiny:t5, fixed: the encoder (random init, 2.6 MB) and SentencePiece vocabulary that tiny:sao's DiT was
+#: trained with. Built fresh they differ per runtime (transformers' init, sentencepiece's trainer: measured
+#: on Colab's default runtime, 8 of 11 tensors and 352 pieces against 345), and the trained DiT would hear
+#: prompts it never saw; shipped, every runtime encodes a prompt the same (issue 24). Written once from
+#: _build_t5's own output on the course's stack (the T5 in train_tiny.py's run).
+TINY_T5_WEIGHTS = TINY_DATA / "t5_weights.safetensors"
+TINY_T5_VOCAB = TINY_DATA / "t5_vocab.json"
 
 #: the real model each tiny one stands in for (also the loaders' defaults)
 REAL_MODELS = {
@@ -92,7 +99,7 @@ TINY_NAMES = tuple(REAL_MODELS)
 GATED_PREFIXES = ("stabilityai/stable-audio-open-", "meta-llama/")
 TINY_SEED = 0
 #: bumped whenever a builder changes what it writes; a cached build of another format is rebuilt
-TINY_FORMAT = 4
+TINY_FORMAT = 5
 _MARKER = "stablebeat-tiny.json"  # written last into a build: its presence means "complete"
 
 
@@ -258,10 +265,10 @@ def _tiny_complete(path: Path, name: str) -> bool:
 def _inputs_digest(name: str) -> str:
     """Hash of the config files a tiny build reads: an edited config makes the cached build stale."""
     files = {
-        "t5": ["t5.json"],
+        "t5": ["t5.json", TINY_T5_WEIGHTS.name, TINY_T5_VOCAB.name],
         "clap": ["clap.json"],
         "llm": ["llm.json"],
-        "sao": ["sao_model_config.json", "t5.json", TINY_SAO_WEIGHTS.name],
+        "sao": ["sao_model_config.json", "t5.json", TINY_T5_WEIGHTS.name, TINY_T5_VOCAB.name, TINY_SAO_WEIGHTS.name],
     }[name]
     h = hashlib.sha256()
     for f in files + ["corpus.txt"]:
@@ -411,12 +418,34 @@ def _build_t5(dest: Path) -> None:
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     cfg = _tiny_config("t5.json")
-    vocab = _train_unigram(cfg["tokenizer"]["vocab_size"])
+    for f in (TINY_T5_WEIGHTS, TINY_T5_VOCAB):
+        if not f.is_file():
+            raise ModelSourceError(f"{f}: tiny:t5's shipped file is missing; restore it from git (git checkout -- {f})")
+    vocab = [(str(p), float(s)) for p, s in json.loads(TINY_T5_VOCAB.read_text(encoding="utf-8"))]
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
     tokenizer.model_max_length = 512  # as t5-base
     model = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **cfg["model"])).eval()
+    _load_tiny_t5_weights(model)
     tokenizer.save_pretrained(dest)
     model.save_pretrained(dest)
+
+
+def _load_tiny_t5_weights(model) -> None:
+    """:data:`TINY_T5_WEIGHTS` into the tiny T5 encoder, strictly but for its tied input embedding (the file,
+    as ``save_pretrained`` writes it, holds ``shared.weight`` once); a misfit names the file."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(TINY_T5_WEIGHTS))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, OSError) as exc:  # a shape that differs, an unreadable file
+        raise ModelSourceError(f"{TINY_T5_WEIGHTS}: does not fit tiny:t5 ({exc})") from exc
+    missing = [k for k in missing if k != "encoder.embed_tokens.weight"]
+    if missing or unexpected:
+        raise ModelSourceError(
+            f"{TINY_T5_WEIGHTS}: does not fit tiny:t5 ({len(missing)} missing, e.g. {missing[:2]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
 
 
 def _build_clap(dest: Path) -> None:

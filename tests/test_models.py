@@ -163,6 +163,28 @@ def test_tiny_sao_weights_that_do_not_fit_stop_naming_the_file(tmp_path, monkeyp
         models.build_tiny("sao", tmp_path / "c")
 
 
+def test_tiny_t5_is_the_shipped_encoder_and_vocabulary(tiny, tmp_path, monkeypatch):
+    """tiny:t5 holds data/tiny/t5_weights.safetensors and t5_vocab.json, not a fresh random init: the
+    trained tiny:sao must hear every prompt as it did in training, on every runtime (a fresh build on Colab's
+    default runtime differed in 8 of 11 tensors and in its vocabulary, measured). A misfit file names itself."""
+    from safetensors.torch import load_file, save_file
+
+    shipped = load_file(str(models.TINY_T5_WEIGHTS))
+    built = load_file(str(tiny["t5"] / "model.safetensors"))
+    assert shipped.keys() == built.keys() and all(torch.equal(shipped[k], built[k]) for k in shipped)
+    vocab = json.loads(models.TINY_T5_VOCAB.read_text(encoding="utf-8"))
+    tok = json.loads((tiny["t5"] / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    assert [list(v) for v in tok] == vocab
+    monkeypatch.setattr(models, "TINY_T5_WEIGHTS", tmp_path / "gone.safetensors")
+    with pytest.raises(ModelSourceError, match=r"gone\.safetensors: tiny:t5's shipped file is missing"):
+        models.build_tiny("t5", tmp_path / "a")
+    short = tmp_path / "short.safetensors"
+    save_file({k: v for k, v in shipped.items() if k != "shared.weight"}, str(short))
+    monkeypatch.setattr(models, "TINY_T5_WEIGHTS", short)
+    with pytest.raises(ModelSourceError, match=r"short\.safetensors: does not fit tiny:t5 \(1 missing"):
+        models.build_tiny("t5", tmp_path / "b")
+
+
 def test_incomplete_build_is_replaced(tiny, home):
     d = models.tiny_root() / "llm"
     (d / "stablebeat-tiny.json").unlink()  # as if killed before the marker was written
