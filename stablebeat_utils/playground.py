@@ -73,6 +73,11 @@ _CACHE: dict[tuple, tuple] = {}  # (kind, source, lora, device, dtype) -> (model
 # -- the prompt builder (pure, tested on its own) ---------------------------------------------
 
 
+def _figure(value) -> str:
+    """A distance for a message: two decimals, or "—" when there was nothing to measure."""
+    return "—" if value is None else f"{value:.2f}"
+
+
 def _join(items: list[str], last: str = "and") -> str:
     items = [i for i in items if i]
     if len(items) <= 1:
@@ -257,8 +262,8 @@ class _FromModelToMusic:
             audio, info = gen.generate_variation(
                 model, config, init, prompt, seed, settings, float(self.var_strength.value), self._device()[0]
             )
-            n = min(audio.shape[1], init.shape[1])
-            info.update(gen.variation_distance(init[:, :n], audio[:, :n], int(config["sample_rate"])))
+            heard = gen.playback(model, config, init, self._device()[0])
+            info.update(gen.measure_variation(init, heard, audio, int(config["sample_rate"])))
             info.update(init_audio=str(source["path"]), strength=float(self.var_strength.value))
             s = {**settings.as_dict(), "seconds_total": info["seconds_total"], "variation_of": str(source["path"])}
             takes.append(Take(w, audio, int(config["sample_rate"]), prompt, seed, s, src, strength, info))
@@ -267,8 +272,13 @@ class _FromModelToMusic:
         self.save_button.disabled = False
         self.loop_button.disabled = False
         dist = ", ".join(f"{t.model} {t.info['distance']:.2f}" for t in takes)
+        moved = ", ".join(f"{t.model} {_figure(t.info['playback_distance'])}" for t in takes)
         conv = f" ({'; '.join(notes)})" if notes else ""
-        self._say(f"Variation of {source['path']}{conv} — distance from it on 07's metrics: {dist}.", "ok")
+        self._say(
+            f"Variation of {source['path']}{conv} — distance from it on 07's metrics: {dist}; from it as the model "
+            f"plays it back, moment by moment: {moved} (low strength: small; high strength: large).",
+            "ok",
+        )
         return takes
 
     # -- blind test ---------------------------------------------------------------------------

@@ -17,7 +17,10 @@ Checked in every output of every executed notebook:
 - **the demo learns** (issue 24): a run on the tiny stand-in whose 07 compared base and fine-tune must
   say the fine-tune moved toward the training clips (``07_evaluate/summary.json``'s ``learning``:
   at least 3 of 4 distances 10 % closer and a lower Fréchet CLAP distance) — the demo's central
-  promise, which a lesson cannot keep by wording alone.
+  promise, which a lesson cannot keep by wording alone;
+- **the demo's variations keep the strength's promise** (issue 29): on the tiny stand-in, each model's
+  variations at the lowest strength stay closer to the beat as the model plays it back (06's
+  ``variation_closeness``, window by window) than at the highest.
 """
 
 from __future__ import annotations
@@ -140,13 +143,35 @@ def read_learning(run_dir: Path) -> list[str]:
     ]
 
 
+def read_variations(run_dir: Path) -> list[str]:
+    """A finding per model when a demo run's 06 variations do not stay closer to the beat at the low strength."""
+    from stablebeat_utils import generate, layout
+
+    if not _tiny_base(Path(run_dir)):
+        return []
+    table = generate.closeness_table(generate.load_variations(str(run_dir)))
+    if not len(table) or set(table["reference"]) != {"playback"} or "model" not in table.columns:
+        return []
+    found = []
+    for which, t in table.groupby("model", sort=False):
+        means = t.groupby("strength")["distance"].mean().sort_index()
+        lo, hi = means.index[0], means.index[-1]
+        if lo != hi and not means[lo] < means[hi]:
+            found.append(
+                f"{Path(run_dir) / layout.GENERATE / layout.VARIATIONS_TABLE}: the demo's {which} variations do not "
+                f"stay closer to the beat at strength {lo:g} ({means[lo]:.2f}) than at {hi:g} ({means[hi]:.2f})"
+            )
+    return found
+
+
 def read_run(run_dir: Path) -> list[str]:
     run_dir = Path(run_dir)
     notebooks = sorted((run_dir / "notebooks").glob("*.ipynb"))
     if not notebooks:
         return [f"{run_dir}/notebooks: no executed lesson to read"]
     prompts, tiny = _prompts(run_dir), _tiny_base(run_dir)
-    return [f for nb in notebooks for f in read_notebook(nb, run_dir, prompts, tiny)] + read_learning(run_dir)
+    found = [f for nb in notebooks for f in read_notebook(nb, run_dir, prompts, tiny)]
+    return found + read_learning(run_dir) + read_variations(run_dir)
 
 
 def main(argv: list[str]) -> int:

@@ -228,6 +228,8 @@ def test_variation_of_a_file_converted_or_refused(tmp_path):
     assert take.audio.shape[0] == 2 and take.sr == 44100 and take.info["strength"] == 0.2
     assert "made stereo" in p.status.value and "22050 → 44100" in p.status.value and "mono22k.wav" in p.status.value
     assert take.settings["variation_of"] == str(mono) and take.info["distance"] >= 0
+    assert take.info["playback_distance"] >= 0 and take.info["vae_floor"] >= 0
+    assert f"moment by moment: base {take.info['playback_distance']:.2f}" in p.status.value
     assert not p.loop_button.disabled and not p.save_button.disabled
 
 

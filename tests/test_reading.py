@@ -100,3 +100,31 @@ def test_a_demo_whose_fine_tune_did_not_learn_is_a_finding(tmp_path):
     _nb(real)
     _learning(real, [], (0.041, 0.046))
     assert reading.read_run(real) == []
+
+
+def _variations(run, means):
+    """06's variations.jsonl: per strength, rows whose four distances from the playback average ``means[k]``."""
+    metrics = ("spectral_centroid", "spectral_flatness", "hp_ratio", "transient_sharpness")
+    rows = [
+        {"key": f"{which}-{k:g}-42", "model": which, "strength": k, "vae_floor": 1.9,
+         "playback_metrics": {m: v for m in metrics}, **{m: 2.0 for m in metrics}}
+        for which in ("base", "finetune")
+        for k, v in means.items()
+    ]  # fmt: skip
+    (run / "06_generate").mkdir(exist_ok=True)
+    (run / "06_generate" / "variations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_demo_whose_variations_forget_the_strength_is_a_finding(tmp_path):
+    run, _ = _run(tmp_path)
+    _nb(run)
+    _variations(run, {0.1: 0.8, 0.9: 0.6})
+    found = reading.read_run(run)
+    assert len(found) == 2 and "the demo's base variations do not stay closer" in found[0]
+    assert "at strength 0.1 (0.80) than at 0.9 (0.60)" in found[0] and "finetune" in found[1]
+    _variations(run, {0.1: 0.3, 0.9: 0.6})
+    assert reading.read_run(run) == []
+    real, _ = _run(tmp_path / "real", tiny=False)
+    _nb(real)
+    _variations(real, {0.1: 0.8, 0.9: 0.6})
+    assert reading.read_run(real) == []
